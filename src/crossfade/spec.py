@@ -1,0 +1,1251 @@
+"""Migration specs: YAML, a file or a dict in, a validated immutable Spec out, plus the format's JSON Schema."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+__all__ = [
+    "EXAMPLE",
+    "Analysis",
+    "CostGate",
+    "ErrorRateGate",
+    "Fallback",
+    "Gates",
+    "LatencyGate",
+    "MismatchGate",
+    "Problem",
+    "RollbackPolicy",
+    "Spec",
+    "SpecError",
+    "Stage",
+    "Trigger",
+    "format_duration",
+    "format_percent",
+    "json_schema",
+    "load_spec",
+    "parse_duration",
+    "parse_percent",
+]
+
+NAME_PATTERN: Final = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+"""What migration and stage names look like: a DNS label, so names fit URLs, metrics labels and file names."""
+
+PERCENT_METRICS: Final = ("error_rate", "timeout_rate", "fallback_rate", "mismatch_rate")
+"""Trigger metrics measured as rates; their thresholds are percentages."""
+
+LATENCY_METRICS: Final = ("latency_p50", "latency_p90", "latency_p95", "latency_p99")
+"""Trigger metrics measured as candidate latency quantiles; their thresholds are durations."""
+
+RATIO_METRICS: Final = (
+    "latency_p50_ratio",
+    "latency_p90_ratio",
+    "latency_p95_ratio",
+    "latency_p99_ratio",
+    "cost_ratio",
+)
+"""Trigger metrics measured as candidate / legacy; their thresholds are plain numbers."""
+
+TRIGGER_METRICS: Final = PERCENT_METRICS + LATENCY_METRICS + RATIO_METRICS
+"""Every metric a trigger may watch."""
+
+ON_FAILURE: Final = ("rollback", "step_back", "pause")
+"""What the controller does when a gate fails: back to 0%, back one stage, or hold still for a human."""
+
+ROLLBACK_MODES: Final = ("immediate", "gradual")
+ON_NODATA: Final = ("hold", "pause")
+PROMOTE_WHEN: Final = ("no_regression", "proven")
+QUANTILES: Final = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+
+_NAME_RE: Final = re.compile(NAME_PATTERN)
+_NUMBER = r"\d+(?:\.\d+)?"
+# Units must come largest first and at most once, so "1h30m" reads one way only; `m(?!s)` keeps
+# the minutes group from eating the "m" of "ms".
+_DURATION_RE: Final = re.compile(
+    rf"(?:(?P<d>{_NUMBER})d)?(?:(?P<h>{_NUMBER})h)?(?:(?P<m>{_NUMBER})m(?!s))?"
+    rf"(?:(?P<s>{_NUMBER})s)?(?:(?P<ms>{_NUMBER})ms)?"
+)
+_DURATION_UNITS: Final = {
+    "ms": Decimal("0.001"),
+    "s": Decimal(1),
+    "m": Decimal(60),
+    "h": Decimal(3600),
+    "d": Decimal(86400),
+}
+_PERCENT_RE: Final = re.compile(r"(-?\d+(?:\.\d+)?)\s*%")
+_BARE_NUMBER_RE: Final = re.compile(r"-?\d+(?:\.\d+)?")
+_DURATION_HINT: Final = "write e.g. 250ms, 30s, 5m, 1h30m"
+_PERCENT_HINT: Final = "write e.g. 10%, 2.5% or the fraction 0.025"
+
+
+# --- units -----------------------------------------------------------------------------------------------
+
+
+def parse_duration(value: object) -> float:
+    """Seconds in a duration: ``250ms``, ``30s``, ``5m``, ``1h30m``, ``1d``, ``1.5s``; a bare number is seconds.
+
+    Raises ValueError, with an example of a valid value, for anything else or a negative duration.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{_show(value)} is not a duration; {_DURATION_HINT}")
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"{_show(value)} is not a duration; {_DURATION_HINT}")
+        if value < 0:
+            raise ValueError(f"{_show(value)} is negative; a duration is 0 or more, {_DURATION_HINT}")
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if _BARE_NUMBER_RE.fullmatch(text):
+            return parse_duration(float(Decimal(text)))
+        match = _DURATION_RE.fullmatch(text)
+        if match and any(match.groups()):
+            parts = match.groupdict().items()
+            return float(sum(Decimal(number) * _DURATION_UNITS[unit] for unit, number in parts if number))
+    raise ValueError(f"{_show(value)} is not a duration; {_DURATION_HINT}")
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest text for a number of seconds, to the millisecond: ``1h30m``, ``250ms``, ``30s``, ``0s``."""
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{seconds!r} is not a duration in seconds")
+    if seconds == 0:
+        return "0s"
+    if seconds < 0.001:
+        return f"{_plain(seconds * 1000)}ms"
+    days, rest = divmod(round(seconds * 1000), 86_400_000)
+    hours, rest = divmod(rest, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs, millis = divmod(rest, 1000)
+    parts = [f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m")) if n]
+    if secs and millis:
+        parts.append(f"{secs}.{millis:03d}".rstrip("0") + "s")
+    elif secs:
+        parts.append(f"{secs}s")
+    elif millis:
+        parts.append(f"{millis}ms")
+    return "".join(parts)
+
+
+def parse_percent(value: object) -> float:
+    """A fraction in [0, 1] from ``"2.5%"`` or from a fraction such as ``0.025``.
+
+    A bare number above 1 is refused rather than guessed at: ``traffic: 50`` could mean 50% or a typo,
+    and a migration is the wrong place to guess. The message suggests writing ``50%``.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        match = _PERCENT_RE.fullmatch(text)
+        if match:
+            percent = Decimal(match.group(1))
+            if percent < 0:
+                raise ValueError(f"{text} is below 0%")
+            if percent > 100:
+                raise ValueError(f"{text} is above 100%")
+            return float(percent / 100)
+        if _BARE_NUMBER_RE.fullmatch(text):
+            return parse_percent(float(Decimal(text)))
+        raise ValueError(f"{_show(value)} is not a percentage; {_PERCENT_HINT}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{_show(value)} is not a percentage; {_PERCENT_HINT}")
+    if value < 0:
+        raise ValueError(f"{_show(value)} is negative; {_PERCENT_HINT}")
+    if value > 1:
+        raise ValueError(
+            f"{_show(value)} is not a fraction between 0 and 1; write {_show(value)}% if you mean a percentage"
+        )
+    return float(value)
+
+
+def format_percent(fraction: float) -> str:
+    """A fraction as percentage text: ``0.025`` -> ``"2.5%"``, ``0.1`` -> ``"10%"``, ``0.0001`` -> ``"0.01%"``."""
+    # Rounding to 10 places hides float noise such as 0.1 * 100 == 10.000000000000002.
+    return f"{_plain(round(fraction * 100, 10))}%"
+
+
+def _plain(number: float) -> str:
+    """A number in positional notation without trailing zeros (never ``1e-05``), so it parses back."""
+    return f"{number:.10f}".rstrip("0").rstrip(".")
+
+
+def _show(value: object) -> str:
+    """A value as it appears in a message: text quoted, everything else as YAML would spell it."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+# --- models ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One step of the ramp: the share of traffic the candidate serves, and what must hold before moving on.
+
+    ``traffic`` and ``shadow`` are fractions. ``shadow`` is the share of legacy-served calls that also run
+    the candidate off the request path, for comparison only. ``hold`` is the minimum time (seconds) in the
+    stage before promotion; ``None`` means promote as soon as the gates pass. ``min_samples`` is the number
+    of candidate calls required before the gates may pass; ``approval`` makes promotion out of this stage wait
+    for a human.
+    """
+
+    name: str
+    traffic: float
+    shadow: float = 0.0
+    hold: float | None = None
+    min_samples: int = 0
+    approval: bool = False
+
+    @property
+    def threshold(self) -> int:
+        """The candidate's bucket threshold out of 10000: a key goes to the candidate iff its bucket is below it."""
+        return round(self.traffic * 10000)
+
+    @property
+    def shadow_threshold(self) -> int:
+        """The shadow bucket threshold out of 10000, like ``threshold``."""
+        return round(self.shadow * 10000)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRateGate:
+    """Fail when the candidate's error rate exceeds legacy's by more than ``max_increase`` (a fraction, absolute)."""
+
+    max_increase: float
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyGate:
+    """Fail when the candidate's latency ``quantile`` exceeds legacy's times ``max_ratio``."""
+
+    quantile: float = 0.95
+    max_ratio: float = 1.2
+
+
+@dataclass(frozen=True, slots=True)
+class CostGate:
+    """Fail when the candidate's mean cost per call exceeds legacy's times ``max_ratio``."""
+
+    max_ratio: float
+
+
+@dataclass(frozen=True, slots=True)
+class MismatchGate:
+    """Fail when more than ``max`` (a fraction) of shadowed calls produce output that differs from legacy."""
+
+    max: float
+
+
+@dataclass(frozen=True, slots=True)
+class Gates:
+    """The comparisons between candidate and legacy that must pass before a stage is promoted; ``None`` is off."""
+
+    error_rate: ErrorRateGate | None = None
+    latency: LatencyGate | None = None
+    cost: CostGate | None = None
+    mismatch_rate: MismatchGate | None = None
+
+    @classmethod
+    def default(cls) -> Gates:
+        """The gates of a spec that says nothing about gates: error rate +1% at most, p95 latency x1.25 at most."""
+        return cls(error_rate=ErrorRateGate(max_increase=0.01), latency=LatencyGate(quantile=0.95, max_ratio=1.25))
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """An absolute threshold that rolls back at once: ``metric`` above ``above`` over a sliding ``window``.
+
+    ``above`` is a fraction for rate metrics, seconds for ``latency_pNN`` and a plain number for ratios.
+    ``min_samples`` is the number of candidate calls in the window below which the trigger stays quiet;
+    ``for_`` (``for`` in YAML) is how long the condition must persist before it fires, ``None`` for at once.
+    """
+
+    metric: str
+    above: float
+    window: float = 300.0
+    min_samples: int = 0
+    for_: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackPolicy:
+    """How a rollback moves traffic back: all at once, or down through ``steps`` (fractions) ``every`` seconds.
+
+    Steps at or above the traffic of the moment a rollback starts are skipped by the controller.
+    """
+
+    mode: str = "immediate"
+    steps: tuple[float, ...] = ()
+    every: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """How the judge looks at the evidence: how often, how sure, what to do without data, when to promote.
+
+    ``promote_when: no_regression`` promotes once no gate shows the candidate worse; ``proven`` waits until
+    every gate shows, at ``confidence``, that it is within bounds.
+    """
+
+    interval: float = 30.0
+    confidence: float = 0.99
+    on_nodata: str = "hold"
+    promote_when: str = "no_regression"
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """Whether a failed candidate call is retried on legacy, and how long a candidate call may take (seconds)."""
+
+    on_error: bool = True
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """A validated migration: its identity, its stages, and the gates, triggers and policies that move it.
+
+    Build one with ``load_spec``; the constructor trusts its arguments. ``salt`` defaults to ``name``.
+    """
+
+    name: str
+    _: KW_ONLY
+    description: str = ""
+    owner: str = ""
+    key: str = ""
+    salt: str = ""
+    stages: tuple[Stage, ...]
+    gates: Gates = field(default_factory=Gates.default)
+    triggers: tuple[Trigger, ...] = ()
+    on_failure: str = "rollback"
+    rollback: RollbackPolicy = field(default_factory=RollbackPolicy)
+    analysis: Analysis = field(default_factory=Analysis)
+    fallback: Fallback = field(default_factory=Fallback)
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    notify: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.salt:
+            # Frozen: the only way to fill a derived default is to go around __setattr__.
+            object.__setattr__(self, "salt", self.name)
+
+    def stage_index(self, name: str) -> int:
+        """The position of the stage called ``name``; KeyError naming the known stages if there is none."""
+        for index, stage in enumerate(self.stages):
+            if stage.name == name:
+                return index
+        known = ", ".join(stage.name for stage in self.stages)
+        raise KeyError(f"no stage {name!r} in migration {self.name!r}; its stages are {known}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical plain form: fractions and seconds as numbers, unset optional values left out.
+
+        ``load_spec(spec.to_dict()) == spec`` holds, and the result is valid against ``json_schema()``.
+        """
+        gates: dict[str, Any] = {}
+        if self.gates.error_rate is not None:
+            gates["error_rate"] = {"max_increase": self.gates.error_rate.max_increase}
+        if self.gates.latency is not None:
+            gates["latency"] = {"quantile": self.gates.latency.quantile, "max_ratio": self.gates.latency.max_ratio}
+        if self.gates.cost is not None:
+            gates["cost"] = {"max_ratio": self.gates.cost.max_ratio}
+        if self.gates.mismatch_rate is not None:
+            gates["mismatch_rate"] = {"max": self.gates.mismatch_rate.max}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "owner": self.owner,
+            "key": self.key,
+            "salt": self.salt,
+            "stages": [
+                _without_none(
+                    {
+                        "name": stage.name,
+                        "traffic": stage.traffic,
+                        "shadow": stage.shadow,
+                        "hold": stage.hold,
+                        "min_samples": stage.min_samples,
+                        "approval": stage.approval,
+                    }
+                )
+                for stage in self.stages
+            ],
+            "gates": gates,
+            "triggers": [
+                _without_none(
+                    {
+                        "metric": trigger.metric,
+                        "above": trigger.above,
+                        "window": trigger.window,
+                        "min_samples": trigger.min_samples,
+                        "for": trigger.for_,
+                    }
+                )
+                for trigger in self.triggers
+            ],
+            "on_failure": self.on_failure,
+            "rollback": {"mode": self.rollback.mode, "steps": list(self.rollback.steps), "every": self.rollback.every},
+            "analysis": {
+                "interval": self.analysis.interval,
+                "confidence": self.analysis.confidence,
+                "on_nodata": self.analysis.on_nodata,
+                "promote_when": self.analysis.promote_when,
+            },
+            "fallback": _without_none({"on_error": self.fallback.on_error, "timeout": self.fallback.timeout}),
+            "allow": list(self.allow),
+            "deny": list(self.deny),
+            "notify": list(self.notify),
+        }
+
+    def digest(self) -> str:
+        """The sha256 hex digest of the canonical JSON of ``to_dict()``: equal specs, equal digests."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _without_none(mapping: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in mapping.items() if value is not None}
+
+
+# --- errors ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a spec: where (``stages[2].traffic``, or ``line 3, column 5``) and what."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used, with every problem found in it; ``source`` is the file, ``<text>`` or ``<dict>``."""
+
+    def __init__(self, source: str, problems: Sequence[Problem]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        count = len(self.problems)
+        lines = [f"{count} problem{'s' if count != 1 else ''} in {source}:"]
+        lines += [f"{source}: {problem}" for problem in self.problems]
+        super().__init__("\n".join(lines))
+
+
+# --- loading ---------------------------------------------------------------------------------------------
+
+_FILE_SUFFIXES: Final = (".yaml", ".yml", ".json")
+
+
+def load_spec(source: str | os.PathLike[str] | Mapping[str, Any], *, source_name: str | None = None) -> Spec:
+    """A validated Spec from a file path, YAML text or a mapping; SpecError listing every problem otherwise.
+
+    A str without a newline that names an existing file, or ends in .yaml/.yml/.json, is read as a file;
+    any other str is YAML text. ``source_name`` replaces the file name, ``<text>`` or ``<dict>`` in messages.
+    """
+    if isinstance(source, Mapping):
+        label = source_name or "<dict>"
+        data: object = source
+    elif isinstance(source, os.PathLike) or (isinstance(source, str) and _names_a_file(source)):
+        label = source_name or os.fspath(source)
+        data = _read_file(Path(source), label)
+    elif isinstance(source, str):
+        label = source_name or "<text>"
+        data = _parse_yaml(source, label)
+    else:
+        raise SpecError(
+            source_name or "<spec>",
+            [Problem("", f"expected a file path, YAML text or a mapping, got {type(source).__name__}")],
+        )
+    reader = _Reader()
+    spec = reader.spec(data)
+    if reader.problems:
+        raise SpecError(label, reader.problems)
+    return spec
+
+
+def _names_a_file(text: str) -> bool:
+    if "\n" in text or not text.strip():
+        return False
+    if text.lower().endswith(_FILE_SUFFIXES):
+        return True
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        # One-line YAML such as "{name: x, ...}" can be too long or odd to be a path at all.
+        return False
+
+
+def _read_file(path: Path, label: str) -> object:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(label, [Problem("", "no such file")]) from None
+    except UnicodeDecodeError:
+        raise SpecError(label, [Problem("", "is not UTF-8 text")]) from None
+    except OSError as exc:
+        raise SpecError(label, [Problem("", f"cannot be read: {exc.strerror or exc}")]) from None
+    if path.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(label, [Problem(f"line {exc.lineno}, column {exc.colno}", exc.msg)]) from None
+    return _parse_yaml(text, label)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys, which plain YAML silently resolves to the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str, label: str) -> object:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        message = exc.problem or exc.context or "invalid YAML"
+        if exc.context and exc.problem:
+            message = f"{exc.problem} ({exc.context})"
+        raise SpecError(label, [Problem(where, f"invalid YAML: {message}")]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(label, [Problem("", f"invalid YAML: {exc}")]) from None
+
+
+class _Bad:
+    """The value of a field that had a problem: cross-field checks skip it, and no Spec is returned."""
+
+    def __repr__(self) -> str:
+        return "<invalid>"
+
+
+_BAD: Final = _Bad()
+_MISSING: Final = object()
+
+_KIND: Final = {str: "text", bool: "true/false", int: "a number", float: "a number"}
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return _KIND.get(type(value), type(value).__name__)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+class _Reader:
+    """Turns plain data into models, recording every problem instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+        # Paths a misspelled key was taken for: "did you mean 'max'?" already says it, so a second
+        # "max: required" for the same slip would only be noise.
+        self.suggested: set[str] = set()
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+    # generic helpers
+
+    def mapping(self, value: object, path: str, keys: Sequence[str], example: str) -> dict[str, Any] | None:
+        """The mapping at ``path`` with null values dropped (null means "left out"), after reporting unknown keys."""
+        if not isinstance(value, Mapping):
+            self.problem(path, f"expected a mapping, e.g. {example}; got {_kind(value)}")
+            return None
+        for key in value:
+            if key not in keys:
+                close = difflib.get_close_matches(str(key), keys, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                self.problem(_join(path, str(key)), f"unknown key; {hint}valid keys: {', '.join(keys)}")
+                self.suggested.update(_join(path, match) for match in close)
+        return {key: item for key, item in value.items() if key in keys and item is not None}
+
+    def sequence(self, value: object, path: str, example: str) -> list[Any] | None:
+        if not isinstance(value, list | tuple):
+            self.problem(path, f"expected a list, e.g. {example}; got {_kind(value)}")
+            return None
+        return list(value)
+
+    def get(
+        self,
+        data: Mapping[str, Any],
+        key: str,
+        path: str,
+        convert: Callable[[Any], Any],
+        default: Any = _MISSING,
+        example: str = "",
+    ) -> Any:
+        """``convert(data[key])``, ``default`` when absent, or _BAD after recording why not."""
+        where = _join(path, key)
+        if key not in data:
+            if default is _MISSING:
+                if where in self.suggested:
+                    return _BAD
+                self.problem(where, f"required{f', e.g. {key}: {example}' if example else ''}")
+                return _BAD
+            return default
+        try:
+            return convert(data[key])
+        except ValueError as exc:
+            self.problem(where, str(exc))
+            return _BAD
+
+    # sections
+
+    def spec(self, data: object) -> Spec:
+        if data is None:
+            self.problem("", "the spec is empty; write at least {name: checkout-pricing, stages: [{traffic: 100%}]}")
+            return Spec("", stages=())
+        top = self.mapping(data, "", _SPEC_KEYS, "{name: checkout-pricing, stages: [...]}")
+        if top is None:
+            return Spec("", stages=())
+        name = self.get(top, "name", "", _name, example="checkout-pricing")
+        description = self.get(top, "description", "", _text, "")
+        owner = self.get(top, "owner", "", _text, "")
+        key = self.get(top, "key", "", _text, "")
+        salt = self.get(top, "salt", "", _salt, "")
+        stages = self.stages(top.get("stages", _MISSING))
+        gates = self.gates(top["gates"]) if "gates" in top else Gates.default()
+        triggers = self.triggers(top.get("triggers", []))
+        on_failure = self.get(top, "on_failure", "", _choice(ON_FAILURE), "rollback")
+        rollback = self.rollback(top.get("rollback", {}))
+        analysis = self.analysis(top.get("analysis", {}))
+        fallback = self.fallback(top.get("fallback", {}))
+        allow = self.keys(top.get("allow", []), "allow")
+        deny = self.keys(top.get("deny", []), "deny")
+        notify = self.sequence(top.get("notify", []), "notify", "[]")
+        if allow is not _BAD and deny is not _BAD:
+            for index, entry in enumerate(deny):
+                if entry in allow:
+                    self.problem(
+                        f"deny[{index}]",
+                        f"{_show(entry)} is also in allow; a key is either always candidate (allow) "
+                        "or always legacy (deny)",
+                    )
+        return Spec(
+            name,
+            description=description,
+            owner=owner,
+            key=key,
+            salt=salt,
+            stages=stages,
+            gates=gates,
+            triggers=triggers,
+            on_failure=on_failure,
+            rollback=rollback,
+            analysis=analysis,
+            fallback=fallback,
+            allow=allow,
+            deny=deny,
+            notify=tuple(notify or ()),
+        )
+
+    def stages(self, value: object) -> Any:
+        if value is _MISSING:
+            if "stages" not in self.suggested:
+                self.problem("stages", "required, e.g. stages: [{traffic: 10%}, {traffic: 50%}, {traffic: 100%}]")
+            return _BAD
+        items = self.sequence(value, "stages", "[{traffic: 10%}, {traffic: 100%}]")
+        if items is None:
+            return _BAD
+        if not items:
+            self.problem("stages", "needs at least one stage, e.g. [{traffic: 10%}, {traffic: 100%}]")
+            return _BAD
+        stages: list[Stage] = []
+        first_use: dict[str, int] = {}
+        previous: float | None = None
+        for index, item in enumerate(items):
+            path = f"stages[{index}]"
+            data = self.mapping(item, path, _STAGE_KEYS, "{name: canary, traffic: 10%, hold: 30m}")
+            if data is None:
+                continue
+            name = self.get(data, "name", path, _name, f"stage-{index + 1}")
+            traffic = self.get(data, "traffic", path, parse_percent, example="10%")
+            stage = Stage(
+                name=name,
+                traffic=traffic,
+                shadow=self.get(data, "shadow", path, parse_percent, 0.0),
+                hold=self.get(data, "hold", path, _positive_duration, None),
+                min_samples=self.get(data, "min_samples", path, _count, 0),
+                approval=self.get(data, "approval", path, _flag, False),
+            )
+            if name is not _BAD:
+                if name not in first_use:
+                    first_use[name] = index
+                elif "name" in data:
+                    self.problem(
+                        _join(path, "name"),
+                        f"{name!r} is already the name of stages[{first_use[name]}]; stage names are unique",
+                    )
+                else:
+                    self.problem(
+                        path,
+                        f"its default name {name!r} is already the name of stages[{first_use[name]}]; "
+                        "give this stage a name",
+                    )
+            if traffic is not _BAD:
+                if previous is not None and traffic < previous:
+                    self.problem(
+                        _join(path, "traffic"),
+                        f"{format_percent(traffic)} is below the previous stage's {format_percent(previous)}; "
+                        "traffic never decreases",
+                    )
+                previous = traffic
+                if index == len(items) - 1 and traffic != 1.0:
+                    self.problem(
+                        _join(path, "traffic"),
+                        f"the last stage must send 100% of traffic to the candidate, not {format_percent(traffic)}",
+                    )
+            stages.append(stage)
+        return tuple(stages)
+
+    def gates(self, value: object) -> Any:
+        data = self.mapping(value, "gates", _GATES_KEYS, "{error_rate: {max_increase: 0.5%}}")
+        if data is None:
+            return _BAD
+        parts: dict[str, Any] = {}
+        for key, (keys, example, build) in _GATE_READERS.items():
+            if key in data:
+                gate = self.mapping(data[key], f"gates.{key}", keys, example)
+                parts[key] = _BAD if gate is None else build(self, gate, f"gates.{key}")
+        return Gates(**parts)
+
+    def triggers(self, value: object) -> Any:
+        items = self.sequence(value, "triggers", "[{metric: error_rate, above: 5%, window: 5m}]")
+        if items is None:
+            return _BAD
+        triggers: list[Trigger] = []
+        for index, item in enumerate(items):
+            path = f"triggers[{index}]"
+            data = self.mapping(item, path, _TRIGGER_KEYS, "{metric: error_rate, above: 5%, window: 5m}")
+            if data is None:
+                continue
+            metric = self.get(data, "metric", path, _metric, example="error_rate")
+            if metric is _BAD:
+                above = _BAD
+            else:
+                above = self.get(data, "above", path, _threshold_reader(metric), example=_threshold_example(metric))
+            triggers.append(
+                Trigger(
+                    metric=metric,
+                    above=above,
+                    window=self.get(data, "window", path, _positive_duration, 300.0),
+                    min_samples=self.get(data, "min_samples", path, _count, 0),
+                    for_=self.get(data, "for", path, _positive_duration, None),
+                )
+            )
+        return tuple(triggers)
+
+    def rollback(self, value: object) -> Any:
+        data = self.mapping(value, "rollback", _ROLLBACK_KEYS, "{mode: gradual, steps: [50%, 10%, 0%], every: 1m}")
+        if data is None:
+            return _BAD
+        mode = self.get(data, "mode", "rollback", _choice(ROLLBACK_MODES), "immediate")
+        every = self.get(data, "every", "rollback", _positive_duration, 60.0)
+        steps: Any = ()
+        if "steps" in data:
+            items = self.sequence(data["steps"], "rollback.steps", "[50%, 25%, 10%, 0%]")
+            steps = _BAD if items is None else self.steps(items)
+        if mode == "gradual" and steps == ():
+            self.problem("rollback.steps", "a gradual rollback needs steps, e.g. steps: [50%, 25%, 10%, 0%]")
+        if mode == "immediate" and steps not in ((), _BAD):
+            self.problem("rollback.steps", "steps are only used by mode: gradual; set mode: gradual or drop steps")
+        return RollbackPolicy(mode=mode, steps=steps, every=every)
+
+    def steps(self, items: list[Any]) -> Any:
+        steps: list[float] = []
+        previous: float | None = None
+        ok = True
+        for index, item in enumerate(items):
+            path = f"rollback.steps[{index}]"
+            try:
+                step = parse_percent(item)
+            except ValueError as exc:
+                self.problem(path, str(exc))
+                ok = False
+                continue
+            if previous is not None and step >= previous:
+                self.problem(
+                    path,
+                    f"{format_percent(step)} is not below the previous step's {format_percent(previous)}; "
+                    "steps strictly decrease",
+                )
+                ok = False
+            if index == len(items) - 1 and step != 0.0:
+                self.problem(path, f"the last step must be 0%, not {format_percent(step)}")
+                ok = False
+            previous = step
+            steps.append(step)
+        return tuple(steps) if ok else _BAD
+
+    def analysis(self, value: object) -> Any:
+        data = self.mapping(value, "analysis", _ANALYSIS_KEYS, "{interval: 30s, confidence: 99%}")
+        if data is None:
+            return _BAD
+        return Analysis(
+            interval=self.get(data, "interval", "analysis", _positive_duration, 30.0),
+            confidence=self.get(data, "confidence", "analysis", _confidence, 0.99),
+            on_nodata=self.get(data, "on_nodata", "analysis", _choice(ON_NODATA), "hold"),
+            promote_when=self.get(data, "promote_when", "analysis", _choice(PROMOTE_WHEN), "no_regression"),
+        )
+
+    def fallback(self, value: object) -> Any:
+        data = self.mapping(value, "fallback", _FALLBACK_KEYS, "{on_error: true, timeout: 5s}")
+        if data is None:
+            return _BAD
+        return Fallback(
+            on_error=self.get(data, "on_error", "fallback", _flag, True),
+            timeout=self.get(data, "timeout", "fallback", _positive_duration, None),
+        )
+
+    def keys(self, value: object, path: str) -> Any:
+        """An allow or deny list: sticky keys as strings, duplicates dropped, order kept."""
+        items = self.sequence(value, path, "[user-42, 1017]")
+        if items is None:
+            return _BAD
+        keys: dict[str, None] = {}
+        ok = True
+        for index, item in enumerate(items):
+            if isinstance(item, bool) or not isinstance(item, str | int):
+                self.problem(f"{path}[{index}]", f"expected a key as text or a whole number, got {_kind(item)}")
+                ok = False
+            else:
+                keys[str(item)] = None
+        return tuple(keys) if ok else _BAD
+
+
+def _gate_error_rate(reader: _Reader, data: Mapping[str, Any], path: str) -> ErrorRateGate:
+    return ErrorRateGate(max_increase=reader.get(data, "max_increase", path, parse_percent, example="0.5%"))
+
+
+def _gate_latency(reader: _Reader, data: Mapping[str, Any], path: str) -> LatencyGate:
+    return LatencyGate(
+        quantile=reader.get(data, "quantile", path, _quantile, 0.95),
+        max_ratio=reader.get(data, "max_ratio", path, _ratio, 1.2),
+    )
+
+
+def _gate_cost(reader: _Reader, data: Mapping[str, Any], path: str) -> CostGate:
+    return CostGate(max_ratio=reader.get(data, "max_ratio", path, _ratio, example="1.5"))
+
+
+def _gate_mismatch(reader: _Reader, data: Mapping[str, Any], path: str) -> MismatchGate:
+    return MismatchGate(max=reader.get(data, "max", path, parse_percent, example="1%"))
+
+
+_SPEC_KEYS: Final = (
+    "name", "description", "owner", "key", "salt", "stages", "gates", "triggers",
+    "on_failure", "rollback", "analysis", "fallback", "allow", "deny", "notify",
+)  # fmt: skip
+_STAGE_KEYS: Final = ("name", "traffic", "shadow", "hold", "min_samples", "approval")
+_GATES_KEYS: Final = ("error_rate", "latency", "cost", "mismatch_rate")
+_GATE_READERS: Final[dict[str, tuple[tuple[str, ...], str, Callable[[_Reader, Mapping[str, Any], str], Any]]]] = {
+    "error_rate": (("max_increase",), "{max_increase: 0.5%}", _gate_error_rate),
+    "latency": (("quantile", "max_ratio"), "{quantile: p95, max_ratio: 1.2}", _gate_latency),
+    "cost": (("max_ratio",), "{max_ratio: 1.5}", _gate_cost),
+    "mismatch_rate": (("max",), "{max: 1%}", _gate_mismatch),
+}
+_TRIGGER_KEYS: Final = ("metric", "above", "window", "min_samples", "for")
+_ROLLBACK_KEYS: Final = ("mode", "steps", "every")
+_ANALYSIS_KEYS: Final = ("interval", "confidence", "on_nodata", "promote_when")
+_FALLBACK_KEYS: Final = ("on_error", "timeout")
+
+
+# converters: value -> typed value, or ValueError with a message a user can act on
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected text, got {_kind(value)}")
+    return value
+
+
+def _salt(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        raise ValueError(f"expected non-empty text such as checkout-pricing-v2, got {_show(value)}")
+    return str(value)
+
+
+def _name(value: object) -> str:
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ValueError(
+            f"{_show(value)} is not a valid name; use 1-63 lowercase letters, digits and hyphens, "
+            "starting and ending with a letter or digit, e.g. checkout-pricing"
+        )
+    return value
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"{_show(value)} is not a positive duration; {_DURATION_HINT}")
+    return seconds
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{_show(value)} is not a whole number of 0 or more, e.g. 500")
+    return value
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{_show(value)} is not true or false")
+    return value
+
+
+def _ratio(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"{_show(value)} is not a ratio; write a plain positive number such as 1.5 (candidate / legacy)"
+        )
+    return float(value)
+
+
+def _quantile(value: object) -> float:
+    if isinstance(value, str) and value.strip() in QUANTILES:
+        return QUANTILES[value.strip()]
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1:
+        return float(value)
+    raise ValueError(
+        f"{_show(value)} is not a quantile; write one of {', '.join(QUANTILES)} or a fraction such as 0.95"
+    )
+
+
+def _confidence(value: object) -> float:
+    fraction = parse_percent(value)
+    if not 0.5 < fraction < 1:
+        raise ValueError(
+            f"{format_percent(fraction)} is not a usable confidence; pick one between 50% and 100%, e.g. 99%"
+        )
+    return fraction
+
+
+def _choice(options: Sequence[str]) -> Callable[[object], str]:
+    def convert(value: object) -> str:
+        if value not in options:
+            raise ValueError(f"{_show(value)} is not one of {', '.join(options)}")
+        return value  # type: ignore[return-value]
+
+    return convert
+
+
+def _metric(value: object) -> str:
+    if value not in TRIGGER_METRICS:
+        close = difflib.get_close_matches(str(value), TRIGGER_METRICS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown metric {_show(value)}; {hint}known metrics: {', '.join(TRIGGER_METRICS)}")
+    return value  # type: ignore[return-value]
+
+
+def _threshold_reader(metric: str) -> Callable[[object], float]:
+    if metric in PERCENT_METRICS:
+        return parse_percent
+    if metric in LATENCY_METRICS:
+        return _positive_duration
+    return _ratio
+
+
+def _threshold_example(metric: str) -> str:
+    return "5%" if metric in PERCENT_METRICS else "2s" if metric in LATENCY_METRICS else "2.0"
+
+
+# --- JSON Schema -----------------------------------------------------------------------------------------
+
+_DURATION_PATTERN: Final = (
+    r"^\s*(?=\d)(\d+(\.\d+)?d)?(\d+(\.\d+)?h)?(\d+(\.\d+)?m(?!s))?(\d+(\.\d+)?s)?(\d+(\.\d+)?ms)?\s*$"
+)
+_PERCENT_PATTERN: Final = r"^\s*\d+(\.\d+)?\s*%\s*$"
+
+
+def json_schema() -> dict[str, Any]:
+    """A JSON Schema (draft 2020-12) of the spec format, for editors to complete and check spec files."""
+
+    def ref(name: str) -> dict[str, Any]:
+        return {"$ref": f"#/$defs/{name}"}
+
+    def obj(description: str, properties: dict[str, Any], required: Sequence[str] = ()) -> dict[str, Any]:
+        schema: dict[str, Any] = {
+            "type": "object",
+            "description": description,
+            "properties": properties,
+            "additionalProperties": False,
+        }
+        if required:
+            schema["required"] = list(required)
+        return schema
+
+    def described(base: str, description: str, **extra: Any) -> dict[str, Any]:
+        return {"$ref": f"#/$defs/{base}", "description": description, **extra}
+
+    gate_off = "Leave out to turn this gate off."
+    trigger = obj(
+        "Rolls back at once when a metric crosses an absolute threshold.",
+        {
+            "metric": {"enum": list(TRIGGER_METRICS), "description": "What to watch."},
+            "above": {
+                "description": "Threshold: a percentage for *_rate, a duration for latency_pNN, a number for *_ratio.",
+                "anyOf": [{"type": "number"}, {"type": "string"}],
+            },
+            "window": described("duration", "Sliding window the metric is measured over.", default="5m"),
+            "min_samples": described("count", "Candidate calls needed in the window before it may fire.", default=0),
+            "for": described("duration", "How long the threshold must stay crossed before it fires."),
+        },
+        ["metric", "above"],
+    )
+    trigger["allOf"] = [
+        {
+            "if": {"properties": {"metric": {"enum": list(metrics)}}, "required": ["metric"]},
+            "then": {"properties": {"above": ref(kind)}},
+        }
+        for metrics, kind in ((PERCENT_METRICS, "percent"), (LATENCY_METRICS, "duration"), (RATIO_METRICS, "ratio"))
+    ]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://crossfade.dev/schemas/spec.json",
+        "title": "crossfade migration spec",
+        "description": "Moves live traffic from a legacy implementation to a candidate in stages, with gates "
+        "and automatic rollback.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "stages"],
+        "properties": {
+            "name": described("name", "Migration name, unique per backend."),
+            "description": {"type": "string", "description": "What is being migrated, for people."},
+            "owner": {"type": "string", "description": "Who answers for this migration."},
+            "key": {"type": "string", "description": "What the sticky key is (documentation only), e.g. customer id."},
+            "salt": {
+                "type": ["string", "integer"],
+                "minLength": 1,
+                "description": "Bucketing salt; defaults to name. Change it to reshuffle which keys are enrolled.",
+            },
+            "stages": {
+                "type": "array",
+                "minItems": 1,
+                "description": "The ramp. Traffic never decreases; the last stage is 100%.",
+                "items": obj(
+                    "One step of the ramp.",
+                    {
+                        "name": described("name", "Stage name; defaults to stage-N by position."),
+                        "traffic": described("percent", "Share of traffic the candidate serves."),
+                        "shadow": described(
+                            "percent", "Share of legacy calls also run on the candidate, off the path.", default="0%"
+                        ),
+                        "hold": described("duration", "Minimum time in the stage before promotion."),
+                        "min_samples": described(
+                            "count", "Candidate calls needed before the gates may pass.", default=0
+                        ),
+                        "approval": {
+                            "type": "boolean",
+                            "default": False,
+                            "description": "Wait for a human to approve promotion out of this stage.",
+                        },
+                    },
+                    ["traffic"],
+                ),
+            },
+            "gates": obj(
+                "Candidate compared with legacy before each promotion. Leave out for the defaults "
+                "(error_rate +1%, p95 latency x1.25); {} for no gates.",
+                {
+                    "error_rate": obj(
+                        f"Error rate may rise by at most max_increase (absolute). {gate_off}",
+                        {"max_increase": described("percent", "Allowed absolute increase, e.g. 0.5%.")},
+                        ["max_increase"],
+                    ),
+                    "latency": obj(
+                        f"Latency quantile may grow by at most max_ratio. {gate_off}",
+                        {
+                            "quantile": {
+                                "description": "Which quantile to compare.",
+                                "default": "p95",
+                                "anyOf": [
+                                    {"enum": list(QUANTILES)},
+                                    {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                                ],
+                            },
+                            "max_ratio": described("ratio", "Largest allowed candidate / legacy ratio.", default=1.2),
+                        },
+                    ),
+                    "cost": obj(
+                        f"Mean cost per call may grow by at most max_ratio. {gate_off}",
+                        {"max_ratio": described("ratio", "Largest allowed candidate / legacy ratio.")},
+                        ["max_ratio"],
+                    ),
+                    "mismatch_rate": obj(
+                        f"Share of shadowed calls whose output differs from legacy. {gate_off}",
+                        {"max": described("percent", "Largest allowed mismatch rate.")},
+                        ["max"],
+                    ),
+                },
+            ),
+            "triggers": {"type": "array", "items": trigger, "description": "Instant rollback on absolute thresholds."},
+            "on_failure": {"enum": list(ON_FAILURE), "default": "rollback", "description": "What a failed gate does."},
+            "rollback": obj(
+                "How traffic goes back to legacy.",
+                {
+                    "mode": {"enum": list(ROLLBACK_MODES), "default": "immediate"},
+                    "steps": {
+                        "type": "array",
+                        "items": ref("percent"),
+                        "description": "For gradual: strictly decreasing traffic levels ending at 0%.",
+                    },
+                    "every": described("duration", "Time between gradual steps.", default="1m"),
+                },
+            ),
+            "analysis": obj(
+                "How the judge looks at the evidence.",
+                {
+                    "interval": described("duration", "How often the controller evaluates.", default="30s"),
+                    "confidence": described(
+                        "percent", "Confidence of gate verdicts, between 50% and 100%.", default="99%"
+                    ),
+                    "on_nodata": {
+                        "enum": list(ON_NODATA),
+                        "default": "hold",
+                        "description": "What to do while there is no data: keep waiting, or pause.",
+                    },
+                    "promote_when": {
+                        "enum": list(PROMOTE_WHEN),
+                        "default": "no_regression",
+                        "description": "no_regression: no gate shows harm; "
+                        "proven: every gate shows the candidate within bounds.",
+                    },
+                },
+            ),
+            "fallback": obj(
+                "What happens when a candidate call fails.",
+                {
+                    "on_error": {
+                        "type": "boolean",
+                        "default": True,
+                        "description": "Retry a failed candidate call on legacy.",
+                    },
+                    "timeout": described("duration", "Longest a candidate call may take."),
+                },
+            ),
+            "allow": {
+                "type": "array",
+                "items": {"type": ["string", "integer"]},
+                "description": "Keys always sent to the candidate.",
+            },
+            "deny": {
+                "type": "array",
+                "items": {"type": ["string", "integer"]},
+                "description": "Keys always kept on legacy.",
+            },
+            "notify": {"type": "array", "description": "Notification targets (format to be defined)."},
+        },
+        "$defs": {
+            "name": {
+                "type": "string",
+                "pattern": NAME_PATTERN,
+                "description": "1-63 lowercase letters, digits and hyphens, "
+                "starting and ending with a letter or digit.",
+            },
+            "percent": {
+                "description": "A percentage such as 2.5%, or a fraction between 0 and 1.",
+                "anyOf": [
+                    {"type": "string", "pattern": _PERCENT_PATTERN},
+                    {"type": "number", "minimum": 0, "maximum": 1},
+                ],
+            },
+            "duration": {
+                "description": "A duration such as 250ms, 30s, 5m, 1h30m or 1d, or a number of seconds.",
+                "anyOf": [
+                    {"type": "string", "pattern": _DURATION_PATTERN},
+                    {"type": "number", "exclusiveMinimum": 0},
+                ],
+            },
+            "ratio": {"type": "number", "exclusiveMinimum": 0, "description": "Candidate / legacy, e.g. 1.5."},
+            "count": {"type": "integer", "minimum": 0},
+        },
+    }
+
+
+# --- the example for `crossfade init` --------------------------------------------------------------------
+
+EXAMPLE: Final = """\
+# A crossfade migration: moves live traffic from a legacy implementation to a candidate, stage by stage.
+# Percentages may be written 10% or as fractions (0.1); durations as 250ms, 30s, 5m, 1h30m or 1d.
+name: checkout-pricing            # [a-z0-9-], unique per backend
+description: Move pricing from the rules engine to the new service
+owner: payments-team
+key: customer id                  # what the sticky key is (documentation only)
+salt: checkout-pricing            # default: name; keeps buckets stable across restarts and hosts
+
+# The ramp. Each stage sends `traffic` of the keys to the candidate; raising it never moves an enrolled
+# key back. `shadow` also runs the candidate, off the request path, on that share of legacy calls.
+# `hold` is the least time in a stage; `min_samples` the least candidate calls; `approval` waits for a human.
+stages:
+  - {name: shadow, traffic: 0%, shadow: 100%, hold: 10m}
+  - {name: canary-1, traffic: 1%, hold: 30m, min_samples: 500}
+  - {name: canary-10, traffic: 10%, hold: 1h}
+  - {name: rollout-25, traffic: 25%, hold: 2h, approval: true}
+  - {name: rollout-50, traffic: 50%, hold: 4h}
+  - {name: complete, traffic: 100%}   # the last stage is always 100%
+
+# Candidate compared with legacy, with statistics that stay valid however often they are looked at.
+# Leave `gates` out for the defaults (error_rate +1%, p95 latency x1.25); `gates: {}` turns them all off.
+gates:
+  error_rate: {max_increase: 0.5%}          # absolute: 1.0% -> 1.5% is the most allowed
+  latency: {quantile: p95, max_ratio: 1.2}  # p50 | p90 | p95 | p99
+  cost: {max_ratio: 1.5}
+  mismatch_rate: {max: 1%}                  # share of shadowed calls whose output differs
+
+# Instant rollback on absolute thresholds, without waiting for a gate's verdict.
+triggers:
+  - {metric: error_rate, above: 5%, window: 5m, min_samples: 100}
+  - {metric: latency_p95_ratio, above: 2.0, for: 3m}
+
+on_failure: rollback              # when a gate fails: rollback | step_back | pause
+rollback: {mode: gradual, steps: [50%, 25%, 10%, 0%], every: 1m}   # or {mode: immediate}
+analysis: {interval: 30s, confidence: 99%, on_nodata: hold, promote_when: no_regression}
+fallback: {on_error: true, timeout: 5s}   # retry failed candidate calls on legacy
+
+allow: [test_agent_alpha]         # keys always sent to the candidate
+deny: []                          # keys always kept on legacy
+notify: []
+"""
+"""The commented example spec that ``crossfade init`` writes."""
