@@ -1,0 +1,326 @@
+"""The event log: hash-chained events, the state that is their fold, and the transitions operators ask for."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from crossfade.spec import Spec
+
+GENESIS: Final = "0" * 64
+
+# Event types. The controller adds its own; a fold that meets a type it does not know keeps the chain
+# position and leaves the state alone, so an older reader never breaks on a newer log.
+APPLIED: Final = "applied"
+STARTED: Final = "started"
+PROMOTED: Final = "promoted"
+PAUSED: Final = "paused"
+RESUMED: Final = "resumed"
+ROLLED_BACK: Final = "rolled_back"
+
+# Statuses.
+DRAFT: Final = "draft"
+RUNNING: Final = "running"
+PAUSED_STATUS: Final = "paused"
+ROLLED_BACK_STATUS: Final = "rolled_back"
+COMPLETED: Final = "completed"
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON spelling of a value that hashes are taken over: sorted keys, no spaces, no NaN."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _freeze(payload: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(json.loads(canonical_json(dict(payload))))
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One recorded change of a migration, linked to the one before it by hash. Immutable."""
+
+    migration: str
+    seq: int
+    type: str
+    time: float
+    actor: str
+    reason: str | None
+    payload: Mapping[str, Any]
+    prev_hash: str
+    hash: str
+
+    @classmethod
+    def create(
+        cls,
+        migration: str,
+        seq: int,
+        type: str,
+        *,
+        time: float,
+        actor: str,
+        reason: str | None = None,
+        payload: Mapping[str, Any] | None = None,
+        prev_hash: str,
+    ) -> Event:
+        """Build the next event of a chain and seal it with its hash."""
+        frozen = _freeze(payload or {})
+        body = _body(migration, seq, type, time, actor, reason, frozen, prev_hash)
+        return cls(migration, seq, type, time, actor, reason, frozen, prev_hash, _digest(body))
+
+    def body(self) -> dict[str, Any]:
+        """The fields the hash covers (everything but the hash itself)."""
+        return _body(
+            self.migration, self.seq, self.type, self.time, self.actor, self.reason, self.payload, self.prev_hash
+        )
+
+    def expected_hash(self) -> str:
+        """The hash this event's fields call for; differs from `hash` when a row was edited."""
+        return _digest(self.body())
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form, hash included."""
+        return {**self.body(), "hash": self.hash}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Event:
+        """The event a `to_dict` form (or a stored row) describes, taken as stored: no re-hashing."""
+        return cls(
+            data["migration"],
+            int(data["seq"]),
+            data["type"],
+            float(data["time"]),
+            data["actor"],
+            data.get("reason"),
+            _freeze(data.get("payload") or {}),
+            data["prev_hash"],
+            data["hash"],
+        )
+
+
+def _body(
+    migration: str, seq: int, type: str, time: float, actor: str, reason: str | None,
+    payload: Mapping[str, Any], prev_hash: str,
+) -> dict[str, Any]:
+    return {
+        "migration": migration, "seq": seq, "type": type, "time": time, "actor": actor,
+        "reason": reason, "payload": dict(payload), "prev_hash": prev_hash,
+    }
+
+
+def _digest(body: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ChainBreak:
+    """The first event at which a log stops being the chain it claims to be."""
+
+    seq: int
+    problem: str
+
+    def __str__(self) -> str:
+        return f"event {self.seq}: {self.problem}"
+
+
+def verify(events: Sequence[Event], *, head: tuple[int, str] | None = None) -> ChainBreak | None:
+    """Check a migration's whole log; None when intact, else the first bad event and what is wrong.
+
+    `head` is the (seq, hash) the state snapshot recorded for the last event: it is what catches a log
+    whose newest events were deleted, which no chain can show by itself.
+    """
+    prev = GENESIS
+    for expected_seq, event in enumerate(events, start=1):
+        if event.seq != expected_seq:
+            what = "missing" if event.seq > expected_seq else "out of order or duplicated"
+            return ChainBreak(expected_seq, f"{what}: found event {event.seq} where event {expected_seq} belongs")
+        if event.prev_hash != prev:
+            return ChainBreak(event.seq, "does not link to the event before it (prev_hash differs)")
+        if event.expected_hash() != event.hash:
+            return ChainBreak(event.seq, f"content was altered: its fields no longer match its hash ({event.type})")
+        prev = event.hash
+    if head is not None:
+        head_seq, head_hash = head
+        last = events[-1].seq if events else 0
+        if head_seq > last:
+            return ChainBreak(last + 1, f"missing: the log ends at event {last} but the state records {head_seq}")
+        if head_seq == last and head_seq and head_hash != prev:
+            return ChainBreak(last, "differs from the hash the state recorded for it")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """Where a migration stands: the fold of its events. Immutable; `apply` returns the next state."""
+
+    name: str
+    status: str = DRAFT
+    seq: int = 0
+    head: str = GENESIS
+    spec_version: int = 0
+    stage_index: int = -1
+    stage: str | None = None
+    traffic: float = 0.0
+    shadow: float = 0.0
+    attempt: int = 0
+    stage_entered_at: float | None = None
+    updated_at: float | None = None
+    reason: str | None = None
+    spec_digest: str | None = None
+    salt: str | None = None
+
+    def apply(self, event: Event) -> State:
+        """The state after one more event."""
+        p = event.payload
+        common = {"seq": event.seq, "head": event.hash, "updated_at": event.time, "reason": event.reason}
+        kind = event.type
+        if kind == APPLIED:
+            stage = {}
+            if "stage_index" in p:
+                stage = {"stage_index": p["stage_index"], "stage": p["stage"]}
+            return replace(
+                self, spec_version=p["version"], spec_digest=p["digest"], salt=p["salt"], **stage, **common
+            )
+        if kind in (STARTED, PROMOTED):
+            return replace(
+                self,
+                status=COMPLETED if p.get("final") else RUNNING,
+                stage_index=p["stage_index"],
+                stage=p["stage"],
+                traffic=p["traffic"],
+                shadow=p["shadow"],
+                attempt=p.get("attempt", self.attempt),
+                stage_entered_at=event.time,
+                **common,
+            )
+        if kind == PAUSED:
+            return replace(self, status=PAUSED_STATUS, **common)
+        if kind == RESUMED:
+            return replace(self, status=RUNNING, **common)
+        if kind == ROLLED_BACK:
+            return replace(self, status=ROLLED_BACK_STATUS, traffic=0.0, shadow=0.0, **common)
+        return replace(self, seq=event.seq, head=event.hash, updated_at=event.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form, as the state snapshot table stores it."""
+        return {
+            "name": self.name, "status": self.status, "seq": self.seq, "head": self.head,
+            "spec_version": self.spec_version, "stage_index": self.stage_index, "stage": self.stage,
+            "traffic": self.traffic, "shadow": self.shadow, "attempt": self.attempt,
+            "stage_entered_at": self.stage_entered_at, "updated_at": self.updated_at, "reason": self.reason,
+            "spec_digest": self.spec_digest, "salt": self.salt,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> State:
+        """The state a `to_dict` form describes."""
+        return cls(**data)
+
+
+def fold(name: str, events: Iterable[Event]) -> State:
+    """A migration's state from its whole log."""
+    state = State(name)
+    for event in events:
+        state = state.apply(event)
+    return state
+
+
+class TransitionError(ValueError):
+    """An operator asked for a change the migration's state does not allow; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """An event not yet sealed: what a transition decided, before it is numbered, hashed and stored."""
+
+    type: str
+    reason: str | None
+    payload: Mapping[str, Any]
+
+
+def _enter(spec: Spec, index: int, **extra: Any) -> dict[str, Any]:
+    stage = spec.stages[index]
+    final = index == len(spec.stages) - 1
+    return {"stage_index": index, "stage": stage.name, "traffic": stage.traffic, "shadow": stage.shadow,
+            "final": final, **extra}
+
+
+def apply_change(state: State | None, spec: Spec, version: int) -> Change | None:
+    """Record a spec (new or changed); None when this exact spec is already the applied one.
+
+    A running migration keeps its place by stage name; a spec that drops the current stage, or changes
+    the salt (which would move keys between arms), is refused while traffic depends on it.
+    """
+    payload: dict[str, Any] = {"version": version, "digest": spec.digest(), "salt": spec.salt}
+    if state is None or state.seq == 0:
+        return Change(APPLIED, "spec applied", payload)
+    if state.spec_digest == spec.digest():
+        return None
+    live = state.status not in (DRAFT, ROLLED_BACK_STATUS) and state.stage is not None
+    if live:
+        if spec.salt != state.salt:
+            raise TransitionError(
+                f"{state.name}: the salt cannot change while the migration is {state.status} "
+                "(it would move keys between legacy and candidate); roll back first, or keep the salt"
+            )
+        names = [s.name for s in spec.stages]
+        if state.stage not in names:
+            raise TransitionError(
+                f"{state.name}: the new spec has no stage {state.stage!r}, where the migration stands now; "
+                f"keep that stage name (stages are: {', '.join(names)}) or roll back first"
+            )
+        index = names.index(state.stage)
+        payload.update(stage_index=index, stage=state.stage)
+    return Change(APPLIED, "spec changed", payload)
+
+
+def start_change(state: State, spec: Spec, reason: str | None = None) -> Change:
+    """Start (or, after a rollback, start again) at the first stage."""
+    if state.status not in (DRAFT, ROLLED_BACK_STATUS):
+        raise TransitionError(
+            f"{state.name} is already {state.status}; `start` applies to a draft or rolled-back migration"
+        )
+    return Change(STARTED, reason or "started", _enter(spec, 0, attempt=state.attempt + 1))
+
+
+def promote_change(state: State, spec: Spec, reason: str | None = None, *, force: bool = False) -> Change:
+    """Move to the next stage; entering the last stage completes the migration."""
+    if state.status != RUNNING:
+        hint = {
+            DRAFT: "run `crossfade start` first",
+            PAUSED_STATUS: "run `crossfade resume` first",
+            ROLLED_BACK_STATUS: "run `crossfade start` to begin a new attempt",
+            COMPLETED: "it is already at its last stage",
+        }.get(state.status, "")
+        raise TransitionError(f"cannot promote {state.name}: it is {state.status}" + (f"; {hint}" if hint else ""))
+    extra = {"from_stage": state.stage}
+    if force:
+        extra["forced"] = True
+    return Change(PROMOTED, reason or "promoted", _enter(spec, state.stage_index + 1, **extra))
+
+
+def pause_change(state: State, reason: str | None = None) -> Change:
+    """Send every key to legacy and stop the clock, keeping the stage."""
+    if state.status != RUNNING:
+        raise TransitionError(f"cannot pause {state.name}: it is {state.status}; only a running migration pauses")
+    return Change(PAUSED, reason or "paused", {"stage": state.stage})
+
+
+def resume_change(state: State, reason: str | None = None) -> Change:
+    """Return a paused migration to its stage's traffic."""
+    if state.status != PAUSED_STATUS:
+        raise TransitionError(f"cannot resume {state.name}: it is {state.status}, not paused")
+    return Change(RESUMED, reason or "resumed", {"stage": state.stage, "traffic": state.traffic})
+
+
+def rollback_change(state: State, reason: str) -> Change:
+    """Send every key back to legacy at once; a reason is required because someone will ask why."""
+    if not reason or not reason.strip():
+        raise TransitionError("a rollback needs a reason (--reason TEXT): it goes into the audit log")
+    if state.status in (DRAFT, ROLLED_BACK_STATUS):
+        raise TransitionError(f"cannot roll back {state.name}: it is {state.status}; no traffic is on the candidate")
+    return Change(ROLLED_BACK, reason, {"from_stage": state.stage, "from_traffic": state.traffic})

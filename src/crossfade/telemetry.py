@@ -1,0 +1,211 @@
+"""Per-arm call telemetry: counters and a latency sketch per thread, merged and flushed in aligned windows."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from crossfade.sketch import Sketch
+
+
+class Cell:
+    """What one arm of one stage did during one window: counters and a latency sketch, merged by addition."""
+
+    __slots__ = (
+        "calls", "errors", "fallbacks", "timeouts", "cost_sum", "cost_sq", "costed", "compared", "mismatches",
+        "latency",
+    )
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.errors = 0
+        self.fallbacks = 0
+        self.timeouts = 0
+        self.cost_sum = 0.0
+        self.cost_sq = 0.0
+        self.costed = 0
+        self.compared = 0
+        self.mismatches = 0
+        self.latency = Sketch()
+
+    def add_cost(self, cost: float) -> None:
+        """Record the cost of one call (any unit, the same for both arms)."""
+        self.cost_sum += cost
+        self.cost_sq += cost * cost
+        self.costed += 1
+
+    def merge(self, other: Cell) -> None:
+        """Add another cell's counts into this one."""
+        self.calls += other.calls
+        self.errors += other.errors
+        self.fallbacks += other.fallbacks
+        self.timeouts += other.timeouts
+        self.cost_sum += other.cost_sum
+        self.cost_sq += other.cost_sq
+        self.costed += other.costed
+        self.compared += other.compared
+        self.mismatches += other.mismatches
+        self.latency.merge(other.latency)
+
+    @property
+    def error_rate(self) -> float:
+        """Errors per call; NaN with no calls."""
+        return self.errors / self.calls if self.calls else math.nan
+
+    @property
+    def cost_mean(self) -> float:
+        """Mean cost over the calls that reported one; NaN with none."""
+        return self.cost_sum / self.costed if self.costed else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form."""
+        return {
+            "calls": self.calls, "errors": self.errors, "fallbacks": self.fallbacks, "timeouts": self.timeouts,
+            "cost_sum": self.cost_sum, "cost_sq": self.cost_sq, "costed": self.costed,
+            "compared": self.compared, "mismatches": self.mismatches, "latency": self.latency.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Cell:
+        """The cell a `to_dict` form describes."""
+        cell = cls()
+        for name in ("calls", "errors", "fallbacks", "timeouts", "costed", "compared", "mismatches"):
+            setattr(cell, name, int(data.get(name, 0)))
+        cell.cost_sum = float(data.get("cost_sum", 0.0))
+        cell.cost_sq = float(data.get("cost_sq", 0.0))
+        cell.latency = Sketch.from_dict(data.get("latency") or {})
+        return cell
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Cell):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"Cell(calls={self.calls}, errors={self.errors}, fallbacks={self.fallbacks}, timeouts={self.timeouts})"
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One arm's cell for one stage of one migration over the aligned interval [start, start + length)."""
+
+    migration: str
+    stage: str
+    arm: str
+    start: float
+    length: float
+    cell: Cell
+
+
+def merge_windows(windows: Iterable[Window]) -> dict[str, Cell]:
+    """Per arm, the sum of many windows' cells."""
+    out: dict[str, Cell] = {}
+    for w in windows:
+        cell = out.get(w.arm)
+        if cell is None:
+            cell = out[w.arm] = Cell()
+        cell.merge(w.cell)
+    return out
+
+
+SEP = "\x1f"  # cannot occur in migration or stage names, which are [a-z0-9-]
+
+
+def cell_key(migration: str, stage: str, arm: str) -> str:
+    """The key of one arm of one stage: a str, whose hash Python caches, so lookups cost no allocation."""
+    return f"{migration}{SEP}{stage}{SEP}{arm}"
+
+
+class Recorder:
+    """Per-thread, lock-free buffers of cells by window; `collect` hands closed windows to the flusher.
+
+    Each thread writes only into its own dict of windows. The flusher takes a window out with `dict.pop`,
+    which is atomic under the GIL, once the window has been closed for `grace` seconds, so a count is
+    either flushed once or (for a thread stalled mid-call longer than the grace) dropped, never doubled.
+    Windows are aligned to wall-clock time so that every process cuts them alike; the hot path derives the
+    window from the monotonic time it already read, through an offset that `resync` keeps current.
+    """
+
+    def __init__(
+        self,
+        window: float = 10.0,
+        *,
+        grace: float = 1.0,
+        clock: Callable[[], int] = time.time_ns,
+        monotonic: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        if window <= 0:
+            raise ValueError(f"telemetry window must be positive, got {window}")
+        self.window = window
+        self.grace = grace
+        self._window_ns = round(window * 1e9)
+        self._clock = clock
+        self._monotonic = monotonic
+        self._offset_ns = 0
+        self.resync()
+        self._local = threading.local()
+        self._buffers: list[tuple[threading.Thread, dict[int, dict[str, Cell]]]] = []
+        self._lock = threading.Lock()  # guards the list of buffers, taken once per thread, never per call
+
+    def resync(self) -> None:
+        """Re-read the wall clock's offset from the monotonic one (NTP may have moved it)."""
+        self._offset_ns = self._clock() - self._monotonic()
+
+    def cell(self, now_ns: int, key: str) -> Cell:
+        """The calling thread's cell for `key` (see `cell_key`) in the window holding monotonic `now_ns`."""
+        try:
+            buffer = self._local.buffer
+        except AttributeError:
+            buffer = self._register()
+        index = (now_ns + self._offset_ns) // self._window_ns
+        cells = buffer.get(index)
+        if cells is None:
+            cells = buffer[index] = {}
+        cell = cells.get(key)
+        if cell is None:
+            cell = cells[key] = Cell()
+        return cell
+
+    def now(self) -> int:
+        """The monotonic time, in the unit `cell` takes."""
+        return self._monotonic()
+
+    def _register(self) -> dict[int, dict[str, Cell]]:
+        buffer: dict[int, dict[str, Cell]] = {}
+        self._local.buffer = buffer
+        with self._lock:
+            self._buffers.append((threading.current_thread(), buffer))
+        return buffer
+
+    def collect(self, *, everything: bool = False) -> list[Window]:
+        """Take the windows that have closed (all of them with `everything`), merged across threads."""
+        cutoff = math.inf if everything else (self._clock() - round(self.grace * 1e9)) // self._window_ns
+        merged: dict[tuple[int, str], Cell] = {}
+        with self._lock:
+            buffers = list(self._buffers)
+            # A finished thread's buffer can go once it is empty; it can never be written again.
+            self._buffers = [(t, b) for t, b in buffers if t.is_alive() or b]
+        for _, buffer in buffers:
+            for index in [i for i in list(buffer) if i + 1 <= cutoff]:
+                cells = buffer.pop(index, None)
+                for key, cell in (cells or {}).items():
+                    if (index, key) in merged:
+                        merged[(index, key)].merge(cell)
+                    else:
+                        merged[(index, key)] = cell
+        windows = []
+        for (index, key), cell in sorted(merged.items(), key=lambda kv: kv[0]):
+            migration, stage, arm = key.split(SEP)
+            windows.append(Window(migration, stage, arm, index * self._window_ns / 1e9, self.window, cell))
+        return windows
+
+    def reset(self) -> None:
+        """Forget every buffer: in a forked child, the parent's unflushed counts are the parent's to send."""
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._buffers = []
+        self.resync()

@@ -1,0 +1,115 @@
+"""Telemetry: per-thread cells flushed in aligned windows, exact under threads, merged by addition."""
+
+from __future__ import annotations
+
+import threading
+
+from crossfade.telemetry import Cell, Recorder, Window, cell_key, merge_windows
+
+KEY = cell_key("m", "s", "legacy")
+
+
+class FakeClock:
+    """A settable clock (seconds, answered in ns) serving as both wall and monotonic time."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return round(self.now * 1e9)
+
+
+def test_windows_are_aligned_and_flushed_only_after_they_close():
+    clock = FakeClock(1003.0)
+    recorder = Recorder(10.0, grace=1.0, clock=clock, monotonic=clock)
+    recorder.cell(clock(), KEY).calls += 1
+    assert recorder.collect() == []
+    clock.now = 1010.5  # closed, but within the grace
+    assert recorder.collect() == []
+    clock.now = 1011.0
+    (window,) = recorder.collect()
+    assert (window.migration, window.stage, window.arm, window.start, window.length) == ("m", "s", "legacy", 1000.0,
+                                                                                          10.0)
+    assert window.cell.calls == 1
+    assert recorder.collect() == []
+
+
+def test_threads_record_without_locks_and_totals_are_exact():
+    recorder = Recorder(0.05, grace=0.01)
+    collected: list[Window] = []
+    stop = threading.Event()
+
+    def flusher():
+        while not stop.is_set():
+            collected.extend(recorder.collect())
+            stop.wait(0.01)
+
+    def worker(n):
+        for i in range(n):
+            cell = recorder.cell(recorder.now(), cell_key("m", "s", "candidate" if i % 3 == 0 else "legacy"))
+            cell.calls += 1
+            cell.latency.add(0.001 * (i % 50 + 1))
+            if i % 7 == 0:
+                cell.errors += 1
+
+    background = threading.Thread(target=flusher)
+    background.start()
+    threads = [threading.Thread(target=worker, args=(20_000,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    background.join()
+    collected.extend(recorder.collect(everything=True))
+    totals = merge_windows(collected)
+    per_thread_candidate = len(range(0, 20_000, 3))
+    assert totals["candidate"].calls == 4 * per_thread_candidate
+    assert totals["legacy"].calls == 4 * (20_000 - per_thread_candidate)
+    assert totals["candidate"].latency.count + totals["legacy"].latency.count == 80_000
+    assert sum(c.errors for c in totals.values()) == 4 * len(range(0, 20_000, 7))
+
+
+def test_windows_from_many_threads_merge_into_one_per_arm():
+    clock = FakeClock(500.0)
+    recorder = Recorder(10.0, clock=clock, monotonic=clock)
+    threads = [threading.Thread(target=lambda: recorder.cell(clock(), KEY).__setattr__("calls", 5))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+        t.join()
+    (window,) = recorder.collect(everything=True)
+    assert window.cell.calls == 15
+
+
+def test_a_cell_round_trips_and_merges_by_addition():
+    a, b = Cell(), Cell()
+    a.calls, a.errors = 10, 2
+    a.add_cost(0.5)
+    a.latency.add(0.02)
+    b.calls, b.fallbacks, b.timeouts = 4, 1, 1
+    b.add_cost(1.5)
+    b.latency.add(0.04)
+    assert Cell.from_dict(a.to_dict()) == a
+    a.merge(b)
+    assert (a.calls, a.errors, a.fallbacks, a.timeouts, a.costed, a.cost_sum, a.cost_sq) == (14, 2, 1, 1, 2, 2.0, 2.5)
+    assert a.latency.count == 2 and a.cost_mean == 1.0
+
+
+def test_windows_follow_the_wall_clock_through_the_monotonic_offset():
+    wall, mono = FakeClock(2_000_000.0), FakeClock(50.0)
+    recorder = Recorder(10.0, clock=wall, monotonic=mono)
+    recorder.cell(mono(), KEY).calls += 1
+    wall.now += 30
+    (window,) = recorder.collect()
+    assert window.start == 2_000_000.0
+
+
+def test_finished_threads_are_forgotten_once_flushed():
+    recorder = Recorder(10.0)
+    t = threading.Thread(target=lambda: recorder.cell(recorder.now(), KEY))
+    t.start()
+    t.join()
+    recorder.collect(everything=True)
+    recorder.collect(everything=True)
+    assert recorder._buffers == []
