@@ -1,0 +1,76 @@
+"""The Backend protocol every store implements, its errors, and opening one from a URL."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from crossfade.events import Event, State
+    from crossfade.telemetry import Window
+
+
+class BackendError(Exception):
+    """A store refused or failed an operation; the message says which and why."""
+
+
+class BackendUnavailable(BackendError):
+    """The store cannot be reached now (file gone, server down); the operation may succeed later."""
+
+
+class ConflictError(BackendError):
+    """Another writer appended to the migration first: the expected sequence number is taken."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Durable storage of migrations. Every method is safe to call from several threads."""
+
+    url: str
+
+    def append(
+        self,
+        migration: str,
+        expected_seq: int,
+        events: Sequence[Event],
+        *,
+        state: State,
+        spec: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Atomically append events numbered `expected_seq + 1...`, store `state` as the migration's
+        snapshot and, when given, `spec` as the spec version numbered by the first event's seq.
+        Raises ConflictError when `expected_seq` is no longer the last event's number."""
+
+    def events(self, migration: str, *, after: int = 0, limit: int | None = None) -> list[Event]:
+        """The migration's events with seq > `after`, in order, at most `limit` of them."""
+
+    def state(self, migration: str) -> State | None:
+        """The migration's stored state snapshot, or None if it was never applied."""
+
+    def states(self) -> list[State]:
+        """Every migration's state snapshot, ordered by name."""
+
+    def spec(self, migration: str, version: int | None = None) -> dict[str, Any] | None:
+        """The spec stored at `version` (the latest when None), as its `to_dict` form."""
+
+    def write_windows(self, windows: Sequence[Window]) -> None:
+        """Store telemetry windows. Rows from many processes for one window add up."""
+
+    def windows(
+        self, migration: str, *, stage: str | None = None, since: float | None = None, until: float | None = None
+    ) -> list[Window]:
+        """Telemetry windows of a migration (one stage, windows starting in [since, until)), in time order."""
+
+    def close(self) -> None:
+        """Release connections. The backend is not used afterwards."""
+
+
+def open_backend(url: str) -> Backend:
+    """The backend a URL names: `sqlite:///path`, `postgresql://...` (imported only when used)."""
+    if url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:", "postgres:")):
+        from crossfade.backends.sql import SQLBackend
+
+        return SQLBackend(url)
+    raise BackendError(
+        f"unsupported backend URL {url!r}: use sqlite:///path/to/file.db or postgresql://user@host/db"
+    )

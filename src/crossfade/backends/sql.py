@@ -1,0 +1,509 @@
+"""The SQL backend: one schema and one code path for a SQLite file and a PostgreSQL database."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.pool import NullPool, StaticPool
+
+from crossfade.backends.base import BackendError, BackendUnavailable, ConflictError
+from crossfade.events import Event, State, canonical_json
+from crossfade.telemetry import Cell, Window
+
+__all__ = ["SQLBackend", "current_revision", "head_revision", "upgrade"]
+
+# Where the shipped alembic scripts live; a module attribute so a test can point it at a copy with more revisions.
+SCRIPT_LOCATION: str = str(Path(__file__).with_name("migrations"))
+# Not alembic's default name: an application database may already have an `alembic_version` of its own.
+VERSION_TABLE: Final = "crossfade_schema_version"
+SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
+POSTGRES_CONNECT_TIMEOUT_S: Final = 3
+# pg_advisory_xact_lock key serializing schema creation and upgrades ("cfsc" in ASCII).
+_SCHEMA_LOCK_KEY: Final = 0x63667363
+# alembic's `context` is a process-wide proxy: two threads must not run env.py at once.
+_ALEMBIC_LOCK = threading.Lock()
+
+_metadata = sa.MetaData()
+specs = sa.Table(
+    "specs", _metadata,
+    sa.Column("migration", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+)
+events_table = sa.Table(
+    "events", _metadata,
+    sa.Column("migration", sa.Text, primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("time", sa.Double, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+states_table = sa.Table(
+    "states", _metadata,
+    sa.Column("migration", sa.Text, primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+)
+telemetry = sa.Table(
+    "telemetry", _metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("migration", sa.Text, nullable=False),
+    sa.Column("stage", sa.Text, nullable=False),
+    sa.Column("arm", sa.Text, nullable=False),
+    sa.Column("window_start", sa.Double, nullable=False),
+    sa.Column("window_length", sa.Double, nullable=False),
+    sa.Column("cell", sa.Text, nullable=False),
+    sa.Column("written_at", sa.Double, nullable=False),
+)
+
+
+def head_revision() -> str:
+    """The schema revision this version of crossfade works with."""
+    return _head(SCRIPT_LOCATION)
+
+
+@functools.lru_cache(maxsize=4)
+def _head(location: str) -> str:
+    # Reading the scripts imports every revision file: done once, not on each SQLBackend construction.
+    head = ScriptDirectory.from_config(_alembic_config(location)).get_current_head()
+    assert head is not None, f"no alembic revisions under {location}"
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision a database is at; None when crossfade's tables were never created in it."""
+    with engine.connect() as conn:
+        return _revision(conn)
+
+
+def upgrade(url: str) -> tuple[str | None, str]:
+    """Bring the database at `url` to the newest schema (creating a SQLite file if missing).
+
+    Returns the revision before and after; running it again is harmless. Safe against concurrent runs.
+    """
+    store = _Store(url, create=True)
+    try:
+        with store.guard("upgrading the schema"):
+            return store.migrate(lambda before: True)
+    finally:
+        store.engine.dispose()
+
+
+class SQLBackend:
+    """A Backend over SQLAlchemy Core: a SQLite file for one host, PostgreSQL for many. Thread-safe.
+
+    `url` is `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, `sqlite://` (in memory, one
+    process), or `postgresql://user:password@host:port/db` (also `postgres://`, `postgresql+psycopg://`).
+    With `create`, a database without crossfade's tables gets them (a missing SQLite file is created);
+    a database at an older schema revision is refused until `crossfade db upgrade` is run.
+    """
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self._store = _Store(url, create=create)
+        self.url = url
+        self.dialect: str = self._store.dialect
+        self.engine: Engine = self._store.engine  # for tools and tests that need raw SQL
+        try:
+            with self._store.guard("opening the store"):
+                self._check_schema(create)
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    def _check_schema(self, create: bool) -> None:
+        head = head_revision()
+        with self.engine.connect() as conn:
+            if _revision(conn) == head:
+                return
+
+        def decide(before: str | None) -> bool:
+            if before is None and create:
+                return True
+            if before == head:
+                return False
+            raise BackendError(self._store.schema_problem(before, head))
+
+        self._store.migrate(decide)
+
+    def append(
+        self,
+        migration: str,
+        expected_seq: int,
+        events: Sequence[Event],
+        *,
+        state: State,
+        spec: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Atomically append events numbered `expected_seq + 1...`, store `state` as the snapshot and, when
+        given, `spec` as the version numbered by the first event's seq. ConflictError if another writer
+        appended first."""
+        _check_batch(migration, expected_seq, events, state)
+        event_rows = [
+            {**e.body(), "payload": canonical_json(dict(e.payload)), "hash": e.hash} for e in events
+        ]
+        state_json = canonical_json(state.to_dict())
+        with self._store.guard(f"appending to {migration}"), self._store.write() as conn:
+            found = conn.scalar(
+                sa.select(sa.func.coalesce(sa.func.max(events_table.c.seq), 0)).where(
+                    events_table.c.migration == migration
+                )
+            )
+            if found != expected_seq:
+                raise _conflict(migration, expected_seq, found)
+            try:
+                conn.execute(events_table.insert(), event_rows)
+            except sa_exc.IntegrityError as e:
+                # A writer that read the same last seq committed first (PostgreSQL; SQLite serializes writers).
+                raise _conflict(migration, expected_seq, "a newer one") from e
+            self._store.upsert_state(conn, migration, state.seq, state_json)
+            if spec is not None:
+                text = canonical_json(dict(spec))
+                conn.execute(
+                    specs.insert().values(
+                        migration=migration, version=events[0].seq, spec=text,
+                        digest=hashlib.sha256(text.encode()).hexdigest(), created_at=time.time(),
+                    )
+                )
+
+    def events(self, migration: str, *, after: int = 0, limit: int | None = None) -> list[Event]:
+        """The migration's events with seq > `after`, in order, at most `limit`, exactly as stored."""
+        query = (
+            sa.select(events_table)
+            .where(events_table.c.migration == migration, events_table.c.seq > after)
+            .order_by(events_table.c.seq)
+            .limit(limit)
+        )
+        with self._store.guard(f"reading the events of {migration}"), self._store.read() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [Event.from_dict({**row, "payload": json.loads(row["payload"])}) for row in rows]
+
+    def state(self, migration: str) -> State | None:
+        """The migration's stored state snapshot, or None if it was never applied."""
+        query = sa.select(states_table.c.state).where(states_table.c.migration == migration)
+        with self._store.guard(f"reading the state of {migration}"), self._store.read() as conn:
+            text = conn.scalar(query)
+        return None if text is None else State.from_dict(json.loads(text))
+
+    def states(self) -> list[State]:
+        """Every migration's state snapshot, ordered by name."""
+        query = sa.select(states_table.c.state).order_by(states_table.c.migration)
+        with self._store.guard("reading the migrations"), self._store.read() as conn:
+            texts = conn.scalars(query).all()
+        return [State.from_dict(json.loads(t)) for t in texts]
+
+    def spec(self, migration: str, version: int | None = None) -> dict[str, Any] | None:
+        """The spec stored at `version` (the latest when None), or None."""
+        query = sa.select(specs.c.spec).where(specs.c.migration == migration)
+        if version is None:
+            query = query.order_by(specs.c.version.desc()).limit(1)
+        else:
+            query = query.where(specs.c.version == version)
+        with self._store.guard(f"reading the spec of {migration}"), self._store.read() as conn:
+            text = conn.scalar(query)
+        return None if text is None else json.loads(text)
+
+    def write_windows(self, windows: Sequence[Window]) -> None:
+        """Store telemetry windows in one transaction, one row each; rows for one window add up on read."""
+        if not windows:
+            return
+        now = time.time()
+        rows = [
+            {
+                "migration": w.migration, "stage": w.stage, "arm": w.arm, "window_start": w.start,
+                "window_length": w.length, "written_at": now,
+                # Not canonical_json: a NaN cost someone recorded must not make every later flush fail.
+                "cell": json.dumps(w.cell.to_dict(), separators=(",", ":")),
+            }
+            for w in windows
+        ]
+        with self._store.guard("writing telemetry"), self._store.write() as conn:
+            conn.execute(telemetry.insert(), rows)
+
+    def windows(
+        self, migration: str, *, stage: str | None = None, since: float | None = None, until: float | None = None
+    ) -> list[Window]:
+        """Telemetry windows of a migration starting in [since, until), ordered by start, arm and stage.
+
+        Rows written separately for the same window (by several processes, or one process twice) come
+        back merged into one Window.
+        """
+        t = telemetry.c
+        query = sa.select(t.stage, t.arm, t.window_start, t.window_length, t.cell).where(t.migration == migration)
+        if stage is not None:
+            query = query.where(t.stage == stage)
+        if since is not None:
+            query = query.where(t.window_start >= since)
+        if until is not None:
+            query = query.where(t.window_start < until)
+        with self._store.guard(f"reading the telemetry of {migration}"), self._store.read() as conn:
+            rows = conn.execute(query).all()
+        cells: dict[tuple[float, str, str, float], Cell] = {}
+        for row_stage, arm, start, length, text in rows:
+            cell = Cell.from_dict(json.loads(text))
+            key = (start, arm, row_stage, length)
+            if key in cells:
+                cells[key].merge(cell)
+            else:
+                cells[key] = cell
+        return [
+            Window(migration, row_stage, arm, start, length, cell)
+            for (start, arm, row_stage, length), cell in sorted(cells.items(), key=lambda kv: kv[0])
+        ]
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's pooled connections without closing them under the parent."""
+        self.engine.dispose(close=False)
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"SQLBackend({self._store.display!r})"
+
+
+def _check_batch(migration: str, expected_seq: int, events: Sequence[Event], state: State) -> None:
+    if not events:
+        raise ValueError(f"append to {migration}: no events given")
+    for offset, event in enumerate(events, start=1):
+        if event.migration != migration:
+            raise ValueError(f"append to {migration}: event {event.seq} belongs to {event.migration}")
+        if event.seq != expected_seq + offset:
+            raise ValueError(
+                f"append to {migration}: events must be numbered {expected_seq + 1}.. consecutively, "
+                f"found {event.seq} at position {offset}"
+            )
+    last = events[-1]
+    if state.name != migration or state.seq != last.seq or state.head != last.hash:
+        raise ValueError(
+            f"append to {migration}: the state must be the fold up to the last event ({last.seq}), "
+            f"got the state of {state.name} at event {state.seq}"
+        )
+
+
+def _conflict(migration: str, expected: int, found: object) -> ConflictError:
+    return ConflictError(
+        f"migration {migration} changed concurrently: expected event {expected} to be the last, "
+        f"found {found}; re-read its state and retry"
+    )
+
+
+def _alembic_config(location: str | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", location or SCRIPT_LOCATION)
+    return config
+
+
+def _known(revision: str) -> bool:
+    try:
+        ScriptDirectory.from_config(_alembic_config()).get_revision(revision)
+    except Exception:  # alembic raises several types for an unknown or malformed revision id
+        return False
+    return True
+
+
+def _revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+
+
+class _Store:
+    """An engine set up for one URL's dialect, with its transactions, locks and error translation."""
+
+    def __init__(self, url: str, *, create: bool) -> None:
+        self.display = url
+        try:
+            parsed = make_url(url)
+        except sa_exc.ArgumentError as e:
+            raise BackendError(f"cannot parse database URL {url!r}: {e}") from None
+        backend = parsed.get_backend_name()
+        # Only one thread at a time may use the single connection of an in-memory database.
+        self._serial: Callable[[], AbstractContextManager[Any]] = nullcontext
+        if backend == "sqlite":
+            self.dialect = "sqlite"
+            self.engine = self._sqlite_engine(url, parsed, create)
+        elif backend in ("postgresql", "postgres"):
+            self.dialect = "postgresql"
+            self.display = parsed.render_as_string(hide_password=True)
+            self.engine = self._postgres_engine(parsed)
+        else:
+            raise BackendError(
+                f"unsupported database URL {self.display!r}: use sqlite:///path/to/file.db or "
+                "postgresql://user@host:5432/db"
+            )
+
+    def _sqlite_engine(self, url: str, parsed: URL, create: bool) -> Engine:
+        if parsed.query or parsed.host or parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
+            raise BackendError(
+                f"unsupported SQLite URL {url!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+            )
+        name = parsed.database or ""
+        if name in ("", ":memory:"):
+            lock = threading.RLock()
+            self._serial = lambda: lock
+            memory = sqlite3.connect(":memory:", check_same_thread=False)
+            engine = sa.create_engine("sqlite://", creator=lambda: memory, poolclass=StaticPool)
+        else:
+            path = Path(name).expanduser().absolute()
+            if not path.exists():
+                if not create:
+                    raise BackendUnavailable(f"cannot open {url}: {path} does not exist")
+                if not path.parent.is_dir():
+                    raise BackendUnavailable(f"cannot create {url}: directory {path.parent} does not exist")
+                try:
+                    sqlite3.connect(f"file:{quote(str(path))}?mode=rwc", uri=True).close()
+                except sqlite3.Error as e:
+                    raise BackendUnavailable(f"cannot create {url}: {e}") from None
+            # mode=rw never creates the file: once deleted, it stays deleted and every operation says so.
+            # NullPool reopens it per operation, so no pooled handle keeps reading a deleted inode.
+            target = f"file:{quote(str(path))}?mode=rw"
+            engine = sa.create_engine(
+                "sqlite://",
+                creator=lambda: sqlite3.connect(target, uri=True, check_same_thread=False),
+                poolclass=NullPool,
+            )
+        file_backed = name not in ("", ":memory:")
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+            # We send BEGIN ourselves: pysqlite's own is deferred and skipped before SELECT and DDL.
+            dbapi_conn.isolation_level = None
+            dbapi_conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            if file_backed and dbapi_conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                dbapi_conn.execute("PRAGMA journal_mode = WAL")
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN " + conn.get_execution_options().get("sqlite_begin", "DEFERRED"))
+
+        return engine
+
+    def _postgres_engine(self, parsed: URL) -> Engine:
+        if parsed.drivername in ("postgresql", "postgres"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        # Fail fast on a server that is down, and notice a silent network partition on an open
+        # connection within about half a minute instead of hanging the caller; the URL's own values win.
+        defaults = {
+            "connect_timeout": POSTGRES_CONNECT_TIMEOUT_S, "application_name": "crossfade",
+            "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+            "tcp_user_timeout": 30_000,
+        }
+        try:
+            return sa.create_engine(
+                parsed,
+                pool_pre_ping=True,
+                connect_args={k: v for k, v in defaults.items() if k not in parsed.query},
+            )
+        except ModuleNotFoundError as e:
+            raise BackendError(
+                f"{self.display} needs the PostgreSQL driver: pip install 'crossfade[postgres]' ({e})"
+            ) from None
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection in a read transaction."""
+        with self._serial(), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A connection in a write transaction; on SQLite it holds the write lock from the start, so a
+        read-then-write sequence inside it cannot interleave with another writer's."""
+        with self._serial(), self.engine.connect() as conn:
+            conn.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                yield conn
+
+    def upsert_state(self, conn: Connection, migration: str, seq: int, text: str) -> None:
+        """Insert or replace a migration's state snapshot."""
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(states_table).values(migration=migration, seq=seq, state=text)
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[states_table.c.migration], set_={"seq": seq, "state": text}
+            )
+        )
+
+    def migrate(self, decide: Callable[[str | None], bool]) -> tuple[str | None, str]:
+        """Under the schema lock, read the revision, ask `decide(before)` whether to upgrade to head, and
+        do it in the same transaction. Returns the revisions before and after."""
+        with _ALEMBIC_LOCK, self.write() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
+            before = _revision(conn)
+            if decide(before):
+                if before is not None and not _known(before):
+                    raise BackendError(self.schema_problem(before, head_revision()))
+                config = _alembic_config()
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+            after = _revision(conn)
+        assert after is not None
+        return before, after
+
+    def schema_problem(self, revision: str | None, head: str) -> str:
+        """What is wrong with a database at `revision` when this crossfade needs `head`, and what to do."""
+        if revision is None:
+            return f"{self.display} has no crossfade tables yet; run: crossfade db upgrade --url {self.display}"
+        if not _known(revision):
+            return (
+                f"{self.display} is at schema revision {revision}, which this crossfade does not know (it "
+                f"needs {head}): the database was upgraded by a newer crossfade; upgrade the crossfade package"
+            )
+        return (
+            f"{self.display} is at schema revision {revision}, this crossfade needs {head}; "
+            f"run: crossfade db upgrade --url {self.display}"
+        )
+
+    @contextmanager
+    def guard(self, action: str) -> Iterator[None]:
+        """Turn driver errors into BackendUnavailable (cannot reach the store) or BackendError (other)."""
+        try:
+            yield
+        except BackendError:
+            raise
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, sqlite3.OperationalError) as e:
+            cause = _cause(e)
+            if "no such table" in cause or "no such column" in cause:
+                raise BackendError(
+                    f"{action} failed: {self.display} lacks crossfade's schema ({cause}); "
+                    f"run: crossfade db upgrade --url {self.display}"
+                ) from e
+            raise BackendUnavailable(f"{action} failed: cannot use {self.display}: {cause}") from e
+        except sa_exc.DBAPIError as e:
+            if e.connection_invalidated:
+                raise BackendUnavailable(f"{action} failed: lost the connection to {self.display}: {_cause(e)}") from e
+            raise BackendError(f"{action} failed on {self.display}: {_cause(e)}") from e
+        except (sa_exc.SQLAlchemyError, sqlite3.Error) as e:
+            raise BackendError(f"{action} failed on {self.display}: {_cause(e)}") from e
+
+
+def _cause(error: BaseException) -> str:
+    orig = getattr(error, "orig", None) or error
+    return " ".join(str(orig).split()) or type(orig).__name__
+
