@@ -1,0 +1,350 @@
+"""The `crossfade` command: write and check specs, move migrations, and read their state and history."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from crossfade.backends.base import BackendError
+from crossfade.events import Event, State, TransitionError, verify
+from crossfade.sdk import DEFAULT_URL, Client, UnknownMigration
+from crossfade.spec import EXAMPLE, SpecError, format_duration, format_percent, json_schema, load_spec
+from crossfade.telemetry import Cell, merge_windows
+
+app = typer.Typer(
+    name="crossfade",
+    help="Replace a running system without breaking it: staged, measured, reversible migrations.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+audit_app = typer.Typer(help="Check the tamper-evident event log.", no_args_is_help=True)
+db_app = typer.Typer(help="Manage the backend's schema.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+app.add_typer(db_app, name="db")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+Url = Annotated[
+    str | None,
+    typer.Option("--url", help=f"Backend URL (default: $CROSSFADE_URL, else {DEFAULT_URL}).", show_default=False),
+]
+Name = Annotated[str, typer.Argument(help="The migration's name.")]
+Actor = Annotated[str | None, typer.Option("--actor", help="Who acts (default: the OS user).")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the event it would write; write nothing.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _client(url: str | None) -> Iterator[Client]:
+    """A client for one command, whose errors become one clear line and an exit code, not a traceback."""
+    client = None
+    try:
+        client = Client(url or os.environ.get("CROSSFADE_URL") or DEFAULT_URL, refresh=3600)
+        yield client
+    except SpecError as exc:
+        _fail(str(exc), 2)
+    except (TransitionError, UnknownMigration, BackendError) as exc:
+        _fail(str(exc).strip("'\""))
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _print_event(event: Event, *, dry_run: bool = False) -> None:
+    prefix = "[yellow]would write[/yellow] " if dry_run else ""
+    detail = ", ".join(f"{k}={v}" for k, v in event.payload.items() if k not in ("digest",))
+    out.print(f"{prefix}{event.migration} #{event.seq} [bold]{event.type}[/bold] by {event.actor}"
+              + (f": {event.reason}" if event.reason else "") + (f" ({detail})" if detail else ""))
+
+
+# -- specs --------------------------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the example spec.")] = Path("migration.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented example spec to start from."""
+    if path.exists() and not force:
+        _fail(f"{path} exists; pass --force to overwrite it, or name another file")
+    path.write_text(EXAMPLE)
+    out.print(f"wrote {path}: edit it, then `crossfade validate {path}` and `crossfade apply {path}`")
+
+
+@app.command()
+def validate(files: Annotated[list[Path], typer.Argument(help="Spec files to check.")]) -> None:
+    """Check spec files; every problem of every file is reported at once."""
+    failed = False
+    for path in files:
+        try:
+            spec = load_spec(path)
+        except SpecError as exc:
+            failed = True
+            err.print(str(exc), soft_wrap=True)
+        else:
+            out.print(f"{path}: ok ({spec.name}, {len(spec.stages)} stages)")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of spec files (point your editor at it for completion)."""
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+@app.command()
+def apply(
+    file: Annotated[Path, typer.Argument(help="The spec file.")],
+    url: Url = None,
+    actor: Actor = None,
+    dry_run: DryRun = False,
+) -> None:
+    """Store a spec (a new migration, or a new version of one); idempotent."""
+    try:
+        spec = load_spec(file)
+    except SpecError as exc:
+        _fail(str(exc), 2)
+    with _client(url) as cf:
+        event = cf.apply(spec, actor=actor, dry_run=dry_run)
+        if event is None:
+            out.print(f"{spec.name}: unchanged (this spec is already applied)")
+        else:
+            _print_event(event, dry_run=dry_run)
+
+
+def _operation(name: str, url: str | None, act: Callable[[Any], Event], dry_run: bool) -> None:
+    with _client(url) as cf:
+        event = act(cf.migration(name))
+        _print_event(event, dry_run=dry_run)
+        if not dry_run:
+            _print_state_line(cf.migration(name).state())
+
+
+Reason = Annotated[str | None, typer.Option("--reason", help="Why; recorded in the audit log.")]
+
+
+@app.command()
+def start(name: Name, reason: Reason = None, url: Url = None, actor: Actor = None, dry_run: DryRun = False) -> None:
+    """Start a migration at its first stage."""
+    _operation(name, url, lambda m: m.start(reason, actor=actor, dry_run=dry_run), dry_run)
+
+
+@app.command()
+def promote(
+    name: Name,
+    reason: Reason = None,
+    force: Annotated[bool, typer.Option("--force", help="Promote past a failing gate (recorded).")] = False,
+    url: Url = None,
+    actor: Actor = None,
+    dry_run: DryRun = False,
+) -> None:
+    """Move a running migration to its next stage."""
+    _operation(name, url, lambda m: m.promote(reason, actor=actor, force=force, dry_run=dry_run), dry_run)
+
+
+@app.command()
+def pause(name: Name, reason: Reason = None, url: Url = None, actor: Actor = None, dry_run: DryRun = False) -> None:
+    """Route every key to legacy and hold the stage."""
+    _operation(name, url, lambda m: m.pause(reason, actor=actor, dry_run=dry_run), dry_run)
+
+
+@app.command()
+def resume(name: Name, reason: Reason = None, url: Url = None, actor: Actor = None, dry_run: DryRun = False) -> None:
+    """Return a paused migration to its stage's traffic."""
+    _operation(name, url, lambda m: m.resume(reason, actor=actor, dry_run=dry_run), dry_run)
+
+
+@app.command()
+def rollback(
+    name: Name,
+    reason: Annotated[str, typer.Option("--reason", help="Why; required, recorded in the audit log.")],
+    url: Url = None,
+    actor: Actor = None,
+    dry_run: DryRun = False,
+) -> None:
+    """Send every key back to legacy at once."""
+    _operation(name, url, lambda m: m.rollback(reason, actor=actor, dry_run=dry_run), dry_run)
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def _print_state_line(state: State) -> None:
+    stage = f"stage {state.stage} ({state.stage_index + 1})" if state.stage else "not started"
+    out.print(f"{state.name}: [bold]{state.status}[/bold], {stage}, candidate traffic "
+              f"{format_percent(state.traffic)}")
+
+
+def _ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1000:.1f}ms"
+
+
+def arm_metrics(cell: Cell) -> dict[str, Any]:
+    """The per-arm figures `status` shows: calls, error rate, latency quantiles (seconds) and cost."""
+    return {
+        "calls": cell.calls,
+        "errors": cell.errors,
+        "error_rate": None if not cell.calls else cell.errors / cell.calls,
+        "fallbacks": cell.fallbacks,
+        "timeouts": cell.timeouts,
+        "p50": _nan_none(cell.latency.quantile(0.5)),
+        "p95": _nan_none(cell.latency.quantile(0.95)),
+        "p99": _nan_none(cell.latency.quantile(0.99)),
+        "cost_mean": _nan_none(cell.cost_mean),
+        "cost_sum": cell.cost_sum,
+    }
+
+
+def _nan_none(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+def _stage_cells(cf: Client, state: State) -> dict[str, Cell]:
+    if not state.stage:
+        return {}
+    since = state.stage_entered_at
+    windows = cf.backend().windows(state.name, stage=state.stage)
+    if since is not None:
+        # Windows are aligned; one that began before the stage was entered may still hold its first calls.
+        windows = [w for w in windows if w.start + w.length > since]
+    return merge_windows(windows)
+
+
+@app.command()
+def status(name: Annotated[str | None, typer.Argument(help="One migration (default: all).")] = None,
+           url: Url = None, as_json: AsJson = False) -> None:
+    """Stage, traffic and, per arm, calls, error rate, p50/p95/p99 latency and cost for the current stage."""
+    with _client(url) as cf:
+        states = [cf.migration(name).state()] if name else cf.migrations()
+        report = []
+        for state in states:
+            cells = _stage_cells(cf, state)
+            report.append({**state.to_dict(), "arms": {arm: arm_metrics(c) for arm, c in sorted(cells.items())}})
+        if as_json:
+            sys.stdout.write(json.dumps(report if not name else report[0], indent=2) + "\n")
+            return
+        if not report:
+            out.print("no migrations yet: `crossfade init` writes an example spec, `crossfade apply FILE` stores it")
+            return
+        for item in report:
+            state = State.from_dict({k: v for k, v in item.items() if k != "arms"})
+            _print_state_line(state)
+            table = Table(box=None, pad_edge=False)
+            for column in ("arm", "calls", "error rate", "fallbacks", "p50", "p95", "p99", "cost/call"):
+                table.add_column(column, justify="left" if column == "arm" else "right")
+            for arm, m in item["arms"].items():
+                table.add_row(
+                    arm, str(m["calls"]),
+                    "-" if m["error_rate"] is None else format_percent(m["error_rate"]),
+                    str(m["fallbacks"]),
+                    *(_ms(m[q] if m[q] is not None else math.nan) for q in ("p50", "p95", "p99")),
+                    "-" if m["cost_mean"] is None else f"{m['cost_mean']:.6g}",
+                )
+            if item["arms"]:
+                out.print(table)
+            elif state.stage:
+                out.print("  no calls recorded in this stage yet")
+
+
+@app.command()
+def history(name: Name, url: Url = None, as_json: AsJson = False) -> None:
+    """Every event of a migration, oldest first."""
+    with _client(url) as cf:
+        events = cf.migration(name).history()
+        if not events:
+            raise UnknownMigration(f"no migration named {name!r}")
+        if as_json:
+            sys.stdout.write(json.dumps([e.to_dict() for e in events], indent=2) + "\n")
+            return
+        table = Table(box=None, pad_edge=False)
+        for column in ("#", "time (UTC)", "event", "actor", "reason", "detail"):
+            table.add_column(column)
+        for e in events:
+            detail = ", ".join(f"{k}={_show(v)}" for k, v in e.payload.items() if k != "digest")
+            table.add_row(str(e.seq), _utc(e.time), e.type, e.actor, e.reason or "", detail)
+        out.print(table)
+
+
+def _show(value: Any) -> str:
+    return format_percent(value) if isinstance(value, float) and 0 <= value <= 1 else str(value)
+
+
+def _utc(t: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@audit_app.command("verify")
+def audit_verify(name: Name, url: Url = None, as_json: AsJson = False) -> None:
+    """Check a migration's hash chain; exit 1 and name the first bad event when it is broken."""
+    with _client(url) as cf:
+        backend = cf.backend()
+        state = backend.state(name)
+        events = backend.events(name)
+        if state is None and not events:
+            raise UnknownMigration(f"no migration named {name!r}")
+        head = (state.seq, state.head) if state is not None else None
+        problem = verify(events, head=head)
+        if as_json:
+            sys.stdout.write(json.dumps({"migration": name, "events": len(events), "ok": problem is None,
+                                         "first_bad_event": None if problem is None else problem.seq,
+                                         "problem": None if problem is None else problem.problem}) + "\n")
+        elif problem is None:
+            out.print(f"{name}: audit log intact ({len(events)} events, head {events[-1].hash[:12]})")
+        else:
+            err.print(f"[red]{name}: audit log BROKEN at {problem}[/red]")
+        if problem is not None:
+            raise typer.Exit(1)
+
+
+@db_app.command("upgrade")
+def db_upgrade(url: Url = None) -> None:
+    """Bring the backend's schema to this version of crossfade."""
+    from crossfade.backends.sql import upgrade
+
+    target = url or os.environ.get("CROSSFADE_URL") or DEFAULT_URL
+    try:
+        before, after = upgrade(target)
+    except BackendError as exc:
+        _fail(str(exc))
+    out.print(f"schema at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the demo database to explore with status/history.")] = False,
+    calls: Annotated[int, typer.Option("--calls", min=10, help="Calls sent per stage.")] = 400,
+) -> None:
+    """Walk a bundled migration through its stages by hand, on synthetic legacy and candidate services."""
+    from crossfade.demo import run_demo
+
+    raise typer.Exit(run_demo(out, calls_per_stage=calls, keep=keep))
+
+
+def main() -> None:
+    """Entry point of the `crossfade` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

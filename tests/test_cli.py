@@ -1,0 +1,131 @@
+"""The command line: specs, operations, reading state and history, auditing, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+import crossfade
+from crossfade.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def url(tmp_path):
+    return f"sqlite:///{tmp_path / 'cf.db'}"
+
+
+def cli(*args: str, code: int = 0) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def test_quickstart_init_apply_start_promote_status(tmp_path, url):
+    spec = tmp_path / "migration.yaml"
+    assert "wrote" in cli("init", str(spec))
+    assert "ok (checkout-pricing, 6 stages)" in cli("validate", str(spec))
+    assert "applied" in cli("apply", str(spec), "--url", url)
+    assert "unchanged" in cli("apply", str(spec), "--url", url)
+    assert "started" in cli("start", "checkout-pricing", "--url", url, "--actor", "alice")
+    assert "canary-1" in cli("promote", "checkout-pricing", "--url", url, "--reason", "shadow clean")
+    with crossfade.connect(url) as cf:
+        mig = cf.migration("checkout-pricing")
+        for i in range(300):
+            mig.run(f"c{i}", lambda: "old", lambda: "new")
+    report = json.loads(cli("status", "checkout-pricing", "--url", url, "--json"))
+    assert (report["status"], report["stage"], report["traffic"]) == ("running", "canary-1", 0.01)
+    arms = report["arms"]
+    assert arms["legacy"]["calls"] + arms["candidate"]["calls"] == 300
+    assert arms["legacy"]["p95"] is not None
+    table = cli("status", "--url", url)
+    assert "canary-1" in table and "p95" in table
+
+
+def test_init_refuses_to_overwrite(tmp_path):
+    spec = tmp_path / "m.yaml"
+    spec.write_text("mine")
+    assert "--force" in cli("init", str(spec), code=1)
+    assert spec.read_text() == "mine"
+
+
+def test_validate_reports_every_problem_with_file_and_path(tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: Bad_Name\nstages:\n  - {traffic: 50%}\n  - {traffic: 10%}\n")
+    out = cli("validate", str(spec), code=1)
+    assert f"{spec}: name" in out and f"{spec}: stages[1].traffic" in out
+
+
+def test_apply_of_an_invalid_spec_exits_2_without_a_traceback(tmp_path, url):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: m\nstages: [{traffic: 150%}]\n")
+    out = cli("apply", str(spec), "--url", url, code=2)
+    assert "stages[0].traffic" in out and "Traceback" not in out
+
+
+def test_refused_operations_say_why_and_exit_1(tmp_path, url):
+    spec = tmp_path / "m.yaml"
+    spec.write_text("name: m\nstages: [{traffic: 10%}, {traffic: 100%}]\n")
+    cli("apply", str(spec), "--url", url)
+    assert "crossfade start" in cli("promote", "m", "--url", url, code=1)
+    assert "no migration named 'ghost'" in cli("start", "ghost", "--url", url, code=1)
+    assert "Missing option '--reason'" in cli("rollback", "m", "--url", url, code=2)
+
+
+def test_dry_run_prints_the_event_and_writes_nothing(tmp_path, url):
+    spec = tmp_path / "m.yaml"
+    spec.write_text("name: m\nstages: [{traffic: 10%}, {traffic: 100%}]\n")
+    cli("apply", str(spec), "--url", url)
+    assert "would write" in cli("start", "m", "--url", url, "--dry-run")
+    assert json.loads(cli("status", "m", "--url", url, "--json"))["status"] == "draft"
+
+
+def test_history_lists_events_and_json_carries_hashes(tmp_path, url):
+    spec = tmp_path / "m.yaml"
+    spec.write_text("name: m\nstages: [{traffic: 10%}, {traffic: 100%}]\n")
+    cli("apply", str(spec), "--url", url)
+    cli("start", "m", "--url", url, "--actor", "bob")
+    cli("rollback", "m", "--url", url, "--reason", "p95 doubled")
+    assert "p95 doubled" in cli("history", "m", "--url", url)
+    events = json.loads(cli("history", "m", "--url", url, "--json"))
+    assert [e["type"] for e in events] == ["applied", "started", "rolled_back"]
+    assert events[1]["actor"] == "bob" and len(events[2]["hash"]) == 64
+
+
+def test_audit_verify_passes_then_names_the_tampered_event(tmp_path, url):
+    spec = tmp_path / "m.yaml"
+    spec.write_text("name: m\nstages: [{traffic: 10%}, {traffic: 50%}, {traffic: 100%}]\n")
+    cli("apply", str(spec), "--url", url)
+    cli("start", "m", "--url", url)
+    cli("promote", "m", "--url", url)
+    assert "intact (3 events" in cli("audit", "verify", "m", "--url", url)
+    db = sqlite3.connect(str(tmp_path / "cf.db"))
+    db.execute("UPDATE events SET actor = 'mallory' WHERE migration = 'm' AND seq = 2")
+    db.commit()
+    db.close()
+    out = cli("audit", "verify", "m", "--url", url, code=1)
+    assert "event 2" in out
+    report = json.loads(cli("audit", "verify", "m", "--url", url, "--json", code=1))
+    assert report["first_bad_event"] == 2 and not report["ok"]
+
+
+def test_schema_is_json_and_db_upgrade_reports_the_revision(url):
+    schema = json.loads(cli("schema"))
+    assert "stages" in schema["properties"]
+    assert "schema at" in cli("db", "upgrade", "--url", url)
+
+
+def test_an_unreachable_backend_is_one_line_not_a_traceback():
+    out = cli("status", "--url", "postgresql://postgres@127.0.0.1:1/none", code=1)
+    assert "error:" in out and "Traceback" not in out
+
+
+def test_the_console_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "crossfade", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "validate" in result.stdout
