@@ -129,3 +129,14 @@ def test_an_unreachable_backend_is_one_line_not_a_traceback():
 def test_the_console_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "crossfade", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "validate" in result.stdout
+
+
+def test_abort_then_restart_from_the_command_line(tmp_path, url):
+    spec = tmp_path / "m.yaml"
+    spec.write_text("name: m\nstages: [{traffic: 10%}, {traffic: 100%, approval: true}]\n")
+    cli("apply", str(spec), "--url", url)
+    cli("start", "m", "--url", url)
+    assert "nothing to approve" in cli("approve", "m", "--url", url, code=1)
+    assert "aborted" in cli("abort", "m", "--url", url, "--reason", "wrong key")
+    assert "restarted" in cli("restart", "m", "--url", url)
+    assert json.loads(cli("status", "m", "--url", url, "--json"))["attempt"] == 2

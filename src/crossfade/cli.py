@@ -185,6 +185,30 @@ def rollback(
     _operation(name, url, lambda m: m.rollback(reason, actor=actor, dry_run=dry_run), dry_run)
 
 
+@app.command()
+def approve(name: Name, reason: Reason = None, url: Url = None, actor: Actor = None, dry_run: DryRun = False) -> None:
+    """Approve the stage a migration awaits: it is entered at once."""
+    _operation(name, url, lambda m: m.approve(reason, actor=actor, dry_run=dry_run), dry_run)
+
+
+@app.command()
+def abort(
+    name: Name,
+    reason: Annotated[str, typer.Option("--reason", help="Why; required, recorded in the audit log.")],
+    url: Url = None,
+    actor: Actor = None,
+    dry_run: DryRun = False,
+) -> None:
+    """Give the attempt up: every key to legacy, nothing more until `restart`."""
+    _operation(name, url, lambda m: m.abort(reason, actor=actor, dry_run=dry_run), dry_run)
+
+
+@app.command()
+def restart(name: Name, reason: Reason = None, url: Url = None, actor: Actor = None, dry_run: DryRun = False) -> None:
+    """Begin a new attempt at the first stage after a rollback or an abort (same salt, same buckets)."""
+    _operation(name, url, lambda m: m.restart(reason, actor=actor, dry_run=dry_run), dry_run)
+
+
 # -- reading ------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,12 +23,15 @@ from crossfade.events import (
     Change,
     Event,
     State,
-    TransitionError,
+    abort_change,
     apply_change,
+    approve_changes,
     pause_change,
     promote_change,
+    restart_change,
     resume_change,
     rollback_change,
+    seal,
     start_change,
 )
 from crossfade.routing import CANDIDATE, LEGACY, Decision, Route, RoutingTable, legacy_decision
@@ -290,18 +293,15 @@ class Client:
             return None
         return self._commit(state, model, change, actor, dry_run, store_spec=model.to_dict())
 
-    def _commit(self, state: State, spec: Spec, change: Change, actor: str | None, dry_run: bool,
-                *, store_spec: Mapping[str, Any] | None = None) -> Event:
-        event = Event.create(
-            state.name, state.seq + 1, change.type, time=time.time(), actor=actor or _os_user(),
-            reason=change.reason, payload=change.payload, prev_hash=state.head,
-        )
-        if dry_run:
-            return event
-        after = state.apply(event)
-        self.backend().append(state.name, state.seq, [event], state=after, spec=store_spec)
-        self._install(after, spec)
-        return event
+    def _commit(self, state: State, spec: Spec, changes: Change | Sequence[Change], actor: str | None,
+                dry_run: bool, *, store_spec: Mapping[str, Any] | None = None) -> Event:
+        """Seal changes as the next events and append them atomically; returns the last event."""
+        after, events = seal(state, [changes] if isinstance(changes, Change) else changes,
+                             actor=actor or _os_user(), now=time.time())
+        if not dry_run:
+            self.backend().append(state.name, state.seq, events, state=after, spec=store_spec)
+            self._install(after, spec)
+        return events[-1]
 
     def migration(self, name: str) -> Migration:
         """The handle of a migration (created on first use; unknown names route everything to legacy)."""
@@ -548,12 +548,12 @@ class Migration:
             )
         return state, self.client._spec(self.name, state.spec_version)
 
-    def _act(self, make: Callable[[State, Spec], Change], actor: str | None, dry_run: bool) -> Event:
+    def _act(self, make: Callable[[State, Spec], Change | list[Change]], actor: str | None, dry_run: bool) -> Event:
         state, spec = self._current()
         return self.client._commit(state, spec, make(state, spec), actor, dry_run)
 
     def start(self, reason: str | None = None, *, actor: str | None = None, dry_run: bool = False) -> Event:
-        """Start at the first stage (or begin a new attempt after a rollback)."""
+        """Start a draft migration at its first stage."""
         return self._act(lambda st, sp: start_change(st, sp, reason), actor, dry_run)
 
     def promote(self, reason: str | None = None, *, actor: str | None = None, force: bool = False,
@@ -572,6 +572,18 @@ class Migration:
     def rollback(self, reason: str, *, actor: str | None = None, dry_run: bool = False) -> Event:
         """Route every key to legacy at once, recording why."""
         return self._act(lambda st, sp: rollback_change(st, reason), actor, dry_run)
+
+    def approve(self, reason: str | None = None, *, actor: str | None = None, dry_run: bool = False) -> Event:
+        """Approve the stage awaiting approval: it is entered at once."""
+        return self._act(lambda st, sp: approve_changes(st, sp, reason), actor, dry_run)
+
+    def abort(self, reason: str, *, actor: str | None = None, dry_run: bool = False) -> Event:
+        """Give the attempt up: every key to legacy until `restart`."""
+        return self._act(lambda st, sp: abort_change(st, reason), actor, dry_run)
+
+    def restart(self, reason: str | None = None, *, actor: str | None = None, dry_run: bool = False) -> Event:
+        """Begin a new attempt at the first stage after a rollback or an abort (same salt, same buckets)."""
+        return self._act(lambda st, sp: restart_change(st, sp, reason), actor, dry_run)
 
     def state(self) -> State:
         """The migration's current state, from the backend."""
