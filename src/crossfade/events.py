@@ -187,6 +187,7 @@ class State:
     spec_digest: str | None = None
     salt: str | None = None
     verdicts: tuple[tuple[str, str], ...] = ()
+    rollback_step_at: float | None = None
 
     def apply(self, event: Event) -> State:
         """The state after one more event."""
@@ -227,7 +228,8 @@ class State:
         if kind == APPROVED:
             return replace(self, status=RUNNING, **common)
         if kind in (ROLLBACK_STARTED, ROLLBACK_STEP):
-            return replace(self, status=ROLLING_BACK, traffic=p["traffic"], shadow=0.0, **common)
+            return replace(self, status=ROLLING_BACK, traffic=p["traffic"], shadow=0.0, rollback_step_at=event.time,
+                           **common)
         if kind == ABORTED:
             return replace(self, status=ABORTED_STATUS, traffic=0.0, shadow=0.0, **common)
         return replace(self, seq=event.seq, head=event.hash, updated_at=event.time)
@@ -240,7 +242,7 @@ class State:
             "traffic": self.traffic, "shadow": self.shadow, "attempt": self.attempt,
             "stage_entered_at": self.stage_entered_at, "updated_at": self.updated_at, "reason": self.reason,
             "spec_digest": self.spec_digest, "salt": self.salt,
-            "verdicts": [list(pair) for pair in self.verdicts],
+            "verdicts": [list(pair) for pair in self.verdicts], "rollback_step_at": self.rollback_step_at,
         }
 
     @classmethod
@@ -416,3 +418,32 @@ def abort_change(state: State, reason: str) -> Change:
     if state.status in ENDED:
         raise TransitionError(f"cannot abort {state.name}: it is {state.status}")
     return Change(ABORTED, reason, {"from_stage": state.stage, "from_traffic": state.traffic})
+
+
+def step_back_change(state: State, spec: Spec, reason: str) -> Change:
+    """Return to the previous stage (the controller's `on_failure: step_back`)."""
+    if state.status not in (RUNNING, AWAITING_APPROVAL) or state.stage_index < 1:
+        raise TransitionError(f"cannot step {state.name} back: it is {state.status} at stage {state.stage}")
+    return Change(STEPPED_BACK, reason, _enter(spec, state.stage_index - 1, from_stage=state.stage))
+
+
+def rollback_start_change(state: State, spec: Spec, reason: str) -> Change:
+    """Begin a gradual rollback at the first of `rollback.steps` below the current traffic; with no such
+    step above 0%, roll back at once."""
+    if state.status in ENDED:
+        raise TransitionError(f"cannot roll back {state.name}: it is {state.status}")
+    steps = [s for s in spec.rollback.steps if s < state.traffic]
+    if not steps or steps[0] <= 0.0:
+        return rollback_change(state, reason)
+    return Change(ROLLBACK_STARTED, reason, {"from_stage": state.stage, "from_traffic": state.traffic,
+                                             "traffic": steps[0], "steps": steps})
+
+
+def rollback_step_change(state: State, spec: Spec, reason: str) -> Change:
+    """The next step down of a gradual rollback; the last one (0%) completes it."""
+    if state.status != ROLLING_BACK:
+        raise TransitionError(f"{state.name} is {state.status}, not rolling back")
+    steps = [s for s in spec.rollback.steps if s < state.traffic]
+    if not steps or steps[0] <= 0.0:
+        return Change(ROLLED_BACK, reason, {"from_stage": state.stage, "from_traffic": state.traffic})
+    return Change(ROLLBACK_STEP, reason, {"traffic": steps[0], "from_traffic": state.traffic})
