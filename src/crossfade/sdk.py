@@ -44,7 +44,6 @@ DEFAULT_URL = "sqlite:///./crossfade.db"
 
 T = TypeVar("T")
 
-_monotonic_ns = time.monotonic_ns
 
 # Shared decisions for calls crossfade sends to legacy for reasons of its own.
 _UNKNOWN = legacy_decision("unknown migration")
@@ -105,13 +104,22 @@ class Client:
         stale_after: float = 60.0,
         candidate_threads: int = 32,
         flush_attempts: int = 5,
+        clock: Callable[[], float] | None = None,
+        background: bool = True,
     ) -> None:
         if refresh <= 0 or stale_after <= 0:
             raise ValueError("refresh and stale_after must be positive numbers of seconds")
         self.url = url if isinstance(url, str) else url.url
         self.refresh_interval = refresh
         self.stale_after = stale_after
-        self.recorder = Recorder(window)
+        # A simulation passes its virtual clock (seconds): calls then take the virtual time their arms
+        # advance it by, and windows and events carry virtual timestamps. Without one, real time.
+        self.time: Callable[[], float] = clock or time.time
+        if clock is None:
+            self.recorder = Recorder(window)
+        else:
+            virtual_ns = lambda: round(clock() * 1e9)  # noqa: E731 - one clock read as both wall and monotonic
+            self.recorder = Recorder(window, clock=virtual_ns, monotonic=virtual_ns)
         self.counters = {
             "refresh_failures": 0, "flush_failures": 0, "dropped_windows": 0, "dropped_calls": 0,
             "recording_errors": 0, "internal_errors": 0, "key_errors": 0,
@@ -136,7 +144,11 @@ class Client:
         except BackendError as exc:
             log.warning("crossfade: backend %s unavailable (%s); routing everything to legacy until it answers",
                         self.url, exc)
-        self._start_thread()
+        # Without the background thread (simulations, one-shot commands) the owner calls refresh() and
+        # flush() itself.
+        self._background = background
+        if background:
+            self._start_thread()
         _live_clients.add(self)
 
     # -- backend and routing table -------------------------------------------------------------
@@ -244,7 +256,7 @@ class Client:
         after_fork = getattr(self._backend, "after_fork", None)
         if after_fork is not None:
             after_fork()
-        if not self._closed:
+        if not self._closed and self._background:
             self._start_thread()
 
     def close(self) -> None:
@@ -297,7 +309,7 @@ class Client:
                 dry_run: bool, *, store_spec: Mapping[str, Any] | None = None) -> Event:
         """Seal changes as the next events and append them atomically; returns the last event."""
         after, events = seal(state, [changes] if isinstance(changes, Change) else changes,
-                             actor=actor or _os_user(), now=time.time())
+                             actor=actor or _os_user(), now=self.time())
         if not dry_run:
             self.backend().append(state.name, state.seq, events, state=after, spec=store_spec)
             self._install(after, spec)
@@ -348,6 +360,7 @@ class Migration:
         self.client = client
         self.name = name
         self._recorder = client.recorder
+        self._now = client.recorder.monotonic
         self._bind(client._routes.get(name))
 
     def __repr__(self) -> str:
@@ -379,7 +392,7 @@ class Migration:
     def _record(self, decision: Decision, elapsed_ns: int, *, error: bool = False, timeout: bool = False,
                 fallback: bool = False, cost: float | None = None) -> None:
         try:
-            cell = self._recorder.cell(_monotonic_ns(), cell_key(self.name, decision.stage, decision.arm))
+            cell = self._recorder.cell(self._now(), cell_key(self.name, decision.stage, decision.arm))
             cell.calls += 1
             if error:
                 cell.errors += 1
@@ -413,14 +426,14 @@ class Migration:
         if route is None:  # unknown migration, or a stale table: legacy, and nothing to file it under
             return legacy(*args, **kwargs)
         decision = route.decide(key)
-        start = _monotonic_ns()
+        start = self._now()
         if decision.arm is LEGACY:
             try:
                 result = legacy(*args, **kwargs)
             except Exception:
-                self._record(decision, _monotonic_ns() - start, error=True)
+                self._record(decision, self._now() - start, error=True)
                 raise
-            self._record_ok(legacy_key, start, _monotonic_ns())
+            self._record_ok(legacy_key, start, self._now())
             return result
         fallback = route.spec.fallback if route.spec is not None else None
         try:
@@ -431,12 +444,12 @@ class Migration:
         except Exception as exc:
             self._candidate_failed(decision, start, exc, fallback)
             return legacy(*args, **kwargs)
-        self._record_ok(candidate_key, start, _monotonic_ns())
+        self._record_ok(candidate_key, start, self._now())
         return result
 
     def _candidate_failed(self, decision: Decision, start: int, exc: Exception, fallback: Fallback | None) -> None:
         """Record a failed candidate call; re-raise its exception when the spec allows no fallback."""
-        elapsed = _monotonic_ns() - start
+        elapsed = self._now() - start
         timed_out = isinstance(exc, (CandidateTimeout, TimeoutError))
         if fallback is None or not fallback.on_error:
             self._record(decision, elapsed, error=True, timeout=timed_out)
@@ -473,14 +486,14 @@ class Migration:
         if route is None:
             return await legacy(*args, **kwargs)
         decision = route.decide(key)
-        start = _monotonic_ns()
+        start = self._now()
         if decision.arm is LEGACY:
             try:
                 result = await legacy(*args, **kwargs)
             except Exception:
-                self._record(decision, _monotonic_ns() - start, error=True)
+                self._record(decision, self._now() - start, error=True)
                 raise
-            self._record_ok(legacy_key, start, _monotonic_ns())
+            self._record_ok(legacy_key, start, self._now())
             return result
         fallback = route.spec.fallback if route.spec is not None else None
         try:
@@ -489,7 +502,7 @@ class Migration:
         except Exception as exc:
             self._candidate_failed(decision, start, exc, fallback)
             return await legacy(*args, **kwargs)
-        self._record_ok(candidate_key, start, _monotonic_ns())
+        self._record_ok(candidate_key, start, self._now())
         return result
 
     def route(self, candidate: Callable[..., Any], key: Callable[..., object] | str | None = None
@@ -662,10 +675,11 @@ class Observation:
         self._error = True
 
     def __enter__(self) -> Observation:
-        self._start = time.monotonic_ns()
+        self._start = self._migration._now()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
         failed = self._error or (exc_type is not None and issubclass(exc_type, Exception))
-        self._migration._record(self.decision, time.monotonic_ns() - self._start, error=failed, cost=self._cost)
+        elapsed = self._migration._now() - self._start
+        self._migration._record(self.decision, elapsed, error=failed, cost=self._cost)
         return False
