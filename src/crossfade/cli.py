@@ -209,6 +209,53 @@ def restart(name: Name, reason: Reason = None, url: Url = None, actor: Actor = N
     _operation(name, url, lambda m: m.restart(reason, actor=actor, dry_run=dry_run), dry_run)
 
 
+@app.command("run-controller")
+def run_controller(
+    names: Annotated[list[str] | None, typer.Argument(help="Migrations to run (default: every active one).")] = None,
+    url: Url = None,
+    once: Annotated[bool, typer.Option("--once", help="One tick, then exit.")] = False,
+    poll: Annotated[float, typer.Option("--poll", help="Seconds between looks for due migrations.")] = 1.0,
+) -> None:
+    """Run the controller: judge each active migration every analysis interval and act on it.
+
+    Several may run against one backend: a lease per migration lets exactly one act. Stop with Ctrl-C.
+    """
+    import logging
+    import signal
+    import threading
+
+    from crossfade.backends.base import open_backend
+    from crossfade.loop import ControllerLoop
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    target = url or os.environ.get("CROSSFADE_URL") or DEFAULT_URL
+    try:
+        backend = open_backend(target)
+    except BackendError as exc:
+        _fail(str(exc))
+    loop = ControllerLoop(backend, names=names or None, on_tick=_print_tick)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        if once:
+            loop.tick()
+            loop.release()
+        else:
+            out.print(f"controller {loop.holder} on {target}")
+            loop.run(stop, poll=poll)
+    except KeyboardInterrupt:
+        loop.release()
+    except BackendError as exc:
+        _fail(str(exc))
+    finally:
+        backend.close()
+
+
+def _print_tick(tick: Any) -> None:
+    for event in tick.events:
+        _print_event(event)
+
+
 # -- reading ------------------------------------------------------------------------------------
 
 

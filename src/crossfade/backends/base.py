@@ -61,6 +61,12 @@ class Backend(Protocol):
     ) -> list[Window]:
         """Telemetry windows of a migration (one stage, windows starting in [since, until)), in time order."""
 
+    def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
+        """Take or renew a lease until `now + ttl`; False while another holder's has not expired."""
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give a lease up if `holder` holds it."""
+
     def close(self) -> None:
         """Release connections. The backend is not used afterwards."""
 
