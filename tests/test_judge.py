@@ -73,7 +73,7 @@ def test_mismatches_above_the_limit_fail():
     j = judge(SPEC, {"candidate": cell(100, compared=20_000, mismatch_rate=0.03), "legacy": cell(100)},
               look=2, traffic=0.0)
     (gate,) = [g for g in j.gates if g.gate == "mismatch_rate"]
-    assert gate.verdict == FAIL and "differ from legacy's in 3% of 20000 compared" in gate.message
+    assert gate.verdict == FAIL and "differ from legacy's in 3.00% of 20000 compared" in gate.message
 
 
 def test_no_calls_is_nodata_never_fail():
@@ -114,7 +114,7 @@ def test_an_error_rate_trigger_fires_over_its_window_once_min_samples_are_in():
     bad = {t: (cell(30, error_rate=0.2), cell(30, seed=2)) for t in range(0, 60, 10)}
     (firing,) = check_triggers(TRIGGERS, windows(bad), now=60.0)
     assert firing.trigger.metric == "error_rate" and firing.value == pytest.approx(0.2)
-    assert "trigger error_rate > 5% over 1m fired: candidate error_rate 20% over 180 samples" in firing.message
+    assert "trigger error_rate > 5% over 1m fired: candidate error_rate 20.00% over 180 samples" in firing.message
     assert check_triggers(TRIGGERS, windows({50: bad[50]}), now=60.0) == []  # 30 samples < min_samples
 
 

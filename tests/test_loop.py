@@ -155,11 +155,14 @@ def test_kill_9_at_random_points_loses_and_doubles_nothing(tmp_path):
                 if state.status == "completed":  # keep the controller busy: another attempt
                     mig.rollback("test: next attempt")
                     mig.restart()
-                controller = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.DEVNULL)
-                time.sleep(rng.uniform(0.3, 1.2))
+                controller = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                              stderr=subprocess.DEVNULL, text=True)
+                # Kill at a random point of its work, not of its start-up: the first line says it runs.
+                assert controller.stdout.readline().startswith("controller ")
+                time.sleep(rng.uniform(0.0, 0.8))
                 controller.send_signal(signal.SIGKILL)
                 controller.wait()
+                controller.stdout.close()
         finally:
             stop.set()
             generator.join()

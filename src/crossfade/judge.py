@@ -137,6 +137,11 @@ def judge(spec: Spec, cells: Mapping[str, Cell], *, look: int, traffic: float) -
     return Judgement(tuple(verdicts), look, ratio, shift)
 
 
+def format_rate(fraction: float) -> str:
+    """A measured rate for people: two decimals of a percent (`2.03%`), unlike a spec's exact `2.5%`."""
+    return f"{fraction * 100:.2f}%"
+
+
 def _level(alpha: float) -> str:
     confidence = 100.0 * (1.0 - alpha)
     text = f"{confidence:.4f}".rstrip("0").rstrip(".")
@@ -164,8 +169,8 @@ def _error_rate(candidate: Cell, legacy: Cell, limit: float, alpha: float) -> Ga
     verdict = _verdict(low.lower, high.upper, limit)
     where = {FAIL: "is above", PASS: "is within", INCONCLUSIVE: "may exceed"}[verdict]
     message = (f"candidate error rate {_pp(low.estimate)} ({_level(alpha)} CS {_pp(low.lower)}..{_pp(high.upper)}) "
-               f"{where} the allowed {_pp(limit)} (candidate {format_percent(candidate.errors / n_c)} of {n_c}, "
-               f"legacy {format_percent(legacy.errors / n_l)} of {n_l})")
+               f"{where} the allowed {_pp(limit)} (candidate {format_rate(candidate.errors / n_c)} of {n_c}, "
+               f"legacy {format_rate(legacy.errors / n_l)} of {n_l})")
     return GateVerdict("error_rate", verdict, low.estimate, low.lower, high.upper, limit, n_c, n_l, 1 - alpha,
                        message)
 
@@ -227,8 +232,8 @@ def _mismatch(candidate: Cell, limit: float, alpha: float) -> GateVerdict:
     lower, upper = max(limit + low.lower, 0.0), min(limit + high.upper, 1.0)
     verdict = _verdict(lower, upper, limit)
     where = {FAIL: "is above", PASS: "is within", INCONCLUSIVE: "may exceed"}[verdict]
-    message = (f"candidate answers differ from legacy's in {format_percent(rate)} of {n} compared "
-               f"({_level(alpha)} CS {format_percent(lower)}..{format_percent(upper)}) {where} the allowed "
+    message = (f"candidate answers differ from legacy's in {format_rate(rate)} of {n} compared "
+               f"({_level(alpha)} CS {format_rate(lower)}..{format_rate(upper)}) {where} the allowed "
                f"{format_percent(limit)}")
     return GateVerdict("mismatch_rate", verdict, rate, lower, upper, limit, n, n, 1 - alpha, message)
 
@@ -316,7 +321,7 @@ def _firing_message(trigger: Trigger, value: float, samples: int) -> str:
     elif metric.startswith("latency_p"):
         shown, limit = format_duration(value), format_duration(trigger.above)
     else:
-        shown, limit = format_percent(value), format_percent(trigger.above)
+        shown, limit = format_rate(value), format_percent(trigger.above)
     held = f", held for {format_duration(trigger.for_)}" if trigger.for_ else ""
     return (f"trigger {metric} > {limit} over {format_duration(trigger.window)} fired: candidate {metric} "
             f"{shown} over {samples} samples{held}")
