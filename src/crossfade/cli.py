@@ -363,6 +363,112 @@ def _seconds(option: str, text: str) -> float:
         raise ValueError(f"{option} {text}: {exc}") from None
 
 
+@app.command()
+def simulate(
+    file: Annotated[Path, typer.Argument(help="The spec file to simulate.")],
+    rps: Annotated[float, typer.Option("--rps", min=0, help="Calls per second.")] = 200.0,
+    legacy: Annotated[str, typer.Option(
+        "--legacy", help='Legacy\'s behaviour, e.g. "errors=1% latency=lognormal(50ms,0.4) cost=0.001".')] = "",
+    candidate: Annotated[str, typer.Option(
+        "--candidate", help='The candidate\'s, e.g. "errors=3% latency=x1.5 cost=x2" (x: times legacy; '
+                            "default: as legacy).")] = "",
+    fault: Annotated[str | None, typer.Option(
+        "--fault", help="step (default) or drift: how the candidate turns into the behaviour given.")] = None,
+    fault_at: Annotated[str | None, typer.Option(
+        "--fault-at", help="When the fault begins, e.g. 2h; the candidate behaves like legacy before.")] = None,
+    fault_over: Annotated[str | None, typer.Option("--fault-over", help="How long a drift takes, e.g. 1h.")] = None,
+    keys: Annotated[int, typer.Option("--keys", min=0, help="Routing keys, Zipf-popular; 0: a key per call.")] = 10_000,
+    zipf: Annotated[float, typer.Option("--zipf", min=0, help="Zipf exponent of key popularity.")] = 1.1,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Independent runs (estimates duration and "
+                                                           "rollback chance).")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the first run; run i uses seed + i.")] = 0,
+    approve_after: Annotated[str, typer.Option(
+        "--approve-after", help="When the simulation approves a stage that needs it (a duration, or never).")] = "0s",
+    until: Annotated[str | None, typer.Option(
+        "--until", help="Simulated time before giving up (default: twice the holds plus 1h, at least 6h).")] = None,
+    mode: Annotated[str, typer.Option(
+        "--mode", help="calls (every call through mig.run), aggregate (drawn per interval) or auto.")] = "auto",
+    jobs: Annotated[int | None, typer.Option("--jobs", min=1, help="Processes for --runs (default: cores).")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Run the migration in virtual time on synthetic traffic through the real SDK and controller.
+
+    Prints the timeline and the outcome of a run, or with --runs the spread of outcomes and durations.
+    """
+    import re
+
+    from crossfade.simulate import (
+        OUTCOMES,
+        Workload,
+        WorkloadError,
+        median,
+        parse_arm,
+        parse_fault,
+        simulate_many,
+        wilson,
+    )
+    try:
+        spec = load_spec(file)
+    except SpecError as exc:
+        _fail(str(exc), 2)
+    try:
+        legacy_arm = parse_arm(legacy, label="--legacy")
+        workload = Workload(
+            rps=rps, legacy=legacy_arm, candidate=parse_arm(candidate, base=legacy_arm, label="--candidate"),
+            fault=parse_fault(fault, fault_at, fault_over), keys=keys, zipf=zipf, mode=mode)
+        approve = None if approve_after.strip().lower() == "never" else _seconds("--approve-after", approve_after)
+        limit = None if until is None else _seconds("--until", until)
+    except (WorkloadError, ValueError) as exc:
+        _fail(str(exc), 2)
+    results = simulate_many(spec, workload, runs=runs, seed=seed, approve=approve, until=limit,
+                            jobs=1 if runs == 1 else jobs)
+    counts = {name: sum(1 for r in results if r.outcome == name) for name in OUTCOMES}
+    middle = median([r.duration_s for r in results])
+    if as_json:
+        sys.stdout.write(json.dumps({"runs": runs, "outcomes": counts, "median_duration_s": middle,
+                                     "detail": [r.to_dict() for r in results]}, indent=2) + "\n")
+        return
+    fault_text = f"; candidate fault: {workload.fault.describe()}" if workload.fault else ""
+    out.print(f"[bold]{spec.name}[/bold]: {rps:g} rps, "
+              + (f"{keys:,} keys (Zipf {zipf:g})" if keys else "a key per call") + fault_text)
+    out.print(f"  legacy:    {workload.legacy.describe()}\n  candidate: {workload.candidate.describe()}")
+    if runs == 1:
+        result = results[0]
+        for entry in result.timeline:
+            out.print(f"  +{format_duration(round(entry.elapsed)):>9} {entry.stage or '-':<12} "
+                      f"[bold]{entry.kind}[/bold] by {entry.actor}: {entry.text}")
+        out.print(result.summary())
+        return
+    rolled = counts["rolled_back"]
+    low, high = wilson(rolled, runs)
+    out.print(", ".join(f"{name.replace('_', ' ')} {n}" for name, n in counts.items()) + f" of {runs} runs")
+    done = sorted(r.duration_s for r in results if r.outcome == "completed")
+    if done:
+        out.print(f"duration when completed: median {format_duration(round(median(done) or 0))}, "
+                  f"{format_duration(round(done[0]))} to {format_duration(round(done[-1]))}")
+    out.print(f"rolled back in {format_percent(rolled / runs)} of runs (95% interval "
+              f"{format_percent(round(low, 4))}..{format_percent(round(high, 4))}); for a healthy candidate this "
+              "is the false-rollback chance")
+    reasons: dict[str, int] = {}
+    for r in results:
+        if r.outcome != "completed":
+            # Group by what fired (the words before its numbers), not by the numbers themselves.
+            what = re.match(r"(.*?)(?=\s[+\-x]?\d|$)", r.reason)
+            key = f"{r.outcome.replace('_', ' ')} at {r.stage}: {what.group(1) if what else r.reason}"
+            reasons[key] = reasons.get(key, 0) + 1
+    for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5]:
+        out.print(f"  {n} x {reason}")
+
+
+def _seconds(option: str, text: str) -> float:
+    from crossfade.spec import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"{option} {text}: {exc}") from None
+
+
 # -- reading ------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,210 @@
+"""Simulation: synthetic traffic in virtual time through the real SDK and controller, and `crossfade simulate`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from crossfade.cli import app
+from crossfade.events import verify
+from crossfade.simulate import (
+    Fault,
+    Latency,
+    Workload,
+    WorkloadError,
+    parse_arm,
+    parse_fault,
+    simulate,
+)
+
+SPEC = {
+    "name": "sim",
+    "stages": [{"name": "canary", "traffic": "10%", "hold": "10m"}, {"name": "half", "traffic": "50%", "hold": "10m"},
+               {"name": "full", "traffic": "100%"}],
+    "gates": {"error_rate": {"max_increase": "1%"}},
+    "analysis": {"interval": "1m"},
+}
+LEGACY = parse_arm("errors=1% latency=lognormal(50ms,0.4) cost=0.001")
+
+
+def workload(candidate: str = "", **extra) -> Workload:
+    return Workload(**{"rps": 100, "legacy": LEGACY, "candidate": parse_arm(candidate, base=LEGACY), "keys": 0,
+                       **extra})
+
+
+def test_a_healthy_candidate_completes_with_a_verified_log():
+    result = simulate(SPEC, workload(), seed=1)
+    assert result.outcome == "completed" and result.stage == "full"
+    assert result.duration_s == 20 * 60  # two holds of 10 minutes, looked at every minute
+    assert result.summary() == "completed in 20m simulated"
+    assert [e.kind for e in result.timeline] == ["applied", "started", "promoted", "promoted"]
+    assert verify(list(result.events)) is None
+    assert result.calls["candidate"] > 0 and result.calls["legacy"] > result.calls["candidate"]
+
+
+def test_a_worse_error_rate_is_rolled_back_by_the_error_rate_gate():
+    result = simulate(SPEC, workload("errors=3%"), seed=2)
+    assert result.outcome == "rolled_back" and result.stage in ("canary", "half")
+    assert "candidate error rate" in result.reason and "is above the allowed +1.00 pp" in result.reason
+    rolled = [e for e in result.timeline if e.kind == "rolled_back"]
+    assert rolled and rolled[0].actor.startswith("controller")
+    assert result.summary().startswith(f"rolled back at {result.stage} after ")
+    assert 0 < result.detected_s == result.duration_s < 20 * 60
+
+
+def test_a_step_fault_is_caught_after_it_happens():
+    fault_at = 12 * 60  # two minutes into the 50% stage
+    result = simulate(SPEC, workload("errors=6%", fault=Fault(fault_at)), seed=3)
+    assert result.outcome == "rolled_back" and result.stage == "half"
+    assert result.detected_s > fault_at
+    assert "promoted" in [e.kind for e in result.timeline]  # it behaved until the fault
+    assert 0 < result.exposed < result.calls["candidate"]  # only calls after the fault count as exposed
+
+
+def test_a_drift_ramps_the_candidate_from_legacy_to_its_own_behaviour():
+    w = workload("errors=5% latency=x2 cost=x3", fault=parse_fault("drift", "1h", "30m"))
+    assert w.candidate_at(0) == LEGACY and w.candidate_at(3599) == LEGACY
+    middle = w.candidate_at(3600 + 15 * 60)
+    assert middle.errors == pytest.approx(0.03) and middle.latency.median == pytest.approx(0.075)
+    assert middle.cost == pytest.approx(0.002)
+    assert w.candidate_at(2 * 3600) == w.candidate
+
+
+def test_the_same_seed_gives_the_same_run():
+    one = simulate(SPEC, workload("errors=2.5%"), seed=11)
+    two = simulate(SPEC, workload("errors=2.5%"), seed=11)
+    assert [e.hash for e in one.events] == [e.hash for e in two.events]
+    assert (one.outcome, one.duration_s, one.calls) == (two.outcome, two.duration_s, two.calls)
+
+
+def test_drawing_calls_in_aggregate_matches_running_each_call():
+    spec = {**SPEC, "stages": [{"name": "half", "traffic": "50%", "hold": "10m"}, {"name": "full", "traffic": "100%"}],
+            "gates": {}, "fallback": {"timeout": "80ms"}}
+    seen = {}
+    for mode in ("calls", "aggregate"):
+        def keep(tick, mode=mode):
+            if tick.stage == "half":
+                seen[mode] = tick.cells
+        simulate(spec, workload("errors=3% latency=x1.2 cost=x2", rps=50, mode=mode), seed=5, on_tick=keep)
+    for arm in ("candidate", "legacy"):
+        calls, aggregate = seen["calls"][arm], seen["aggregate"][arm]
+        assert aggregate.calls == pytest.approx(calls.calls, rel=0.05)
+        assert aggregate.error_rate == pytest.approx(calls.error_rate, abs=0.015)
+        assert aggregate.timeouts == pytest.approx(calls.timeouts, rel=0.1, abs=20)
+        assert aggregate.latency.quantile(0.95) == pytest.approx(calls.latency.quantile(0.95), rel=0.05)
+        assert aggregate.cost_mean == pytest.approx(calls.cost_mean, rel=0.05)
+    # Candidate calls past the 80 ms timeout are errors, timeouts and fallbacks, as `mig.run` records them.
+    candidate = seen["calls"]["candidate"]
+    assert candidate.timeouts > 0 and candidate.fallbacks == candidate.errors
+
+
+def test_approvals_follow_the_approve_policy():
+    spec = {**SPEC, "stages": [{"name": "canary", "traffic": "10%", "hold": "5m"},
+                               {"name": "full", "traffic": "100%", "approval": True}]}
+    waiting = simulate(spec, workload(), seed=1, approve=None, until=3600)
+    assert waiting.outcome == "running" and "awaiting approval" in waiting.reason
+    approved = simulate(spec, workload(), seed=1, approve=600)
+    kinds = [(e.kind, e.actor) for e in approved.timeline]
+    assert ("approved", "simulation") in kinds and approved.outcome == "completed"
+    requested = next(e.elapsed for e in approved.timeline if e.kind == "approval_requested")
+    assert approved.duration_s == requested + 600
+
+
+def test_ticks_show_the_controller_and_an_outside_judge_can_roll_back():
+    ticks = []
+
+    def judge(tick):
+        return "p95 too high for the outside judge" if tick.elapsed >= 4 * 60 else None
+
+    result = simulate(SPEC, workload(), seed=1, on_tick=ticks.append, rollback_when=judge)
+    assert result.outcome == "rolled_back" and result.reason == "p95 too high for the outside judge"
+    assert result.duration_s == 4 * 60 and [e.actor for e in result.timeline][-1] == "simulation"
+    assert [t.elapsed for t in ticks] == [60.0, 120.0, 180.0, 240.0]
+    first = ticks[0]
+    assert first.stage == "canary" and first.assessment is not None
+    assert first.assessment.judgement.gates[0].gate == "error_rate"
+    assert first.cells["candidate"].calls == first.last["candidate"].calls > 0
+    assert ticks[-1].cells["candidate"].calls > ticks[-1].last["candidate"].calls
+
+
+def test_a_keyed_population_routes_by_the_popularity_of_its_keys():
+    # 20 keys with Zipf popularity: the candidate's share of calls is the popularity of the keys the real
+    # routing sends to it, not the stage's traffic.
+    spec = {**SPEC, "stages": [{"name": "half", "traffic": "50%"}, {"name": "full", "traffic": "100%"}], "gates": {}}
+    from crossfade.routing import bucket
+
+    weights = {f"user-{i}": (i + 1) ** -1.1 for i in range(20)}
+    expected = sum(w for k, w in weights.items() if bucket("sim", k) < 5000) / sum(weights.values())
+    seen = []
+    simulate(spec, workload(keys=20, rps=200, mode="aggregate"), seed=4, until=600, on_tick=seen.append)
+    cells = seen[0].cells
+    share = cells["candidate"].calls / (cells["candidate"].calls + cells["legacy"].calls)
+    assert share == pytest.approx(expected, abs=0.03)
+
+
+@pytest.mark.parametrize(("text", "base", "named"), [
+    ("errors=3", LEGACY, "errors=3: 3 is not a fraction"),
+    ("latency=x1.5", None, "latency=x1.5: a factor (x...) is relative to legacy"),
+    ("latency=lognormal(50ms)", None, "latency=lognormal(50ms): write lognormal(MEDIAN,SIGMA)"),
+    ("latency=lognormal(fast,0.4)", None, 'latency=lognormal(fast,0.4): "fast" is not a duration'),
+    ("speed=2", None, "speed=2: unknown setting 'speed'"),
+    ("errors=1% junk", None, "cannot read 'junk'"),
+    ("cost=cheap", LEGACY, "cost=cheap: write a mean cost per call"),
+])
+def test_bad_arm_text_names_the_part_that_is_wrong(text, base, named):
+    with pytest.raises(WorkloadError, match=None) as info:
+        parse_arm(text, base=base, label="--candidate")
+    assert named in str(info.value) and str(info.value).startswith("--candidate: ")
+
+
+def test_arm_text_reads_absolute_and_relative_parts():
+    arm = parse_arm("errors=2.5% latency=const(20ms) cost=const(0.004)")
+    assert (arm.errors, arm.latency, arm.cost, arm.cost_sigma) == (0.025, Latency(0.02), 0.004, 0.0)
+    relative = parse_arm("latency=x1.5, cost=x2", base=LEGACY)
+    assert relative.errors == LEGACY.errors and relative.cost == pytest.approx(0.002)
+    assert relative.latency.quantile(0.95) == pytest.approx(1.5 * LEGACY.latency.quantile(0.95))
+    assert parse_fault(None, None) is None and parse_fault("step", "2h") == Fault(7200.0)
+    with pytest.raises(WorkloadError, match="--fault-over 1h: a step fault happens at once"):
+        parse_fault("step", "2h", "1h")
+
+
+runner = CliRunner()
+
+
+def test_the_command_prints_the_timeline_and_outcome(tmp_path):
+    spec = tmp_path / "m.yaml"
+    spec.write_text(json.dumps(SPEC))
+    result = runner.invoke(app, ["simulate", str(spec), "--rps", "100", "--keys", "0", "--candidate", "errors=3%"])
+    assert result.exit_code == 0, result.output
+    assert "started" in result.output and "rolled back at " in result.output and "candidate error rate" in result.output
+
+
+def test_json_has_the_shape_the_issue_gives(tmp_path):
+    spec = tmp_path / "m.yaml"
+    spec.write_text(json.dumps(SPEC))
+    result = runner.invoke(app, ["simulate", str(spec), "--rps", "100", "--keys", "0", "--runs", "3", "--seed", "7",
+                                 "--jobs", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert set(report) == {"runs", "outcomes", "median_duration_s", "detail"}
+    assert report["runs"] == 3 and report["outcomes"] == {"completed": 3, "rolled_back": 0, "paused": 0, "running": 0}
+    assert report["median_duration_s"] == 1200.0
+    assert [set(d) for d in report["detail"]] == [{"outcome", "duration_s", "stage", "reason"}] * 3
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--candidate", "errors=3 latency=x1.5"], "--candidate: errors=3: 3 is not a fraction"),
+    (["--legacy", "latency=x2"], "--legacy: latency=x2: a factor"),
+    (["--fault", "drift", "--fault-at", "1h"], "--fault drift needs --fault-over"),
+    (["--fault-at", "soon"], '--fault-at soon: "soon" is not a duration'),
+    (["--until", "forever"], '--until forever: "forever" is not a duration'),
+])
+def test_bad_workload_text_is_one_clear_line_and_exit_2(tmp_path, args, message):
+    spec = tmp_path / "m.yaml"
+    spec.write_text(json.dumps(SPEC))
+    result = runner.invoke(app, ["simulate", str(spec), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
