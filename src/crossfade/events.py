@@ -166,6 +166,9 @@ class State:
     stage: str | None = None
     traffic: float = 0.0
     shadow: float = 0.0
+    shadow_legacy: float = 0.0
+    noise: float = 0.0
+    dual_write: bool = False
     attempt: int = 0
     stage_entered_at: float | None = None
     updated_at: float | None = None
@@ -193,6 +196,10 @@ class State:
                 stage=p["stage"],
                 traffic=p["traffic"],
                 shadow=p["shadow"],
+                # Logs written before these settings existed fold to their defaults.
+                shadow_legacy=p.get("shadow_legacy", 0.0),
+                noise=p.get("noise", 0.0),
+                dual_write=p.get("dual_write", False),
                 attempt=p.get("attempt", self.attempt),
                 stage_entered_at=event.time,
                 **common,
@@ -202,7 +209,8 @@ class State:
         if kind == RESUMED:
             return replace(self, status=RUNNING, **common)
         if kind == ROLLED_BACK:
-            return replace(self, status=ROLLED_BACK_STATUS, traffic=0.0, shadow=0.0, **common)
+            return replace(self, status=ROLLED_BACK_STATUS, traffic=0.0, shadow=0.0, shadow_legacy=0.0, noise=0.0,
+                           dual_write=False, **common)
         return replace(self, seq=event.seq, head=event.hash, updated_at=event.time)
 
     def to_dict(self) -> dict[str, Any]:
@@ -210,7 +218,8 @@ class State:
         return {
             "name": self.name, "status": self.status, "seq": self.seq, "head": self.head,
             "spec_version": self.spec_version, "stage_index": self.stage_index, "stage": self.stage,
-            "traffic": self.traffic, "shadow": self.shadow, "attempt": self.attempt,
+            "traffic": self.traffic, "shadow": self.shadow, "shadow_legacy": self.shadow_legacy,
+            "noise": self.noise, "dual_write": self.dual_write, "attempt": self.attempt,
             "stage_entered_at": self.stage_entered_at, "updated_at": self.updated_at, "reason": self.reason,
             "spec_digest": self.spec_digest, "salt": self.salt,
         }
@@ -245,8 +254,10 @@ class Change:
 def _enter(spec: Spec, index: int, **extra: Any) -> dict[str, Any]:
     stage = spec.stages[index]
     final = index == len(spec.stages) - 1
+    # Shadow settings are written only when set, so the events of a stage without them read as before.
+    shadows = {name: getattr(stage, name) for name in ("shadow_legacy", "noise", "dual_write") if getattr(stage, name)}
     return {"stage_index": index, "stage": stage.name, "traffic": stage.traffic, "shadow": stage.shadow,
-            "final": final, **extra}
+            **shadows, "final": final, **extra}
 
 
 def apply_change(state: State | None, spec: Spec, version: int) -> Change | None:
