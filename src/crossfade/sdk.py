@@ -522,6 +522,7 @@ class Migration:
             )
             if self.options.writes and (route.shadow or route.shadow_legacy):
                 self._log_refusal(route.stage)
+        self._shadow_to: tuple[ShadowRunner, ShadowSettings] | None = None
 
     def _decide_absent(self, key: object) -> Decision:
         return self.client._absent
@@ -577,11 +578,11 @@ class Migration:
             except Exception as exc:
                 self._record(decision, _monotonic_ns() - start, error=True)
                 if decision.shadow:
-                    self._shadow(route, decision, candidate, legacy, args, kwargs, Outcome(error=exc))
+                    self._shadow(route, decision, candidate, legacy, args, kwargs, None, exc)
                 raise
             self._record_ok(legacy_key, start, _monotonic_ns())
             if decision.shadow:
-                self._shadow(route, decision, candidate, legacy, args, kwargs, Outcome(result))
+                self._shadow(route, decision, candidate, legacy, args, kwargs, result, None)
             return result
         fallback = route.spec.fallback if route.spec is not None else None
         try:
@@ -594,7 +595,7 @@ class Migration:
             return legacy(*args, **kwargs)
         self._record_ok(candidate_key, start, _monotonic_ns())
         if decision.shadow:  # a ramp-down stage: legacy runs in the candidate's shadow
-            self._shadow(route, decision, legacy, legacy, args, kwargs, Outcome(result))
+            self._shadow(route, decision, legacy, legacy, args, kwargs, result, None)
         return result
 
     # -- shadow runs -----------------------------------------------------------------------------
@@ -617,45 +618,45 @@ class Migration:
             )
 
     def _shadow(self, route: Route, decision: Decision, other: Callable[..., Any], legacy: Callable[..., Any],
-                args: tuple[Any, ...], kwargs: dict[str, Any], served: Outcome) -> None:
+                args: tuple[Any, ...], kwargs: dict[str, Any], value: Any, error: BaseException | None) -> None:
         """Hand the other arm's run to the shadow runner; only the hand-off is paid on the request path."""
         try:
             if self.options.writes:
                 self._refuse_shadow(decision.stage)
                 return
-            spec = route.spec
-            settings = spec.shadow if spec is not None else _NO_SHADOW_SETTINGS
-            runner = self.client._runner(self.name, settings)
+            runner, settings = self._shadow_to or self._shadow_runner(route)
             again = legacy if route.noise and _random() < route.noise else None
-            payload = (self, decision.stage, decision.arm, other, again, args, kwargs, served, settings)
-            if runner.submit(_shadow_sync, payload):
-                self.client.count("shadow_runs", 1)
-            else:
-                self.client.count("shadow_dropped", 1)
-                self.client.comparisons.count(self.name, decision.stage, "dropped")
+            if not runner.submit(_shadow_sync, (self, decision.stage, decision.arm, other, again, args, kwargs,
+                                                value, error, settings)):
+                self._dropped(decision.stage)
         except Exception:
-            self.client.counters["internal_errors"] += 1
+            self.client.count("internal_errors")
 
     def _ashadow(self, route: Route, decision: Decision, other: Callable[..., Awaitable[Any]],
                  legacy: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any],
-                 served: Outcome) -> None:
+                 value: Any, error: BaseException | None) -> None:
         """`_shadow` for coroutine functions: the run is a task on the caller's loop."""
         try:
             if self.options.writes:
                 self._refuse_shadow(decision.stage)
                 return
-            spec = route.spec
-            settings = spec.shadow if spec is not None else _NO_SHADOW_SETTINGS
-            runner = self.client._runner(self.name, settings)
+            runner, settings = self._shadow_to or self._shadow_runner(route)
             again = legacy if route.noise and _random() < route.noise else None
-            payload = (self, decision.stage, decision.arm, other, again, args, kwargs, served, settings)
-            if runner.submit_async(_shadow_async, payload):
-                self.client.count("shadow_runs", 1)
-            else:
-                self.client.count("shadow_dropped", 1)
-                self.client.comparisons.count(self.name, decision.stage, "dropped")
+            if not runner.submit_async(_shadow_async, (self, decision.stage, decision.arm, other, again, args,
+                                                       kwargs, value, error, settings)):
+                self._dropped(decision.stage)
         except Exception:
-            self.client.counters["internal_errors"] += 1
+            self.client.count("internal_errors")
+
+    def _shadow_runner(self, route: Route) -> tuple[ShadowRunner, ShadowSettings]:
+        # Looked up once per routing table (in `_bind`), not per call.
+        settings = route.spec.shadow if route.spec is not None else _NO_SHADOW_SETTINGS
+        self._shadow_to = (self.client._runner(self.name, settings), settings)
+        return self._shadow_to
+
+    def _dropped(self, stage: str) -> None:
+        self.client.count("shadow_dropped")
+        self.client.comparisons.count(self.name, stage, "dropped")
 
     def _compare(self, stage: str, served_arm: str, served: Outcome, other: Outcome, again: Outcome | None,
                  settings: ShadowSettings, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -745,11 +746,11 @@ class Migration:
             except Exception as exc:
                 self._record(decision, _monotonic_ns() - start, error=True)
                 if decision.shadow:
-                    self._ashadow(route, decision, candidate, legacy, args, kwargs, Outcome(error=exc))
+                    self._ashadow(route, decision, candidate, legacy, args, kwargs, None, exc)
                 raise
             self._record_ok(legacy_key, start, _monotonic_ns())
             if decision.shadow:
-                self._ashadow(route, decision, candidate, legacy, args, kwargs, Outcome(result))
+                self._ashadow(route, decision, candidate, legacy, args, kwargs, result, None)
             return result
         fallback = route.spec.fallback if route.spec is not None else None
         try:
@@ -760,7 +761,7 @@ class Migration:
             return await legacy(*args, **kwargs)
         self._record_ok(candidate_key, start, _monotonic_ns())
         if decision.shadow:
-            self._ashadow(route, decision, legacy, legacy, args, kwargs, Outcome(result))
+            self._ashadow(route, decision, legacy, legacy, args, kwargs, result, None)
         return result
 
     # -- writes ----------------------------------------------------------------------------------
@@ -967,8 +968,10 @@ _NO_KEY = object()
 
 def _shadow_sync(payload: tuple[Any, ...], slot: list[Any]) -> None:
     """A shadow run on a worker thread: the other arm (and legacy again for a noise sample), then compare."""
-    handle, stage, served_arm, other, again, args, kwargs, served, settings = payload
+    handle, stage, served_arm, other, again, args, kwargs, value, error, settings = payload
     client = handle.client
+    client.count("shadow_runs")
+    served = Outcome(value, error)
     started = time.monotonic()
     answer = call(other, args, kwargs)
     repeat = None if again is None else call(again, args, kwargs)
@@ -984,8 +987,10 @@ def _shadow_sync(payload: tuple[Any, ...], slot: list[Any]) -> None:
 
 async def _shadow_async(payload: tuple[Any, ...]) -> None:
     """A shadow run as a task: cancelled at the timeout, counted, and compared like `_shadow_sync`."""
-    handle, stage, served_arm, other, again, args, kwargs, served, settings = payload
+    handle, stage, served_arm, other, again, args, kwargs, value, error, settings = payload
     client = handle.client
+    client.count("shadow_runs")
+    served = Outcome(value, error)
     deadline = asyncio.timeout(settings.timeout)
     try:
         try:
