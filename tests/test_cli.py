@@ -155,3 +155,36 @@ def test_mismatches_lists_fields_with_verdicts_and_examples(url):
     assert "$.total" in text and "mismatch" in text and "legacy 7 -> candidate -1" in text
     assert "shadow: 200 compared" in cli("status", "m", "--url", url)
     cli("mismatches", "nope", "--url", url, code=1)
+
+def test_abort_then_restart_from_the_command_line(tmp_path, url):
+    spec = tmp_path / "m.yaml"
+    spec.write_text("name: m\nstages: [{traffic: 10%}, {traffic: 100%, approval: true}]\n")
+    cli("apply", str(spec), "--url", url)
+    cli("start", "m", "--url", url)
+    assert "nothing to approve" in cli("approve", "m", "--url", url, code=1)
+    assert "aborted" in cli("abort", "m", "--url", url, "--reason", "wrong key")
+    assert "restarted" in cli("restart", "m", "--url", url)
+    assert json.loads(cli("status", "m", "--url", url, "--json"))["attempt"] == 2
+
+
+def test_status_shows_verdicts_and_run_controller_acts_on_them(tmp_path, url):
+    spec = tmp_path / "m.yaml"
+    spec.write_text("name: m\nstages: [{traffic: 50%}, {traffic: 100%}]\n"
+                    "gates: {error_rate: {max_increase: 1%}}\nanalysis: {interval: 1s}\n")
+    cli("apply", str(spec), "--url", url)
+    cli("start", "m", "--url", url)
+    with crossfade.connect(url) as cf:
+        mig = cf.migration("m")
+
+        def broken():
+            raise RuntimeError("candidate bug")
+
+        for i in range(3000):
+            mig.run(f"u{i}", lambda: "ok", broken if i % 5 == 0 else (lambda: "ok"))
+    view = json.loads(cli("status", "m", "--url", url, "--json"))["controller"]
+    assert view["gates"][0]["verdict"] == "FAIL"
+    assert "FAIL" in cli("status", "m", "--url", url) and "is above the allowed +1.00 pp" in cli("status", "--url", url)
+    assert "rolled_back" in cli("run-controller", "--once", "--url", url)
+    assert json.loads(cli("status", "m", "--url", url, "--json"))["status"] == "rolled_back"
+    history = cli("history", "m", "--url", url)
+    assert "FAIL         candidate error rate" in history

@@ -17,7 +17,11 @@ from crossfade.events import (
     apply_change,
     fold,
     pause_change,
+    abort_change,
+    approve_changes,
     promote_change,
+    request_approval_change,
+    restart_change,
     resume_change,
     rollback_change,
     start_change,
@@ -69,7 +73,7 @@ def test_pause_resume_and_rollback():
     assert (state.status, state.traffic) == ("running", 0.1)
     _, state = _seal(state, rollback_change(state, "p95 doubled"))
     assert (state.status, state.traffic, state.reason) == ("rolled_back", 0.0, "p95 doubled")
-    _, state = _seal(state, start_change(state, SPEC))
+    _, state = _seal(state, restart_change(state, SPEC))
     assert (state.status, state.attempt, state.stage_index) == ("running", 2, 0)
 
 
@@ -171,7 +175,7 @@ def test_the_fold_of_the_log_is_the_state_built_step_by_step(commands):
 
 def test_unknown_event_types_keep_the_chain_position_and_leave_the_state():
     _, state = _log(lambda s: start_change(s, SPEC))
-    event, after = _seal(state, Change("verdict", None, {"gate": "error_rate", "verdict": "PASS"}))
+    event, after = _seal(state, Change("noted", None, {"note": "from a newer crossfade"}))
     assert (after.seq, after.head, after.status, after.stage) == (state.seq + 1, event.hash, "running", "stage-1")
 
 
@@ -201,3 +205,41 @@ def test_logs_and_snapshots_written_before_shadow_settings_still_fold():
     old_snapshot = {k: v for k, v in state.to_dict().items() if k not in ("shadow_legacy", "noise", "dual_write")}
     assert State.from_dict(old_snapshot) == state == fold("m", events)
     assert (state.shadow_legacy, state.noise, state.dual_write) == (0.0, 0.0, False)
+
+def test_an_approval_is_requested_then_given_and_the_stage_entered():
+    _, state = _log(lambda s: start_change(s, SPEC))
+    event, state = _seal(state, request_approval_change(state, SPEC))
+    assert state.status == "awaiting_approval" and event.payload["next_stage"] == "stage-2"
+    with pytest.raises(TransitionError, match="crossfade approve"):
+        promote_change(state, SPEC)
+    approved, promoted = approve_changes(state, SPEC, "looks fine")
+    _, state = _seal(state, approved)
+    _, state = _seal(state, promoted)
+    assert (state.status, state.stage, promoted.payload["approved"]) == ("running", "stage-2", True)
+    with pytest.raises(TransitionError, match="not awaiting approval"):
+        approve_changes(state, SPEC)
+
+
+def test_a_failing_gate_refuses_promotion_unless_forced():
+    _, state = _log(lambda s: start_change(s, SPEC))
+    gates = [{"gate": "error_rate", "verdict": "FAIL"}, {"gate": "latency", "verdict": "PASS"}]
+    _, state = _seal(state, Change("verdict", None, {"stage": "stage-1", "gates": gates}))
+    assert state.verdict("error_rate") == "FAIL"
+    with pytest.raises(TransitionError, match="gate error_rate FAILs"):
+        promote_change(state, SPEC)
+    forced = promote_change(state, SPEC, force=True)
+    assert forced.payload["forced"] and forced.payload["failing_gates"] == ["error_rate"]
+    _, state = _seal(state, forced)
+    assert state.verdicts == ()  # a new stage starts with no verdicts
+
+
+def test_abort_ends_the_attempt_and_restart_begins_the_next():
+    _, state = _log(lambda s: start_change(s, SPEC), lambda s: promote_change(s, SPEC))
+    _, state = _seal(state, abort_change(state, "vendor contract ended"))
+    assert (state.status, state.traffic) == ("aborted", 0.0)
+    with pytest.raises(TransitionError, match="crossfade restart"):
+        start_change(state, SPEC)
+    _, state = _seal(state, restart_change(state, SPEC))
+    assert (state.status, state.stage, state.attempt) == ("running", "stage-1", 2)
+    with pytest.raises(TransitionError, match="only a rolled-back or aborted"):
+        restart_change(state, SPEC)

@@ -629,8 +629,12 @@ def test_to_dict_is_plain_json_and_round_trips() -> None:
 def test_digest_is_the_sha256_of_canonical_json() -> None:
     import hashlib
 
-    canonical = json.dumps(FULL_SPEC.to_dict(), sort_keys=True, separators=(",", ":"))
+    from crossfade.events import canonical_json
+
+    canonical = json.dumps(FULL_SPEC.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert FULL_SPEC.digest() == hashlib.sha256(canonical.encode()).hexdigest()
+    unicode = load_spec({"name": "m", "owner": "équipe paiements", "stages": [{"traffic": "100%"}]})
+    assert unicode.digest() == hashlib.sha256(canonical_json(unicode.to_dict()).encode()).hexdigest()
     assert load_spec(EXAMPLE).digest() == FULL_SPEC.digest()
     assert load_spec(FULL.replace("hold: 4h", "hold: 3h")).digest() != FULL_SPEC.digest()
 

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from crossfade.backends.base import BackendError
 from crossfade.events import Event, State, TransitionError, verify
+from crossfade.judge import format_rate
 from crossfade.sdk import DEFAULT_URL, Client, UnknownMigration
 from crossfade.shadow import MISMATCH, TOTALS, add_counts, verdict
 from crossfade.spec import (
@@ -28,7 +29,7 @@ from crossfade.spec import (
     json_schema,
     load_spec,
 )
-from crossfade.telemetry import Cell, merge_windows
+from crossfade.telemetry import Cell
 
 app = typer.Typer(
     name="crossfade",
@@ -194,6 +195,183 @@ def rollback(
     _operation(name, url, lambda m: m.rollback(reason, actor=actor, dry_run=dry_run), dry_run)
 
 
+@app.command()
+def approve(name: Name, reason: Reason = None, url: Url = None, actor: Actor = None, dry_run: DryRun = False) -> None:
+    """Approve the stage a migration awaits: it is entered at once."""
+    _operation(name, url, lambda m: m.approve(reason, actor=actor, dry_run=dry_run), dry_run)
+
+
+@app.command()
+def abort(
+    name: Name,
+    reason: Annotated[str, typer.Option("--reason", help="Why; required, recorded in the audit log.")],
+    url: Url = None,
+    actor: Actor = None,
+    dry_run: DryRun = False,
+) -> None:
+    """Give the attempt up: every key to legacy, nothing more until `restart`."""
+    _operation(name, url, lambda m: m.abort(reason, actor=actor, dry_run=dry_run), dry_run)
+
+
+@app.command()
+def restart(name: Name, reason: Reason = None, url: Url = None, actor: Actor = None, dry_run: DryRun = False) -> None:
+    """Begin a new attempt at the first stage after a rollback or an abort (same salt, same buckets)."""
+    _operation(name, url, lambda m: m.restart(reason, actor=actor, dry_run=dry_run), dry_run)
+
+
+@app.command("run-controller")
+def run_controller(
+    names: Annotated[list[str] | None, typer.Argument(help="Migrations to run (default: every active one).")] = None,
+    url: Url = None,
+    once: Annotated[bool, typer.Option("--once", help="One tick, then exit.")] = False,
+    poll: Annotated[float, typer.Option("--poll", help="Seconds between looks for due migrations.")] = 1.0,
+) -> None:
+    """Run the controller: judge each active migration every analysis interval and act on it.
+
+    Several may run against one backend: a lease per migration lets exactly one act. Stop with Ctrl-C.
+    """
+    import logging
+    import signal
+    import threading
+
+    from crossfade.backends.base import open_backend
+    from crossfade.loop import ControllerLoop
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    target = url or os.environ.get("CROSSFADE_URL") or DEFAULT_URL
+    try:
+        backend = open_backend(target)
+    except BackendError as exc:
+        _fail(str(exc))
+    loop = ControllerLoop(backend, names=names or None, on_tick=_print_tick)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        if once:
+            loop.tick()
+            loop.release()
+        else:
+            out.print(f"controller {loop.holder} on {target}")
+            loop.run(stop, poll=poll)
+    except KeyboardInterrupt:
+        loop.release()
+    except BackendError as exc:
+        _fail(str(exc))
+    finally:
+        backend.close()
+
+
+def _print_tick(tick: Any) -> None:
+    for event in tick.events:
+        _print_event(event)
+
+
+@app.command()
+def simulate(
+    file: Annotated[Path, typer.Argument(help="The spec file to simulate.")],
+    rps: Annotated[float, typer.Option("--rps", min=0, help="Calls per second.")] = 200.0,
+    legacy: Annotated[str, typer.Option(
+        "--legacy", help='Legacy\'s behaviour, e.g. "errors=1% latency=lognormal(50ms,0.4) cost=0.001".')] = "",
+    candidate: Annotated[str, typer.Option(
+        "--candidate", help='The candidate\'s, e.g. "errors=3% latency=x1.5 cost=x2" (x: times legacy; '
+                            "default: as legacy).")] = "",
+    fault: Annotated[str | None, typer.Option(
+        "--fault", help="step (default) or drift: how the candidate turns into the behaviour given.")] = None,
+    fault_at: Annotated[str | None, typer.Option(
+        "--fault-at", help="When the fault begins, e.g. 2h; the candidate behaves like legacy before.")] = None,
+    fault_over: Annotated[str | None, typer.Option("--fault-over", help="How long a drift takes, e.g. 1h.")] = None,
+    keys: Annotated[int, typer.Option("--keys", min=0, help="Routing keys, Zipf-popular; 0: a key per call.")] = 10_000,
+    zipf: Annotated[float, typer.Option("--zipf", min=0, help="Zipf exponent of key popularity.")] = 1.1,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Independent runs (estimates duration and "
+                                                           "rollback chance).")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the first run; run i uses seed + i.")] = 0,
+    approve_after: Annotated[str, typer.Option(
+        "--approve-after", help="When the simulation approves a stage that needs it (a duration, or never).")] = "0s",
+    until: Annotated[str | None, typer.Option(
+        "--until", help="Simulated time before giving up (default: twice the holds plus 1h, at least 6h).")] = None,
+    mode: Annotated[str, typer.Option(
+        "--mode", help="calls (every call through mig.run), aggregate (drawn per interval) or auto.")] = "auto",
+    jobs: Annotated[int | None, typer.Option("--jobs", min=1, help="Processes for --runs (default: cores).")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Run the migration in virtual time on synthetic traffic through the real SDK and controller.
+
+    Prints the timeline and the outcome of a run, or with --runs the spread of outcomes and durations.
+    """
+    import re
+
+    from crossfade.simulate import (
+        OUTCOMES,
+        Workload,
+        WorkloadError,
+        median,
+        parse_arm,
+        parse_fault,
+        simulate_many,
+        wilson,
+    )
+    try:
+        spec = load_spec(file)
+    except SpecError as exc:
+        _fail(str(exc), 2)
+    try:
+        legacy_arm = parse_arm(legacy, label="--legacy")
+        workload = Workload(
+            rps=rps, legacy=legacy_arm, candidate=parse_arm(candidate, base=legacy_arm, label="--candidate"),
+            fault=parse_fault(fault, fault_at, fault_over), keys=keys, zipf=zipf, mode=mode)
+        approve = None if approve_after.strip().lower() == "never" else _seconds("--approve-after", approve_after)
+        limit = None if until is None else _seconds("--until", until)
+    except (WorkloadError, ValueError) as exc:
+        _fail(str(exc), 2)
+    results = simulate_many(spec, workload, runs=runs, seed=seed, approve=approve, until=limit,
+                            jobs=1 if runs == 1 else jobs)
+    counts = {name: sum(1 for r in results if r.outcome == name) for name in OUTCOMES}
+    middle = median([r.duration_s for r in results])
+    if as_json:
+        sys.stdout.write(json.dumps({"runs": runs, "outcomes": counts, "median_duration_s": middle,
+                                     "detail": [r.to_dict() for r in results]}, indent=2) + "\n")
+        return
+    fault_text = f"; candidate fault: {workload.fault.describe()}" if workload.fault else ""
+    out.print(f"[bold]{spec.name}[/bold]: {rps:g} rps, "
+              + (f"{keys:,} keys (Zipf {zipf:g})" if keys else "a key per call") + fault_text)
+    out.print(f"  legacy:    {workload.legacy.describe()}\n  candidate: {workload.candidate.describe()}")
+    if runs == 1:
+        result = results[0]
+        for entry in result.timeline:
+            out.print(f"  +{format_duration(round(entry.elapsed)):>9} {entry.stage or '-':<12} "
+                      f"[bold]{entry.kind}[/bold] by {entry.actor}: {entry.text}")
+        out.print(result.summary())
+        return
+    rolled = counts["rolled_back"]
+    low, high = wilson(rolled, runs)
+    out.print(", ".join(f"{name.replace('_', ' ')} {n}" for name, n in counts.items()) + f" of {runs} runs")
+    done = sorted(r.duration_s for r in results if r.outcome == "completed")
+    if done:
+        out.print(f"duration when completed: median {format_duration(round(median(done) or 0))}, "
+                  f"{format_duration(round(done[0]))} to {format_duration(round(done[-1]))}")
+    out.print(f"rolled back in {format_percent(rolled / runs)} of runs (95% interval "
+              f"{format_percent(round(low, 4))}..{format_percent(round(high, 4))}); for a healthy candidate this "
+              "is the false-rollback chance")
+    reasons: dict[str, int] = {}
+    for r in results:
+        if r.outcome != "completed":
+            # Group by what fired (the words before its numbers), not by the numbers themselves.
+            what = re.match(r"(.*?)(?=\s[+\-x]?\d|$)", r.reason)
+            key = f"{r.outcome.replace('_', ' ')} at {r.stage}: {what.group(1) if what else r.reason}"
+            reasons[key] = reasons.get(key, 0) + 1
+    for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5]:
+        out.print(f"  {n} x {reason}")
+
+
+def _seconds(option: str, text: str) -> float:
+    from crossfade.spec import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"{option} {text}: {exc}") from None
+
+
 # -- reading ------------------------------------------------------------------------------------
 
 
@@ -204,7 +382,9 @@ def _print_state_line(state: State) -> None:
 
 
 def _ms(seconds: float) -> str:
-    return "-" if math.isnan(seconds) else f"{seconds * 1000:.1f}ms"
+    if math.isnan(seconds):
+        return "-"
+    return f"{seconds * 1e6:.0f}us" if seconds < 0.001 else f"{seconds * 1000:.1f}ms"
 
 
 def arm_metrics(cell: Cell) -> dict[str, Any]:
@@ -227,33 +407,32 @@ def _nan_none(x: float) -> float | None:
     return None if math.isnan(x) else x
 
 
-def _stage_cells(cf: Client, state: State) -> dict[str, Cell]:
+def _stage_report(cf: Client, state: State) -> dict[str, Any]:
+    """Per-arm metrics of the current stage and, for an active migration, the controller's view of it."""
+    from crossfade.controller import assess, is_active, stage_cells
+
     if not state.stage:
-        return {}
+        return {"arms": {}}
     since = state.stage_entered_at
-    windows = cf.backend().windows(state.name, stage=state.stage)
-    if since is not None:
-        # Windows are aligned; one that began before the stage was entered may still hold its first calls.
-        windows = [w for w in windows if w.start + w.length > since]
-    return merge_windows(windows)
+    windows = cf.backend().windows(state.name, stage=state.stage,
+                                   since=None if since is None else since - 60.0)
+    cells = stage_cells(state, windows)
+    report: dict[str, Any] = {"arms": {arm: arm_metrics(c) for arm, c in sorted(cells.items())}}
+    spec = cf.migration(state.name).spec()
+    if is_active(state) and state.stage_index + 1 < len(spec.stages):
+        report["controller"] = assess(spec, state, windows, cf.time()).to_dict()
+    return report
 
 
 @app.command()
 def status(name: Annotated[str | None, typer.Argument(help="One migration (default: all).")] = None,
            url: Url = None, as_json: AsJson = False) -> None:
-    """Stage, traffic and, per arm, calls, error rate, p50/p95/p99 latency and cost for the current stage."""
+    """Stage, traffic and, per arm, calls, error rate, p50/p95/p99 latency and cost for the current stage;
+    for an active migration, each gate's verdict and what the stage waits for."""
     with _client(url) as cf:
         states = [cf.migration(name).state()] if name else cf.migrations()
-        report = []
-        for state in states:
-            cells = _stage_cells(cf, state)
-            shadow = {}
-            if state.stage:
-                for row in cf.backend().comparisons(state.name, stage=state.stage):
-                    if row.path == TOTALS:
-                        shadow = dict(row.counts)
-            report.append({**state.to_dict(), "arms": {arm: arm_metrics(c) for arm, c in sorted(cells.items())},
-                           "shadow": shadow})
+        report = [{**state.to_dict(), **_stage_report(cf, state), "shadow": _shadow_totals(cf, state)}
+                  for state in states]
         if as_json:
             sys.stdout.write(json.dumps(report if not name else report[0], indent=2) + "\n")
             return
@@ -261,7 +440,7 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
             out.print("no migrations yet: `crossfade init` writes an example spec, `crossfade apply FILE` stores it")
             return
         for item in report:
-            state = State.from_dict({k: v for k, v in item.items() if k not in ("arms", "shadow")})
+            state = State.from_dict({k: v for k, v in item.items() if k not in ("arms", "controller", "shadow")})
             _print_state_line(state)
             table = Table(box=None, pad_edge=False)
             for column in ("arm", "calls", "error rate", "fallbacks", "p50", "p95", "p99", "cost/call"):
@@ -269,7 +448,7 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
             for arm, m in item["arms"].items():
                 table.add_row(
                     arm, str(m["calls"]),
-                    "-" if m["error_rate"] is None else format_percent(m["error_rate"]),
+                    "-" if m["error_rate"] is None else format_rate(m["error_rate"]),
                     str(m["fallbacks"]),
                     *(_ms(m[q] if m[q] is not None else math.nan) for q in ("p50", "p95", "p99")),
                     "-" if m["cost_mean"] is None else f"{m['cost_mean']:.6g}",
@@ -289,6 +468,29 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
                               "dual_write stage")
                 if sh.get("dual_writes"):
                     out.print(f"  dual writes: {sh['dual_writes']}, diverged: {sh.get('divergent', 0)}")
+            view = item.get("controller")
+            if view:
+                for gate in view["gates"]:
+                    out.print(f"  {_colour(gate['verdict'])} {gate['gate']}: {gate['message']}")
+                for firing in view["triggers"]:
+                    out.print(f"  [red]TRIGGER[/red] {firing}")
+                if view["waiting_for"]:
+                    out.print(f"  waiting for {view['waiting_for']}")
+
+
+def _colour(verdict: str) -> str:
+    colour = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}.get(verdict, "dim")
+    return f"[{colour}]{verdict:<12}[/{colour}]"
+
+
+def _shadow_totals(cf: Client, state: State) -> dict[str, int]:
+    """The shadow runs' totals in the current stage (compared, differing, dropped, ...)."""
+    if not state.stage:
+        return {}
+    for row in cf.backend().comparisons(state.name, stage=state.stage):
+        if row.path == TOTALS:
+            return dict(row.counts)
+    return {}
 
 
 def shadow_report(cf: Client, name: str, stage: str | None, *, limit: int = 3) -> dict[str, Any]:
@@ -375,13 +577,15 @@ def history(name: Name, url: Url = None, as_json: AsJson = False) -> None:
         if as_json:
             sys.stdout.write(json.dumps([e.to_dict() for e in events], indent=2) + "\n")
             return
-        table = Table(box=None, pad_edge=False)
-        for column in ("#", "time (UTC)", "event", "actor", "reason", "detail"):
-            table.add_column(column)
         for e in events:
+            head = f"#{e.seq:<4} {_utc(e.time)}  [bold]{e.type:<18}[/bold] by {e.actor}"
+            if e.type == "verdict":
+                out.print(head)
+                for g in e.payload["gates"]:
+                    out.print(f"      {_colour(g['verdict'])} {g['message']}")
+                continue
             detail = ", ".join(f"{k}={_show(v)}" for k, v in e.payload.items() if k != "digest")
-            table.add_row(str(e.seq), _utc(e.time), e.type, e.actor, e.reason or "", detail)
-        out.print(table)
+            out.print(head + (f": {e.reason}" if e.reason else "") + (f" [dim]({detail})[/dim]" if detail else ""))
 
 
 def _show(value: Any) -> str:

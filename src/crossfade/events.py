@@ -22,6 +22,14 @@ PROMOTED: Final = "promoted"
 PAUSED: Final = "paused"
 RESUMED: Final = "resumed"
 ROLLED_BACK: Final = "rolled_back"
+VERDICT: Final = "verdict"
+APPROVAL_REQUESTED: Final = "approval_requested"
+APPROVED: Final = "approved"
+STEPPED_BACK: Final = "stepped_back"
+ROLLBACK_STARTED: Final = "rollback_started"
+ROLLBACK_STEP: Final = "rollback_step"
+ABORTED: Final = "aborted"
+RESTARTED: Final = "restarted"
 
 # Statuses.
 DRAFT: Final = "draft"
@@ -29,6 +37,12 @@ RUNNING: Final = "running"
 PAUSED_STATUS: Final = "paused"
 ROLLED_BACK_STATUS: Final = "rolled_back"
 COMPLETED: Final = "completed"
+AWAITING_APPROVAL: Final = "awaiting_approval"
+ROLLING_BACK: Final = "rolling_back"
+ABORTED_STATUS: Final = "aborted"
+
+# Statuses from which no traffic is on the candidate and nothing runs until an operator acts.
+ENDED: Final = frozenset({DRAFT, ROLLED_BACK_STATUS, ABORTED_STATUS})
 
 
 def canonical_json(value: Any) -> str:
@@ -175,6 +189,8 @@ class State:
     reason: str | None = None
     spec_digest: str | None = None
     salt: str | None = None
+    verdicts: tuple[tuple[str, str], ...] = ()
+    rollback_step_at: float | None = None
 
     def apply(self, event: Event) -> State:
         """The state after one more event."""
@@ -188,10 +204,11 @@ class State:
             return replace(
                 self, spec_version=p["version"], spec_digest=p["digest"], salt=p["salt"], **stage, **common
             )
-        if kind in (STARTED, PROMOTED):
+        if kind in (STARTED, PROMOTED, RESTARTED, STEPPED_BACK):
             return replace(
                 self,
                 status=COMPLETED if p.get("final") else RUNNING,
+                verdicts=(),
                 stage_index=p["stage_index"],
                 stage=p["stage"],
                 traffic=p["traffic"],
@@ -211,6 +228,19 @@ class State:
         if kind == ROLLED_BACK:
             return replace(self, status=ROLLED_BACK_STATUS, traffic=0.0, shadow=0.0, shadow_legacy=0.0, noise=0.0,
                            dual_write=False, **common)
+        if kind == VERDICT:
+            verdicts = tuple((g["gate"], g["verdict"]) for g in p["gates"])
+            return replace(self, verdicts=verdicts, seq=event.seq, head=event.hash, updated_at=event.time)
+        if kind == APPROVAL_REQUESTED:
+            return replace(self, status=AWAITING_APPROVAL, **common)
+        if kind == APPROVED:
+            return replace(self, status=RUNNING, **common)
+        if kind in (ROLLBACK_STARTED, ROLLBACK_STEP):
+            return replace(self, status=ROLLING_BACK, traffic=p["traffic"], shadow=0.0, shadow_legacy=0.0, noise=0.0,
+                           dual_write=False, rollback_step_at=event.time, **common)
+        if kind == ABORTED:
+            return replace(self, status=ABORTED_STATUS, traffic=0.0, shadow=0.0, shadow_legacy=0.0, noise=0.0,
+                           dual_write=False, **common)
         return replace(self, seq=event.seq, head=event.hash, updated_at=event.time)
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,12 +252,17 @@ class State:
             "noise": self.noise, "dual_write": self.dual_write, "attempt": self.attempt,
             "stage_entered_at": self.stage_entered_at, "updated_at": self.updated_at, "reason": self.reason,
             "spec_digest": self.spec_digest, "salt": self.salt,
+            "verdicts": [list(pair) for pair in self.verdicts], "rollback_step_at": self.rollback_step_at,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> State:
         """The state a `to_dict` form describes."""
-        return cls(**data)
+        return cls(**{**data, "verdicts": tuple(tuple(pair) for pair in data.get("verdicts") or ())})
+
+    def verdict(self, gate: str) -> str | None:
+        """The last recorded verdict of a gate in this stage, or None."""
+        return dict(self.verdicts).get(gate)
 
 
 def fold(name: str, events: Iterable[Event]) -> State:
@@ -251,6 +286,17 @@ class Change:
     payload: Mapping[str, Any]
 
 
+def seal(state: State, changes: Sequence[Change], *, actor: str, now: float) -> tuple[State, list[Event]]:
+    """Number, hash and apply changes after `state`: the events to append and the state they lead to."""
+    events = []
+    for change in changes:
+        event = Event.create(state.name, state.seq + 1, change.type, time=now, actor=actor, reason=change.reason,
+                             payload=change.payload, prev_hash=state.head)
+        state = state.apply(event)
+        events.append(event)
+    return state, events
+
+
 def _enter(spec: Spec, index: int, **extra: Any) -> dict[str, Any]:
     stage = spec.stages[index]
     final = index == len(spec.stages) - 1
@@ -271,7 +317,7 @@ def apply_change(state: State | None, spec: Spec, version: int) -> Change | None
         return Change(APPLIED, "spec applied", payload)
     if state.spec_digest == spec.digest():
         return None
-    live = state.status not in (DRAFT, ROLLED_BACK_STATUS) and state.stage is not None
+    live = state.status not in ENDED and state.stage is not None
     if live:
         if spec.salt != state.salt:
             raise TransitionError(
@@ -290,33 +336,73 @@ def apply_change(state: State | None, spec: Spec, version: int) -> Change | None
 
 
 def start_change(state: State, spec: Spec, reason: str | None = None) -> Change:
-    """Start (or, after a rollback, start again) at the first stage."""
-    if state.status not in (DRAFT, ROLLED_BACK_STATUS):
-        raise TransitionError(
-            f"{state.name} is already {state.status}; `start` applies to a draft or rolled-back migration"
-        )
+    """Start a draft migration at its first stage."""
+    if state.status != DRAFT:
+        hint = "; `crossfade restart` begins a new attempt" if state.status in ENDED else ""
+        raise TransitionError(f"{state.name} is already {state.status}; `start` applies to a draft migration{hint}")
     return Change(STARTED, reason or "started", _enter(spec, 0, attempt=state.attempt + 1))
 
 
+def restart_change(state: State, spec: Spec, reason: str | None = None) -> Change:
+    """Begin a new attempt at the first stage after a rollback or an abort; the salt, so every bucket, stays."""
+    if state.status not in (ROLLED_BACK_STATUS, ABORTED_STATUS):
+        raise TransitionError(
+            f"cannot restart {state.name}: it is {state.status}; only a rolled-back or aborted migration restarts"
+        )
+    return Change(RESTARTED, reason or "restarted", _enter(spec, 0, attempt=state.attempt + 1))
+
+
 def promote_change(state: State, spec: Spec, reason: str | None = None, *, force: bool = False) -> Change:
-    """Move to the next stage; entering the last stage completes the migration."""
+    """Move to the next stage; entering the last stage completes the migration.
+
+    A gate whose last verdict is FAIL refuses the promotion unless `force`, which the event records.
+    """
     if state.status != RUNNING:
         hint = {
             DRAFT: "run `crossfade start` first",
             PAUSED_STATUS: "run `crossfade resume` first",
-            ROLLED_BACK_STATUS: "run `crossfade start` to begin a new attempt",
+            ROLLED_BACK_STATUS: "run `crossfade restart` to begin a new attempt",
+            ABORTED_STATUS: "run `crossfade restart` to begin a new attempt",
             COMPLETED: "it is already at its last stage",
+            AWAITING_APPROVAL: "the next stage needs an approval: run `crossfade approve`",
+            ROLLING_BACK: "it is rolling back",
         }.get(state.status, "")
         raise TransitionError(f"cannot promote {state.name}: it is {state.status}" + (f"; {hint}" if hint else ""))
-    extra = {"from_stage": state.stage}
+    failing = [gate for gate, verdict in state.verdicts if verdict == "FAIL"]
+    if failing and not force:
+        raise TransitionError(
+            f"cannot promote {state.name}: gate {', '.join(failing)} FAILs in stage {state.stage}; "
+            "promote --force goes past it (recorded as forced)"
+        )
+    extra: dict[str, Any] = {"from_stage": state.stage}
     if force:
         extra["forced"] = True
+        extra["failing_gates"] = failing
     return Change(PROMOTED, reason or "promoted", _enter(spec, state.stage_index + 1, **extra))
+
+
+def request_approval_change(state: State, spec: Spec, reason: str | None = None) -> Change:
+    """Ask a person to approve entering the next stage (the spec marks it `approval: true`)."""
+    if state.status != RUNNING:
+        raise TransitionError(f"cannot request approval for {state.name}: it is {state.status}")
+    nxt = spec.stages[state.stage_index + 1]
+    return Change(APPROVAL_REQUESTED, reason or f"stage {nxt.name} needs an approval",
+                  {"stage": state.stage, "next_stage": nxt.name, "next_traffic": nxt.traffic})
+
+
+def approve_changes(state: State, spec: Spec, reason: str | None = None) -> list[Change]:
+    """Approve the pending stage: the approval and the promotion, appended together."""
+    if state.status != AWAITING_APPROVAL:
+        raise TransitionError(f"nothing to approve for {state.name}: it is {state.status}, not awaiting approval")
+    approved = Change(APPROVED, reason or "approved", {"stage": spec.stages[state.stage_index + 1].name})
+    promoted = Change(PROMOTED, reason or "approved", _enter(spec, state.stage_index + 1, from_stage=state.stage,
+                                                             approved=True))
+    return [approved, promoted]
 
 
 def pause_change(state: State, reason: str | None = None) -> Change:
     """Send every key to legacy and stop the clock, keeping the stage."""
-    if state.status != RUNNING:
+    if state.status not in (RUNNING, AWAITING_APPROVAL):
         raise TransitionError(f"cannot pause {state.name}: it is {state.status}; only a running migration pauses")
     return Change(PAUSED, reason or "paused", {"stage": state.stage})
 
@@ -332,6 +418,44 @@ def rollback_change(state: State, reason: str) -> Change:
     """Send every key back to legacy at once; a reason is required because someone will ask why."""
     if not reason or not reason.strip():
         raise TransitionError("a rollback needs a reason (--reason TEXT): it goes into the audit log")
-    if state.status in (DRAFT, ROLLED_BACK_STATUS):
+    if state.status in ENDED:
         raise TransitionError(f"cannot roll back {state.name}: it is {state.status}; no traffic is on the candidate")
     return Change(ROLLED_BACK, reason, {"from_stage": state.stage, "from_traffic": state.traffic})
+
+
+def abort_change(state: State, reason: str) -> Change:
+    """Give the attempt up: every key to legacy, and nothing more happens until `restart`."""
+    if not reason or not reason.strip():
+        raise TransitionError("an abort needs a reason (--reason TEXT): it goes into the audit log")
+    if state.status in ENDED:
+        raise TransitionError(f"cannot abort {state.name}: it is {state.status}")
+    return Change(ABORTED, reason, {"from_stage": state.stage, "from_traffic": state.traffic})
+
+
+def step_back_change(state: State, spec: Spec, reason: str) -> Change:
+    """Return to the previous stage (the controller's `on_failure: step_back`)."""
+    if state.status not in (RUNNING, AWAITING_APPROVAL) or state.stage_index < 1:
+        raise TransitionError(f"cannot step {state.name} back: it is {state.status} at stage {state.stage}")
+    return Change(STEPPED_BACK, reason, _enter(spec, state.stage_index - 1, from_stage=state.stage))
+
+
+def rollback_start_change(state: State, spec: Spec, reason: str) -> Change:
+    """Begin a gradual rollback at the first of `rollback.steps` below the current traffic; with no such
+    step above 0%, roll back at once."""
+    if state.status in ENDED:
+        raise TransitionError(f"cannot roll back {state.name}: it is {state.status}")
+    steps = [s for s in spec.rollback.steps if s < state.traffic]
+    if not steps or steps[0] <= 0.0:
+        return rollback_change(state, reason)
+    return Change(ROLLBACK_STARTED, reason, {"from_stage": state.stage, "from_traffic": state.traffic,
+                                             "traffic": steps[0], "steps": steps})
+
+
+def rollback_step_change(state: State, spec: Spec, reason: str) -> Change:
+    """The next step down of a gradual rollback; the last one (0%) completes it."""
+    if state.status != ROLLING_BACK:
+        raise TransitionError(f"{state.name} is {state.status}, not rolling back")
+    steps = [s for s in spec.rollback.steps if s < state.traffic]
+    if not steps or steps[0] <= 0.0:
+        return Change(ROLLED_BACK, reason, {"from_stage": state.stage, "from_traffic": state.traffic})
+    return Change(ROLLBACK_STEP, reason, {"traffic": steps[0], "from_traffic": state.traffic})

@@ -24,12 +24,15 @@ from crossfade.events import (
     Change,
     Event,
     State,
-    TransitionError,
+    abort_change,
     apply_change,
+    approve_changes,
     pause_change,
     promote_change,
+    restart_change,
     resume_change,
     rollback_change,
+    seal,
     start_change,
 )
 from crossfade.routing import CANDIDATE, LEGACY, Decision, Route, RoutingTable, legacy_decision
@@ -54,7 +57,6 @@ DEFAULT_URL = "sqlite:///./crossfade.db"
 
 T = TypeVar("T")
 
-_monotonic_ns = time.monotonic_ns
 _random = random.random
 _NO_SHADOW_SETTINGS = ShadowSettings()
 
@@ -117,13 +119,22 @@ class Client:
         stale_after: float = 60.0,
         candidate_threads: int = 32,
         flush_attempts: int = 5,
+        clock: Callable[[], float] | None = None,
+        background: bool = True,
     ) -> None:
         if refresh <= 0 or stale_after <= 0:
             raise ValueError("refresh and stale_after must be positive numbers of seconds")
         self.url = url if isinstance(url, str) else url.url
         self.refresh_interval = refresh
         self.stale_after = stale_after
-        self.recorder = Recorder(window)
+        # A simulation passes its virtual clock (seconds): calls then take the virtual time their arms
+        # advance it by, and windows and events carry virtual timestamps. Without one, real time.
+        self.time: Callable[[], float] = clock or time.time
+        if clock is None:
+            self.recorder = Recorder(window)
+        else:
+            virtual_ns = lambda: round(clock() * 1e9)  # noqa: E731 - one clock read as both wall and monotonic
+            self.recorder = Recorder(window, clock=virtual_ns, monotonic=virtual_ns)
         self.counters = {
             "refresh_failures": 0, "flush_failures": 0, "dropped_windows": 0, "dropped_calls": 0,
             "recording_errors": 0, "internal_errors": 0, "key_errors": 0,
@@ -158,7 +169,11 @@ class Client:
         except BackendError as exc:
             log.warning("crossfade: backend %s unavailable (%s); routing everything to legacy until it answers",
                         self.url, exc)
-        self._start_thread()
+        # Without the background thread (simulations, one-shot commands) the owner calls refresh() and
+        # flush() itself.
+        self._background = background
+        if background:
+            self._start_thread()
         _live_clients.add(self)
 
     # -- backend and routing table -------------------------------------------------------------
@@ -334,7 +349,7 @@ class Client:
         after_fork = getattr(self._backend, "after_fork", None)
         if after_fork is not None:
             after_fork()
-        if not self._closed:
+        if not self._closed and self._background:
             self._start_thread()
 
     def close(self) -> None:
@@ -400,18 +415,15 @@ class Client:
             return None
         return self._commit(state, model, change, actor, dry_run, store_spec=model.to_dict())
 
-    def _commit(self, state: State, spec: Spec, change: Change, actor: str | None, dry_run: bool,
-                *, store_spec: Mapping[str, Any] | None = None) -> Event:
-        event = Event.create(
-            state.name, state.seq + 1, change.type, time=time.time(), actor=actor or _os_user(),
-            reason=change.reason, payload=change.payload, prev_hash=state.head,
-        )
-        if dry_run:
-            return event
-        after = state.apply(event)
-        self.backend().append(state.name, state.seq, [event], state=after, spec=store_spec)
-        self._install(after, spec)
-        return event
+    def _commit(self, state: State, spec: Spec, changes: Change | Sequence[Change], actor: str | None,
+                dry_run: bool, *, store_spec: Mapping[str, Any] | None = None) -> Event:
+        """Seal changes as the next events and append them atomically; returns the last event."""
+        after, events = seal(state, [changes] if isinstance(changes, Change) else changes,
+                             actor=actor or _os_user(), now=self.time())
+        if not dry_run:
+            self.backend().append(state.name, state.seq, events, state=after, spec=store_spec)
+            self._install(after, spec)
+        return events[-1]
 
     def migration(
         self,
@@ -477,6 +489,7 @@ class Migration:
         self._recorder = client.recorder
         self._refusal_logged = False
         client._views.add(self)
+        self._now = client.recorder.monotonic
         self._bind(client._routes.get(name))
 
     def __repr__(self) -> str:
@@ -537,7 +550,7 @@ class Migration:
     def _record(self, decision: Decision, elapsed_ns: int, *, error: bool = False, timeout: bool = False,
                 fallback: bool = False, cost: float | None = None) -> None:
         try:
-            cell = self._recorder.cell(_monotonic_ns(), cell_key(self.name, decision.stage, decision.arm))
+            cell = self._recorder.cell(self._now(), cell_key(self.name, decision.stage, decision.arm))
             cell.calls += 1
             if error:
                 cell.errors += 1
@@ -571,16 +584,16 @@ class Migration:
         if route is None:  # unknown migration, or a stale table: legacy, and nothing to file it under
             return legacy(*args, **kwargs)
         decision = route.decide(key)
-        start = _monotonic_ns()
+        start = self._now()
         if decision.arm is LEGACY:
             try:
                 result = legacy(*args, **kwargs)
             except Exception as exc:
-                self._record(decision, _monotonic_ns() - start, error=True)
+                self._record(decision, self._now() - start, error=True)
                 if decision.shadow:
                     self._shadow(route, decision, candidate, legacy, args, kwargs, None, exc)
                 raise
-            self._record_ok(legacy_key, start, _monotonic_ns())
+            self._record_ok(legacy_key, start, self._now())
             if decision.shadow:
                 self._shadow(route, decision, candidate, legacy, args, kwargs, result, None)
             return result
@@ -593,7 +606,7 @@ class Migration:
         except Exception as exc:
             self._candidate_failed(decision, start, exc, fallback)
             return legacy(*args, **kwargs)
-        self._record_ok(candidate_key, start, _monotonic_ns())
+        self._record_ok(candidate_key, start, self._now())
         if decision.shadow:  # a ramp-down stage: legacy runs in the candidate's shadow
             self._shadow(route, decision, legacy, legacy, args, kwargs, result, None)
         return result
@@ -670,7 +683,7 @@ class Migration:
         mismatch = client.comparisons.record(self.name, stage, differences, noise,
                                              relative=settings.noise_relative, absolute=settings.noise_absolute)
         # The mismatch_rate gate reads these from the candidate's cell of the stage.
-        cell = self._recorder.cell(_monotonic_ns(), cell_key(self.name, stage, CANDIDATE))
+        cell = self._recorder.cell(self._now(), cell_key(self.name, stage, CANDIDATE))
         cell.compared += 1
         client.count("shadow_compared", 1)
         if mismatch:
@@ -702,7 +715,7 @@ class Migration:
 
     def _candidate_failed(self, decision: Decision, start: int, exc: Exception, fallback: Fallback | None) -> None:
         """Record a failed candidate call; re-raise its exception when the spec allows no fallback."""
-        elapsed = _monotonic_ns() - start
+        elapsed = self._now() - start
         timed_out = isinstance(exc, (CandidateTimeout, TimeoutError))
         if fallback is None or not fallback.on_error:
             self._record(decision, elapsed, error=True, timeout=timed_out)
@@ -739,16 +752,16 @@ class Migration:
         if route is None:
             return await legacy(*args, **kwargs)
         decision = route.decide(key)
-        start = _monotonic_ns()
+        start = self._now()
         if decision.arm is LEGACY:
             try:
                 result = await legacy(*args, **kwargs)
             except Exception as exc:
-                self._record(decision, _monotonic_ns() - start, error=True)
+                self._record(decision, self._now() - start, error=True)
                 if decision.shadow:
                     self._ashadow(route, decision, candidate, legacy, args, kwargs, None, exc)
                 raise
-            self._record_ok(legacy_key, start, _monotonic_ns())
+            self._record_ok(legacy_key, start, self._now())
             if decision.shadow:
                 self._ashadow(route, decision, candidate, legacy, args, kwargs, result, None)
             return result
@@ -759,7 +772,7 @@ class Migration:
         except Exception as exc:
             self._candidate_failed(decision, start, exc, fallback)
             return await legacy(*args, **kwargs)
-        self._record_ok(candidate_key, start, _monotonic_ns())
+        self._record_ok(candidate_key, start, self._now())
         if decision.shadow:
             self._ashadow(route, decision, legacy, legacy, args, kwargs, result, None)
         return result
@@ -784,13 +797,13 @@ class Migration:
             return view.run(key, legacy_write, candidate_write, *args, **kwargs)
         decision = route.decide(key)
         first, second = (legacy_write, candidate_write) if decision.arm is LEGACY else (candidate_write, legacy_write)
-        start = _monotonic_ns()
+        start = self._now()
         try:
             result = first(*args, **kwargs)
         except Exception:
-            self._record(decision, _monotonic_ns() - start, error=True)
+            self._record(decision, self._now() - start, error=True)
             raise
-        self._record(decision, _monotonic_ns() - start)
+        self._record(decision, self._now() - start)
         retry = route.spec.dual_write_retry if route.spec is not None else None
         attempts, backoff = (retry.attempts, retry.backoff) if retry is not None else (2, 0.0)
         outcome = Outcome(error=RuntimeError("not tried"))
@@ -814,13 +827,13 @@ class Migration:
             return await view.arun(key, legacy_write, candidate_write, *args, **kwargs)
         decision = route.decide(key)
         first, second = (legacy_write, candidate_write) if decision.arm is LEGACY else (candidate_write, legacy_write)
-        start = _monotonic_ns()
+        start = self._now()
         try:
             result = await first(*args, **kwargs)
         except Exception:
-            self._record(decision, _monotonic_ns() - start, error=True)
+            self._record(decision, self._now() - start, error=True)
             raise
-        self._record(decision, _monotonic_ns() - start)
+        self._record(decision, self._now() - start)
         retry = route.spec.dual_write_retry if route.spec is not None else None
         attempts, backoff = (retry.attempts, retry.backoff) if retry is not None else (2, 0.0)
         outcome = Outcome(error=RuntimeError("not tried"))
@@ -921,12 +934,12 @@ class Migration:
             )
         return state, self.client._spec(self.name, state.spec_version)
 
-    def _act(self, make: Callable[[State, Spec], Change], actor: str | None, dry_run: bool) -> Event:
+    def _act(self, make: Callable[[State, Spec], Change | list[Change]], actor: str | None, dry_run: bool) -> Event:
         state, spec = self._current()
         return self.client._commit(state, spec, make(state, spec), actor, dry_run)
 
     def start(self, reason: str | None = None, *, actor: str | None = None, dry_run: bool = False) -> Event:
-        """Start at the first stage (or begin a new attempt after a rollback)."""
+        """Start a draft migration at its first stage."""
         return self._act(lambda st, sp: start_change(st, sp, reason), actor, dry_run)
 
     def promote(self, reason: str | None = None, *, actor: str | None = None, force: bool = False,
@@ -945,6 +958,18 @@ class Migration:
     def rollback(self, reason: str, *, actor: str | None = None, dry_run: bool = False) -> Event:
         """Route every key to legacy at once, recording why."""
         return self._act(lambda st, sp: rollback_change(st, reason), actor, dry_run)
+
+    def approve(self, reason: str | None = None, *, actor: str | None = None, dry_run: bool = False) -> Event:
+        """Approve the stage awaiting approval: it is entered at once."""
+        return self._act(lambda st, sp: approve_changes(st, sp, reason), actor, dry_run)
+
+    def abort(self, reason: str, *, actor: str | None = None, dry_run: bool = False) -> Event:
+        """Give the attempt up: every key to legacy until `restart`."""
+        return self._act(lambda st, sp: abort_change(st, reason), actor, dry_run)
+
+    def restart(self, reason: str | None = None, *, actor: str | None = None, dry_run: bool = False) -> Event:
+        """Begin a new attempt at the first stage after a rollback or an abort (same salt, same buckets)."""
+        return self._act(lambda st, sp: restart_change(st, sp, reason), actor, dry_run)
 
     def state(self) -> State:
         """The migration's current state, from the backend."""
@@ -1072,10 +1097,11 @@ class Observation:
         self._error = True
 
     def __enter__(self) -> Observation:
-        self._start = time.monotonic_ns()
+        self._start = self._migration._now()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
         failed = self._error or (exc_type is not None and issubclass(exc_type, Exception))
-        self._migration._record(self.decision, time.monotonic_ns() - self._start, error=failed, cost=self._cost)
+        elapsed = self._migration._now() - self._start
+        self._migration._record(self.decision, elapsed, error=failed, cost=self._cost)
         return False

@@ -452,9 +452,14 @@ class Spec:
         }
 
     def digest(self) -> str:
-        """The sha256 hex digest of the canonical JSON of ``to_dict()``: equal specs, equal digests."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        """The sha256 hex digest of the canonical JSON of ``to_dict()``: equal specs, equal digests.
+
+        The same spelling the event log and the backend hash (`events.canonical_json`), so the digest an
+        `applied` event records is the one the stored spec row carries.
+        """
+        from crossfade.events import canonical_json
+
+        return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()
 
 
 def _without_none(mapping: dict[str, Any]) -> dict[str, Any]:

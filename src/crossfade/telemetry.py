@@ -144,7 +144,7 @@ class Recorder:
         self.grace = grace
         self._window_ns = round(window * 1e9)
         self._clock = clock
-        self._monotonic = monotonic
+        self.monotonic = monotonic
         self._offset_ns = 0
         self.resync()
         self._local = threading.local()
@@ -153,7 +153,7 @@ class Recorder:
 
     def resync(self) -> None:
         """Re-read the wall clock's offset from the monotonic one (NTP may have moved it)."""
-        self._offset_ns = self._clock() - self._monotonic()
+        self._offset_ns = self._clock() - self.monotonic()
 
     def cell(self, now_ns: int, key: str) -> Cell:
         """The calling thread's cell for `key` (see `cell_key`) in the window holding monotonic `now_ns`."""
@@ -172,7 +172,7 @@ class Recorder:
 
     def now(self) -> int:
         """The monotonic time, in the unit `cell` takes."""
-        return self._monotonic()
+        return self.monotonic()
 
     def _register(self) -> dict[int, dict[str, Cell]]:
         buffer: dict[int, dict[str, Cell]] = {}

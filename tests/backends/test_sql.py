@@ -38,7 +38,7 @@ def grow(state: State, count: int, *, time0: float = 1_700_000_000.125) -> tuple
                 "note": "größer als 10 ms — 超过",
                 "arms": {"legacy": {"calls": seq * 1000, "ok": True}, "candidate": None},
             }
-            event = Event.create(state.name, seq, "verdict", time=time0 + seq / 7, actor="controller",
+            event = Event.create(state.name, seq, "noted", time=time0 + seq / 7, actor="controller",
                                  payload=payload, prev_hash=state.head)
         events.append(event)
         state = state.apply(event)

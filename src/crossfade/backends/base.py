@@ -73,6 +73,12 @@ class Backend(Protocol):
                  limit: int | None = None) -> list[Example]:
         """Kept mismatch examples of a migration (one stage, one path), newest first, at most `limit`."""
 
+    def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
+        """Take or renew a lease until `now + ttl`; False while another holder's has not expired."""
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give a lease up if `holder` holds it."""
+
     def close(self) -> None:
         """Release connections. The backend is not used afterwards."""
 

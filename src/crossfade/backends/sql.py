@@ -79,6 +79,13 @@ telemetry = sa.Table(
     sa.Column("cell", sa.Text, nullable=False),
     sa.Column("written_at", sa.Double, nullable=False),
 )
+leases = sa.Table(
+    "leases", _metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("holder", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
+    sa.Column("acquired_at", sa.Double, nullable=False),
+)
 
 shadow_fields = sa.Table(
     "shadow_fields", _metadata,
@@ -360,6 +367,35 @@ class SQLBackend:
         with self._store.guard(f"reading the examples of {migration}"), self._store.read() as conn:
             found = conn.execute(query).all()
         return [Example(migration, st, p, t, json.loads(d)) for st, p, t, d in found]
+
+    def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
+        """Take or renew the lease `name` for `holder` until `now + ttl`; False while another holder's
+        lease has not expired. Taking and renewing are one transaction, so two holders never both win."""
+        with self._store.guard(f"taking the lease {name}"), self._store.write() as conn:
+            query = sa.select(leases.c.holder, leases.c.expires_at).where(leases.c.name == name)
+            if self._store.dialect == "postgresql":
+                query = query.with_for_update()
+            row = conn.execute(query).first()
+            if row is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(leases.insert().values(name=name, holder=holder, expires_at=now + ttl,
+                                                            acquired_at=now))
+                except sa_exc.IntegrityError:
+                    return False  # another holder inserted it first
+                return True
+            if row.holder != holder and row.expires_at > now:
+                return False
+            values = {"holder": holder, "expires_at": now + ttl}
+            if row.holder != holder:
+                values["acquired_at"] = now
+            conn.execute(leases.update().where(leases.c.name == name).values(**values))
+            return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up, if `holder` holds it, so another can take it at once."""
+        with self._store.guard(f"releasing the lease {name}"), self._store.write() as conn:
+            conn.execute(leases.delete().where(leases.c.name == name, leases.c.holder == holder))
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's pooled connections without closing them under the parent."""

@@ -1,0 +1,327 @@
+"""The judge: each gate's verdict on a stage's data with the numbers behind it, and the instant triggers.
+
+How the spec's `analysis.confidence` is spent. Let alpha = 1 - confidence. It is split evenly (Bonferroni)
+across every gate of every stage that is judged (all stages but the last, which has no legacy to compare
+with): each gate in each stage gets alpha_g = alpha / (judged stages x gates), one-sided, against FAIL. Within
+a stage the judge looks every `analysis.interval` for as long as the stage lasts: error rate, mismatch rate
+and cost use anytime-valid confidence sequences, which hold at alpha_g however often they are looked at;
+latency quantiles use fixed-sample intervals, so look k spends alpha_g * 6 / (pi^2 k^2), which sums to at most
+alpha_g. A candidate exactly at every gate's limit is therefore failed anywhere in the migration with
+probability at most alpha. PASS is judged with the mirror-image bound at the same alpha_g.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from crossfade.routing import CANDIDATE, LEGACY
+from crossfade.spec import Spec, Trigger, format_duration, format_percent
+from crossfade.stats import (
+    MannWhitney,
+    SampleRatio,
+    cost_moments,
+    look_alpha,
+    mann_whitney,
+    mean_diff_cs,
+    proportion_diff_cs,
+    quantile_ratio_interval,
+    sample_ratio,
+)
+from crossfade.telemetry import Cell, Window, merge_windows
+
+PASS: Final = "PASS"
+FAIL: Final = "FAIL"
+INCONCLUSIVE: Final = "INCONCLUSIVE"
+NODATA: Final = "NODATA"
+
+# A sample-ratio p-value below this means the split of calls between arms is not the one routing asked
+# for (a recording or routing bug): the judge's numbers cannot be trusted, so the stage holds.
+SAMPLE_RATIO_P: Final = 0.001
+
+
+@dataclass(frozen=True, slots=True)
+class GateVerdict:
+    """One gate's verdict with the numbers behind it and a sentence a person can act on. Immutable."""
+
+    gate: str
+    verdict: str
+    estimate: float | None
+    lower: float | None
+    upper: float | None
+    limit: float
+    candidate_samples: int
+    legacy_samples: int
+    confidence: float
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form (infinite bounds become None), as verdict events record it."""
+        return {
+            "gate": self.gate, "verdict": self.verdict, "estimate": _finite(self.estimate),
+            "lower": _finite(self.lower), "upper": _finite(self.upper), "limit": self.limit,
+            "samples": {CANDIDATE: self.candidate_samples, LEGACY: self.legacy_samples},
+            "confidence": self.confidence, "message": self.message,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """Every gate's verdict on one stage at one look, with the reported (non-gating) extras. Immutable."""
+
+    gates: tuple[GateVerdict, ...]
+    look: int
+    sample_ratio: SampleRatio | None
+    latency_shift: MannWhitney | None
+
+    @property
+    def failed(self) -> tuple[GateVerdict, ...]:
+        """The gates that FAIL."""
+        return tuple(g for g in self.gates if g.verdict == FAIL)
+
+    @property
+    def nodata(self) -> tuple[GateVerdict, ...]:
+        """The gates with no data to judge."""
+        return tuple(g for g in self.gates if g.verdict == NODATA)
+
+    @property
+    def all_pass(self) -> bool:
+        """True when every gate PASSes (vacuously true with no gates)."""
+        return all(g.verdict == PASS for g in self.gates)
+
+    @property
+    def split_broken(self) -> bool:
+        """True when calls per arm do not match the traffic split (p < 0.001)."""
+        return self.sample_ratio is not None and self.sample_ratio.p_value < SAMPLE_RATIO_P
+
+    def summary(self) -> tuple[tuple[str, str], ...]:
+        """(gate, verdict) pairs, as the state keeps them."""
+        return tuple((g.gate, g.verdict) for g in self.gates)
+
+
+def gate_alpha(spec: Spec) -> float:
+    """The one-sided alpha each gate gets in each judged stage (see the module's docstring)."""
+    judged_stages = max(len(spec.stages) - 1, 1)
+    gates = max(len(enabled_gates(spec)), 1)
+    return (1.0 - spec.analysis.confidence) / (judged_stages * gates)
+
+
+def enabled_gates(spec: Spec) -> list[str]:
+    """The names of the gates the spec turns on, in a fixed order."""
+    g = spec.gates
+    return [name for name, on in (("error_rate", g.error_rate), ("latency", g.latency), ("cost", g.cost),
+                                  ("mismatch_rate", g.mismatch_rate)) if on is not None]
+
+
+def judge(spec: Spec, cells: Mapping[str, Cell], *, look: int, traffic: float) -> Judgement:
+    """Judge a stage on its per-arm cells at the `look`-th look (1-based); `traffic` is its candidate share."""
+    alpha = gate_alpha(spec)
+    candidate = cells.get(CANDIDATE) or Cell()
+    legacy = cells.get(LEGACY) or Cell()
+    verdicts: list[GateVerdict] = []
+    g = spec.gates
+    if g.error_rate is not None:
+        verdicts.append(_error_rate(candidate, legacy, g.error_rate.max_increase, alpha))
+    if g.latency is not None:
+        verdicts.append(_latency(candidate, legacy, g.latency.quantile, g.latency.max_ratio, look_alpha(alpha, look)))
+    if g.cost is not None:
+        verdicts.append(_cost(candidate, legacy, g.cost.max_ratio, alpha))
+    if g.mismatch_rate is not None:
+        verdicts.append(_mismatch(candidate, g.mismatch_rate.max, alpha))
+    ratio = None
+    if 0.0 < traffic < 1.0 and candidate.calls and legacy.calls:
+        ratio = sample_ratio(candidate.calls, legacy.calls, traffic)
+    shift = mann_whitney(candidate.latency, legacy.latency) if candidate.calls and legacy.calls else None
+    return Judgement(tuple(verdicts), look, ratio, shift)
+
+
+def format_rate(fraction: float) -> str:
+    """A measured rate for people: two decimals of a percent (`2.03%`), unlike a spec's exact `2.5%`."""
+    return f"{fraction * 100:.2f}%"
+
+
+def _level(alpha: float) -> str:
+    confidence = 100.0 * (1.0 - alpha)
+    text = f"{confidence:.4f}".rstrip("0").rstrip(".")
+    return f"{text}%"
+
+
+def _pp(x: float) -> str:
+    return f"{x * 100:+.2f} pp"
+
+
+def _verdict(lower: float, upper: float, limit: float) -> str:
+    if lower > limit:
+        return FAIL
+    if upper < limit:
+        return PASS
+    return INCONCLUSIVE
+
+
+def _error_rate(candidate: Cell, legacy: Cell, limit: float, alpha: float) -> GateVerdict:
+    n_c, n_l = candidate.calls, legacy.calls
+    if not n_c or not n_l:
+        return _nodata("error_rate", limit, n_c, n_l, alpha, "error rate: no calls yet on " + _missing(n_c, n_l))
+    low = proportion_diff_cs(candidate.errors, n_c, legacy.errors, n_l, alpha=alpha, sided="lower")
+    high = proportion_diff_cs(candidate.errors, n_c, legacy.errors, n_l, alpha=alpha, sided="upper")
+    verdict = _verdict(low.lower, high.upper, limit)
+    where = {FAIL: "is above", PASS: "is within", INCONCLUSIVE: "may exceed"}[verdict]
+    message = (f"candidate error rate {_pp(low.estimate)} ({_level(alpha)} CS {_pp(low.lower)}..{_pp(high.upper)}) "
+               f"{where} the allowed {_pp(limit)} (candidate {format_rate(candidate.errors / n_c)} of {n_c}, "
+               f"legacy {format_rate(legacy.errors / n_l)} of {n_l})")
+    return GateVerdict("error_rate", verdict, low.estimate, low.lower, high.upper, limit, n_c, n_l, 1 - alpha,
+                       message)
+
+
+def _latency(candidate: Cell, legacy: Cell, q: float, limit: float, alpha: float) -> GateVerdict:
+    n_c, n_l = candidate.latency.count, legacy.latency.count
+    name = f"p{q * 100:g}"
+    if not n_c or not n_l:
+        return _nodata("latency", limit, n_c, n_l, alpha, f"{name} latency: no calls yet on " + _missing(n_c, n_l))
+    # Two-sided at 2 * alpha: each one-sided bound then holds at alpha.
+    interval = quantile_ratio_interval(candidate.latency, legacy.latency, q, alpha=min(2 * alpha, 0.999))
+    verdict = _verdict(interval.lower, interval.upper, limit)
+    where = {FAIL: "is above", PASS: "is within", INCONCLUSIVE: "may exceed"}[verdict]
+    bounds = f"{_ratio(interval.lower)}..{_ratio(interval.upper)}"
+    message = (f"candidate {name} latency x{_ratio(interval.estimate)} of legacy ({_level(alpha)} CI {bounds}) "
+               f"{where} the allowed x{limit:g} ({n_c} and {n_l} calls)")
+    return GateVerdict("latency", verdict, interval.estimate, interval.lower, interval.upper, limit, n_c, n_l,
+                       1 - alpha, message)
+
+
+def _ratio(x: float) -> str:
+    return "inf" if math.isinf(x) else "nan" if math.isnan(x) else f"{x:.2f}"
+
+
+def _cost(candidate: Cell, legacy: Cell, limit: float, alpha: float) -> GateVerdict:
+    n_c, n_l = candidate.costed, legacy.costed
+    if n_c < 2 or n_l < 2:
+        return _nodata("cost", limit, n_c, n_l, alpha, "cost: fewer than 2 calls report a cost on "
+                       + _missing(n_c - 1 if n_c < 2 else n_c, n_l - 1 if n_l < 2 else n_l))
+    mean_c, var_c = cost_moments(candidate.cost_sum, candidate.cost_sq, n_c)
+    mean_l, var_l = cost_moments(legacy.cost_sum, legacy.cost_sq, n_l)
+    if mean_l <= 0:
+        return _nodata("cost", limit, n_c, n_l, alpha, "cost: legacy's mean cost is zero; a ratio has no meaning")
+    # Judge mean_c - limit * mean_l against 0: the ratio's bounds follow by dividing by legacy's mean.
+    low = mean_diff_cs(mean_c, var_c, n_c, limit * mean_l, limit * limit * var_l, n_l, alpha=alpha, sided="lower")
+    high = mean_diff_cs(mean_c, var_c, n_c, limit * mean_l, limit * limit * var_l, n_l, alpha=alpha, sided="upper")
+    estimate = mean_c / mean_l
+    lower, upper = limit + low.lower / mean_l, limit + high.upper / mean_l
+    verdict = _verdict(low.lower, high.upper, 0.0)
+    where = {FAIL: "is above", PASS: "is within", INCONCLUSIVE: "may exceed"}[verdict]
+    message = (f"candidate cost per call x{estimate:.2f} of legacy ({_level(alpha)} CS {_ratio(lower)}..{_ratio(upper)}) "
+               f"{where} the allowed x{limit:g} ({mean_c:.6g} vs {mean_l:.6g} per call)")
+    return GateVerdict("cost", verdict, estimate, lower, upper, limit, n_c, n_l, 1 - alpha, message)
+
+
+def _mismatch(candidate: Cell, limit: float, alpha: float) -> GateVerdict:
+    n = candidate.compared
+    if not n:
+        return _nodata("mismatch_rate", limit, 0, 0, alpha, "mismatch rate: no answers compared yet (shadow runs "
+                       "compare them)")
+    rate = candidate.mismatches / n
+    # The variance of the shrunk rate (x+1)/(n+2): with no mismatch seen yet, 30 comparisons must not
+    # "prove" a rate below the limit, which a plain rate's zero variance would.
+    shrunk = (candidate.mismatches + 1) / (n + 2)
+    variance = shrunk * (1 - shrunk)
+    # One sample against a fixed limit: the limit plays the second arm, with no variance of its own.
+    low = mean_diff_cs(rate, variance, n, limit, 0.0, 1, alpha=alpha, sided="lower")
+    high = mean_diff_cs(rate, variance, n, limit, 0.0, 1, alpha=alpha, sided="upper")
+    lower, upper = max(limit + low.lower, 0.0), min(limit + high.upper, 1.0)
+    verdict = _verdict(lower, upper, limit)
+    where = {FAIL: "is above", PASS: "is within", INCONCLUSIVE: "may exceed"}[verdict]
+    message = (f"candidate answers differ from legacy's in {format_rate(rate)} of {n} compared "
+               f"({_level(alpha)} CS {format_rate(lower)}..{format_rate(upper)}) {where} the allowed "
+               f"{format_percent(limit)}")
+    return GateVerdict("mismatch_rate", verdict, rate, lower, upper, limit, n, n, 1 - alpha, message)
+
+
+def _missing(n_c: int, n_l: int) -> str:
+    return " and ".join(arm for arm, n in ((CANDIDATE, n_c), (LEGACY, n_l)) if not n) or "either arm"
+
+
+def _nodata(gate: str, limit: float, n_c: int, n_l: int, alpha: float, message: str) -> GateVerdict:
+    return GateVerdict(gate, NODATA, None, None, None, limit, max(n_c, 0), max(n_l, 0), 1 - alpha, message)
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or math.isinf(x) or math.isnan(x) else x
+
+
+# -- triggers ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Firing:
+    """A trigger whose threshold was crossed (held for its `for`), with the value that crossed it."""
+
+    trigger: Trigger
+    value: float
+    samples: int
+    message: str
+
+
+def trigger_value(trigger: Trigger, cells: Mapping[str, Cell]) -> tuple[float | None, int]:
+    """The trigger's metric over some cells, and the candidate samples behind it (None: not computable)."""
+    c = cells.get(CANDIDATE) or Cell()
+    l = cells.get(LEGACY) or Cell()  # noqa: E741 - the legacy arm, beside c
+    metric = trigger.metric
+    if metric in ("error_rate", "timeout_rate", "fallback_rate"):
+        count = {"error_rate": c.errors, "timeout_rate": c.timeouts, "fallback_rate": c.fallbacks}[metric]
+        return (count / c.calls if c.calls else None), c.calls
+    if metric == "mismatch_rate":
+        return (c.mismatches / c.compared if c.compared else None), c.compared
+    if metric.startswith("latency_p"):
+        q = float(metric.removeprefix("latency_p").removesuffix("_ratio")) / 100
+        if not c.latency.count:
+            return None, 0
+        value = c.latency.quantile(q)
+        if metric.endswith("_ratio"):
+            if not l.latency.count or l.latency.quantile(q) <= 0:
+                return None, c.latency.count
+            value /= l.latency.quantile(q)
+        return value, c.latency.count
+    if metric == "cost_ratio":
+        if not c.costed or not l.costed or l.cost_sum <= 0:
+            return None, c.costed
+        return (c.cost_sum / c.costed) / (l.cost_sum / l.costed), c.costed
+    raise ValueError(f"unknown trigger metric {metric!r}")
+
+
+def _cells_between(windows: Iterable[Window], start: float, end: float) -> dict[str, Cell]:
+    return merge_windows(w for w in windows if w.start + w.length > start and w.start < end)
+
+
+def check_triggers(spec: Spec, windows: Sequence[Window], now: float) -> list[Firing]:
+    """The triggers that fire now: threshold crossed over the sliding `window` ending now, with at least
+    `min_samples` candidate samples, and, with `for`, crossed at every look of the last `for` as well."""
+    interval = spec.analysis.interval
+    fired = []
+    for trigger in spec.triggers:
+        looks = 1 + (math.ceil(trigger.for_ / interval) if trigger.for_ else 0)
+        values = []
+        for k in range(looks):
+            end = now - k * interval
+            value, samples = trigger_value(trigger, _cells_between(windows, end - trigger.window, end))
+            if value is None or samples < max(trigger.min_samples, 1) or value <= trigger.above:
+                break
+            values.append((value, samples))
+        else:
+            value, samples = values[0]
+            fired.append(Firing(trigger, value, samples, _firing_message(trigger, value, samples)))
+    return fired
+
+
+def _firing_message(trigger: Trigger, value: float, samples: int) -> str:
+    metric = trigger.metric
+    if metric.endswith("_ratio"):
+        shown, limit = f"x{value:.2f}", f"x{trigger.above:g}"
+    elif metric.startswith("latency_p"):
+        shown, limit = format_duration(value), format_duration(trigger.above)
+    else:
+        shown, limit = format_rate(value), format_percent(trigger.above)
+    held = f", held for {format_duration(trigger.for_)}" if trigger.for_ else ""
+    return (f"trigger {metric} > {limit} over {format_duration(trigger.window)} fired: candidate {metric} "
+            f"{shown} over {samples} samples{held}")

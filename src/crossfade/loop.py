@@ -1,0 +1,169 @@
+"""The controller loop: ticks each migration every analysis interval under a lease, and appends what the
+pure controller decides with optimistic concurrency."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from crossfade.backends.base import Backend, BackendError, ConflictError
+from crossfade.controller import ACTOR, Assessment, assess, is_active, step
+from crossfade.events import Event, State, seal
+from crossfade.spec import Spec, load_spec
+
+log = logging.getLogger("crossfade.controller")
+
+# How far before a stage's entry telemetry windows are read: a window that began before the stage was
+# entered may hold its first calls (windows are 10 s by default; a minute covers any sensible setting).
+WINDOW_MARGIN = 60.0
+
+
+class Clock(Protocol):
+    """Where the loop reads the time and waits: the system's, or a simulation's virtual one."""
+
+    def now(self) -> float:
+        """Seconds since the epoch."""
+
+    def sleep(self, seconds: float, stop: threading.Event) -> None:
+        """Wait `seconds`, or until `stop` is set."""
+
+
+class SystemClock:
+    """Real time."""
+
+    def now(self) -> float:
+        """Seconds since the epoch."""
+        return time.time()
+
+    def sleep(self, seconds: float, stop: threading.Event) -> None:
+        """Wait `seconds`, or until `stop` is set."""
+        stop.wait(seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """What one tick did for one migration: the events it appended, or why it did nothing."""
+
+    migration: str
+    events: tuple[Event, ...]
+    assessment: Assessment | None
+    skipped: str | None = None
+
+
+def default_holder() -> str:
+    """This process's name for leases and the events it writes: host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class ControllerLoop:
+    """Runs the controller for every active migration of a backend (or the `names` given).
+
+    Several loops may run against one backend: per migration, only the holder of its lease acts; a lease
+    lasts three intervals, so a loop that dies is replaced within that time. The state is always re-read
+    from the backend before a step, and the step's events are appended with the sequence number they were
+    decided on, so a loop killed at any point, or racing another, never loses or doubles a transition.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        clock: Clock | None = None,
+        holder: str | None = None,
+        names: Iterable[str] | None = None,
+        on_tick: Callable[[Tick], None] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.clock = clock or SystemClock()
+        self.holder = holder or default_holder()
+        self.actor = f"{ACTOR}@{self.holder}"
+        self.names = set(names) if names is not None else None
+        self.on_tick = on_tick
+        self._due: dict[str, float] = {}
+        self._specs: dict[tuple[str, int], Spec] = {}
+        self._held: set[str] = set()
+
+    def _spec(self, state: State) -> Spec:
+        key = (state.name, state.spec_version)
+        spec = self._specs.get(key)
+        if spec is None:
+            data = self.backend.spec(state.name, state.spec_version)
+            if data is None:
+                raise BackendError(f"{state.name}: spec version {state.spec_version} is missing")
+            spec = self._specs[key] = load_spec(data, source_name=f"{state.name}@{state.spec_version}")
+        return spec
+
+    def tick(self) -> list[Tick]:
+        """One pass: every active migration whose interval has come is stepped once."""
+        now = self.clock.now()
+        ticks = []
+        for state in self.backend.states():
+            if (self.names is not None and state.name not in self.names) or not is_active(state):
+                self._let_go(state.name)
+                continue
+            if self._due.get(state.name, 0.0) > now:
+                continue
+            result = self.tick_one(state, now)
+            ticks.append(result)
+            if self.on_tick is not None:
+                self.on_tick(result)
+        return ticks
+
+    def tick_one(self, state: State, now: float) -> Tick:
+        """Step one migration now, if this loop holds (or can take) its lease."""
+        spec = self._spec(state)
+        interval = spec.analysis.interval
+        self._due[state.name] = now + interval
+        if not self.backend.acquire_lease(f"controller:{state.name}", self.holder, 3 * interval, now):
+            self._held.discard(state.name)
+            return Tick(state.name, (), None, "another controller holds the lease")
+        self._held.add(state.name)
+        entered = state.stage_entered_at if state.stage_entered_at is not None else now
+        windows = self.backend.windows(state.name, stage=state.stage, since=entered - WINDOW_MARGIN)
+        assessment = assess(spec, state, windows, now) if state.stage_index + 1 < len(spec.stages) else None
+        changes = step(spec, state, windows, now)
+        if not changes:
+            return Tick(state.name, (), assessment)
+        after, events = seal(state, changes, actor=self.actor, now=now)
+        try:
+            self.backend.append(state.name, state.seq, events, state=after)
+        except ConflictError as exc:
+            # Someone (an operator, most likely) moved the migration since it was read: decide again soon.
+            self._due[state.name] = now
+            return Tick(state.name, (), assessment, f"conflict, will re-read: {exc}")
+        for event in events:
+            log.info("%s #%d %s: %s", event.migration, event.seq, event.type, event.reason)
+        return Tick(state.name, tuple(events), assessment)
+
+    def _let_go(self, name: str) -> None:
+        if name in self._held:
+            self._held.discard(name)
+            self.backend.release_lease(f"controller:{name}", self.holder)
+
+    def release(self) -> None:
+        """Give up every lease this loop holds, so another loop can take over at once."""
+        for name in list(self._held):
+            self._let_go(name)
+
+    def run(self, stop: threading.Event | None = None, *, poll: float = 1.0) -> None:
+        """Tick until `stop` is set. A backend error is logged and retried at the next poll."""
+        stop = stop or threading.Event()
+        try:
+            while not stop.is_set():
+                try:
+                    self.tick()
+                except BackendError as exc:
+                    log.warning("controller tick failed: %s", exc)
+                due = min(self._due.values(), default=self.clock.now() + poll)
+                self.clock.sleep(max(0.0, min(poll, due - self.clock.now())), stop)
+        finally:
+            try:
+                self.release()
+            except BackendError as exc:
+                log.warning("could not release the controller's leases: %s", exc)

@@ -1,0 +1,165 @@
+"""The controller, driven by hand through hours of synthetic telemetry: promotion, approval, failure
+policies, gradual rollback, NODATA, and the fold of what it writes."""
+
+from __future__ import annotations
+
+import random
+
+from crossfade.controller import assess, step
+from crossfade.events import State, apply_change, fold, seal, start_change, verify
+from crossfade.spec import load_spec
+from crossfade.telemetry import Cell, Window
+
+
+def spec(**overrides):
+    base = {
+        "name": "m",
+        "stages": [{"name": "canary", "traffic": "10%", "hold": "10m", "min_samples": 200},
+                   {"name": "half", "traffic": "50%", "hold": "10m", "approval": True},
+                   {"name": "full", "traffic": "100%"}],
+        "gates": {"error_rate": {"max_increase": "1%"}},
+        "analysis": {"interval": "1m"},
+    }
+    return load_spec({**base, **overrides})
+
+
+class Run:
+    """A migration driven by the pure controller over virtual minutes, with telemetry made per minute."""
+
+    def __init__(self, spec, *, candidate_errors=0.01, rps=20.0, seed=7):
+        self.spec = spec
+        self.rng = random.Random(seed)
+        self.candidate_errors = candidate_errors
+        self.rps = rps
+        self.now = 1_000_000.0
+        self.windows: list[Window] = []
+        self.events = []
+        self.state = State(spec.name)
+        self._write([apply_change(self.state, spec, 1)], "test")
+        self._write([start_change(self.state, spec)], "test")
+
+    def _write(self, changes, actor):
+        self.state, events = seal(self.state, changes, actor=actor, now=self.now)
+        self.events += events
+
+    def traffic_minute(self):
+        for arm, share, rate in (("candidate", self.state.traffic, self.candidate_errors),
+                                 ("legacy", 1 - self.state.traffic, 0.01)):
+            c = Cell()
+            c.calls = int(self.rps * 60 * share)
+            c.errors = sum(self.rng.random() < rate for _ in range(c.calls))
+            for _ in range(c.calls):
+                c.latency.add(self.rng.lognormvariate(-3, 0.3))
+            if c.calls:
+                self.windows.append(Window("m", self.state.stage, arm, self.now, 60.0, c))
+
+    def minutes(self, n):
+        for _ in range(n):
+            if self.state.status in ("running", "awaiting_approval", "rolling_back"):
+                self.traffic_minute()
+            self.now += 60
+            changes = step(self.spec, self.state, self.windows, self.now)
+            if changes:
+                self._write(changes, "controller")
+        return self
+
+    def types(self):
+        return [e.type for e in self.events if e.type != "verdict"]
+
+
+def test_a_healthy_candidate_is_promoted_after_the_hold_and_waits_for_approval():
+    run = Run(spec()).minutes(9)
+    assert run.state.stage == "canary"  # the hold is 10 minutes
+    run.minutes(3)
+    assert run.types()[-1] == "approval_requested"
+    assert run.state.status == "awaiting_approval" and run.state.stage == "canary"
+    run.minutes(30)
+    assert run.state.status == "awaiting_approval"  # it waits for a person
+    promoted = [e for e in run.events if e.type == "approval_requested"][0]
+    assert "no regression" in promoted.reason and "candidate and" in promoted.reason
+
+
+def test_min_samples_hold_a_stage_past_its_hold():
+    run = Run(spec(), rps=0.2).minutes(12)
+    assert run.state.stage == "canary" and run.state.status == "running"
+    assert "samples:" in assess(run.spec, run.state, run.windows, run.now).waiting_for
+
+
+def test_a_regression_is_rolled_back_at_once_with_the_gate_sentence():
+    run = Run(spec(), candidate_errors=0.08).minutes(15)
+    assert run.state.status == "rolled_back"
+    rolled = [e for e in run.events if e.type == "rolled_back"][0]
+    assert "candidate error rate" in rolled.reason and "is above the allowed +1.00 pp" in rolled.reason
+    assert rolled.actor == "controller"
+    verdict = [e for e in run.events if e.type == "verdict"][-1]
+    assert verdict.payload["gates"][0]["verdict"] == "FAIL" and verdict.payload["gates"][0]["lower"] > 0.01
+
+
+def test_verdict_events_are_written_only_when_a_verdict_changes():
+    run = Run(spec()).minutes(8)
+    verdicts = [e for e in run.events if e.type == "verdict"]
+    assert 1 <= len(verdicts) <= 3
+    assert len({tuple(g["verdict"] for g in e.payload["gates"]) for e in verdicts}) == len(verdicts)
+
+
+def gradual(**extra):
+    return spec(
+        stages=[{"name": "big", "traffic": "80%", "hold": "1h"}, {"name": "full", "traffic": "100%"}],
+        rollback={"mode": "gradual", "steps": ["50%", "25%", "10%", "0%"], "every": "5m"},
+        **extra,
+    )
+
+
+def test_a_gradual_rollback_walks_its_steps():
+    run = Run(gradual(), candidate_errors=0.08).minutes(20)
+    steps = [(e.type, e.payload.get("traffic")) for e in run.events if e.type.startswith("rollback")]
+    assert steps[0] == ("rollback_started", 0.5)
+    assert [t for _, t in steps[1:]] == [0.25, 0.1]
+    assert run.state.status == "rolled_back" and run.types()[-1] == "rolled_back"
+    started = [e.time for e in run.events if e.type.startswith("roll")]
+    assert all(b - a >= 300 for a, b in zip(started, started[1:]))
+
+
+def test_a_trigger_during_the_ramp_down_drops_to_zero_at_once():
+    s = gradual(triggers=[{"metric": "error_rate", "above": "20%", "window": "2m", "min_samples": 10}])
+    run = Run(s, candidate_errors=0.08).minutes(3)
+    assert run.state.status == "rolling_back" and run.state.traffic == 0.5
+    run.candidate_errors = 0.6
+    run.minutes(2)
+    assert run.state.status == "rolled_back" and run.state.traffic == 0.0
+    final = [e for e in run.events if e.type == "rolled_back"][0]
+    assert final.reason.startswith("during the gradual rollback: trigger error_rate > 20%")
+    assert len([e for e in run.events if e.type == "rollback_step"]) == 0
+
+
+def test_step_back_returns_to_the_previous_stage_and_pause_pauses():
+    s = spec(stages=[{"name": "a", "traffic": "10%", "hold": "5m"}, {"name": "b", "traffic": "50%", "hold": "1h"},
+                     {"name": "c", "traffic": "100%"}], on_failure="step_back")
+    run = Run(s).minutes(7)
+    assert run.state.stage == "b"
+    run.candidate_errors = 0.1
+    run.minutes(10)
+    assert "stepped_back" in run.types() and run.state.stage in ("a", "b")
+    paused = Run(spec(on_failure="pause"), candidate_errors=0.1).minutes(15)
+    assert paused.state.status == "paused" and paused.types()[-1] == "paused"
+
+
+def test_nodata_holds_and_never_rolls_back():
+    run = Run(spec(), rps=0.0).minutes(60)
+    assert run.state.status == "running" and run.state.stage == "canary"
+    assert "rolled_back" not in run.types()
+    paused = Run(spec(analysis={"interval": "1m", "on_nodata": "pause"}), rps=0.0).minutes(15)
+    assert paused.state.status == "paused" and "no data after the hold" in paused.events[-1].reason
+
+
+def test_a_migration_completes_when_it_enters_the_last_stage():
+    s = spec(stages=[{"traffic": "20%", "hold": "2m"}, {"traffic": "100%"}])
+    run = Run(s).minutes(5)
+    assert run.state.status == "completed"
+    assert step(s, run.state, run.windows, run.now + 3600) == []
+
+
+def test_what_the_controller_writes_folds_back_to_its_state_and_verifies():
+    run = Run(gradual(), candidate_errors=0.08).minutes(30)
+    assert fold("m", run.events) == run.state
+    assert verify(run.events, head=(run.state.seq, run.state.head)) is None

@@ -1,0 +1,128 @@
+"""The judge: verdicts with their numbers and a sentence to act on, alpha split, and instant triggers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from crossfade.judge import FAIL, INCONCLUSIVE, NODATA, PASS, check_triggers, gate_alpha, judge
+from crossfade.spec import load_spec
+from crossfade.telemetry import Cell, Window
+
+SPEC = load_spec({
+    "name": "m",
+    "stages": [{"traffic": "10%"}, {"traffic": "50%"}, {"traffic": "100%"}],
+    "gates": {"error_rate": {"max_increase": "0.5%"}, "latency": {"quantile": "p95", "max_ratio": 1.2},
+              "cost": {"max_ratio": 1.5}, "mismatch_rate": {"max": "1%"}},
+    "analysis": {"confidence": "99%"},
+})
+
+
+def cell(calls, *, error_rate=0.0, latency=0.05, sigma=0.3, cost=None, compared=0, mismatch_rate=0.0, seed=1):
+    rng = random.Random(seed)
+    c = Cell()
+    c.calls = calls
+    c.errors = round(calls * error_rate)
+    for _ in range(calls):
+        c.latency.add(rng.lognormvariate(0, sigma) * latency)
+        if cost is not None:
+            c.add_cost(cost * rng.lognormvariate(0, 0.5))
+    c.compared = compared
+    c.mismatches = round(compared * mismatch_rate)
+    return c
+
+
+def verdicts(judgement):
+    return {g.gate: g.verdict for g in judgement.gates}
+
+
+def test_alpha_is_split_across_judged_stages_and_gates():
+    assert gate_alpha(SPEC) == pytest.approx(0.01 / (2 * 4))
+
+
+def test_a_clear_error_regression_fails_with_a_sentence_a_person_can_act_on():
+    j = judge(SPEC, {"candidate": cell(5000, error_rate=0.03), "legacy": cell(5000, error_rate=0.01, seed=2)},
+              look=10, traffic=0.5)
+    (gate,) = [g for g in j.gates if g.gate == "error_rate"]
+    assert gate.verdict == FAIL and gate.lower > 0.005
+    assert gate.message.startswith("candidate error rate +2.00 pp (")
+    assert "is above the allowed +0.50 pp" in gate.message and "CS +" in gate.message
+    assert (gate.candidate_samples, gate.legacy_samples) == (5000, 5000)
+
+
+def test_the_same_behaviour_passes_with_enough_data_and_is_inconclusive_with_little():
+    many = judge(SPEC, {"candidate": cell(40_000, error_rate=0.01, cost=1.0, compared=40_000),
+                        "legacy": cell(40_000, error_rate=0.01, seed=2, cost=1.0)}, look=5, traffic=0.5)
+    assert verdicts(many) == {"error_rate": PASS, "latency": PASS, "cost": PASS, "mismatch_rate": PASS}
+    few = judge(SPEC, {"candidate": cell(30, error_rate=0.0, cost=1.0, compared=30),
+                       "legacy": cell(30, seed=2, cost=1.0)}, look=1, traffic=0.5)
+    assert set(verdicts(few).values()) == {INCONCLUSIVE}
+
+
+def test_slower_and_costlier_candidates_fail_their_gates():
+    j = judge(SPEC, {"candidate": cell(4000, latency=0.08, cost=2.0), "legacy": cell(4000, seed=3, cost=1.0)},
+              look=3, traffic=0.5)
+    v = {g.gate: g for g in j.gates}
+    assert v["latency"].verdict == FAIL and v["latency"].estimate == pytest.approx(1.6, rel=0.05)
+    assert "p95 latency x1.6" in v["latency"].message
+    assert v["cost"].verdict == FAIL and "is above the allowed x1.5" in v["cost"].message
+
+
+def test_mismatches_above_the_limit_fail():
+    j = judge(SPEC, {"candidate": cell(100, compared=20_000, mismatch_rate=0.03), "legacy": cell(100)},
+              look=2, traffic=0.0)
+    (gate,) = [g for g in j.gates if g.gate == "mismatch_rate"]
+    assert gate.verdict == FAIL and "differ from legacy's in 3.00% of 20000 compared" in gate.message
+
+
+def test_no_calls_is_nodata_never_fail():
+    j = judge(SPEC, {"legacy": cell(1000)}, look=1, traffic=0.1)
+    assert set(verdicts(j).values()) == {NODATA}
+    assert "no calls yet on candidate" in j.gates[0].message
+
+
+def test_a_broken_split_is_reported():
+    j = judge(SPEC, {"candidate": cell(3000), "legacy": cell(7000, seed=2)}, look=1, traffic=0.1)
+    assert j.split_broken and j.sample_ratio.observed_fraction == pytest.approx(0.3)
+    j = judge(SPEC, {"candidate": cell(1000), "legacy": cell(9000, seed=2)}, look=1, traffic=0.1)
+    assert not j.split_broken
+
+
+def test_latency_shift_is_reported_not_gated():
+    j = judge(SPEC, {"candidate": cell(2000, latency=0.06), "legacy": cell(2000, seed=5)}, look=1, traffic=0.5)
+    assert j.latency_shift.effect > 0.6 and j.latency_shift.p_value < 0.001
+
+
+def windows(cells_by_time, length=10.0):
+    out = []
+    for t, (cand, leg) in cells_by_time.items():
+        out.append(Window("m", "stage-1", "candidate", t, length, cand))
+        out.append(Window("m", "stage-1", "legacy", t, length, leg))
+    return out
+
+
+TRIGGERS = load_spec({
+    "name": "m", "stages": [{"traffic": "50%"}, {"traffic": "100%"}],
+    "analysis": {"interval": "10s"},
+    "triggers": [{"metric": "error_rate", "above": "5%", "window": "1m", "min_samples": 100},
+                 {"metric": "latency_p95_ratio", "above": 2.0, "window": "30s", "for": "30s"}],
+})
+
+
+def test_an_error_rate_trigger_fires_over_its_window_once_min_samples_are_in():
+    bad = {t: (cell(30, error_rate=0.2), cell(30, seed=2)) for t in range(0, 60, 10)}
+    (firing,) = check_triggers(TRIGGERS, windows(bad), now=60.0)
+    assert firing.trigger.metric == "error_rate" and firing.value == pytest.approx(0.2)
+    assert "trigger error_rate > 5% over 1m fired: candidate error_rate 20.00% over 180 samples" in firing.message
+    assert check_triggers(TRIGGERS, windows({50: bad[50]}), now=60.0) == []  # 30 samples < min_samples
+
+
+def test_a_trigger_with_for_fires_only_when_held_at_every_look():
+    slow = lambda t: (cell(50, latency=0.2, seed=t), cell(50, seed=t + 1))  # noqa: E731
+    fast = lambda t: (cell(50, seed=t), cell(50, seed=t + 1))  # noqa: E731
+    held = {t: slow(t) for t in range(0, 70, 10)}
+    (firing,) = check_triggers(TRIGGERS, windows(held), now=70.0)
+    assert firing.trigger.metric == "latency_p95_ratio" and "held for 30s" in firing.message
+    brief = {t: (slow(t) if t >= 50 else fast(t)) for t in range(0, 70, 10)}
+    assert check_triggers(TRIGGERS, windows(brief), now=70.0) == []

@@ -1,0 +1,175 @@
+"""The controller loop on real backends: leases, two controllers at once, and kill -9 at random points."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import crossfade
+from crossfade.backends.sql import SQLBackend
+from crossfade.events import fold, verify
+from crossfade.loop import ControllerLoop
+
+
+class ManualClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float) -> None:
+        self.t = now
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float, stop: threading.Event) -> None:
+        self.t += seconds
+
+
+def test_a_lease_is_held_renewed_expires_and_is_released(backend_url):
+    backend = SQLBackend(backend_url)
+    assert backend.acquire_lease("controller:m", "a", 30, now=100.0)
+    assert not backend.acquire_lease("controller:m", "b", 30, now=110.0)
+    assert backend.acquire_lease("controller:m", "a", 30, now=120.0)  # renewed until 150
+    assert not backend.acquire_lease("controller:m", "b", 30, now=149.0)
+    assert backend.acquire_lease("controller:m", "b", 30, now=151.0)  # a's lease expired
+    backend.release_lease("controller:m", "a")  # not a's any more: nothing happens
+    assert not backend.acquire_lease("controller:m", "a", 30, now=152.0)
+    backend.release_lease("controller:m", "b")
+    assert backend.acquire_lease("controller:m", "a", 30, now=153.0)
+    backend.close()
+
+
+def _healthy_traffic(cf, name, n=400):
+    mig = cf.migration(name)
+    for i in range(n):
+        mig.run(f"user-{i}", lambda: "legacy", lambda: "candidate")
+    cf.flush(everything=True)
+
+
+SPEC = {
+    "name": "m",
+    "stages": [{"traffic": "20%", "hold": "1s"}, {"traffic": "50%", "hold": "1s"}, {"traffic": "100%"}],
+    "gates": {"error_rate": {"max_increase": "5%"}},
+    "analysis": {"interval": "1s"},
+}
+
+
+def test_two_controllers_on_one_backend_exactly_one_acts(backend_url):
+    clock = ManualClock(time.time())
+    with crossfade.Client(backend_url, clock=clock.now, background=False) as cf:
+        cf.apply(SPEC)
+        cf.migration("m").start()
+        backend = cf.backend()
+        a = ControllerLoop(backend, clock=clock, holder="a")
+        b = ControllerLoop(backend, clock=clock, holder="b")
+        for _ in range(8):
+            cf.refresh()
+            _healthy_traffic(cf, "m")
+            clock.t += 1.0
+            first, second = (a, b) if random.random() < 0.5 else (b, a)
+            first.tick()
+            second.tick()
+        events = cf.migration("m").history()
+    actors = {e.actor for e in events if e.actor.startswith("controller")}
+    assert len(actors) == 1
+    assert [e.type for e in events if e.type != "verdict"][-2:] == ["promoted", "promoted"]
+    assert fold("m", events).status == "completed"
+
+
+def test_a_loop_that_lets_go_hands_the_lease_over_at_once(sqlite_url):
+    clock = ManualClock(1_000_000.0)
+    with crossfade.Client(sqlite_url, clock=clock.now, background=False) as cf:
+        cf.apply(SPEC)
+        cf.migration("m").start()
+        a = ControllerLoop(cf.backend(), clock=clock, holder="a")
+        b = ControllerLoop(cf.backend(), clock=clock, holder="b")
+        assert a.tick()[0].skipped is None
+        assert b.tick()[0].skipped == "another controller holds the lease"
+        a.release()
+        clock.t += 1.0
+        assert b.tick()[0].skipped is None
+
+
+def test_an_operator_change_between_read_and_append_is_not_overwritten(sqlite_url):
+    clock = ManualClock(1_000_000.0)
+    with crossfade.Client(sqlite_url, clock=clock.now, background=False) as cf:
+        cf.apply(SPEC)
+        mig = cf.migration("m")
+        mig.start()
+        _healthy_traffic(cf, "m")
+        backend = cf.backend()
+        stale = backend.state("m")
+        mig.pause("incident elsewhere")
+        clock.t += 2.0
+        tick = ControllerLoop(backend, clock=clock).tick_one(stale, clock.t)
+        assert tick.events == () and "conflict" in tick.skipped
+        assert mig.state().status == "paused"
+
+
+def _transitions_are_single(events):
+    """Within each attempt, stages only move forward one at a time: no transition was doubled or lost."""
+    attempt_stages: list[int] = []
+    for e in events:
+        if e.type in ("started", "restarted"):
+            attempt_stages = [e.payload["stage_index"]]
+        elif e.type == "promoted":
+            assert e.payload["stage_index"] == attempt_stages[-1] + 1, f"promotion #{e.seq} skips or repeats"
+            attempt_stages.append(e.payload["stage_index"])
+
+
+def test_kill_9_at_random_points_loses_and_doubles_nothing(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cf.db'}"
+    spec = {
+        "name": "k",
+        "stages": [{"traffic": f"{t}%", "hold": "300ms"} for t in (5, 10, 20, 30, 40, 50, 60, 70, 80, 90)]
+        + [{"traffic": "100%"}],
+        "gates": {"error_rate": {"max_increase": "20%"}},
+        "analysis": {"interval": "100ms"},
+    }
+    rng = random.Random(2024)
+    stop = threading.Event()
+    with crossfade.Client(url, refresh=0.05, window=0.1) as cf:
+        cf.apply(spec)
+        mig = cf.migration("k")
+        mig.start()
+
+        def traffic():
+            i = 0
+            while not stop.is_set():
+                mig.run(f"user-{i % 5000}", lambda: "legacy", lambda: "candidate")
+                i += 1
+                if i % 200 == 0:
+                    time.sleep(0.005)
+
+        generator = threading.Thread(target=traffic, daemon=True)
+        generator.start()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        command = [sys.executable, "-m", "crossfade", "run-controller", "--url", url, "--poll", "0.05"]
+        try:
+            for _ in range(50):
+                state = mig.state()
+                if state.status == "completed":  # keep the controller busy: another attempt
+                    mig.rollback("test: next attempt")
+                    mig.restart()
+                controller = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                              stderr=subprocess.DEVNULL, text=True)
+                # Kill at a random point of its work, not of its start-up: the first line says it runs.
+                assert controller.stdout.readline().startswith("controller ")
+                time.sleep(rng.uniform(0.0, 0.8))
+                controller.send_signal(signal.SIGKILL)
+                controller.wait()
+                controller.stdout.close()
+        finally:
+            stop.set()
+            generator.join()
+        backend = cf.backend()
+        events = backend.events("k")
+        state = backend.state("k")
+    assert sum(e.type == "promoted" for e in events) >= 10  # the controller really worked between kills
+    assert fold("k", events) == state
+    assert verify(events, head=(state.seq, state.head)) is None
+    _transitions_are_single(events)
