@@ -6,6 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -130,6 +131,30 @@ def test_the_console_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "crossfade", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "validate" in result.stdout
 
+
+def test_mismatches_lists_fields_with_verdicts_and_examples(url):
+    import uuid
+
+    with crossfade.connect(url, refresh=0.05) as cf:
+        cf.apply({"name": "m", "stages": [{"traffic": "0%", "shadow": "100%", "noise": "50%"}, {"traffic": "100%"}],
+                  "shadow": {"max_pending": 1000}})
+        mig = cf.migration("m")
+        mig.start()
+        for i in range(200):
+            mig.run(i, lambda i: {"id": uuid.uuid4().hex, "total": i},
+                    lambda i: {"id": uuid.uuid4().hex, "total": -1 if i == 7 else i}, i)
+        deadline = time.monotonic() + 20
+        while cf.stats()["shadow_compared"] < 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    report = json.loads(cli("mismatches", "m", "--url", url, "--json", "--limit", "1"))
+    fields = {f["path"]: f for f in report["fields"]}
+    assert report["totals"]["compared"] == 200
+    assert fields["$.id"]["verdict"] == "noise" and fields["$.total"]["verdict"] == "mismatch"
+    assert fields["$.total"]["differing"] == 1 and fields["$.total"]["examples"][0]["args"] == [7]
+    text = cli("mismatches", "m", "--url", url)
+    assert "$.total" in text and "mismatch" in text and "legacy 7 -> candidate -1" in text
+    assert "shadow: 200 compared" in cli("status", "m", "--url", url)
+    cli("mismatches", "nope", "--url", url, code=1)
 
 def test_abort_then_restart_from_the_command_line(tmp_path, url):
     spec = tmp_path / "m.yaml"

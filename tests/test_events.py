@@ -179,6 +179,33 @@ def test_unknown_event_types_keep_the_chain_position_and_leave_the_state():
     assert (after.seq, after.head, after.status, after.stage) == (state.seq + 1, event.hash, "running", "stage-1")
 
 
+SHADOWED = load_spec({"name": "m", "stages": [
+    {"traffic": "0%", "shadow": "100%", "noise": "10%", "dual_write": True},
+    {"traffic": "50%", "shadow_legacy": "20%"},
+    {"traffic": "100%"},
+]})
+
+
+def test_stages_carry_their_shadow_settings_into_the_events_and_the_state():
+    state = State("m")
+    _, state = _seal(state, apply_change(state, SHADOWED, 1))
+    started, state = _seal(state, start_change(state, SHADOWED))
+    assert (started.payload["noise"], started.payload["dual_write"]) == (0.1, True)
+    assert (state.shadow, state.noise, state.dual_write, state.shadow_legacy) == (1.0, 0.1, True, 0.0)
+    _, state = _seal(state, promote_change(state, SHADOWED))
+    assert (state.shadow, state.noise, state.dual_write, state.shadow_legacy) == (0.0, 0.0, False, 0.2)
+    _, state = _seal(state, rollback_change(state, "answers differ"))
+    assert (state.traffic, state.shadow_legacy) == (0.0, 0.0)
+    assert State.from_dict(state.to_dict()) == state
+
+
+def test_logs_and_snapshots_written_before_shadow_settings_still_fold():
+    events, state = _log(lambda s: start_change(s, SPEC))
+    assert "noise" not in events[-1].payload and "shadow_legacy" not in events[-1].payload
+    old_snapshot = {k: v for k, v in state.to_dict().items() if k not in ("shadow_legacy", "noise", "dual_write")}
+    assert State.from_dict(old_snapshot) == state == fold("m", events)
+    assert (state.shadow_legacy, state.noise, state.dual_write) == (0.0, 0.0, False)
+
 def test_an_approval_is_requested_then_given_and_the_stage_entered():
     _, state = _log(lambda s: start_change(s, SPEC))
     event, state = _seal(state, request_approval_change(state, SPEC))

@@ -119,6 +119,22 @@ def test_shadow_is_drawn_per_call_and_only_for_legacy_calls():
     assert not route.decide(candidate_key, 0.1).shadow
 
 
+def test_shadow_legacy_marks_candidate_calls_only_and_the_allow_list_too():
+    route = Route("m", salt="m", status="running", stage="s", traffic=0.5, shadow_legacy=0.5,
+                  allow=frozenset({"vip"}))
+    legacy_key = next(f"k{i}" for i in range(100) if bucket("m", f"k{i}") >= 5000)
+    candidate_key = next(f"k{i}" for i in range(100) if bucket("m", f"k{i}") < 5000)
+    shadowed = route.decide(candidate_key, 0.1)
+    assert (shadowed.arm, shadowed.shadow) == (CANDIDATE, True)
+    assert not route.decide(candidate_key, 0.9).shadow
+    assert not route.decide(legacy_key, 0.1).shadow
+    # The allow list serves the candidate by name, outside the ramp: nothing to compare it with.
+    assert not route.decide("vip", 0.1).shadow
+    plain = Route("m", salt="m", status="running", stage="s", traffic=0.5, shadow_legacy=0.5,
+                  deny=frozenset({"x"}))
+    assert plain.decide(candidate_key, 0.1).shadow and not plain.decide(legacy_key, 0.1).shadow
+
+
 def test_decisions_are_reused_not_reallocated():
     route = _route(0.3)
     assert route.decide("same") is route.decide("same")

@@ -17,6 +17,7 @@ from crossfade.spec import (
     EXAMPLE,
     Analysis,
     CostGate,
+    DualWriteRetry,
     ErrorRateGate,
     Fallback,
     Gates,
@@ -25,6 +26,7 @@ from crossfade.spec import (
     Problem,
     RollbackPolicy,
     Spec,
+    ShadowSettings,
     SpecError,
     Stage,
     Trigger,
@@ -43,11 +45,11 @@ owner: payments-team
 key: customer id                  # what the sticky key is (documentation)
 salt: checkout-pricing            # default: name; keeps buckets stable across restarts
 stages:
-  - {name: shadow, traffic: 0%, shadow: 100%, hold: 10m}
+  - {name: shadow, traffic: 0%, shadow: 100%, noise: 10%, dual_write: true, hold: 10m}
   - {name: canary-1, traffic: 1%, hold: 30m, min_samples: 500}
   - {name: canary-10, traffic: 10%, hold: 1h}
   - {name: rollout-25, traffic: 25%, hold: 2h, approval: true}
-  - {name: rollout-50, traffic: 50%, hold: 4h}
+  - {name: rollout-50, traffic: 50%, shadow_legacy: 10%, hold: 4h}
   - {name: complete, traffic: 100%}
 gates:                            # candidate compared with legacy, evaluated by the controller
   error_rate: {max_increase: 0.5%}
@@ -61,6 +63,8 @@ on_failure: rollback              # rollback | step_back | pause
 rollback: {mode: gradual, steps: [50%, 25%, 10%, 0%], every: 1m}   # or {mode: immediate}
 analysis: {interval: 30s, confidence: 99%, on_nodata: hold, promote_when: no_regression}
 fallback: {on_error: true, timeout: 5s}
+shadow: {timeout: 2s, threads: 4, max_pending: 64}
+dual_write_retry: {attempts: 3, backoff: 50ms}
 allow: [test_agent_alpha]         # always candidate
 deny: []                          # always legacy
 notify: []                        # filled by a later issue
@@ -73,11 +77,11 @@ FULL_SPEC = Spec(
     key="customer id",
     salt="checkout-pricing",
     stages=(
-        Stage("shadow", 0.0, shadow=1.0, hold=600.0),
+        Stage("shadow", 0.0, shadow=1.0, hold=600.0, noise=0.1, dual_write=True),
         Stage("canary-1", 0.01, hold=1800.0, min_samples=500),
         Stage("canary-10", 0.1, hold=3600.0),
         Stage("rollout-25", 0.25, hold=7200.0, approval=True),
-        Stage("rollout-50", 0.5, hold=14400.0),
+        Stage("rollout-50", 0.5, hold=14400.0, shadow_legacy=0.1),
         Stage("complete", 1.0),
     ),
     gates=Gates(
@@ -94,6 +98,8 @@ FULL_SPEC = Spec(
     rollback=RollbackPolicy(mode="gradual", steps=(0.5, 0.25, 0.1, 0.0), every=60.0),
     analysis=Analysis(interval=30.0, confidence=0.99, on_nodata="hold", promote_when="no_regression"),
     fallback=Fallback(on_error=True, timeout=5.0),
+    shadow=ShadowSettings(timeout=2.0),
+    dual_write_retry=DualWriteRetry(attempts=3, backoff=0.05),
     allow=("test_agent_alpha",),
 )
 
@@ -143,6 +149,10 @@ def test_minimal_spec_gets_documented_defaults() -> None:
     assert spec.rollback == RollbackPolicy("immediate", (), 60.0)
     assert spec.analysis == Analysis(30.0, 0.99, "hold", "no_regression")
     assert spec.fallback == Fallback(on_error=True, timeout=None)
+    assert spec.shadow == ShadowSettings(timeout=5.0, threads=4, max_pending=64, noise_relative=0.2,
+                                         noise_absolute=0.0003, examples=20)
+    assert spec.dual_write_retry == DualWriteRetry(attempts=2, backoff=0.0)
+    assert (spec.stages[0].shadow_legacy, spec.stages[0].noise, spec.stages[0].dual_write) == (0.0, 0.0, False)
     assert (spec.allow, spec.deny, spec.notify) == ((), (), ())
 
 
@@ -402,6 +412,23 @@ RULES = [
     (with_({"owner": ["a", "b"]}), "owner", ["expected text"]),
     (with_({"salt": ""}), "salt", ["non-empty"]),
     (with_({"notify": "ops"}), "notify", ["expected a list"]),
+    (with_stage(0, shadow_legacy="lots"), "stages[0].shadow_legacy", ["not a percentage"]),
+    (
+        {"name": "x", "stages": [{"traffic": "0%", "shadow_legacy": "10%"}, {"traffic": "100%"}]},
+        "stages[0].shadow_legacy",
+        ["legacy serves every call at 0% traffic", "use shadow"],
+    ),
+    (with_stage(0, noise="5%"), "stages[0].noise", ["noise samples are taken from shadow runs", "shadow: 100%"]),
+    (with_stage(0, noise=5), "stages[0].noise", ["write 5%"]),
+    (with_stage(0, dual_write="yes"), "stages[0].dual_write", ["true or false"]),
+    (with_({"shadow": {"threads": 0}}), "shadow.threads", ["whole number of 1 or more"]),
+    (with_({"shadow": {"max_pending": "lots"}}), "shadow.max_pending", ["whole number of 1 or more"]),
+    (with_({"shadow": {"timeout": "0s"}}), "shadow.timeout", ["not a positive duration"]),
+    (with_({"shadow": {"noise_relative": 30}}), "shadow.noise_relative", ["write 30%"]),
+    (with_({"shadow": {"timout": "1s"}}), "shadow.timout", ["did you mean 'timeout'?"]),
+    (with_({"shadow": "on"}), "shadow", ["expected a mapping", "{timeout: 5s"]),
+    (with_({"dual_write_retry": {"attempts": 0}}), "dual_write_retry.attempts", ["1 or more"]),
+    (with_({"dual_write_retry": {"backoff": "soon"}}), "dual_write_retry.backoff", ["not a duration"]),
 ]
 
 
@@ -593,6 +620,8 @@ def test_to_dict_is_plain_json_and_round_trips() -> None:
         "hold": 600.0,
         "min_samples": 0,
         "approval": False,
+        "noise": 0.1,
+        "dual_write": True,
     }
     assert FULL_SPEC.to_dict()["triggers"][1]["for"] == 180.0
 
@@ -610,6 +639,14 @@ def test_digest_is_the_sha256_of_canonical_json() -> None:
     assert load_spec(FULL.replace("hold: 4h", "hold: 3h")).digest() != FULL_SPEC.digest()
 
 
+def test_settings_added_later_are_left_out_at_their_defaults_so_old_digests_hold() -> None:
+    plain = load_spec(MINIMAL).to_dict()
+    assert "shadow" not in plain and "dual_write_retry" not in plain
+    assert set(plain["stages"][0]) == {"name", "traffic", "shadow", "min_samples", "approval"}
+    # The digest the first release computed for this spec, before shadow settings existed.
+    assert load_spec(MINIMAL).digest() == "1c3231bdd34a4dc4a083ddbbb372fc7458f16234bbaabd7bd7e195c283d96a49"
+
+
 @st.composite
 def spec_dicts(draw: st.DrawFn) -> dict[str, Any]:
     """Valid specs in the YAML vocabulary: percent text, duration text, optional sections."""
@@ -623,6 +660,10 @@ def spec_dicts(draw: st.DrawFn) -> dict[str, Any]:
             stage["hold"] = format_duration(draw(st.integers(1, 10**8)) / 1000)
         if draw(st.booleans()):
             stage["shadow"] = draw(st.integers(0, 10000)) / 10000
+        if level > 0 and draw(st.booleans()):
+            stage["shadow_legacy"] = draw(st.integers(1, 10000)) / 10000
+            stage["noise"] = draw(st.sampled_from(["0%", "5%", 0.5]))
+        stage["dual_write"] = draw(st.booleans())
         stage["min_samples"] = draw(st.integers(0, 10**6))
         stage["approval"] = draw(st.booleans())
         stages.append(stage)
@@ -755,7 +796,9 @@ def test_schema_structure() -> None:
     assert len(every_object) >= 10
     assert all(node["additionalProperties"] is False and node.get("description") for node in every_object)
     stage = schema["properties"]["stages"]["items"]
-    assert set(stage["properties"]) == {"name", "traffic", "shadow", "hold", "min_samples", "approval"}
+    assert set(stage["properties"]) == {
+        "name", "traffic", "shadow", "hold", "min_samples", "approval", "shadow_legacy", "noise", "dual_write",
+    }
     assert stage["required"] == ["traffic"]
     assert schema["properties"]["on_failure"]["enum"] == ["rollback", "step_back", "pause"]
 

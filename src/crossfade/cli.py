@@ -19,7 +19,16 @@ from crossfade.backends.base import BackendError
 from crossfade.events import Event, State, TransitionError, verify
 from crossfade.judge import format_rate
 from crossfade.sdk import DEFAULT_URL, Client, UnknownMigration
-from crossfade.spec import EXAMPLE, SpecError, format_duration, format_percent, json_schema, load_spec
+from crossfade.shadow import MISMATCH, TOTALS, add_counts, verdict
+from crossfade.spec import (
+    EXAMPLE,
+    ShadowSettings,
+    SpecError,
+    format_duration,
+    format_percent,
+    json_schema,
+    load_spec,
+)
 from crossfade.telemetry import Cell
 
 app = typer.Typer(
@@ -422,7 +431,8 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
     for an active migration, each gate's verdict and what the stage waits for."""
     with _client(url) as cf:
         states = [cf.migration(name).state()] if name else cf.migrations()
-        report = [{**state.to_dict(), **_stage_report(cf, state)} for state in states]
+        report = [{**state.to_dict(), **_stage_report(cf, state), "shadow": _shadow_totals(cf, state)}
+                  for state in states]
         if as_json:
             sys.stdout.write(json.dumps(report if not name else report[0], indent=2) + "\n")
             return
@@ -430,7 +440,7 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
             out.print("no migrations yet: `crossfade init` writes an example spec, `crossfade apply FILE` stores it")
             return
         for item in report:
-            state = State.from_dict({k: v for k, v in item.items() if k not in ("arms", "controller")})
+            state = State.from_dict({k: v for k, v in item.items() if k not in ("arms", "controller", "shadow")})
             _print_state_line(state)
             table = Table(box=None, pad_edge=False)
             for column in ("arm", "calls", "error rate", "fallbacks", "p50", "p95", "p99", "cost/call"):
@@ -447,6 +457,17 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
                 out.print(table)
             elif state.stage:
                 out.print("  no calls recorded in this stage yet")
+            sh = item["shadow"]
+            if sh:
+                out.print(f"  shadow: {sh.get('compared', 0)} compared, {sh.get('differing', 0)} differing "
+                          f"(`crossfade mismatches {state.name}`), {sh.get('dropped', 0)} dropped, "
+                          f"{sh.get('timeouts', 0)} timed out")
+                if sh.get("refused"):
+                    out.print(f"  [yellow]note:[/yellow] {sh['refused']} calls of writes=True call sites were not "
+                              "shadowed although the stage asks for it; migrate writes with mig.write() in a "
+                              "dual_write stage")
+                if sh.get("dual_writes"):
+                    out.print(f"  dual writes: {sh['dual_writes']}, diverged: {sh.get('divergent', 0)}")
             view = item.get("controller")
             if view:
                 for gate in view["gates"]:
@@ -460,6 +481,90 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
 def _colour(verdict: str) -> str:
     colour = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}.get(verdict, "dim")
     return f"[{colour}]{verdict:<12}[/{colour}]"
+
+
+def _shadow_totals(cf: Client, state: State) -> dict[str, int]:
+    """The shadow runs' totals in the current stage (compared, differing, dropped, ...)."""
+    if not state.stage:
+        return {}
+    for row in cf.backend().comparisons(state.name, stage=state.stage):
+        if row.path == TOTALS:
+            return dict(row.counts)
+    return {}
+
+
+def shadow_report(cf: Client, name: str, stage: str | None, *, limit: int = 3) -> dict[str, Any]:
+    """Per field path of a stage: differing counts and rates against legacy and against legacy's own noise,
+    the verdict, and the newest examples; plus the shadow runs' totals."""
+    state = cf.backend().state(name)
+    spec = cf._spec(name, state.spec_version) if state is not None else None
+    settings = spec.shadow if spec is not None else ShadowSettings()
+    rows = cf.backend().comparisons(name, stage=stage)
+    totals: dict[str, int] = {}
+    for row in rows:
+        if row.path == TOTALS:
+            add_counts(totals, row.counts)
+    fields: dict[str, dict[str, int]] = {}
+    for row in rows:
+        if row.path != TOTALS:
+            add_counts(fields.setdefault(row.path, {}), row.counts)
+    compared, noise_compared = totals.get("compared", 0), totals.get("noise_compared", 0)
+    report = []
+    for path, counts in sorted(fields.items(), key=lambda kv: -kv[1].get("differing", 0)):
+        differing, noise_differing = counts.get("differing", 0), counts.get("noise_differing", 0)
+        report.append({
+            "path": path, "differing": differing, "rate": differing / compared if compared else None,
+            "noise_differing": noise_differing,
+            "noise_rate": noise_differing / noise_compared if noise_compared else None,
+            "verdict": verdict(compared, differing, noise_compared, noise_differing,
+                               relative=settings.noise_relative, absolute=settings.noise_absolute),
+            "examples": [{"stage": e.stage, "time": e.time, **e.detail}
+                         for e in cf.backend().examples(name, stage=stage, path=path, limit=limit)],
+        })
+    return {"migration": name, "stage": stage, "totals": totals, "fields": report}
+
+
+@app.command()
+def mismatches(
+    name: Name,
+    stage: Annotated[str | None, typer.Option("--stage", help="One stage (default: every stage).")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=0, help="Examples shown per field.")] = 3,
+    url: Url = None,
+    as_json: AsJson = False,
+) -> None:
+    """Where shadow answers differ: per field path, counts, rates, mismatch or noise, and examples."""
+    with _client(url) as cf:
+        if cf.backend().state(name) is None:
+            raise UnknownMigration(f"no migration named {name!r}")
+        report = shadow_report(cf, name, stage, limit=limit)
+        if as_json:
+            sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
+            return
+        t = report["totals"]
+        out.print(f"{name}: {t.get('compared', 0)} shadow comparisons ({t.get('differing', 0)} differing), "
+                  f"{t.get('noise_compared', 0)} noise samples; {t.get('dropped', 0)} dropped, "
+                  f"{t.get('timeouts', 0)} timed out, {t.get('refused', 0)} refused (writes=True), "
+                  f"{t.get('divergent', 0)} of {t.get('dual_writes', 0)} dual writes diverged")
+        if not report["fields"]:
+            out.print("  no field differs")
+            return
+        table = Table(box=None, pad_edge=False)
+        for column in ("field", "differing", "rate", "noise rate", "verdict"):
+            table.add_column(column, justify="left" if column in ("field", "verdict") else "right")
+        for f in report["fields"]:
+            table.add_row(f["path"], str(f["differing"]), _rate(f["rate"]), _rate(f["noise_rate"]),
+                          f"[red]{f['verdict']}[/red]" if f["verdict"] == MISMATCH else f["verdict"])
+        out.print(table)
+        for f in report["fields"]:
+            for example in f["examples"]:
+                out.print(f"[bold]{f['path']}[/bold] at {_utc(example['time'])} ({example['stage']}): "
+                          f"args {example.get('args')} {example.get('kwargs') or ''}")
+                for d in example.get("diff", []):
+                    out.print(f"    {d['where']}: legacy {d['legacy']!r} -> candidate {d['candidate']!r}")
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else format_percent(round(value, 6))
 
 
 @app.command()

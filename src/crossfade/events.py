@@ -180,6 +180,9 @@ class State:
     stage: str | None = None
     traffic: float = 0.0
     shadow: float = 0.0
+    shadow_legacy: float = 0.0
+    noise: float = 0.0
+    dual_write: bool = False
     attempt: int = 0
     stage_entered_at: float | None = None
     updated_at: float | None = None
@@ -210,6 +213,10 @@ class State:
                 stage=p["stage"],
                 traffic=p["traffic"],
                 shadow=p["shadow"],
+                # Logs written before these settings existed fold to their defaults.
+                shadow_legacy=p.get("shadow_legacy", 0.0),
+                noise=p.get("noise", 0.0),
+                dual_write=p.get("dual_write", False),
                 attempt=p.get("attempt", self.attempt),
                 stage_entered_at=event.time,
                 **common,
@@ -219,7 +226,8 @@ class State:
         if kind == RESUMED:
             return replace(self, status=RUNNING, **common)
         if kind == ROLLED_BACK:
-            return replace(self, status=ROLLED_BACK_STATUS, traffic=0.0, shadow=0.0, **common)
+            return replace(self, status=ROLLED_BACK_STATUS, traffic=0.0, shadow=0.0, shadow_legacy=0.0, noise=0.0,
+                           dual_write=False, **common)
         if kind == VERDICT:
             verdicts = tuple((g["gate"], g["verdict"]) for g in p["gates"])
             return replace(self, verdicts=verdicts, seq=event.seq, head=event.hash, updated_at=event.time)
@@ -228,10 +236,11 @@ class State:
         if kind == APPROVED:
             return replace(self, status=RUNNING, **common)
         if kind in (ROLLBACK_STARTED, ROLLBACK_STEP):
-            return replace(self, status=ROLLING_BACK, traffic=p["traffic"], shadow=0.0, rollback_step_at=event.time,
-                           **common)
+            return replace(self, status=ROLLING_BACK, traffic=p["traffic"], shadow=0.0, shadow_legacy=0.0, noise=0.0,
+                           dual_write=False, rollback_step_at=event.time, **common)
         if kind == ABORTED:
-            return replace(self, status=ABORTED_STATUS, traffic=0.0, shadow=0.0, **common)
+            return replace(self, status=ABORTED_STATUS, traffic=0.0, shadow=0.0, shadow_legacy=0.0, noise=0.0,
+                           dual_write=False, **common)
         return replace(self, seq=event.seq, head=event.hash, updated_at=event.time)
 
     def to_dict(self) -> dict[str, Any]:
@@ -239,7 +248,8 @@ class State:
         return {
             "name": self.name, "status": self.status, "seq": self.seq, "head": self.head,
             "spec_version": self.spec_version, "stage_index": self.stage_index, "stage": self.stage,
-            "traffic": self.traffic, "shadow": self.shadow, "attempt": self.attempt,
+            "traffic": self.traffic, "shadow": self.shadow, "shadow_legacy": self.shadow_legacy,
+            "noise": self.noise, "dual_write": self.dual_write, "attempt": self.attempt,
             "stage_entered_at": self.stage_entered_at, "updated_at": self.updated_at, "reason": self.reason,
             "spec_digest": self.spec_digest, "salt": self.salt,
             "verdicts": [list(pair) for pair in self.verdicts], "rollback_step_at": self.rollback_step_at,
@@ -290,8 +300,10 @@ def seal(state: State, changes: Sequence[Change], *, actor: str, now: float) -> 
 def _enter(spec: Spec, index: int, **extra: Any) -> dict[str, Any]:
     stage = spec.stages[index]
     final = index == len(spec.stages) - 1
+    # Shadow settings are written only when set, so the events of a stage without them read as before.
+    shadows = {name: getattr(stage, name) for name in ("shadow_legacy", "noise", "dual_write") if getattr(stage, name)}
     return {"stage_index": index, "stage": stage.name, "traffic": stage.traffic, "shadow": stage.shadow,
-            "final": final, **extra}
+            **shadows, "final": final, **extra}
 
 
 def apply_change(state: State | None, spec: Spec, version: int) -> Change | None:

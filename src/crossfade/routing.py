@@ -33,7 +33,11 @@ def threshold(fraction: float) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """Which arm serves one call, and why. Immutable."""
+    """Which arm serves one call, and why. Immutable.
+
+    ``shadow`` means: also run the other arm, off the request path, and compare (the candidate beside a
+    legacy-served call, or legacy beside a candidate-served one in a ``shadow_legacy`` stage).
+    """
 
     arm: str
     shadow: bool
@@ -57,7 +61,8 @@ class Route:
     """One migration's entry in the routing table: decides keys without allocating where it can."""
 
     __slots__ = (
-        "name", "salt", "status", "stage", "traffic", "shadow", "version", "spec", "errors",
+        "name", "salt", "status", "stage", "traffic", "shadow", "shadow_legacy", "noise", "dual_write", "version",
+        "spec", "errors",
         "_threshold", "_special", "_allow", "_deny", "_fixed", "_cache", "_on_allow", "_on_deny", "_failsafe",
     )
 
@@ -70,6 +75,9 @@ class Route:
         stage: str,
         traffic: float,
         shadow: float = 0.0,
+        shadow_legacy: float = 0.0,
+        noise: float = 0.0,
+        dual_write: bool = False,
         allow: frozenset[str] = frozenset(),
         deny: frozenset[str] = frozenset(),
         version: int = 0,
@@ -81,6 +89,9 @@ class Route:
         self.stage = stage
         self.traffic = traffic
         self.shadow = shadow
+        self.shadow_legacy = shadow_legacy
+        self.noise = noise
+        self.dual_write = dual_write
         self.version = version
         self.spec = spec
         self.errors = 0
@@ -93,7 +104,7 @@ class Route:
         self._on_allow = Decision(CANDIDATE, False, stage, -1, "allow list")
         self._on_deny = Decision(LEGACY, False, stage, -1, "deny list")
         self._failsafe = Decision(LEGACY, False, stage, -1, "crossfade internal error")
-        # Decisions are values of (bucket, shadow): slot b, or BUCKETS + b for a shadowed legacy call.
+        # Decisions are values of (bucket, shadow): slot b, or BUCKETS + b for a shadowed call.
         # They are made once and reused, so deciding allocates nothing but the hashed string.
         self._cache: list[Decision | None] = [None] * (2 * BUCKETS)
 
@@ -107,6 +118,9 @@ class Route:
             stage=state.stage or "",
             traffic=state.traffic,
             shadow=state.shadow,
+            shadow_legacy=state.shadow_legacy,
+            noise=state.noise,
+            dual_write=state.dual_write,
             allow=frozenset(spec.allow),
             deny=frozenset(spec.deny),
             version=state.seq,
@@ -121,8 +135,11 @@ class Route:
             # BUCKETS, spelled as a constant: this line is the hot path of every routed call.
             b = _hash(f"{self.salt}:{key}", 0, False) % 10_000
             if b < self._threshold:
+                # A candidate-served call shadows legacy only in a ramp-down stage; the draw is per call.
+                if self.shadow_legacy and (_random() if rand is None else rand) < self.shadow_legacy:
+                    return self._cache[BUCKETS + b] or self._remember(b, True)
                 return self._cache[b] or self._remember(b, False)
-            # Only calls legacy serves can shadow the candidate; the draw is per call, not per key.
+            # Legacy-served calls shadow the candidate; the draw is per call, not per key.
             if self.shadow and (_random() if rand is None else rand) < self.shadow:
                 return self._cache[BUCKETS + b] or self._remember(b, True)
             return self._cache[b] or self._remember(b, False)
@@ -140,13 +157,14 @@ class Route:
         if skey in self._allow:
             return self._on_allow
         b = _hash(f"{self.salt}:{skey}", 0, False) % BUCKETS
-        if b >= self._threshold and self.shadow and (_random() if rand is None else rand) < self.shadow:
+        rate = self.shadow_legacy if b < self._threshold else self.shadow
+        if rate and (_random() if rand is None else rand) < rate:
             return self._cache[BUCKETS + b] or self._remember(b, True)
         return self._cache[b] or self._remember(b, False)
 
     def _remember(self, b: int, shadow: bool) -> Decision:
         if b < self._threshold:
-            decision = Decision(CANDIDATE, False, self.stage, b, _BELOW)
+            decision = Decision(CANDIDATE, shadow, self.stage, b, _BELOW)
         else:
             decision = Decision(LEGACY, shadow, self.stage, b, _ABOVE)
         self._cache[b + BUCKETS * shadow] = decision

@@ -11,6 +11,7 @@ import getpass
 import inspect
 import logging
 import os
+import random
 import threading
 import time
 import weakref
@@ -35,7 +36,19 @@ from crossfade.events import (
     start_change,
 )
 from crossfade.routing import CANDIDATE, LEGACY, Decision, Route, RoutingTable, legacy_decision
-from crossfade.spec import Fallback, Spec, load_spec
+from crossfade.shadow import (
+    WRITE_PATH,
+    ComparisonLog,
+    Comparator,
+    Difference,
+    Example,
+    Options,
+    Outcome,
+    ShadowRunner,
+    call,
+    shown,
+)
+from crossfade.spec import Fallback, ShadowSettings, Spec, load_spec
 from crossfade.telemetry import Recorder, Window, cell_key
 
 log = logging.getLogger("crossfade")
@@ -44,6 +57,8 @@ DEFAULT_URL = "sqlite:///./crossfade.db"
 
 T = TypeVar("T")
 
+_random = random.random
+_NO_SHADOW_SETTINGS = ShadowSettings()
 
 # Shared decisions for calls crossfade sends to legacy for reasons of its own.
 _UNKNOWN = legacy_decision("unknown migration")
@@ -123,7 +138,16 @@ class Client:
         self.counters = {
             "refresh_failures": 0, "flush_failures": 0, "dropped_windows": 0, "dropped_calls": 0,
             "recording_errors": 0, "internal_errors": 0, "key_errors": 0,
+            "shadow_runs": 0, "shadow_compared": 0, "shadow_mismatches": 0, "shadow_dropped": 0,
+            "shadow_timeouts": 0, "shadow_errors": 0, "shadow_refused_writes": 0,
+            "dual_writes": 0, "dual_write_divergences": 0,
+            "comparison_flush_failures": 0, "dropped_comparison_rows": 0,
         }
+        self._counters_lock = threading.Lock()
+        self.comparisons = ComparisonLog(window)
+        self._comparisons_pending: list[tuple[Any, int]] = []
+        self._runners: dict[str, ShadowRunner] = {}
+        self._runners_lock = threading.Lock()
         self._backend: Backend | None = None if isinstance(url, str) else url
         self._backend_lock = threading.Lock()
         self._routes: Mapping[str, Route] = {}
@@ -135,7 +159,8 @@ class Client:
         self._candidate_threads = candidate_threads
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(candidate_threads)
-        self._handles: dict[str, Migration] = {}
+        self._handles: dict[tuple[str, Options], Migration] = {}
+        self._views: weakref.WeakSet[Migration] = weakref.WeakSet()  # every handle and view, to re-bind
         self._stop = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -181,7 +206,7 @@ class Client:
     def _set_routes(self, routes: Mapping[str, Route], absent: Decision) -> None:
         self._routes = routes
         self._absent = absent
-        for handle in list(self._handles.values()):
+        for handle in list(self._views):
             handle._bind(routes.get(handle.name))
 
     @property
@@ -212,6 +237,8 @@ class Client:
                 log.warning("crossfade: no routing refresh for %gs (%s); routing everything to legacy",
                             self.stale_after, exc)
                 self._set_routes({}, _STALE)
+        for runner in list(self._runners.values()):
+            runner.sweep()
         self.flush()
 
     def flush(self, *, everything: bool = False) -> int:
@@ -219,6 +246,7 @@ class Client:
 
         A failed write is retried on the next ticks, then dropped and counted, never raised.
         """
+        self._flush_comparisons(everything=everything)
         batch = self._pending + [(w, 0) for w in self.recorder.collect(everything=everything)]
         self._pending = []
         if not batch:
@@ -237,6 +265,66 @@ class Client:
             log.warning("crossfade: telemetry flush failed (%s); %d windows kept for retry", exc, len(keep))
             return 0
 
+    def _flush_comparisons(self, *, everything: bool = False) -> None:
+        # Like telemetry: retried on the next ticks, then dropped and counted, never raised.
+        rows, examples = self.comparisons.collect(everything=everything)
+        batch = self._comparisons_pending + ([((rows, examples), 0)] if rows or examples else [])
+        self._comparisons_pending = []
+        for (rows, examples), tries in batch:
+            try:
+                by_migration: dict[str, list[Example]] = {}
+                for example in examples:
+                    by_migration.setdefault(example.migration, []).append(example)
+                backend = self.backend()
+                backend.write_comparisons(rows, [])
+                for name, kept in by_migration.items():
+                    backend.write_comparisons([], kept, keep=self._shadow_settings(name).examples)
+            except Exception as exc:
+                self.counters["comparison_flush_failures"] += 1
+                if tries + 1 < self._flush_attempts:
+                    self._comparisons_pending.append(((rows, examples), tries + 1))
+                else:
+                    self.counters["dropped_comparison_rows"] += len(rows)
+                log.warning("crossfade: shadow comparison flush failed (%s)", exc)
+
+    def count(self, name: str, amount: int = 1) -> None:
+        """Add to a health counter from any thread (shadow workers count concurrently)."""
+        with self._counters_lock:
+            self.counters[name] += amount
+
+    def _shadow_settings(self, name: str) -> ShadowSettings:
+        route = self._routes.get(name)
+        return route.spec.shadow if route is not None and route.spec is not None else _NO_SHADOW_SETTINGS
+
+    def _runner(self, name: str, settings: ShadowSettings) -> ShadowRunner:
+        """The shadow runner of a migration, (re)made when its spec's shadow settings change."""
+        runner = self._runners.get(name)
+        if runner is not None and (runner.threads, runner.max_pending, runner.timeout) == (
+            settings.threads, settings.max_pending, settings.timeout
+        ):
+            return runner
+        with self._runners_lock:
+            runner = self._runners.get(name)
+            if runner is None or (runner.threads, runner.max_pending, runner.timeout) != (
+                settings.threads, settings.max_pending, settings.timeout
+            ):
+                old = runner
+                runner = self._runners[name] = ShadowRunner(
+                    threads=settings.threads, max_pending=settings.max_pending, timeout=settings.timeout,
+                    name=f"shadow-{name}", on_hang=self._shadow_hung,
+                )
+                if old is not None:
+                    # Runs under way finish on their own threads; nothing new goes to the old runner.
+                    old.close(drain=0.0)
+                if self._closed:
+                    runner.close(drain=0.0)
+        return runner
+
+    def _shadow_hung(self, payload: Any) -> None:
+        handle, stage = payload[0], payload[1]
+        self.count("shadow_timeouts", 1)
+        self.comparisons.count(handle.name, stage, "timeouts")
+
     def _start_thread(self) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="crossfade-refresh", daemon=True)
@@ -249,6 +337,11 @@ class Client:
     def _after_fork(self) -> None:
         # The child has none of the parent's threads; its copied buffers are the parent's to flush.
         self.recorder.reset()
+        self.comparisons.reset()
+        self._comparisons_pending = []
+        # The parent's shadow workers do not exist here; the child starts its own on first use.
+        self._runners = {}
+        self._runners_lock = threading.Lock()
         self._pending = []
         self._backend_lock = threading.Lock()
         self._executor = None
@@ -267,6 +360,13 @@ class Client:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
+        with self._runners_lock:
+            runners = list(self._runners.values())
+        for runner in runners:
+            # Waiting runs are cancelled; runs under way get until their timeout to finish and be counted.
+            cancelled = runner.close()
+            self.count("shadow_dropped", cancelled)
+            runner.sweep()
         try:
             self.flush(everything=True)
             if self._pending:
@@ -279,6 +379,13 @@ class Client:
             self._backend.close()
         _live_clients.discard(self)
 
+    async def aclose(self) -> None:
+        """`close` from async code: the shadow tasks on this loop are cancelled and awaited first, so none
+        is left pending."""
+        for runner in list(self._runners.values()):
+            await runner.aclose()
+        self.close()
+
     def __enter__(self) -> Client:
         return self
 
@@ -286,11 +393,14 @@ class Client:
         self.close()
 
     def stats(self) -> dict[str, Any]:
-        """Health counters: refresh and flush failures, dropped telemetry, seconds since the last refresh."""
+        """Health counters: refresh and flush failures, dropped telemetry, seconds since the last refresh, and
+        shadow runs (started, compared, mismatched, dropped, timed out, failed, refused) and dual writes."""
         route_errors = sum(route.errors for route in self._routes.values())
-        return {**self.counters, "internal_errors": self.counters["internal_errors"] + route_errors,
+        failures = sum(runner.failures for runner in self._runners.values())
+        return {**self.counters, "internal_errors": self.counters["internal_errors"] + route_errors + failures,
                 "seconds_since_refresh": time.monotonic() - self._last_ok,
-                "stale": self._absent is _STALE, "pending_windows": len(self._pending)}
+                "stale": self._absent is _STALE, "pending_windows": len(self._pending),
+                "shadow_pending": sum(runner.pending for runner in self._runners.values())}
 
     # -- operations ----------------------------------------------------------------------------
 
@@ -315,11 +425,26 @@ class Client:
             self._install(after, spec)
         return events[-1]
 
-    def migration(self, name: str) -> Migration:
-        """The handle of a migration (created on first use; unknown names route everything to legacy)."""
-        handle = self._handles.get(name)
+    def migration(
+        self,
+        name: str,
+        *,
+        compare: Callable[[Any, Any], bool] | None = None,
+        ignore: Sequence[str] = (),
+        clean: Callable[[Any], Any] | None = None,
+        compare_errors: Callable[[BaseException, BaseException], bool] | None = None,
+        redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        writes: bool = False,
+    ) -> Migration:
+        """The handle of a migration (created on first use; unknown names route everything to legacy).
+
+        The keyword options say how shadow answers are compared (see `Options`); the same name with the
+        same options gives the same handle, other options another handle on the same migration.
+        """
+        options = Options(compare, tuple(ignore), clean, compare_errors, redact, writes)
+        handle = self._handles.get((name, options))
         if handle is None:
-            handle = self._handles[name] = Migration(self, name)
+            handle = self._handles[(name, options)] = Migration(self, name, options)
         return handle
 
     def migrations(self) -> list[State]:
@@ -356,15 +481,45 @@ if hasattr(os, "register_at_fork"):
 class Migration:
     """A handle on one migration: decides, runs and observes calls, and moves the migration along."""
 
-    def __init__(self, client: Client, name: str) -> None:
+    def __init__(self, client: Client, name: str, options: Options | None = None) -> None:
         self.client = client
         self.name = name
+        self.options = options or Options()
+        self._comparator = Comparator(self.options)
         self._recorder = client.recorder
+        self._refusal_logged = False
+        client._views.add(self)
         self._now = client.recorder.monotonic
         self._bind(client._routes.get(name))
 
     def __repr__(self) -> str:
         return f"Migration({self.name!r})"
+
+    def with_options(
+        self,
+        *,
+        compare: Callable[[Any, Any], bool] | None = None,
+        ignore: Sequence[str] | None = None,
+        clean: Callable[[Any], Any] | None = None,
+        compare_errors: Callable[[BaseException, BaseException], bool] | None = None,
+        redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        writes: bool | None = None,
+    ) -> Migration:
+        """A view of this migration whose calls use these options over the handle's (for one call site).
+
+        `run`'s keyword arguments go to the application's functions, so per-call options live here:
+        `mig.with_options(ignore=["$.id"]).run(key, old, new, x)`. Keep the view to make it once.
+        """
+        o = self.options
+        options = Options(
+            compare if compare is not None else o.compare,
+            tuple(ignore) if ignore is not None else o.ignore,
+            clean if clean is not None else o.clean,
+            compare_errors if compare_errors is not None else o.compare_errors,
+            redact if redact is not None else o.redact,
+            writes if writes is not None else o.writes,
+        )
+        return Migration(self.client, self.name, options)
 
     def _bind(self, route: Route | None) -> None:
         # Called whenever the routing table changes. `decide` becomes the route's own method, so a decision
@@ -378,6 +533,9 @@ class Migration:
             self._bound = (
                 route, cell_key(self.name, route.stage, LEGACY), cell_key(self.name, route.stage, CANDIDATE)
             )
+            if self.options.writes and (route.shadow or route.shadow_legacy):
+                self._log_refusal(route.stage)
+        self._shadow_to: tuple[ShadowRunner, ShadowSettings] | None = None
 
     def _decide_absent(self, key: object) -> Decision:
         return self.client._absent
@@ -430,10 +588,14 @@ class Migration:
         if decision.arm is LEGACY:
             try:
                 result = legacy(*args, **kwargs)
-            except Exception:
+            except Exception as exc:
                 self._record(decision, self._now() - start, error=True)
+                if decision.shadow:
+                    self._shadow(route, decision, candidate, legacy, args, kwargs, None, exc)
                 raise
             self._record_ok(legacy_key, start, self._now())
+            if decision.shadow:
+                self._shadow(route, decision, candidate, legacy, args, kwargs, result, None)
             return result
         fallback = route.spec.fallback if route.spec is not None else None
         try:
@@ -445,7 +607,111 @@ class Migration:
             self._candidate_failed(decision, start, exc, fallback)
             return legacy(*args, **kwargs)
         self._record_ok(candidate_key, start, self._now())
+        if decision.shadow:  # a ramp-down stage: legacy runs in the candidate's shadow
+            self._shadow(route, decision, legacy, legacy, args, kwargs, result, None)
         return result
+
+    # -- shadow runs -----------------------------------------------------------------------------
+
+    def _refuse_shadow(self, stage: str) -> None:
+        """A writes=True call site is never shadowed: running a write twice would write twice."""
+        client = self.client
+        client.count("shadow_refused_writes", 1)
+        client.comparisons.count(self.name, stage, "refused")
+        self._log_refusal(stage)
+
+    def _log_refusal(self, stage: str) -> None:
+        # Once per call site (handle or view): an error in the log, never an exception in the application.
+        if not self._refusal_logged:
+            self._refusal_logged = True
+            log.error(
+                "crossfade: %s stage %s asks for shadow runs, but this call site is marked writes=True: it is "
+                "not shadowed (a shadow run would write twice). Migrate writes with mig.write(...) in a "
+                "dual_write stage, or drop shadow from the stage.", self.name, stage,
+            )
+
+    def _shadow(self, route: Route, decision: Decision, other: Callable[..., Any], legacy: Callable[..., Any],
+                args: tuple[Any, ...], kwargs: dict[str, Any], value: Any, error: BaseException | None) -> None:
+        """Hand the other arm's run to the shadow runner; only the hand-off is paid on the request path."""
+        try:
+            if self.options.writes:
+                self._refuse_shadow(decision.stage)
+                return
+            runner, settings = self._shadow_to or self._shadow_runner(route)
+            again = legacy if route.noise and _random() < route.noise else None
+            if not runner.submit(_shadow_sync, (self, decision.stage, decision.arm, other, again, args, kwargs,
+                                                value, error, settings)):
+                self._dropped(decision.stage)
+        except Exception:
+            self.client.count("internal_errors")
+
+    def _ashadow(self, route: Route, decision: Decision, other: Callable[..., Awaitable[Any]],
+                 legacy: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any],
+                 value: Any, error: BaseException | None) -> None:
+        """`_shadow` for coroutine functions: the run is a task on the caller's loop."""
+        try:
+            if self.options.writes:
+                self._refuse_shadow(decision.stage)
+                return
+            runner, settings = self._shadow_to or self._shadow_runner(route)
+            again = legacy if route.noise and _random() < route.noise else None
+            if not runner.submit_async(_shadow_async, (self, decision.stage, decision.arm, other, again, args,
+                                                       kwargs, value, error, settings)):
+                self._dropped(decision.stage)
+        except Exception:
+            self.client.count("internal_errors")
+
+    def _shadow_runner(self, route: Route) -> tuple[ShadowRunner, ShadowSettings]:
+        # Looked up once per routing table (in `_bind`), not per call.
+        settings = route.spec.shadow if route.spec is not None else _NO_SHADOW_SETTINGS
+        self._shadow_to = (self.client._runner(self.name, settings), settings)
+        return self._shadow_to
+
+    def _dropped(self, stage: str) -> None:
+        self.client.count("shadow_dropped")
+        self.client.comparisons.count(self.name, stage, "dropped")
+
+    def _compare(self, stage: str, served_arm: str, served: Outcome, other: Outcome, again: Outcome | None,
+                 settings: ShadowSettings, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Compare a shadow run's answer with the served one, off the request path, and record it."""
+        client = self.client
+        legacy, candidate = (served, other) if served_arm is LEGACY else (other, served)
+        if other.error is not None:
+            client.count("shadow_errors", 1)
+        differences = self._comparator.differences(legacy, candidate)
+        noise = None if again is None else self._comparator.differences(legacy, again)
+        mismatch = client.comparisons.record(self.name, stage, differences, noise,
+                                             relative=settings.noise_relative, absolute=settings.noise_absolute)
+        # The mismatch_rate gate reads these from the candidate's cell of the stage.
+        cell = self._recorder.cell(self._now(), cell_key(self.name, stage, CANDIDATE))
+        cell.compared += 1
+        client.count("shadow_compared", 1)
+        if mismatch:
+            cell.mismatches += 1
+            client.count("shadow_mismatches", 1)
+        if differences:
+            self._keep_example(stage, differences, args, kwargs, legacy, candidate, settings)
+
+    def _keep_example(self, stage: str, differences: Sequence[Difference], args: tuple[Any, ...],
+                      kwargs: dict[str, Any], legacy: Outcome, candidate: Outcome, settings: ShadowSettings) -> None:
+        detail: dict[str, Any] = {
+            "args": [shown(a) for a in args],
+            "kwargs": {k: shown(v) for k, v in kwargs.items()},
+            "legacy": shown(legacy.error if legacy.error is not None else legacy.value),
+            "candidate": shown(candidate.error if candidate.error is not None else candidate.value),
+            "diff": [d.to_dict() for d in differences],
+        }
+        redact = self.options.redact
+        if redact is not None:
+            try:
+                detail = redact(detail)
+            except Exception:
+                # An example that could not be redacted is not kept: it may hold what redact was to remove.
+                self.client.counters["internal_errors"] += 1
+                return
+        now = time.time()
+        for path in dict.fromkeys(d.path for d in differences):
+            self.client.comparisons.keep(Example(self.name, stage, path, now, detail), settings.examples)
 
     def _candidate_failed(self, decision: Decision, start: int, exc: Exception, fallback: Fallback | None) -> None:
         """Record a failed candidate call; re-raise its exception when the spec allows no fallback."""
@@ -490,10 +756,14 @@ class Migration:
         if decision.arm is LEGACY:
             try:
                 result = await legacy(*args, **kwargs)
-            except Exception:
+            except Exception as exc:
                 self._record(decision, self._now() - start, error=True)
+                if decision.shadow:
+                    self._ashadow(route, decision, candidate, legacy, args, kwargs, None, exc)
                 raise
             self._record_ok(legacy_key, start, self._now())
+            if decision.shadow:
+                self._ashadow(route, decision, candidate, legacy, args, kwargs, result, None)
             return result
         fallback = route.spec.fallback if route.spec is not None else None
         try:
@@ -503,17 +773,120 @@ class Migration:
             self._candidate_failed(decision, start, exc, fallback)
             return await legacy(*args, **kwargs)
         self._record_ok(candidate_key, start, self._now())
+        if decision.shadow:
+            self._ashadow(route, decision, legacy, legacy, args, kwargs, result, None)
         return result
 
-    def route(self, candidate: Callable[..., Any], key: Callable[..., object] | str | None = None
-              ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    # -- writes ----------------------------------------------------------------------------------
+
+    def write(self, key: object, legacy_write: Callable[..., T], candidate_write: Callable[..., T], /,
+              *args: Any, **kwargs: Any) -> T:
+        """Route a write by `key`; in a `dual_write` stage write both sides.
+
+        The authoritative side (legacy, until the stage's traffic gives the key to the candidate) is written
+        first and its answer returned; its exception reaches the caller, and the other side is then not
+        written. The other side's failure is retried per `dual_write_retry`, then recorded as a divergence;
+        it never fails or undoes the authoritative write. Outside dual-write stages this is `run` for a
+        call site marked writes=True: never shadowed.
+        """
+        route = self._bound[0]
+        if route is None:
+            return legacy_write(*args, **kwargs)
+        if not route.dual_write:
+            view = self if self.options.writes else self._writes_view()
+            return view.run(key, legacy_write, candidate_write, *args, **kwargs)
+        decision = route.decide(key)
+        first, second = (legacy_write, candidate_write) if decision.arm is LEGACY else (candidate_write, legacy_write)
+        start = self._now()
+        try:
+            result = first(*args, **kwargs)
+        except Exception:
+            self._record(decision, self._now() - start, error=True)
+            raise
+        self._record(decision, self._now() - start)
+        retry = route.spec.dual_write_retry if route.spec is not None else None
+        attempts, backoff = (retry.attempts, retry.backoff) if retry is not None else (2, 0.0)
+        outcome = Outcome(error=RuntimeError("not tried"))
+        for attempt in range(attempts):
+            if attempt and backoff:
+                time.sleep(backoff)
+            outcome = call(second, args, kwargs)
+            if outcome.error is None:
+                break
+        self._dual_written(route, decision, outcome, attempts, args, kwargs)
+        return result
+
+    async def awrite(self, key: object, legacy_write: Callable[..., Awaitable[T]],
+                     candidate_write: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        """`write` for coroutine functions."""
+        route = self._bound[0]
+        if route is None:
+            return await legacy_write(*args, **kwargs)
+        if not route.dual_write:
+            view = self if self.options.writes else self._writes_view()
+            return await view.arun(key, legacy_write, candidate_write, *args, **kwargs)
+        decision = route.decide(key)
+        first, second = (legacy_write, candidate_write) if decision.arm is LEGACY else (candidate_write, legacy_write)
+        start = self._now()
+        try:
+            result = await first(*args, **kwargs)
+        except Exception:
+            self._record(decision, self._now() - start, error=True)
+            raise
+        self._record(decision, self._now() - start)
+        retry = route.spec.dual_write_retry if route.spec is not None else None
+        attempts, backoff = (retry.attempts, retry.backoff) if retry is not None else (2, 0.0)
+        outcome = Outcome(error=RuntimeError("not tried"))
+        for attempt in range(attempts):
+            if attempt and backoff:
+                await asyncio.sleep(backoff)
+            try:
+                outcome = Outcome(await second(*args, **kwargs))
+                break
+            except Exception as exc:
+                outcome = Outcome(error=exc)
+        self._dual_written(route, decision, outcome, attempts, args, kwargs)
+        return result
+
+    def _writes_view(self) -> Migration:
+        view = self.__dict__.get("_writes")
+        if view is None:
+            view = self._writes = self.with_options(writes=True)
+        return view
+
+    def _dual_written(self, route: Route, decision: Decision, outcome: Outcome, attempts: int,
+                      args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            client = self.client
+            client.count("dual_writes", 1)
+            client.comparisons.count(self.name, decision.stage, "dual_writes")
+            if outcome.error is None:
+                return
+            client.count("dual_write_divergences", 1)
+            client.comparisons.count(self.name, decision.stage, "divergent")
+            other = CANDIDATE if decision.arm is LEGACY else LEGACY
+            log.warning("crossfade: %s: the %s side of a dual write failed %d times (%s); recorded as a divergence",
+                        self.name, other, attempts, outcome.error)
+            settings = route.spec.shadow if route.spec is not None else _NO_SHADOW_SETTINGS
+            served = Outcome(None)
+            legacy, candidate = (served, outcome) if decision.arm is LEGACY else (outcome, served)
+            self._keep_example(decision.stage, [Difference(WRITE_PATH, WRITE_PATH, legacy.error, candidate.error)],
+                               args, kwargs, legacy, candidate, settings)
+        except Exception:
+            self.client.counters["internal_errors"] += 1
+
+    def route(self, candidate: Callable[..., Any], key: Callable[..., object] | str | None = None, *,
+              writes: bool = False) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorate the legacy function: each call is routed by `key` and served by legacy or `candidate`.
 
         `key` is a callable taking the function's arguments, or the name of a parameter (dotted for an
         attribute: `"user.id"`), or None for the first argument after `self`. The candidate takes the same
         arguments as the legacy function (for methods, both receive `self`). Name, signature and docstring
-        are kept; coroutine functions get an async wrapper.
+        are kept; coroutine functions get an async wrapper. `writes=True` marks a call site with side
+        effects: it is never shadowed (a stage that asks for shadow runs gets an error in the log, once, and
+        `shadow_refused_writes` in `stats()`).
         """
+        handle = self.with_options(writes=True) if writes and not self.options.writes else self
 
         def decorate(legacy: Callable[..., T]) -> Callable[..., T]:
             key_of = _key_getter(legacy, key)
@@ -532,7 +905,7 @@ class Migration:
                     k = key_or_none(args, kwargs)
                     if k is _NO_KEY:
                         return await legacy(*args, **kwargs)
-                    return await self.arun(k, legacy, candidate, *args, **kwargs)
+                    return await handle.arun(k, legacy, candidate, *args, **kwargs)
 
                 return async_wrapper  # type: ignore[return-value]
 
@@ -541,7 +914,7 @@ class Migration:
                 k = key_or_none(args, kwargs)
                 if k is _NO_KEY:
                     return legacy(*args, **kwargs)
-                return self.run(k, legacy, candidate, *args, **kwargs)
+                return handle.run(k, legacy, candidate, *args, **kwargs)
 
             return wrapper
 
@@ -616,6 +989,55 @@ class Migration:
 
 
 _NO_KEY = object()
+
+
+def _shadow_sync(payload: tuple[Any, ...], slot: list[Any]) -> None:
+    """A shadow run on a worker thread: the other arm (and legacy again for a noise sample), then compare."""
+    handle, stage, served_arm, other, again, args, kwargs, value, error, settings = payload
+    client = handle.client
+    client.count("shadow_runs")
+    served = Outcome(value, error)
+    started = time.monotonic()
+    answer = call(other, args, kwargs)
+    repeat = None if again is None else call(again, args, kwargs)
+    if time.monotonic() - started > settings.timeout:
+        runner = client._runners.get(handle.name)
+        # The sweep may have counted it already, while it hung; a run is one timeout, not two.
+        if runner is None or runner.claim_timeout(slot):
+            client.count("shadow_timeouts", 1)
+            client.comparisons.count(handle.name, stage, "timeouts")
+        return
+    handle._compare(stage, served_arm, served, answer, repeat, settings, args, kwargs)
+
+
+async def _shadow_async(payload: tuple[Any, ...]) -> None:
+    """A shadow run as a task: cancelled at the timeout, counted, and compared like `_shadow_sync`."""
+    handle, stage, served_arm, other, again, args, kwargs, value, error, settings = payload
+    client = handle.client
+    client.count("shadow_runs")
+    served = Outcome(value, error)
+    deadline = asyncio.timeout(settings.timeout)
+    try:
+        try:
+            async with deadline:
+                answer = await _acall(other, args, kwargs)
+                repeat = None if again is None else await _acall(again, args, kwargs)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            client.count("shadow_timeouts", 1)
+            client.comparisons.count(handle.name, stage, "timeouts")
+            return
+        handle._compare(stage, served_arm, served, answer, repeat, settings, args, kwargs)
+    except Exception:  # crossfade's own failure: counted, never left as an unretrieved task exception
+        client.counters["internal_errors"] += 1
+
+
+async def _acall(fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcome:
+    try:
+        return Outcome(await fn(*args, **kwargs))
+    except Exception as exc:
+        return Outcome(error=exc)
 
 
 def _key_getter(fn: Callable[..., Any], key: Callable[..., object] | str | None

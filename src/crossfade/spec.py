@@ -9,7 +9,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
@@ -26,7 +26,9 @@ __all__ = [
     "LatencyGate",
     "MismatchGate",
     "Problem",
+    "DualWriteRetry",
     "RollbackPolicy",
+    "ShadowSettings",
     "Spec",
     "SpecError",
     "Stage",
@@ -200,10 +202,13 @@ class Stage:
     """One step of the ramp: the share of traffic the candidate serves, and what must hold before moving on.
 
     ``traffic`` and ``shadow`` are fractions. ``shadow`` is the share of legacy-served calls that also run
-    the candidate off the request path, for comparison only. ``hold`` is the minimum time (seconds) in the
-    stage before promotion; ``None`` means promote as soon as the gates pass. ``min_samples`` is the number
-    of candidate calls required before the gates may pass; ``approval`` makes promotion out of this stage wait
-    for a human.
+    the candidate off the request path, for comparison only; ``shadow_legacy`` the share of candidate-served
+    calls that also run legacy that way (the ramp-down after the switch). ``noise`` is the share of shadow
+    runs that run legacy a second time, so that answers legacy gives differently each time (ids, clocks) are
+    told apart from real mismatches. ``dual_write`` makes ``write`` call sites write both sides. ``hold`` is
+    the minimum time (seconds) in the stage before promotion; ``None`` means promote as soon as the gates
+    pass. ``min_samples`` is the number of candidate calls required before the gates may pass; ``approval``
+    makes promotion out of this stage wait for a human.
     """
 
     name: str
@@ -212,6 +217,9 @@ class Stage:
     hold: float | None = None
     min_samples: int = 0
     approval: bool = False
+    shadow_legacy: float = 0.0
+    noise: float = 0.0
+    dual_write: bool = False
 
     @property
     def threshold(self) -> int:
@@ -319,6 +327,27 @@ class Fallback:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowSettings:
+    """How shadow runs are carried out: their timeout, worker threads, bound on pending runs, the noise
+    thresholds (fractions) a field's difference must clear to be a mismatch, and examples kept per field."""
+
+    timeout: float = 5.0
+    threads: int = 4
+    max_pending: int = 64
+    noise_relative: float = 0.2
+    noise_absolute: float = 0.0003
+    examples: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class DualWriteRetry:
+    """How often the non-authoritative side of a dual write is tried in all, and the pause (seconds) between."""
+
+    attempts: int = 2
+    backoff: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Spec:
     """A validated migration: its identity, its stages, and the gates, triggers and policies that move it.
 
@@ -338,6 +367,8 @@ class Spec:
     rollback: RollbackPolicy = field(default_factory=RollbackPolicy)
     analysis: Analysis = field(default_factory=Analysis)
     fallback: Fallback = field(default_factory=Fallback)
+    shadow: ShadowSettings = field(default_factory=ShadowSettings)
+    dual_write_retry: DualWriteRetry = field(default_factory=DualWriteRetry)
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     notify: tuple[Any, ...] = ()
@@ -359,6 +390,8 @@ class Spec:
         """The canonical plain form: fractions and seconds as numbers, unset optional values left out.
 
         ``load_spec(spec.to_dict()) == spec`` holds, and the result is valid against ``json_schema()``.
+        Settings added after the first release are left out at their defaults, so that the digest of a
+        spec written before them does not change (re-applying it is still a no-op).
         """
         gates: dict[str, Any] = {}
         if self.gates.error_rate is not None:
@@ -384,6 +417,7 @@ class Spec:
                         "hold": stage.hold,
                         "min_samples": stage.min_samples,
                         "approval": stage.approval,
+                        **_unless_default(stage, "shadow_legacy", "noise", "dual_write"),
                     }
                 )
                 for stage in self.stages
@@ -410,6 +444,8 @@ class Spec:
                 "promote_when": self.analysis.promote_when,
             },
             "fallback": _without_none({"on_error": self.fallback.on_error, "timeout": self.fallback.timeout}),
+            **({} if self.shadow == ShadowSettings() else {"shadow": _fields(self.shadow)}),
+            **({} if self.dual_write_retry == DualWriteRetry() else {"dual_write_retry": _fields(self.dual_write_retry)}),
             "allow": list(self.allow),
             "deny": list(self.deny),
             "notify": list(self.notify),
@@ -428,6 +464,15 @@ class Spec:
 
 def _without_none(mapping: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in mapping.items() if value is not None}
+
+
+def _fields(model: Any) -> dict[str, Any]:
+    return {f.name: getattr(model, f.name) for f in fields(model)}
+
+
+def _unless_default(model: Any, *names: str) -> dict[str, Any]:
+    defaults = {f.name: f.default for f in fields(model)}
+    return {name: getattr(model, name) for name in names if getattr(model, name) != defaults[name]}
 
 
 # --- errors ----------------------------------------------------------------------------------------------
@@ -657,6 +702,8 @@ class _Reader:
         rollback = self.rollback(top.get("rollback", {}))
         analysis = self.analysis(top.get("analysis", {}))
         fallback = self.fallback(top.get("fallback", {}))
+        shadow = self.shadow_settings(top.get("shadow", {}))
+        dual_write_retry = self.dual_write_retry(top.get("dual_write_retry", {}))
         allow = self.keys(top.get("allow", []), "allow")
         deny = self.keys(top.get("deny", []), "deny")
         notify = self.sequence(top.get("notify", []), "notify", "[]")
@@ -681,6 +728,8 @@ class _Reader:
             rollback=rollback,
             analysis=analysis,
             fallback=fallback,
+            shadow=shadow,
+            dual_write_retry=dual_write_retry,
             allow=allow,
             deny=deny,
             notify=tuple(notify or ()),
@@ -714,7 +763,11 @@ class _Reader:
                 hold=self.get(data, "hold", path, _positive_duration, None),
                 min_samples=self.get(data, "min_samples", path, _count, 0),
                 approval=self.get(data, "approval", path, _flag, False),
+                shadow_legacy=self.get(data, "shadow_legacy", path, parse_percent, 0.0),
+                noise=self.get(data, "noise", path, parse_percent, 0.0),
+                dual_write=self.get(data, "dual_write", path, _flag, False),
             )
+            self.stage_shadows(stage, data, path)
             if name is not _BAD:
                 if name not in first_use:
                     first_use[name] = index
@@ -744,6 +797,47 @@ class _Reader:
                     )
             stages.append(stage)
         return tuple(stages)
+
+    def stage_shadows(self, stage: Stage, data: Mapping[str, Any], path: str) -> None:
+        """Report shadow settings a stage cannot act on: they would silently do nothing.
+
+        (``shadow`` at 100% traffic does nothing either, but specs written before these checks may say it.)
+        """
+        if "shadow_legacy" in data and stage.shadow_legacy not in (0.0, _BAD) and stage.traffic == 0.0:
+            self.problem(
+                _join(path, "shadow_legacy"),
+                "legacy serves every call at 0% traffic, so no candidate call is left for legacy to shadow; "
+                "use shadow to run the candidate beside legacy",
+            )
+        if "noise" in data and stage.noise not in (0.0, _BAD) and stage.shadow in (0.0, _BAD) \
+                and stage.shadow_legacy in (0.0, _BAD):
+            self.problem(
+                _join(path, "noise"),
+                "noise samples are taken from shadow runs, and this stage has none; "
+                "set shadow (or shadow_legacy) too, e.g. {shadow: 100%, noise: 10%}",
+            )
+
+    def shadow_settings(self, value: object) -> Any:
+        data = self.mapping(value, "shadow", _SHADOW_KEYS, "{timeout: 5s, threads: 4, max_pending: 64}")
+        if data is None:
+            return _BAD
+        return ShadowSettings(
+            timeout=self.get(data, "timeout", "shadow", _positive_duration, 5.0),
+            threads=self.get(data, "threads", "shadow", _positive_count, 4),
+            max_pending=self.get(data, "max_pending", "shadow", _positive_count, 64),
+            noise_relative=self.get(data, "noise_relative", "shadow", parse_percent, 0.2),
+            noise_absolute=self.get(data, "noise_absolute", "shadow", parse_percent, 0.0003),
+            examples=self.get(data, "examples", "shadow", _count, 20),
+        )
+
+    def dual_write_retry(self, value: object) -> Any:
+        data = self.mapping(value, "dual_write_retry", _DUAL_WRITE_RETRY_KEYS, "{attempts: 3, backoff: 50ms}")
+        if data is None:
+            return _BAD
+        return DualWriteRetry(
+            attempts=self.get(data, "attempts", "dual_write_retry", _positive_count, 2),
+            backoff=self.get(data, "backoff", "dual_write_retry", parse_duration, 0.0),
+        )
 
     def gates(self, value: object) -> Any:
         data = self.mapping(value, "gates", _GATES_KEYS, "{error_rate: {max_increase: 0.5%}}")
@@ -881,9 +975,13 @@ def _gate_mismatch(reader: _Reader, data: Mapping[str, Any], path: str) -> Misma
 
 _SPEC_KEYS: Final = (
     "name", "description", "owner", "key", "salt", "stages", "gates", "triggers",
-    "on_failure", "rollback", "analysis", "fallback", "allow", "deny", "notify",
+    "on_failure", "rollback", "analysis", "fallback", "shadow", "dual_write_retry", "allow", "deny", "notify",
 )  # fmt: skip
-_STAGE_KEYS: Final = ("name", "traffic", "shadow", "hold", "min_samples", "approval")
+_STAGE_KEYS: Final = (
+    "name", "traffic", "shadow", "hold", "min_samples", "approval", "shadow_legacy", "noise", "dual_write",
+)  # fmt: skip
+_SHADOW_KEYS: Final = ("timeout", "threads", "max_pending", "noise_relative", "noise_absolute", "examples")
+_DUAL_WRITE_RETRY_KEYS: Final = ("attempts", "backoff")
 _GATES_KEYS: Final = ("error_rate", "latency", "cost", "mismatch_rate")
 _GATE_READERS: Final[dict[str, tuple[tuple[str, ...], str, Callable[[_Reader, Mapping[str, Any], str], Any]]]] = {
     "error_rate": (("max_increase",), "{max_increase: 0.5%}", _gate_error_rate),
@@ -931,6 +1029,12 @@ def _positive_duration(value: object) -> float:
 def _count(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{_show(value)} is not a whole number of 0 or more, e.g. 500")
+    return value
+
+
+def _positive_count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{_show(value)} is not a whole number of 1 or more, e.g. 4")
     return value
 
 
@@ -1086,6 +1190,17 @@ def json_schema() -> dict[str, Any]:
                             "default": False,
                             "description": "Wait for a human to approve promotion out of this stage.",
                         },
+                        "shadow_legacy": described(
+                            "percent", "Share of candidate calls also run on legacy, off the path.", default="0%"
+                        ),
+                        "noise": described(
+                            "percent", "Share of shadow runs that run legacy twice, to measure noise.", default="0%"
+                        ),
+                        "dual_write": {
+                            "type": "boolean",
+                            "default": False,
+                            "description": "write() call sites write both sides, the authoritative one first.",
+                        },
                     },
                     ["traffic"],
                 ),
@@ -1170,6 +1285,37 @@ def json_schema() -> dict[str, Any]:
                     "timeout": described("duration", "Longest a candidate call may take."),
                 },
             ),
+            "shadow": obj(
+                "How shadow runs are carried out, off the request path.",
+                {
+                    "timeout": described("duration", "Longest a shadow run may take.", default="5s"),
+                    "threads": {
+                        "type": "integer", "minimum": 1, "default": 4,
+                        "description": "Worker threads for shadow runs of synchronous call sites.",
+                    },
+                    "max_pending": {
+                        "type": "integer", "minimum": 1, "default": 64,
+                        "description": "Shadow runs waiting at most; further ones are dropped and counted.",
+                    },
+                    "noise_relative": described(
+                        "percent", "|raw - noise| / (raw + noise) a field must exceed to be a mismatch.", default="20%"
+                    ),
+                    "noise_absolute": described(
+                        "percent", "|raw - noise| rate a field must exceed to be a mismatch.", default="0.03%"
+                    ),
+                    "examples": described("count", "Newest mismatch examples kept per field.", default=20),
+                },
+            ),
+            "dual_write_retry": obj(
+                "How the non-authoritative side of a dual write is retried.",
+                {
+                    "attempts": {
+                        "type": "integer", "minimum": 1, "default": 2,
+                        "description": "Tries in all, the first included.",
+                    },
+                    "backoff": described("duration", "Pause between tries.", default="0s"),
+                },
+            ),
             "allow": {
                 "type": "array",
                 "items": {"type": ["string", "integer"]},
@@ -1222,13 +1368,16 @@ salt: checkout-pricing            # default: name; keeps buckets stable across r
 
 # The ramp. Each stage sends `traffic` of the keys to the candidate; raising it never moves an enrolled
 # key back. `shadow` also runs the candidate, off the request path, on that share of legacy calls.
+# `noise` runs legacy twice on that share of shadow runs, so fields legacy itself answers differently each time
+# (ids, timestamps) are reported as noise, not as mismatches. `shadow_legacy` runs legacy in the shadow of
+# candidate calls while legacy is ramped down; `dual_write` writes both sides at `write` call sites.
 # `hold` is the least time in a stage; `min_samples` the least candidate calls; `approval` waits for a human.
 stages:
-  - {name: shadow, traffic: 0%, shadow: 100%, hold: 10m}
+  - {name: shadow, traffic: 0%, shadow: 100%, noise: 10%, dual_write: true, hold: 10m}
   - {name: canary-1, traffic: 1%, hold: 30m, min_samples: 500}
   - {name: canary-10, traffic: 10%, hold: 1h}
   - {name: rollout-25, traffic: 25%, hold: 2h, approval: true}
-  - {name: rollout-50, traffic: 50%, hold: 4h}
+  - {name: rollout-50, traffic: 50%, shadow_legacy: 10%, hold: 4h}
   - {name: complete, traffic: 100%}   # the last stage is always 100%
 
 # Candidate compared with legacy, with statistics that stay valid however often they are looked at.
@@ -1248,6 +1397,8 @@ on_failure: rollback              # when a gate fails: rollback | step_back | pa
 rollback: {mode: gradual, steps: [50%, 25%, 10%, 0%], every: 1m}   # or {mode: immediate}
 analysis: {interval: 30s, confidence: 99%, on_nodata: hold, promote_when: no_regression}
 fallback: {on_error: true, timeout: 5s}   # retry failed candidate calls on legacy
+shadow: {timeout: 2s, threads: 4, max_pending: 64}   # shadow runs: bounded, dropped (and counted) when full
+dual_write_retry: {attempts: 3, backoff: 50ms}        # the non-authoritative side of a dual write
 
 allow: [test_agent_alpha]         # keys always sent to the candidate
 deny: []                          # keys always kept on legacy

@@ -90,13 +90,14 @@ def test_without_create_an_empty_database_is_refused(backend_url):
 
 def test_older_revision_is_refused_until_upgraded(backend_url, monkeypatch, tmp_path):
     SQLBackend(backend_url).close()
+    current = head_revision()
     newer = _newer_scripts(tmp_path, monkeypatch)
     with pytest.raises(BackendError) as refused:
         SQLBackend(backend_url)
-    assert f"is at schema revision 0001, this crossfade needs {newer}; run: crossfade db upgrade --url" in str(
+    assert f"is at schema revision {current}, this crossfade needs {newer}; run: crossfade db upgrade --url" in str(
         refused.value
     )
-    assert upgrade(backend_url) == ("0001", newer)
+    assert upgrade(backend_url) == (current, newer)
     backend = SQLBackend(backend_url)
     assert current_revision(backend.engine) == newer
     backend.close()
@@ -106,15 +107,16 @@ def _newer_scripts(tmp_path: Path, monkeypatch) -> str:
     """Make this crossfade one revision ahead of the shipped scripts; returns the new head."""
     scripts = tmp_path / "migrations"
     shutil.copytree(sql.SCRIPT_LOCATION, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_extra.py").write_text(
+    current = head_revision()
+    (scripts / "versions" / "9000_extra.py").write_text(
         '"""A later revision, for the test."""\n'
         "import sqlalchemy as sa\nfrom alembic import op\n\n"
-        'revision = "0002"\ndown_revision = "0001"\nbranch_labels = None\ndepends_on = None\n\n\n'
+        f'revision = "9000"\ndown_revision = "{current}"\nbranch_labels = None\ndepends_on = None\n\n\n'
         "def upgrade():\n"
         '    op.create_table("extra", sa.Column("id", sa.Integer, primary_key=True))\n'
     )
     monkeypatch.setattr(sql, "SCRIPT_LOCATION", str(scripts))
-    return "0002"
+    return "9000"
 
 
 def test_revision_from_a_newer_crossfade_is_refused(backend_url):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from crossfade.events import Event, State
+    from crossfade.shadow import Example, FieldWindow
     from crossfade.telemetry import Window
 
 
@@ -60,6 +61,17 @@ class Backend(Protocol):
         self, migration: str, *, stage: str | None = None, since: float | None = None, until: float | None = None
     ) -> list[Window]:
         """Telemetry windows of a migration (one stage, windows starting in [since, until)), in time order."""
+
+    def write_comparisons(self, rows: Sequence[FieldWindow], examples: Sequence[Example], *, keep: int = 20) -> None:
+        """Store shadow comparison counts (rows for one stage and path add up) and mismatch examples,
+        keeping only the newest `keep` examples per migration and field path."""
+
+    def comparisons(self, migration: str, *, stage: str | None = None) -> list[FieldWindow]:
+        """Comparison counts of a migration, one row per stage and field path, summed over all windows."""
+
+    def examples(self, migration: str, *, stage: str | None = None, path: str | None = None,
+                 limit: int | None = None) -> list[Example]:
+        """Kept mismatch examples of a migration (one stage, one path), newest first, at most `limit`."""
 
     def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
         """Take or renew a lease until `now + ttl`; False while another holder's has not expired."""

@@ -25,6 +25,7 @@ from sqlalchemy.pool import NullPool, StaticPool
 
 from crossfade.backends.base import BackendError, BackendUnavailable, ConflictError
 from crossfade.events import Event, State, canonical_json
+from crossfade.shadow import COUNTERS, Example, FieldWindow
 from crossfade.telemetry import Cell, Window
 
 __all__ = ["SQLBackend", "current_revision", "head_revision", "upgrade"]
@@ -84,6 +85,27 @@ leases = sa.Table(
     sa.Column("holder", sa.Text, nullable=False),
     sa.Column("expires_at", sa.Double, nullable=False),
     sa.Column("acquired_at", sa.Double, nullable=False),
+)
+
+shadow_fields = sa.Table(
+    "shadow_fields", _metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("migration", sa.Text, nullable=False),
+    sa.Column("stage", sa.Text, nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("window_start", sa.Double, nullable=False),
+    sa.Column("window_length", sa.Double, nullable=False),
+    *(sa.Column(name, sa.BigInteger, nullable=False) for name in COUNTERS),
+    sa.Column("written_at", sa.Double, nullable=False),
+)
+shadow_examples = sa.Table(
+    "shadow_examples", _metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("migration", sa.Text, nullable=False),
+    sa.Column("stage", sa.Text, nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("time", sa.Double, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
 )
 
 
@@ -279,6 +301,72 @@ class SQLBackend:
             Window(migration, row_stage, arm, start, length, cell)
             for (start, arm, row_stage, length), cell in sorted(cells.items(), key=lambda kv: kv[0])
         ]
+
+    def write_comparisons(self, rows: Sequence[FieldWindow], examples: Sequence[Example], *, keep: int = 20) -> None:
+        """Store comparison counts (rows add up on read) and examples, keeping the newest `keep` per
+        migration and field path, in one transaction."""
+        if not rows and not examples:
+            return
+        now = time.time()
+        count_rows = [
+            {"migration": r.migration, "stage": r.stage, "path": r.path, "window_start": r.start,
+             "window_length": r.length, "written_at": now, **{name: int(r[name]) for name in COUNTERS}}
+            for r in rows
+        ]
+        example_rows = [
+            {"migration": e.migration, "stage": e.stage, "path": e.path, "time": e.time,
+             "detail": json.dumps(dict(e.detail), separators=(",", ":"), default=repr)}
+            for e in examples
+        ]
+        e = shadow_examples.c
+        with self._store.guard("writing shadow comparisons"), self._store.write() as conn:
+            if count_rows:
+                conn.execute(shadow_fields.insert(), count_rows)
+            if example_rows:
+                conn.execute(shadow_examples.insert(), example_rows)
+                for migration, path in {(x["migration"], x["path"]) for x in example_rows}:
+                    # The id of the oldest example kept; a LIMIT inside NOT IN is refused by some databases.
+                    kept = (
+                        sa.select(e.id).where(e.migration == migration, e.path == path)
+                        .order_by(e.id.desc()).limit(keep).subquery()
+                    )
+                    oldest_kept = sa.select(sa.func.min(kept.c.id)).scalar_subquery()
+                    conn.execute(
+                        shadow_examples.delete().where(
+                            e.migration == migration, e.path == path, e.id < oldest_kept
+                        )
+                    )
+
+    def comparisons(self, migration: str, *, stage: str | None = None) -> list[FieldWindow]:
+        """Comparison counts of a migration, one row per stage and field path, summed over every window (the
+        row's start and length span them all)."""
+        f = shadow_fields.c
+        query = sa.select(f.stage, f.path, sa.func.min(f.window_start), sa.func.max(f.window_start + f.window_length),
+                          *(sa.func.sum(getattr(f, name)) for name in COUNTERS)
+                          ).where(f.migration == migration).group_by(f.stage, f.path).order_by(f.stage, f.path)
+        if stage is not None:
+            query = query.where(f.stage == stage)
+        with self._store.guard(f"reading the comparisons of {migration}"), self._store.read() as conn:
+            found = conn.execute(query).all()
+        out = []
+        for row_stage, path, first, end, *sums in found:
+            counts = {name: int(v) for name, v in zip(COUNTERS, sums, strict=True) if v}
+            out.append(FieldWindow(migration, row_stage, path, float(first), float(end - first), counts))
+        return out
+
+    def examples(self, migration: str, *, stage: str | None = None, path: str | None = None,
+                 limit: int | None = None) -> list[Example]:
+        """Kept mismatch examples of a migration, newest first."""
+        e = shadow_examples.c
+        query = sa.select(e.stage, e.path, e.time, e.detail).where(e.migration == migration)
+        if stage is not None:
+            query = query.where(e.stage == stage)
+        if path is not None:
+            query = query.where(e.path == path)
+        query = query.order_by(e.id.desc()).limit(limit)
+        with self._store.guard(f"reading the examples of {migration}"), self._store.read() as conn:
+            found = conn.execute(query).all()
+        return [Example(migration, st, p, t, json.loads(d)) for st, p, t, d in found]
 
     def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
         """Take or renew the lease `name` for `holder` until `now + ttl`; False while another holder's

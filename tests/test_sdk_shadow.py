@@ -1,0 +1,253 @@
+"""Shadow runs, comparisons and dual writes through the SDK, on real backends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+
+import pytest
+
+import crossfade
+from crossfade.routing import CANDIDATE, LEGACY
+from crossfade.shadow import MISMATCH, NOISE, verdict
+from crossfade.telemetry import merge_windows
+
+
+def wait_until(condition, timeout=10.0, every=0.02):
+    """Poll until `condition()` is true; fails after `timeout` seconds (a deadline, not a timing)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(every)
+
+
+def shadow_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("crossfade-shadow")]
+
+
+def shadowing(cf, name="m", stage=None, **spec):
+    stage = stage or {"traffic": "0%", "shadow": "100%"}
+    cf.apply({"name": name, "stages": [stage, {"traffic": "100%"}], **spec})
+    mig = cf.migration(name)
+    mig.start(actor="test")
+    return mig
+
+
+@pytest.fixture
+def cf(tmp_path):
+    client = crossfade.connect(f"sqlite:///{tmp_path / 'cf.db'}", refresh=0.05)
+    yield client
+    client.close()
+
+
+def test_failing_hanging_and_overflowing_candidates_never_reach_the_caller_and_are_counted(cf):
+    mig = shadowing(cf, shadow={"timeout": "50ms", "threads": 2, "max_pending": 4})
+    release = threading.Event()
+
+    def candidate(x):
+        if x % 3 == 0:
+            raise RuntimeError("candidate broke")
+        if x % 3 == 1:
+            release.wait(5)  # hangs far past the shadow timeout
+        return x
+
+    # Legacy takes a millisecond, so the workers keep up until both hang.
+    answers = [mig.run(f"k{x}", lambda x: time.sleep(0.001) or x, candidate, x) for x in range(200)]
+    assert answers == list(range(200))
+    wait_until(lambda: cf.stats()["shadow_timeouts"] >= 2)
+    stats = cf.stats()
+    assert stats["shadow_dropped"] > 0, "two threads and four places cannot take 200 slow runs"
+    release.set()
+    wait_until(lambda: cf.stats()["shadow_runs"] + cf.stats()["shadow_dropped"] == 200)
+    wait_until(lambda: cf.stats()["shadow_compared"] + cf.stats()["shadow_timeouts"] == cf.stats()["shadow_runs"])
+    stats = cf.stats()
+    assert stats["shadow_errors"] >= 1 and stats["internal_errors"] == 0
+    # A run is counted once: compared, or timed out (by the sweep or when it returned), never both.
+    assert stats["shadow_compared"] + stats["shadow_timeouts"] == stats["shadow_runs"]
+    cf.flush(everything=True)
+    totals = {r.path: r for r in cf.backend().comparisons("m")}[""]
+    assert (totals["dropped"], totals["timeouts"]) == (stats["shadow_dropped"], stats["shadow_timeouts"])
+
+
+def test_compared_and_mismatched_counts_land_on_the_candidate_cell_for_the_gate(cf):
+    mig = shadowing(cf, shadow={"max_pending": 1000})
+    for x in range(100):
+        assert mig.run(x, lambda x: {"v": x}, lambda x: {"v": x if x % 10 else -1}, x) == {"v": x}
+    wait_until(lambda: cf.stats()["shadow_compared"] == 100)
+    cf.flush(everything=True)
+    cells = merge_windows(cf.backend().windows("m"))
+    assert (cells[CANDIDATE].compared, cells[CANDIDATE].mismatches, cells[CANDIDATE].calls) == (100, 10, 0)
+    assert cells[LEGACY].calls == 100
+    fields = {r.path: r for r in cf.backend().comparisons("m")}
+    assert fields["$.v"]["differing"] == 10
+    examples = cf.backend().examples("m", path="$.v")
+    assert examples and examples[0].detail["diff"][0]["where"] == "$.v"
+
+
+def test_noise_cancellation_end_to_end(cf):
+    mig = shadowing(cf, stage={"traffic": "0%", "shadow": "100%", "noise": "20%"}, shadow={"max_pending": 5000})
+    flips = set(range(0, 3000, 100))  # the candidate differs on `total` in 1% of answers
+
+    def legacy(i):
+        return {"id": str(uuid.uuid4()), "total": i}
+
+    def candidate(i):
+        return {"id": str(uuid.uuid4()), "total": -i if i in flips else i}
+
+    for i in range(3000):
+        mig.run(i, legacy, candidate, i)
+    wait_until(lambda: cf.stats()["shadow_compared"] == 3000, timeout=60)
+    cf.flush(everything=True)
+    rows = {r.path: r for r in cf.backend().comparisons("m")}
+    totals = rows[""]
+    assert totals["noise_compared"] > 0
+
+    def judged(path):
+        return verdict(totals["compared"], rows[path]["differing"], totals["noise_compared"],
+                       rows[path]["noise_differing"])
+
+    assert judged("$.id") == NOISE
+    assert judged("$.total") == MISMATCH
+
+
+def test_shadow_legacy_compares_after_the_switch(cf):
+    mig = shadowing(cf, stage={"traffic": "100%", "shadow_legacy": "100%"})
+    served = []
+    assert [mig.run(i, lambda i: i, lambda i: served.append(i) or i, i) for i in range(20)] == list(range(20))
+    assert served == list(range(20))
+    wait_until(lambda: cf.stats()["shadow_compared"] == 20)
+    assert cf.stats()["shadow_mismatches"] == 0
+
+
+def test_options_on_the_handle_and_per_call_site(cf):
+    shadowing(cf)
+    plain = cf.migration("m")
+    assert cf.migration("m") is plain
+    ignoring = cf.migration("m", ignore=["$.id", "$.items[*].etag"])
+    assert ignoring is not plain and ignoring is cf.migration("m", ignore=["$.id", "$.items[*].etag"])
+    old = {"id": 1, "items": [{"sku": "a", "etag": "x"}]}
+    new = {"id": 2, "items": [{"sku": "a", "etag": "y"}]}
+    ignoring.run("k", lambda: old, lambda: new)
+    wait_until(lambda: cf.stats()["shadow_compared"] == 1)
+    assert cf.stats()["shadow_mismatches"] == 0
+    loose = plain.with_options(compare=lambda a, b: a["items"][0]["sku"] == b["items"][0]["sku"])
+    loose.run("k", lambda: old, lambda: new)
+    plain.run("k", lambda: old, lambda: new)
+    wait_until(lambda: cf.stats()["shadow_compared"] == 3)
+    assert cf.stats()["shadow_mismatches"] == 1
+
+
+def test_redact_runs_on_examples_before_they_are_kept(cf):
+    shadowing(cf)
+    mig = cf.migration("m", redact=lambda ex: {**ex, "args": ["<redacted>"] * len(ex["args"])})
+    mig.run("k", lambda card: {"ok": True}, lambda card: {"ok": False}, "4111-1111-1111-1111")
+    wait_until(lambda: cf.stats()["shadow_compared"] == 1)
+    cf.flush(everything=True)
+    [example] = cf.backend().examples("m")
+    assert example.detail["args"] == ["<redacted>"] and "4111" not in str(example.detail)
+
+
+def test_a_writes_call_site_is_never_shadowed_and_says_so_once(cf, caplog):
+    mig = shadowing(cf)
+    candidate_calls = []
+    with caplog.at_level(logging.ERROR, logger="crossfade"):
+
+        @mig.route(candidate=lambda order: candidate_calls.append(order), writes=True)
+        def save(order):
+            return "saved"
+
+        for i in range(5):
+            assert save(i) == "saved"
+        writer = mig.with_options(writes=True)
+        assert writer.run("k", lambda: 1, lambda: candidate_calls.append("run")) == 1
+    time.sleep(0.1)
+    assert candidate_calls == []
+    assert cf.stats()["shadow_refused_writes"] == 6 and cf.stats()["shadow_runs"] == 0
+    refusals = [r for r in caplog.records if "writes=True" in r.getMessage()]
+    assert len(refusals) == 2, "one error per call site, not per call"
+
+
+def test_a_failing_candidate_write_never_fails_or_loses_the_legacy_write(cf):
+    mig = shadowing(cf, stage={"traffic": "0%", "dual_write": True}, dual_write_retry={"attempts": 3})
+    legacy_rows, tries = [], []
+
+    def legacy_write(row):
+        legacy_rows.append(row)
+        return f"id-{row}"
+
+    def candidate_write(row):
+        tries.append(row)
+        raise ConnectionError("new store down")
+
+    assert [mig.write(i, legacy_write, candidate_write, i) for i in range(10)] == [f"id-{i}" for i in range(10)]
+    assert legacy_rows == list(range(10)) and len(tries) == 30
+    stats = cf.stats()
+    assert (stats["dual_writes"], stats["dual_write_divergences"]) == (10, 10)
+    cf.flush(everything=True)
+    assert {r.path: r for r in cf.backend().comparisons("m")}[""]["divergent"] == 10
+    assert cf.backend().examples("m", path="$write")
+
+
+def test_a_failing_authoritative_write_reaches_the_caller_and_the_other_side_is_not_written(cf):
+    mig = shadowing(cf, stage={"traffic": "0%", "dual_write": True})
+    written = []
+
+    def legacy_write(row):
+        raise ValueError("constraint violated")
+
+    with pytest.raises(ValueError, match="constraint violated"):
+        mig.write("k", legacy_write, written.append, 1)
+    assert written == []
+
+
+def test_async_shadow_runs_on_the_loop_and_leaves_no_task_after_close(tmp_path):
+    async def scenario():
+        cf = crossfade.connect(f"sqlite:///{tmp_path / 'a.db'}", refresh=0.05)
+        mig = shadowing(cf, shadow={"timeout": "50ms", "max_pending": 8})
+
+        async def legacy(x):
+            return x
+
+        async def candidate(x):
+            if x % 2:
+                await asyncio.sleep(10)  # past the timeout: cancelled and counted
+            return x + 1
+
+        assert [await mig.arun(i, legacy, candidate, i) for i in range(6)] == list(range(6))
+        await asyncio.sleep(0.2)
+        stats = cf.stats()
+        assert stats["shadow_timeouts"] == 3 and stats["shadow_compared"] == 3 and stats["shadow_mismatches"] == 3
+        many = [mig.arun(i, legacy, candidate, 1) for i in range(50)]
+        await asyncio.gather(*many)
+        assert cf.stats()["shadow_dropped"] > 0, "at most eight pending tasks"
+        await cf.aclose()
+        return asyncio.all_tasks() - {asyncio.current_task()}
+
+    assert asyncio.run(scenario()) == set()
+    assert shadow_threads() == []
+
+
+def test_close_leaves_no_shadow_thread(tmp_path):
+    before = set(threading.enumerate())
+    cf = crossfade.connect(f"sqlite:///{tmp_path / 'c.db'}", refresh=0.05)
+    mig = shadowing(cf)
+    for i in range(50):
+        mig.run(i, lambda i: i, lambda i: time.sleep(0.001) or i, i)
+    assert shadow_threads()
+    cf.close()
+    assert set(threading.enumerate()) <= before
+
+
+def test_comparisons_round_trip_through_postgres(postgres_url):
+    with crossfade.connect(postgres_url, refresh=0.05) as cf:
+        mig = shadowing(cf, shadow={"examples": 3})
+        for i in range(10):
+            mig.run(i, lambda i: {"a": i}, lambda i: {"a": -i - 1}, i)
+        wait_until(lambda: cf.stats()["shadow_compared"] == 10)
+        cf.flush(everything=True)
+        assert {r.path: r["differing"] for r in cf.backend().comparisons("m")} == {"": 10, "$.a": 10}
+        assert len(cf.backend().examples("m", path="$.a")) == 3, "only the newest `examples` are kept"
