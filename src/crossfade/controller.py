@@ -72,7 +72,8 @@ def stage_cells(state: State, windows: Sequence[Window]) -> dict[str, Cell]:
 def assess(spec: Spec, state: State, windows: Sequence[Window], now: float) -> Assessment:
     """Judge the current stage and list what stands between it and the next."""
     cells = stage_cells(state, windows)
-    judgement = judge(spec, cells, look=look_number(spec, state, now), traffic=state.traffic)
+    judgement = judge(spec, cells, look=look_number(spec, state, now), traffic=state.traffic,
+                      shadowing=state.shadow > 0 or state.shadow_legacy > 0)
     firings = tuple(check_triggers(spec, windows, now))
     stage = spec.stages[state.stage_index]
     calls = (cells[CANDIDATE].calls if CANDIDATE in cells else 0, cells[LEGACY].calls if LEGACY in cells else 0)
