@@ -107,7 +107,7 @@ def test_audit_verify_passes_then_names_the_tampered_event(tmp_path, url):
     cli("promote", "m", "--url", url)
     assert "intact (3 events" in cli("audit", "verify", "m", "--url", url)
     db = sqlite3.connect(str(tmp_path / "cf.db"))
-    db.execute("UPDATE events SET actor = 'mallory' WHERE migration = 'm' AND seq = 2")
+    db.execute("UPDATE crossfade_events SET actor = 'mallory' WHERE migration = 'm' AND seq = 2")
     db.commit()
     db.close()
     out = cli("audit", "verify", "m", "--url", url, code=1)
