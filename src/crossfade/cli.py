@@ -372,6 +372,29 @@ def _seconds(option: str, text: str) -> float:
         raise ValueError(f"{option} {text}: {exc}") from None
 
 
+@app.command()
+def plan(
+    file: Annotated[Path, typer.Argument(help="The spec file.")],
+    rps: Annotated[float | None, typer.Option("--rps", min=0.001, help="Calls per second to simulate the "
+                                               "timeline at (without it: no simulation).")] = None,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Simulated runs per scenario.")] = 20,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the plan here.")] = None,
+) -> None:
+    """Render a Markdown migration plan: phases, success criteria, rollback, testing, timeline, communication."""
+    from crossfade.plandoc import estimate, render
+
+    try:
+        spec = load_spec(file)
+    except SpecError as exc:
+        _fail(str(exc), 2)
+    document = render(spec, estimate(spec, rps=rps, runs=runs) if rps else None)
+    if output is None:
+        sys.stdout.write(document)
+    else:
+        output.write_text(document)
+        out.print(f"wrote {output}")
+
+
 # -- reading ------------------------------------------------------------------------------------
 
 
