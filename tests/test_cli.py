@@ -184,6 +184,9 @@ def test_status_shows_verdicts_and_run_controller_acts_on_them(tmp_path, url):
     view = json.loads(cli("status", "m", "--url", url, "--json"))["controller"]
     assert view["gates"][0]["verdict"] == "FAIL"
     assert "FAIL" in cli("status", "m", "--url", url) and "is above the allowed +1.00 pp" in cli("status", "--url", url)
+    dry = cli("run-controller", "--dry-run", "--url", url)
+    assert "would write" in dry and "rolled_back" in dry
+    assert json.loads(cli("status", "m", "--url", url, "--json"))["status"] == "running"
     assert "rolled_back" in cli("run-controller", "--once", "--url", url)
     assert json.loads(cli("status", "m", "--url", url, "--json"))["status"] == "rolled_back"
     history = cli("history", "m", "--url", url)

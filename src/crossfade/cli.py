@@ -225,6 +225,8 @@ def run_controller(
     url: Url = None,
     once: Annotated[bool, typer.Option("--once", help="One tick, then exit.")] = False,
     poll: Annotated[float, typer.Option("--poll", help="Seconds between looks for due migrations.")] = 1.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="One tick: print the events it would write, "
+                                          "write nothing.")] = False,
 ) -> None:
     """Run the controller: judge each active migration every analysis interval and act on it.
 
@@ -243,11 +245,12 @@ def run_controller(
         backend = open_backend(target)
     except BackendError as exc:
         _fail(str(exc))
-    loop = ControllerLoop(backend, names=names or None, on_tick=_print_tick)
+    loop = ControllerLoop(backend, names=names or None, on_tick=_print_dry_tick if dry_run else _print_tick,
+                          dry_run=dry_run)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        if once:
+        if once or dry_run:
             loop.tick()
             loop.release()
         else:
@@ -264,6 +267,14 @@ def run_controller(
 def _print_tick(tick: Any) -> None:
     for event in tick.events:
         _print_event(event)
+
+
+def _print_dry_tick(tick: Any) -> None:
+    for event in tick.events:
+        _print_event(event, dry_run=True)
+    if not tick.events:
+        out.print(f"{tick.migration}: nothing to do now" + (f" (waiting for {tick.assessment.waiting_for})"
+                                                             if tick.assessment and tick.assessment.waiting_for else ""))
 
 
 @app.command()
