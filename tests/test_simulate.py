@@ -208,3 +208,25 @@ def test_bad_workload_text_is_one_clear_line_and_exit_2(tmp_path, args, message)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert isinstance(result.exception, SystemExit)
+
+
+def test_a_kept_database_holds_the_log_and_the_telemetry(tmp_path):
+    from crossfade.backends.sql import SQLBackend
+
+    url = f"sqlite:///{tmp_path / 'sim.db'}"
+    result = simulate(SPEC, workload(), seed=1, database=url)
+    kept = SQLBackend(url)
+    try:
+        assert [e.hash for e in kept.events("sim")] == [e.hash for e in result.events]
+        assert sum(w.cell.calls for w in kept.windows("sim")) == sum(result.calls.values())
+    finally:
+        kept.close()
+
+
+def test_a_shadow_stage_is_judged_on_shadow_runs_and_left():
+    spec = {**SPEC, "stages": [{"name": "shadow", "traffic": "0%", "shadow": "100%", "hold": "5m"},
+                               {"name": "full", "traffic": "100%"}]}
+    healthy = simulate(spec, workload(mode="aggregate"), seed=1)
+    assert healthy.outcome == "completed" and healthy.calls["candidate"] == 0  # shadow runs serve nobody
+    worse = simulate(spec, workload("errors=5%", mode="aggregate"), seed=1)
+    assert worse.outcome == "rolled_back" and worse.stage == "shadow" and "candidate error rate" in worse.reason

@@ -25,8 +25,10 @@ kept in memory and the windows older than the longest trigger window rolled up i
 controller re-reads a stage's windows at every look, which in SQL costs 150 us a row and made a 4-hour stage
 quadratic (tens of seconds a run). The controller sees the same merged numbers either way.
 
-Not modelled: shadow runs (the SDK does not run the candidate in shadow yet, so a stage with 0% traffic has
-no candidate data and holds), per-key differences in behaviour, and calls overlapping in time.
+Shadow runs are drawn in aggregate as the SDK records them (calls, errors and latency of the arm that ran,
+no cost); in "calls" mode the SDK's shadow workers run on their own threads, which virtual time does not
+drive, so a spec with shadow stages should be simulated in aggregate. Not modelled: answer comparisons
+(the mismatch gate), per-key differences in behaviour, and calls overlapping in time.
 """
 
 from __future__ import annotations
@@ -529,9 +531,11 @@ class _SimBackend:
     recent ones, so triggers still see their sliding windows and a look costs the same at any stage age.
     """
 
-    def __init__(self, keep: float) -> None:
-        self._sql = SQLBackend("sqlite://")
-        self.url = "sqlite://"
+    def __init__(self, keep: float, url: str | None = None) -> None:
+        self._sql = SQLBackend(url or "sqlite://")
+        self.url = url or "sqlite://"
+        # A kept database gets the telemetry too, so `crossfade status` can read it after the run.
+        self._write_through = url is not None
         self.keep = keep
         self._windows: dict[tuple[str, str], dict[tuple[float, str], Window]] = {}
         self._rollups: dict[tuple[str, str, float], tuple[float, dict[str, Window]]] = {}
@@ -571,6 +575,8 @@ class _SimBackend:
 
     def write_windows(self, windows: Sequence[Window]) -> None:
         """Keep windows; rows for one window add up."""
+        if self._write_through:
+            self._sql.write_windows(windows)
         for w in windows:
             stored = self._windows.setdefault((w.migration, w.stage), {})
             key = (w.start, w.arm)
@@ -710,16 +716,18 @@ def simulate(
     until: float | None = None,
     on_tick: Callable[[SimTick], None] | None = None,
     rollback_when: Callable[[SimTick], str | None] | None = None,
+    database: str | None = None,
 ) -> SimResult:
     """Run one migration of `spec` under `workload` in virtual time; the same seed gives the same run.
 
     `approve`: seconds after an approval is requested that the simulation grants it (0: at once; None:
     never, and the run waits). `until`: simulated seconds before giving up (default `default_until`).
     `on_tick` is called after every controller look; `rollback_when`, an outside judge, may return a reason
-    to roll the migration back through the SDK (actor "simulation").
+    to roll the migration back through the SDK (actor "simulation"). `database`: the URL of an empty store
+    to run on and leave behind for `crossfade status` and `history` (default: one in memory, discarded).
     """
     model = spec if isinstance(spec, Spec) else load_spec(spec)
-    return _Run(model, workload or Workload(), seed, approve, until, on_tick, rollback_when).run()
+    return _Run(model, workload or Workload(), seed, approve, until, on_tick, rollback_when, database).run()
 
 
 def _one(args: tuple[dict[str, Any], Workload, int, float | None, float | None]) -> SimResult:
@@ -762,7 +770,7 @@ class _Run:
 
     def __init__(self, spec: Spec, workload: Workload, seed: int, approve: float | None, until: float | None,
                  on_tick: Callable[[SimTick], None] | None,
-                 rollback_when: Callable[[SimTick], str | None] | None) -> None:
+                 rollback_when: Callable[[SimTick], str | None] | None, database: str | None = None) -> None:
         self.spec = spec
         self.workload = workload
         self.rng = random.Random(seed)
@@ -773,7 +781,7 @@ class _Run:
         self.interval = spec.analysis.interval
         self.clock = VirtualClock(EPOCH)
         longest = max((t.window + (t.for_ or 0.0) for t in spec.triggers), default=0.0)
-        self.backend = _SimBackend(keep=longest + 2 * self.interval)
+        self.backend = _SimBackend(longest + 2 * self.interval, database)
         self.per_call = workload.mode == "calls" or (
             workload.mode == "auto" and workload.rps * self.until <= PER_CALL_LIMIT)
         self.population: list[str] = []
@@ -971,6 +979,18 @@ class _Run:
             if arm == CANDIDATE and fallback.on_error:
                 cell.fallbacks += errors
             _draw_cost(self.rng, model, count, cell)
+        # Shadow runs count as calls of the arm that ran them (errors and latency, no cost, no fallback), as
+        # the SDK records them: the candidate beside legacy-served calls, legacy beside candidate-served ones.
+        shadows = ((CANDIDATE, candidate, _binomial(self.rng, n - n_candidate, route.shadow)),
+                   (LEGACY, self.workload.legacy,
+                    _binomial(self.rng, n_candidate, getattr(route, "shadow_legacy", 0.0))))
+        for arm, model, count in shadows:
+            if count <= 0:
+                continue
+            cell = self.client.recorder.cell(now_ns, cell_key(self.spec.name, route.stage, arm))
+            cell.calls += count
+            _draw_latencies(self.rng, model.latency, count, cell.latency, None)
+            cell.errors += _binomial(self.rng, count, model.errors)
 
     def _calls(self, start: float, n: int, candidate: Arm) -> None:
         rng, clock, mig, workload = self.rng, self.clock, self.mig, self.workload
