@@ -254,3 +254,23 @@ def test_comparisons_round_trip_through_postgres(postgres_url):
         cf.flush(everything=True)
         assert {r.path: r["differing"] for r in cf.backend().comparisons("m")} == {"": 10, "$.a": 10}
         assert len(cf.backend().examples("m", path="$.a")) == 3, "only the newest `examples` are kept"
+
+
+def test_a_cost_function_records_the_cost_of_served_and_shadowed_answers(cf):
+    mig = shadowing(cf, shadow={"max_pending": 1000})
+    priced = cf.migration("m", cost=lambda answer: answer["tokens"] * 0.001)
+    for x in range(50):
+        priced.run(x, lambda x: {"tokens": 10}, lambda x: {"tokens": 30}, x)
+    wait_until(lambda: cf.stats()["shadow_compared"] == 50)
+    cf.flush(everything=True)
+    cells = merge_windows(cf.backend().windows("m"))
+    assert (cells[LEGACY].costed, round(cells[LEGACY].cost_sum, 9)) == (50, 0.5)
+    assert (cells[CANDIDATE].costed, round(cells[CANDIDATE].cost_sum, 9)) == (50, 1.5)
+    assert mig.options.cost is None  # the plain handle keeps its own options
+
+
+def test_a_failing_cost_function_is_counted_not_raised(cf):
+    mig = cf.migration("m", cost=lambda answer: answer["missing"])
+    shadowing(cf)
+    assert mig.run(1, lambda: {"v": 1}, lambda: {"v": 2}) == {"v": 1}
+    assert cf.stats()["recording_errors"] >= 1

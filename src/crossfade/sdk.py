@@ -436,13 +436,14 @@ class Client:
         compare_errors: Callable[[BaseException, BaseException], bool] | None = None,
         redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         writes: bool = False,
+        cost: Callable[[Any], float] | None = None,
     ) -> Migration:
         """The handle of a migration (created on first use; unknown names route everything to legacy).
 
-        The keyword options say how shadow answers are compared (see `Options`); the same name with the
-        same options gives the same handle, other options another handle on the same migration.
+        The keyword options say how shadow answers are compared and what a call costs (see `Options`); the
+        same name with the same options gives the same handle, other options another handle on it.
         """
-        options = Options(compare, tuple(ignore), clean, compare_errors, redact, writes)
+        options = Options(compare, tuple(ignore), clean, compare_errors, redact, writes, cost)
         handle = self._handles.get((name, options))
         if handle is None:
             handle = self._handles[(name, options)] = Migration(self, name, options)
@@ -505,6 +506,7 @@ class Migration:
         compare_errors: Callable[[BaseException, BaseException], bool] | None = None,
         redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         writes: bool | None = None,
+        cost: Callable[[Any], float] | None = None,
     ) -> Migration:
         """A view of this migration whose calls use these options over the handle's (for one call site).
 
@@ -519,6 +521,7 @@ class Migration:
             compare_errors if compare_errors is not None else o.compare_errors,
             redact if redact is not None else o.redact,
             writes if writes is not None else o.writes,
+            cost if cost is not None else o.cost,
         )
         return Migration(self.client, self.name, options)
 
@@ -565,12 +568,15 @@ class Migration:
         except Exception:
             self.client.counters["recording_errors"] += 1
 
-    def _record_ok(self, key: str, start: int, end: int) -> None:
+    def _record_ok(self, key: str, start: int, end: int, answer: Any) -> None:
         try:
             cell = self._recorder.cell(end, key)
             cell.calls += 1
             cell.latency.add((end - start) * 1e-9)
-        except Exception:
+            cost = self.options.cost
+            if cost is not None:
+                cell.add_cost(float(cost(answer)))
+        except Exception:  # a cost function that fails is counted, never felt by the caller
             self.client.counters["recording_errors"] += 1
 
     def run(self, key: object, legacy: Callable[..., T], candidate: Callable[..., T], /, *args: Any,
@@ -594,7 +600,7 @@ class Migration:
                 if decision.shadow:
                     self._shadow(route, decision, candidate, legacy, args, kwargs, None, exc)
                 raise
-            self._record_ok(legacy_key, start, self._now())
+            self._record_ok(legacy_key, start, self._now(), result)
             if decision.shadow:
                 self._shadow(route, decision, candidate, legacy, args, kwargs, result, None)
             return result
@@ -607,7 +613,7 @@ class Migration:
         except Exception as exc:
             self._candidate_failed(decision, start, exc, fallback)
             return legacy(*args, **kwargs)
-        self._record_ok(candidate_key, start, self._now())
+        self._record_ok(candidate_key, start, self._now(), result)
         if decision.shadow:  # a ramp-down stage: legacy runs in the candidate's shadow
             self._shadow(route, decision, legacy, legacy, args, kwargs, result, None)
         return result
@@ -673,7 +679,7 @@ class Migration:
         self.client.comparisons.count(self.name, stage, "dropped")
 
     def _record_shadow_run(self, stage: str, served_arm: str, elapsed_ns: int, *, failed: bool,
-                           timed_out: bool = False) -> None:
+                           timed_out: bool = False, answer: Any = None) -> None:
         """Count a shadow run as a call of the arm that ran it: its errors and its own execution time are
         that arm's behaviour whether or not its answer was served, and a shadow stage is judged on them."""
         try:
@@ -685,6 +691,9 @@ class Migration:
             if timed_out:
                 cell.timeouts += 1
             cell.latency.add(elapsed_ns * 1e-9)
+            cost = self.options.cost
+            if cost is not None and not failed:
+                cell.add_cost(float(cost(answer)))
         except Exception:
             self.client.counters["recording_errors"] += 1
 
@@ -778,7 +787,7 @@ class Migration:
                 if decision.shadow:
                     self._ashadow(route, decision, candidate, legacy, args, kwargs, None, exc)
                 raise
-            self._record_ok(legacy_key, start, self._now())
+            self._record_ok(legacy_key, start, self._now(), result)
             if decision.shadow:
                 self._ashadow(route, decision, candidate, legacy, args, kwargs, result, None)
             return result
@@ -789,7 +798,7 @@ class Migration:
         except Exception as exc:
             self._candidate_failed(decision, start, exc, fallback)
             return await legacy(*args, **kwargs)
-        self._record_ok(candidate_key, start, self._now())
+        self._record_ok(candidate_key, start, self._now(), result)
         if decision.shadow:
             self._ashadow(route, decision, legacy, legacy, args, kwargs, result, None)
         return result
@@ -1027,7 +1036,7 @@ def _shadow_sync(payload: tuple[Any, ...], slot: list[Any]) -> None:
             client.comparisons.count(handle.name, stage, "timeouts")
             handle._record_shadow_run(stage, served_arm, elapsed_ns, failed=True, timed_out=True)
         return
-    handle._record_shadow_run(stage, served_arm, elapsed_ns, failed=answer.error is not None)
+    handle._record_shadow_run(stage, served_arm, elapsed_ns, failed=answer.error is not None, answer=answer.value)
     handle._compare(stage, served_arm, served, answer, repeat, settings, args, kwargs)
 
 
@@ -1052,7 +1061,8 @@ async def _shadow_async(payload: tuple[Any, ...]) -> None:
             client.comparisons.count(handle.name, stage, "timeouts")
             handle._record_shadow_run(stage, served_arm, handle._now() - start_ns, failed=True, timed_out=True)
             return
-        handle._record_shadow_run(stage, served_arm, elapsed_ns, failed=answer.error is not None)
+        handle._record_shadow_run(stage, served_arm, elapsed_ns, failed=answer.error is not None,
+                                  answer=answer.value)
         handle._compare(stage, served_arm, served, answer, repeat, settings, args, kwargs)
     except Exception:  # crossfade's own failure: counted, never left as an unretrieved task exception
         client.counters["internal_errors"] += 1

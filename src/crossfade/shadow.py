@@ -197,6 +197,8 @@ class Options:
     `compare(legacy, candidate) -> bool` replaces field-by-field equality; `ignore` lists paths left out;
     `clean(answer)` normalises each answer first; `compare_errors(legacy_exc, candidate_exc) -> bool`
     replaces "same type and message"; `redact(example) -> example` runs on an example before it is kept.
+    `cost(answer) -> float` is the cost of a call from its answer (tokens, dollars), recorded for every
+    answered call of either arm, served or shadowed, for the cost gate.
     """
 
     compare: Callable[[Any, Any], bool] | None = None
@@ -205,6 +207,7 @@ class Options:
     compare_errors: Callable[[BaseException, BaseException], bool] | None = None
     redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     writes: bool = False
+    cost: Callable[[Any], float] | None = None
 
     def __post_init__(self) -> None:
         for path in self.ignore:
