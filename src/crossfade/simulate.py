@@ -25,8 +25,8 @@ kept in memory and the windows older than the longest trigger window rolled up i
 controller re-reads a stage's windows at every look, which in SQL costs 150 us a row and made a 4-hour stage
 quadratic (tens of seconds a run). The controller sees the same merged numbers either way.
 
-Shadow runs are drawn in aggregate as the SDK records them (calls, errors and latency of the arm that ran,
-no cost); in "calls" mode the SDK's shadow workers run on their own threads, which virtual time does not
+Shadow runs are drawn in aggregate as the SDK records them (calls, errors, latency and, for the answered
+ones, cost of the arm that ran, as a handle with `cost=` records it); in "calls" mode the SDK's shadow workers run on their own threads, which virtual time does not
 drive, so a spec with shadow stages should be simulated in aggregate. Not modelled: answer comparisons
 (the mismatch gate), per-key differences in behaviour, and calls overlapping in time.
 """
@@ -979,8 +979,9 @@ class _Run:
             if arm == CANDIDATE and fallback.on_error:
                 cell.fallbacks += errors
             _draw_cost(self.rng, model, count, cell)
-        # Shadow runs count as calls of the arm that ran them (errors and latency, no cost, no fallback), as
-        # the SDK records them: the candidate beside legacy-served calls, legacy beside candidate-served ones.
+        # Shadow runs count as calls of the arm that ran them (errors, latency and the cost of the answered
+        # ones; no fallback), as the SDK records them: the candidate beside legacy-served calls, legacy beside
+        # candidate-served ones.
         shadows = ((CANDIDATE, candidate, _binomial(self.rng, n - n_candidate, route.shadow)),
                    (LEGACY, self.workload.legacy,
                     _binomial(self.rng, n_candidate, getattr(route, "shadow_legacy", 0.0))))
@@ -990,7 +991,9 @@ class _Run:
             cell = self.client.recorder.cell(now_ns, cell_key(self.spec.name, route.stage, arm))
             cell.calls += count
             _draw_latencies(self.rng, model.latency, count, cell.latency, None)
-            cell.errors += _binomial(self.rng, count, model.errors)
+            errors = _binomial(self.rng, count, model.errors)
+            cell.errors += errors
+            _draw_cost(self.rng, model, count - errors, cell)
 
     def _calls(self, start: float, n: int, candidate: Arm) -> None:
         rng, clock, mig, workload = self.rng, self.clock, self.mig, self.workload
