@@ -101,13 +101,17 @@ def assess(spec: Spec, state: State, windows: Sequence[Window], now: float) -> A
     return Assessment(judgement, firings, calls, hold_left, "; ".join(waiting))
 
 
-def step(spec: Spec, state: State, windows: Sequence[Window], now: float) -> list[Change]:
-    """The changes the controller makes now. Empty when nothing is due."""
+def step(spec: Spec, state: State, windows: Sequence[Window], now: float, *,
+         assessment: Assessment | None = None) -> list[Change]:
+    """The changes the controller makes now. Empty when nothing is due.
+
+    `assessment`, when the caller has already made it (`assess` with the same arguments), is used as is.
+    """
     if state.status == ROLLING_BACK:
         return _ramp_down(spec, state, windows, now)
     if state.status not in (RUNNING, AWAITING_APPROVAL) or state.stage_index + 1 >= len(spec.stages):
         return []
-    a = assess(spec, state, windows, now)
+    a = assessment or assess(spec, state, windows, now)
     changes: list[Change] = []
     if a.judgement.summary() != state.verdicts:
         changes.append(_verdict_change(state, a.judgement))

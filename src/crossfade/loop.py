@@ -131,7 +131,7 @@ class ControllerLoop:
         entered = state.stage_entered_at if state.stage_entered_at is not None else now
         windows = self.backend.windows(state.name, stage=state.stage, since=entered - WINDOW_MARGIN)
         assessment = assess(spec, state, windows, now) if state.stage_index + 1 < len(spec.stages) else None
-        changes = step(spec, state, windows, now)
+        changes = step(spec, state, windows, now, assessment=assessment)
         if not changes:
             return Tick(state.name, (), assessment)
         after, events = seal(state, changes, actor=self.actor, now=now)
