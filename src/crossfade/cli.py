@@ -670,13 +670,18 @@ def db_upgrade(url: Url = None) -> None:
 
 @app.command()
 def demo(
-    keep: Annotated[bool, typer.Option("--keep", help="Keep the demo database to explore with status/history.")] = False,
-    calls: Annotated[int, typer.Option("--calls", min=10, help="Calls sent per stage.")] = 400,
+    faulty: Annotated[bool, typer.Option("--faulty", help="Only the faulty candidate's story.")] = False,
+    speed: Annotated[float, typer.Option("--speed", min=0.0, help="Simulated seconds per real second "
+                                         "(0: as fast as possible).")] = 600.0,
+    keep: Annotated[Path | None, typer.Option("--keep", help="Keep each story's database (FILE-1.db, "
+                                              "FILE-2.db) to explore with status and history.")] = None,
 ) -> None:
-    """Walk a bundled migration through its stages by hand, on synthetic legacy and candidate services."""
+    """Watch the controller run a bundled migration on simulated traffic: a healthy candidate shadows,
+    ramps and completes; a faulty one is caught and rolled back. Under a minute; exit 0 when both end so."""
     from crossfade.demo import run_demo
 
-    raise typer.Exit(run_demo(out, calls_per_stage=calls, keep=keep))
+    target = None if keep is None else f"sqlite:///{keep.resolve().with_suffix('.db')}"
+    raise typer.Exit(run_demo(out, speed=speed, faulty_only=faulty, keep=target))
 
 
 def main() -> None:

@@ -1,20 +1,28 @@
-"""`crossfade demo`: a bundled migration walked stage by stage by hand, on synthetic legacy and candidate services."""
+"""`crossfade demo`: a bundled migration run by the real controller on simulated traffic, shown live.
+
+Two stories. A healthy candidate shadows legacy, ramps through every stage (the demo gives the one approval
+the spec asks for) and completes; then a candidate that turns faulty part-way is caught by the gates and
+rolled back. Each story runs in virtual time through the real SDK, backend and controller
+(`crossfade.simulate`), paced so that a person can watch it, and ends with its audit log verified.
+"""
 
 from __future__ import annotations
 
-import random
-import tempfile
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from crossfade.events import verify
-from crossfade.sdk import Client
-from crossfade.spec import format_percent, load_spec
+from crossfade.judge import format_rate
+from crossfade.routing import CANDIDATE, LEGACY
+from crossfade.simulate import SimResult, SimTick, Workload, parse_arm, parse_fault, simulate
+from crossfade.spec import Spec, format_duration, format_percent, load_spec
 
 SPEC = """\
 name: demo-pricing
@@ -22,93 +30,174 @@ description: Move cart pricing from the rules engine to the new pricing service
 owner: payments-team
 key: customer id
 stages:
-  - {name: canary-1, traffic: 1%}
-  - {name: canary-10, traffic: 10%}
-  - {name: rollout-50, traffic: 50%}
+  - {name: shadow, traffic: 0%, shadow: 100%, hold: 10m}
+  - {name: canary-1, traffic: 1%, hold: 15m, min_samples: 300}
+  - {name: canary-10, traffic: 10%, hold: 20m}
+  - {name: rollout-25, traffic: 25%, hold: 30m, approval: true}
+  - {name: rollout-50, traffic: 50%, hold: 30m}
   - {name: complete, traffic: 100%}
-fallback: {on_error: true, timeout: 50ms}
-allow: [qa-robot]
+gates:
+  error_rate: {max_increase: 0.5%}
+  latency: {quantile: p95, max_ratio: 1.2}
+  cost: {max_ratio: 1.5}
+triggers:
+  - {metric: error_rate, above: 10%, window: 5m, min_samples: 100}
+on_failure: rollback
+rollback: {mode: immediate}
+analysis: {interval: 1m, confidence: 99%}
+fallback: {on_error: true, timeout: 2s}
 """
 
-
-def legacy_price(cart: dict[str, Any]) -> float:
-    """The rules engine: slow-ish and steady."""
-    time.sleep(random.lognormvariate(-7.0, 0.3))  # about 0.9 ms
-    return round(sum(cart["items"]) * 1.2, 2)
-
-
-def candidate_price(cart: dict[str, Any]) -> float:
-    """The new service: faster, but 3% of its calls fail and 0.5% hang past the timeout."""
-    roll = random.random()
-    if roll < 0.005:
-        time.sleep(0.2)
-    elif roll < 0.035:
-        raise ConnectionError("pricing-service: 503")
-    time.sleep(random.lognormvariate(-7.4, 0.3))  # about 0.6 ms
-    return round(sum(cart["items"]) * 1.2, 2)
+RPS = 100.0
+LEGACY_ARM = "errors=1% latency=lognormal(80ms,0.4) cost=0.002"
+HEALTHY_ARM = "errors=0.9% latency=x0.9 cost=x1.1"
+FAULTY_ARM = "errors=4% latency=x1.6 cost=x1.1"
+FAULT_AT = "40m"
 
 
-def run_demo(console: Console, *, calls_per_stage: int = 400, keep: bool = False) -> int:
-    """Apply the bundled spec, start it, send traffic and promote stage by stage; returns an exit code."""
-    workdir = Path(tempfile.mkdtemp(prefix="crossfade-demo-"))
-    url = f"sqlite:///{workdir / 'demo.db'}"
+@dataclass(frozen=True, slots=True)
+class Story:
+    """One run of the demo: its title, the workload, and the ending it is meant to show."""
+
+    title: str
+    workload: Workload
+    expected: str
+
+
+def stories(*, faulty_only: bool = False) -> list[Story]:
+    """The healthy story, then the faulty one (or only the faulty one)."""
+    legacy = parse_arm(LEGACY_ARM, label="legacy")
+    healthy = Story("a healthy candidate", Workload(rps=RPS, legacy=legacy, keys=20_000,
+                                                   candidate=parse_arm(HEALTHY_ARM, base=legacy)), "completed")
+    faulty = Story(f"a candidate that turns faulty after {FAULT_AT}",
+                   Workload(rps=RPS, legacy=legacy, keys=20_000, candidate=parse_arm(FAULTY_ARM, base=legacy),
+                            fault=parse_fault("step", FAULT_AT)), "rolled_back")
+    return [faulty] if faulty_only else [healthy, faulty]
+
+
+def run_demo(console: Console, *, speed: float = 600.0, faulty_only: bool = False, keep: str | None = None,
+             seed: int = 7) -> int:
+    """Play the stories at `speed` simulated seconds per real second; 0 when each ends as it should."""
     spec = load_spec(SPEC, source_name="demo-pricing.yaml")
     console.print(f"[bold]crossfade demo[/bold]: {spec.description}")
-    console.print(f"backend {url}")
-    console.print("every call: [cyan]mig.run(customer_id, legacy_price, candidate_price, cart)[/cyan]; "
-                  "the candidate fails 3% of calls and hangs on 0.5%, and each failure falls back to legacy\n")
-    with Client(url, refresh=3600) as cf:
-        cf.apply(spec, actor="demo")
-        mig = cf.migration(spec.name)
-        mig.start("demo: begin at the first canary", actor="demo")
-        seen_errors = 0
-        for index, stage in enumerate(spec.stages):
-            if index:
-                mig.promote(f"demo: {spec.stages[index - 1].name} looked healthy", actor="demo")
-            seen_errors += _traffic(mig.run, calls_per_stage)
-            cf.flush(everything=True)
-            _show_stage(console, cf, spec.name, stage.name, format_percent(stage.traffic))
-        state = mig.state()
-        events = mig.history()
-        problem = verify(events, head=(state.seq, state.head))
-        console.print(f"\n[bold]{state.name} is {state.status}[/bold] after {len(spec.stages)} stages; "
-                      f"exceptions seen by callers: {seen_errors}")
-        for event in events:
-            console.print(f"  #{event.seq} {event.type:<10} by {event.actor}: {event.reason}")
-        console.print("audit log: " + ("[green]intact[/green]" if problem is None else f"[red]{problem}[/red]")
-                      + f" ({len(events)} events, hash-chained)")
-        console.print("stages were moved by hand here; `crossfade promote`, `pause`, `rollback` do the same "
-                      "from a shell")
-    if keep:
-        console.print(f"\nkept: crossfade status --url {url}   |   crossfade history {spec.name} --url {url}")
-    else:
-        for path in workdir.iterdir():
-            path.unlink()
-        workdir.rmdir()
-    return 0 if problem is None and seen_errors == 0 else 1
+    console.print(f"every call: [cyan]mig.run(customer_id, rules_engine, pricing_service, cart)[/cyan] at "
+                  f"{RPS:g} calls/s; legacy: {LEGACY_ARM}")
+    ok = True
+    for number, story in enumerate(stories(faulty_only=faulty_only), start=1):
+        database = None if keep is None else keep.replace(".db", f"-{number}.db")
+        result = _play(console, spec, story, speed=speed, seed=seed + number, database=database)
+        ok &= _summarise(console, story, result, database)
+    return 0 if ok else 1
 
 
-def _traffic(run: Callable[..., float], calls: int) -> int:
-    """Send calls from 200 customers through `run`; returns how many exceptions reached the caller."""
-    errors = 0
-    for i in range(calls):
-        customer = "qa-robot" if i % 97 == 0 else f"customer-{random.randrange(200)}"
-        cart = {"items": [random.randrange(1, 50) for _ in range(3)]}
-        try:
-            run(customer, legacy_price, candidate_price, cart)
-        except Exception:
-            errors += 1
-    return errors
+def _play(console: Console, spec: Spec, story: Story, *, speed: float, seed: int, database: str | None) -> SimResult:
+    console.rule(f"[bold]{story.title}[/bold]: candidate {story.workload.candidate.describe()}")
+    interval = spec.analysis.interval
+    notes: list[str] = []
+    with Live(_view(spec, None, notes), console=console, refresh_per_second=8, transient=False) as live:
+
+        def on_tick(tick: SimTick) -> None:
+            for event in tick.events:
+                notes.append(_note(tick, event.type, event.actor, event.reason or ""))
+            live.update(_view(spec, tick, notes))
+            if speed > 0 and console.is_terminal:
+                time.sleep(interval / speed)
+
+        result = simulate(spec, story.workload, seed=seed, on_tick=on_tick, database=database)
+    console.print()
+    return result
 
 
-def _show_stage(console: Console, cf: Client, name: str, stage: str, traffic: str) -> None:
-    from crossfade.telemetry import merge_windows
+def _note(tick: SimTick, kind: str, actor: str, reason: str) -> str:
+    when = format_duration(round(tick.elapsed))
+    if kind == "verdict":
+        return f"+{when} verdicts: {reason}"
+    who = "the demo, as an operator" if actor == "simulation" else actor.split("@")[0]
+    return f"+{when} [bold]{kind}[/bold] by {who}: {reason}"
 
-    cells = merge_windows(cf.backend().windows(name, stage=stage))
-    table = Table(title=f"stage {stage}: candidate traffic {traffic}", title_justify="left", box=None)
-    for column in ("arm", "calls", "errors", "fallbacks", "timeouts", "p50", "p95"):
-        table.add_column(column, justify="left" if column == "arm" else "right")
-    for arm, cell in sorted(cells.items()):
-        table.add_row(arm, str(cell.calls), str(cell.errors), str(cell.fallbacks), str(cell.timeouts),
-                      f"{cell.latency.quantile(0.5) * 1000:.2f}ms", f"{cell.latency.quantile(0.95) * 1000:.2f}ms")
-    console.print(table)
+
+def _ladder(spec: Spec, tick: SimTick | None) -> Text:
+    text = Text()
+    current = tick.state.stage if tick is not None else None
+    status = tick.state.status if tick is not None else "draft"
+    for i, stage in enumerate(spec.stages):
+        label = f" {stage.name} {format_percent(stage.traffic)}" + (" (approval)" if stage.approval else "") + " "
+        if stage.name == current:
+            style = {"rolled_back": "bold white on red", "completed": "bold white on green"}.get(
+                status, "bold black on yellow")
+        else:
+            style = "dim"
+        text.append(label, style=style)
+        if i + 1 < len(spec.stages):
+            text.append(" > ", style="dim")
+    return text
+
+
+def _view(spec: Spec, tick: SimTick | None, notes: Sequence[str]) -> Panel:
+    parts: list = [_ladder(spec, tick)]
+    if tick is not None:
+        state = tick.state
+        split = Text(f"{state.status}, +{format_duration(round(tick.elapsed))} simulated; candidate traffic "
+                     f"{format_percent(state.traffic)}" + (f", shadow {format_percent(state.shadow)}"
+                                                            if state.shadow else ""))
+        parts.append(split)
+        arms = Table(box=None, pad_edge=False, title_justify="left")
+        for column in ("arm", "calls", "error rate", "p95"):
+            arms.add_column(column, justify="left" if column == "arm" else "right")
+        for arm in (LEGACY, CANDIDATE):
+            cell = tick.cells.get(arm)
+            if cell is None or not cell.calls:
+                arms.add_row(arm, "0", "-", "-")
+                continue
+            arms.add_row(arm, str(cell.calls), format_rate(cell.errors / cell.calls),
+                         f"{cell.latency.quantile(0.95) * 1000:.0f}ms")
+        parts.append(arms)
+        if tick.assessment is not None:
+            gates = Table(box=None, pad_edge=False)
+            gates.add_column("gate")
+            gates.add_column("verdict")
+            gates.add_column("estimate (interval) against the limit")
+            for g in tick.assessment.judgement.gates:
+                colour = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}.get(g.verdict, "dim")
+                gates.add_row(g.gate, f"[{colour}]{g.verdict}[/{colour}]", _numbers(g))
+            parts.append(gates)
+            if tick.assessment.waiting_for and state.status in ("running", "awaiting_approval"):
+                parts.append(Text(f"waiting for {tick.assessment.waiting_for}", style="dim"))
+    parts.extend(Text.from_markup(n) for n in notes[-6:])
+    return Panel(Group(*parts), title=spec.name, border_style="blue")
+
+
+def _numbers(g) -> str:
+    if g.estimate is None:
+        return "no data yet"
+    if g.gate == "error_rate":
+        return f"{g.estimate * 100:+.2f} pp ({_pp(g.lower)}..{_pp(g.upper)}) vs +{g.limit * 100:g} pp"
+    return f"x{g.estimate:.2f} ({_x(g.lower)}..{_x(g.upper)}) vs x{g.limit:g}"
+
+
+def _pp(x: float | None) -> str:
+    return "-inf" if x is None or x == float("-inf") else f"{x * 100:+.2f}"
+
+
+def _x(x: float | None) -> str:
+    return "inf" if x is None or x == float("inf") else f"{x:.2f}"
+
+
+def _summarise(console: Console, story: Story, result: SimResult, database: str | None) -> bool:
+    problem = verify(list(result.events))
+    as_meant = result.outcome == story.expected
+    colour = "green" if as_meant else "red"
+    console.print(f"[{colour}]{result.summary()}[/{colour}]")
+    if result.detected_s is not None and story.expected == "rolled_back":
+        console.print(f"  caught {format_duration(round(result.detected_s - _fault_at()))} after the fault began, "
+                      f"with {result.exposed} candidate calls served meanwhile (each failed call fell back to legacy)")
+    console.print("  audit log: " + ("[green]intact[/green]" if problem is None else f"[red]{problem}[/red]")
+                  + f" ({len(result.events)} events, hash-chained)")
+    if database is not None:
+        console.print(f"  kept: crossfade status --url {database}   crossfade history demo-pricing --url {database}")
+    return as_meant and problem is None
+
+
+def _fault_at() -> float:
+    fault = parse_fault("step", FAULT_AT)
+    return fault.at if fault is not None else 0.0
