@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crossfade import __version__
 from crossfade.backends.base import Backend, BackendError, BackendUnavailable, ConflictError
@@ -109,6 +110,7 @@ def _error(status: int, kind: str, message: str, problems: Sequence[Problem] | N
 
 # Every route may answer with these; declared so the OpenAPI document (and schemathesis) knows them.
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Error, "description": "The body is not JSON"},
     401: {"model": Error, "description": "No token, or an unknown or revoked one"},
     403: {"model": Error, "description": "The token's role is too small"},
     422: {"model": Error, "description": "Invalid input: every problem, with where it is"},
@@ -441,6 +443,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def on_auth(request: Request, exc: AuthError) -> Response:
         kind = {401: "Unauthorized", 403: "Forbidden", 429: "TooManyAttempts"}.get(exc.status, "AuthError")
         return _error(exc.status, kind, exc.message, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI's own refusals (a body that is not JSON, an unknown path): the same shape as ours.
+        return _error(exc.status_code, "HTTPError", str(exc.detail), headers=dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> Response:

@@ -123,7 +123,7 @@ function gateRow(g) {
   </svg>`;
   const n = g.samples ? `${g.samples.candidate ?? 0} / ${g.samples.legacy ?? 0}` : "";
   return `<tr class="gate" data-gate="${esc(g.gate)}"><td>${esc(g.gate)}</td><td class="verdict ${esc(g.verdict)}">${esc(g.verdict)}</td>
-    <td>${svg}</td><td class="num">${fmt(g.estimate)} (${fmt(g.lower)}..${fmt(g.upper)}) limit ${fmt(g.limit)}</td><td class="num">${n}</td></tr>
+    <td>${svg}</td><td class="num">${g.estimate == null ? "-" : `${fmt(g.estimate)} (${fmt(g.lower)}..${fmt(g.upper)})`} limit ${fmt(g.limit)}</td><td class="num">${n}</td></tr>
     <tr><td></td><td colspan="4" class="muted">${esc(g.message)}</td></tr>`;
 }
 
