@@ -107,7 +107,7 @@ def test_audit_verify_passes_then_names_the_tampered_event(tmp_path, url):
     cli("promote", "m", "--url", url)
     assert "intact (3 events" in cli("audit", "verify", "m", "--url", url)
     db = sqlite3.connect(str(tmp_path / "cf.db"))
-    db.execute("UPDATE events SET actor = 'mallory' WHERE migration = 'm' AND seq = 2")
+    db.execute("UPDATE crossfade_events SET actor = 'mallory' WHERE migration = 'm' AND seq = 2")
     db.commit()
     db.close()
     out = cli("audit", "verify", "m", "--url", url, code=1)
@@ -184,6 +184,9 @@ def test_status_shows_verdicts_and_run_controller_acts_on_them(tmp_path, url):
     view = json.loads(cli("status", "m", "--url", url, "--json"))["controller"]
     assert view["gates"][0]["verdict"] == "FAIL"
     assert "FAIL" in cli("status", "m", "--url", url) and "is above the allowed +1.00 pp" in cli("status", "--url", url)
+    dry = cli("run-controller", "--dry-run", "--url", url)
+    assert "would write" in dry and "rolled_back" in dry
+    assert json.loads(cli("status", "m", "--url", url, "--json"))["status"] == "running"
     assert "rolled_back" in cli("run-controller", "--once", "--url", url)
     assert json.loads(cli("status", "m", "--url", url, "--json"))["status"] == "rolled_back"
     history = cli("history", "m", "--url", url)

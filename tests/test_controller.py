@@ -163,3 +163,28 @@ def test_what_the_controller_writes_folds_back_to_its_state_and_verifies():
     run = Run(gradual(), candidate_errors=0.08).minutes(30)
     assert fold("m", run.events) == run.state
     assert verify(run.events, head=(run.state.seq, run.state.head)) is None
+
+
+def _skewed(run, share):
+    """Telemetry where the candidate gets `share` of the calls whatever its traffic (popular keys)."""
+    for arm, part in (("candidate", share), ("legacy", 1 - share)):
+        c = Cell()
+        c.calls = int(2000 * part)
+        c.errors = int(c.calls * 0.01)
+        for _ in range(c.calls):
+            c.latency.add(0.05)
+        run.windows.append(Window("m", run.state.stage, arm, run.now, 60.0, c))
+
+
+def test_a_broken_sample_ratio_is_reported_and_holds_only_when_asked():
+    s = spec(stages=[{"name": "a", "traffic": "10%", "hold": "1m"}, {"traffic": "100%"}])
+    run = Run(s)
+    _skewed(run, 0.05)
+    run.now += 120
+    a = assess(s, run.state, run.windows, run.now)
+    assert a.judgement.split_broken and a.to_dict()["sample_ratio"]["observed"] == 0.05
+    assert step(s, run.state, run.windows, run.now)[-1].type == "promoted"
+    held = spec(stages=[{"name": "a", "traffic": "10%", "hold": "1m"}, {"traffic": "100%"}],
+                analysis={"interval": "1m", "sample_ratio": "hold"})
+    assert "sample ratio: 5.00% of calls on the candidate" in assess(held, run.state, run.windows, run.now).waiting_for
+    assert all(c.type == "verdict" for c in step(held, run.state, run.windows, run.now))

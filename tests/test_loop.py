@@ -150,7 +150,11 @@ def test_kill_9_at_random_points_loses_and_doubles_nothing(tmp_path):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         command = [sys.executable, "-m", "crossfade", "run-controller", "--url", url, "--poll", "0.05"]
         try:
-            for _ in range(50):
+            # 50 kills, and on until the controller has promoted 10 times between them (a loaded machine
+            # gives it less time per life), at most 150.
+            kills = 0
+            while kills < 150 and (kills < 50 or sum(e.type == "promoted" for e in mig.history()) < 10):
+                kills += 1
                 state = mig.state()
                 if state.status == "completed":  # keep the controller busy: another attempt
                     mig.rollback("test: next attempt")
@@ -173,3 +177,44 @@ def test_kill_9_at_random_points_loses_and_doubles_nothing(tmp_path):
     assert fold("k", events) == state
     assert verify(events, head=(state.seq, state.head)) is None
     _transitions_are_single(events)
+
+
+def _shadow_run(url, candidate_fails):
+    spec = {
+        "name": "s",
+        "stages": [{"name": "shadow", "traffic": "0%", "shadow": "100%"}, {"traffic": "50%"}, {"traffic": "100%"}],
+        "gates": {"error_rate": {"max_increase": "2%"}, "mismatch_rate": {"max": "5%"}},
+        "shadow": {"max_pending": 5000},
+    }
+    with crossfade.connect(url, refresh=3600) as cf:
+        cf.apply(spec)
+        mig = cf.migration("s")
+        mig.start()
+
+        def candidate(i):
+            if candidate_fails and i % 4 == 0:
+                raise RuntimeError("candidate bug")
+            return {"total": i}
+
+        for i in range(2000):
+            assert mig.run(i, lambda i: {"total": i}, candidate, i) == {"total": i}
+        deadline = time.monotonic() + 30
+        while cf.stats()["shadow_runs"] < 2000 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        cf.flush(everything=True)
+        ControllerLoop(cf.backend()).tick()
+        cells = {w.arm: w.cell for w in cf.backend().windows("s")}
+        return mig.state(), mig.history(), cells
+
+
+def test_a_shadow_stage_is_judged_on_the_shadow_runs_and_left_when_healthy(sqlite_url):
+    state, _, cells = _shadow_run(sqlite_url, candidate_fails=False)
+    assert cells["candidate"].calls == 2000 and cells["candidate"].compared == 2000
+    assert (state.status, state.stage) == ("running", "stage-2")
+
+
+def test_a_shadow_stage_rolls_back_a_candidate_that_fails_in_the_shadow(sqlite_url):
+    state, events, cells = _shadow_run(sqlite_url, candidate_fails=True)
+    assert cells["candidate"].errors == 500
+    assert state.status == "rolled_back"
+    assert "candidate error rate +25.00 pp" in events[-1].reason

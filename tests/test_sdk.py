@@ -346,8 +346,8 @@ def test_two_writers_can_never_both_move_a_migration(tmp_path):
             t.start()
         for t in threads:
             t.join()
-        assert a.migration("m").state().stage == "stage-2"
-        assert sum(isinstance(r, crossfade.Event) for r in results) == 1
+        assert a.migration("m").state().stage == "stage-2", results
+        assert sum(isinstance(r, crossfade.Event) for r in results) == 1, results
 
 
 def _record_in_child(url, name, n):

@@ -229,6 +229,8 @@ def run_controller(
     url: Url = None,
     once: Annotated[bool, typer.Option("--once", help="One tick, then exit.")] = False,
     poll: Annotated[float, typer.Option("--poll", help="Seconds between looks for due migrations.")] = 1.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="One tick: print the events it would write, "
+                                          "write nothing.")] = False,
 ) -> None:
     """Run the controller: judge each active migration every analysis interval and act on it.
 
@@ -247,11 +249,12 @@ def run_controller(
         backend = open_backend(target)
     except BackendError as exc:
         _fail(str(exc))
-    loop = ControllerLoop(backend, names=names or None, on_tick=_print_tick)
+    loop = ControllerLoop(backend, names=names or None, on_tick=_print_dry_tick if dry_run else _print_tick,
+                          dry_run=dry_run)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        if once:
+        if once or dry_run:
             loop.tick()
             loop.release()
         else:
@@ -268,6 +271,14 @@ def run_controller(
 def _print_tick(tick: Any) -> None:
     for event in tick.events:
         _print_event(event)
+
+
+def _print_dry_tick(tick: Any) -> None:
+    for event in tick.events:
+        _print_event(event, dry_run=True)
+    if not tick.events:
+        out.print(f"{tick.migration}: nothing to do now" + (f" (waiting for {tick.assessment.waiting_for})"
+                                                             if tick.assessment and tick.assessment.waiting_for else ""))
 
 
 @app.command()
@@ -374,6 +385,29 @@ def _seconds(option: str, text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise ValueError(f"{option} {text}: {exc}") from None
+
+
+@app.command()
+def plan(
+    file: Annotated[Path, typer.Argument(help="The spec file.")],
+    rps: Annotated[float | None, typer.Option("--rps", min=0.001, help="Calls per second to simulate the "
+                                               "timeline at (without it: no simulation).")] = None,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Simulated runs per scenario.")] = 20,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the plan here.")] = None,
+) -> None:
+    """Render a Markdown migration plan: phases, success criteria, rollback, testing, timeline, communication."""
+    from crossfade.plandoc import estimate, render
+
+    try:
+        spec = load_spec(file)
+    except SpecError as exc:
+        _fail(str(exc), 2)
+    document = render(spec, estimate(spec, rps=rps, runs=runs) if rps else None)
+    if output is None:
+        sys.stdout.write(document)
+    else:
+        output.write_text(document)
+        out.print(f"wrote {output}")
 
 
 # -- reading ------------------------------------------------------------------------------------

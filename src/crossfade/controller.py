@@ -54,6 +54,11 @@ class Assessment:
             "samples": {CANDIDATE: self.samples[0], LEGACY: self.samples[1]},
             "hold_left_s": self.hold_left,
             "waiting_for": self.waiting_for,
+            "sample_ratio": None if self.judgement.sample_ratio is None else {
+                "expected": self.judgement.sample_ratio.expected_fraction,
+                "observed": self.judgement.sample_ratio.observed_fraction,
+                "p_value": self.judgement.sample_ratio.p_value,
+            },
         }
 
 
@@ -72,7 +77,8 @@ def stage_cells(state: State, windows: Sequence[Window]) -> dict[str, Cell]:
 def assess(spec: Spec, state: State, windows: Sequence[Window], now: float) -> Assessment:
     """Judge the current stage and list what stands between it and the next."""
     cells = stage_cells(state, windows)
-    judgement = judge(spec, cells, look=look_number(spec, state, now), traffic=state.traffic)
+    judgement = judge(spec, cells, look=look_number(spec, state, now), traffic=state.traffic,
+                      shadowing=state.shadow > 0 or state.shadow_legacy > 0)
     firings = tuple(check_triggers(spec, windows, now))
     stage = spec.stages[state.stage_index]
     calls = (cells[CANDIDATE].calls if CANDIDATE in cells else 0, cells[LEGACY].calls if LEGACY in cells else 0)
@@ -84,7 +90,7 @@ def assess(spec: Spec, state: State, windows: Sequence[Window], now: float) -> A
         waiting.append(f"samples: {calls[0]} candidate and {calls[1]} legacy of {stage.min_samples} per arm")
     if not min(calls) or judgement.nodata:
         waiting.append("data: " + ("; ".join(g.message for g in judgement.nodata) or "no calls on one arm yet"))
-    if judgement.split_broken:
+    if judgement.split_broken and spec.analysis.sample_ratio == "hold":
         ratio = judgement.sample_ratio
         waiting.append(f"sample ratio: {ratio.observed_fraction:.2%} of calls on the candidate where routing "
                        f"sends {ratio.expected_fraction:.2%} (p={ratio.p_value:.1g}); check routing and recording")

@@ -115,8 +115,13 @@ def enabled_gates(spec: Spec) -> list[str]:
                                   ("mismatch_rate", g.mismatch_rate)) if on is not None]
 
 
-def judge(spec: Spec, cells: Mapping[str, Cell], *, look: int, traffic: float) -> Judgement:
-    """Judge a stage on its per-arm cells at the `look`-th look (1-based); `traffic` is its candidate share."""
+def judge(spec: Spec, cells: Mapping[str, Cell], *, look: int, traffic: float, shadowing: bool = False
+          ) -> Judgement:
+    """Judge a stage on its per-arm cells at the `look`-th look (1-based); `traffic` is its candidate share.
+
+    With `shadowing`, shadow runs add calls to an arm beyond what routing sends it, so the sample-ratio
+    check (which compares calls per arm with the traffic split) is not made.
+    """
     alpha = gate_alpha(spec)
     candidate = cells.get(CANDIDATE) or Cell()
     legacy = cells.get(LEGACY) or Cell()
@@ -131,7 +136,7 @@ def judge(spec: Spec, cells: Mapping[str, Cell], *, look: int, traffic: float) -
     if g.mismatch_rate is not None:
         verdicts.append(_mismatch(candidate, g.mismatch_rate.max, alpha))
     ratio = None
-    if 0.0 < traffic < 1.0 and candidate.calls and legacy.calls:
+    if 0.0 < traffic < 1.0 and candidate.calls and legacy.calls and not shadowing:
         ratio = sample_ratio(candidate.calls, legacy.calls, traffic)
     shift = mann_whitney(candidate.latency, legacy.latency) if candidate.calls and legacy.calls else None
     return Judgement(tuple(verdicts), look, ratio, shift)

@@ -78,6 +78,7 @@ class ControllerLoop:
         holder: str | None = None,
         names: Iterable[str] | None = None,
         on_tick: Callable[[Tick], None] | None = None,
+        dry_run: bool = False,
     ) -> None:
         self.backend = backend
         self.clock = clock or SystemClock()
@@ -85,6 +86,9 @@ class ControllerLoop:
         self.actor = f"{ACTOR}@{self.holder}"
         self.names = set(names) if names is not None else None
         self.on_tick = on_tick
+        # A dry run decides as usual and hands the sealed events to on_tick, but neither takes a lease nor
+        # appends anything.
+        self.dry_run = dry_run
         self._due: dict[str, float] = {}
         self._specs: dict[tuple[str, int], Spec] = {}
         self._held: set[str] = set()
@@ -120,7 +124,7 @@ class ControllerLoop:
         spec = self._spec(state)
         interval = spec.analysis.interval
         self._due[state.name] = now + interval
-        if not self.backend.acquire_lease(f"controller:{state.name}", self.holder, 3 * interval, now):
+        if not self.dry_run and not self.backend.acquire_lease(f"controller:{state.name}", self.holder, 3 * interval, now):
             self._held.discard(state.name)
             return Tick(state.name, (), None, "another controller holds the lease")
         self._held.add(state.name)
@@ -131,6 +135,8 @@ class ControllerLoop:
         if not changes:
             return Tick(state.name, (), assessment)
         after, events = seal(state, changes, actor=self.actor, now=now)
+        if self.dry_run:
+            return Tick(state.name, tuple(events), assessment, "dry run: nothing written")
         try:
             self.backend.append(state.name, state.seq, events, state=after)
         except ConflictError as exc:

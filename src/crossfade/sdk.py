@@ -340,9 +340,10 @@ class Client:
         return runner
 
     def _shadow_hung(self, payload: Any) -> None:
-        handle, stage = payload[0], payload[1]
+        handle, stage, served_arm, settings = payload[0], payload[1], payload[2], payload[9]
         self.count("shadow_timeouts", 1)
         self.comparisons.count(handle.name, stage, "timeouts")
+        handle._record_shadow_run(stage, served_arm, round(settings.timeout * 1e9), failed=True, timed_out=True)
 
     def _start_thread(self) -> None:
         self._stop = threading.Event()
@@ -702,6 +703,22 @@ class Migration:
         self.client.count("shadow_dropped")
         self.client.comparisons.count(self.name, stage, "dropped")
 
+    def _record_shadow_run(self, stage: str, served_arm: str, elapsed_ns: int, *, failed: bool,
+                           timed_out: bool = False) -> None:
+        """Count a shadow run as a call of the arm that ran it: its errors and its own execution time are
+        that arm's behaviour whether or not its answer was served, and a shadow stage is judged on them."""
+        try:
+            arm = CANDIDATE if served_arm is LEGACY else LEGACY
+            cell = self._recorder.cell(self._now(), cell_key(self.name, stage, arm))
+            cell.calls += 1
+            if failed:
+                cell.errors += 1
+            if timed_out:
+                cell.timeouts += 1
+            cell.latency.add(elapsed_ns * 1e-9)
+        except Exception:
+            self.client.counters["recording_errors"] += 1
+
     def _compare(self, stage: str, served_arm: str, served: Outcome, other: Outcome, again: Outcome | None,
                  settings: ShadowSettings, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Compare a shadow run's answer with the served one, off the request path, and record it."""
@@ -1029,7 +1046,9 @@ def _shadow_sync(payload: tuple[Any, ...], slot: list[Any]) -> None:
     client.count("shadow_runs")
     served = Outcome(value, error)
     started = time.monotonic()
+    start_ns = handle._now()
     answer = call(other, args, kwargs)
+    elapsed_ns = handle._now() - start_ns
     repeat = None if again is None else call(again, args, kwargs)
     if time.monotonic() - started > settings.timeout:
         runner = client._runners.get(handle.name)
@@ -1037,7 +1056,9 @@ def _shadow_sync(payload: tuple[Any, ...], slot: list[Any]) -> None:
         if runner is None or runner.claim_timeout(slot):
             client.count("shadow_timeouts", 1)
             client.comparisons.count(handle.name, stage, "timeouts")
+            handle._record_shadow_run(stage, served_arm, elapsed_ns, failed=True, timed_out=True)
         return
+    handle._record_shadow_run(stage, served_arm, elapsed_ns, failed=answer.error is not None)
     handle._compare(stage, served_arm, served, answer, repeat, settings, args, kwargs)
 
 
@@ -1048,17 +1069,21 @@ async def _shadow_async(payload: tuple[Any, ...]) -> None:
     client.count("shadow_runs")
     served = Outcome(value, error)
     deadline = asyncio.timeout(settings.timeout)
+    start_ns = handle._now()
     try:
         try:
             async with deadline:
                 answer = await _acall(other, args, kwargs)
+                elapsed_ns = handle._now() - start_ns
                 repeat = None if again is None else await _acall(again, args, kwargs)
         except TimeoutError:
             if not deadline.expired():
                 raise
             client.count("shadow_timeouts", 1)
             client.comparisons.count(handle.name, stage, "timeouts")
+            handle._record_shadow_run(stage, served_arm, handle._now() - start_ns, failed=True, timed_out=True)
             return
+        handle._record_shadow_run(stage, served_arm, elapsed_ns, failed=answer.error is not None)
         handle._compare(stage, served_arm, served, answer, repeat, settings, args, kwargs)
     except Exception:  # crossfade's own failure: counted, never left as an unretrieved task exception
         client.counters["internal_errors"] += 1

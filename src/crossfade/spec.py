@@ -68,6 +68,7 @@ ON_FAILURE: Final = ("rollback", "step_back", "pause")
 ROLLBACK_MODES: Final = ("immediate", "gradual")
 ON_NODATA: Final = ("hold", "pause")
 PROMOTE_WHEN: Final = ("no_regression", "proven")
+SAMPLE_RATIO: Final = ("report", "hold")
 QUANTILES: Final = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 
 _NAME_RE: Final = re.compile(NAME_PATTERN)
@@ -310,12 +311,18 @@ class Analysis:
 
     ``promote_when: no_regression`` promotes once no gate shows the candidate worse; ``proven`` waits until
     every gate shows, at ``confidence``, that it is within bounds.
+
+    ``sample_ratio`` is what a broken split of calls between the arms (chi-square p < 0.001) does:
+    ``report`` (the default) shows it; ``hold`` holds the stage. Holding is for keys of even popularity
+    (or routing per request): with sticky keys of skewed popularity the arms' share of calls differs from
+    their share of keys without anything being wrong (a 10% stage may see 5% of the calls).
     """
 
     interval: float = 30.0
     confidence: float = 0.99
     on_nodata: str = "hold"
     promote_when: str = "no_regression"
+    sample_ratio: str = "report"
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +449,8 @@ class Spec:
                 "confidence": self.analysis.confidence,
                 "on_nodata": self.analysis.on_nodata,
                 "promote_when": self.analysis.promote_when,
+                # Left out at its default so that specs written before it keep their digest.
+                **({} if self.analysis.sample_ratio == "report" else {"sample_ratio": self.analysis.sample_ratio}),
             },
             "fallback": _without_none({"on_error": self.fallback.on_error, "timeout": self.fallback.timeout}),
             **({} if self.shadow == ShadowSettings() else {"shadow": _fields(self.shadow)}),
@@ -927,6 +936,7 @@ class _Reader:
             confidence=self.get(data, "confidence", "analysis", _confidence, 0.99),
             on_nodata=self.get(data, "on_nodata", "analysis", _choice(ON_NODATA), "hold"),
             promote_when=self.get(data, "promote_when", "analysis", _choice(PROMOTE_WHEN), "no_regression"),
+            sample_ratio=self.get(data, "sample_ratio", "analysis", _choice(SAMPLE_RATIO), "report"),
         )
 
     def fallback(self, value: object) -> Any:
@@ -991,7 +1001,7 @@ _GATE_READERS: Final[dict[str, tuple[tuple[str, ...], str, Callable[[_Reader, Ma
 }
 _TRIGGER_KEYS: Final = ("metric", "above", "window", "min_samples", "for")
 _ROLLBACK_KEYS: Final = ("mode", "steps", "every")
-_ANALYSIS_KEYS: Final = ("interval", "confidence", "on_nodata", "promote_when")
+_ANALYSIS_KEYS: Final = ("interval", "confidence", "on_nodata", "promote_when", "sample_ratio")
 _FALLBACK_KEYS: Final = ("on_error", "timeout")
 
 
@@ -1271,6 +1281,12 @@ def json_schema() -> dict[str, Any]:
                         "default": "no_regression",
                         "description": "no_regression: no gate shows harm; "
                         "proven: every gate shows the candidate within bounds.",
+                    },
+                    "sample_ratio": {
+                        "enum": list(SAMPLE_RATIO),
+                        "default": "report",
+                        "description": "When calls per arm do not match the traffic split (p < 0.001): report "
+                        "it, or hold the stage (for keys of even popularity).",
                     },
                 },
             ),

@@ -250,7 +250,7 @@ def test_every_spec_version_is_kept(backend_url):
     assert backend.spec("m") == {"name": "m", "revision": 2, "é": 0.1}
     assert backend.spec("m", 2) is None
     with backend.engine.connect() as conn:
-        digests = conn.scalars(sa.text("SELECT digest FROM specs ORDER BY version")).all()
+        digests = conn.scalars(sa.text("SELECT digest FROM crossfade_specs ORDER BY version")).all()
     assert len(set(digests)) == 3
     backend.close()
 
@@ -262,23 +262,23 @@ def _reseal(conn, events: list[Event], seq: int) -> None:
     e = events[seq - 1]
     forged = Event.create(e.migration, e.seq, e.type, time=e.time, actor=e.actor, reason=e.reason,
                           payload={**e.payload, "note": "nothing to see"}, prev_hash=e.prev_hash)
-    conn.execute(sa.text("UPDATE events SET payload = :p, hash = :h WHERE seq = :s"),
+    conn.execute(sa.text("UPDATE crossfade_events SET payload = :p, hash = :h WHERE seq = :s"),
                  {"p": sql.canonical_json(dict(forged.payload)), "h": forged.hash, "s": seq})
 
 
 TAMPERING = {
     "edit-payload": (3, lambda conn, events: conn.execute(
-        sa.text("UPDATE events SET payload = REPLACE(payload, 'größer', 'kleiner') WHERE seq = 3"))),
+        sa.text("UPDATE crossfade_events SET payload = REPLACE(payload, 'größer', 'kleiner') WHERE seq = 3"))),
     "edit-payload-and-reseal-its-hash": (4, lambda conn, events: _reseal(conn, events, 3)),
-    "delete-middle-row": (3, lambda conn, events: conn.execute(sa.text("DELETE FROM events WHERE seq = 3"))),
+    "delete-middle-row": (3, lambda conn, events: conn.execute(sa.text("DELETE FROM crossfade_events WHERE seq = 3"))),
     "swap-two-rows-seq": (2, lambda conn, events: [
         conn.execute(sa.text(q)) for q in (
-            "UPDATE events SET seq = -2 WHERE seq = 2",
-            "UPDATE events SET seq = 2 WHERE seq = 4",
-            "UPDATE events SET seq = 4 WHERE seq = -2",
+            "UPDATE crossfade_events SET seq = -2 WHERE seq = 2",
+            "UPDATE crossfade_events SET seq = 2 WHERE seq = 4",
+            "UPDATE crossfade_events SET seq = 4 WHERE seq = -2",
         )
     ]),
-    "delete-last-row": (5, lambda conn, events: conn.execute(sa.text("DELETE FROM events WHERE seq = 5"))),
+    "delete-last-row": (5, lambda conn, events: conn.execute(sa.text("DELETE FROM crossfade_events WHERE seq = 5"))),
 }
 
 

@@ -44,7 +44,7 @@ _ALEMBIC_LOCK = threading.Lock()
 
 _metadata = sa.MetaData()
 specs = sa.Table(
-    "specs", _metadata,
+    "crossfade_specs", _metadata,
     sa.Column("migration", sa.Text, primary_key=True),
     sa.Column("version", sa.Integer, primary_key=True),
     sa.Column("spec", sa.Text, nullable=False),
@@ -52,7 +52,7 @@ specs = sa.Table(
     sa.Column("created_at", sa.Double, nullable=False),
 )
 events_table = sa.Table(
-    "events", _metadata,
+    "crossfade_events", _metadata,
     sa.Column("migration", sa.Text, primary_key=True),
     sa.Column("seq", sa.Integer, primary_key=True),
     sa.Column("type", sa.Text, nullable=False),
@@ -64,13 +64,13 @@ events_table = sa.Table(
     sa.Column("hash", sa.String(64), nullable=False),
 )
 states_table = sa.Table(
-    "states", _metadata,
+    "crossfade_states", _metadata,
     sa.Column("migration", sa.Text, primary_key=True),
     sa.Column("seq", sa.Integer, nullable=False),
     sa.Column("state", sa.Text, nullable=False),
 )
 telemetry = sa.Table(
-    "telemetry", _metadata,
+    "crossfade_telemetry", _metadata,
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
     sa.Column("migration", sa.Text, nullable=False),
     sa.Column("stage", sa.Text, nullable=False),
@@ -81,7 +81,7 @@ telemetry = sa.Table(
     sa.Column("written_at", sa.Double, nullable=False),
 )
 leases = sa.Table(
-    "leases", _metadata,
+    "crossfade_leases", _metadata,
     sa.Column("name", sa.Text, primary_key=True),
     sa.Column("holder", sa.Text, nullable=False),
     sa.Column("expires_at", sa.Double, nullable=False),
@@ -99,7 +99,7 @@ tokens_table = sa.Table(
 )
 
 shadow_fields = sa.Table(
-    "shadow_fields", _metadata,
+    "crossfade_shadow_fields", _metadata,
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
     sa.Column("migration", sa.Text, nullable=False),
     sa.Column("stage", sa.Text, nullable=False),
@@ -110,7 +110,7 @@ shadow_fields = sa.Table(
     sa.Column("written_at", sa.Double, nullable=False),
 )
 shadow_examples = sa.Table(
-    "shadow_examples", _metadata,
+    "crossfade_shadow_examples", _metadata,
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
     sa.Column("migration", sa.Text, nullable=False),
     sa.Column("stage", sa.Text, nullable=False),

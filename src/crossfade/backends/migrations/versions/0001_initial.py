@@ -1,5 +1,7 @@
 """The first schema: specs, hash-chained events, state snapshots, telemetry windows, tokens and leases.
 
+Every table is prefixed `crossfade_`, so the schema can live in an application's own database.
+
 Revision ID: 0001
 Revises:
 Create Date: 2025-01-01
@@ -19,7 +21,7 @@ _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincreme
 
 def upgrade() -> None:
     op.create_table(
-        "specs",
+        "crossfade_specs",
         sa.Column("migration", sa.Text(), primary_key=True),
         sa.Column("version", sa.Integer(), primary_key=True),
         sa.Column("spec", sa.Text(), nullable=False),
@@ -27,7 +29,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Double(), nullable=False),
     )
     op.create_table(
-        "events",
+        "crossfade_events",
         sa.Column("migration", sa.Text(), primary_key=True),
         sa.Column("seq", sa.Integer(), primary_key=True),
         sa.Column("type", sa.Text(), nullable=False),
@@ -39,13 +41,13 @@ def upgrade() -> None:
         sa.Column("hash", sa.String(64), nullable=False),
     )
     op.create_table(
-        "states",
+        "crossfade_states",
         sa.Column("migration", sa.Text(), primary_key=True),
         sa.Column("seq", sa.Integer(), nullable=False),
         sa.Column("state", sa.Text(), nullable=False),
     )
     op.create_table(
-        "telemetry",
+        "crossfade_telemetry",
         sa.Column("id", _ID, primary_key=True, autoincrement=True),
         sa.Column("migration", sa.Text(), nullable=False),
         sa.Column("stage", sa.Text(), nullable=False),
@@ -55,9 +57,9 @@ def upgrade() -> None:
         sa.Column("cell", sa.Text(), nullable=False),
         sa.Column("written_at", sa.Double(), nullable=False),
     )
-    op.create_index("ix_telemetry_window", "telemetry", ["migration", "stage", "window_start"])
+    op.create_index("ix_telemetry_window", "crossfade_telemetry", ["migration", "stage", "window_start"])
     op.create_table(
-        "tokens",
+        "crossfade_tokens",
         sa.Column("id", _ID, primary_key=True, autoincrement=True),
         sa.Column("name", sa.Text(), nullable=False),
         sa.Column("role", sa.Text(), nullable=False),
@@ -66,7 +68,7 @@ def upgrade() -> None:
         sa.Column("revoked_at", sa.Double(), nullable=True),
     )
     op.create_table(
-        "leases",
+        "crossfade_leases",
         sa.Column("name", sa.Text(), primary_key=True),
         sa.Column("holder", sa.Text(), nullable=False),
         sa.Column("expires_at", sa.Double(), nullable=False),
@@ -75,5 +77,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("leases", "tokens", "telemetry", "states", "events", "specs"):
+    for table in ("crossfade_leases", "crossfade_tokens", "crossfade_telemetry", "crossfade_states", "crossfade_events", "crossfade_specs"):
         op.drop_table(table)

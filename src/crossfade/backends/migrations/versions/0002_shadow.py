@@ -22,7 +22,7 @@ _COUNTERS = (
 
 def upgrade() -> None:
     op.create_table(
-        "shadow_fields",
+        "crossfade_shadow_fields",
         sa.Column("id", _ID, primary_key=True, autoincrement=True),
         sa.Column("migration", sa.Text(), nullable=False),
         sa.Column("stage", sa.Text(), nullable=False),
@@ -32,9 +32,9 @@ def upgrade() -> None:
         *(sa.Column(name, sa.BigInteger(), nullable=False, server_default="0") for name in _COUNTERS),
         sa.Column("written_at", sa.Double(), nullable=False),
     )
-    op.create_index("ix_shadow_fields_stage", "shadow_fields", ["migration", "stage", "window_start"])
+    op.create_index("ix_shadow_fields_stage", "crossfade_shadow_fields", ["migration", "stage", "window_start"])
     op.create_table(
-        "shadow_examples",
+        "crossfade_shadow_examples",
         sa.Column("id", _ID, primary_key=True, autoincrement=True),
         sa.Column("migration", sa.Text(), nullable=False),
         sa.Column("stage", sa.Text(), nullable=False),
@@ -42,9 +42,9 @@ def upgrade() -> None:
         sa.Column("time", sa.Double(), nullable=False),
         sa.Column("detail", sa.Text(), nullable=False),
     )
-    op.create_index("ix_shadow_examples_path", "shadow_examples", ["migration", "path", "id"])
+    op.create_index("ix_shadow_examples_path", "crossfade_shadow_examples", ["migration", "path", "id"])
 
 
 def downgrade() -> None:
-    op.drop_table("shadow_examples")
-    op.drop_table("shadow_fields")
+    op.drop_table("crossfade_shadow_examples")
+    op.drop_table("crossfade_shadow_fields")
