@@ -158,6 +158,13 @@ def test_open_reads_serve_loopback_readers_without_a_token_but_never_writers(sql
 
 def test_routing_answers_304_for_a_current_etag_and_long_polls_until_a_change(control_plane):
     applied_and_started(control_plane)
+    # The server's controller looks at a started migration at once and records its first verdicts (an
+    # event, so a new ETag); after that nothing changes until the test acts.
+    deadline = time.monotonic() + 20
+    while not any(e.type == "verdict" for e in control_plane.backend.events("m")):
+        assert time.monotonic() < deadline, "the server's controller never looked at the migration"
+        time.sleep(0.05)
+    time.sleep(0.6)  # the routing feed reads the store every 0.25 s
     status, body, headers = control_plane.call("GET", "/v1/routing", role="sdk")
     assert status == 200 and [s["name"] for s in body["states"]] == ["m"]
     assert body["specs"][0]["version"] == 1 and headers["ETag"] == body["etag"]

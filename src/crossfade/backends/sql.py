@@ -89,7 +89,7 @@ leases = sa.Table(
 )
 
 tokens_table = sa.Table(
-    "tokens", _metadata,
+    "crossfade_tokens", _metadata,
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("role", sa.Text, nullable=False),
