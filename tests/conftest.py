@@ -62,3 +62,72 @@ def postgres_url(_postgres_server: str) -> Iterator[str]:
 def backend_url(request) -> str:
     """A URL of a fresh, empty store: a SQLite file, then a PostgreSQL database."""
     return request.getfixturevalue(f"{request.param}_url")
+
+
+class ControlPlane:
+    """A running control plane on loopback over a real SQLite file, with one token per role."""
+
+    def __init__(self, url: str, backend, tokens: dict[str, str], app_factory) -> None:
+        self.url = url
+        self.backend = backend
+        self.tokens = tokens
+        self.app_factory = app_factory
+
+    def call(self, method: str, path: str, body=None, *, role: str | None = "operator", token: str | None = None,
+             headers: dict[str, str] | None = None, timeout: float = 10.0):
+        """One request with the standard library: (status, decoded JSON or text, response headers)."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        sent = {"Accept": "application/json", **(headers or {})}
+        secret = token if token is not None else (self.tokens[role] if role else None)
+        if secret:
+            sent["Authorization"] = f"Bearer {secret}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            sent["Content-Type"] = "application/json"
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=sent)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                status, raw, got = resp.status, resp.read(), resp.headers
+        except urllib.error.HTTPError as e:
+            status, raw, got = e.code, e.read(), e.headers
+        text = raw.decode()
+        try:
+            return status, json.loads(text) if text else None, got
+        except ValueError:
+            return status, text, got
+
+
+def start_control_plane(url: str, *, open_reads: bool = False):
+    """Start a control plane over the store at `url`; returns it and the function that stops it."""
+    import time
+
+    from crossfade.backends.sql import SQLBackend
+    from crossfade.server import create_app, serve_in_background
+    from crossfade.tokens import ROLES, new_token, token_hash
+
+    backend = SQLBackend(url)
+    tokens = {}
+    for role in ROLES:
+        tokens[role] = new_token()
+        backend.create_token(f"{role}-user", role, token_hash(tokens[role]), time.time())
+    base, stop = serve_in_background(backend, open_reads=open_reads)
+
+    def stop_all() -> None:
+        stop()
+        backend.close()
+
+    return ControlPlane(base, backend, tokens, lambda: create_app(backend, controller=False)), stop_all
+
+
+@pytest.fixture
+def control_plane(sqlite_url) -> Iterator[ControlPlane]:
+    """A control plane on loopback (reads need a token), stopped after the test."""
+    plane, stop = start_control_plane(sqlite_url)
+    try:
+        yield plane
+    finally:
+        stop()

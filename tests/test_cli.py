@@ -191,3 +191,37 @@ def test_status_shows_verdicts_and_run_controller_acts_on_them(tmp_path, url):
     assert json.loads(cli("status", "m", "--url", url, "--json"))["status"] == "rolled_back"
     history = cli("history", "m", "--url", url)
     assert "FAIL         candidate error rate" in history
+
+
+def test_token_create_prints_the_secret_once_stores_its_hash_and_revoke_refuses_it(url):
+    from crossfade.backends.sql import SQLBackend
+    from crossfade.tokens import token_hash
+
+    result = CliRunner().invoke(app, ["token", "create", "--role", "operator", "--name", "alice", "--url", url])
+    assert result.exit_code == 0, result.output
+    secret = result.stdout.strip().splitlines()[0]
+    assert secret.startswith("cf_")
+    listing = cli("token", "list", "--url", url, "--json")
+    assert json.loads(listing)[0]["name"] == "alice" and secret not in listing
+    backend = SQLBackend(url)
+    assert backend.token_by_hash(token_hash(secret)).role == "operator"
+    assert "revoked alice" in cli("token", "revoke", "alice", "--url", url)
+    assert backend.token_by_hash(token_hash(secret)) is None
+    backend.close()
+    assert "no active token" in cli("token", "revoke", "alice", "--url", url, code=1)
+    assert "unknown role" in cli("token", "create", "--role", "root", "--name", "x", "--url", url, code=2)
+
+
+def test_serve_needs_a_database_url_not_another_control_plane():
+    assert "database URL" in cli("serve", "--url", "http://127.0.0.1:8765", code=2)
+
+
+def test_operations_against_a_control_plane_use_the_token_from_the_environment(control_plane, tmp_path, monkeypatch):
+    spec = tmp_path / "m.yaml"
+    spec.write_text("name: m\nstages: [{traffic: 10%}, {traffic: 100%}]\n")
+    monkeypatch.setenv("CROSSFADE_TOKEN", control_plane.tokens["operator"])
+    assert "by operator-user" in cli("apply", str(spec), "--url", control_plane.url)
+    assert "started" in cli("start", "m", "--url", control_plane.url)
+    assert "rolled_back" in cli("rollback", "m", "--reason", "from the CLI", "--url", control_plane.url)
+    monkeypatch.setenv("CROSSFADE_TOKEN", control_plane.tokens["sdk"])
+    assert "needs operator" in cli("restart", "m", "--url", control_plane.url, code=1)

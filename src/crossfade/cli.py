@@ -40,8 +40,10 @@ app = typer.Typer(
 )
 audit_app = typer.Typer(help="Check the tamper-evident event log.", no_args_is_help=True)
 db_app = typer.Typer(help="Manage the backend's schema.", no_args_is_help=True)
+token_app = typer.Typer(help="Manage the control plane's API tokens (on its database).", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -66,7 +68,9 @@ def _client(url: str | None) -> Iterator[Client]:
     """A client for one command, whose errors become one clear line and an exit code, not a traceback."""
     client = None
     try:
-        client = Client(url or os.environ.get("CROSSFADE_URL") or DEFAULT_URL, refresh=3600)
+        # A control plane URL (http://...) authenticates with $CROSSFADE_TOKEN; the events name the token.
+        client = Client(url or os.environ.get("CROSSFADE_URL") or DEFAULT_URL, refresh=3600,
+                        token=os.environ.get("CROSSFADE_TOKEN"))
         yield client
     except SpecError as exc:
         _fail(str(exc), 2)
@@ -666,6 +670,110 @@ def db_upgrade(url: Url = None) -> None:
     except BackendError as exc:
         _fail(str(exc))
     out.print(f"schema at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+
+
+@app.command()
+def serve(
+    url: Url = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8765,
+    open_reads: Annotated[bool, typer.Option(
+        "--open-reads", help="Let callers on loopback read (GET) without a token.")] = False,
+    no_controller: Annotated[bool, typer.Option(
+        "--no-controller", help="Serve the API only; run the controller elsewhere.")] = False,
+) -> None:
+    """Run the control plane: HTTP API, SDK routing feed, dashboard at /, /metrics, and the controller loop.
+
+    Needs `pip install 'crossfade[server]'`. Several replicas may share one database: a lease per migration
+    lets one controller act. Stop with Ctrl-C.
+    """
+    target = url or os.environ.get("CROSSFADE_URL") or DEFAULT_URL
+    if target.startswith(("http:", "https:")):
+        _fail("serve needs a database URL (sqlite:///... or postgresql://...), not another control plane", 2)
+    try:
+        from crossfade.server import serve as run_server
+    except ModuleNotFoundError as exc:
+        _fail(f"the control plane needs its extra: pip install 'crossfade[server]' ({exc})")
+    try:
+        run_server(target, host=host, port=port, open_reads=open_reads, controller=not no_controller)
+    except BackendError as exc:
+        _fail(str(exc))
+
+
+def _token_backend(url: str | None) -> Any:
+    from crossfade.backends.base import open_backend
+
+    target = url or os.environ.get("CROSSFADE_URL") or DEFAULT_URL
+    if target.startswith(("http:", "https:")):
+        _fail("tokens are managed on the control plane's database: pass its sqlite:// or postgresql:// URL", 2)
+    return open_backend(target)
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option("--name", help="Who or what holds it; the actor of the events it causes.")],
+    role: Annotated[str, typer.Option("--role", help="viewer, sdk, operator or admin.")] = "viewer",
+    url: Url = None,
+) -> None:
+    """Make a token and print it once: only its hash is stored."""
+    import time
+
+    from crossfade.tokens import ROLES, new_token, token_hash
+
+    if role not in ROLES:
+        _fail(f"unknown role {role!r}: use one of {', '.join(ROLES)}", 2)
+    if not name.strip() or len(name) > 200 or any(not ch.isprintable() for ch in name):
+        _fail("--name must be printable text of 1 to 200 characters", 2)
+    secret = new_token()
+    backend = _token_backend(url)
+    try:
+        backend.create_token(name, role, token_hash(secret), time.time())
+    except BackendError as exc:
+        _fail(str(exc))
+    finally:
+        backend.close()
+    sys.stdout.write(secret + "\n")
+    err.print(f"token {name!r} ({role}) created; it is shown only this once")
+
+
+@token_app.command("list")
+def token_list(url: Url = None, as_json: AsJson = False) -> None:
+    """Every token's name, role and dates (never the token itself)."""
+    backend = _token_backend(url)
+    try:
+        records = backend.tokens()
+    except BackendError as exc:
+        _fail(str(exc))
+    finally:
+        backend.close()
+    rows = [{"name": t.name, "role": t.role, "created_at": t.created_at, "revoked_at": t.revoked_at}
+            for t in records]
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("name", "role", "created", "revoked"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["name"], r["role"], _utc(r["created_at"]), "-" if r["revoked_at"] is None else _utc(r["revoked_at"]))
+    out.print(table if rows else "no tokens yet: crossfade token create --role ROLE --name NAME")
+
+
+@token_app.command("revoke")
+def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")], url: Url = None) -> None:
+    """Revoke a token; the server refuses it within seconds."""
+    import time
+
+    backend = _token_backend(url)
+    try:
+        count = backend.revoke_token(name, time.time())
+    except BackendError as exc:
+        _fail(str(exc))
+    finally:
+        backend.close()
+    if not count:
+        _fail(f"no active token named {name!r} (crossfade token list shows them)")
+    out.print(f"revoked {name}")
 
 
 @app.command()

@@ -88,10 +88,13 @@ def connect(
     window: float = 10.0,
     stale_after: float = 60.0,
     candidate_threads: int = 32,
+    token: str | None = None,
 ) -> Client:
     """A client of the backend at `url` (default: `CROSSFADE_URL`, else `sqlite:///./crossfade.db`).
 
-    It never raises because the backend is away: calls then route to legacy until it answers.
+    `url` may name a control plane (`http://host:8765`): `token` (default: `CROSSFADE_TOKEN`) then
+    authenticates to it, and the app host needs no database credentials. It never raises because the
+    backend is away: calls then route to legacy until it answers.
     """
     return Client(
         url or os.environ.get("CROSSFADE_URL") or DEFAULT_URL,
@@ -99,6 +102,7 @@ def connect(
         window=window,
         stale_after=stale_after,
         candidate_threads=candidate_threads,
+        token=token or os.environ.get("CROSSFADE_TOKEN"),
     )
 
 
@@ -121,10 +125,12 @@ class Client:
         flush_attempts: int = 5,
         clock: Callable[[], float] | None = None,
         background: bool = True,
+        token: str | None = None,
     ) -> None:
         if refresh <= 0 or stale_after <= 0:
             raise ValueError("refresh and stale_after must be positive numbers of seconds")
         self.url = url if isinstance(url, str) else url.url
+        self._token = token
         self.refresh_interval = refresh
         self.stale_after = stale_after
         # A simulation passes its virtual clock (seconds): calls then take the virtual time their arms
@@ -162,7 +168,11 @@ class Client:
         self._handles: dict[tuple[str, Options], Migration] = {}
         self._views: weakref.WeakSet[Migration] = weakref.WeakSet()  # every handle and view, to re-bind
         self._stop = threading.Event()
+        # Set by a backend that learns of a change by itself (a control plane's long poll): refresh now.
+        self._wake = threading.Event()
         self._closed = False
+        if self._backend is not None:
+            self._watch(self._backend)
         self._thread: threading.Thread | None = None
         try:
             self.refresh()
@@ -185,8 +195,17 @@ class Client:
             return backend
         with self._backend_lock:
             if self._backend is None:
-                self._backend = open_backend(self.url)
+                self._backend = open_backend(self.url, token=self._token)
+                self._watch(self._backend)
             return self._backend
+
+    def _watch(self, backend: Backend) -> None:
+        subscribe = getattr(backend, "subscribe", None)
+        if subscribe is not None:
+            subscribe(self._poke)
+
+    def _poke(self) -> None:
+        self._wake.set()
 
     def refresh(self) -> RoutingTable:
         """Fetch every migration's state now and swap in the new routing table."""
@@ -328,11 +347,16 @@ class Client:
 
     def _start_thread(self) -> None:
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="crossfade-refresh", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.refresh_interval):
+        while True:
+            self._wake.wait(self.refresh_interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             self._tick()
 
     def _after_fork(self) -> None:
@@ -359,6 +383,7 @@ class Client:
             return
         self._closed = True
         self._stop.set()
+        self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
         with self._runners_lock:
@@ -422,7 +447,13 @@ class Client:
         after, events = seal(state, [changes] if isinstance(changes, Change) else changes,
                              actor=actor or _os_user(), now=self.time())
         if not dry_run:
-            self.backend().append(state.name, state.seq, events, state=after, spec=store_spec)
+            stored = self.backend().append(state.name, state.seq, events, state=after, spec=store_spec)
+            if stored:
+                # A control plane seals the events itself (the actor is its token's name): keep its version.
+                events = list(stored)
+                after = state
+                for event in events:
+                    after = after.apply(event)
             self._install(after, spec)
         return events[-1]
 

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from crossfade.events import Event, State
     from crossfade.shadow import Example, FieldWindow
     from crossfade.telemetry import Window
+    from crossfade.tokens import TokenRecord
 
 
 class BackendError(Exception):
@@ -37,10 +38,11 @@ class Backend(Protocol):
         *,
         state: State,
         spec: Mapping[str, Any] | None = None,
-    ) -> None:
+    ) -> Sequence[Event] | None:
         """Atomically append events numbered `expected_seq + 1...`, store `state` as the migration's
         snapshot and, when given, `spec` as the spec version numbered by the first event's seq.
-        Raises ConflictError when `expected_seq` is no longer the last event's number."""
+        Raises ConflictError when `expected_seq` is no longer the last event's number. A store that seals
+        events itself (a control plane, whose actor is the token's name) returns the events it stored."""
 
     def events(self, migration: str, *, after: int = 0, limit: int | None = None) -> list[Event]:
         """The migration's events with seq > `after`, in order, at most `limit` of them."""
@@ -79,16 +81,34 @@ class Backend(Protocol):
     def release_lease(self, name: str, holder: str) -> None:
         """Give a lease up if `holder` holds it."""
 
+    def create_token(self, name: str, role: str, token_hash: str, now: float) -> TokenRecord:
+        """Store a new token by its hash. ConflictError when an unrevoked token already has this name."""
+
+    def tokens(self) -> list[TokenRecord]:
+        """Every token ever created (revoked ones too), oldest first."""
+
+    def revoke_token(self, name: str, now: float) -> int:
+        """Revoke the unrevoked tokens named `name`; returns how many were revoked."""
+
+    def token_by_hash(self, token_hash: str) -> TokenRecord | None:
+        """The unrevoked token with this hash, or None."""
+
     def close(self) -> None:
         """Release connections. The backend is not used afterwards."""
 
 
-def open_backend(url: str) -> Backend:
-    """The backend a URL names: `sqlite:///path`, `postgresql://...` (imported only when used)."""
+def open_backend(url: str, *, token: str | None = None) -> Backend:
+    """The backend a URL names: `sqlite:///path`, `postgresql://...`, or `http(s)://host:port` of a control
+    plane (with `token`); each implementation is imported only when used."""
+    if url.startswith(("http:", "https:")):
+        from crossfade.backends.http import HTTPBackend
+
+        return HTTPBackend(url, token=token)
     if url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:", "postgres:")):
         from crossfade.backends.sql import SQLBackend
 
         return SQLBackend(url)
     raise BackendError(
-        f"unsupported backend URL {url!r}: use sqlite:///path/to/file.db or postgresql://user@host/db"
+        f"unsupported backend URL {url!r}: use sqlite:///path/to/file.db, postgresql://user@host/db "
+        "or http://host:8765 (a control plane)"
     )

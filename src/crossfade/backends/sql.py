@@ -27,6 +27,7 @@ from crossfade.backends.base import BackendError, BackendUnavailable, ConflictEr
 from crossfade.events import Event, State, canonical_json
 from crossfade.shadow import COUNTERS, Example, FieldWindow
 from crossfade.telemetry import Cell, Window
+from crossfade.tokens import TokenRecord
 
 __all__ = ["SQLBackend", "current_revision", "head_revision", "upgrade"]
 
@@ -85,6 +86,16 @@ leases = sa.Table(
     sa.Column("holder", sa.Text, nullable=False),
     sa.Column("expires_at", sa.Double, nullable=False),
     sa.Column("acquired_at", sa.Double, nullable=False),
+)
+
+tokens_table = sa.Table(
+    "crossfade_tokens", _metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("hash", sa.String(128), nullable=False, unique=True),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("revoked_at", sa.Double),
 )
 
 shadow_fields = sa.Table(
@@ -396,6 +407,42 @@ class SQLBackend:
         """Give the lease up, if `holder` holds it, so another can take it at once."""
         with self._store.guard(f"releasing the lease {name}"), self._store.write() as conn:
             conn.execute(leases.delete().where(leases.c.name == name, leases.c.holder == holder))
+
+    def create_token(self, name: str, role: str, token_hash: str, now: float) -> TokenRecord:
+        """Store a new token by its hash; ConflictError when an unrevoked token already has this name."""
+        t = tokens_table.c
+        with self._store.guard(f"creating the token {name}"), self._store.write() as conn:
+            taken = conn.scalar(sa.select(sa.func.count()).where(t.name == name, t.revoked_at.is_(None)))
+            if taken:
+                raise ConflictError(f"a token named {name!r} exists; revoke it first (crossfade token revoke {name})"
+                                    " or choose another name")
+            conn.execute(tokens_table.insert().values(name=name, role=role, hash=token_hash, created_at=now))
+        return TokenRecord(name, role, token_hash, now)
+
+    def tokens(self) -> list[TokenRecord]:
+        """Every token ever created (revoked ones too), oldest first."""
+        t = tokens_table.c
+        query = sa.select(t.name, t.role, t.hash, t.created_at, t.revoked_at).order_by(t.id)
+        with self._store.guard("reading the tokens"), self._store.read() as conn:
+            return [TokenRecord(*row) for row in conn.execute(query).all()]
+
+    def revoke_token(self, name: str, now: float) -> int:
+        """Revoke the unrevoked tokens named `name`; returns how many were revoked."""
+        t = tokens_table.c
+        with self._store.guard(f"revoking the token {name}"), self._store.write() as conn:
+            result = conn.execute(
+                tokens_table.update().where(t.name == name, t.revoked_at.is_(None)).values(revoked_at=now)
+            )
+        return int(result.rowcount or 0)
+
+    def token_by_hash(self, token_hash: str) -> TokenRecord | None:
+        """The unrevoked token with this hash, or None."""
+        t = tokens_table.c
+        query = sa.select(t.name, t.role, t.hash, t.created_at, t.revoked_at).where(
+            t.hash == token_hash, t.revoked_at.is_(None))
+        with self._store.guard("looking a token up"), self._store.read() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else TokenRecord(*row)
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's pooled connections without closing them under the parent."""

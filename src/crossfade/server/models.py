@@ -1,0 +1,312 @@
+"""The shapes the HTTP API takes and returns: they generate its OpenAPI document and validate every body."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from crossfade.spec import NAME_PATTERN
+
+# Names follow the spec's rule; free text may not hold NUL, which PostgreSQL text cannot store.
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
+Text = Annotated[str, Field(max_length=4000, pattern=r"^[^\x00]*$")]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0, le=2**62)]
+
+
+class Problem(BaseModel):
+    """One thing wrong with a request or a spec: where, and what."""
+
+    path: str
+    message: str
+
+
+class Error(BaseModel):
+    """Every refusal: a sentence to act on, the kind of error, and for invalid input each problem."""
+
+    error: str
+    kind: str
+    problems: list[Problem] | None = None
+
+
+class StateModel(BaseModel):
+    """Where a migration stands: the fold of its events (see `crossfade.events.State`)."""
+
+    name: str
+    status: str
+    seq: int
+    head: str
+    spec_version: int
+    stage_index: int
+    stage: str | None
+    traffic: float
+    shadow: float
+    shadow_legacy: float
+    noise: float
+    dual_write: bool
+    attempt: int
+    stage_entered_at: float | None
+    updated_at: float | None
+    reason: str | None
+    spec_digest: str | None
+    salt: str | None
+    verdicts: list[list[str]]
+    rollback_step_at: float | None
+
+
+class EventModel(BaseModel):
+    """One hash-chained event of a migration's log."""
+
+    migration: str
+    seq: int
+    type: str
+    time: float
+    actor: str
+    reason: str | None
+    payload: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class EventsPage(BaseModel):
+    """A page of events; `next_after` is the `after` of the next page, None at the end of the log."""
+
+    events: list[EventModel]
+    next_after: int | None
+
+
+class StageModel(BaseModel):
+    """One step of a migration's ladder."""
+
+    name: str
+    traffic: float
+    shadow: float
+    hold: float | None
+    approval: bool
+
+
+class ArmMetrics(BaseModel):
+    """One arm's figures for the current stage: calls, errors, latency quantiles (seconds), cost."""
+
+    calls: int
+    errors: int
+    error_rate: float | None
+    fallbacks: int
+    timeouts: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    cost_mean: float | None
+    cost_sum: float | None
+
+
+class TriggerModel(BaseModel):
+    """A trigger of the spec: roll back when `metric` is above `above` over `window` seconds."""
+
+    metric: str
+    above: float
+    window: float
+    min_samples: int
+    for_: float | None = Field(alias="for")
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class MigrationDetail(BaseModel):
+    """Everything the dashboard shows of one migration."""
+
+    state: StateModel
+    spec: dict[str, Any]
+    stages: list[StageModel]
+    arms: dict[str, ArmMetrics]
+    controller: dict[str, Any] | None = Field(description="The controller's live view: gates with their numbers, "
+                                                          "firing triggers, samples, what the stage waits for")
+    last_verdict: EventModel | None = Field(description="The last verdict event of the current stage")
+    triggers: list[TriggerModel]
+    pending_approval: dict[str, Any] | None
+
+
+class SeriesPoint(BaseModel):
+    """One arm in one telemetry window: calls, error rate and latency quantiles (seconds)."""
+
+    start: float
+    arm: str
+    stage: str
+    calls: int
+    errors: int
+    error_rate: float | None
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class Series(BaseModel):
+    """Per-arm figures window by window, oldest first."""
+
+    window: float | None
+    points: list[SeriesPoint]
+
+
+class Action(str, Enum):
+    """What an operator may ask of a migration."""
+
+    start = "start"
+    promote = "promote"
+    approve = "approve"
+    pause = "pause"
+    resume = "resume"
+    rollback = "rollback"
+    abort = "abort"
+    restart = "restart"
+
+
+class OperationRequest(BaseModel):
+    """Why (required for rollback and abort), and the optional guards of an operation."""
+
+    reason: Text | None = None
+    force: bool = Field(False, description="promote past a failing gate (recorded)")
+    dry_run: bool = Field(False, description="return the events it would write; write nothing")
+    expected_seq: Count | None = Field(None, description="refuse with 409 unless this is the last event's seq")
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ApplyRequest(BaseModel):
+    """A spec to store as the migration's next version (its `name`, if given, must match the path)."""
+
+    spec: dict[str, Any]
+    dry_run: bool = False
+    expected_seq: Count | None = None
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class OperationResult(BaseModel):
+    """The events an operation wrote (or would write) and the state they lead to; none when unchanged."""
+
+    events: list[EventModel]
+    state: StateModel
+    dry_run: bool
+
+
+class SpecVersion(BaseModel):
+    """A stored spec version."""
+
+    migration: str
+    version: int
+    spec: dict[str, Any]
+
+
+class Routing(BaseModel):
+    """What SDK hosts route by: every migration's state and the spec versions they reference."""
+
+    etag: str
+    states: list[StateModel]
+    specs: list[SpecVersion]
+
+
+class DecideRequest(BaseModel):
+    """A routing question from a caller in another language."""
+
+    migration: Name
+    key: Annotated[str, Field(max_length=1000)] | int
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DecisionModel(BaseModel):
+    """Which arm serves the key, whether to shadow, and why."""
+
+    arm: Literal["legacy", "candidate"]
+    shadow: bool
+    stage: str
+    bucket: int
+    reason: str
+
+
+class WindowModel(BaseModel):
+    """One arm's telemetry cell for one stage over one aligned window (`Cell.to_dict` form)."""
+
+    migration: Name
+    stage: Annotated[str, Field(max_length=63, pattern=r"^[^\x00\x1f]*$")]
+    arm: Literal["legacy", "candidate"]
+    start: Finite
+    length: Annotated[float, Field(gt=0, le=86400, allow_inf_nan=False)]
+    cell: dict[str, Any]
+
+
+class TelemetryBatch(BaseModel):
+    """Telemetry windows flushed by an SDK host."""
+
+    windows: Annotated[list[WindowModel], Field(max_length=10_000)]
+
+
+class Written(BaseModel):
+    """How many rows were stored."""
+
+    written: int
+
+
+class WindowsPage(BaseModel):
+    """Stored telemetry windows (rows for the same window merged)."""
+
+    windows: list[WindowModel]
+
+
+class FieldWindowModel(BaseModel):
+    """Shadow comparison counts of one field path of one stage over a window."""
+
+    migration: Name
+    stage: Annotated[str, Field(max_length=63, pattern=r"^[^\x00]*$")]
+    path: Annotated[str, Field(max_length=1000, pattern=r"^[^\x00]*$")]
+    start: Finite
+    length: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    counts: dict[str, Count]
+
+
+class ExampleModel(BaseModel):
+    """A kept mismatch example (arguments, answers, diff; after the SDK's redact hook)."""
+
+    migration: Name
+    stage: Annotated[str, Field(max_length=63, pattern=r"^[^\x00]*$")]
+    path: Annotated[str, Field(max_length=1000, pattern=r"^[^\x00]*$")]
+    time: Finite
+    detail: dict[str, Any]
+
+
+class ComparisonBatch(BaseModel):
+    """Shadow comparison counts and examples flushed by an SDK host."""
+
+    rows: Annotated[list[FieldWindowModel], Field(max_length=10_000)] = []
+    examples: Annotated[list[ExampleModel], Field(max_length=1_000)] = []
+    keep: Annotated[int, Field(ge=1, le=1000)] = 20
+
+
+class Comparisons(BaseModel):
+    """Comparison counts, one row per stage and field path."""
+
+    rows: list[FieldWindowModel]
+
+
+class Examples(BaseModel):
+    """Kept mismatch examples, newest first."""
+
+    examples: list[ExampleModel]
+
+
+class TokenModel(BaseModel):
+    """A token's name, role and lifetime (never its secret or hash)."""
+
+    name: str
+    role: str
+    created_at: float
+    revoked_at: float | None
+
+
+class Health(BaseModel):
+    """Liveness or readiness, with what is wrong when not ready."""
+
+    status: Literal["ok", "unavailable"]
+    detail: str | None = None

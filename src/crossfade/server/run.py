@@ -1,0 +1,92 @@
+"""Running the control plane: in the foreground for `crossfade serve`, or in a thread for the demo and tests."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+import uvicorn
+
+from crossfade.backends.base import Backend, BackendError, open_backend
+from crossfade.server.app import create_app
+from crossfade.server.feed import RoutingFeed
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which first answers the long polls, so shutting down waits for no one."""
+
+    def __init__(self, config: uvicorn.Config, feed: RoutingFeed) -> None:
+        super().__init__(config)
+        self.feed = feed
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """On SIGINT or SIGTERM: release the long polls, then stop as uvicorn does."""
+        self.feed.release()
+        super().handle_exit(sig, frame)
+
+    def stop(self) -> None:
+        """Stop from another thread."""
+        self.feed.release()
+        self.should_exit = True
+
+
+def _server(backend: Backend, host: str, port: int, *, open_reads: bool, controller: bool,
+            log_level: str) -> _Server:
+    app = create_app(backend, open_reads=open_reads, controller=controller)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=5, lifespan="on")
+    return _Server(config, app.state.feed)
+
+
+def serve(backend_url: str, *, host: str = "127.0.0.1", port: int = 8765, open_reads: bool = False,
+          controller: bool = True) -> None:
+    """Serve until interrupted (SIGINT or SIGTERM), then release the controller's leases."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    backend = open_backend(backend_url)
+    try:
+        _server(backend, host, port, open_reads=open_reads, controller=controller, log_level="info").run()
+    finally:
+        backend.close()
+
+
+def serve_in_background(
+    backend_url: str | Backend,
+    port: int = 0,
+    *,
+    host: str = "127.0.0.1",
+    open_reads: bool = True,
+    controller: bool = True,
+    log_level: str = "warning",
+) -> tuple[str, Callable[[], None]]:
+    """Start the control plane in a daemon thread; returns its base URL and a function that stops it.
+
+    `port=0` picks a free port. A backend passed as a URL is opened here and closed by `stop`; a Backend
+    object stays its caller's. Reads are open to loopback by default: the demo's dashboard needs no token.
+    """
+    owned = isinstance(backend_url, str)
+    backend = open_backend(backend_url) if isinstance(backend_url, str) else backend_url
+    server = _server(backend, host, port, open_reads=open_reads, controller=controller, log_level=log_level)
+    # uvicorn installs signal handlers only on the main thread; here it must not.
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.run, name="crossfade-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.stop()
+            if owned:
+                backend.close()
+            raise BackendError(f"the control plane did not start on {host}:{port}")
+        time.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+
+    def stop() -> None:
+        server.stop()
+        thread.join(timeout=10)
+        if owned:
+            backend.close()
+
+    return f"http://{host}:{bound}", stop

@@ -1,0 +1,95 @@
+"""What the API and the dashboard show of a migration: its ladder, per-arm figures, verdicts and series."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from crossfade.backends.base import Backend
+from crossfade.controller import assess, is_active, stage_cells
+from crossfade.events import AWAITING_APPROVAL, VERDICT, State
+from crossfade.sdk import UnknownMigration
+from crossfade.spec import Spec
+from crossfade.telemetry import Cell, Window
+
+# How far back the dashboard's charts reach by default, and how many events are searched for the last verdict.
+SERIES_SECONDS = 3600.0
+VERDICT_LOOKBACK = 200
+
+
+def _finite(x: float) -> float | None:
+    return None if math.isnan(x) or math.isinf(x) else x
+
+
+def arm_metrics(cell: Cell) -> dict[str, Any]:
+    """One arm's figures: calls, errors, latency quantiles (seconds) and cost."""
+    return {
+        "calls": cell.calls, "errors": cell.errors,
+        "error_rate": None if not cell.calls else cell.errors / cell.calls,
+        "fallbacks": cell.fallbacks, "timeouts": cell.timeouts,
+        "p50": _finite(cell.latency.quantile(0.5)), "p95": _finite(cell.latency.quantile(0.95)),
+        "p99": _finite(cell.latency.quantile(0.99)),
+        "cost_mean": _finite(cell.cost_mean), "cost_sum": _finite(cell.cost_sum),
+    }
+
+
+def current(backend: Backend, name: str) -> State:
+    """The migration's state; UnknownMigration when no spec was ever applied under this name."""
+    state = backend.state(name)
+    if state is None:
+        raise UnknownMigration(f"no migration named {name!r}; apply a spec first (PUT /v1/migrations/{name})")
+    return state
+
+
+def stage_windows(backend: Backend, state: State) -> list[Window]:
+    """The telemetry the controller reads for the current stage (from a minute before it was entered)."""
+    if not state.stage:
+        return []
+    since = state.stage_entered_at
+    return backend.windows(state.name, stage=state.stage, since=None if since is None else since - 60.0)
+
+
+def detail(backend: Backend, state: State, spec: Spec, now: float) -> dict[str, Any]:
+    """The migration page: state, spec, ladder, per-arm figures, the controller's view, the last verdict."""
+    windows = stage_windows(backend, state)
+    cells = stage_cells(state, windows) if state.stage else {}
+    controller = None
+    if state.stage and is_active(state) and state.stage_index + 1 < len(spec.stages):
+        controller = assess(spec, state, windows, now).to_dict()
+    pending = None
+    if state.status == AWAITING_APPROVAL and state.stage_index + 1 < len(spec.stages):
+        nxt = spec.stages[state.stage_index + 1]
+        pending = {"stage": state.stage, "next_stage": nxt.name, "next_traffic": nxt.traffic}
+    return {
+        "state": state.to_dict(),
+        "spec": spec.to_dict(),
+        "stages": [{"name": s.name, "traffic": s.traffic, "shadow": s.shadow, "hold": s.hold, "approval": s.approval}
+                   for s in spec.stages],
+        "arms": {arm: arm_metrics(cell) for arm, cell in sorted(cells.items())},
+        "controller": controller,
+        "last_verdict": last_verdict(backend, state),
+        "triggers": [{"metric": t.metric, "above": t.above, "window": t.window, "min_samples": t.min_samples,
+                      "for": t.for_} for t in spec.triggers],
+        "pending_approval": pending,
+    }
+
+
+def last_verdict(backend: Backend, state: State) -> dict[str, Any] | None:
+    """The newest verdict event of the current stage, with every gate's numbers; None if it has none."""
+    events = backend.events(state.name, after=max(0, state.seq - VERDICT_LOOKBACK))
+    for event in reversed(events):
+        if event.type == VERDICT and event.payload.get("stage") == state.stage:
+            return event.to_dict()
+        if event.payload.get("stage_index") is not None and event.type != VERDICT:
+            break  # the stage was entered after this point: older verdicts belong to another stage
+    return None
+
+
+def series(backend: Backend, name: str, since: float) -> dict[str, Any]:
+    """Per arm and window (stages kept apart), calls, error rate and p50/p95/p99, oldest first."""
+    windows = backend.windows(name, since=since)
+    return {
+        "window": windows[0].length if windows else None,
+        "points": [{"start": w.start, "arm": w.arm, "stage": w.stage, **{k: v for k, v in arm_metrics(w.cell).items()
+                    if k in ("calls", "errors", "error_rate", "p50", "p95", "p99")}} for w in windows],
+    }

@@ -1,0 +1,255 @@
+"""The control plane's API on a real server on loopback: roles on every route, operations, errors, routing
+feed with ETag and long poll, decisions, telemetry intake, health and the dashboard's files."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from crossfade.routing import bucket
+from crossfade.tokens import ROLES
+
+SPEC = {"stages": [{"name": "canary", "traffic": "10%"}, {"name": "half", "traffic": "50%", "approval": True},
+                   {"name": "all", "traffic": "100%"}]}
+PLACEHOLDERS = {"name": "m", "action": "start"}
+
+
+def applied_and_started(plane, name="m"):
+    assert plane.call("PUT", f"/v1/migrations/{name}", {"spec": SPEC})[0] == 200
+    status, body, _ = plane.call("POST", f"/v1/migrations/{name}/start", {"reason": "go"})
+    assert status == 200, body
+    return body
+
+
+def routes(plane):
+    """Every route of the app, with its methods and the role its dependency asks for (None: open)."""
+    from fastapi.routing import APIRoute
+
+    out = []
+    for route in plane.app_factory().routes:
+        if not isinstance(route, APIRoute):
+            continue
+        roles = [getattr(d.call, "required_role", None) for d in route.dependant.dependencies]
+        role = next((r for r in roles if r), None)
+        out.append((route.path.format(**PLACEHOLDERS), route.methods, role))
+    return out
+
+
+def test_every_state_changing_route_answers_401_without_a_token_and_403_for_a_viewer(control_plane):
+    changing = [(path, method) for path, methods, _ in routes(control_plane) for method in methods
+                if method not in ("GET", "HEAD")]
+    assert len(changing) >= 5  # PUT spec, POST action, routing-side posts: the walk found the table
+    for path, method in changing:
+        status, body, headers = control_plane.call(method, path, {}, role=None)
+        assert status == 401, (method, path, status, body)
+        assert headers["WWW-Authenticate"].startswith("Bearer")
+        status, body, _ = control_plane.call(method, path, {}, role="viewer")
+        assert status == 403, (method, path, status, body)
+
+
+def test_every_read_but_health_needs_a_token_too(control_plane):
+    for path, methods, role in routes(control_plane):
+        if path in ("/healthz", "/readyz"):
+            assert role is None
+            continue
+        if path == "/":
+            continue  # the dashboard's page holds no data; it asks for a token
+        assert role in ROLES, path
+        assert control_plane.call("GET" if "GET" in methods else sorted(methods)[0], path, role=None)[0] == 401, path
+
+
+def test_operations_write_events_whose_actor_is_the_token_name(control_plane):
+    body = applied_and_started(control_plane)
+    assert [e["type"] for e in body["events"]] == ["started"]
+    assert body["events"][0]["actor"] == "operator-user" and body["state"]["stage"] == "canary"
+    status, body, _ = control_plane.call("POST", "/v1/migrations/m/promote", {"reason": "canary clean"}, role="admin")
+    assert status == 200 and body["events"][0]["actor"] == "admin-user"
+    status, detail, _ = control_plane.call("GET", "/v1/migrations/m", role="viewer")
+    assert status == 200
+    assert detail["state"]["status"] == "running" and [s["name"] for s in detail["stages"]] == ["canary", "half", "all"]
+    page = control_plane.call("GET", "/v1/migrations/m/events?after=0&limit=2", role="viewer")[1]
+    assert [e["seq"] for e in page["events"]] == [1, 2] and page["next_after"] == 2
+    rest = control_plane.call("GET", "/v1/migrations/m/events?after=2&limit=2", role="viewer")[1]
+    assert [e["seq"] for e in rest["events"]] == [3] and rest["next_after"] is None
+    from crossfade.events import verify
+
+    assert verify(control_plane.backend.events("m")) is None
+
+
+def test_dry_run_writes_nothing_and_an_unchanged_spec_writes_no_event(control_plane):
+    applied_and_started(control_plane)
+    status, body, _ = control_plane.call("POST", "/v1/migrations/m/pause", {"dry_run": True})
+    assert status == 200 and body["dry_run"] and body["state"]["status"] == "paused"
+    assert control_plane.backend.state("m").status == "running"
+    status, body, _ = control_plane.call("PUT", "/v1/migrations/m", {"spec": SPEC})
+    assert status == 200 and body["events"] == []
+
+
+def test_errors_map_to_their_status_with_a_sentence(control_plane):
+    status, body, _ = control_plane.call("PUT", "/v1/migrations/m", {"spec": {"stages": [{"traffic": "150%"}]}})
+    assert status == 422 and body["kind"] == "SpecError"
+    assert body["problems"][0]["path"] == "stages[0].traffic"
+    status, body, _ = control_plane.call("PUT", "/v1/migrations/m", {"spec": {**SPEC, "name": "other"}})
+    assert status == 422 and body["problems"][0]["path"] == "name"
+    assert control_plane.call("GET", "/v1/migrations/nope", role="viewer")[0] == 404
+    assert control_plane.call("POST", "/v1/migrations/nope/start", {})[0] == 404
+    applied_and_started(control_plane)
+    status, body, _ = control_plane.call("POST", "/v1/migrations/m/start", {})
+    assert status == 409 and body["kind"] == "TransitionError" and "already running" in body["error"]
+    status, body, _ = control_plane.call("POST", "/v1/migrations/m/rollback", {})
+    assert status == 409 and "reason" in body["error"]
+    status, body, _ = control_plane.call("POST", "/v1/migrations/m/pause", {"expected_seq": 1})
+    assert status == 409 and body["kind"] == "ConflictError"
+    status, body, _ = control_plane.call("POST", "/v1/migrations/m/fly", {})
+    assert status == 422 and body["kind"] == "InvalidRequest"
+    status, body, _ = control_plane.call("GET", "/v1/migrations/Bad_Name", role="viewer")
+    assert status == 422
+
+
+def test_approval_through_the_api(control_plane):
+    applied_and_started(control_plane)
+    from crossfade.events import request_approval_change, seal
+    from crossfade.spec import load_spec
+
+    # The controller asks for the approval when the stage is done; here the request is sealed directly.
+    state = control_plane.backend.state("m")
+    spec = load_spec(control_plane.backend.spec("m"))
+    after, events = seal(state, [request_approval_change(state, spec)], actor="controller", now=time.time())
+    control_plane.backend.append("m", state.seq, events, state=after)
+    detail = control_plane.call("GET", "/v1/migrations/m", role="viewer")[1]
+    assert detail["pending_approval"]["next_stage"] == "half"
+    status, body, _ = control_plane.call("POST", "/v1/migrations/m/approve", {"reason": "looks good"})
+    assert status == 200 and [e["type"] for e in body["events"]] == ["approved", "promoted"]
+    assert body["state"]["stage"] == "half"
+
+
+def test_failed_token_attempts_are_rate_limited(control_plane):
+    for _ in range(10):
+        assert control_plane.call("GET", "/v1/migrations", token="cf_wrong")[0] == 401
+    status, body, headers = control_plane.call("GET", "/v1/migrations", token="cf_wrong")
+    assert status == 429 and int(headers["Retry-After"]) > 0
+    # Once limited, even a good token from that address waits: guessing gains nothing by interleaving.
+    assert control_plane.call("GET", "/v1/migrations", role="viewer")[0] == 429
+
+
+def test_a_revoked_token_is_refused(control_plane):
+    assert control_plane.call("GET", "/v1/migrations", role="sdk")[0] == 200
+    control_plane.backend.revoke_token("sdk-user", time.time())
+    deadline = time.monotonic() + 10
+    while control_plane.call("GET", "/v1/migrations", role="sdk")[0] != 401:
+        assert time.monotonic() < deadline, "the revoked token still works"
+        time.sleep(0.2)
+
+
+def test_open_reads_serve_loopback_readers_without_a_token_but_never_writers(sqlite_url):
+    from conftest import start_control_plane
+
+    plane, stop = start_control_plane(sqlite_url, open_reads=True)
+    try:
+        assert plane.call("GET", "/v1/migrations", role=None)[0] == 200
+        assert plane.call("GET", "/metrics", role=None)[0] == 200
+        assert plane.call("PUT", "/v1/migrations/m", {"spec": SPEC}, role=None)[0] == 401
+        assert plane.call("GET", "/v1/routing", role=None)[0] == 401  # sdk role, not a read for people
+    finally:
+        stop()
+
+
+def test_routing_answers_304_for_a_current_etag_and_long_polls_until_a_change(control_plane):
+    applied_and_started(control_plane)
+    # The server's controller looks at a started migration at once and records its first verdicts (an
+    # event, so a new ETag); after that nothing changes until the test acts.
+    deadline = time.monotonic() + 20
+    while not any(e.type == "verdict" for e in control_plane.backend.events("m")):
+        assert time.monotonic() < deadline, "the server's controller never looked at the migration"
+        time.sleep(0.05)
+    time.sleep(0.6)  # the routing feed reads the store every 0.25 s
+    status, body, headers = control_plane.call("GET", "/v1/routing", role="sdk")
+    assert status == 200 and [s["name"] for s in body["states"]] == ["m"]
+    assert body["specs"][0]["version"] == 1 and headers["ETag"] == body["etag"]
+    etag = headers["ETag"]
+    assert control_plane.call("GET", "/v1/routing", role="sdk", headers={"If-None-Match": etag})[0] == 304
+    answer = {}
+
+    def poll():
+        answer["result"] = control_plane.call("GET", "/v1/routing?wait=30", role="sdk",
+                                              headers={"If-None-Match": etag}, timeout=40)
+        answer["at"] = time.monotonic()
+
+    waiter = threading.Thread(target=poll)
+    waiter.start()
+    time.sleep(0.5)
+    assert "result" not in answer  # held open: nothing changed yet
+    changed_at = time.monotonic()
+    control_plane.call("POST", "/v1/migrations/m/rollback", {"reason": "test"})
+    waiter.join(timeout=20)
+    status, body, headers = answer["result"]
+    assert status == 200 and body["states"][0]["status"] == "rolled_back" and headers["ETag"] != etag
+    assert answer["at"] - changed_at < 10  # a deadline, not a timing: the long poll answered on the change
+
+
+def test_decide_routes_like_the_sdk(control_plane):
+    applied_and_started(control_plane)
+    deadline = time.monotonic() + 10
+    while control_plane.call("POST", "/v1/decide", {"migration": "m", "key": "k"}, role="sdk")[1]["stage"] != "canary":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    for key in ["u1", "u2", 42, "ünïcode"]:
+        status, d, _ = control_plane.call("POST", "/v1/decide", {"migration": "m", "key": key}, role="sdk")
+        assert status == 200 and d["bucket"] == bucket("m", key)
+        assert d["arm"] == ("candidate" if d["bucket"] < 1000 else "legacy")
+    d = control_plane.call("POST", "/v1/decide", {"migration": "unknown", "key": "k"}, role="sdk")[1]
+    assert d["arm"] == "legacy" and d["reason"] == "unknown migration"
+
+
+def test_telemetry_batches_are_stored_and_bad_cells_refused(control_plane):
+    from crossfade.telemetry import Cell
+
+    applied_and_started(control_plane)
+    cell = Cell()
+    cell.calls, cell.errors = 10, 1
+    for v in (0.001, 0.002, 0.004):
+        cell.latency.add(v)
+    window = {"migration": "m", "stage": "canary", "arm": "candidate", "start": time.time() - 5, "length": 10.0,
+              "cell": cell.to_dict()}
+    status, body, _ = control_plane.call("POST", "/v1/telemetry", {"windows": [window, window]}, role="sdk")
+    assert status == 200 and body == {"written": 2}
+    stored = control_plane.backend.windows("m")
+    assert len(stored) == 1 and stored[0].cell.calls == 20
+    status, body, _ = control_plane.call("POST", "/v1/telemetry", {"windows": [{**window, "cell": {"calls": -3}}]},
+                                         role="sdk")
+    assert status == 422 and body["problems"][0]["path"] == "windows[0].cell"
+    status, body, _ = control_plane.call("POST", "/v1/telemetry", {"windows": [{**window, "cell": {"latency": 7}}]},
+                                         role="sdk")
+    assert status == 422
+    detail = control_plane.call("GET", "/v1/migrations/m", role="viewer")[1]
+    assert detail["arms"]["candidate"]["calls"] == 20 and detail["arms"]["candidate"]["error_rate"] == 0.1
+    series = control_plane.call("GET", "/v1/migrations/m/series", role="viewer")[1]
+    assert series["points"][0]["calls"] == 20 and series["points"][0]["p99"] == pytest.approx(0.004, rel=0.02)
+
+
+def test_health_readiness_and_the_dashboard_files(control_plane):
+    assert control_plane.call("GET", "/healthz", role=None)[1]["status"] == "ok"
+    assert control_plane.call("GET", "/readyz", role=None)[0] == 200
+    status, page, headers = control_plane.call("GET", "/", role=None)
+    assert status == 200 and "<title>crossfade</title>" in page and headers["Content-Type"].startswith("text/html")
+    for name in ("app.js", "style.css"):
+        assert control_plane.call("GET", f"/static/{name}", role=None)[0] == 200
+
+
+def test_readiness_fails_when_the_store_is_gone(tmp_path):
+    from conftest import start_control_plane
+
+    path = tmp_path / "gone.db"
+    plane, stop = start_control_plane(f"sqlite:///{path}")
+    try:
+        path.unlink()
+        deadline = time.monotonic() + 15
+        while plane.call("GET", "/readyz", role=None)[0] != 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        status, body, _ = plane.call("GET", "/v1/migrations", role="viewer")
+        assert status in (401, 503)  # the token cache may have expired: either way, no 500
+    finally:
+        stop()

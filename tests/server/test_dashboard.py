@@ -1,0 +1,104 @@
+"""The dashboard end to end in headless Chromium (Debian's, driven by Playwright): open a running migration,
+approve a stage and roll back, seeing each change; screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium, installed with apt when missing and we are root; fails under CI=true otherwise."""
+    if not os.path.exists(CHROMIUM) and shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], env=env, capture_output=True, timeout=1200)
+    if not os.path.exists(CHROMIUM):
+        message = f"{CHROMIUM} is missing and could not be installed (apt-get install chromium, as root)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return CHROMIUM
+
+
+def test_open_a_running_migration_approve_a_stage_and_roll_back(chromium, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from conftest import start_control_plane
+    from crossfade.backends import ConflictError
+    from crossfade.events import request_approval_change, seal
+    from crossfade.spec import load_spec
+    from crossfade.telemetry import Cell
+
+    plane, stop = start_control_plane(f"sqlite:///{tmp_path / 'cf.db'}", open_reads=True)
+    try:
+        spec = {"stages": [{"name": "canary", "traffic": "10%"}, {"name": "half", "traffic": "50%", "approval": True},
+                           {"name": "all", "traffic": "100%"}],
+                "triggers": [{"metric": "error_rate", "above": "5%", "window": "5m"}]}
+        assert plane.call("PUT", "/v1/migrations/checkout", {"spec": spec})[0] == 200
+        assert plane.call("POST", "/v1/migrations/checkout/start", {"reason": "go"})[0] == 200
+        now = time.time()
+        windows = []
+        for k in range(6):  # a few windows per arm, so the charts have lines to draw
+            for arm, latency, errors in (("legacy", 0.010, 1), ("candidate", 0.012, 2)):
+                cell = Cell()
+                cell.calls, cell.errors = 200, errors
+                for i in range(200):
+                    cell.latency.add(latency * (1 + i / 200))
+                windows.append({"migration": "checkout", "stage": "canary", "arm": arm, "start": now - 60 + 10 * k,
+                                "length": 10.0, "cell": cell.to_dict()})
+        assert plane.call("POST", "/v1/telemetry", {"windows": windows}, role="sdk")[0] == 200
+        # The approval the controller asks for when a stage is done, sealed here; the server's own controller
+        # runs too (it writes verdicts), so a conflicting append is retried on the new state.
+        while True:
+            state = plane.backend.state("checkout")
+            after, events = seal(state, [request_approval_change(state, load_spec(plane.backend.spec("checkout")))],
+                                 actor="controller", now=time.time())
+            try:
+                plane.backend.append("checkout", state.seq, events, state=after)
+                break
+            except ConflictError:
+                continue
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1200, "height": 1600})
+            page.goto(f"{plane.url}/#/m/checkout")
+            expect(page.locator("#stage")).to_have_text("canary")
+            expect(page.locator(".step.current")).to_contain_text("canary")
+            expect(page.locator("#approve")).to_be_visible()
+            expect(page.locator("#charts svg polyline")).not_to_have_count(0)
+            expect(page.locator('#timeline li[data-type="approval_requested"]')).to_have_count(1)
+            page.screenshot(path=str(ARTIFACTS / "dashboard-1-awaiting-approval.png"), full_page=True)
+
+            page.click("#approve")
+            page.fill("#token-input", plane.tokens["operator"])
+            page.click("#token-ok")
+            expect(page.locator("#stage")).to_have_text("half")
+            expect(page.locator(".step.current")).to_contain_text("half")
+            expect(page.locator("#approve")).to_have_count(0)
+            expect(page.locator('#timeline li[data-type="approved"]')).to_contain_text("by operator-user")
+            page.screenshot(path=str(ARTIFACTS / "dashboard-2-approved.png"), full_page=True)
+
+            page.fill("#reason", "p95 doubled")
+            page.click("#rollback")  # the operator token was asked for once: no dialog this time
+            expect(page.locator("#status")).to_have_text("rolled back")
+            expect(page.locator('#timeline li[data-type="rolled_back"]')).to_contain_text("p95 doubled")
+            page.screenshot(path=str(ARTIFACTS / "dashboard-3-rolled-back.png"), full_page=True)
+            browser.close()
+        mine = [e for e in plane.backend.events("checkout") if e.actor == "operator-user"]
+        assert [e.type for e in mine] == ["applied", "started", "approved", "promoted", "rolled_back"]
+    finally:
+        stop()
