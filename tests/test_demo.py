@@ -34,3 +34,23 @@ def test_keep_leaves_databases_that_status_and_history_read(tmp_path):
     assert "rolled_back" in history.output and "FAIL" in history.output
     audit = runner.invoke(app, ["audit", "verify", "demo-pricing", "--url", url])
     assert audit.exit_code == 0, audit.output
+
+
+def test_the_dashboard_serves_the_demo_while_it_plays(tmp_path):
+    import json
+    import urllib.request
+
+    seen = {}
+
+    def look(url):
+        with urllib.request.urlopen(f"{url}/v1/migrations/demo-pricing", timeout=10) as answer:
+            seen["migration"] = json.load(answer)
+        with urllib.request.urlopen(url, timeout=10) as page:
+            seen["page"] = page.read().decode()
+
+    buffer = io.StringIO()
+    code = run_demo(Console(file=buffer, width=140), speed=0, faulty_only=True, dashboard=0, linger=look)
+    assert code == 0
+    assert "dashboard: http://127.0.0.1:" in buffer.getvalue()
+    assert seen["migration"]["state"]["status"] == "rolled_back"
+    assert "<html" in seen["page"].lower()

@@ -783,13 +783,17 @@ def demo(
                                          "(0: as fast as possible).")] = 600.0,
     keep: Annotated[Path | None, typer.Option("--keep", help="Keep each story's database (FILE-1.db, "
                                               "FILE-2.db) to explore with status and history.")] = None,
+    dashboard: Annotated[bool, typer.Option("--dashboard", help="Serve the web dashboard while the stories "
+                                            "play (needs crossfade[server]).")] = False,
+    port: Annotated[int, typer.Option("--port", help="The dashboard's port.")] = 8765,
 ) -> None:
     """Watch the controller run a bundled migration on simulated traffic: a healthy candidate shadows,
     ramps and completes; a faulty one is caught and rolled back. Under a minute; exit 0 when both end so."""
     from crossfade.demo import run_demo
 
     target = None if keep is None else f"sqlite:///{keep.resolve().with_suffix('.db')}"
-    raise typer.Exit(run_demo(out, speed=speed, faulty_only=faulty, keep=target))
+    raise typer.Exit(run_demo(out, speed=speed, faulty_only=faulty, keep=target,
+                              dashboard=port if dashboard else None))
 
 
 def main() -> None:

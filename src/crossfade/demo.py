@@ -8,8 +8,10 @@ rolled back. Each story runs in virtual time through the real SDK, backend and c
 
 from __future__ import annotations
 
+import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rich.console import Console, Group
@@ -76,21 +78,69 @@ def stories(*, faulty_only: bool = False) -> list[Story]:
 
 
 def run_demo(console: Console, *, speed: float = 600.0, faulty_only: bool = False, keep: str | None = None,
-             seed: int = 7) -> int:
-    """Play the stories at `speed` simulated seconds per real second; 0 when each ends as it should."""
+             seed: int = 7, dashboard: int | None = None,
+             linger: Callable[[str], None] | None = None) -> int:
+    """Play the stories at `speed` simulated seconds per real second; 0 when each ends as it should.
+
+    `keep`: a `sqlite:///...db` URL; each story's database is kept beside it (`-1.db`, `-2.db`).
+    `dashboard`: a port to serve the dashboard on while the stories play (0: any free port); the stories are
+    then paced even when the output is not a terminal, and after the last one `linger(url)` runs (by default
+    it waits for Ctrl-C on a terminal) before the server stops.
+    """
     spec = load_spec(SPEC, source_name="demo-pricing.yaml")
     console.print(f"[bold]crossfade demo[/bold]: {spec.description}")
     console.print(f"every call: [cyan]mig.run(customer_id, rules_engine, pricing_service, cart)[/cyan] at "
                   f"{RPS:g} calls/s; legacy: {LEGACY_ARM}")
+    scratch = tempfile.TemporaryDirectory(prefix="crossfade-demo-") if dashboard is not None and keep is None else None
+    base = keep if keep is not None else (f"sqlite:///{scratch.name}/demo.db" if scratch is not None else None)
     ok = True
-    for number, story in enumerate(stories(faulty_only=faulty_only), start=1):
-        database = None if keep is None else keep.replace(".db", f"-{number}.db")
-        result = _play(console, spec, story, speed=speed, seed=seed + number, database=database)
-        ok &= _summarise(console, story, result, database)
+    url, stop = None, None
+    try:
+        for number, story in enumerate(stories(faulty_only=faulty_only), start=1):
+            database = None if base is None else base.replace(".db", f"-{number}.db")
+            if dashboard is not None and database is not None:
+                if stop is not None:
+                    stop()
+                url, stop = _serve(database, dashboard if url is None else int(url.rsplit(":", 1)[1].strip("/")))
+                console.print(f"dashboard: [link={url}]{url}[/link] (story {number})")
+            result = _play(console, spec, story, speed=speed, seed=seed + number, database=database,
+                           paced=dashboard is not None)
+            ok &= _summarise(console, story, result, database if keep is not None else None)
+        if url is not None:
+            (linger or _wait_for_interrupt(console))(url)
+    finally:
+        if stop is not None:
+            stop()
+        if scratch is not None:
+            scratch.cleanup()
     return 0 if ok else 1
 
 
-def _play(console: Console, spec: Spec, story: Story, *, speed: float, seed: int, database: str | None) -> SimResult:
+def _serve(database: str, port: int) -> tuple[str, Callable[[], None]]:
+    from crossfade.backends.sql import SQLBackend
+    from crossfade.server import serve_in_background
+
+    SQLBackend(database).close()  # create the empty store the simulation will fill
+    # The simulation's own controller drives the migration in virtual time: the server only shows it.
+    return serve_in_background(database, port, open_reads=True, controller=False)
+
+
+def _wait_for_interrupt(console: Console) -> Callable[[str], None]:
+    def wait(url: str) -> None:
+        if not sys.stdin.isatty():
+            return
+        console.print(f"the dashboard stays at {url}; press Ctrl-C to stop")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+    return wait
+
+
+def _play(console: Console, spec: Spec, story: Story, *, speed: float, seed: int, database: str | None,
+          paced: bool = False) -> SimResult:
     console.rule(f"[bold]{story.title}[/bold]: candidate {story.workload.candidate.describe()}")
     interval = spec.analysis.interval
     notes: list[str] = []
@@ -100,7 +150,7 @@ def _play(console: Console, spec: Spec, story: Story, *, speed: float, seed: int
             for event in tick.events:
                 notes.append(_note(tick, event.type, event.actor, event.reason or ""))
             live.update(_view(spec, tick, notes))
-            if speed > 0 and console.is_terminal:
+            if speed > 0 and (paced or console.is_terminal):
                 time.sleep(interval / speed)
 
         result = simulate(spec, story.workload, seed=seed, on_tick=on_tick, database=database)
