@@ -243,3 +243,16 @@ def test_abort_ends_the_attempt_and_restart_begins_the_next():
     assert (state.status, state.stage, state.attempt) == ("running", "stage-1", 2)
     with pytest.raises(TransitionError, match="only a rolled-back or aborted"):
         restart_change(state, SPEC)
+
+
+def test_every_operation_has_one_entry_in_the_shared_table():
+    from crossfade.events import OPERATIONS, operation
+
+    _, state = _log(lambda s: start_change(s, SPEC))
+    assert [c.type for c in operation("promote", state, SPEC, "ok")] == ["promoted"]
+    assert [c.type for c in operation("pause", state, SPEC)] == ["paused"]
+    with pytest.raises(TransitionError, match="needs a reason"):
+        operation("rollback", state, SPEC)
+    with pytest.raises(ValueError, match="unknown operation 'launch'"):
+        operation("launch", state, SPEC)
+    assert len(OPERATIONS) == 8

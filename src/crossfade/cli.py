@@ -154,6 +154,7 @@ def _operation(name: str, url: str | None, act: Callable[[Any], Event], dry_run:
 
 
 Reason = Annotated[str | None, typer.Option("--reason", help="Why; recorded in the audit log.")]
+RequiredReason = Annotated[str, typer.Option("--reason", help="Why; required, recorded in the audit log.")]
 
 
 @app.command()
@@ -190,7 +191,7 @@ def resume(name: Name, reason: Reason = None, url: Url = None, actor: Actor = No
 @app.command()
 def rollback(
     name: Name,
-    reason: Annotated[str, typer.Option("--reason", help="Why; required, recorded in the audit log.")],
+    reason: RequiredReason,
     url: Url = None,
     actor: Actor = None,
     dry_run: DryRun = False,
@@ -208,7 +209,7 @@ def approve(name: Name, reason: Reason = None, url: Url = None, actor: Actor = N
 @app.command()
 def abort(
     name: Name,
-    reason: Annotated[str, typer.Option("--reason", help="Why; required, recorded in the audit log.")],
+    reason: RequiredReason,
     url: Url = None,
     actor: Actor = None,
     dry_run: DryRun = False,

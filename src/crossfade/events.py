@@ -459,3 +459,32 @@ def rollback_step_change(state: State, spec: Spec, reason: str) -> Change:
     if not steps or steps[0] <= 0.0:
         return Change(ROLLED_BACK, reason, {"from_stage": state.stage, "from_traffic": state.traffic})
     return Change(ROLLBACK_STEP, reason, {"traffic": steps[0], "from_traffic": state.traffic})
+
+
+OPERATIONS: Final = ("start", "promote", "approve", "pause", "resume", "rollback", "abort", "restart")
+
+
+def operation(action: str, state: State, spec: Spec, reason: str | None = None, *, force: bool = False
+              ) -> list[Change]:
+    """The changes an operator's command makes, by its name: the one table the SDK, the CLI and the API share.
+
+    `force` only matters to `promote`; `rollback` and `abort` refuse an empty reason.
+    """
+    match action:
+        case "start":
+            return [start_change(state, spec, reason)]
+        case "promote":
+            return [promote_change(state, spec, reason, force=force)]
+        case "approve":
+            return approve_changes(state, spec, reason)
+        case "pause":
+            return [pause_change(state, reason)]
+        case "resume":
+            return [resume_change(state, reason)]
+        case "rollback":
+            return [rollback_change(state, reason or "")]
+        case "abort":
+            return [abort_change(state, reason or "")]
+        case "restart":
+            return [restart_change(state, spec, reason)]
+    raise ValueError(f"unknown operation {action!r}; one of: {', '.join(OPERATIONS)}")

@@ -16,24 +16,16 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
-from crossfade.backends.base import Backend, BackendError, BackendUnavailable, open_backend
+from crossfade.backends.base import Backend, BackendError, open_backend
 from crossfade.events import (
     Change,
     Event,
     State,
-    abort_change,
     apply_change,
-    approve_changes,
-    pause_change,
-    promote_change,
-    restart_change,
-    resume_change,
-    rollback_change,
+    operation,
     seal,
-    start_change,
 )
 from crossfade.routing import CANDIDATE, LEGACY, Decision, Route, RoutingTable, legacy_decision
 from crossfade.shadow import (
@@ -991,42 +983,44 @@ class Migration:
             )
         return state, self.client._spec(self.name, state.spec_version)
 
-    def _act(self, make: Callable[[State, Spec], Change | list[Change]], actor: str | None, dry_run: bool) -> Event:
+    def _act(self, action: str, reason: str | None, actor: str | None, dry_run: bool, *, force: bool = False
+             ) -> Event:
         state, spec = self._current()
-        return self.client._commit(state, spec, make(state, spec), actor, dry_run)
+        return self.client._commit(state, spec, operation(action, state, spec, reason, force=force), actor, dry_run)
 
     def start(self, reason: str | None = None, *, actor: str | None = None, dry_run: bool = False) -> Event:
         """Start a draft migration at its first stage."""
-        return self._act(lambda st, sp: start_change(st, sp, reason), actor, dry_run)
+        return self._act("start", reason, actor, dry_run)
 
     def promote(self, reason: str | None = None, *, actor: str | None = None, force: bool = False,
                 dry_run: bool = False) -> Event:
-        """Move to the next stage; entering the last stage completes the migration."""
-        return self._act(lambda st, sp: promote_change(st, sp, reason, force=force), actor, dry_run)
+        """Move to the next stage; entering the last stage completes the migration. A gate whose last
+        verdict is FAIL refuses it unless `force`, which the event records."""
+        return self._act("promote", reason, actor, dry_run, force=force)
 
     def pause(self, reason: str | None = None, *, actor: str | None = None, dry_run: bool = False) -> Event:
         """Route every key to legacy and hold the stage until `resume`."""
-        return self._act(lambda st, sp: pause_change(st, reason), actor, dry_run)
+        return self._act("pause", reason, actor, dry_run)
 
     def resume(self, reason: str | None = None, *, actor: str | None = None, dry_run: bool = False) -> Event:
         """Return a paused migration to its stage's traffic."""
-        return self._act(lambda st, sp: resume_change(st, reason), actor, dry_run)
+        return self._act("resume", reason, actor, dry_run)
 
     def rollback(self, reason: str, *, actor: str | None = None, dry_run: bool = False) -> Event:
         """Route every key to legacy at once, recording why."""
-        return self._act(lambda st, sp: rollback_change(st, reason), actor, dry_run)
+        return self._act("rollback", reason, actor, dry_run)
 
     def approve(self, reason: str | None = None, *, actor: str | None = None, dry_run: bool = False) -> Event:
         """Approve the stage awaiting approval: it is entered at once."""
-        return self._act(lambda st, sp: approve_changes(st, sp, reason), actor, dry_run)
+        return self._act("approve", reason, actor, dry_run)
 
     def abort(self, reason: str, *, actor: str | None = None, dry_run: bool = False) -> Event:
         """Give the attempt up: every key to legacy until `restart`."""
-        return self._act(lambda st, sp: abort_change(st, reason), actor, dry_run)
+        return self._act("abort", reason, actor, dry_run)
 
     def restart(self, reason: str | None = None, *, actor: str | None = None, dry_run: bool = False) -> Event:
         """Begin a new attempt at the first stage after a rollback or an abort (same salt, same buckets)."""
-        return self._act(lambda st, sp: restart_change(st, sp, reason), actor, dry_run)
+        return self._act("restart", reason, actor, dry_run)
 
     def state(self) -> State:
         """The migration's current state, from the backend."""

@@ -27,16 +27,9 @@ from crossfade.events import (
     Change,
     State,
     TransitionError,
-    abort_change,
     apply_change,
-    approve_changes,
-    pause_change,
-    promote_change,
-    restart_change,
-    resume_change,
-    rollback_change,
+    operation,
     seal,
-    start_change,
 )
 from crossfade.sdk import UnknownMigration
 from crossfade.server import views
@@ -391,25 +384,7 @@ def _expect(state: State, expected: int | None) -> None:
 
 
 def _changes(action: Action, state: State, spec: Spec, request: OperationRequest) -> list[Change]:
-    reason = request.reason
-    match action:
-        case Action.start:
-            return [start_change(state, spec, reason)]
-        case Action.promote:
-            return [promote_change(state, spec, reason, force=request.force)]
-        case Action.approve:
-            return approve_changes(state, spec, reason)
-        case Action.pause:
-            return [pause_change(state, reason)]
-        case Action.resume:
-            return [resume_change(state, reason)]
-        case Action.rollback:
-            return [rollback_change(state, reason or "")]
-        case Action.abort:
-            return [abort_change(state, reason or "")]
-        case Action.restart:
-            return [restart_change(state, spec, reason)]
-    raise AssertionError(action)
+    return operation(action.value, state, spec, request.reason, force=request.force)
 
 
 def _cell(data: dict[str, Any], index: int) -> Cell:
