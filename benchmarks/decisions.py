@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import math
 import multiprocessing
 import os
 import sys

@@ -33,7 +33,6 @@ drive, so a spec with shadow stages should be simulated in aggregate. Not modell
 
 from __future__ import annotations
 
-import bisect
 import concurrent.futures
 import math
 import multiprocessing
