@@ -199,7 +199,8 @@ def _shadow_run(url, candidate_fails):
         for i in range(2000):
             assert mig.run(i, lambda i: {"total": i}, candidate, i) == {"total": i}
         deadline = time.monotonic() + 30
-        while cf.stats()["shadow_runs"] < 2000 and time.monotonic() < deadline:
+        # shadow_compared is counted after a run is recorded (shadow_runs when it starts).
+        while cf.stats()["shadow_compared"] < 2000 and time.monotonic() < deadline:
             time.sleep(0.02)
         cf.flush(everything=True)
         ControllerLoop(cf.backend()).tick()
