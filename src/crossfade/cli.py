@@ -29,7 +29,7 @@ from crossfade.spec import (
     json_schema,
     load_spec,
 )
-from crossfade.telemetry import Cell
+from crossfade.telemetry import arm_metrics
 
 app = typer.Typer(
     name="crossfade",
@@ -426,35 +426,14 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e6:.0f}us" if seconds < 0.001 else f"{seconds * 1000:.1f}ms"
 
 
-def arm_metrics(cell: Cell) -> dict[str, Any]:
-    """The per-arm figures `status` shows: calls, error rate, latency quantiles (seconds) and cost."""
-    return {
-        "calls": cell.calls,
-        "errors": cell.errors,
-        "error_rate": None if not cell.calls else cell.errors / cell.calls,
-        "fallbacks": cell.fallbacks,
-        "timeouts": cell.timeouts,
-        "p50": _nan_none(cell.latency.quantile(0.5)),
-        "p95": _nan_none(cell.latency.quantile(0.95)),
-        "p99": _nan_none(cell.latency.quantile(0.99)),
-        "cost_mean": _nan_none(cell.cost_mean),
-        "cost_sum": cell.cost_sum,
-    }
-
-
-def _nan_none(x: float) -> float | None:
-    return None if math.isnan(x) else x
-
-
 def _stage_report(cf: Client, state: State) -> dict[str, Any]:
     """Per-arm metrics of the current stage and, for an active migration, the controller's view of it."""
     from crossfade.controller import assess, is_active, stage_cells
+    from crossfade.loop import stage_windows
 
     if not state.stage:
         return {"arms": {}}
-    since = state.stage_entered_at
-    windows = cf.backend().windows(state.name, stage=state.stage,
-                                   since=None if since is None else since - 60.0)
+    windows = stage_windows(cf.backend(), state)
     cells = stage_cells(state, windows)
     report: dict[str, Any] = {"arms": {arm: arm_metrics(c) for arm, c in sorted(cells.items())}}
     spec = cf.migration(state.name).spec()

@@ -439,12 +439,17 @@ def step_back_change(state: State, spec: Spec, reason: str) -> Change:
     return Change(STEPPED_BACK, reason, _enter(spec, state.stage_index - 1, from_stage=state.stage))
 
 
+def _steps_below(spec: Spec, state: State) -> list[float]:
+    """The gradual rollback's steps still ahead: those below the current traffic (the last one is 0%)."""
+    return [s for s in spec.rollback.steps if s < state.traffic]
+
+
 def rollback_start_change(state: State, spec: Spec, reason: str) -> Change:
     """Begin a gradual rollback at the first of `rollback.steps` below the current traffic; with no such
     step above 0%, roll back at once."""
     if state.status in ENDED:
         raise TransitionError(f"cannot roll back {state.name}: it is {state.status}")
-    steps = [s for s in spec.rollback.steps if s < state.traffic]
+    steps = _steps_below(spec, state)
     if not steps or steps[0] <= 0.0:
         return rollback_change(state, reason)
     return Change(ROLLBACK_STARTED, reason, {"from_stage": state.stage, "from_traffic": state.traffic,
@@ -455,7 +460,7 @@ def rollback_step_change(state: State, spec: Spec, reason: str) -> Change:
     """The next step down of a gradual rollback; the last one (0%) completes it."""
     if state.status != ROLLING_BACK:
         raise TransitionError(f"{state.name} is {state.status}, not rolling back")
-    steps = [s for s in spec.rollback.steps if s < state.traffic]
+    steps = _steps_below(spec, state)
     if not steps or steps[0] <= 0.0:
         return Change(ROLLED_BACK, reason, {"from_stage": state.stage, "from_traffic": state.traffic})
     return Change(ROLLBACK_STEP, reason, {"traffic": steps[0], "from_traffic": state.traffic})

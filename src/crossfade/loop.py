@@ -16,12 +16,21 @@ from crossfade.backends.base import Backend, BackendError, ConflictError
 from crossfade.controller import ACTOR, Assessment, assess, is_active, step
 from crossfade.events import Event, State, seal
 from crossfade.spec import Spec, load_spec
+from crossfade.telemetry import Window
 
 log = logging.getLogger("crossfade.controller")
 
 # How far before a stage's entry telemetry windows are read: a window that began before the stage was
 # entered may hold its first calls (windows are 10 s by default; a minute covers any sensible setting).
 WINDOW_MARGIN = 60.0
+
+
+def stage_windows(backend: Backend, state: State) -> list[Window]:
+    """The telemetry the controller reads for the current stage: from `WINDOW_MARGIN` before it was entered."""
+    if not state.stage:
+        return []
+    since = state.stage_entered_at
+    return backend.windows(state.name, stage=state.stage, since=None if since is None else since - WINDOW_MARGIN)
 
 
 class Clock(Protocol):
@@ -128,8 +137,7 @@ class ControllerLoop:
             self._held.discard(state.name)
             return Tick(state.name, (), None, "another controller holds the lease")
         self._held.add(state.name)
-        entered = state.stage_entered_at if state.stage_entered_at is not None else now
-        windows = self.backend.windows(state.name, stage=state.stage, since=entered - WINDOW_MARGIN)
+        windows = stage_windows(self.backend, state)
         assessment = assess(spec, state, windows, now) if state.stage_index + 1 < len(spec.stages) else None
         changes = step(spec, state, windows, now, assessment=assessment)
         if not changes:

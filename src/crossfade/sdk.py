@@ -56,6 +56,7 @@ _NO_SHADOW_SETTINGS = ShadowSettings()
 _UNKNOWN = legacy_decision("unknown migration")
 _STALE = legacy_decision("routing table stale")
 _FAILSAFE = legacy_decision("crossfade internal error")
+_NO_ANSWER = object()  # a call that gave no answer to price
 
 
 class UnknownMigration(LookupError):
@@ -576,8 +577,14 @@ class Migration:
 
     def _record(self, decision: Decision, elapsed_ns: int, *, error: bool = False, timeout: bool = False,
                 fallback: bool = False, cost: float | None = None) -> None:
+        self._file(decision.stage, decision.arm, elapsed_ns, error=error, timeout=timeout, fallback=fallback,
+                   cost=cost)
+
+    def _file(self, stage: str, arm: str, elapsed_ns: int, *, error: bool = False, timeout: bool = False,
+              fallback: bool = False, cost: float | None = None, answer: Any = _NO_ANSWER) -> None:
+        """Count one call of `arm` in `stage`; its cost is `cost`, or the handle's `cost(answer)`."""
         try:
-            cell = self._recorder.cell(self._now(), cell_key(self.name, decision.stage, decision.arm))
+            cell = self._recorder.cell(self._now(), cell_key(self.name, stage, arm))
             cell.calls += 1
             if error:
                 cell.errors += 1
@@ -585,10 +592,12 @@ class Migration:
                 cell.timeouts += 1
             if fallback:
                 cell.fallbacks += 1
+            cell.latency.add(elapsed_ns * 1e-9)
+            if cost is None and answer is not _NO_ANSWER and self.options.cost is not None:
+                cost = float(self.options.cost(answer))
             if cost is not None:
                 cell.add_cost(cost)
-            cell.latency.add(elapsed_ns * 1e-9)
-        except Exception:
+        except Exception:  # a cost function that fails is counted, never felt by the caller
             self.client.counters["recording_errors"] += 1
 
     def _record_ok(self, key: str, start: int, end: int, answer: Any) -> None:
@@ -702,23 +711,11 @@ class Migration:
         self.client.comparisons.count(self.name, stage, "dropped")
 
     def _record_shadow_run(self, stage: str, served_arm: str, elapsed_ns: int, *, failed: bool,
-                           timed_out: bool = False, answer: Any = None) -> None:
+                           timed_out: bool = False, answer: Any = _NO_ANSWER) -> None:
         """Count a shadow run as a call of the arm that ran it: its errors and its own execution time are
         that arm's behaviour whether or not its answer was served, and a shadow stage is judged on them."""
-        try:
-            arm = CANDIDATE if served_arm is LEGACY else LEGACY
-            cell = self._recorder.cell(self._now(), cell_key(self.name, stage, arm))
-            cell.calls += 1
-            if failed:
-                cell.errors += 1
-            if timed_out:
-                cell.timeouts += 1
-            cell.latency.add(elapsed_ns * 1e-9)
-            cost = self.options.cost
-            if cost is not None and not failed:
-                cell.add_cost(float(cost(answer)))
-        except Exception:
-            self.client.counters["recording_errors"] += 1
+        self._file(stage, CANDIDATE if served_arm is LEGACY else LEGACY, elapsed_ns, error=failed, timeout=timed_out,
+                   answer=_NO_ANSWER if failed else answer)
 
     def _compare(self, stage: str, served_arm: str, served: Outcome, other: Outcome, again: Outcome | None,
                  settings: ShadowSettings, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

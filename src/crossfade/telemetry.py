@@ -101,6 +101,25 @@ class Window:
     cell: Cell
 
 
+def arm_metrics(cell: Cell) -> dict[str, Any]:
+    """One arm's figures for people and JSON: calls, errors, error rate, latency quantiles (seconds), cost.
+
+    NaN and infinite values (an empty sketch, no cost) become None.
+    """
+
+    def finite(x: float) -> float | None:
+        return None if math.isnan(x) or math.isinf(x) else x
+
+    return {
+        "calls": cell.calls, "errors": cell.errors,
+        "error_rate": None if not cell.calls else cell.errors / cell.calls,
+        "fallbacks": cell.fallbacks, "timeouts": cell.timeouts,
+        "p50": finite(cell.latency.quantile(0.5)), "p95": finite(cell.latency.quantile(0.95)),
+        "p99": finite(cell.latency.quantile(0.99)),
+        "cost_mean": finite(cell.cost_mean), "cost_sum": finite(cell.cost_sum),
+    }
+
+
 def merge_windows(windows: Iterable[Window]) -> dict[str, Cell]:
     """Per arm, the sum of many windows' cells."""
     out: dict[str, Cell] = {}

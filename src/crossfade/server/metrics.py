@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from crossfade.backends.base import Backend
 from crossfade.controller import stage_cells
 from crossfade.events import ROLLBACK_STARTED, ROLLED_BACK, ROLLING_BACK, State
-from crossfade.server.views import stage_windows
+from crossfade.loop import stage_windows
 from crossfade.sketch import Sketch
 
 # Latency bucket bounds (seconds) for the per-arm histograms: 1 ms to 10 s, the range call sites live in.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from crossfade.backends.base import Backend
@@ -10,27 +9,12 @@ from crossfade.controller import assess, is_active, stage_cells
 from crossfade.events import AWAITING_APPROVAL, VERDICT, State
 from crossfade.sdk import UnknownMigration
 from crossfade.spec import Spec
-from crossfade.telemetry import Cell, Window
+from crossfade.loop import stage_windows
+from crossfade.telemetry import arm_metrics
 
 # How far back the dashboard's charts reach by default, and how many events are searched for the last verdict.
 SERIES_SECONDS = 3600.0
 VERDICT_LOOKBACK = 200
-
-
-def _finite(x: float) -> float | None:
-    return None if math.isnan(x) or math.isinf(x) else x
-
-
-def arm_metrics(cell: Cell) -> dict[str, Any]:
-    """One arm's figures: calls, errors, latency quantiles (seconds) and cost."""
-    return {
-        "calls": cell.calls, "errors": cell.errors,
-        "error_rate": None if not cell.calls else cell.errors / cell.calls,
-        "fallbacks": cell.fallbacks, "timeouts": cell.timeouts,
-        "p50": _finite(cell.latency.quantile(0.5)), "p95": _finite(cell.latency.quantile(0.95)),
-        "p99": _finite(cell.latency.quantile(0.99)),
-        "cost_mean": _finite(cell.cost_mean), "cost_sum": _finite(cell.cost_sum),
-    }
 
 
 def current(backend: Backend, name: str) -> State:
@@ -39,14 +23,6 @@ def current(backend: Backend, name: str) -> State:
     if state is None:
         raise UnknownMigration(f"no migration named {name!r}; apply a spec first (PUT /v1/migrations/{name})")
     return state
-
-
-def stage_windows(backend: Backend, state: State) -> list[Window]:
-    """The telemetry the controller reads for the current stage (from a minute before it was entered)."""
-    if not state.stage:
-        return []
-    since = state.stage_entered_at
-    return backend.windows(state.name, stage=state.stage, since=None if since is None else since - 60.0)
 
 
 def detail(backend: Backend, state: State, spec: Spec, now: float) -> dict[str, Any]:
