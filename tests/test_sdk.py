@@ -15,6 +15,8 @@ import time
 import pytest
 
 import crossfade
+import crossfade.backends.sql
+import crossfade.events
 from crossfade.routing import CANDIDATE, LEGACY, bucket
 from crossfade.telemetry import merge_windows
 
@@ -554,3 +556,52 @@ def test_decide_accepts_str_int_and_uuid_keys(cf):
     assert mig.decide(u) == mig.decide(str(u))
     assert mig.decide(12) == mig.decide("12")
     assert all(d.bucket == bucket("m", k) for k, d in zip(itertools.count(), map(mig.decide, range(100))))
+
+
+class VerdictFirst(crossfade.backends.sql.SQLBackend):
+    """A real SQL backend with a second writer that records a verdict just before our next append."""
+
+    armed = False
+
+    def append(self, migration, expected_seq, events, *, state, spec=None):
+        if self.armed:
+            self.armed = False
+            other = self.state(migration)
+            verdict = crossfade.events.Change("verdict", "error_rate PASS",
+                                              {"stage": other.stage, "gates": [{"gate": "error_rate",
+                                                                                "verdict": "PASS"}]})
+            after, written = crossfade.events.seal(other, [verdict], actor="controller", now=time.time())
+            super().append(migration, other.seq, written, state=after)
+        return super().append(migration, expected_seq, events, state=state, spec=spec)
+
+
+def test_a_command_is_retried_when_only_a_verdict_was_written_meanwhile(tmp_path):
+    backend = VerdictFirst(f"sqlite:///{tmp_path / 'cf.db'}")
+    with crossfade.Client(backend, refresh=3600) as cf:
+        started(cf)
+        backend.armed = True
+        event = cf.migration("m").rollback("p95 doubled")
+        history = cf.migration("m").history()
+    assert event.type == "rolled_back" and [e.type for e in history][-2:] == ["verdict", "rolled_back"]
+
+
+def test_a_command_conflicts_when_the_migration_moved_meanwhile(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cf.db'}"
+
+    class PromoteFirst(crossfade.backends.sql.SQLBackend):
+        armed = False
+
+        def append(self, migration, expected_seq, events, *, state, spec=None):
+            if self.armed:
+                self.armed = False
+                with crossfade.connect(url, refresh=3600) as other:
+                    other.migration(migration).promote("someone else")
+            return super().append(migration, expected_seq, events, state=state, spec=spec)
+
+    backend = PromoteFirst(url)
+    with crossfade.Client(backend, refresh=3600) as cf:
+        started(cf)
+        backend.armed = True
+        with pytest.raises(crossfade.ConflictError):
+            cf.migration("m").promote("me too")
+        assert cf.migration("m").state().stage == "stage-2"

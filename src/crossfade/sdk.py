@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from crossfade.backends.base import Backend, BackendError, open_backend
+from crossfade.backends.base import Backend, BackendError, ConflictError, open_backend
 from crossfade.events import (
     Change,
     Event,
@@ -982,8 +982,19 @@ class Migration:
 
     def _act(self, action: str, reason: str | None, actor: str | None, dry_run: bool, *, force: bool = False
              ) -> Event:
-        state, spec = self._current()
-        return self.client._commit(state, spec, operation(action, state, spec, reason, force=force), actor, dry_run)
+        # Another writer may append between our read and our write. When it only recorded verdicts (the
+        # controller does so at any look), the migration is where the command was decided for: decide again
+        # and retry. When it moved the migration, the conflict stands, so two commands never both move it.
+        for attempt in range(3):
+            state, spec = self._current()
+            try:
+                return self.client._commit(state, spec, operation(action, state, spec, reason, force=force), actor,
+                                           dry_run)
+            except ConflictError:
+                fresh = self.client.backend().state(self.name)
+                if attempt == 2 or fresh is None or _position(fresh) != _position(state):
+                    raise
+        raise AssertionError("unreachable")
 
     def start(self, reason: str | None = None, *, actor: str | None = None, dry_run: bool = False) -> Event:
         """Start a draft migration at its first stage."""
@@ -1131,6 +1142,11 @@ def _key_getter(fn: Callable[..., Any], key: Callable[..., object] | str | None
         return value
 
     return get
+
+
+def _position(state: State) -> tuple[Any, ...]:
+    """Where a migration stands, as far as an operator's command is concerned (verdicts aside)."""
+    return state.status, state.stage_index, state.attempt, state.spec_version
 
 
 class Observation:
