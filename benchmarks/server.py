@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from crossfade.backends.sql import SQLBackend
-from crossfade.sdk import Client
+from crossfade.client import Client
 from crossfade.tokens import new_token, token_hash
 
 

@@ -5,10 +5,17 @@ legacy stage by stage, falls back to legacy when the candidate fails, and record
 Only the SDK's light modules are imported here: the SQL stack, the CLI and the server load when used.
 """
 
-from crossfade.backends.base import Backend, BackendError, BackendUnavailable, ConflictError
+from crossfade.backends.base import (
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    ConflictError,
+    UnknownMigration,
+)
+from crossfade.client import Client, connect
 from crossfade.events import Event, State, TransitionError
+from crossfade.migration import Migration, Observation
 from crossfade.routing import Decision
-from crossfade.sdk import Client, Migration, Observation, UnknownMigration, connect
 from crossfade.spec import Spec, SpecError, load_spec
 
 __version__ = "0.1.0"

@@ -15,10 +15,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from crossfade.backends.base import BackendError
+from crossfade.backends.base import BackendError, UnknownMigration
+from crossfade.client import DEFAULT_URL, Client
 from crossfade.events import Event, State, TransitionError, verify
 from crossfade.judge import format_rate
-from crossfade.sdk import DEFAULT_URL, Client, UnknownMigration
 from crossfade.shadow import MISMATCH, TOTALS, add_counts, verdict
 from crossfade.spec import (
     EXAMPLE,
@@ -241,7 +241,7 @@ def run_controller(
     import signal
     import threading
 
-    from crossfade.backends.base import open_backend
+    from crossfade.backends import open_backend
     from crossfade.loop import ControllerLoop
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -681,7 +681,7 @@ def serve(
 
 
 def _token_backend(url: str | None) -> Any:
-    from crossfade.backends.base import open_backend
+    from crossfade.backends import open_backend
 
     target = url or os.environ.get("CROSSFADE_URL") or DEFAULT_URL
     if target.startswith(("http:", "https:")):

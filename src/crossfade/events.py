@@ -9,6 +9,8 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
+from crossfade.canonical import canonical_json
+
 if TYPE_CHECKING:
     from crossfade.spec import Spec
 
@@ -43,11 +45,6 @@ ABORTED_STATUS: Final = "aborted"
 
 # Statuses from which no traffic is on the candidate and nothing runs until an operator acts.
 ENDED: Final = frozenset({DRAFT, ROLLED_BACK_STATUS, ABORTED_STATUS})
-
-
-def canonical_json(value: Any) -> str:
-    """The one JSON spelling of a value that hashes are taken over: sorted keys, no spaces, no NaN."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _freeze(payload: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -47,8 +47,10 @@ from statistics import NormalDist
 from typing import Any, Final
 
 from crossfade.backends.sql import SQLBackend
+from crossfade.client import Client
 from crossfade.controller import Assessment, assess, is_active, stage_cells
 from crossfade.events import (
+    ABORTED_STATUS,
     AWAITING_APPROVAL,
     COMPLETED,
     PAUSED,
@@ -56,17 +58,22 @@ from crossfade.events import (
     ROLLBACK_STARTED,
     ROLLED_BACK,
     ROLLED_BACK_STATUS,
-    ABORTED_STATUS,
     STEPPED_BACK,
     VERDICT,
     Event,
     State,
 )
 from crossfade.loop import WINDOW_MARGIN, ControllerLoop
+from crossfade.migration import CandidateTimeout
 from crossfade.routing import BUCKETS, CANDIDATE, LEGACY, SERVING_STATUSES, threshold
-from crossfade.sdk import CandidateTimeout, Client
 from crossfade.sketch import Sketch
-from crossfade.spec import Spec, format_duration, load_spec, parse_duration, parse_percent
+from crossfade.spec import (
+    Spec,
+    format_duration,
+    load_spec,
+    parse_duration,
+    parse_percent,
+)
 from crossfade.telemetry import Cell, Window, cell_key, merge_windows
 
 __all__ = [

@@ -16,6 +16,8 @@ from typing import Any, Final
 
 import yaml
 
+from crossfade.canonical import canonical_json
+
 __all__ = [
     "EXAMPLE",
     "Analysis",
@@ -463,11 +465,9 @@ class Spec:
     def digest(self) -> str:
         """The sha256 hex digest of the canonical JSON of ``to_dict()``: equal specs, equal digests.
 
-        The same spelling the event log and the backend hash (`events.canonical_json`), so the digest an
+        The same spelling the event log and the backend hash (`canonical.canonical_json`), so the digest an
         `applied` event records is the one the stored spec row carries.
         """
-        from crossfade.events import canonical_json
-
         return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()
 
 

@@ -20,6 +20,10 @@ class BackendUnavailable(BackendError):
     """The store cannot be reached now (file gone, server down); the operation may succeed later."""
 
 
+class UnknownMigration(LookupError):
+    """No spec was ever applied under this name."""
+
+
 class ConflictError(BackendError):
     """Another writer appended to the migration first: the expected sequence number is taken."""
 
@@ -95,20 +99,3 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release connections. The backend is not used afterwards."""
-
-
-def open_backend(url: str, *, token: str | None = None) -> Backend:
-    """The backend a URL names: `sqlite:///path`, `postgresql://...`, or `http(s)://host:port` of a control
-    plane (with `token`); each implementation is imported only when used."""
-    if url.startswith(("http:", "https:")):
-        from crossfade.backends.http import HTTPBackend
-
-        return HTTPBackend(url, token=token)
-    if url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:", "postgres:")):
-        from crossfade.backends.sql import SQLBackend
-
-        return SQLBackend(url)
-    raise BackendError(
-        f"unsupported backend URL {url!r}: use sqlite:///path/to/file.db, postgresql://user@host/db "
-        "or http://host:8765 (a control plane)"
-    )

@@ -16,7 +16,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from crossfade.backends.base import BackendError, BackendUnavailable, ConflictError
+from crossfade.backends.base import (
+    BackendError,
+    BackendUnavailable,
+    ConflictError,
+    UnknownMigration,
+)
 from crossfade.events import APPLIED, Event, State, TransitionError
 from crossfade.shadow import Example, FieldWindow
 from crossfade.telemetry import Cell, Window
@@ -294,7 +299,6 @@ class HTTPBackend:
 
 
 def _error(status: int, body: Any, url: str) -> Exception:
-    from crossfade.sdk import UnknownMigration
     from crossfade.spec import Problem, SpecError
 
     message = body.get("error") if isinstance(body, dict) else None

@@ -24,7 +24,8 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import NullPool, StaticPool
 
 from crossfade.backends.base import BackendError, BackendUnavailable, ConflictError
-from crossfade.events import Event, State, canonical_json
+from crossfade.canonical import canonical_json
+from crossfade.events import Event, State
 from crossfade.shadow import COUNTERS, Example, FieldWindow
 from crossfade.telemetry import Cell, Window
 from crossfade.tokens import TokenRecord

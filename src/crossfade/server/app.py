@@ -22,7 +22,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crossfade import __version__
-from crossfade.backends.base import Backend, BackendError, BackendUnavailable, ConflictError
+from crossfade.backends.base import (
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    ConflictError,
+    UnknownMigration,
+)
 from crossfade.events import (
     Change,
     State,
@@ -31,7 +37,6 @@ from crossfade.events import (
     operation,
     seal,
 )
-from crossfade.sdk import UnknownMigration
 from crossfade.server import views
 from crossfade.server.auth import Authenticator, AuthError, Principal
 from crossfade.server.control import ControllerThread

@@ -10,7 +10,7 @@ from types import FrameType
 
 import uvicorn
 
-from crossfade.backends.base import Backend, BackendError, open_backend
+from crossfade.backends import Backend, BackendError, open_backend
 from crossfade.server.app import create_app
 from crossfade.server.feed import RoutingFeed
 

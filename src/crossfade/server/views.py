@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from crossfade.backends.base import Backend
+from crossfade.backends.base import Backend, UnknownMigration
 from crossfade.controller import assess, is_active, stage_cells
 from crossfade.events import AWAITING_APPROVAL, VERDICT, State
-from crossfade.sdk import UnknownMigration
-from crossfade.spec import Spec
 from crossfade.loop import stage_windows
+from crossfade.spec import Spec
 from crossfade.telemetry import arm_metrics
 
 # How far back the dashboard's charts reach by default, and how many events are searched for the last verdict.
