@@ -35,7 +35,8 @@ def test_quickstart_init_apply_start_promote_status(tmp_path, url):
     assert "applied" in cli("apply", str(spec), "--url", url)
     assert "unchanged" in cli("apply", str(spec), "--url", url)
     assert "started" in cli("start", "checkout-pricing", "--url", url, "--actor", "alice")
-    assert "canary-1" in cli("promote", "checkout-pricing", "--url", url, "--reason", "shadow clean")
+    assert "the hold has 10m left" in cli("promote", "checkout-pricing", "--url", url, code=1)
+    assert "canary-1" in cli("promote", "checkout-pricing", "--url", url, "--reason", "shadow clean", "--force")
     with crossfade.connect(url) as cf:
         mig = cf.migration("checkout-pricing")
         for i in range(300):
@@ -225,3 +226,13 @@ def test_operations_against_a_control_plane_use_the_token_from_the_environment(c
     assert "rolled_back" in cli("rollback", "m", "--reason", "from the CLI", "--url", control_plane.url)
     monkeypatch.setenv("CROSSFADE_TOKEN", control_plane.tokens["sdk"])
     assert "needs operator" in cli("restart", "m", "--url", control_plane.url, code=1)
+
+
+def test_promote_refuses_an_approval_stage_and_approve_enters_it(tmp_path, url):
+    spec = tmp_path / "m.yaml"
+    spec.write_text("name: m\nstages: [{traffic: 10%}, {traffic: 50%, approval: true}, {traffic: 100%}]\n")
+    cli("apply", str(spec), "--url", url)
+    cli("start", "m", "--url", url)
+    assert "needs an approval; run `crossfade approve m`" in cli("promote", "m", "--url", url, code=1)
+    out = cli("approve", "m", "--url", url, "--reason", "signed off")
+    assert "approved" in out and "stage stage-2" in out

@@ -19,6 +19,7 @@ from crossfade.backends.base import (
 )
 from crossfade.events import (
     Event,
+    StageProgress,
     State,
     operation,
 )
@@ -564,13 +565,23 @@ class Migration:
         for attempt in range(3):
             state, spec = self._current()
             try:
-                return self.client._commit(state, spec, operation(action, state, spec, reason, force=force), actor,
-                                           dry_run)
+                changes = operation(action, state, spec, reason, force=force,
+                                    progress=self._progress(action, state, spec))
+                return self.client._commit(state, spec, changes, actor, dry_run)
             except ConflictError:
                 fresh = self.client.backend().state(self.name)
                 if attempt == 2 or fresh is None or _position(fresh) != _position(state):
                     raise
         raise AssertionError("unreachable")
+
+    def _progress(self, action: str, state: State, spec: Spec) -> StageProgress:
+        """The current stage's progress, read from the backend when the command checks it (promote, approve)."""
+        from crossfade.controller import stage_progress
+        from crossfade.loop import stage_windows
+
+        if action not in ("promote", "approve") or not state.stage:
+            return StageProgress(0.0, 0, 0)
+        return stage_progress(spec, state, stage_windows(self.client.backend(), state), self.client.time())
 
     def start(self, reason: str | None = None, *, actor: str | None = None, dry_run: bool = False) -> Event:
         """Start a draft migration at its first stage."""

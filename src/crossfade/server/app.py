@@ -37,6 +37,8 @@ from crossfade.events import (
     operation,
     seal,
 )
+from crossfade.controller import stage_progress
+from crossfade.loop import stage_windows
 from crossfade.server import views
 from crossfade.server.auth import Authenticator, AuthError, Principal
 from crossfade.server.control import ControllerThread
@@ -289,7 +291,9 @@ def create_app(
         state = views.current(backend, name)
         _expect(state, request.expected_seq)
         spec = feed.spec(name, state.spec_version)
-        return _commit(state, spec, _changes(action, state, spec, request), who, request.dry_run)
+        progress = stage_progress(spec, state, stage_windows(backend, state), clock())
+        return _commit(state, spec, operation(action.value, state, spec, request.reason, force=request.force,
+                                              progress=progress), who, request.dry_run)
 
     def _commit(state: State, spec: Spec, changes: list[Change], who: Principal, dry_run: bool,
                 store_spec: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -386,10 +390,6 @@ def _expect(state: State, expected: int | None) -> None:
     if expected is not None and expected != state.seq:
         raise ConflictError(f"migration {state.name} changed concurrently: expected event {expected} to be the last, "
                             f"found {state.seq}; re-read its state and retry")
-
-
-def _changes(action: Action, state: State, spec: Spec, request: OperationRequest) -> list[Change]:
-    return operation(action.value, state, spec, request.reason, force=request.force)
 
 
 def _cell(data: dict[str, Any], index: int) -> Cell:
