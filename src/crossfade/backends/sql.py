@@ -21,7 +21,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import NullPool, StaticPool
 
-from crossfade.backends.base import BackendError, BackendUnavailable, ConflictError
+from crossfade.backends.base import BackendError, BackendUnavailable, ConflictError, InvalidURL
 from crossfade.canonical import canonical_json
 from crossfade.events import Event, State
 from crossfade.shadow import COUNTERS, Example, FieldWindow
@@ -588,7 +588,7 @@ class _Store:
         try:
             parsed = make_url(url)
         except sa_exc.ArgumentError as e:
-            raise BackendError(f"cannot parse database URL {url!r}: {e}") from None
+            raise InvalidURL(f"cannot parse database URL {url!r}: {e}") from None
         backend = parsed.get_backend_name()
         # Only one thread at a time may use the single connection of an in-memory database.
         self._serial: Callable[[], AbstractContextManager[Any]] = nullcontext
@@ -600,14 +600,14 @@ class _Store:
             self.display = parsed.render_as_string(hide_password=True)
             self.engine = self._postgres_engine(parsed)
         else:
-            raise BackendError(
+            raise InvalidURL(
                 f"unsupported database URL {self.display!r}: use sqlite:///path/to/file.db or "
                 "postgresql://user@host:5432/db"
             )
 
     def _sqlite_engine(self, url: str, parsed: URL, create: bool) -> Engine:
         if parsed.query or parsed.host or parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
-            raise BackendError(
+            raise InvalidURL(
                 f"unsupported SQLite URL {url!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db"
             )
         name = parsed.database or ""
@@ -651,7 +651,8 @@ class _Store:
             )
         except ModuleNotFoundError as e:
             raise BackendError(
-                f"{self.display} needs the PostgreSQL driver: pip install 'crossfade[postgres]' ({e})"
+                f"{self.display} needs the PostgreSQL driver: pip install 'crossfade[postgres]' (from a clone of "
+                f"the repository: pip install '.[postgres]') ({e})"
             ) from None
 
     def reopened(self) -> _Store:
