@@ -269,20 +269,21 @@ def test_a_plain_promote_never_enters_a_stage_that_needs_an_approval():
     ready = StageProgress(0.0, 500, 500)
     with pytest.raises(TransitionError, match="stage stage-2 needs an approval; run `crossfade approve m`"):
         promote_change(state, GUARDED, progress=ready)
+    with pytest.raises(TransitionError, match="not awaiting approval"):
+        approve_changes(state, GUARDED)  # until the controller has judged the stage ready and asked
     forced = promote_change(state, GUARDED, "vendor deadline", force=True, progress=ready)
     assert (forced.payload["forced"], forced.payload["approval_bypassed"]) == (True, True)
-    approved, promoted = approve_changes(state, GUARDED, "ok", progress=ready)
-    assert (approved.type, promoted.payload["stage"], promoted.payload["approved"]) == ("approved", "stage-2", True)
 
 
-def test_promote_and_approve_keep_the_stage_hold_and_min_samples():
-    _, state = _log(lambda s: start_change(s, GUARDED))
+def test_promote_keeps_the_stage_hold_and_min_samples():
+    spec = load_spec({"name": "m", "stages": [{"traffic": "10%", "hold": "1h", "min_samples": 100},
+                                              {"traffic": "100%"}]})
+    _, state = _log(lambda s: start_change(s, spec))
     with pytest.raises(TransitionError, match="the hold has 20m left"):
-        approve_changes(state, GUARDED, progress=StageProgress(1200.0, 500, 500))
+        promote_change(state, spec, progress=StageProgress(1200.0, 500, 500))
     with pytest.raises(TransitionError, match="12 candidate and 400 legacy calls of the 100 per arm needed"):
-        approve_changes(state, GUARDED, progress=StageProgress(0.0, 12, 400))
-    forced = promote_change(state, GUARDED, force=True, progress=StageProgress(1200.0, 12, 400))
+        promote_change(state, spec, progress=StageProgress(0.0, 12, 400))
+    forced = promote_change(state, spec, force=True, progress=StageProgress(1200.0, 12, 400))
     assert forced.payload["unmet"] == ["the hold has 20m left",
                                        "12 candidate and 400 legacy calls of the 100 per arm needed"]
-    ready = StageProgress(0.0, 100, 100)
-    assert [c.type for c in approve_changes(state, GUARDED, progress=ready)] == ["approved", "promoted"]
+    assert promote_change(state, spec, progress=StageProgress(0.0, 100, 100)).payload["stage"] == "stage-2"

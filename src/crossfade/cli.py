@@ -768,6 +768,7 @@ def serve(
         from crossfade.server import serve as run_server
     except ModuleNotFoundError as exc:
         _fail(f"the control plane needs its extra: {SERVER_EXTRA} ({exc})")
+    _open(target, changes=True).close()  # a wrong or unreachable URL is one line before anything is served
     where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     out.print(f"crossfade control plane on {where}: dashboard at {where}/ (sign in with a token), API at "
               f"{where}/v1, metrics at {where}/metrics (they need a viewer token"
@@ -867,12 +868,13 @@ def demo(
 ) -> None:
     """Watch the controller run a bundled migration on simulated traffic: a healthy candidate shadows,
     ramps and completes; a faulty one is caught and rolled back. Under a minute; exit 0 when both end so."""
-    import importlib.util
-
     from crossfade.demo import run_demo
 
-    if dashboard and any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "prometheus_client")):
-        _fail(f"--dashboard needs the server extra: {SERVER_EXTRA}")
+    if dashboard:
+        try:
+            import crossfade.server  # noqa: F401 - the web stack the dashboard needs, or the hint to install it
+        except ModuleNotFoundError as exc:
+            _fail(f"--dashboard needs the server extra: {SERVER_EXTRA} ({exc})")
     if keep is not None and not keep.resolve().parent.is_dir():
         _fail(f"cannot keep the databases as {keep}: directory {keep.resolve().parent} does not exist", 2)
     target = None if keep is None else f"sqlite:///{keep.resolve().with_suffix('.db')}"

@@ -432,25 +432,13 @@ def request_approval_change(state: State, spec: Spec, reason: str | None = None)
                   {"stage": state.stage, "next_stage": nxt.name, "next_traffic": nxt.traffic})
 
 
-def approve_changes(state: State, spec: Spec, reason: str | None = None, *,
-                    progress: StageProgress | None = None) -> list[Change]:
-    """Approve the next stage: the approval and the promotion, appended together.
+def approve_changes(state: State, spec: Spec, reason: str | None = None) -> list[Change]:
+    """Approve the pending stage: the approval and the promotion, appended together.
 
-    A migration awaiting approval (the controller asked once the stage was ready) is approved at once. A
-    running one whose next stage needs an approval is approved when no gate FAILs and, given its `progress`,
-    the stage's hold and `min_samples` are met.
+    Only a migration awaiting approval is approved: the controller asks once the stage's hold, samples and
+    gates allow it, so an approval never skips them.
     """
-    nxt = spec.stages[state.stage_index + 1] if state.stage_index + 1 < len(spec.stages) else None
-    if state.status == RUNNING and nxt is not None and nxt.approval:
-        failing = [gate for gate, verdict in state.verdicts if verdict == "FAIL"]
-        unmet = progress.unmet(spec, state) if progress is not None else []
-        if failing:
-            raise TransitionError(f"cannot approve stage {nxt.name} of {state.name}: gate {', '.join(failing)} "
-                                  f"FAILs in stage {state.stage}")
-        if unmet:
-            raise TransitionError(f"cannot approve stage {nxt.name} of {state.name} yet (stage {state.stage}): "
-                                  + "; ".join(unmet))
-    elif state.status != AWAITING_APPROVAL:
+    if state.status != AWAITING_APPROVAL:
         raise TransitionError(f"nothing to approve for {state.name}: it is {state.status}, not awaiting approval")
     approved = Change(APPROVED, reason or "approved", {"stage": spec.stages[state.stage_index + 1].name})
     promoted = Change(PROMOTED, reason or "approved", _enter(spec, state.stage_index + 1, from_stage=state.stage,
@@ -524,6 +512,12 @@ def rollback_step_change(state: State, spec: Spec, reason: str) -> Change:
     return Change(ROLLBACK_STEP, reason, {"traffic": steps[0], "from_traffic": state.traffic})
 
 
+def position(state: State) -> tuple[Any, ...]:
+    """Where a migration stands, as far as an operator's command is concerned (verdicts aside): a command
+    decided at one position may be retried while the migration stays there."""
+    return state.status, state.stage_index, state.attempt, state.spec_version
+
+
 OPERATIONS: Final = ("start", "promote", "approve", "pause", "resume", "rollback", "abort", "restart")
 
 
@@ -532,8 +526,7 @@ def operation(action: str, state: State, spec: Spec, reason: str | None = None, 
     """The changes an operator's command makes, by its name: the one table the SDK, the CLI and the API share.
 
     `force` only matters to `promote`; `progress` (the current stage's, see `controller.stage_progress`) is
-    what `promote` and `approve` check hold and `min_samples` against; `rollback` and `abort` refuse an empty
-    reason.
+    what `promote` checks hold and `min_samples` against; `rollback` and `abort` refuse an empty reason.
     """
     match action:
         case "start":
@@ -541,7 +534,7 @@ def operation(action: str, state: State, spec: Spec, reason: str | None = None, 
         case "promote":
             return [promote_change(state, spec, reason, force=force, progress=progress)]
         case "approve":
-            return approve_changes(state, spec, reason, progress=progress)
+            return approve_changes(state, spec, reason)
         case "pause":
             return [pause_change(state, reason)]
         case "resume":

@@ -22,6 +22,7 @@ from crossfade.events import (
     StageProgress,
     State,
     operation,
+    position,
 )
 from crossfade.routing import (
     CANDIDATE,
@@ -570,16 +571,16 @@ class Migration:
                 return self.client._commit(state, spec, changes, actor, dry_run)
             except ConflictError:
                 fresh = self.client.backend().state(self.name)
-                if attempt == 2 or fresh is None or _position(fresh) != _position(state):
+                if attempt == 2 or fresh is None or position(fresh) != position(state):
                     raise
         raise AssertionError("unreachable")
 
     def _progress(self, action: str, state: State, spec: Spec) -> StageProgress:
-        """The current stage's progress, read from the backend when the command checks it (promote, approve)."""
+        """The current stage's progress, read from the backend when the command checks it (promote)."""
         from crossfade.controller import stage_progress
         from crossfade.loop import stage_windows
 
-        if action not in ("promote", "approve") or not state.stage:
+        if action != "promote" or not state.stage:
             return StageProgress(0.0, 0, 0)
         return stage_progress(spec, state, stage_windows(self.client.backend(), state), self.client.time())
 
@@ -729,11 +730,6 @@ def _key_getter(fn: Callable[..., Any], key: Callable[..., object] | str | None
         return value
 
     return get
-
-
-def _position(state: State) -> tuple[Any, ...]:
-    """Where a migration stands, as far as an operator's command is concerned (verdicts aside)."""
-    return state.status, state.stage_index, state.attempt, state.spec_version
 
 
 class Observation:
