@@ -301,7 +301,8 @@ def create_app(
                 return _commit(state, spec, changes, who, request.dry_run)
             except ConflictError:
                 fresh = backend.state(name)
-                if request.expected_seq is not None or attempt == 2 or fresh is None or position(fresh) != position(state):
+                moved = fresh is None or position(fresh) != position(state)
+                if request.expected_seq is not None or attempt == 2 or moved:
                     raise
         raise AssertionError("unreachable")
 
