@@ -187,6 +187,7 @@ def test_status_shows_verdicts_and_run_controller_acts_on_them(tmp_path, url):
     assert "FAIL" in cli("status", "m", "--url", url) and "is above the allowed +1.00 pp" in cli("status", "--url", url)
     dry = cli("run-controller", "--dry-run", "--url", url)
     assert "would write" in dry and "rolled_back" in dry
+    assert "FAIL         candidate error rate" in dry and "{'" not in dry  # verdicts as lines, not a raw dict
     assert json.loads(cli("status", "m", "--url", url, "--json"))["status"] == "running"
     assert "rolled_back" in cli("run-controller", "--once", "--url", url)
     assert json.loads(cli("status", "m", "--url", url, "--json"))["status"] == "rolled_back"
@@ -379,3 +380,20 @@ def test_output_is_not_cut_at_80_columns_without_a_terminal(tmp_path, url):
     done = subprocess.run([sys.executable, "-m", "crossfade", "status", "--url", url], capture_output=True, text=True,
                           timeout=120, env={**__import__("os").environ, "COLUMNS": ""})
     assert done.returncode == 0 and any(long_name in line and "running" in line for line in done.stdout.splitlines())
+
+
+def test_serve_says_where_the_dashboard_is_and_nothing_logs_alembics_narration(tmp_path):
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    done = subprocess.run([sys.executable, "-m", "crossfade", "run-controller", "--once", "--url", url],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "alembic" not in done.stderr.lower() + done.stdout.lower()
+    server = subprocess.Popen([sys.executable, "-m", "crossfade", "serve", "--port", "0", "--url",
+                               f"sqlite:///{tmp_path / 'served.db'}"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        first = server.stdout.readline()
+    finally:
+        server.terminate()
+        _, errors = server.communicate(timeout=60)
+    assert "dashboard at http://127.0.0.1:0/" in first and "metrics at http://127.0.0.1:0/metrics (they need a" in first
+    assert "alembic" not in errors.lower()
