@@ -578,7 +578,7 @@ class Migration:
     def _progress(self, action: str, state: State, spec: Spec) -> StageProgress:
         """The current stage's progress, read from the backend when the command checks it (promote)."""
         from crossfade.controller import stage_progress
-        from crossfade.loop import stage_windows
+        from crossfade.stagedata import stage_windows
 
         if action != "promote" or not state.stage:
             return StageProgress(0.0, 0, 0)
