@@ -20,6 +20,10 @@ class BackendUnavailable(BackendError):
     """The store cannot be reached now (file gone, server down); the operation may succeed later."""
 
 
+class InvalidURL(BackendError):
+    """A backend URL that names no store crossfade can use (its scheme, its form); the message says what would."""
+
+
 class UnknownMigration(LookupError):
     """No spec was ever applied under this name."""
 
