@@ -88,7 +88,7 @@ def test_a_loop_that_lets_go_hands_the_lease_over_at_once(sqlite_url):
         a = ControllerLoop(cf.backend(), clock=clock, holder="a")
         b = ControllerLoop(cf.backend(), clock=clock, holder="b")
         assert a.tick()[0].skipped is None
-        assert b.tick()[0].skipped == "another controller holds the lease"
+        assert all(t.skipped for t in b.tick())  # a holds it (or b leaves it to a, its replica)
         a.release()
         clock.t += 1.0
         assert b.tick()[0].skipped is None
@@ -243,7 +243,7 @@ def test_replicas_share_the_migrations_and_take_over_a_dead_ones_share(backend_u
     try:
         a.tick()  # alone so far: it takes everything
         b.tick()  # b joins: it waits for the leases of its share, which a hands over once it sees b
-        clock.t += REPLICA_TTL / 3 + 1
+        clock.t += 1
         a.tick()
         b.tick()
         clock.t += 1

@@ -3,6 +3,7 @@ pure controller decides with optimistic concurrency."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import socket
@@ -75,7 +76,7 @@ class ControllerLoop:
     Several loops may run against one backend (replicas of `crossfade serve`, or `run-controller`s): they
     share the migrations, each judging those `assignee` gives it among the replicas alive, and per
     migration only the holder of its lease acts; a lease lasts three intervals, so a loop that dies is
-    replaced within that time. The state is always re-read
+    replaced within that time. Up to `concurrency` migrations are judged at once. The state is always re-read
     from the backend before a step, and the step's events are appended with the sequence number they were
     decided on, so a loop killed at any point, or racing another, never loses or doubles a transition.
     """
@@ -89,8 +90,10 @@ class ControllerLoop:
         names: Iterable[str] | None = None,
         on_tick: Callable[[Tick], None] | None = None,
         dry_run: bool = False,
+        concurrency: int = 8,
     ) -> None:
         self.backend = backend
+        self.concurrency = concurrency
         self.clock = clock or SystemClock()
         self.holder = holder or default_holder()
         self.actor = f"{ACTOR}@{self.holder}"
@@ -103,7 +106,6 @@ class ControllerLoop:
         self._specs: dict[tuple[str, int], Spec] = {}
         self._held: set[str] = set()
         self._telemetry = StageTelemetry()
-        self._replicas: list[str] = [self.holder]
         self._beat_at = float("-inf")
 
     def _spec(self, state: State) -> Spec:
@@ -120,7 +122,7 @@ class ControllerLoop:
         """One pass: every active migration whose interval has come is stepped once."""
         now = self.clock.now()
         replicas = self._alive(now)
-        ticks = []
+        due = []
         for state in self.backend.states():
             if (self.names is not None and state.name not in self.names) or not is_active(state):
                 self._let_go(state.name)
@@ -132,11 +134,18 @@ class ControllerLoop:
                 continue
             if self._due.get(state.name, 0.0) > now:
                 continue
-            result = self.tick_one(state, now)
-            ticks.append(result)
-            if self.on_tick is not None:
+            due.append(state)
+        if len(due) > 1 and self.concurrency > 1:
+            # Migrations are judged side by side: most of a step is waiting on the store. Results are
+            # handed to on_tick from this thread, in the order of the states.
+            with concurrent.futures.ThreadPoolExecutor(min(self.concurrency, len(due))) as pool:
+                results = list(pool.map(lambda state: self.tick_one(state, now), due))
+        else:
+            results = [self.tick_one(state, now) for state in due]
+        if self.on_tick is not None:
+            for result in results:
                 self.on_tick(result)
-        return ticks
+        return results
 
     def tick_one(self, state: State, now: float) -> Tick:
         """Step one migration now, if this loop holds (or can take) its lease."""
@@ -166,14 +175,14 @@ class ControllerLoop:
         return Tick(state.name, tuple(events), assessment)
 
     def _alive(self, now: float) -> list[str]:
-        """The replicas alive, this one included; renews this one's own lease when due."""
+        """The replicas alive, this one included (read at every pass, so a replica that lets go is replaced
+        at once); renews this one's own lease when due."""
         if self.dry_run:
             return [self.holder]
         if now >= self._beat_at:
             self.backend.acquire_lease(f"replica:{self.holder}", self.holder, REPLICA_TTL, now)
             self._beat_at = now + REPLICA_TTL / 3
-            self._replicas = sorted({*self.backend.lease_holders("replica:", now), self.holder})
-        return self._replicas
+        return sorted({*self.backend.lease_holders("replica:", now), self.holder})
 
     def _let_go(self, name: str) -> None:
         if name in self._held:
