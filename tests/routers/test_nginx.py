@@ -147,7 +147,8 @@ def test_sync_verify_and_remove_against_a_running_nginx(nginx_prefix, services):
     with pytest.raises(RouterError, match="cannot reach nginx"):
         router.verify(target)
     router.sync(target)
-    assert router.verify(target).status == VERIFIED
+    # A reload is a signal: nginx's new workers answer a moment later.
+    _wait(lambda: _status(router, target) == VERIFIED, "nginx to load the config")
     assert router.verify(Target("m", "all", 1.0, 0.0, salt="m")).status == NOT_VERIFIED
 
     def arm(key: str) -> str:
@@ -165,6 +166,13 @@ def test_sync_verify_and_remove_against_a_running_nginx(nginx_prefix, services):
     router.remove("m")
     assert not (prefix / "conf.d" / "crossfade.conf").exists()
     _wait(lambda: _refused(listen), "nginx to stop listening for the removed migration")
+
+
+def _status(router: nginx.NginxRouter, target: Target) -> str | None:
+    try:
+        return router.verify(target).status
+    except RouterError:
+        return None
 
 
 def _refused(listen: str) -> bool:
