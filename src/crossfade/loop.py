@@ -203,7 +203,7 @@ class ControllerLoop:
                                           {**numbers, "verification": verification.status}))
                 continue
             self._verified.pop(key, None)
-            unverified.append(f"{detail} (target {target.describe()})")
+            unverified.append(f"{detail}; wanted {target.describe()}")
             if pushed is not None and now - pushed[1] < VERIFY_GRACE:
                 continue  # pushed moments ago: a reload or a mesh's propagation may still be under way
             # Not there after the grace (or drifted from it since): push again at the next pass, and say so.

@@ -103,7 +103,7 @@ http {{
 
 def _router_config(command: list[str], prefix: Path, listen: str, legacy: str, candidate: str) -> dict[str, object]:
     return {"conf": str(prefix / "conf.d" / "crossfade.conf"), "listen": listen, "legacy": legacy,
-            "candidate": candidate, "key": "header:X-User", "nginx": command}
+            "candidate": candidate, "key": "header:X-User", "nginx": command, "pid": str(prefix / "nginx.pid")}
 
 
 def _wait(condition, what: str, timeout: float = 60.0) -> float:

@@ -41,6 +41,7 @@ class NginxSettings:
     key: str = "header:X-Crossfade-Key"
     nginx: tuple[str, ...] = ("nginx",)
     timeout: float = 5.0
+    pid: Path | None = None
 
 
 def _ident(name: str) -> str:
@@ -151,6 +152,39 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def _uptime() -> float | None:
+    try:
+        return float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def stale_workers(pid_file: Path, since: float) -> list[int]:
+    """The master's workers that still accept connections and were started before `since` (seconds since boot).
+
+    After a reload, nginx's master starts the new workers and signals the old ones only about 100 ms later;
+    until then an old worker still takes new connections with the old config. Linux only (/proc); elsewhere
+    the answer is an empty list.
+    """
+    try:
+        master = int(pid_file.read_text().strip())
+        ticks = os.sysconf("SC_CLK_TCK")
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    except (OSError, ValueError):
+        return []
+    stale = []
+    for child in children:
+        try:
+            title = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").strip()
+            started = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+        except (OSError, ValueError, IndexError):
+            continue
+        # A worker told to stop renames itself "... is shutting down" and has closed its listening sockets.
+        if title.endswith(b"worker process") and started < since:
+            stale.append(int(child))
+    return stale
+
+
 class NginxRouter:
     """Writes one migration's nginx config, has nginx test and reload it, and reads back what nginx runs."""
 
@@ -158,6 +192,9 @@ class NginxRouter:
 
     def __init__(self, settings: NginxSettings) -> None:
         self.settings = settings
+        # Seconds since boot when this router last asked for a reload: workers older than that run an old
+        # config. None until it reloads (then only the config's fingerprint is checked).
+        self._reloaded_at: float | None = None
 
     def _nginx(self, *args: str) -> None:
         command = [*self.settings.nginx, *args]
@@ -189,6 +226,7 @@ class NginxRouter:
             else:
                 write_atomically(path, old)
             raise
+        self._reloaded_at = _uptime()
         self._nginx("-s", "reload")
 
     def verify(self, target: Target) -> Verification:
@@ -205,6 +243,11 @@ class NginxRouter:
         finally:
             conn.close()
         if response.status == 200 and seen == expected:
+            if self.settings.pid is not None and self._reloaded_at is not None:
+                stale = stale_workers(self.settings.pid, self._reloaded_at)
+                if stale:
+                    return Verification(NOT_VERIFIED, f"nginx still has {len(stale)} worker(s) from before the "
+                                                      f"reload taking connections (pid {', '.join(map(str, stale))})")
             return Verification(VERIFIED, f"nginx serves {target.candidate:.2%} to the candidate")
         shown = seen.split()[1] if response.status == 200 and len(seen.split()) > 1 else f"HTTP {response.status}"
         return Verification(NOT_VERIFIED, f"nginx runs another config (candidate {shown}, expected "
@@ -231,9 +274,13 @@ def _strings(value: object, path: str, problems: list[ConfigProblem], *, pattern
 
 
 def create(config: Mapping[str, Any], path: str) -> NginxRouter:
-    """The nginx router from `{conf, listen, legacy, candidate, key?, nginx?, timeout?}`."""
+    """The nginx router from `{conf, listen, legacy, candidate, key?, nginx?, timeout?, pid?}`.
+
+    With `pid` (nginx's pid file), verification also waits until no worker from before the last reload still
+    takes connections, so "verified" means every new connection gets the new split.
+    """
     problems: list[ConfigProblem] = []
-    known = ("conf", "listen", "legacy", "candidate", "key", "nginx", "timeout")
+    known = ("conf", "listen", "legacy", "candidate", "key", "nginx", "timeout", "pid")
     for name in config:
         if name not in known:
             problems.append(ConfigProblem(f"{path}.{name}", f"unknown setting; known: {', '.join(known)}"))
@@ -258,6 +305,10 @@ def create(config: Mapping[str, Any], path: str) -> NginxRouter:
     timeout = config.get("timeout", 5.0)
     if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
         problems.append(ConfigProblem(f"{path}.timeout", "expected seconds, a positive number"))
+    pid = config.get("pid")
+    if pid is not None and not isinstance(pid, str):
+        problems.append(ConfigProblem(f"{path}.pid", "expected the path of nginx's pid file, e.g. /run/nginx.pid"))
     if problems:
         raise ProviderConfigError(problems)
-    return NginxRouter(NginxSettings(Path(conf), listen, legacy, candidate, key, nginx, float(timeout)))
+    return NginxRouter(NginxSettings(Path(conf), listen, legacy, candidate, key, nginx, float(timeout),
+                                     Path(pid) if pid else None))
