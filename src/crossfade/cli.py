@@ -418,6 +418,10 @@ def _print_state_line(state: State) -> None:
     stage = f"stage {state.stage} ({state.stage_index + 1})" if state.stage else "not started"
     out.print(f"{state.name}: [bold]{state.status}[/bold], {stage}, candidate traffic "
               f"{format_percent(state.traffic)}")
+    for router, status, candidate, detail in state.routers:
+        colour = "green" if status == "verified" else "red" if status == "failed" else "yellow"
+        out.print(f"  router {router}: [{colour}]{status}[/{colour}] at {format_percent(candidate)} candidate"
+                  + (f" ({detail})" if detail else ""))
 
 
 def _ms(seconds: float) -> str:
@@ -540,6 +544,41 @@ def shadow_report(cf: Client, name: str, stage: str | None, *, limit: int = 3) -
                          for e in cf.backend().examples(name, stage=stage, path=path, limit=limit)],
         })
     return {"migration": name, "stage": stage, "totals": totals, "fields": report}
+
+
+@app.command()
+def render(
+    name: Name,
+    router: Annotated[str, typer.Option("--router", help="Which of the spec's routers (istio, gateway_api, nginx).")],
+    stage: Annotated[str | None, typer.Option("--stage", help="Render this stage (default: where the migration "
+                                               "stands now).")] = None,
+    url: Url = None,
+) -> None:
+    """Print what a router would apply (Kubernetes manifests, an nginx config), for GitOps or review."""
+    from crossfade.registry import ProviderConfigError
+    from crossfade.routers import ROUTERS, Renders, RouterError, Target, create
+
+    with _client(url) as cf:
+        mig = cf.migration(name)
+        state, spec = mig.state(), mig.spec()
+        entries = [(i, e) for i, e in enumerate(spec.routers) if isinstance(e, dict) and router in e]
+        if not entries:
+            named = ", ".join(next(iter(e)) for e in spec.routers if isinstance(e, dict)) or "none"
+            _fail(f"the spec of {name} names no {router} router (it names: {named}); add it to the spec, e.g. "
+                  f"routers: [{{{router}: {{...}}}}], and apply it (known routers: {', '.join(ROUTERS.names())})", 2)
+        try:
+            provider = create(entries[0][1], f"routers[{entries[0][0]}]")
+            target = Target.for_stage(spec, stage) if stage else Target.from_state(state, spec)
+        except KeyError as exc:
+            _fail(str(exc).strip("'\""), 2)
+        except ProviderConfigError as exc:
+            _fail(str(exc), 2)
+        if not isinstance(provider, Renders):
+            _fail(f"the {router} router has nothing to render: it applies no files", 2)
+        try:
+            sys.stdout.write(provider.render(target))
+        except RouterError as exc:
+            _fail(str(exc))
 
 
 @app.command()

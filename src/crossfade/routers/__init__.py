@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from crossfade.registry import ConfigProblem, ProviderConfigError, Registry
 from crossfade.routing import SERVING_STATUSES
@@ -48,6 +48,12 @@ class Target:
     deny: tuple[str, ...] = ()
     rollback: bool = False
     salt: str = ""
+
+    @classmethod
+    def for_stage(cls, spec: Spec, stage: str) -> Target:
+        """The target of one of the spec's stages, as entering it would set it."""
+        s = spec.stages[spec.stage_index(stage)]
+        return cls(spec.name, s.name, s.traffic, s.shadow, tuple(spec.allow), tuple(spec.deny), salt=spec.salt)
 
     @classmethod
     def from_state(cls, state: State, spec: Spec) -> Target:
@@ -108,6 +114,14 @@ class Router(Protocol):
 
     def remove(self, migration: str) -> None:
         """Take away everything this router added for the migration; a no-op when nothing is there."""
+
+
+@runtime_checkable
+class Renders(Protocol):
+    """A router whose data plane is declared in files (manifests, a config): they can be printed for GitOps."""
+
+    def render(self, target: Target) -> str:
+        """What `sync` would apply for `target`, as text."""
 
 
 ROUTERS: Final[Registry[Router]] = Registry("router", __name__)

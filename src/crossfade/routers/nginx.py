@@ -206,6 +206,10 @@ class NginxRouter:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise RouterError(f"{' '.join(command)} failed ({done.returncode}): {last}")
 
+    def render(self, target: Target) -> str:
+        """The config file `sync` writes for `target`."""
+        return render(self.settings, target)
+
     def sync(self, target: Target) -> None:
         """Write the config for `target` (when it differs), test it, and reload nginx gracefully."""
         text = render(self.settings, target)
