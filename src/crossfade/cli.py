@@ -630,6 +630,46 @@ def render(
 
 
 @app.command()
+def proxy(
+    name: Name,
+    legacy: Annotated[str, typer.Option("--legacy", help="The legacy upstream's base URL, e.g. http://127.0.0.1:8001.")],
+    candidate: Annotated[str, typer.Option("--candidate", help="The candidate upstream's base URL.")],
+    key: Annotated[str, typer.Option("--key", help="Where the sticky key is: header:NAME, cookie:NAME or query:NAME.")],
+    listen: Annotated[str, typer.Option("--listen", help="host:port to serve on.")] = "127.0.0.1:8080",
+    ignore: Annotated[list[str] | None, typer.Option("--ignore", help="A path left out of the comparison, "
+                                                     "e.g. '$.body.request_id' (repeatable).")] = None,
+    compare_header: Annotated[list[str] | None, typer.Option("--compare-header", help="A response header "
+                                                             "compared (repeatable; default content-type).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.001, help="Seconds to wait for an upstream.")] = 30.0,
+    url: Url = None,
+) -> None:
+    """Serve a reverse proxy that routes each request to legacy or candidate by its sticky key, falls back,
+    mirrors and compares as the stage says, and records telemetry as the SDK does (needs crossfade[proxy])."""
+    try:
+        from crossfade.proxy import KeySource, ProxySettings
+        from crossfade.proxy.run import serve as serve_proxy
+    except ImportError as exc:
+        _fail(f"crossfade proxy needs the proxy extra: pip install 'crossfade[proxy]' ({exc.name} is missing)")
+    from crossfade.shadow import compile_path
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        _fail(f"--listen {listen!r}: expected host:port, e.g. 127.0.0.1:8080", 2)
+    try:
+        settings = ProxySettings(legacy, candidate, KeySource.parse(key),
+                                 tuple(compare_header) if compare_header else ("content-type",), timeout)
+        for path in ignore or ():
+            compile_path(path)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    with _client(url) as cf:
+        if cf.backend().state(name) is None:
+            raise UnknownMigration(f"no migration named {name!r}; apply its spec first (crossfade apply FILE)")
+        out.print(f"crossfade proxy for {name} on http://{listen}: legacy {legacy}, candidate {candidate}, key {key}")
+        serve_proxy(cf, name, settings, host=host, port=int(port), ignore=tuple(ignore or ()))
+
+
+@app.command()
 def mismatches(
     name: Name,
     stage: Annotated[str | None, typer.Option("--stage", help="One stage (default: every stage).")] = None,
