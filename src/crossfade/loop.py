@@ -17,24 +17,13 @@ from crossfade.controller import ACTOR, Assessment, assess, is_active, step
 from crossfade.events import ROUTER_FAILED, ROUTER_SYNCED, Change, Event, State, seal
 from crossfade.routers import NOT_IMPLEMENTED, Router, RouterError, Target, routers_for
 from crossfade.spec import Spec, load_spec
-from crossfade.telemetry import Window
+from crossfade.stagedata import StageTelemetry
 
 log = logging.getLogger("crossfade.controller")
 
-# How far before a stage's entry telemetry windows are read: a window that began before the stage was
-# entered may hold its first calls (windows are 10 s by default; a minute covers any sensible setting).
-WINDOW_MARGIN = 60.0
 # How long a router may take, after a push, before "not verified" counts as a failure: an nginx reload or
 # a mesh's config propagation is not instant. Until then the router only holds promotion back.
 VERIFY_GRACE = 2.0
-
-
-def stage_windows(backend: Backend, state: State) -> list[Window]:
-    """The telemetry the controller reads for the current stage: from `WINDOW_MARGIN` before it was entered."""
-    if not state.stage:
-        return []
-    since = state.stage_entered_at
-    return backend.windows(state.name, stage=state.stage, since=None if since is None else since - WINDOW_MARGIN)
 
 
 class Clock(Protocol):
@@ -105,6 +94,7 @@ class ControllerLoop:
         self._due: dict[str, float] = {}
         self._specs: dict[tuple[str, int], Spec] = {}
         self._held: set[str] = set()
+        self._telemetry = StageTelemetry()
         self._routers: dict[tuple[str, int], list[Router]] = {}
         # Per (migration, router): the last target its data plane was verified at; a router whose entry
         # differs from the current target is synced again at every poll until it verifies.
@@ -129,6 +119,7 @@ class ControllerLoop:
         for state in self.backend.states():
             if self.names is not None and state.name not in self.names:
                 self._let_go(state.name)
+                self._telemetry.forget(state.name)
                 continue
             if not is_active(state) or self._due.get(state.name, 0.0) > now:
                 # Between ticks, and after the migration stopped (a rollback above all), only the routers
@@ -136,6 +127,7 @@ class ControllerLoop:
                 result = self.reconcile(state, now)
                 if result is None and not is_active(state):
                     self._let_go(state.name)
+                    self._telemetry.forget(state.name)
                 if result is None:
                     continue
             else:
@@ -249,7 +241,7 @@ class ControllerLoop:
         unverified: list[str] = []
         if self._routers_of(state, spec) and not self.dry_run:
             changes, unverified = self._sync_routers(state, spec, Target.from_state(state, spec), now, recheck=True)
-        windows = stage_windows(self.backend, state)
+        windows = self._telemetry.windows(self.backend, state, spec, now)
         assessment = (assess(spec, state, windows, now, unverified=unverified)
                       if state.stage_index + 1 < len(spec.stages) else None)
         # Router events change nothing step() reads, so both go into one append, decided on the same state.
