@@ -1140,6 +1140,12 @@ _DURATION_PATTERN: Final = (
 _PERCENT_PATTERN: Final = r"^\s*\d+(\.\d+)?\s*%\s*$"
 
 
+def _router_names() -> list[str]:
+    from crossfade.routers import ROUTERS
+
+    return ROUTERS.names()
+
+
 def json_schema() -> dict[str, Any]:
     """A JSON Schema (draft 2020-12) of the spec format, for editors to complete and check spec files."""
 
@@ -1369,7 +1375,11 @@ def json_schema() -> dict[str, Any]:
                 "type": "array",
                 "description": "Traffic routers that make a mesh, gateway or proxy follow the migration, "
                                "each {name: {settings}} (sdk, nginx, istio, gateway_api); default: the SDK.",
-                "items": {"type": "object", "minProperties": 1, "maxProperties": 1},
+                "items": {
+                    "type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+                    "description": "One router: its name, and its settings (checked by the router's own module).",
+                    "properties": {name: {"type": ["object", "null"]} for name in _router_names()},
+                },
             },
         },
         "$defs": {
@@ -1447,5 +1457,8 @@ dual_write_retry: {attempts: 3, backoff: 50ms}        # the non-authoritative si
 allow: [test_agent_alpha]         # keys always sent to the candidate
 deny: []                          # keys always kept on legacy
 notify: []
+# routers: where traffic is split outside the app (default: the SDK in the app), e.g.
+#   - nginx: {conf: /etc/nginx/conf.d/checkout.conf, listen: 127.0.0.1:8080, key: "header:X-User-Id",
+#             legacy: 127.0.0.1:8001, candidate: 127.0.0.1:8002}
 """
 """The commented example spec that ``crossfade init`` writes."""
