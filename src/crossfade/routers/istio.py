@@ -62,7 +62,7 @@ class IstioManifests:
             # Only while the candidate serves: after a rollback a stale header must not keep anyone on it.
             arms = ["legacy", "candidate"] if target.candidate > 0 else ["legacy"]
             http += [self._matching(f"sticky-{arm}", self.sticky_header, [arm], arm) for arm in arms]
-        deny = [k for k in target.deny]
+        deny = list(target.deny)
         allow = [k for k in target.allow if k not in target.deny]
         if deny:
             http.append(self._matching("deny", self.key_header, deny, "legacy"))
@@ -72,7 +72,7 @@ class IstioManifests:
         split: dict[str, Any] = {"name": "split", "route": [self._destination("legacy", legacy),
                                                            self._destination("candidate", candidate)]}
         if target.mirror > 0 and candidate < 100:
-            split["mirror"] = {k: v for k, v in self._destination("candidate")["destination"].items()}
+            split["mirror"] = self._destination("candidate")["destination"]
             split["mirrorPercentage"] = {"value": round(target.mirror * 100, 4)}
         http.append(split)
         service: dict[str, Any] = {"hosts": [self.host], "http": http}
