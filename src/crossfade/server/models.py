@@ -54,7 +54,7 @@ class StateModel(BaseModel):
     salt: str | None
     verdicts: list[list[str]]
     rollback_step_at: float | None
-    routers: list[tuple[str, str, float, str]] = Field(
+    routers: list[list[str | float]] = Field(
         default=[], description="Per router the spec names: [router, verified | not_implemented | failed, "
                                 "candidate share it was last synced at, detail].")
 
