@@ -128,16 +128,16 @@ class BatchLedger:
                          "status": o.status, "existed": o.before is not None, "before": before, "after": after,
                          "tries": o.tries, "error": o.error, "updated_at": now})
         blob_rows = [{"digest": d, "size": len(b), "data": b, "created_at": now} for d, b in contents.items()]
+        stmt = self._insert(items_table)
+        upsert = stmt.on_conflict_do_update(
+            index_elements=["migration", "key"],
+            set_={name: stmt.excluded[name] for name in (
+                "attempt", "stage", "status", "existed", "before", "after", "tries", "error", "updated_at")},
+        )
         with self._store.guard(f"recording items of {migration}"), self._store.write() as conn:
-            for chunk in _chunks(blob_rows):
-                conn.execute(self._insert(blobs).values(chunk).on_conflict_do_nothing(index_elements=["digest"]))
-            for chunk in _chunks(rows):
-                stmt = self._insert(items_table).values(chunk)
-                conn.execute(stmt.on_conflict_do_update(
-                    index_elements=["migration", "key"],
-                    set_={name: stmt.excluded[name] for name in (
-                        "attempt", "stage", "status", "existed", "before", "after", "tries", "error", "updated_at")},
-                ))
+            # executemany: one statement compiled once, whatever the number of rows.
+            conn.execute(self._insert(blobs).on_conflict_do_nothing(index_elements=["digest"]), blob_rows)
+            conn.execute(upsert, rows)
 
     def mark(self, migration: str, keys: Iterable[str], status: str, now: float | None = None) -> None:
         """Move some items to `status` (written after the store took them, restored after a rollback)."""
@@ -158,10 +158,22 @@ class BatchLedger:
             rows = conn.execute(query).mappings().all()
         return {row["key"]: ItemRecord(**{k: v for k, v in row.items() if k != "migration"}) for row in rows}
 
-    def counts(self, migration: str) -> dict[str, int]:
-        """How many items of a migration are in each status."""
+    def done(self, migration: str, attempt: int) -> set[str]:
+        """The keys an attempt has dealt with (written, snapshotted, failed or refused; not restored)."""
         c = items_table.c
-        query = sa.select(c.status, sa.func.count()).where(c.migration == migration).group_by(c.status)
+        query = sa.select(c.key).where(c.migration == migration, c.attempt == attempt, c.status != RESTORED)
+        with self._store.guard(f"reading items of {migration}"), self._store.read() as conn:
+            return set(conn.scalars(query))
+
+    def counts(self, migration: str, *, attempt: int | None = None, stage: str | None = None) -> dict[str, int]:
+        """How many items of a migration (one attempt, one stage) are in each status."""
+        c = items_table.c
+        query = sa.select(c.status, sa.func.count()).where(c.migration == migration)
+        if attempt is not None:
+            query = query.where(c.attempt == attempt)
+        if stage is not None:
+            query = query.where(c.stage == stage)
+        query = query.group_by(c.status)
         with self._store.guard(f"counting items of {migration}"), self._store.read() as conn:
             return {status: int(n) for status, n in conn.execute(query).all()}
 

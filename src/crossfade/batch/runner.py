@@ -265,13 +265,11 @@ class BatchRun:
                 else f"run `crossfade resume {self.name}`") + " and run the batch again"
         return state
 
-    def _left(self, spec: Spec, state: State, records: Mapping[str, ItemRecord] | None = None) -> list[str]:
+    def _left(self, spec: Spec, state: State) -> list[str]:
         """The keys of the current stage not yet done in this attempt."""
-        if records is None:
-            records = self.ledger.items(self.name)
         limit = stage_limit(spec, state)
         salt = state.salt or spec.salt
-        done = {k for k, r in records.items() if r.attempt == state.attempt and r.status != RESTORED}
+        done = self.ledger.done(self.name, state.attempt)
         return [k for k in self.source.keys() if k not in done and stage_of(salt, k, limit)]
 
     async def _after_stage(self, spec: Spec, state: State) -> State:
@@ -284,11 +282,7 @@ class BatchRun:
         cells = stage_cells(state, windows)
         judgement = judge(spec, cells, look=1, traffic=state.traffic)
         firings = tuple(check_triggers(spec, windows, self.clock()))
-        records = await self._in_io(self.ledger.items, self.name)
-        outcome: dict[str, int] = {}
-        for r in records.values():
-            if r.attempt == state.attempt and r.stage == state.stage:
-                outcome[r.status] = outcome.get(r.status, 0) + 1
+        outcome = await self._in_io(lambda: self.ledger.counts(self.name, attempt=state.attempt, stage=state.stage))
         changes = after_stage(spec, state, judgement, firings, outcome)
         return self._commit(state, spec, changes) if changes else state
 
@@ -305,6 +299,7 @@ class BatchRun:
         moved = False
         current = state
         last_flush = self.clock()
+        flushing: asyncio.Task[None] | None = None
 
         def finished(task: asyncio.Task[tuple[Outcome, float] | None]) -> None:
             tasks.discard(task)
@@ -347,8 +342,12 @@ class BatchRun:
                 task = asyncio.create_task(self._item(key, befores.get(key), stage, stop))
                 tasks.add(task)
                 task.add_done_callback(finished)
-                if len(results) >= self.commit_every or (results and self.clock() - last_flush > 1.0):
-                    await flush()
+                due = len(results) >= self.commit_every or (results and self.clock() - last_flush > 1.0)
+                if due and (flushing is None or flushing.done()):
+                    # In the background: items keep flowing while a group is recorded and written.
+                    flushing = asyncio.create_task(flush())
+        if flushing is not None:
+            await flushing
         if stop.is_set():
             for task in list(tasks):
                 task.cancel()
