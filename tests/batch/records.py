@@ -38,7 +38,8 @@ def seed(url: str, n: int, table: str = "records") -> dict[str, bytes]:
     eng = engine(url)
     with eng.begin() as conn:
         conn.execute(sa.text(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, data TEXT, note TEXT)"))
-        conn.execute(sa.text(f"INSERT INTO {table} (id, data, note) VALUES (:id, :data, :note)"), rows)
+        if rows:
+            conn.execute(sa.text(f"INSERT INTO {table} (id, data, note) VALUES (:id, :data, :note)"), rows)
     eng.dispose()
     return {str(r["id"]): r["data"].encode() for r in rows}
 

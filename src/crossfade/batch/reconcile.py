@@ -94,7 +94,9 @@ def reconcile(
                 name = identity(k, data)
                 if name is not None:
                     owners.setdefault(name, []).append(k)
-        duplicates = sorted((name, tuple(sorted(keys))) for name, keys in owners.items() if len(keys) > 1)
+        # The copy at the key the source item maps to comes first: it is the one a backfill keeps.
+        duplicates = sorted((name, tuple(sorted(keys, key=lambda k: (k not in wanted, k))))
+                            for name, keys in owners.items() if len(keys) > 1)
     return Reconciliation(len(source_keys), len(target_keys), matching, tuple(sorted(missing)), tuple(extra),
                           tuple(sorted(differing)), tuple(duplicates), tuple(sorted(errors)))
 
@@ -109,7 +111,8 @@ def backfill(
     drop_duplicates: Iterable[tuple[str, tuple[str, ...]]] = (),
 ) -> int:
     """Write what `transform` makes of each given source item into `target`; remove every duplicate but the
-    first (by key order) of each identity given. Returns the number of items written or removed."""
+    first of each identity given (`reconcile` lists the copy at the expected key first). Returns the number
+    of items written or removed."""
     changed = 0
     for chunk in _chunks(list(keys)):
         old = source.read(chunk)

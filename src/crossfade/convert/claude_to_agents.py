@@ -50,7 +50,8 @@ class ClaudeToAgents:
         """AGENTS.md, and `codex-config.toml` among the extra outputs when settings were given."""
         losses: list[Loss] = []
         base = Path(source).parent if source else Path.cwd()
-        text = self._expand(data.decode(), base, losses, depth=0, seen=frozenset({str(Path(source).resolve())} if source else ()))
+        top = frozenset({str(Path(source).resolve())} if source else ())
+        text = self._expand(data.decode(), base, losses, depth=0, seen=top)
         extra: dict[str, bytes] = {}
         if self.settings or self.mcp:
             extra[CONFIG_NAME] = self._codex_config(losses).encode()
