@@ -35,6 +35,8 @@ SPEC = {
         {"name": "contract", "traffic": "100%"},
     ],
     "gates": {"mismatch_rate": {"max": "0.5%"}},
+    # Room for every shadow read of the example in the queue: none is dropped, so all 1,001 are compared.
+    "shadow": {"max_pending": 2048},
 }
 
 
