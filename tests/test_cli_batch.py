@@ -44,7 +44,8 @@ def project(tmp_path):
     db = tmp_path / "app.db"
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, data TEXT)")
-        conn.executemany("INSERT INTO items VALUES (?, ?)", [(i, json.dumps({"id": i, "version": 1})) for i in range(400)])
+        conn.executemany("INSERT INTO items VALUES (?, ?)",
+                         [(i, json.dumps({"id": i, "version": 1})) for i in range(400)])
     (tmp_path / "spec.yaml").write_text(SPEC)
     (tmp_path / "mig.py").write_text(TRANSFORM)
     return tmp_path
@@ -117,7 +118,8 @@ def test_convert_files_and_report_losses(tmp_path):
     source.write_text('{"model": "x", "hooks": null, "mcpServers": {"a": {"command": "npx"}}}')
     result = runner.invoke(app, ["convert", "json-to-toml", str(source), "--snake-case", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert tomllib.loads((tmp_path / "settings.toml").read_text()) == {"model": "x", "mcp_servers": {"a": {"command": "npx"}}}
+    converted = tomllib.loads((tmp_path / "settings.toml").read_text())
+    assert converted == {"model": "x", "mcp_servers": {"a": {"command": "npx"}}}
     assert "$.hooks: null has no TOML equivalent; dropped" in result.output
     strict = runner.invoke(app, ["convert", "json-to-toml", str(source), "--strict"])
     assert strict.exit_code == 1

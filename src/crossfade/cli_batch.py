@@ -21,8 +21,8 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
-from rich.text import Text
 from rich.table import Table
+from rich.text import Text
 
 from crossfade.cli import Url, _client, _fail, err, out
 from crossfade.registry import ProviderConfigError
@@ -64,7 +64,7 @@ def _function(ref: str, what: str) -> tuple[Callable[..., Any], Any]:
 
         try:
             conv = converter(ref.removeprefix("convert:"))
-        except ProviderConfigError as e:
+        except ValueError as e:
             _fail(f"--{what}: {e}")
         return as_transform(conv), conv
     module_name, _, name = ref.rpartition(":")
@@ -319,7 +319,7 @@ def convert(
             config["imports"] = "keep"
     try:
         conv = converter(kind, config)
-    except ProviderConfigError as e:
+    except ValueError as e:
         _fail(str(e))
     lost = False
     for path in inputs:

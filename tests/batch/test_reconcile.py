@@ -41,4 +41,5 @@ def test_a_transform_that_fails_on_an_item_is_reported_for_that_item():
     old = MemoryStore({"a": b"1", "b": b"x"})
     new = MemoryStore({"a": b"2", "b": b"?"})
     result = reconcile(old, new, transform=lambda k, d: str(int(d) * 2).encode())
-    assert result.matching == 1 and result.errors == (("b", "ValueError: invalid literal for int() with base 10: b'x'"),)
+    assert result.matching == 1
+    assert result.errors == (("b", "ValueError: invalid literal for int() with base 10: b'x'"),)

@@ -19,7 +19,7 @@ import crossfade
 from crossfade.backends.batch import BatchLedger
 from crossfade.batch import CircuitBreaker, MemoryStore, Retry, json_transform, open_store
 from crossfade.routing import bucket, threshold
-from tests.batch.records import SPEC, dump, log_line, seed, to_v2, valid_v2
+from tests.batch.records import SPEC, dump, seed, to_v2, valid_v2
 
 WORKER = Path(__file__).with_name("worker.py")
 

@@ -39,7 +39,8 @@ def test_order_is_kept_where_toml_allows_it():
 
 
 def test_date_strings_become_toml_dates_only_when_they_come_back_identical():
-    source = '{"day": "2025-01-02", "at": "2025-01-02T03:04:05Z", "odd": "2025-01-02T03:04:05.250+02:00", "note": "2025"}'
+    source = ('{"day": "2025-01-02", "at": "2025-01-02T03:04:05Z", "odd": "2025-01-02T03:04:05.250+02:00", '
+              '"note": "2025"}')
     result = converter("json-to-toml").convert(source.encode())
     parsed = tomllib.loads(result.output.decode())
     assert type(parsed["day"]).__name__ == "date" and type(parsed["at"]).__name__ == "datetime"
@@ -60,7 +61,8 @@ def test_every_loss_is_reported_with_its_path():
 
 
 def test_camel_case_keys_become_snake_case_on_request():
-    result = converter("json-to-toml", {"snake_case": True}).convert(b'{"mcpServers": {"maxTokens": 1, "HTTPProxy": "x"}}')
+    source = b'{"mcpServers": {"maxTokens": 1, "HTTPProxy": "x"}}'
+    result = converter("json-to-toml", {"snake_case": True}).convert(source)
     assert tomllib.loads(result.output.decode()) == {"mcp_servers": {"max_tokens": 1, "http_proxy": "x"}}
     assert result.lossless
 

@@ -101,12 +101,13 @@ class BatchLedger:
         self.backend = backend
         self._store = backend._store
 
-    def _insert(self, table: sa.Table) -> sa.Insert:
+    def _insert(self, table: sa.Table) -> Any:
+        """The dialect's INSERT, which has ON CONFLICT (both dialects spell it the same way)."""
         if self._store.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
+            from sqlalchemy.dialects import postgresql as dialect
         else:
-            from sqlalchemy.dialects.sqlite import insert
-        return insert(table)
+            from sqlalchemy.dialects import sqlite as dialect  # type: ignore[no-redef]
+        return dialect.insert(table)
 
     def record(self, migration: str, attempt: int, outcomes: Sequence[Outcome], now: float | None = None) -> None:
         """Store the outcomes of some items in one transaction: their contents (each distinct one once)

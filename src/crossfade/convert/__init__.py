@@ -65,7 +65,10 @@ CONVERTERS: Registry[Converter] = Registry("converter", "crossfade.convert")
 
 def converter(name: str, config: Mapping[str, Any] | None = None) -> Converter:
     """The converter called `name` (`json-to-toml` or `json_to_toml`), configured."""
-    return CONVERTERS.create(name.replace("-", "_"), config, f"convert.{name}")
+    try:
+        return CONVERTERS.create(name.replace("-", "_"), config, f"convert.{name}")
+    except ModuleNotFoundError as e:
+        raise ValueError(f"the {name} converter needs {e.name}: pip install 'crossfade[convert]'") from None
 
 
 def as_transform(conv: Converter, *, strict: bool = False) -> Any:

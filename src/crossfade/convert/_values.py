@@ -13,7 +13,10 @@ from crossfade.convert import DATA, ORDER, Loss
 INT_MIN: Final = -(2**63)
 INT_MAX: Final = 2**63 - 1
 _CAMEL: Final = re.compile(r"(?<=[a-z0-9])([A-Z])|(?<=[A-Z])([A-Z])(?=[a-z])")
-_DATE_LIKE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2})?)?$|^\d{2}:\d{2}:\d{2}(\.\d+)?$")
+_DATE_LIKE: Final = re.compile(
+    r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2})?)?$"  # date, date-time
+    r"|^\d{2}:\d{2}:\d{2}(\.\d+)?$"  # local time
+)
 
 
 def snake_case(name: str) -> str:

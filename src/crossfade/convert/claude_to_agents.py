@@ -62,7 +62,7 @@ class ClaudeToAgents:
     def validate(self, before: bytes, after: bytes, *, source: str | None = None) -> list[Loss]:
         """Headings, code blocks and text lines of `before` (imports aside) missing from `after`, in order."""
         mine, theirs = _outline(before.decode()), _outline(after.decode())
-        losses = []
+        losses: list[Loss] = []
         for kind in ("heading", "code"):
             missing = _missing_in_order(mine[kind], theirs[kind])
             losses.extend(Loss(f"{kind} {item[:50]!r}", f"the {kind} is not in the output") for item in missing)

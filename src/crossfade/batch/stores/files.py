@@ -72,4 +72,4 @@ def create(config: dict[str, Any], path: str) -> FileStore:
         problems.append(ConfigProblem(f"{path}.pattern", f"must be a glob such as **/*.json, got {pattern!r}"))
     if problems:
         raise ProviderConfigError(problems)
-    return FileStore(root, pattern)
+    return FileStore(str(root), pattern)

@@ -114,6 +114,6 @@ def create(config: dict[str, Any], path: str) -> SQLTableStore:
     if problems:
         raise ProviderConfigError(problems)
     try:
-        return SQLTableStore(url, config["table"], key=config.get("key", "id"), value=config.get("value", "data"))
+        return SQLTableStore(str(url), config["table"], key=config.get("key", "id"), value=config.get("value", "data"))
     except (ValueError, sa_exc.SQLAlchemyError) as e:
         raise ProviderConfigError([ConfigProblem(path, " ".join(str(e).split()))]) from None
