@@ -58,4 +58,5 @@ def test_a_failing_gate_rolls_the_batch_back():
     cell.mismatches = 100
     changes = after_stage(SPEC, _started(), judge(SPEC, {"candidate": cell}, look=1, traffic=0.1), (), {})
     assert [c.type for c in changes] == ["verdict", "rolled_back"]
+    assert changes[-1].reason.startswith("the validator refused 5.00% of 2000 items (99")
     assert "above the allowed 1%" in changes[-1].reason

@@ -70,6 +70,7 @@ def test_a_faulty_transform_is_rolled_back_at_the_first_stage_and_every_record_r
     assert "promoted" not in types and types[-2:] == ["rolled_back", "batch_restored"]
     rollback = next(e for e in history if e.type == "rolled_back")
     assert rollback.payload["from_stage"] == "canary" and "is above the allowed 1%" in rollback.reason
+    assert rollback.reason.startswith("the validator refused ")
 
 
 def test_transient_faults_are_retried_and_nothing_fails(cf, sqlite_url):
@@ -90,6 +91,33 @@ def test_transient_faults_are_retried_and_nothing_fails(cf, sqlite_url):
                       retry={ConnectionError: Retry(attempts=10, base=0.001, cap=0.01)})
     assert report.status == "completed" and report.failed == () and report.retries > 50
     assert store.items == {k: to_v2(v) for k, v in original.items()}
+
+
+def test_a_thousand_items_are_in_flight_at_once_with_a_coroutine_transform(cf, sqlite_url):
+    import asyncio
+
+    items = {f"k{i:04d}": b"1" for i in range(3000)}
+    inside = {"now": 0, "most": 0}
+    crowd: dict[str, asyncio.Event] = {}
+
+    async def remote(key: str, data: bytes) -> bytes:
+        gate = crowd.setdefault("full", asyncio.Event())
+        inside["now"] += 1
+        inside["most"] = max(inside["most"], inside["now"])
+        if inside["now"] >= 1000:
+            gate.set()
+        try:
+            # Each call waits until a thousand are waiting together (or, for the last few, a moment).
+            await asyncio.wait_for(gate.wait(), timeout=0.5)
+        except TimeoutError:
+            pass
+        inside["now"] -= 1
+        return b"2"
+
+    spec = {**SPEC, "stages": [{"name": "all", "traffic": "100%"}]}
+    report = cf.batch("records-v2", items, remote, spec=spec, concurrency=1000)
+    assert report.status == "completed" and set(items.values()) == {b"2"}
+    assert inside["most"] == 1000
 
 
 def test_the_breaker_stops_the_run_and_a_later_run_resumes(cf, sqlite_url):

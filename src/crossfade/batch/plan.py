@@ -10,6 +10,7 @@ validated and `mismatches` items the validator rejected, and the latency sketch 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Final
 
 from crossfade.events import (
@@ -24,9 +25,9 @@ from crossfade.events import (
     promote_change,
     request_approval_change,
 )
-from crossfade.judge import Firing, Judgement
+from crossfade.judge import Firing, Judgement, format_rate
 from crossfade.routing import bucket, threshold
-from crossfade.spec import Spec
+from crossfade.spec import Spec, format_percent
 
 # The gates that compare the candidate with legacy calls; a batch has no legacy calls to compare with.
 _ARM_GATES: Final = {"error_rate": "error_rate", "latency": "latency_p95", "cost": None}
@@ -65,6 +66,20 @@ def stage_limit(spec: Spec, state: State) -> int:
     return threshold(spec.stages[state.stage_index].traffic)
 
 
+def in_items(judgement: Judgement) -> Judgement:
+    """The judgement worded for items: the mismatch gate counts the items the validator refused."""
+    gates = []
+    for g in judgement.gates:
+        if g.gate == "mismatch_rate" and g.estimate is not None and g.lower is not None and g.upper is not None:
+            where = {"FAIL": "is above", "PASS": "is within"}.get(g.verdict, "may exceed")
+            level = f"{g.confidence * 100:.4f}".rstrip("0").rstrip(".")
+            g = replace(g, message=(
+                f"the validator refused {format_rate(g.estimate)} of {g.candidate_samples} items ({level}% CS "
+                f"{format_rate(g.lower)}..{format_rate(g.upper)}) {where} the allowed {format_percent(g.limit)}"))
+        gates.append(g)
+    return replace(judgement, gates=tuple(gates))
+
+
 def verdict_change(state: State, judgement: Judgement) -> Change | None:
     """The verdict event when the gates' verdicts changed since the last one recorded."""
     if judgement.summary() == state.verdicts:
@@ -87,6 +102,7 @@ def failure_change(spec: Spec, state: State, reason: str) -> Change:
 def during_stage(spec: Spec, state: State, judgement: Judgement, firings: tuple[Firing, ...]) -> list[Change]:
     """The changes after a batch of a stage's items: a new verdict, and a failure when a gate fails or a
     trigger fires (confidence sequences may be looked at after every item)."""
+    judgement = in_items(judgement)
     changes = [c for c in (verdict_change(state, judgement),) if c is not None]
     reasons = [f.message for f in firings] + [g.message for g in judgement.failed]
     if reasons:
@@ -99,7 +115,8 @@ def after_stage(spec: Spec, state: State, judgement: Judgement, firings: tuple[F
     """The changes once every item of the stage is done: a failure, or the next stage (asking for an
     approval first when the spec says so). `counts` are the stage's items by outcome, for the reason."""
     changes = during_stage(spec, state, judgement, firings)
-    if len(changes) and changes[-1].type != VERDICT or state.status != RUNNING:
+    failed = bool(changes) and changes[-1].type != VERDICT
+    if failed or state.status != RUNNING:
         return changes
     if state.stage_index + 1 >= len(spec.stages):
         return changes
