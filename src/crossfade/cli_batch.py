@@ -101,6 +101,9 @@ def run(
     target: Annotated[str | None, typer.Option("--target", help="Write the new contents here instead of in "
                                                "place (same forms as --source).")] = None,
     target_table: Annotated[str | None, typer.Option("--target-table", help="The target's table.")] = None,
+    rename: Annotated[str | None, typer.Option("--rename", help="OLD=NEW: an item whose key ends with OLD is "
+                                               "written under the key ending with NEW (.json=.toml, "
+                                               "CLAUDE.md=AGENTS.md).")] = None,
     validator: Annotated[str | None, typer.Option("--validator", help="module:function(key, before, after) "
                                                   "returning None or the problem.")] = None,
     spec: Annotated[Path | None, typer.Option("--spec", help="Apply this spec first.")] = None,
@@ -128,6 +131,7 @@ def run(
         check = as_validator(conv)
     items = _store(source, table, key_column, value_column, pattern)
     into = _store(target, target_table, key_column, value_column, pattern) if target else None
+    renamed = _renaming(rename) if rename else None
     with _client(url) as client, _progress(as_json) as progress:
         if spec is not None:
             try:
@@ -142,7 +146,8 @@ def run(
             progress.update(tasks[stage], completed=done, failed=failed)
 
         try:
-            report = BatchRun(client, name, items, fn, target=into, validate=check, concurrency=concurrency,
+            report = BatchRun(client, name, items, fn, target=into, rename=renamed, validate=check,
+                              concurrency=concurrency,
                               threads=threads, dry_run=dry_run, progress=moved,
                               retry={ConnectionError: Retry(attempts=retries + 1),
                                      TimeoutError: Retry(attempts=retries + 1)}).run()
@@ -155,6 +160,17 @@ def run(
     else:
         _print_report(report)
     raise typer.Exit(0 if report.status == "completed" and not report.failed else 1)
+
+
+def _renaming(rule: str) -> Callable[[str], str]:
+    old, sep, new = rule.partition("=")
+    if not sep or not old or not new:
+        _fail(f"--rename {rule!r}: write OLD=NEW, e.g. --rename .json=.toml or --rename CLAUDE.md=AGENTS.md")
+
+    def renamed(key: str) -> str:
+        return key[: -len(old)] + new if key.endswith(old) else key
+
+    return renamed
 
 
 class _Rate(ProgressColumn):

@@ -214,3 +214,26 @@ def test_kill_9_at_ten_random_points_loses_nothing_and_transforms_nothing_twice(
     again = sum(n - 1 for n in runs.values())
     assert again <= kills * 1000
     client.close()
+
+
+def test_a_directory_of_json_files_becomes_toml_beside_them_and_a_rollback_removes_what_it_added(cf, tmp_path):
+    from crossfade.convert import as_transform, as_validator, converter
+
+    configs = tmp_path / "configs"
+    for i in range(60):
+        (configs / f"team{i % 3}").mkdir(parents=True, exist_ok=True)
+        (configs / f"team{i % 3}" / f"agent{i}.json").write_text(json.dumps(
+            {"model": "x", "maxTokens": 1000 + i, "permissions": {"allow": ["Edit"]}, "createdAt": "2025-01-02"}))
+    (configs / "team0" / "agent0.toml").write_text("# hand-written, kept\n")
+    conv = converter("json-to-toml", {"snake_case": True})
+    source = open_store(str(configs), pattern="**/*.json")
+    spec = {**SPEC, "stages": [{"name": "all", "traffic": "100%"}]}
+    report = cf.batch("records-v2", source, as_transform(conv), target=open_store(str(configs)),
+                      rename=lambda key: key.removesuffix(".json") + ".toml", validate=as_validator(conv), spec=spec)
+    assert report.status == "completed" and report.written == 60
+    assert "max_tokens = 1003" in (configs / "team0" / "agent3.toml").read_text()
+    cf.migration("records-v2").rollback("back to JSON only")
+    report = cf.batch("records-v2", source, as_transform(conv))
+    assert report.restored == 60
+    assert sorted(p.name for p in configs.rglob("*.toml")) == ["agent0.toml"]
+    assert (configs / "team0" / "agent0.toml").read_text() == "# hand-written, kept\n"

@@ -40,6 +40,7 @@ items_table = sa.Table(
     "crossfade_batch_items", _metadata,
     sa.Column("migration", sa.Text, primary_key=True),
     sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("target", sa.Text),
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("stage", sa.Text, nullable=False),
     sa.Column("status", sa.Text, nullable=False),
@@ -65,6 +66,7 @@ class ItemRecord:
     """Where one item of a batch stands, with the addresses of its content before and after. Immutable."""
 
     key: str
+    target: str | None
     attempt: int
     stage: str
     status: str
@@ -74,6 +76,11 @@ class ItemRecord:
     tries: int
     error: str | None
     updated_at: float
+
+    @property
+    def written_to(self) -> str:
+        """The key the new content was written under (and a restore puts the old one back under)."""
+        return self.key if self.target is None else self.target
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +94,12 @@ class Outcome:
     after: bytes | None
     tries: int
     error: str | None = None
+    target: str | None = None
+
+    @property
+    def written_to(self) -> str:
+        """The key the new content is written under."""
+        return self.key if self.target is None else self.target
 
 
 class BatchLedger:
@@ -125,7 +138,7 @@ class BatchLedger:
             if o.after is not None:
                 after = digest(o.after)
                 contents[after] = o.after
-            rows.append({"migration": migration, "key": o.key, "attempt": attempt, "stage": o.stage,
+            rows.append({"migration": migration, "key": o.key, "target": o.target, "attempt": attempt, "stage": o.stage,
                          "status": o.status, "existed": o.before is not None, "before": before, "after": after,
                          "tries": o.tries, "error": o.error, "updated_at": now})
         blob_rows = [{"digest": d, "size": len(b), "data": b, "created_at": now} for d, b in contents.items()]
@@ -133,7 +146,8 @@ class BatchLedger:
         upsert = stmt.on_conflict_do_update(
             index_elements=["migration", "key"],
             set_={name: stmt.excluded[name] for name in (
-                "attempt", "stage", "status", "existed", "before", "after", "tries", "error", "updated_at")},
+                "target", "attempt", "stage", "status", "existed", "before", "after", "tries", "error",
+                "updated_at")},
         )
         with self._store.guard(f"recording items of {migration}"), self._store.write() as conn:
             # executemany: one statement compiled once, whatever the number of rows.

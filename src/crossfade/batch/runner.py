@@ -138,7 +138,8 @@ class _Counts:
 class BatchRun:
     """One run of a batch migration over an item store; `run()` (or `await arun()`) returns its report.
 
-    `target` receives the new contents (default: `source` itself, in place). `concurrency` bounds the items
+    `target` receives the new contents (default: `source` itself, in place), under `rename(key)` when given
+    (`a.json` -> `a.toml`; the same function on every run of the batch). `concurrency` bounds the items
     in flight (reading, transforming, waiting to retry); synchronous transforms run on `threads` threads,
     coroutine functions on the event loop. `retry` maps error classes to their `Retry` (the most specific
     class wins; classes not listed fail at once); `breaker` stops trying after consecutive failures.
@@ -152,6 +153,7 @@ class BatchRun:
         transform: Transform,
         *,
         target: ItemStore | None = None,
+        rename: Callable[[str], str] | None = None,
         validate: Validator | None = None,
         concurrency: int = 256,
         threads: int = 8,
@@ -170,6 +172,8 @@ class BatchRun:
         self.name = name
         self.source = source
         self.target = target if target is not None else source
+        self.rename: Callable[[str], str] = rename or (lambda key: key)
+        self._in_place = (target is None or target is source) and rename is None
         self.transform = transform
         self.validate = validate
         self.concurrency = concurrency
@@ -229,6 +233,14 @@ class BatchRun:
         fresh = self.backend.state(self.name)
         assert fresh is not None
         return fresh
+
+    def _read(self, keys: list[str]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """The items' contents, and what the target holds under their keys now (what a rollback restores)."""
+        contents = self.source.read(keys)
+        if self._in_place:
+            return contents, contents
+        targets = {self.rename(k): k for k in keys}
+        return contents, {targets[t]: data for t, data in self.target.read(list(targets)).items()}
 
     async def _in_io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
@@ -333,13 +345,13 @@ class BatchRun:
         for chunk in _chunked(keys):
             if stop.is_set():
                 break
-            befores = await self._in_io(self.source.read, chunk)
+            contents, priors = await self._in_io(self._read, chunk)
             for key in chunk:
                 await slots.acquire()
                 if stop.is_set():
                     slots.release()
                     break
-                task = asyncio.create_task(self._item(key, befores.get(key), stage, stop))
+                task = asyncio.create_task(self._item(key, contents.get(key), priors.get(key), stage, stop))
                 tasks.add(task)
                 task.add_done_callback(finished)
                 due = len(results) >= self.commit_every or (results and self.clock() - last_flush > 1.0)
@@ -375,7 +387,8 @@ class BatchRun:
         await self._in_io(self.ledger.record, self.name, state.attempt, outcomes)
         good = {o.key: o.after for o in outcomes if o.status == TRANSFORMED}
         if good:
-            await self._in_io(self.target.write, good)
+            renamed = {o.key: o.written_to for o in outcomes}
+            await self._in_io(self.target.write, {renamed[k]: v for k, v in good.items()})
             await self._in_io(self.ledger.mark, self.name, list(good), WRITTEN)
         counts.transformed += len(outcomes)
         counts.written += len(good)
@@ -403,10 +416,13 @@ class BatchRun:
         after = self._commit(fresh, spec, changes)
         return after, not working(after)
 
-    async def _item(self, key: str, before: bytes | None, stage: str, stop: asyncio.Event
+    async def _item(self, key: str, source: bytes | None, prior: bytes | None, stage: str, stop: asyncio.Event
                     ) -> tuple[Outcome, float] | None:
-        if before is None:
-            return Outcome(key, stage, FAILED, None, None, 0, "the item disappeared from the source"), 0.0
+        """Transform and validate one item: `source` is its content, `prior` what the target holds under its
+        key now (the same when the batch works in place): that is what a rollback puts back."""
+        moved = None if self._in_place else self.rename(key)
+        if source is None:
+            return Outcome(key, stage, FAILED, prior, None, 0, "the item disappeared from the source", moved), 0.0
         tries = 0
         spent = 0.0
         while True:
@@ -414,7 +430,7 @@ class BatchRun:
             tries += 1
             began = time.perf_counter()
             try:
-                after = _as_bytes(await self._call(self.transform, key, before))
+                after = _as_bytes(await self._call(self.transform, key, source))
             except Exception as error:  # noqa: BLE001 - the user's transform may raise anything; we record it
                 spent += time.perf_counter() - began
                 self.breaker.failure(self.clock())
@@ -422,12 +438,13 @@ class BatchRun:
                 if tries < policy.attempts:
                     await asyncio.sleep(policy.delay(tries, self.rng))
                     continue
-                return Outcome(key, stage, FAILED, before, None, tries, _describe(error)), spent
+                return Outcome(key, stage, FAILED, prior, None, tries, _describe(error), moved), spent
             spent += time.perf_counter() - began
             self.breaker.success()
             break
-        problem = await self._validated(key, before, after)
-        return Outcome(key, stage, INVALID if problem else TRANSFORMED, before, after, tries, problem), spent
+        problem = await self._validated(key, source, after)
+        status = INVALID if problem else TRANSFORMED
+        return Outcome(key, stage, status, prior, after, tries, problem, moved), spent
 
     async def _breaker_allows(self, stop: asyncio.Event) -> None:
         while True:
@@ -465,7 +482,7 @@ class BatchRun:
         """Write the recorded new content of items snapshotted before a crash (no transform again)."""
         for chunk in _chunked(list(records)):
             contents = await self._in_io(self.ledger.contents, [r.after for r in chunk if r.after])
-            await self._in_io(self.target.write, {r.key: contents[r.after] for r in chunk if r.after})
+            await self._in_io(self.target.write, {r.written_to: contents[r.after] for r in chunk if r.after})
             await self._in_io(self.ledger.mark, self.name, [r.key for r in chunk], WRITTEN)
         return len(records)
 
@@ -476,7 +493,8 @@ class BatchRun:
         began = self.clock()
         for chunk in _chunked(list(records)):
             contents = await self._in_io(self.ledger.contents, [r.before for r in chunk if r.before])
-            await self._in_io(self.target.write, {r.key: contents[r.before] if r.existed and r.before else None
+            await self._in_io(self.target.write, {r.written_to: contents[r.before] if r.existed and r.before
+                                                  else None
                                                   for r in chunk})
             await self._in_io(self.ledger.mark, self.name, [r.key for r in chunk], RESTORED)
         seconds = self.clock() - began
@@ -501,7 +519,7 @@ class BatchRun:
 
         async def one(key: str, before: bytes | None) -> None:
             async with slots:
-                result = await self._item(key, before, stage, stop)
+                result = await self._item(key, before, before, stage, stop)
             if result is None:
                 return
             outcome, _ = result

@@ -27,6 +27,8 @@ def upgrade() -> None:
         "crossfade_batch_items",
         sa.Column("migration", sa.Text(), primary_key=True),
         sa.Column("key", sa.Text(), primary_key=True),
+        # Where the new content went when the batch writes to another key or store (None: the same key).
+        sa.Column("target", sa.Text(), nullable=True),
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("stage", sa.Text(), nullable=False),
         sa.Column("status", sa.Text(), nullable=False),
