@@ -138,3 +138,24 @@ def test_convert_refuses_bad_input_in_one_line(tmp_path):
     assert "the JSON must be an object, not list" in cli("convert", "json-to-toml", str(bad), code=1)
     out = cli("convert", "claude-to-agents", str(bad), "--settings", str(tmp_path / "none.json"), code=1)
     assert "settings: must name a JSON file" in out
+
+
+def test_batch_run_converts_a_directory_with_a_converter_and_renamed_keys(tmp_path):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for i in range(30):
+        (configs / f"agent{i}.json").write_text(json.dumps({"model": "x", "maxTurns": i, "when": "2025-01-02"}))
+    (tmp_path / "spec.yaml").write_text("name: configs-toml\nstages: [{name: all, traffic: 100%}]\n"
+                                        "gates: {mismatch_rate: {max: 1%}}\n")
+    db = f"sqlite:///{tmp_path / 'cf.db'}"
+    output = cli("batch", "run", "configs-toml", "--source", str(configs), "--pattern", "*.json", "--target",
+                 str(configs), "--rename", ".json=.toml", "--transform", "convert:json-to-toml", "--spec",
+                 str(tmp_path / "spec.yaml"), "--url", db)
+    assert "30 written" in output
+    assert tomllib.loads((configs / "agent7.toml").read_text()) == {"model": "x", "maxTurns": 7,
+                                                                    "when": tomllib.loads("d = 2025-01-02")["d"]}
+    bad = cli("batch", "run", "configs-toml", "--source", str(configs), "--rename", "toml", "--transform",
+              "convert:json-to-toml", "--url", db, code=1)
+    assert "--rename 'toml': write OLD=NEW" in bad
+    assert "unknown converter" in cli("batch", "run", "configs-toml", "--source", str(configs), "--transform",
+                                      "convert:yaml", "--url", db, code=1)
