@@ -159,7 +159,7 @@ class BatchRun:
         threads: int = 8,
         retry: Mapping[type[BaseException], Retry] | None = None,
         breaker: CircuitBreaker | None = None,
-        commit_every: int = 500,
+        commit_every: int = 200,
         dry_run: bool = False,
         progress: Progress | None = None,
         actor: str = "batch",
@@ -354,7 +354,11 @@ class BatchRun:
                 task = asyncio.create_task(self._item(key, contents.get(key), priors.get(key), stage, stop))
                 tasks.add(task)
                 task.add_done_callback(finished)
-                due = len(results) >= self.commit_every or (results and self.clock() - last_flush > 1.0)
+                due = len(results) >= self.commit_every or (results and self.clock() - last_flush > 0.25)
+                if due and flushing is not None and not flushing.done() and len(results) >= self.commit_every:
+                    # Backpressure: a transformed item is at risk until its group is recorded (a crash loses
+                    # the result, and the item is transformed again), so no more than two groups wait.
+                    await flushing
                 if due and (flushing is None or flushing.done()):
                     # In the background: items keep flowing while a group is recorded and written.
                     flushing = asyncio.create_task(flush())
