@@ -120,6 +120,23 @@ def test_a_thousand_items_are_in_flight_at_once_with_a_coroutine_transform(cf, s
     assert inside["most"] == 1000
 
 
+def test_a_slow_transform_is_rolled_back_by_a_latency_trigger(cf):
+    import asyncio
+
+    items = {f"k{i}": b"old" for i in range(400)}
+
+    async def slow(key: str, data: bytes) -> bytes:
+        await asyncio.sleep(0.03)
+        return b"new"
+
+    spec = {**SPEC, "triggers": [{"metric": "latency_p95", "above": "10ms", "min_samples": 50}]}
+    report = cf.batch("records-v2", items, slow, spec=spec, concurrency=100, commit_every=50)
+    assert report.status == "rolled_back" and report.restored > 0
+    assert set(items.values()) == {b"old"}
+    rollback = next(e for e in cf.migration("records-v2").history() if e.type == "rolled_back")
+    assert rollback.reason.startswith("trigger latency_p95 > 10ms")
+
+
 def test_the_breaker_stops_the_run_and_a_later_run_resumes(cf, sqlite_url):
     store = MemoryStore({f"k{i}": json.dumps({"id": i, "version": 1, "name": f"n{i}", "title": "t",
                                               "params": []}).encode() for i in range(1500)})
@@ -198,7 +215,8 @@ def test_kill_9_at_ten_random_points_loses_nothing_and_transforms_nothing_twice(
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
-        proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode in (0, -signal.SIGKILL), stderr.decode()[-3000:]
     final = subprocess.run([sys.executable, str(WORKER), backend_url, str(log), "99"], env=env,
                            capture_output=True, text=True, timeout=240)
     assert final.returncode == 0, final.stderr[-2000:]
