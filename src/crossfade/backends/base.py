@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -99,3 +99,17 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release connections. The backend is not used afterwards."""
+
+
+@runtime_checkable
+class IncrementalTelemetry(Protocol):
+    """A store that hands out only the telemetry rows written after a given one, so a reader that keeps
+    what it read pays for news, not for history. Row ids grow, but (on PostgreSQL) a row may become
+    visible after rows with higher ids: a reader re-checks recent ids for late ones."""
+
+    def telemetry_ids(self, migration: str, *, stage: str, after_id: int, upto: int) -> list[int]:
+        """The ids of one stage's rows in (after_id, upto]."""
+
+    def telemetry_rows(self, migration: str, *, stage: str, after_id: int,
+                       also: Collection[int] = ()) -> list[tuple[int, Window]]:
+        """One stage's rows with an id above `after_id` or in `also`, unmerged, with their ids, in id order."""
