@@ -503,3 +503,20 @@ def test_prune_deletes_what_is_past_retention_but_not_the_running_stage(sqlite_u
         assert [w.stage for w in backend.windows("a")] == ["half", "half"]
     finally:
         backend.close()
+
+
+def test_connecting_to_an_existing_database_does_not_import_alembic(sqlite_url):
+    SQLBackend(sqlite_url).close()
+    code = ("import sys, crossfade; crossfade.connect(sys.argv[1]).close(); "
+            "print(sorted(m for m in ('alembic', 'mako', 'pygments') if m in sys.modules))")
+    found = subprocess.run([sys.executable, "-c", code, sqlite_url], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]"
+
+
+def test_the_head_read_from_the_revision_files_is_alembics():
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", sql.SCRIPT_LOCATION)
+    assert head_revision() == ScriptDirectory.from_config(config).get_current_head()
