@@ -1047,6 +1047,13 @@ def demo(
                               dashboard=port if dashboard else None))
 
 
+# The batch and convert commands live in their own module; it reads this one's helpers, so it comes last.
+from crossfade import cli_batch  # noqa: E402
+
+app.add_typer(cli_batch.batch_app, name="batch")
+app.command("convert")(cli_batch.convert)
+
+
 def main() -> None:
     """Entry point of the `crossfade` console script."""
     app()

@@ -471,6 +471,21 @@ class Client:
             handle = self._handles[(name, options)] = Migration(self, name, options)
         return handle
 
+    def batch(self, name: str, items: Any, transform: Callable[..., Any], *,
+              spec: Spec | str | os.PathLike[str] | Mapping[str, Any] | None = None, **options: Any) -> Any:
+        """Migrate a set of keyed items with `transform(key, data) -> new data`, stage by stage; returns a
+        `crossfade.batch.BatchReport`.
+
+        `items` is an item store, a dict of key -> bytes (updated in place), a database URL or a directory.
+        `spec`, when given, is applied first. Other keywords go to `crossfade.batch.BatchRun` (`validate`,
+        `target`, `concurrency`, `retry`, `breaker`, `dry_run`, `progress`, ...). Needs a SQL backend.
+        """
+        from crossfade.batch import BatchRun, as_store
+
+        if spec is not None:
+            self.apply(spec, actor=options.get("actor"))
+        return BatchRun(self, name, as_store(items), transform, **options).run()
+
     def migrations(self) -> list[State]:
         """Every migration's current state, from the backend."""
         return self.backend().states()
