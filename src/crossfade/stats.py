@@ -151,6 +151,7 @@ def proportion_diff_cs(
     alpha: float,
     sided: str = "two",
     n_star: float = 1000.0,
+    null_difference: float | None = None,
 ) -> Interval:
     """Always-valid confidence sequence for the difference of two proportions (error rate, mismatch rate).
 
@@ -160,6 +161,12 @@ def proportion_diff_cs(
     near-zero-width interval, and the sequence excluded a true zero difference in 6-7% of simulated runs at
     alpha 0.05; adjusted, in 2%. The estimate is the observed x_c / n_c - x_l / n_l, always inside the
     bounds, which are clipped to [-1, 1] (an open side of a one-sided interval stays open).
+
+    `null_difference`, when the bound is used to test "the difference is at least d" (a PASS against a limit
+    d), takes the candidate's variance at the rate that hypothesis implies, legacy's rate + d, whenever that
+    is the larger, as a score test does: the observed rate of a rare event is often zero, and its variance
+    then says the rate is known to be tiny. With the observed variance, 300 calls with no error where 6 were
+    expected passed a +1 pp limit in 0.6-0.7% of sequences against an alpha of 0.11%.
     """
     _check_cs_args(alpha, sided, n_star)
     if n_c <= 0 or n_l <= 0:
@@ -168,7 +175,11 @@ def proportion_diff_cs(
         raise ValueError(f"counts must be within [0, n], got {x_c}/{n_c} and {x_l}/{n_l}")
     p_c = (x_c + 1.0) / (n_c + 2.0)
     p_l = (x_l + 1.0) / (n_l + 2.0)
-    var_diff = p_c * (1.0 - p_c) / (n_c + 2.0) + p_l * (1.0 - p_l) / (n_l + 2.0)
+    var_c = p_c * (1.0 - p_c)
+    if null_difference is not None:
+        at_null = min(max(p_l + null_difference, 0.0), 1.0)
+        var_c = max(var_c, at_null * (1.0 - at_null))
+    var_diff = var_c / (n_c + 2.0) + p_l * (1.0 - p_l) / (n_l + 2.0)
     cs = _diff_cs(p_c - p_l, var_diff, n_c + n_l, alpha, sided, n_star)
     estimate = x_c / n_c - x_l / n_l
     lower = cs.lower if cs.lower == -math.inf else max(min(cs.lower, estimate), -1.0)
@@ -185,6 +196,46 @@ def cost_moments(total: float, total_sq: float, n: int) -> tuple[float, float]:
         return mean, math.nan
     # Rounding can make the difference slightly negative when all values are equal.
     return mean, max(total_sq - total * mean, 0.0) / (n - 1)
+
+
+def binomial_upper_tail(x: int, n: int, p: float) -> float:
+    """P(X >= x) for X ~ Binomial(n, p), exactly (summed in log space from x upward while terms matter).
+
+    The test behind a trigger on a rate: a tail below alpha means the rate is above p with confidence
+    1 - alpha (the one-sided Clopper-Pearson bound is above p), however few the calls.
+    """
+    if not 0 <= x <= n:
+        raise ValueError(f"x must be within [0, n], got {x} of {n}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be within [0, 1], got {p}")
+    if x == 0 or p == 1.0:
+        return 1.0
+    if p == 0.0:
+        return 0.0
+    if x <= n * p:
+        # At or below the mean the tail is at least about a half; the complement is summed instead.
+        return 1.0 - _binomial_lower_sum(x - 1, n, p)
+    log_q, log_p, log_n = math.log1p(-p), math.log(p), math.lgamma(n + 1.0)
+    total = 0.0
+    for k in range(x, n + 1):
+        term = math.exp(log_n - math.lgamma(k + 1.0) - math.lgamma(n - k + 1.0) + k * log_p + (n - k) * log_q)
+        total += term
+        # Above the mean the terms fall at least geometrically: stop once they no longer change the sum.
+        if term < total * 1e-17:
+            break
+    return min(total, 1.0)
+
+
+def _binomial_lower_sum(x: int, n: int, p: float) -> float:
+    """P(X <= x) for X ~ Binomial(n, p), summed downward from x (used at or below the mean)."""
+    log_q, log_p, log_n = math.log1p(-p), math.log(p), math.lgamma(n + 1.0)
+    total = 0.0
+    for k in range(x, -1, -1):
+        term = math.exp(log_n - math.lgamma(k + 1.0) - math.lgamma(n - k + 1.0) + k * log_p + (n - k) * log_q)
+        total += term
+        if term < total * 1e-17 and k < n * p - 1.0:
+            break
+    return min(total, 1.0)
 
 
 def look_alpha(alpha: float, look: int) -> float:
