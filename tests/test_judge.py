@@ -12,7 +12,7 @@ from crossfade.telemetry import Cell, Window
 
 SPEC = load_spec({
     "name": "m",
-    "stages": [{"traffic": "10%"}, {"traffic": "50%"}, {"traffic": "100%"}],
+    "stages": [{"traffic": "10%", "shadow": "50%"}, {"traffic": "50%"}, {"traffic": "100%"}],
     "gates": {"error_rate": {"max_increase": "0.5%"}, "latency": {"quantile": "p95", "max_ratio": 1.2},
               "cost": {"max_ratio": 1.5}, "mismatch_rate": {"max": "1%"}},
     "analysis": {"confidence": "99%"},
