@@ -230,3 +230,33 @@ def test_a_shadow_stage_is_judged_on_shadow_runs_and_left():
     assert healthy.outcome == "completed" and healthy.calls["candidate"] == 0  # shadow runs serve nobody
     worse = simulate(spec, workload("errors=5%", mode="aggregate"), seed=1)
     assert worse.outcome == "rolled_back" and worse.stage == "shadow" and "candidate error rate" in worse.reason
+
+
+def test_the_init_example_spec_can_be_simulated_and_its_mismatch_gate_judged():
+    from crossfade.spec import EXAMPLE
+
+    healthy = simulate(EXAMPLE, workload(rps=50), seed=1)
+    assert healthy.outcome == "completed", healthy.summary()
+    differing = simulate(EXAMPLE, workload("mismatch=5%", rps=50), seed=1)
+    assert differing.outcome == "rolled_back" and differing.stage == "shadow"
+    assert "answers differ from legacy's" in differing.reason
+
+
+def test_mismatch_is_a_candidate_setting_of_the_arm_text():
+    assert parse_arm("mismatch=2%", base=LEGACY).mismatch == 0.02
+    assert "mismatch=2%" in parse_arm("mismatch=2%", base=LEGACY).describe()
+    with pytest.raises(WorkloadError, match="mismatch= is how often the candidate's answers differ"):
+        parse_arm("mismatch=2%", label="--legacy")
+
+
+def test_looks_do_not_grow_with_the_simulated_span_at_low_traffic():
+    spec = {"name": "ci", "stages": [{"traffic": "10%", "hold": "2d"}, {"traffic": "50%", "hold": "3d"},
+                                     {"traffic": "100%"}],
+            "gates": {"error_rate": {"max_increase": "2%"}}, "analysis": {"interval": "1m"}}
+    looks = []
+    result = simulate(spec, workload(rps=0.06), seed=1, on_tick=looks.append)
+    assert result.outcome == "completed" and result.duration_s >= 5 * 86400
+    # 7,200 intervals of a minute; a look when the stage's age grew by 5%, and at the end of each hold.
+    assert len(looks) < 400
+    ends = [t.elapsed for t in looks]
+    assert 2 * 86400 in ends  # the first hold ends on a look
