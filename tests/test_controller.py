@@ -247,3 +247,19 @@ BENCH_SPEC = {
               "cost": {"max_ratio": 1.5}},
     "analysis": {"interval": "1m", "confidence": "99%"},
 }
+
+
+def test_latency_looks_are_counted_from_the_first_data_in_both_arms():
+    from crossfade.controller import look_number
+
+    run = Run(spec())
+    entered = run.now
+    # The candidate's first call comes 30 minutes into the stage: looks before it judged nothing.
+    c, l = Cell(), Cell()
+    c.calls = l.calls = 5
+    windows = [Window("m", "canary", "legacy", entered, 60.0, l),
+               Window("m", "canary", "candidate", entered + 1800, 60.0, c)]
+    assert look_number(run.spec, run.state, entered + 1800 + 60, windows) == 1
+    assert look_number(run.spec, run.state, entered + 1800 + 180, windows) == 3
+    assert look_number(run.spec, run.state, entered + 1800 + 60) == 32  # counted from entry, as before
+    assert look_number(run.spec, run.state, entered + 600, windows[:1]) == 1
