@@ -397,6 +397,9 @@ def plan(
     runs: Annotated[int, typer.Option("--runs", min=1, help="Simulated runs per scenario.")] = 20,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the plan here.")] = None,
     as_html: Annotated[bool, typer.Option("--html", help="An HTML page instead of Markdown.")] = False,
+    legacy: Annotated[str, typer.Option(
+        "--legacy", help='Legacy\'s behaviour for the simulations and what each stage can detect, e.g. '
+                         '"errors=0.2% latency=lognormal(2s,0.6) cost=0.01" (default: 1% errors, 50 ms).')] = "",
 ) -> None:
     """Render a Markdown migration plan: phases, success criteria, rollback, testing, timeline, communication.
 
@@ -405,6 +408,7 @@ def plan(
     communication plan."""
     from crossfade import plandoc
     from crossfade.program import is_program, load_program
+    from crossfade.simulate import WorkloadError, parse_arm
     from crossfade.spec import read_document
 
     if output is not None and not output.parent.is_dir():
@@ -417,9 +421,11 @@ def plan(
             document, title = plandoc.render_program(program, estimates, source=str(file)), program.name
         else:
             spec = load_spec(file)
-            document = plandoc.render(spec, plandoc.estimate(spec, rps=rps, runs=runs) if rps else None)
+            legacy_arm = parse_arm(legacy, label="--legacy") if legacy else None
+            estimates = plandoc.estimate(spec, rps=rps, runs=runs, legacy=legacy_arm) if rps else None
+            document = plandoc.render(spec, estimates)
             title = spec.name
-    except SpecError as exc:
+    except (SpecError, WorkloadError) as exc:
         _fail(str(exc), 2)
     if as_html:
         document = plandoc.to_html(document, f"Migration plan: {title}")
