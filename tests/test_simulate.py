@@ -18,6 +18,7 @@ from crossfade.simulate import (
     parse_fault,
     simulate,
 )
+from crossfade.spec import load_spec
 
 SPEC = {
     "name": "sim",
@@ -260,3 +261,22 @@ def test_looks_do_not_grow_with_the_simulated_span_at_low_traffic():
     assert len(looks) < 400
     ends = [t.elapsed for t in looks]
     assert 2 * 86400 in ends  # the first hold ends on a look
+
+
+def test_the_share_of_calls_a_stage_carries_depends_on_the_salt_and_is_reported(tmp_path):
+    import yaml
+
+    from crossfade.simulate import key_shares
+
+    spec = {**SPEC, "salt": "some-name"}
+    shares = key_shares(load_spec(spec), workload(keys=2000), salts=10)
+    assert [s.stage for s in shares] == ["canary", "half"]
+    canary = shares[0]
+    assert canary.low <= canary.median <= canary.high and canary.low < canary.high
+    assert 0.0 < canary.share < 1.0 and canary.traffic == 0.1
+    assert key_shares(load_spec(spec), workload(keys=0)) == []
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = runner.invoke(app, ["simulate", str(path), "--rps", "20", "--keys", "2000", "--until", "1m"])
+    assert result.exit_code == 0, result.output
+    assert "canary: 10% of keys carry" in result.output and "over 20 other salts" in result.output

@@ -320,6 +320,7 @@ def simulate(
         OUTCOMES,
         Workload,
         WorkloadError,
+        key_shares,
         median,
         parse_arm,
         parse_fault,
@@ -351,6 +352,10 @@ def simulate(
     out.print(f"[bold]{spec.name}[/bold]: {rps:g} rps, "
               + (f"{keys:,} keys (Zipf {zipf:g})" if keys else "a key per call") + fault_text)
     out.print(f"  legacy:    {workload.legacy.describe()}\n  candidate: {workload.candidate.describe()}")
+    for share in key_shares(spec, workload):
+        out.print(f"  {share.stage}: {format_percent(share.traffic)} of keys carry {share.share:.1%} of calls under "
+                  f"salt {spec.salt!r} ({share.low:.1%}..{share.high:.1%}, median {share.median:.1%}, over "
+                  f"{share.salts} other salts)")
     if runs == 1:
         result = results[0]
         for entry in result.timeline:

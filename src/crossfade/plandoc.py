@@ -11,7 +11,7 @@ from typing import Final
 
 from crossfade.judge import enabled_gates, gate_alpha
 from crossfade.program import Component, Program
-from crossfade.simulate import LEGACY_DEFAULT, Arm, SimResult, Workload, parse_arm, simulate_many
+from crossfade.simulate import LEGACY_DEFAULT, Arm, SimResult, Workload, key_shares, parse_arm, simulate_many
 from crossfade.spec import Spec, Stage, Trigger, format_duration, format_percent
 from crossfade.stats import detectable_increase, detectable_mean_ratio, detectable_quantile_ratio, look_alpha
 
@@ -304,6 +304,14 @@ def _detectable(spec: Spec, estimates: Estimates | None) -> str:
     for r in rows:
         lines.append(f"| {r.stage} | {r.candidate_calls:,.0f} | {r.legacy_calls:,.0f} | {_shown(r.error_rate, 'pp')} "
                      f"| {_shown(r.latency, 'x')} | {_shown(r.cost, 'x')} |")
+    shares = key_shares(spec, Workload(rps=estimates.rps))
+    if shares:
+        lines += ["", "With 10,000 Zipf-popular sticky keys (as simulated), a stage's share of calls is the popularity "
+                  f"of the keys its salt (`{spec.salt}`) puts below its threshold, not its traffic:", "",
+                  "| stage | traffic | share of calls, this salt | over 20 other salts (median, range) |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {s.stage} | {format_percent(s.traffic)} | {s.share:.1%} | {s.median:.1%} "
+                  f"({s.low:.1%}..{s.high:.1%}) |" for s in shares]
     lines += ["", *(f"- **Warning, {r.stage}**: at this traffic its hold is too short for {', '.join(r.out_of_reach)} "
                     "to catch a regression near its limit. A regression past a limit is held in the stage, not "
                     "promoted, until the evidence decides: lengthen the hold, or set `analysis.max_stage_time` and "
