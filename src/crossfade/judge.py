@@ -283,7 +283,8 @@ def cost_ratio_bounds(candidate: Cell, legacy: Cell, limit: float, alpha: float)
     floored_c = max(var_c, scaled_l) if math.isfinite(var_c) else var_c
     low = mean_diff_cs(mean_c, floored_c, n_c, limit * mean_l, scaled_l, n_l, alpha=alpha, sided="lower")
     high = mean_diff_cs(mean_c, floored_c, n_c, limit * mean_l, scaled_l, n_l, alpha=alpha, sided="upper")
-    return mean_c / mean_l, limit + low.lower / mean_l, limit + high.upper / mean_l
+    # A mean cost is not negative, nor is a ratio of them.
+    return mean_c / mean_l, max(limit + low.lower / mean_l, 0.0), limit + high.upper / mean_l
 
 
 def _free_legacy(candidate: Cell, legacy: Cell, limit: float, alpha: float) -> GateVerdict:
