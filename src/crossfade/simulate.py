@@ -70,7 +70,7 @@ from crossfade.events import (
     Event,
     State,
 )
-from crossfade.loop import WINDOW_MARGIN, ControllerLoop
+from crossfade.loop import ControllerLoop
 from crossfade.migration import CandidateTimeout
 from crossfade.routing import BUCKETS, CANDIDATE, LEGACY, SERVING_STATUSES, bucket, threshold
 from crossfade.sketch import Sketch
@@ -81,6 +81,7 @@ from crossfade.spec import (
     parse_duration,
     parse_percent,
 )
+from crossfade.stagedata import WINDOW_MARGIN
 from crossfade.telemetry import Cell, Window, cell_key, merge_windows
 
 __all__ = [
