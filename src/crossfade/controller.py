@@ -77,16 +77,18 @@ def look_number(spec: Spec, state: State, now: float, windows: Sequence[Window] 
     look 1), saw an empty stage at low traffic and spent it on nothing.
     """
     entered = state.stage_entered_at if state.stage_entered_at is not None else now
-    first = entered
-    if windows:
-        starts: dict[str, float] = {}
-        for w in windows:
-            if w.stage == state.stage and w.start + w.length > entered and w.cell.calls:
-                starts[w.arm] = min(starts.get(w.arm, math.inf), w.start + w.length)
-        if CANDIDATE not in starts or LEGACY not in starts:
-            return 1
-        first = max(entered, starts[CANDIDATE], starts[LEGACY])  # the end of the first window with both
-    return max(1, math.floor((now - first) / spec.analysis.interval) + 1)
+    if not windows:
+        return max(1, math.floor((now - entered) / spec.analysis.interval) + 1)
+    starts: dict[str, float] = {}
+    for w in windows:
+        if w.stage == state.stage and w.start + w.length > entered and w.cell.calls:
+            starts[w.arm] = min(starts.get(w.arm, math.inf), w.start)
+    if CANDIDATE not in starts or LEGACY not in starts:
+        return 1
+    # The start of the first window with calls in both arms. Windows rolled up by hour start at or before the
+    # data in them, so this only ever moves earlier and no look number is used twice.
+    first = max(entered, starts[CANDIDATE], starts[LEGACY])
+    return max(1, math.ceil((now - first) / spec.analysis.interval))
 
 
 def stage_cells(state: State, windows: Sequence[Window]) -> dict[str, Cell]:
