@@ -253,12 +253,13 @@ def main() -> int:
     parser.add_argument("--rps", default=",".join(f"{r:g}" for r in RATES), help="calls/s, comma-separated")
     parser.add_argument("--quick", action="store_true", help="30 runs each, for a first look")
     parser.add_argument("--threshold", action="store_true", help="also judge by the threshold trigger alone")
+    parser.add_argument("--judges", default=",".join(JUDGES), help="which judges, comma-separated")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: cores)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
     runs = 30 if args.quick else args.runs
     rates = [float(r) for r in args.rps.split(",")]
-    judges = JUDGES + (("threshold",) if args.threshold else ())
+    judges = tuple(args.judges.split(",")) + (("threshold",) if args.threshold else ())
     tasks = [(rps, i, judge, seed) for rps in rates for i in range(len(SCENARIOS)) for judge in judges
              for seed in range(runs)]
     started = time.perf_counter()

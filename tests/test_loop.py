@@ -150,23 +150,30 @@ def test_kill_9_at_random_points_loses_and_doubles_nothing(tmp_path):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         command = [sys.executable, "-m", "crossfade", "run-controller", "--url", url, "--poll", "0.05"]
         try:
-            # 50 kills, and on until the controller has promoted 10 times between them (a loaded machine
-            # gives it less time per life), at most 150.
-            kills = 0
-            while kills < 150 and (kills < 50 or sum(e.type == "promoted" for e in mig.history()) < 10):
+            # Bounded by progress, not by a count of kills: each controller is killed at a random point after
+            # it has written 1 to 4 events of its own, so however slowly a loaded machine starts it, every
+            # life moves the migration, and the test ends after 10 promotions (and at least 10 kills).
+            kills, promotions = 0, 0
+            while kills < 10 or promotions < 10:
                 kills += 1
                 state = mig.state()
                 if state.status == "completed":  # keep the controller busy: another attempt
                     mig.rollback("test: next attempt")
                     mig.restart()
+                    state = mig.state()
                 controller = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                               stderr=subprocess.DEVNULL, text=True)
-                # Kill at a random point of its work, not of its start-up: the first line says it runs.
                 assert controller.stdout.readline().startswith("controller ")
-                time.sleep(rng.uniform(0.0, 0.8))
+                goal = state.seq + rng.randint(1, 4)
+                deadline = time.monotonic() + 60
+                while mig.state().seq < goal and mig.state().status != "completed":
+                    assert time.monotonic() < deadline, f"controller #{kills} wrote nothing for 60 s"
+                    time.sleep(0.02)
+                time.sleep(rng.uniform(0.0, 0.1))
                 controller.send_signal(signal.SIGKILL)
                 controller.wait()
                 controller.stdout.close()
+                promotions = sum(e.type == "promoted" for e in mig.history())
         finally:
             stop.set()
             generator.join()

@@ -48,7 +48,7 @@ class HTTPBackend:
     def __init__(self, url: str, *, token: str | None = None, timeout: float = 5.0) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BackendError(f"not a control plane URL: {url!r}; use http://host:8765")
+            raise InvalidURL(f"not a control plane URL: {url!r}; use http://host:8765")
         self.url = url
         self._scheme = parts.scheme
         self._host = parts.hostname
