@@ -300,7 +300,8 @@ def _detectable(spec: Spec, estimates: Estimates | None) -> str:
     lines = ["## What each stage can detect", "",
              f"At {estimates.rps:g} calls/s (legacy `{estimates.legacy.describe()}`), the smallest regression each "
              "gate catches with 90% probability by the end of the stage's hold:", "",
-             "| stage | candidate calls | legacy calls | error rate | latency | cost |", "|---|---:|---:|---:|---:|---:|"]
+             "| stage | candidate calls | legacy calls | error rate | latency | cost |",
+             "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.stage} | {r.candidate_calls:,.0f} | {r.legacy_calls:,.0f} | {_shown(r.error_rate, 'pp')} "
                      f"| {_shown(r.latency, 'x')} | {_shown(r.cost, 'x')} |")
