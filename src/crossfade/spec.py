@@ -834,8 +834,10 @@ class _Reader:
         for index, stage in enumerate(judged):
             if _BAD in (stage.traffic, stage.shadow, stage.shadow_legacy):
                 continue
-            # (shadow_legacy at 0% is reported by stage_shadows already.)
-            if stage.traffic == 0.0 and stage.shadow == 0.0 and stage.shadow_legacy == 0.0:
+            # (shadow_legacy at 0% is reported by stage_shadows already; a dual-writing stage runs the
+            # candidate's writes.)
+            if stage.traffic == 0.0 and stage.shadow == 0.0 and stage.shadow_legacy == 0.0 \
+                    and stage.dual_write is not True:
                 self.problem(
                     f"stages[{index}]",
                     "at 0% traffic without shadow the candidate runs no calls, so this stage can never be judged "
