@@ -1,29 +1,32 @@
-"""Decision quality: how often each judge fails a good candidate, and how fast it catches a bad one.
+"""Decision quality: how often each judge fails a good candidate, and how fast it catches a bad one, by traffic.
 
-    python benchmarks/decisions.py [--runs 200] [--quick] [--jobs N] [--json]
+    python benchmarks/decisions.py [--runs 1000] [--rps 2,20,200] [--quick] [--jobs N] [--json]
 
 Every run is a `crossfade.simulate` run: synthetic traffic in virtual time through the real SDK, the real
-controller loop and a temporary backend. Each workload is judged three ways, on the same seeds:
+controller loop and a temporary backend. Each workload is judged four ways, on the same seeds:
 
-- crossfade: the spec's gates (anytime-valid confidence sequences, alpha spent across looks and stages);
-- threshold: no gates, one trigger `error_rate > 5% over 5m` (the fixed-threshold rule alerting uses), acted on
-  by the real controller;
+- crossfade: the spec's gates (anytime-valid confidence sequences, alpha spent across looks and stages; a stage
+  is not left while a gate's estimate is past its limit);
+- growthbook: no gates; an outside judge as GrowthBook's sequential testing works: the attempt's data pooled over
+  every stage of the ramp, per metric (error rate difference, mean latency ratio, mean cost ratio) the same
+  asymptotic confidence sequence (`crossfade.stats`), one-sided at 1% / 3 metrics, rolling back when the bound
+  is past the gate's allowance (the mean latency against the p95 gate's ratio: with a lognormal scaled as a
+  whole, both move together);
 - kayenta: no gates; an outside judge, as Kayenta's NetflixACAJudge works: every interval, per metric (error
   rate, p95 latency, mean cost), a two-sided Mann-Whitney test (`crossfade.stats.mann_whitney`) at 98% on
   the per-interval values of each arm since the stage began, failing the metric when the candidate is
   significantly higher and its mean exceeds the gate's allowance (Kayenta's effect-size tolerance); any
-  failing metric rolls back (a score below a 75 marginal with three metrics). No alpha spending.
+  failing metric rolls back (a score below a 75 marginal with three metrics). No alpha spending;
+- threshold (with --threshold): no gates, one trigger `error_rate > 5% over 5m`, acted on by the controller.
 
 Scenarios: (a) a candidate identical to legacy, and one exactly at each gate's limit (error rate + the
-allowed increase, p95 x the allowed ratio, cost x the allowed ratio): a rollback there is a false FAIL,
-which crossfade bounds by 1 - confidence; (b) a regressed candidate (errors 1% -> 3%, p95 x1.5, cost x2),
-also each regression alone and as a step fault half an hour in: detection rate and the delay from the fault
-to the rollback, in candidate calls served and simulated minutes. Rates come with 95% Wilson intervals.
+allowed increase, p95 x the allowed ratio, cost x the allowed ratio): a rollback there is a false FAIL, which
+crossfade bounds by 1 - confidence overall (each gate's share is printed beside it); (b) a regressed candidate
+(each regression alone: errors 1% -> 3%, p95 x1.5, cost x2; all three; a step to errors 3% half an hour in):
+detection rate and the delay from the fault to the rollback, in candidate calls served and simulated minutes,
+and how many runs completed anyway (a regression promoted to 100%). Rates come with 95% Wilson intervals.
 
-Keys: a key per call (routing by request), so calls split between the arms as the traffic says. The last
-row uses 10,000 Zipf-popular sticky keys instead: there the candidate's share of calls is the popularity of
-its keys (a 10% stage sees about 5% of the calls) and the sample-ratio check is only reported, as
-`analysis.sample_ratio: report` (the default) says; with `hold` every such run would stay at its first stage.
+Keys: a key per call (routing by request), so calls split between the arms as the traffic says.
 """
 
 from __future__ import annotations
@@ -41,10 +44,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
+from crossfade.judge import gate_alpha  # noqa: E402
 from crossfade.simulate import SimTick, Workload, median, parse_arm, parse_fault, simulate, wilson  # noqa: E402
 from crossfade.sketch import Sketch  # noqa: E402
 from crossfade.spec import load_spec  # noqa: E402
-from crossfade.stats import mann_whitney  # noqa: E402
+from crossfade.stats import mann_whitney, mean_diff_cs, proportion_diff_cs  # noqa: E402
+from crossfade.telemetry import Cell  # noqa: E402
 
 SPEC = """\
 name: bench
@@ -61,22 +66,25 @@ analysis: {interval: 1m, confidence: 99%}
 """
 THRESHOLD_TRIGGER = {"metric": "error_rate", "above": "5%", "window": "5m"}
 KAYENTA_CONFIDENCE = 0.98
-RPS = 200.0
+RATES = (2.0, 20.0, 200.0)
 LEGACY = "errors=1% latency=lognormal(50ms,0.4) cost=0.001"
 
-# name, candidate, fault (kind, at), is the candidate bad?
-SCENARIOS: list[tuple[str, str, tuple[str, str] | None, bool]] = [
-    ("a: identical", "", None, False),
-    ("a: errors at limit (+1pp)", "errors=2%", None, False),
-    ("a: p95 at limit (x1.25)", "latency=x1.25", None, False),
-    ("a: cost at limit (x1.5)", "cost=x1.5", None, False),
-    ("b: errors 3%, p95 x1.5, cost x2", "errors=3% latency=x1.5 cost=x2", None, True),
-    ("b: errors 1% -> 3% only", "errors=3%", None, True),
-    ("b: p95 x1.5 only", "latency=x1.5", None, True),
-    ("b: cost x2 only", "cost=x2", None, True),
-    ("b: step to errors 3% at 30m", "errors=3%", ("step", "30m"), True),
+# name, candidate, fault (kind, at), is the candidate bad?, the gate it concerns (None: all)
+SCENARIOS: list[tuple[str, str, tuple[str, str] | None, bool, str | None]] = [
+    ("a: identical", "", None, False, None),
+    ("a: errors at limit (+1pp)", "errors=2%", None, False, "error_rate"),
+    ("a: p95 at limit (x1.25)", "latency=x1.25", None, False, "latency"),
+    ("a: cost at limit (x1.5)", "cost=x1.5", None, False, "cost"),
+    ("b: errors 1% -> 3%", "errors=3%", None, True, "error_rate"),
+    ("b: p95 x1.5", "latency=x1.5", None, True, "latency"),
+    ("b: cost x2", "cost=x2", None, True, "cost"),
+    ("b: errors 3%, p95 x1.5, cost x2", "errors=3% latency=x1.5 cost=x2", None, True, None),
+    ("b: step to errors 3% at 30m", "errors=3%", ("step", "30m"), True, "error_rate"),
 ]
-JUDGES = ("crossfade", "threshold", "kayenta")
+JUDGES = ("crossfade", "growthbook", "kayenta")
+# Which gate a rollback reason names (crossfade's sentences; the outside judges name their metric).
+REASONS = {"error_rate": ("candidate error rate", "error rate"), "latency": ("latency",),
+           "cost": ("cost per call", "cost")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +101,8 @@ class Outcome:
 def _specs() -> dict[str, dict[str, Any]]:
     gated = load_spec(SPEC).to_dict()
     open_ = {**gated, "gates": {}}
-    return {"crossfade": gated, "threshold": {**open_, "triggers": [THRESHOLD_TRIGGER]}, "kayenta": open_}
+    return {"crossfade": gated, "threshold": {**open_, "triggers": [THRESHOLD_TRIGGER]}, "kayenta": open_,
+            "growthbook": open_}
 
 
 class KayentaJudge:
@@ -135,6 +144,61 @@ class KayentaJudge:
         return None
 
 
+class GrowthBookJudge:
+    """A GrowthBook-like outside judge: one sequence per metric over the attempt's data pooled across stages."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        gates = spec["gates"]
+        self.error_allowance = gates["error_rate"]["max_increase"]
+        self.latency_allowance = gates["latency"]["max_ratio"]
+        self.cost_allowance = gates["cost"]["max_ratio"]
+        self.alpha = (1.0 - spec["analysis"]["confidence"]) / 3
+        self.stages: dict[str, dict[str, Cell]] = {}
+
+    def __call__(self, tick: SimTick) -> str | None:
+        if tick.stage is None:
+            return None
+        self.stages[tick.stage] = dict(tick.cells)
+        c, l = Cell(), Cell()  # noqa: E741 - l for legacy, beside c
+        for cells in self.stages.values():
+            for arm, pooled in (("candidate", c), ("legacy", l)):
+                if arm in cells:
+                    pooled.merge(cells[arm])
+        if c.calls < 2 or l.calls < 2:
+            return None
+        errors = proportion_diff_cs(c.errors, c.calls, l.errors, l.calls, alpha=self.alpha, sided="lower")
+        if errors.lower > self.error_allowance:
+            return f"growthbook: error rate {errors.estimate * 100:+.2f} pp, lower bound {errors.lower * 100:+.2f} pp"
+        for metric, allowance, moments in (("latency", self.latency_allowance, _latency_moments),
+                                           ("cost", self.cost_allowance, _cost_moments)):
+            (mean_c, var_c, n_c), (mean_l, var_l, n_l) = moments(c), moments(l)
+            if n_c < 2 or n_l < 2 or mean_l <= 0:
+                continue
+            low = mean_diff_cs(mean_c, var_c, n_c, allowance * mean_l, allowance**2 * var_l, n_l, alpha=self.alpha,
+                               sided="lower")
+            if low.lower > 0:
+                return f"growthbook: mean {metric} x{mean_c / mean_l:.2f}, above x{allowance:g}"
+        return None
+
+
+def _latency_moments(cell: Cell) -> tuple[float, float, int]:
+    n = cell.latency.count
+    if n < 2:
+        return 0.0, 0.0, n
+    total = sum(v * k for v, k in cell.latency.buckets())
+    squares = sum(v * v * k for v, k in cell.latency.buckets())
+    mean = total / n
+    return mean, max(squares - total * mean, 0.0) / (n - 1), n
+
+
+def _cost_moments(cell: Cell) -> tuple[float, float, int]:
+    n = cell.costed
+    if n < 2:
+        return 0.0, 0.0, n
+    mean = cell.cost_sum / n
+    return mean, max(cell.cost_sq - cell.cost_sum * mean, 0.0) / (n - 1), n
+
+
 def _sketch(values: list[float]) -> Sketch:
     sketch = Sketch()
     for v in values:
@@ -142,82 +206,91 @@ def _sketch(values: list[float]) -> Sketch:
     return sketch
 
 
-def run_one(task: tuple[int, str, int]) -> tuple[int, str, Outcome]:
-    """One scenario under one judge with one seed (a process-pool task)."""
-    index, judge, seed = task
-    _, candidate, fault, _ = SCENARIOS[index] if index >= 0 else ("zipf", "", None, False)
+def run_one(task: tuple[float, int, str, int]) -> tuple[float, int, str, Outcome]:
+    """One scenario under one judge at one rate with one seed (a process-pool task)."""
+    rps, index, judge, seed = task
+    _, candidate, fault, _, _ = SCENARIOS[index]
     legacy = parse_arm(LEGACY, label="legacy")
-    workload = Workload(rps=RPS, legacy=legacy, candidate=parse_arm(candidate, base=legacy, label="candidate"),
-                        fault=parse_fault(*fault) if fault else None, keys=10_000 if index < 0 else 0,
-                        mode="aggregate")
+    workload = Workload(rps=rps, legacy=legacy, candidate=parse_arm(candidate, base=legacy, label="candidate"),
+                        fault=parse_fault(*fault) if fault else None, keys=0, mode="aggregate")
     spec = _specs()[judge]
-    hook = KayentaJudge(_specs()["crossfade"]) if judge == "kayenta" else None
-    until = 3 * 3600.0 if index < 0 else None
-    result = simulate(spec, workload, seed=seed, rollback_when=hook, until=until)
-    return index, judge, Outcome(result.outcome, result.detected_s, result.exposed, result.stage, result.reason)
+    hook = {"kayenta": KayentaJudge, "growthbook": GrowthBookJudge}.get(judge)
+    result = simulate(spec, workload, seed=seed, rollback_when=hook(_specs()["crossfade"]) if hook else None)
+    return rps, index, judge, Outcome(result.outcome, result.detected_s, result.exposed, result.stage, result.reason)
 
 
-def _row(name: str, judge: str, bad: bool, fault_at: float, outcomes: list[Outcome]) -> dict[str, Any]:
+def _gate_of(reason: str) -> str:
+    for gate, words in REASONS.items():
+        if any(w in reason for w in words):
+            return gate
+    return "trigger"
+
+
+def _row(rps: float, index: int, judge: str, outcomes: list[Outcome]) -> dict[str, Any]:
+    name, _, fault, bad, gate = SCENARIOS[index]
+    fault_at = parse_fault(*fault).at if fault else 0.0  # type: ignore[union-attr]
     n = len(outcomes)
-    rolled = sum(o.outcome == "rolled_back" for o in outcomes)
-    low, high = wilson(rolled, n)
+    rolled = [o for o in outcomes if o.outcome in ("rolled_back", "paused")]
     # A rollback before the fault began is a false FAIL, not a detection.
-    caught = [o for o in outcomes if o.outcome == "rolled_back" and (o.detected_s or 0.0) >= fault_at]
-    rolled = len(caught) if bad else rolled
-    low, high = wilson(rolled, n)
-    delay_min = median([(o.detected_s - fault_at) / 60 for o in caught])  # type: ignore[operator]
-    delay_calls = median([float(o.exposed) for o in caught])
-    return {"scenario": name, "judge": judge, "runs": n, "rolled_back": rolled, "rate": rolled / n,
-            "low": low, "high": high, "measure": "detected" if bad else "false FAIL",
+    caught = [o for o in rolled if (o.detected_s or 0.0) >= fault_at] if bad else []
+    count = len(caught) if bad else len(rolled)
+    low, high = wilson(count, n)
+    by_gate: dict[str, int] = {}
+    for o in rolled:
+        by_gate[_gate_of(o.reason)] = by_gate.get(_gate_of(o.reason), 0) + 1
+    delays = [(o.detected_s - fault_at) / 60 for o in caught]  # type: ignore[operator]
+    return {"rps": rps, "scenario": name, "judge": judge, "gate": gate, "runs": n, "count": count, "rate": count / n,
+            "low": low, "high": high, "measure": "detected" if bad else "false FAIL", "by_gate": by_gate,
             "completed": sum(o.outcome == "completed" for o in outcomes),
             "running": sum(o.outcome == "running" for o in outcomes),
-            "median_delay_min": delay_min if bad else None, "median_delay_calls": delay_calls if bad else None}
+            "median_delay_min": median(delays) if bad else None,
+            "median_delay_calls": median([float(o.exposed) for o in caught]) if bad else None}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=200, help="runs per scenario and judge (default 200)")
+    parser.add_argument("--runs", type=int, default=1000, help="runs per scenario, judge and rate (default 1000)")
+    parser.add_argument("--rps", default=",".join(f"{r:g}" for r in RATES), help="calls/s, comma-separated")
     parser.add_argument("--quick", action="store_true", help="30 runs each, for a first look")
+    parser.add_argument("--threshold", action="store_true", help="also judge by the threshold trigger alone")
+    parser.add_argument("--judges", default=",".join(JUDGES), help="which judges, comma-separated")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: cores)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
     runs = 30 if args.quick else args.runs
-    zipf_runs = min(runs, 30)
-    tasks = [(i, judge, seed) for i in range(len(SCENARIOS)) for judge in JUDGES for seed in range(runs)]
-    tasks += [(-1, "crossfade", seed) for seed in range(zipf_runs)]
+    rates = [float(r) for r in args.rps.split(",")]
+    judges = tuple(args.judges.split(",")) + (("threshold",) if args.threshold else ())
+    tasks = [(rps, i, judge, seed) for rps in rates for i in range(len(SCENARIOS)) for judge in judges
+             for seed in range(runs)]
     started = time.perf_counter()
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    results: dict[tuple[int, str], list[Outcome]] = {}
+    results: dict[tuple[float, int, str], list[Outcome]] = {}
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-        for index, judge, outcome in pool.map(run_one, tasks, chunksize=8):
-            results.setdefault((index, judge), []).append(outcome)
+        for rps, index, judge, outcome in pool.map(run_one, tasks, chunksize=8):
+            results.setdefault((rps, index, judge), []).append(outcome)
     elapsed = time.perf_counter() - started
-    rows = []
-    for i, (name, _, fault, bad) in enumerate(SCENARIOS):
-        fault_at = parse_fault(*fault).at if fault else 0.0  # type: ignore[union-attr]
-        for judge in JUDGES:
-            rows.append(_row(name, judge, bad, fault_at, results[(i, judge)]))
-    zipf = _row("a: identical, 10,000 Zipf(1.1) keys", "crossfade", False, 0.0, results[(-1, "crossfade")])
-    rows.append(zipf)
+    rows = [_row(rps, i, judge, results[(rps, i, judge)]) for rps in rates for i in range(len(SCENARIOS))
+            for judge in judges]
+    share = gate_alpha(load_spec(SPEC)) * 3  # one gate's share over the three judged stages
     if args.json:
-        print(json.dumps({"spec": SPEC, "legacy": LEGACY, "rps": RPS, "runs": runs, "seconds": elapsed,
+        print(json.dumps({"spec": SPEC, "legacy": LEGACY, "runs": runs, "seconds": elapsed, "gate_alpha": share,
                           "rows": rows}, indent=2))
         return 0
-    print(f"spec (confidence 99%: crossfade's false-FAIL bound is 1%):\n{SPEC}")
-    print(f"legacy: {LEGACY}; {RPS:g} rps, a key per call; {runs} runs per row "
-          f"({len(tasks)} runs in {elapsed:.0f} s on {args.jobs} processes)\n")
-    header = (f"{'scenario':<34} {'judge':<10} {'runs':>4}  {'measure':<10} {'rate':>6}  {'95% interval':<15} "
-              f"{'completed':>9}  {'median delay':>12}  {'in calls':>9}")
+    print(f"spec (confidence 99%: crossfade's false-FAIL bound is 1% in all, {share:.2%} per gate):\n{SPEC}")
+    print(f"legacy: {LEGACY}; a key per call; {runs} runs per row ({len(tasks)} runs in {elapsed:.0f} s on "
+          f"{args.jobs} processes)\n")
+    header = (f"{'rps':>4} {'scenario':<32} {'judge':<10} {'runs':>5}  {'measure':<10} {'rate':>6}  "
+              f"{'95% interval':<15} {'completed':>9} {'held':>5}  {'median delay':>12}  {'in calls':>9}  by gate")
     print(header)
     print("-" * len(header))
     for r in rows:
-        interval = f"{r['low'] * 100:.1f}%..{r['high'] * 100:.1f}%"
+        interval = f"{r['low'] * 100:.2f}%..{r['high'] * 100:.2f}%"
         delay = "-" if r["median_delay_min"] is None else f"{r['median_delay_min']:.0f} min"
         calls = "-" if r["median_delay_calls"] is None else f"{r['median_delay_calls']:,.0f}"
-        print(f"{r['scenario']:<34} {r['judge']:<10} {r['runs']:>4}  {r['measure']:<10} {r['rate'] * 100:>5.1f}%  "
-              f"{interval:<15} {r['completed']:>9}  {delay:>12}  {calls:>9}")
-    if zipf["running"]:
-        print(f"\nZipf keys: {zipf['running']} of {zipf['runs']} runs were still running after 3h.")
+        gates = ", ".join(f"{g} {k}" for g, k in sorted(r["by_gate"].items())) or "-"
+        print(f"{r['rps']:>4g} {r['scenario']:<32} {r['judge']:<10} {r['runs']:>5}  {r['measure']:<10} "
+              f"{r['rate'] * 100:>5.2f}%  {interval:<15} {r['completed']:>9} {r['running']:>5}  {delay:>12}  "
+              f"{calls:>9}  {gates}")
     return 0
 
 

@@ -214,3 +214,78 @@ def test_a_broken_sample_ratio_is_reported_and_holds_only_when_asked():
                 analysis={"interval": "1m", "sample_ratio": "hold"})
     assert "sample ratio: 5.00% of calls on the candidate" in assess(held, run.state, run.windows, run.now).waiting_for
     assert all(c.type == "verdict" for c in step(held, run.state, run.windows, run.now))
+
+
+def _undecided_run(**analysis):
+    """A stage whose error-rate estimate (+2 pp) is past its +1 pp limit with too few calls to fail it."""
+    run = Run(spec(stages=[{"name": "canary", "traffic": "10%", "hold": "10m"}, {"name": "full", "traffic": "100%"}],
+                   analysis={"interval": "1m", **analysis}))
+    candidate, legacy = Cell(), Cell()
+    candidate.calls, candidate.errors = 200, 6
+    legacy.calls, legacy.errors = 2000, 20
+    run.windows = [Window("m", "canary", "candidate", run.now, 60.0, candidate),
+                   Window("m", "canary", "legacy", run.now, 60.0, legacy)]
+    return run
+
+
+def test_a_stage_is_not_left_while_an_estimate_is_past_its_limit():
+    run = _undecided_run()
+    now = run.now + 3 * 3600
+    a = assess(run.spec, run.state, run.windows, now)
+    assert [g.verdict for g in a.judgement.gates] == ["INCONCLUSIVE"] and a.undecided
+    assert "evidence: candidate error rate +2.00 pp" in a.waiting_for
+    assert "is past, but not yet surely above, the allowed +1.00 pp" in a.waiting_for
+    assert [c.type for c in step(run.spec, run.state, run.windows, now) if c.type != "verdict"] == []
+
+
+def test_on_inconclusive_decides_after_the_maximum_stage_time():
+    for policy, expected in (("pause", "paused"), ("promote", "promoted"), ("hold", None)):
+        run = _undecided_run(max_stage_time="1h", on_inconclusive=policy)
+        early = assess(run.spec, run.state, run.windows, run.now + 30 * 60)
+        assert "30m left before on_inconclusive: " + policy in early.waiting_for
+        assert [c.type for c in step(run.spec, run.state, run.windows, run.now + 30 * 60)
+                if c.type != "verdict"] == []
+        changes = [c for c in step(run.spec, run.state, run.windows, run.now + 61 * 60) if c.type != "verdict"]
+        if expected is None:
+            assert changes == []
+            continue
+        (change,) = changes
+        assert change.type == expected and "still undecided after max_stage_time 1h" in change.reason
+
+
+def test_a_clear_regression_at_2_calls_per_second_is_not_promoted():
+    # The issue's reproduction: errors 1% -> 3% against a +1 pp limit completed with the last verdict
+    # "+2.36 pp (CS +0.73..+4.02 pp) may exceed the allowed +1.00 pp".
+    from crossfade.simulate import Workload, parse_arm, simulate
+
+    legacy = parse_arm("errors=1% latency=lognormal(50ms,0.4) cost=0.001", label="legacy")
+    workload = Workload(rps=2, legacy=legacy, candidate=parse_arm("errors=3%", base=legacy), mode="aggregate")
+    result = simulate(BENCH_SPEC, workload, seed=8000)
+    assert result.outcome != "completed", result.summary()
+
+
+BENCH_SPEC = {
+    "name": "bench",
+    "stages": [{"name": "canary-1", "traffic": "1%", "hold": "15m"},
+               {"name": "canary-10", "traffic": "10%", "hold": "30m"},
+               {"name": "rollout-50", "traffic": "50%", "hold": "1h"}, {"name": "complete", "traffic": "100%"}],
+    "gates": {"error_rate": {"max_increase": "1%"}, "latency": {"quantile": "p95", "max_ratio": 1.25},
+              "cost": {"max_ratio": 1.5}},
+    "analysis": {"interval": "1m", "confidence": "99%"},
+}
+
+
+def test_latency_looks_are_counted_from_the_first_data_in_both_arms():
+    from crossfade.controller import look_number
+
+    run = Run(spec())
+    entered = run.now
+    # The candidate's first call comes 30 minutes into the stage: looks before it judged nothing.
+    c, l = Cell(), Cell()
+    c.calls = l.calls = 5
+    windows = [Window("m", "canary", "legacy", entered, 60.0, l),
+               Window("m", "canary", "candidate", entered + 1800, 60.0, c)]
+    assert look_number(run.spec, run.state, entered + 1800 + 60, windows) == 1
+    assert look_number(run.spec, run.state, entered + 1800 + 180, windows) == 3
+    assert look_number(run.spec, run.state, entered + 1800 + 60) == 32  # counted from entry, as before
+    assert look_number(run.spec, run.state, entered + 600, windows[:1]) == 1

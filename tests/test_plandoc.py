@@ -103,3 +103,34 @@ def test_a_program_plan_renders_as_html_with_its_tables():
     page = to_html(render_program(load_program(PROGRAM_EXAMPLE)), "Migration plan: <x>")
     assert page.startswith("<!doctype html>") and "<title>Migration plan: &lt;x&gt;</title>" in page
     assert "<table>" in page and "<h2>Communication plan</h2>" in page
+
+
+def test_the_plan_says_what_each_stage_can_detect_at_the_given_traffic():
+    from crossfade.plandoc import detectable
+
+    spec = load_spec({"name": "m", "stages": [{"name": "c1", "traffic": "1%", "hold": "15m"},
+                                              {"name": "c50", "traffic": "50%", "hold": "1h"},
+                                              {"name": "done", "traffic": "100%"}],
+                      "gates": {"error_rate": {"max_increase": "1%"}, "latency": {"quantile": "p95",
+                                                                                  "max_ratio": 1.25},
+                                "cost": {"max_ratio": 1.5}}})
+    low, high = detectable(spec, 2.0), detectable(spec, 200.0)
+    assert [r.stage for r in low] == ["c1", "c50"]
+    # 18 candidate calls in the 1% stage at 2 calls/s catch only huge regressions; 200 calls/s far smaller.
+    assert low[0].candidate_calls == 18 and low[0].error_rate > 0.3 and set(low[0].out_of_reach) == {
+        "error_rate", "latency", "cost"}
+    assert high[1].error_rate < 0.02 and high[1].latency < 1.3 and high[1].cost < 1.6 and not high[1].out_of_reach
+    text = render(spec, estimate(spec, rps=2, runs=1))
+    assert "## What each stage can detect" in text and "| c1 | 18 | 1,782 |" in text
+    assert "**Warning, c1**: at this traffic its hold is too short for error_rate, latency, cost" in text
+
+
+def test_plan_takes_legacy_s_behaviour_and_refuses_a_bad_one(tmp_path):
+    spec = tmp_path / "m.yaml"
+    spec.write_text("name: m\nstages: [{name: c, traffic: 10%, hold: 10m}, {traffic: 100%}]\n")
+    result = CliRunner().invoke(app, ["plan", str(spec), "--rps", "20", "--runs", "1",
+                                      "--legacy", "errors=5% latency=const(2s)"])
+    assert result.exit_code == 0, result.output
+    assert "legacy `errors=5% latency=const(2s) cost=0.001`" in result.output
+    bad = CliRunner().invoke(app, ["plan", str(spec), "--rps", "20", "--legacy", "errors=5 junk"])
+    assert bad.exit_code == 2 and "--legacy: errors=5: 5 is not a fraction" in bad.output

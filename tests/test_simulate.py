@@ -18,6 +18,7 @@ from crossfade.simulate import (
     parse_fault,
     simulate,
 )
+from crossfade.spec import load_spec
 
 SPEC = {
     "name": "sim",
@@ -230,3 +231,52 @@ def test_a_shadow_stage_is_judged_on_shadow_runs_and_left():
     assert healthy.outcome == "completed" and healthy.calls["candidate"] == 0  # shadow runs serve nobody
     worse = simulate(spec, workload("errors=5%", mode="aggregate"), seed=1)
     assert worse.outcome == "rolled_back" and worse.stage == "shadow" and "candidate error rate" in worse.reason
+
+
+def test_the_init_example_spec_can_be_simulated_and_its_mismatch_gate_judged():
+    from crossfade.spec import EXAMPLE
+
+    healthy = simulate(EXAMPLE, workload(rps=50), seed=1)
+    assert healthy.outcome == "completed", healthy.summary()
+    differing = simulate(EXAMPLE, workload("mismatch=5%", rps=50), seed=1)
+    assert differing.outcome == "rolled_back" and differing.stage == "shadow"
+    assert "answers differ from legacy's" in differing.reason
+
+
+def test_mismatch_is_a_candidate_setting_of_the_arm_text():
+    assert parse_arm("mismatch=2%", base=LEGACY).mismatch == 0.02
+    assert "mismatch=2%" in parse_arm("mismatch=2%", base=LEGACY).describe()
+    with pytest.raises(WorkloadError, match="mismatch= is how often the candidate's answers differ"):
+        parse_arm("mismatch=2%", label="--legacy")
+
+
+def test_looks_do_not_grow_with_the_simulated_span_at_low_traffic():
+    spec = {"name": "ci", "stages": [{"traffic": "10%", "hold": "2d"}, {"traffic": "50%", "hold": "3d"},
+                                     {"traffic": "100%"}],
+            "gates": {"error_rate": {"max_increase": "2%"}}, "analysis": {"interval": "1m"}}
+    looks = []
+    result = simulate(spec, workload(rps=0.06), seed=1, on_tick=looks.append)
+    assert result.outcome == "completed" and result.duration_s >= 5 * 86400
+    # 7,200 intervals of a minute; a look when the stage's age grew by 5%, and at the end of each hold.
+    assert len(looks) < 400
+    ends = [t.elapsed for t in looks]
+    assert 2 * 86400 in ends  # the first hold ends on a look
+
+
+def test_the_share_of_calls_a_stage_carries_depends_on_the_salt_and_is_reported(tmp_path):
+    import yaml
+
+    from crossfade.simulate import key_shares
+
+    spec = {**SPEC, "salt": "some-name"}
+    shares = key_shares(load_spec(spec), workload(keys=2000), salts=10)
+    assert [s.stage for s in shares] == ["canary", "half"]
+    canary = shares[0]
+    assert canary.low <= canary.median <= canary.high and canary.low < canary.high
+    assert 0.0 < canary.share < 1.0 and canary.traffic == 0.1
+    assert key_shares(load_spec(spec), workload(keys=0)) == []
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = runner.invoke(app, ["simulate", str(path), "--rps", "20", "--keys", "2000", "--until", "1m"])
+    assert result.exit_code == 0, result.output
+    assert "canary: 10% of keys carry" in result.output and "over 20 other salts" in result.output

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crossfade.spec import (
@@ -658,7 +658,9 @@ def spec_dicts(draw: st.DrawFn) -> dict[str, Any]:
             stage["name"] = f"s{index}"
         if draw(st.booleans()):
             stage["hold"] = format_duration(draw(st.integers(1, 10**8)) / 1000)
-        if draw(st.booleans()):
+        if level == 0 and index < len(levels) - 1:
+            stage["shadow"] = draw(st.integers(1, 10000)) / 10000  # a 0% stage without shadow is refused
+        elif draw(st.booleans()):
             stage["shadow"] = draw(st.integers(0, 10000)) / 10000
         if level > 0 and draw(st.booleans()):
             stage["shadow_legacy"] = draw(st.integers(1, 10000)) / 10000
@@ -685,6 +687,9 @@ def spec_dicts(draw: st.DrawFn) -> dict[str, Any]:
                 },
             )
         )
+    shadowed = any(s.get("shadow") or s.get("shadow_legacy") for s in stages[:-1])
+    if not shadowed and "mismatch_rate" in spec.get("gates", {}):
+        del spec["gates"]["mismatch_rate"]  # refused: no stage compares answers
     spec["triggers"] = draw(
         st.lists(
             st.one_of(
@@ -703,6 +708,7 @@ def spec_dicts(draw: st.DrawFn) -> dict[str, Any]:
     return spec
 
 
+@settings(deadline=None)  # a loaded machine (both cores busy) takes 400 ms for an example
 @given(spec_dicts())
 def test_any_valid_spec_round_trips_through_to_dict_yaml_and_json(data: dict[str, Any]) -> None:
     spec = load_spec(data)
@@ -854,3 +860,28 @@ def test_routers_are_kept_raw_checked_by_their_modules_and_left_out_when_empty()
     assert "routers[1]: expected one router as {name: {settings}}" in text
     with pytest.raises(SpecError, match="routers: expected a list"):
         load_spec({"name": "m", "stages": [{"traffic": "100%"}], "routers": {"nginx": {}}})
+
+
+def test_stages_that_can_never_have_data_are_refused_with_the_fix():
+    empty = only_problem({"name": "m", "stages": [{"traffic": "0%"}, {"traffic": "100%"}]})
+    assert empty.startswith("stages[0]: at 0% traffic without shadow") and "add shadow: 100%" in empty
+    full = only_problem({"name": "m", "stages": [{"traffic": "100%"}, {"traffic": "100%"}]})
+    assert full.startswith("stages[0].traffic: at 100% before the last stage") and "shadow_legacy" in full
+    load_spec({"name": "m", "stages": [{"traffic": "0%", "shadow": "100%"},
+                                       {"traffic": "100%", "shadow_legacy": "10%"}, {"traffic": "100%"}]})
+
+
+def test_a_mismatch_gate_without_any_shadow_stage_is_refused():
+    found = only_problem({**minimal(), "gates": {"mismatch_rate": {"max": "1%"}}})
+    assert found.startswith("gates.mismatch_rate: answers are compared on shadow runs")
+    load_spec({**minimal(), "stages": [{"traffic": "0%", "shadow": "100%"}, {"traffic": "100%"}],
+               "gates": {"mismatch_rate": {"max": "1%"}}})
+
+
+def test_on_inconclusive_and_max_stage_time_are_read_and_checked():
+    spec = load_spec({**minimal(), "analysis": {"on_inconclusive": "pause", "max_stage_time": "6h"}})
+    assert (spec.analysis.on_inconclusive, spec.analysis.max_stage_time) == ("pause", 6 * 3600.0)
+    assert spec.to_dict()["analysis"]["on_inconclusive"] == "pause"
+    assert "on_inconclusive" not in load_spec(minimal()).to_dict()["analysis"]
+    bad = only_problem({**minimal(), "analysis": {"on_inconclusive": "maybe"}})
+    assert bad.startswith("analysis.on_inconclusive:") and "hold" in bad and "promote" in bad

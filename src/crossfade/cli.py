@@ -407,6 +407,7 @@ def simulate(
         OUTCOMES,
         Workload,
         WorkloadError,
+        key_shares,
         median,
         parse_arm,
         parse_fault,
@@ -438,6 +439,10 @@ def simulate(
     out.print(f"[bold]{spec.name}[/bold]: {rps:g} rps, "
               + (f"{keys:,} keys (Zipf {zipf:g})" if keys else "a key per call") + fault_text)
     out.print(f"  legacy:    {workload.legacy.describe()}\n  candidate: {workload.candidate.describe()}")
+    for share in key_shares(spec, workload):
+        out.print(f"  {share.stage}: {format_percent(share.traffic)} of keys carry {share.share:.1%} of calls under "
+                  f"salt {spec.salt!r} ({share.low:.1%}..{share.high:.1%}, median {share.median:.1%}, over "
+                  f"{share.salts} other salts)")
     if runs == 1:
         result = results[0]
         for entry in result.timeline:
@@ -484,6 +489,9 @@ def plan(
     runs: Annotated[int, typer.Option("--runs", min=1, help="Simulated runs per scenario.")] = 20,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the plan here.")] = None,
     as_html: Annotated[bool, typer.Option("--html", help="An HTML page instead of Markdown.")] = False,
+    legacy: Annotated[str, typer.Option(
+        "--legacy", help='Legacy\'s behaviour for the simulations and what each stage can detect, e.g. '
+                         '"errors=0.2% latency=lognormal(2s,0.6) cost=0.01" (default: 1% errors, 50 ms).')] = "",
 ) -> None:
     """Render a Markdown migration plan: phases, success criteria, rollback, testing, timeline, communication.
 
@@ -492,6 +500,7 @@ def plan(
     communication plan."""
     from crossfade import plandoc
     from crossfade.program import is_program, load_program
+    from crossfade.simulate import WorkloadError, parse_arm
     from crossfade.spec import read_document
 
     if output is not None and not output.parent.is_dir():
@@ -504,10 +513,14 @@ def plan(
             document, title = plandoc.render_program(program, estimates, source=str(file)), program.name
         else:
             spec = load_spec(file)
-            document = plandoc.render(spec, plandoc.estimate(spec, rps=rps, runs=runs) if rps else None)
+            legacy_arm = parse_arm(legacy, label="--legacy") if legacy else None
+            estimates = plandoc.estimate(spec, rps=rps, runs=runs, legacy=legacy_arm) if rps else None
+            document = plandoc.render(spec, estimates)
             title = spec.name
     except SpecError as exc:
         _fail(_message(exc), 2)
+    except WorkloadError as exc:
+        _fail(str(exc), 2)
     if as_html:
         document = plandoc.to_html(document, f"Migration plan: {title}")
     if output is None:

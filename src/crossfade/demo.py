@@ -148,6 +148,10 @@ def _play(console: Console, spec: Spec, story: Story, *, speed: float, seed: int
 
         def on_tick(tick: SimTick) -> None:
             for event in tick.events:
+                if event.type == "verdict":
+                    # Only the latest verdicts: a gate flipping between PASS and INCONCLUSIVE would push the
+                    # story's transitions out of view.
+                    notes[:] = [n for n in notes if " verdicts: " not in n]
                 notes.append(_note(tick, event.type, event.actor, event.reason or ""))
             live.update(_view(spec, tick, notes))
             if speed > 0 and (paced or console.is_terminal):

@@ -6,13 +6,14 @@ import html
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from crossfade.judge import enabled_gates, gate_alpha
 from crossfade.program import Component, Program
-from crossfade.simulate import LEGACY_DEFAULT, Arm, SimResult, Workload, parse_arm, simulate_many
+from crossfade.simulate import LEGACY_DEFAULT, Arm, SimResult, Workload, key_shares, parse_arm, simulate_many
 from crossfade.spec import Spec, Stage, Trigger, format_duration, format_percent
+from crossfade.stats import detectable_increase, detectable_mean_ratio, detectable_quantile_ratio, look_alpha
 
 FAULTY = "errors=3% latency=x1.5 cost=x2"
 
@@ -25,6 +26,7 @@ class Estimates:
     healthy: tuple[SimResult, ...]
     faulty: tuple[SimResult, ...]
     faulty_arm: str
+    legacy: Arm = field(default=LEGACY_DEFAULT)
 
 
 def estimate(spec: Spec, *, rps: float, runs: int = 20, seed: int = 0, legacy: Arm | None = None) -> Estimates:
@@ -32,9 +34,10 @@ def estimate(spec: Spec, *, rps: float, runs: int = 20, seed: int = 0, legacy: A
     behaves as given (default: 1% errors, 50 ms median) and the healthy candidate like it."""
     base = Workload(rps=rps, legacy=legacy or LEGACY_DEFAULT, candidate=legacy or LEGACY_DEFAULT)
     healthy = simulate_many(spec, base, runs=runs, seed=seed)
-    faulty_workload = Workload(rps=rps, candidate=parse_arm(FAULTY, base=base.legacy, label="faulty candidate"))
+    faulty_workload = Workload(rps=rps, legacy=base.legacy,
+                               candidate=parse_arm(FAULTY, base=base.legacy, label="faulty candidate"))
     faulty = simulate_many(spec, faulty_workload, runs=runs, seed=seed + runs)
-    return Estimates(rps, tuple(healthy), tuple(faulty), FAULTY)
+    return Estimates(rps, tuple(healthy), tuple(faulty), FAULTY, base.legacy)
 
 
 def render(spec: Spec, estimates: Estimates | None = None) -> str:
@@ -46,10 +49,11 @@ def render(spec: Spec, estimates: Estimates | None = None) -> str:
         _criteria(spec),
         _rollback(spec),
         _testing(spec, estimates),
+        _detectable(spec, estimates),
         _timeline(spec, estimates),
         _communication(spec),
     ]
-    return "\n\n".join(p.strip() for p in parts) + "\n"
+    return "\n\n".join(p.strip() for p in parts if p.strip()) + "\n"
 
 
 def _purpose(spec: Spec) -> str:
@@ -231,6 +235,88 @@ def _testing(spec: Spec, estimates: Estimates | None) -> str:
             + f" ({len(caught)} of {len(faulty)} caught)."
         )
         lines.append(f"  Re-run with `crossfade simulate SPEC --rps {estimates.rps:g} --runs 200`.")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Detectable:
+    """What one stage can catch by the end of its hold at a traffic level: expected calls per arm and, per gate,
+    the smallest regression caught with 90% probability (None: the gate is off), and the gates whose own
+    limit is out of reach (the smallest catchable excess more than twice the limit's)."""
+
+    stage: str
+    candidate_calls: float
+    legacy_calls: float
+    error_rate: float | None
+    latency: float | None
+    cost: float | None
+    out_of_reach: tuple[str, ...]
+
+
+def detectable(spec: Spec, rps: float, legacy: Arm = LEGACY_DEFAULT) -> list[Detectable]:
+    """Per judged stage with a hold, what its gates can catch at `rps` by the hold's end (normal approximations
+    of the gates' own bounds at their alpha; see `crossfade.stats.detectable_increase`)."""
+    alpha = gate_alpha(spec)
+    g = spec.gates
+    rows = []
+    for stage in spec.stages[:-1]:
+        if not stage.hold:
+            continue
+        n_c = rps * stage.hold * (stage.traffic + (1 - stage.traffic) * stage.shadow)
+        n_l = rps * stage.hold * ((1 - stage.traffic) + stage.traffic * stage.shadow_legacy)
+        far: list[str] = []
+        error = latency = cost = None
+        if g.error_rate is not None:
+            error = detectable_increase(legacy.errors, n_c, n_l, g.error_rate.max_increase, alpha=alpha)
+            if error > 2 * g.error_rate.max_increase:
+                far.append("error_rate")
+        if g.latency is not None:
+            looks = max(1, math.ceil(stage.hold / spec.analysis.interval))
+            latency = detectable_quantile_ratio(legacy.latency.sigma, g.latency.quantile, n_c, n_l,
+                                                g.latency.max_ratio, alpha=look_alpha(alpha, looks))
+            if latency - 1 > 2 * (g.latency.max_ratio - 1):
+                far.append("latency")
+        if g.cost is not None:
+            cv = math.sqrt(math.exp(legacy.cost_sigma**2) - 1)
+            cost = detectable_mean_ratio(cv, n_c, n_l, g.cost.max_ratio, alpha=alpha)
+            if cost - 1 > 2 * (g.cost.max_ratio - 1):
+                far.append("cost")
+        rows.append(Detectable(stage.name, n_c, n_l, error, latency, cost, tuple(far)))
+    return rows
+
+
+def _shown(value: float | None, kind: str) -> str:
+    if value is None:
+        return "-"
+    if math.isinf(value):
+        return "nothing"
+    return f"+{value * 100:.2g} pp" if kind == "pp" else f"x{value:.2f}"
+
+
+def _detectable(spec: Spec, estimates: Estimates | None) -> str:
+    rows = [] if estimates is None else detectable(spec, estimates.rps, estimates.legacy)
+    if estimates is None or not rows:
+        return ""
+    lines = ["## What each stage can detect", "",
+             f"At {estimates.rps:g} calls/s (legacy `{estimates.legacy.describe()}`), the smallest regression each "
+             "gate catches with 90% probability by the end of the stage's hold:", "",
+             "| stage | candidate calls | legacy calls | error rate | latency | cost |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.stage} | {r.candidate_calls:,.0f} | {r.legacy_calls:,.0f} | {_shown(r.error_rate, 'pp')} "
+                     f"| {_shown(r.latency, 'x')} | {_shown(r.cost, 'x')} |")
+    shares = key_shares(spec, Workload(rps=estimates.rps))
+    if shares:
+        lines += ["", "With 10,000 Zipf-popular sticky keys (as simulated), a stage's share of calls is the popularity "
+                  f"of the keys its salt (`{spec.salt}`) puts below its threshold, not its traffic:", "",
+                  "| stage | traffic | share of calls, this salt | over 20 other salts (median, range) |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {s.stage} | {format_percent(s.traffic)} | {s.share:.1%} | {s.median:.1%} "
+                  f"({s.low:.1%}..{s.high:.1%}) |" for s in shares]
+    lines += ["", *(f"- **Warning, {r.stage}**: at this traffic its hold is too short for {', '.join(r.out_of_reach)} "
+                    "to catch a regression near its limit. A regression past a limit is held in the stage, not "
+                    "promoted, until the evidence decides: lengthen the hold, or set `analysis.max_stage_time` and "
+                    "`on_inconclusive`." for r in rows if r.out_of_reach)]
     return "\n".join(lines)
 
 

@@ -71,6 +71,7 @@ ROLLBACK_MODES: Final = ("immediate", "gradual")
 ON_NODATA: Final = ("hold", "pause")
 PROMOTE_WHEN: Final = ("no_regression", "proven")
 SAMPLE_RATIO: Final = ("report", "hold")
+ON_INCONCLUSIVE: Final = ("hold", "promote", "pause")
 QUANTILES: Final = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 
 _NAME_RE: Final = re.compile(NAME_PATTERN)
@@ -318,6 +319,11 @@ class Analysis:
     ``report`` (the default) shows it; ``hold`` holds the stage. Holding is for keys of even popularity
     (or routing per request): with sticky keys of skewed popularity the arms' share of calls differs from
     their share of keys without anything being wrong (a 10% stage may see 5% of the calls).
+
+    A stage is not left while a gate's estimate is past its limit without the evidence to fail it yet (or,
+    with ``proven``, while a gate is not proven): the stage is extended. ``max_stage_time`` (seconds, None for
+    no limit) is how long such an extension may last, counted from stage entry; ``on_inconclusive`` is what
+    happens then: ``hold`` (the default) keeps waiting, ``promote`` moves on, ``pause`` pauses for a person.
     """
 
     interval: float = 30.0
@@ -325,6 +331,8 @@ class Analysis:
     on_nodata: str = "hold"
     promote_when: str = "no_regression"
     sample_ratio: str = "report"
+    on_inconclusive: str = "hold"
+    max_stage_time: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,6 +462,9 @@ class Spec:
                 "promote_when": self.analysis.promote_when,
                 # Left out at its default so that specs written before it keep their digest.
                 **({} if self.analysis.sample_ratio == "report" else {"sample_ratio": self.analysis.sample_ratio}),
+                **({} if self.analysis.on_inconclusive == "hold"
+                   else {"on_inconclusive": self.analysis.on_inconclusive}),
+                **({} if self.analysis.max_stage_time is None else {"max_stage_time": self.analysis.max_stage_time}),
             },
             "fallback": _without_none({"on_error": self.fallback.on_error, "timeout": self.fallback.timeout}),
             **({} if self.shadow == ShadowSettings() else {"shadow": _fields(self.shadow)}),
@@ -728,6 +739,8 @@ class _Reader:
         deny = self.keys(top.get("deny", []), "deny")
         notify = self.sequence(top.get("notify", []), "notify", "[]")
         routers = self.routers(top.get("routers", []))
+        if stages is not _BAD and gates is not _BAD:
+            self.data_shapes(stages, gates)
         if allow is not _BAD and deny is not _BAD:
             for index, entry in enumerate(deny):
                 if entry in allow:
@@ -830,6 +843,37 @@ class _Reader:
                     )
             stages.append(stage)
         return tuple(stages)
+
+    def data_shapes(self, stages: tuple[Stage, ...], gates: Gates) -> None:
+        """Report stages and gates that can never have data: the stage would wait for it for ever."""
+        judged = stages[:-1]
+        for index, stage in enumerate(judged):
+            if _BAD in (stage.traffic, stage.shadow, stage.shadow_legacy):
+                continue
+            # (shadow_legacy at 0% is reported by stage_shadows already; a dual-writing stage runs the
+            # candidate's writes.)
+            if stage.traffic == 0.0 and stage.shadow == 0.0 and stage.shadow_legacy == 0.0 \
+                    and stage.dual_write is not True:
+                self.problem(
+                    f"stages[{index}]",
+                    "at 0% traffic without shadow the candidate runs no calls, so this stage can never be judged "
+                    "or left; add shadow: 100% to run it off the request path, or remove the stage",
+                )
+            if stage.traffic == 1.0 and stage.shadow_legacy == 0.0:
+                self.problem(
+                    f"stages[{index}].traffic",
+                    "at 100% before the last stage legacy runs no calls, so no gate can compare the arms and this "
+                    "stage can never be left; make it the last stage, or add shadow_legacy: 10% so legacy runs "
+                    "beside it",
+                )
+        if gates.mismatch_rate not in (None, _BAD) and gates.mismatch_rate.max is not _BAD and not any(
+            s.shadow not in (0.0, _BAD) or s.shadow_legacy not in (0.0, _BAD) for s in judged
+        ):
+            self.problem(
+                "gates.mismatch_rate",
+                "answers are compared on shadow runs and no stage before the last has any, so this gate could "
+                "never be judged; add a first stage {name: shadow, traffic: 0%, shadow: 100%}, or drop the gate",
+            )
 
     def stage_shadows(self, stage: Stage, data: Mapping[str, Any], path: str) -> None:
         """Report shadow settings a stage cannot act on: they would silently do nothing.
@@ -961,6 +1005,8 @@ class _Reader:
             on_nodata=self.get(data, "on_nodata", "analysis", _choice(ON_NODATA), "hold"),
             promote_when=self.get(data, "promote_when", "analysis", _choice(PROMOTE_WHEN), "no_regression"),
             sample_ratio=self.get(data, "sample_ratio", "analysis", _choice(SAMPLE_RATIO), "report"),
+            on_inconclusive=self.get(data, "on_inconclusive", "analysis", _choice(ON_INCONCLUSIVE), "hold"),
+            max_stage_time=self.get(data, "max_stage_time", "analysis", _positive_duration, None),
         )
 
     def fallback(self, value: object) -> Any:
@@ -1026,7 +1072,9 @@ _GATE_READERS: Final[dict[str, tuple[tuple[str, ...], str, Callable[[_Reader, Ma
 }
 _TRIGGER_KEYS: Final = ("metric", "above", "window", "min_samples", "for")
 _ROLLBACK_KEYS: Final = ("mode", "steps", "every")
-_ANALYSIS_KEYS: Final = ("interval", "confidence", "on_nodata", "promote_when", "sample_ratio")
+_ANALYSIS_KEYS: Final = (
+    "interval", "confidence", "on_nodata", "promote_when", "sample_ratio", "on_inconclusive", "max_stage_time",
+)  # fmt: skip
 _FALLBACK_KEYS: Final = ("on_error", "timeout")
 
 
@@ -1319,6 +1367,15 @@ def json_schema() -> dict[str, Any]:
                         "description": "When calls per arm do not match the traffic split (p < 0.001): report "
                         "it, or hold the stage (for keys of even popularity).",
                     },
+                    "on_inconclusive": {
+                        "enum": list(ON_INCONCLUSIVE),
+                        "default": "hold",
+                        "description": "After max_stage_time with a gate's estimate still past its limit (or, "
+                        "with proven, a gate not proven): keep holding, promote, or pause.",
+                    },
+                    "max_stage_time": described(
+                        "duration", "How long a stage may be extended while a gate is undecided (none: no limit)."
+                    ),
                 },
             ),
             "fallback": obj(
@@ -1453,6 +1510,8 @@ triggers:
 on_failure: rollback              # when a gate fails: rollback | step_back | pause
 rollback: {mode: gradual, steps: [50%, 25%, 10%, 0%], every: 1m}   # or {mode: immediate}
 analysis: {interval: 30s, confidence: 99%, on_nodata: hold, promote_when: no_regression}
+# A stage whose gate estimate is past its limit without the evidence to fail yet is extended; add e.g.
+# `max_stage_time: 12h, on_inconclusive: pause` to analysis to hand it to a person after a while.
 fallback: {on_error: true, timeout: 5s}   # retry failed candidate calls on legacy
 shadow: {timeout: 2s, threads: 4, max_pending: 64}   # shadow runs: bounded, dropped (and counted) when full
 dual_write_retry: {attempts: 3, backoff: 50ms}        # the non-authoritative side of a dual write
