@@ -767,7 +767,7 @@ def key_shares(spec: Spec, workload: Workload, *, salts: int = 20) -> list[Stage
         mass = [0.0] * BUCKETS
         for i, weight in enumerate(weights):
             mass[bucket(salt, f"user-{i}")] += weight
-        below, out = 0.0, []
+        below = 0.0
         cuts = sorted({threshold(s.traffic) for s in spec.stages})
         found: dict[int, float] = {}
         start = 0

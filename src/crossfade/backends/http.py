@@ -20,6 +20,7 @@ from crossfade.backends.base import (
     BackendError,
     BackendUnavailable,
     ConflictError,
+    InvalidURL,
     UnknownMigration,
 )
 from crossfade.events import APPLIED, Event, State, TransitionError
