@@ -13,6 +13,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from crossfade.backends.base import BackendError, UnknownMigration
@@ -430,13 +431,17 @@ def _stage_report(cf: Client, state: State) -> dict[str, Any]:
     """Per-arm metrics of the current stage and, for an active migration, the controller's view of it."""
     from crossfade.controller import assess, is_active, stage_cells
     from crossfade.loop import stage_windows
+    from crossfade.metrics import SourceError, source_name
 
     if not state.stage:
         return {"arms": {}}
-    windows = stage_windows(cf.backend(), state)
+    spec = cf.migration(state.name).spec()
+    try:
+        windows = stage_windows(cf.backend(), state, spec, cf.time())
+    except SourceError as exc:
+        return {"arms": {}, "source_error": f"metric source {source_name(spec.source)[0]} failed: {exc}"}
     cells = stage_cells(state, windows)
     report: dict[str, Any] = {"arms": {arm: arm_metrics(c) for arm, c in sorted(cells.items())}}
-    spec = cf.migration(state.name).spec()
     if is_active(state) and state.stage_index + 1 < len(spec.stages):
         report["controller"] = assess(spec, state, windows, cf.time()).to_dict()
     return report
@@ -458,8 +463,12 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
             out.print("no migrations yet: `crossfade init` writes an example spec, `crossfade apply FILE` stores it")
             return
         for item in report:
-            state = State.from_dict({k: v for k, v in item.items() if k not in ("arms", "controller", "shadow")})
+            state = State.from_dict({k: v for k, v in item.items()
+                                     if k not in ("arms", "controller", "shadow", "source_error")})
             _print_state_line(state)
+            if item.get("source_error"):
+                out.print(f"  [red]SOURCE[/red] {escape(item['source_error'])}: the stage holds (no promotion, "
+                          "no rollback) until it answers")
             table = Table(box=None, pad_edge=False)
             for column in ("arm", "calls", "error rate", "fallbacks", "p50", "p95", "p99", "cost/call"):
                 table.add_column(column, justify="left" if column == "arm" else "right")

@@ -32,6 +32,9 @@ ROLLBACK_STARTED: Final = "rollback_started"
 ROLLBACK_STEP: Final = "rollback_step"
 ABORTED: Final = "aborted"
 RESTARTED: Final = "restarted"
+# A metric source could not be read (the stage holds) / answers again. They leave the state as it is.
+SOURCE_FAILED: Final = "source_failed"
+SOURCE_RECOVERED: Final = "source_recovered"
 
 # Statuses.
 DRAFT: Final = "draft"

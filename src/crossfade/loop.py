@@ -14,23 +14,25 @@ from typing import Protocol
 
 from crossfade.backends.base import Backend, BackendError, ConflictError
 from crossfade.controller import ACTOR, Assessment, assess, is_active, step
-from crossfade.events import Event, State, seal
+from crossfade.events import ROLLING_BACK, SOURCE_FAILED, SOURCE_RECOVERED, Change, Event, State, seal
+from crossfade.metrics import SourceError, create_source, source_name
+from crossfade.metrics.telemetry import WINDOW_MARGIN
 from crossfade.spec import Spec, load_spec
 from crossfade.telemetry import Window
 
 log = logging.getLogger("crossfade.controller")
 
-# How far before a stage's entry telemetry windows are read: a window that began before the stage was
-# entered may hold its first calls (windows are 10 s by default; a minute covers any sensible setting).
-WINDOW_MARGIN = 60.0
+__all__ = ["WINDOW_MARGIN", "ControllerLoop", "stage_windows"]
 
 
-def stage_windows(backend: Backend, state: State) -> list[Window]:
-    """The telemetry the controller reads for the current stage: from `WINDOW_MARGIN` before it was entered."""
+def stage_windows(backend: Backend, state: State, spec: Spec | None = None, now: float | None = None) -> list[Window]:
+    """The windows the controller judges the current stage on, read through the spec's metric source (the
+    stored telemetry without a spec). Raises `SourceError` when the source cannot be read."""
     if not state.stage:
         return []
-    since = state.stage_entered_at
-    return backend.windows(state.name, stage=state.stage, since=None if since is None else since - WINDOW_MARGIN)
+    source = create_source(spec.source if spec is not None else None)
+    return source.windows(backend, state.name, state.stage, state.stage_entered_at,
+                          time.time() if now is None else now)
 
 
 class Clock(Protocol):
@@ -101,6 +103,8 @@ class ControllerLoop:
         self._due: dict[str, float] = {}
         self._specs: dict[tuple[str, int], Spec] = {}
         self._held: set[str] = set()
+        # Migrations whose metric source this loop found failing: one source_failed event per outage.
+        self._source_down: dict[str, str] = {}
 
     def _spec(self, state: State) -> Spec:
         key = (state.name, state.spec_version)
@@ -137,11 +141,42 @@ class ControllerLoop:
             self._held.discard(state.name)
             return Tick(state.name, (), None, "another controller holds the lease")
         self._held.add(state.name)
-        windows = stage_windows(self.backend, state)
+        try:
+            windows = stage_windows(self.backend, state, spec, now)
+        except SourceError as exc:
+            if state.status != ROLLING_BACK:
+                # No evidence is not evidence: hold, neither promote nor roll back, and say so once.
+                return self._source_failed(spec, state, str(exc), now)
+            windows = []  # a gradual rollback steps down on time alone; it needs no data to go on
+        recovered = self._source_down.pop(state.name, None)
+        if recovered is not None and not self.dry_run:
+            name = source_name(spec.source)[0]
+            change = Change(SOURCE_RECOVERED, f"metric source {name} answers again",
+                            {"stage": state.stage, "source": name})
+            result = self._write(state, [change], now, None)
+            if result.skipped:
+                return result
+            state = self.backend.state(state.name) or state
         assessment = assess(spec, state, windows, now) if state.stage_index + 1 < len(spec.stages) else None
         changes = step(spec, state, windows, now, assessment=assessment)
         if not changes:
             return Tick(state.name, (), assessment)
+        return self._write(state, changes, now, assessment)
+
+    def _source_failed(self, spec: Spec, state: State, error: str, now: float) -> Tick:
+        name = source_name(spec.source)[0]
+        log.warning("%s: metric source %s failed: %s", state.name, name, error)
+        skipped = f"metric source {name} failed, holding: {error}"
+        if self._source_down.get(state.name) is not None or self.dry_run:
+            return Tick(state.name, (), None, skipped)
+        change = Change(SOURCE_FAILED, f"metric source {name} cannot be read; holding the stage (no promotion, "
+                        f"no rollback) until it answers: {error}", {"stage": state.stage, "source": name, "error": error})
+        result = self._write(state, [change], now, None)
+        if not result.skipped:
+            self._source_down[state.name] = error
+        return Tick(state.name, result.events, None, skipped)
+
+    def _write(self, state: State, changes: list[Change], now: float, assessment: Assessment | None) -> Tick:
         after, events = seal(state, changes, actor=self.actor, now=now)
         if self.dry_run:
             return Tick(state.name, tuple(events), assessment, "dry run: nothing written")

@@ -381,6 +381,7 @@ class Spec:
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     notify: tuple[Any, ...] = ()
+    source: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.salt:
@@ -460,6 +461,8 @@ class Spec:
             "allow": list(self.allow),
             "deny": list(self.deny),
             "notify": list(self.notify),
+            # Left out when unset so that specs written before metric sources keep their digest.
+            **({} if self.source is None else {"source": json.loads(json.dumps(self.source))}),
         }
 
     def digest(self) -> str:
@@ -716,6 +719,7 @@ class _Reader:
         allow = self.keys(top.get("allow", []), "allow")
         deny = self.keys(top.get("deny", []), "deny")
         notify = self.sequence(top.get("notify", []), "notify", "[]")
+        source = self.source(top.get("source"))
         if allow is not _BAD and deny is not _BAD:
             for index, entry in enumerate(deny):
                 if entry in allow:
@@ -742,6 +746,7 @@ class _Reader:
             allow=allow,
             deny=deny,
             notify=tuple(notify or ()),
+            source=source,
         )
 
     def stages(self, value: object) -> Any:
@@ -948,6 +953,29 @@ class _Reader:
             timeout=self.get(data, "timeout", "fallback", _positive_duration, None),
         )
 
+    def source(self, value: object) -> Any:
+        """The metric source: `{name: {settings}}`, its settings checked by the source itself (the registry)."""
+        from crossfade.metrics import REGISTRY
+        from crossfade.registry import ProviderConfigError
+
+        if value is None:
+            return None
+        example = "{prometheus: {url: http://prometheus:9090, preset: istio}}"
+        if not isinstance(value, Mapping) or len(value) != 1:
+            self.problem("source", f"expected one metric source, e.g. {example}; known: {', '.join(REGISTRY.names())}")
+            return _BAD
+        (name, settings), = value.items()
+        if settings is not None and not isinstance(settings, Mapping):
+            self.problem(f"source.{name}", f"expected the source's settings as a mapping, e.g. {example}")
+            return _BAD
+        try:
+            REGISTRY.create(str(name), settings, f"source.{name}")
+        except ProviderConfigError as exc:
+            for problem in exc.problems:
+                self.problem(problem.path, problem.message)
+            return _BAD
+        return {str(name): dict(settings or {})}
+
     def keys(self, value: object, path: str) -> Any:
         """An allow or deny list: sticky keys as strings, duplicates dropped, order kept."""
         items = self.sequence(value, path, "[user-42, 1017]")
@@ -986,6 +1014,7 @@ def _gate_mismatch(reader: _Reader, data: Mapping[str, Any], path: str) -> Misma
 _SPEC_KEYS: Final = (
     "name", "description", "owner", "key", "salt", "stages", "gates", "triggers",
     "on_failure", "rollback", "analysis", "fallback", "shadow", "dual_write_retry", "allow", "deny", "notify",
+    "source",
 )  # fmt: skip
 _STAGE_KEYS: Final = (
     "name", "traffic", "shadow", "hold", "min_samples", "approval", "shadow_legacy", "noise", "dual_write",
@@ -1343,6 +1372,12 @@ def json_schema() -> dict[str, Any]:
                 "description": "Keys always kept on legacy.",
             },
             "notify": {"type": "array", "description": "Notification targets (format to be defined)."},
+            "source": {
+                "type": "object", "minProperties": 1, "maxProperties": 1,
+                "description": "Where the judge reads each arm's metrics: one source by name with its settings, "
+                "e.g. {prometheus: {url: http://prometheus:9090, preset: istio}}; telemetry (the default) reads "
+                "what SDK hosts and clients post. Each source checks its own settings.",
+            },
         },
         "$defs": {
             "name": {

@@ -114,6 +114,13 @@ class TriggerModel(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
 
+class SourceModel(BaseModel):
+    """The metric source a migration is judged from, and its failure if it cannot be read now."""
+
+    name: str
+    error: str | None
+
+
 class MigrationDetail(BaseModel):
     """Everything the dashboard shows of one migration."""
 
@@ -126,6 +133,8 @@ class MigrationDetail(BaseModel):
     last_verdict: EventModel | None = Field(description="The last verdict event of the current stage")
     triggers: list[TriggerModel]
     pending_approval: dict[str, Any] | None
+    source: SourceModel | None = Field(None, description="The metric source the judge reads, and why it failed "
+                                                         "when it cannot be read (the stage then holds)")
 
 
 class SeriesPoint(BaseModel):

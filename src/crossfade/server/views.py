@@ -8,6 +8,7 @@ from crossfade.backends.base import Backend, UnknownMigration
 from crossfade.controller import assess, is_active, stage_cells
 from crossfade.events import AWAITING_APPROVAL, VERDICT, State
 from crossfade.loop import stage_windows
+from crossfade.metrics import SourceError, source_name
 from crossfade.spec import Spec
 from crossfade.telemetry import arm_metrics
 
@@ -26,10 +27,15 @@ def current(backend: Backend, name: str) -> State:
 
 def detail(backend: Backend, state: State, spec: Spec, now: float) -> dict[str, Any]:
     """The migration page: state, spec, ladder, per-arm figures, the controller's view, the last verdict."""
-    windows = stage_windows(backend, state)
+    name = source_name(spec.source)[0]
+    source: dict[str, Any] = {"name": name, "error": None}
+    try:
+        windows = stage_windows(backend, state, spec, now)
+    except SourceError as exc:
+        windows, source["error"] = [], f"metric source {name} failed: {exc}"
     cells = stage_cells(state, windows) if state.stage else {}
     controller = None
-    if state.stage and is_active(state) and state.stage_index + 1 < len(spec.stages):
+    if state.stage and is_active(state) and state.stage_index + 1 < len(spec.stages) and source["error"] is None:
         controller = assess(spec, state, windows, now).to_dict()
     pending = None
     if state.status == AWAITING_APPROVAL and state.stage_index + 1 < len(spec.stages):
@@ -46,6 +52,7 @@ def detail(backend: Backend, state: State, spec: Spec, now: float) -> dict[str, 
         "triggers": [{"metric": t.metric, "above": t.above, "window": t.window, "min_samples": t.min_samples,
                       "for": t.for_} for t in spec.triggers],
         "pending_approval": pending,
+        "source": source,
     }
 
 
