@@ -148,17 +148,13 @@ class ControllerLoop:
                 # No evidence is not evidence: hold, neither promote nor roll back, and say so once.
                 return self._source_failed(spec, state, str(exc), now)
             windows = []  # a gradual rollback steps down on time alone; it needs no data to go on
-        recovered = self._source_down.pop(state.name, None)
-        if recovered is not None and not self.dry_run:
+        changes = []
+        if self._source_down.pop(state.name, None) is not None:
             name = source_name(spec.source)[0]
-            change = Change(SOURCE_RECOVERED, f"metric source {name} answers again",
-                            {"stage": state.stage, "source": name})
-            result = self._write(state, [change], now, None)
-            if result.skipped:
-                return result
-            state = self.backend.state(state.name) or state
+            changes.append(Change(SOURCE_RECOVERED, f"metric source {name} answers again",
+                                  {"stage": state.stage, "source": name}))
         assessment = assess(spec, state, windows, now) if state.stage_index + 1 < len(spec.stages) else None
-        changes = step(spec, state, windows, now, assessment=assessment)
+        changes += step(spec, state, windows, now, assessment=assessment)
         if not changes:
             return Tick(state.name, (), assessment)
         return self._write(state, changes, now, assessment)
