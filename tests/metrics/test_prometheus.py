@@ -292,3 +292,61 @@ def _agree(from_prometheus, in_process) -> None:
             # as wide as the buckets: never narrower than the in-process one.
             assert p.lower / 1.03 <= i.estimate <= p.upper * 1.03
             assert p.lower <= i.lower * 1.03 and p.upper >= i.upper / 1.03
+
+
+def test_a_bad_query_or_a_query_that_is_no_histogram_is_a_source_error_naming_it(setup) -> None:
+    from crossfade.metrics import SourceError, create_source
+
+    app, prometheus, client = setup
+    now = time.time()
+    bad = create_source({"prometheus": {"url": prometheus.url, "queries": {"calls": "app_requests_total{", "errors": "x"}}})
+    with pytest.raises(SourceError, match=r"refused the calls query for legacy \(app_requests_total\{\).*parse"):
+        bad.windows(None, "m", "s", now - 5, now)
+    # Counters selected as latency: no `le` label, so no buckets to read a quantile from.
+    app.requests.labels("m", "legacy").inc()
+    _wait(lambda: prometheus.value('app_requests_total{migration="m"}'), "a scrape")
+    wrong = create_source({"prometheus": {"url": prometheus.url, "queries": {
+        "calls": 'app_requests_total{migration="m",arm="$arm"}', "errors": 'app_errors_total{arm="$arm"}',
+        "latency": 'app_requests_total{migration="m",arm="$arm"}'}}})
+    with pytest.raises(SourceError, match="must select a histogram's _bucket series"):
+        wrong.windows(None, "m", "s", time.time() - 30, time.time())
+
+
+@pytest.mark.parametrize(("settings", "path", "message"), [
+    ({}, "source.prometheus.url", "required"),
+    ({"url": "http://p:9090"}, "source.prometheus.queries.calls", "required"),
+    ({"url": "http://p:9090", "preset": "linkerd"}, "source.prometheus.preset", "known: istio, envoy, nginx"),
+    ({"url": "http://p:9090", "preset": "istio", "queries": {"latency_p99": "x"}}, "source.prometheus.queries.latency_p99",
+     "unknown field"),
+    ({"url": "http://p:9090", "preset": "istio", "arms": {"legacy": "v1"}}, "source.prometheus.arms", "label value"),
+    ({"url": "http://p:9090", "preset": "istio", "step": "soon"}, "source.prometheus.step", "not a duration"),
+    ({"url": "http://p:9090", "preset": "istio", "token_env": "secret token"}, "source.prometheus.token_env",
+     "environment variable"),
+    ({"url": "http://p:9090", "preset": "istio", "latency_unit": "us"}, "source.prometheus.latency_unit", "s, ms"),
+])
+def test_a_spec_with_a_bad_prometheus_source_names_the_path(settings, path, message) -> None:
+    from crossfade.spec import SpecError, load_spec
+
+    spec = {"name": "m", "stages": [{"traffic": "10%"}, {"traffic": "100%"}], "source": {"prometheus": settings}}
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec)
+    assert any(p.path == path and message in p.message for p in caught.value.problems), caught.value.problems
+
+
+def test_presets_fill_each_arm_and_the_selector_into_their_queries() -> None:
+    from crossfade.metrics import create_source
+
+    istio = create_source({"prometheus": {"url": "http://p:9090/", "preset": "istio",
+                                          "arms": {"legacy": "v1", "candidate": "v2"},
+                                          "selector": 'destination_service_name="checkout"'}})
+    assert istio.url == "http://p:9090" and istio.latency_unit == 0.001
+    assert istio.query("errors", "candidate") == ('istio_requests_total{response_code=~"5..",reporter="destination",'
+                                                  'destination_version="v2",destination_service_name="checkout"}')
+    nginx = create_source({"prometheus": {"url": "http://p:9090", "preset": "nginx",
+                                          "arms": {"legacy": "shop-v1", "candidate": "shop-v2"},
+                                          "queries": {"cost_sum": 'shop_cost_total{service="$arm"}'}}})
+    assert nginx.query("calls", "legacy") == 'nginx_ingress_controller_requests{service="shop-v1"}'
+    assert nginx.query("cost_sum", "candidate") == 'shop_cost_total{service="shop-v2"}'
+    envoy = create_source({"prometheus": {"url": "http://p:9090", "preset": "envoy",
+                                          "arms": {"legacy": "old", "candidate": "new"}}})
+    assert envoy.query("latency", "candidate") == 'envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="new"}'
