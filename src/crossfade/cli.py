@@ -121,8 +121,15 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Spec files to che
 
 
 @app.command()
-def schema() -> None:
+def schema(telemetry: Annotated[bool, typer.Option("--telemetry", help="The schema of the open telemetry form "
+                                                   "that POST /v1/telemetry takes from any language.")] = False
+           ) -> None:
     """Print the JSON Schema of spec files (point your editor at it for completion)."""
+    if telemetry:
+        from importlib.resources import files
+
+        sys.stdout.write(files("crossfade").joinpath("schemas/telemetry.schema.json").read_text())
+        return
     sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
 
 

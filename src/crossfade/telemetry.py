@@ -141,6 +141,22 @@ def merge_windows(windows: Iterable[Window]) -> dict[str, Cell]:
     return out
 
 
+def open_cell(counts: Mapping[str, int], cost: Mapping[str, float] | None, latency: Mapping[str, Any] | None
+              ) -> Cell:
+    """The cell an open telemetry window describes (counters, cost sums, explicit latency buckets in `s` or
+    `ms`, not cumulative), as clients in any language post it; ValueError when the buckets do not fit."""
+    cell = Cell()
+    for name in ("calls", "errors", "fallbacks", "timeouts", "compared", "mismatches"):
+        setattr(cell, name, int(counts.get(name, 0)))
+    if cost is not None:
+        cell.costed, cell.cost_sum, cell.cost_sq = int(cost["count"]), float(cost["sum"]), float(cost["sum_squares"])
+    if latency is not None:
+        scale = 0.001 if latency.get("unit") == "ms" else 1.0
+        cell.latency = Buckets(tuple(float(b) * scale for b in latency["bounds"]), [int(n) for n in latency["counts"]],
+                               float(latency["sum"]) * scale)
+    return cell
+
+
 SEP = "\x1f"  # cannot occur in migration or stage names, which are [a-z0-9-]
 
 

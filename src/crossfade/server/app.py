@@ -60,14 +60,17 @@ from crossfade.server.models import (
     Series,
     SpecVersion,
     StateModel,
+    OpenWindowModel,
     TelemetryBatch,
     TokenModel,
+    WindowModel,
     WindowsPage,
     Written,
 )
 from crossfade.shadow import Example, FieldWindow
 from crossfade.spec import NAME_PATTERN, Problem, Spec, SpecError, load_spec
-from crossfade.telemetry import Cell, Window
+from crossfade.sketch import Sketch
+from crossfade.telemetry import Cell, Window, open_cell
 
 log = logging.getLogger("crossfade.server")
 
@@ -327,8 +330,9 @@ def create_app(
 
     @app.post("/v1/telemetry", response_model=Written, tags=["sdk"], responses=_ERRORS)
     def post_telemetry(body: TelemetryBatch, who: Sdk) -> Any:
-        """Store window batches flushed by SDK hosts; rows for one window add up."""
-        windows = [Window(w.migration, w.stage, w.arm, w.start, w.length, _cell(w.cell, i))
+        """Store telemetry windows, in the SDK's compact form or the open form (counts, cost sums and latency
+        buckets per arm and window, see `OpenWindowModel`); rows for one window add up."""
+        windows = [Window(w.migration, w.stage, w.arm, w.start, w.length, _cell(_compact(w, i), i))
                    for i, w in enumerate(body.windows)]
         backend.write_windows(windows)
         return {"written": len(windows)}
@@ -392,12 +396,27 @@ def _changes(action: Action, state: State, spec: Spec, request: OperationRequest
     return operation(action.value, state, spec, request.reason, force=request.force)
 
 
+def _compact(window: WindowModel | OpenWindowModel, index: int) -> dict[str, Any]:
+    """The compact cell form of a posted window: as sent, or converted from the open form."""
+    if isinstance(window, WindowModel):
+        return window.cell
+    latency = window.latency
+    try:
+        cell = open_cell(window.counts.model_dump(), None if window.cost is None else window.cost.model_dump(),
+                         None if latency is None else latency.model_dump())
+    except ValueError as exc:
+        raise SpecError("<telemetry>", [Problem(f"windows[{index}].latency", str(exc))]) from None
+    return cell.to_dict()
+
+
 def _cell(data: dict[str, Any], index: int) -> Cell:
     try:
         cell = Cell.from_dict(data)
-        values = (cell.cost_sum, cell.cost_sq, cell.latency.total)
+        latency = cell.latency
+        buckets = (latency.zeros, *latency.bins.values()) if isinstance(latency, Sketch) else tuple(latency.counts)
+        values = (cell.cost_sum, cell.cost_sq, latency.total)
         counts = (cell.calls, cell.errors, cell.fallbacks, cell.timeouts, cell.costed, cell.compared, cell.mismatches,
-                  cell.latency.count, cell.latency.zeros, *cell.latency.bins.values())
+                  latency.count, *buckets)
     except (TypeError, ValueError, AttributeError) as exc:
         raise SpecError("<telemetry>", [Problem(f"windows[{index}].cell", f"not a telemetry cell: {exc}")]) from None
     if not all(math.isfinite(v) for v in values) or any(n < 0 or n > 2**62 for n in counts):
