@@ -38,8 +38,9 @@ def routes(plane):
 
 
 def test_every_state_changing_route_answers_401_without_a_token_and_403_for_a_viewer(control_plane):
+    # Flagger's webhooks only read (Flagger calls every webhook with POST); test_judging.py covers them.
     changing = [(path, method) for path, methods, _ in routes(control_plane) for method in methods
-                if method not in ("GET", "HEAD")]
+                if method not in ("GET", "HEAD") and "/flagger/" not in path]
     assert len(changing) >= 5  # PUT spec, POST action, routing-side posts: the walk found the table
     for path, method in changing:
         status, body, headers = control_plane.call(method, path, {}, role=None)

@@ -37,7 +37,7 @@ from crossfade.events import (
     operation,
     seal,
 )
-from crossfade.server import views
+from crossfade.server import judging, views
 from crossfade.server.auth import Authenticator, AuthError, Principal
 from crossfade.server.control import ControllerThread
 from crossfade.server.feed import RoutingFeed
@@ -302,6 +302,10 @@ def create_app(
             feed.poke()
             log.info("%s: %s by %s", state.name, ", ".join(e.type for e in events), who.name)
         return {"events": [e.to_dict() for e in events], "state": after.to_dict(), "dry_run": dry_run}
+
+    # -- the judge of other controllers (Argo Rollouts, Flagger) ---------------------------------
+
+    judging.install(app, backend, feed, app.state.auth, require("viewer"), clock, _MIGRATION_ERRORS)
 
     # -- SDK hosts -------------------------------------------------------------------------------
 
