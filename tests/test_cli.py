@@ -225,3 +225,23 @@ def test_operations_against_a_control_plane_use_the_token_from_the_environment(c
     assert "rolled_back" in cli("rollback", "m", "--reason", "from the CLI", "--url", control_plane.url)
     monkeypatch.setenv("CROSSFADE_TOKEN", control_plane.tokens["sdk"])
     assert "needs operator" in cli("restart", "m", "--url", control_plane.url, code=1)
+
+
+def test_replay_refuses_a_bad_spec_an_unknown_migration_and_one_never_started(tmp_path, url):
+    spec = tmp_path / "m.yaml"
+    spec.write_text("name: m\nstages: [{traffic: 10%}, {traffic: 100%}]\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: m\nstages: [{traffic: 200%}]\n")
+    assert "stages[0].traffic" in cli("replay", "m", "--spec", str(bad), "--url", url, code=2)
+    assert "no such file" in cli("replay", "m", "--spec", str(tmp_path / "none.yaml"), "--url", url, code=2).lower()
+    assert "no migration named 'm'" in cli("replay", "m", "--spec", str(spec), "--url", url, code=1)
+    cli("apply", str(spec), "--url", url)
+    assert "never started" in cli("replay", "m", "--spec", str(spec), "--url", url, code=1)
+
+
+def test_schema_prints_the_open_telemetry_form_on_request():
+    import json
+
+    schema = json.loads(cli("schema", "--telemetry"))
+    assert schema["properties"]["windows"]["items"]["$ref"] == "#/$defs/OpenWindowModel"
+    assert "counts" in schema["$defs"]["OpenWindowModel"]["required"]

@@ -622,6 +622,68 @@ def history(name: Name, url: Url = None, as_json: AsJson = False) -> None:
             out.print(head + (f": {e.reason}" if e.reason else "") + (f" [dim]({detail})[/dim]" if detail else ""))
 
 
+@app.command()
+def replay(
+    name: Name,
+    spec_file: Annotated[Path, typer.Option("--spec", help="The spec to judge the recorded windows under.")],
+    url: Url = None,
+    as_json: AsJson = False,
+) -> None:
+    """Re-judge a past or running migration's recorded windows under another spec: stage by stage, when it
+    would have promoted, held or rolled back, beside what was recorded. Tune gates on real data."""
+    from crossfade.metrics import SourceError, create_source
+    from crossfade.replay import replay as rejudge
+
+    try:
+        other = load_spec(spec_file)
+    except SpecError as exc:
+        _fail(str(exc), 2)
+    with _client(url) as cf:
+        mig = cf.migration(name)
+        events = mig.history()
+        if not events:
+            raise UnknownMigration(f"no migration named {name!r}; `crossfade status` lists them")
+        recorded = mig.spec()
+        if not any(e.type == "started" for e in events):
+            _fail(f"{name} was never started: there are no recorded windows to replay")
+        source = create_source(recorded.source)
+        backend = cf.backend()
+        try:
+            result = rejudge(other, name, events, lambda p: [
+                w for w in source.windows(backend, name, p.stage, p.start, p.end) if w.start < p.end], cf.time())
+        except SourceError as exc:
+            _fail(f"cannot read the recorded windows of {name}: {exc}")
+        def at(t: float | None) -> float | None:
+            return None if t is None else t - result.origin
+
+        if as_json:
+            recorded, replayed = result.recorded_failure, result.replayed_failure
+            sys.stdout.write(json.dumps({
+                "migration": name, "spec": str(spec_file), "summary": result.summary(),
+                "recorded_failure": None if recorded is None else {
+                    "decision": recorded.decision, "stage": recorded.stage, "at_s": at(recorded.decided_at)},
+                "replayed_failure": None if replayed is None else {
+                    "decision": replayed.decision, "stage": replayed.period.stage, "at_s": at(replayed.decided_at)},
+                "recorded_end_s": result.recorded_end - result.origin,
+                "stages": [s.to_dict(result.origin) for s in result.stages]}, indent=2) + "\n")
+            return
+        table = Table(box=None, pad_edge=False)
+        for column in ("stage", "entered", "recorded", f"under {spec_file.name}"):
+            table.add_column(column)
+
+        def when(t: float | None) -> str:
+            return "-" if t is None else f"+{format_duration(t - result.origin)}"
+
+        for s in result.stages:
+            table.add_row(escape(s.period.stage), when(s.period.start),
+                          f"{s.period.decision} at {when(s.period.decided_at)}" if s.period.decided_at else "held",
+                          f"{s.decision} at {when(s.decided_at)}" if s.decided_at else "held")
+        out.print(table)
+        for s in result.stages:
+            out.print(f"  {escape(s.period.stage)}: {escape(s.reason)}")
+        out.print(f"{escape(name)} under {escape(str(spec_file))}: {escape(result.summary())}")
+
+
 def _show(value: Any) -> str:
     return format_percent(value) if isinstance(value, float) and 0 <= value <= 1 else str(value)
 
