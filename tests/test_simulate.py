@@ -230,3 +230,12 @@ def test_a_shadow_stage_is_judged_on_shadow_runs_and_left():
     assert healthy.outcome == "completed" and healthy.calls["candidate"] == 0  # shadow runs serve nobody
     worse = simulate(spec, workload("errors=5%", mode="aggregate"), seed=1)
     assert worse.outcome == "rolled_back" and worse.stage == "shadow" and "candidate error rate" in worse.reason
+
+
+def test_a_spec_judged_from_prometheus_is_simulated_on_its_simulated_traffic_all_the_same():
+    # No Prometheus answers at this address: the simulation judges what it simulates, whatever the source.
+    prometheus = {**SPEC, "source": {"prometheus": {"url": "http://127.0.0.1:1", "preset": "istio"}}}
+    for candidate, seed in (("", 1), ("errors=3%", 2)):
+        plain, sourced = simulate(SPEC, workload(candidate), seed=seed), simulate(prometheus, workload(candidate), seed=seed)
+        assert (sourced.outcome, sourced.stage, sourced.duration_s, sourced.reason) == (
+            plain.outcome, plain.stage, plain.duration_s, plain.reason)

@@ -15,7 +15,7 @@ from typing import Protocol
 from crossfade.backends.base import Backend, BackendError, ConflictError
 from crossfade.controller import ACTOR, Assessment, assess, is_active, step
 from crossfade.events import ROLLING_BACK, SOURCE_FAILED, SOURCE_RECOVERED, Change, Event, State, seal
-from crossfade.metrics import SourceError, create_source, source_name
+from crossfade.metrics import MetricSource, SourceError, create_source, source_name
 from crossfade.metrics.telemetry import WINDOW_MARGIN
 from crossfade.spec import Spec, load_spec
 from crossfade.telemetry import Window
@@ -25,12 +25,13 @@ log = logging.getLogger("crossfade.controller")
 __all__ = ["WINDOW_MARGIN", "ControllerLoop", "stage_windows"]
 
 
-def stage_windows(backend: Backend, state: State, spec: Spec | None = None, now: float | None = None) -> list[Window]:
-    """The windows the controller judges the current stage on, read through the spec's metric source (the
-    stored telemetry without a spec). Raises `SourceError` when the source cannot be read."""
+def stage_windows(backend: Backend, state: State, spec: Spec | None = None, now: float | None = None, *,
+                  source: MetricSource | None = None) -> list[Window]:
+    """The windows the controller judges the current stage on, read through `source`, else the spec's metric
+    source (the stored telemetry without a spec). Raises `SourceError` when the source cannot be read."""
     if not state.stage:
         return []
-    source = create_source(spec.source if spec is not None else None)
+    source = source or create_source(spec.source if spec is not None else None)
     return source.windows(backend, state.name, state.stage, state.stage_entered_at,
                           time.time() if now is None else now)
 
@@ -90,6 +91,7 @@ class ControllerLoop:
         names: Iterable[str] | None = None,
         on_tick: Callable[[Tick], None] | None = None,
         dry_run: bool = False,
+        source: MetricSource | None = None,
     ) -> None:
         self.backend = backend
         self.clock = clock or SystemClock()
@@ -100,6 +102,8 @@ class ControllerLoop:
         # A dry run decides as usual and hands the sealed events to on_tick, but neither takes a lease nor
         # appends anything.
         self.dry_run = dry_run
+        # A source for every migration whatever its spec names: a simulation's own telemetry, say.
+        self.source = source
         self._due: dict[str, float] = {}
         self._specs: dict[tuple[str, int], Spec] = {}
         self._held: set[str] = set()
@@ -142,7 +146,7 @@ class ControllerLoop:
             return Tick(state.name, (), None, "another controller holds the lease")
         self._held.add(state.name)
         try:
-            windows = stage_windows(self.backend, state, spec, now)
+            windows = stage_windows(self.backend, state, spec, now, source=self.source)
         except SourceError as exc:
             if state.status != ROLLING_BACK:
                 # No evidence is not evidence: hold, neither promote nor roll back, and say so once.

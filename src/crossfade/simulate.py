@@ -64,6 +64,7 @@ from crossfade.events import (
     State,
 )
 from crossfade.loop import WINDOW_MARGIN, ControllerLoop
+from crossfade.metrics.telemetry import TelemetrySource
 from crossfade.migration import CandidateTimeout
 from crossfade.routing import BUCKETS, CANDIDATE, LEGACY, SERVING_STATUSES, threshold
 from crossfade.sketch import Sketch
@@ -813,7 +814,9 @@ class _Run:
             self.mig = client.migration(self.spec.name)
             client.apply(self.spec, actor="simulation")
             self.mig.start("simulation started", actor="simulation")
-            self.loop = ControllerLoop(self.backend, clock=self.clock, holder="simulation", names=[self.spec.name])
+            # The simulated traffic is the evidence, whichever metric source the spec names for real traffic.
+            self.loop = ControllerLoop(self.backend, clock=self.clock, holder="simulation", names=[self.spec.name],
+                                       source=TelemetrySource())
             self.loop.tick()  # the first look, with no data yet
             return self._steps()
         finally:
