@@ -32,7 +32,7 @@ def detail(backend: Backend, state: State, spec: Spec, now: float) -> dict[str, 
     try:
         windows = stage_windows(backend, state, spec, now)
     except SourceError as exc:
-        windows, source["error"] = [], f"metric source {name} failed: {exc}"
+        windows, source["error"] = [], str(exc)
     cells = stage_cells(state, windows) if state.stage else {}
     controller = None
     if state.stage and is_active(state) and state.stage_index + 1 < len(spec.stages) and source["error"] is None:
