@@ -776,7 +776,8 @@ def test_schema_structure() -> None:
     schema = json_schema()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["required"] == ["name", "stages"]
-    assert set(schema["properties"]) == set(FULL_SPEC.to_dict())
+    # `source` is left out of to_dict when unset (the digests of older specs stay as they were).
+    assert set(schema["properties"]) == set(FULL_SPEC.to_dict()) | {"source"}
     assert json.loads(json.dumps(schema)) == schema
     assert json_schema() is not json_schema(), "callers may change their copy"
 
@@ -837,3 +838,18 @@ def test_schema_with_jsonschema() -> None:
     validator.validate(yaml.safe_load(FULL))
     validator.validate(FULL_SPEC.to_dict())
     assert not validator.is_valid(copy.deepcopy(with_stage(0, hodl="5m")))
+
+
+def test_a_source_names_one_registered_source_whose_settings_it_checks() -> None:
+    assert load_spec(minimal()).source is None and "source" not in load_spec(minimal()).to_dict()
+    telemetry = load_spec({**minimal(), "source": {"telemetry": {}}})
+    assert telemetry.source == {"telemetry": {}} and load_spec(telemetry.to_dict()) == telemetry
+    for source, path, message in (
+        ({"prometheus": {}, "telemetry": {}}, "source", "expected one metric source"),
+        ({"prometheus": "http://p:9090"}, "source.prometheus", "settings as a mapping"),
+        ({"graphite": {}}, "source.graphite", "known: prometheus, telemetry"),
+        ({"prometheus": {"url": "http://p:9090", "preset": "istio", "step": 0}}, "source.prometheus.step", "between"),
+    ):
+        with pytest.raises(SpecError) as caught:
+            load_spec({**minimal(), "source": source})
+        assert any(p.path == path and message in p.message for p in caught.value.problems), caught.value.problems

@@ -16,13 +16,10 @@ from crossfade.backends.base import Backend, BackendError, ConflictError
 from crossfade.controller import ACTOR, Assessment, assess, is_active, step
 from crossfade.events import ROLLING_BACK, SOURCE_FAILED, SOURCE_RECOVERED, Change, Event, State, seal
 from crossfade.metrics import MetricSource, SourceError, create_source, source_name
-from crossfade.metrics.telemetry import WINDOW_MARGIN
 from crossfade.spec import Spec, load_spec
 from crossfade.telemetry import Window
 
 log = logging.getLogger("crossfade.controller")
-
-__all__ = ["WINDOW_MARGIN", "ControllerLoop", "stage_windows"]
 
 
 def stage_windows(backend: Backend, state: State, spec: Spec | None = None, now: float | None = None, *,

@@ -63,8 +63,8 @@ from crossfade.events import (
     Event,
     State,
 )
-from crossfade.loop import WINDOW_MARGIN, ControllerLoop
-from crossfade.metrics.telemetry import TelemetrySource
+from crossfade.loop import ControllerLoop
+from crossfade.metrics.telemetry import WINDOW_MARGIN, TelemetrySource
 from crossfade.migration import CandidateTimeout
 from crossfade.routing import BUCKETS, CANDIDATE, LEGACY, SERVING_STATUSES, threshold
 from crossfade.sketch import Sketch

@@ -1152,6 +1152,12 @@ _DURATION_PATTERN: Final = (
 _PERCENT_PATTERN: Final = r"^\s*\d+(\.\d+)?\s*%\s*$"
 
 
+def _source_names() -> list[str]:
+    from crossfade.metrics import REGISTRY
+
+    return REGISTRY.names()
+
+
 def json_schema() -> dict[str, Any]:
     """A JSON Schema (draft 2020-12) of the spec format, for editors to complete and check spec files."""
 
@@ -1378,10 +1384,12 @@ def json_schema() -> dict[str, Any]:
             },
             "notify": {"type": "array", "description": "Notification targets (format to be defined)."},
             "source": {
-                "type": "object", "minProperties": 1, "maxProperties": 1,
+                "type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
                 "description": "Where the judge reads each arm's metrics: one source by name with its settings, "
                 "e.g. {prometheus: {url: http://prometheus:9090, preset: istio}}; telemetry (the default) reads "
                 "what SDK hosts and clients post. Each source checks its own settings.",
+                "properties": {name: {"description": f"The settings of the {name} metric source (checked by it)."}
+                               for name in _source_names()},
             },
         },
         "$defs": {
@@ -1459,5 +1467,8 @@ dual_write_retry: {attempts: 3, backoff: 50ms}        # the non-authoritative si
 allow: [test_agent_alpha]         # keys always sent to the candidate
 deny: []                          # keys always kept on legacy
 notify: []
+# Where the judge reads each arm's metrics (default: the telemetry SDK hosts post). When a mesh splits the
+# traffic, read Prometheus instead (presets: istio, envoy, nginx; or your own per-arm PromQL queries):
+# source: {prometheus: {url: "http://prometheus:9090", preset: istio, arms: {legacy: v1, candidate: v2}}}
 """
 """The commented example spec that ``crossfade init`` writes."""

@@ -236,7 +236,8 @@ def test_judges_from_prometheus_alone_and_agrees_with_in_process_telemetry(setup
             # Judge only once Prometheus holds every call the application served, and the SDK flushed them.
             for name in running:
                 served = sum(n for (m, _), n in app.served.items() if m == name)
-                _wait(lambda: prometheus.value(f'sum(app_requests_total{{migration="{name}"}})') == served,
+                _wait(lambda name=name, served=served: prometheus.value(
+                    f'sum(app_requests_total{{migration="{name}"}})') == served,
                       f"prometheus to scrape {served} calls of {name}")
             client.flush(everything=True)
             now = time.time()
