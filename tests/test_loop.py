@@ -253,6 +253,9 @@ def test_an_unreachable_metric_source_holds_the_stage_says_so_once_and_recovers(
     clock.t += 10
     assert [e.type for t in loop.tick() for e in t.events] == []  # said once per outage, and still holding
     assert backend.state("m").status == "running" and backend.state("m").verdicts == ()
+    assert "Connection refused" in backend.state("m").source_error
+    # Another loop (a restart) knows from the state that the outage was already said.
+    assert [e.type for t in ControllerLoop(backend, clock=clock, holder="a").tick() for e in t.events] == []
     shown = CliRunner().invoke(app, ["status", "m", "--url", sqlite_url])
     assert shown.exit_code == 0 and "metric source prometheus failed" in shown.output
     assert "no promotion, no rollback" in shown.output
@@ -261,6 +264,7 @@ def test_an_unreachable_metric_source_holds_the_stage_says_so_once_and_recovers(
     clock.t += 10
     events = [e.type for t in loop.tick() for e in t.events]
     assert events[0] == "source_recovered" and "rolled_back" in events
+    assert backend.state("m").source_error is None
     assert verify(backend.events("m")) is None
     backend.close()
     cf.close()

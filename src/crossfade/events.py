@@ -32,7 +32,7 @@ ROLLBACK_STARTED: Final = "rollback_started"
 ROLLBACK_STEP: Final = "rollback_step"
 ABORTED: Final = "aborted"
 RESTARTED: Final = "restarted"
-# A metric source could not be read (the stage holds) / answers again. They leave the state as it is.
+# A metric source could not be read (the stage holds) / answers again: the state keeps the error meanwhile.
 SOURCE_FAILED: Final = "source_failed"
 SOURCE_RECOVERED: Final = "source_recovered"
 
@@ -191,6 +191,7 @@ class State:
     salt: str | None = None
     verdicts: tuple[tuple[str, str], ...] = ()
     rollback_step_at: float | None = None
+    source_error: str | None = None
 
     def apply(self, event: Event) -> State:
         """The state after one more event."""
@@ -228,6 +229,9 @@ class State:
         if kind == ROLLED_BACK:
             return replace(self, status=ROLLED_BACK_STATUS, traffic=0.0, shadow=0.0, shadow_legacy=0.0, noise=0.0,
                            dual_write=False, **common)
+        if kind in (SOURCE_FAILED, SOURCE_RECOVERED):
+            error = (p.get("error") or event.reason or "unreadable") if kind == SOURCE_FAILED else None
+            return replace(self, source_error=error, seq=event.seq, head=event.hash, updated_at=event.time)
         if kind == VERDICT:
             verdicts = tuple((g["gate"], g["verdict"]) for g in p["gates"])
             return replace(self, verdicts=verdicts, seq=event.seq, head=event.hash, updated_at=event.time)
@@ -253,6 +257,8 @@ class State:
             "stage_entered_at": self.stage_entered_at, "updated_at": self.updated_at, "reason": self.reason,
             "spec_digest": self.spec_digest, "salt": self.salt,
             "verdicts": [list(pair) for pair in self.verdicts], "rollback_step_at": self.rollback_step_at,
+            # Only while a metric source fails, so that the snapshots of every other state read as before.
+            **({} if self.source_error is None else {"source_error": self.source_error}),
         }
 
     @classmethod

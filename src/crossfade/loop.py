@@ -104,8 +104,6 @@ class ControllerLoop:
         self._due: dict[str, float] = {}
         self._specs: dict[tuple[str, int], Spec] = {}
         self._held: set[str] = set()
-        # Migrations whose metric source this loop found failing: one source_failed event per outage.
-        self._source_down: dict[str, str] = {}
 
     def _spec(self, state: State) -> Spec:
         key = (state.name, state.spec_version)
@@ -150,7 +148,7 @@ class ControllerLoop:
                 return self._source_failed(spec, state, str(exc), now)
             windows = []  # a gradual rollback steps down on time alone; it needs no data to go on
         changes = []
-        if self._source_down.pop(state.name, None) is not None:
+        if state.source_error is not None:
             name = source_name(spec.source)[0]
             changes.append(Change(SOURCE_RECOVERED, f"metric source {name} answers again",
                                   {"stage": state.stage, "source": name}))
@@ -164,13 +162,11 @@ class ControllerLoop:
         name = source_name(spec.source)[0]
         log.warning("%s: metric source %s failed: %s", state.name, name, error)
         skipped = f"metric source {name} failed, holding: {error}"
-        if self._source_down.get(state.name) is not None or self.dry_run:
+        if state.source_error is not None:  # said once per outage (the state keeps it across restarts)
             return Tick(state.name, (), None, skipped)
         change = Change(SOURCE_FAILED, f"metric source {name} cannot be read; holding the stage (no promotion, "
                         f"no rollback) until it answers: {error}", {"stage": state.stage, "source": name, "error": error})
         result = self._write(state, [change], now, None)
-        if not result.skipped:
-            self._source_down[state.name] = error
         return Tick(state.name, result.events, None, skipped)
 
     def _write(self, state: State, changes: list[Change], now: float, assessment: Assessment | None) -> Tick:

@@ -96,6 +96,13 @@ def test_an_unreachable_metric_source_holds_and_never_asks_for_a_rollback(contro
     assert _flagger(control_plane, "blind", "confirm-promotion", token=token)[0] == 412
     detail = control_plane.call("GET", "/v1/migrations/blind", role="viewer")[1]
     assert detail["source"]["name"] == "prometheus" and "cannot be read" in detail["source"]["error"]
+    # The controller says so once, in the log and the state, and /metrics shows it for alerting.
+    deadline = time.monotonic() + 30
+    while not control_plane.backend.state("blind").source_error and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [e.type for e in control_plane.backend.events("blind")].count("source_failed") == 1
+    metrics = control_plane.call("GET", "/metrics", role="viewer")[1]
+    assert 'crossfade_metric_source_failing{migration="blind"} 1.0' in metrics
 
 
 @pytest.mark.parametrize("hook", ["confirm-promotion", "rollback", "rollout"])

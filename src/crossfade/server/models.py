@@ -54,6 +54,7 @@ class StateModel(BaseModel):
     salt: str | None
     verdicts: list[list[str]]
     rollback_step_at: float | None
+    source_error: str | None = Field(None, description="Why the metric source cannot be read, while it cannot")
 
 
 class EventModel(BaseModel):
