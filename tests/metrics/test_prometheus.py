@@ -263,6 +263,13 @@ def test_judges_from_prometheus_alone_and_agrees_with_in_process_telemetry(setup
     verdicts = [e for e in backend.events("prom-faulty") if e.type == "verdict"]
     latency = next(g for g in verdicts[-1].payload["gates"] if g["gate"] == "latency")
     assert latency["samples"]["candidate"] > 0 and latency["lower"] < 1.0 < latency["upper"]
+    # The dashboard's charts read the same source: the healthy stage's calls, window by window.
+    from crossfade.server import views
+
+    points = views.series(backend, "prom-healthy", 0.0, specs["prom-healthy"], time.time())["points"]
+    stored = backend.windows("prom-healthy", stage="half")
+    assert points and sum(p["calls"] for p in points) == sum(w.cell.calls for w in stored)
+    assert {p["stage"] for p in points} == {"half"}
 
 
 def _cells_agree(from_prometheus, in_process) -> None:

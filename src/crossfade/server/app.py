@@ -239,8 +239,9 @@ def create_app(
     def get_series(name: MigrationName, who: Viewer,
                    seconds: Annotated[float, Query(gt=0, le=7 * 86400)] = views.SERIES_SECONDS) -> Any:
         """Per arm and telemetry window: calls, error rate and p50/p95/p99 latency, over the last `seconds`."""
-        views.current(backend, name)
-        return views.series(backend, name, clock() - seconds)
+        state = views.current(backend, name)
+        now = clock()
+        return views.series(backend, name, now - seconds, feed.spec(name, state.spec_version), now)
 
     @app.get("/v1/migrations/{name}/telemetry", response_model=WindowsPage, responses=_MIGRATION_ERRORS,
              tags=["telemetry"])

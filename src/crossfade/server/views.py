@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from crossfade.backends.base import Backend, UnknownMigration
 from crossfade.controller import assess, is_active, stage_cells
 from crossfade.events import AWAITING_APPROVAL, VERDICT, State
 from crossfade.loop import stage_windows
-from crossfade.metrics import SourceError, source_name
+from crossfade.metrics import SourceError, create_source, source_name
+from crossfade.replay import stage_periods
 from crossfade.spec import Spec
-from crossfade.telemetry import arm_metrics
+from crossfade.telemetry import Window, arm_metrics
 
 # How far back the dashboard's charts reach by default, and how many events are searched for the last verdict.
 SERIES_SECONDS = 3600.0
@@ -67,11 +69,30 @@ def last_verdict(backend: Backend, state: State) -> dict[str, Any] | None:
     return None
 
 
-def series(backend: Backend, name: str, since: float) -> dict[str, Any]:
-    """Per arm and window (stages kept apart), calls, error rate and p50/p95/p99, oldest first."""
-    windows = backend.windows(name, since=since)
+def series(backend: Backend, name: str, since: float, spec: Spec | None = None, now: float | None = None
+           ) -> dict[str, Any]:
+    """Per arm and window (stages kept apart), calls, error rate and p50/p95/p99, oldest first, read through
+    the spec's metric source (the stored telemetry by default; nothing while the source cannot be read)."""
+    if spec is None or spec.source is None:
+        windows = backend.windows(name, since=since)
+    else:
+        windows = _sourced_windows(backend, name, since, spec, time.time() if now is None else now)
     return {
         "window": windows[0].length if windows else None,
         "points": [{"start": w.start, "arm": w.arm, "stage": w.stage, **{k: v for k, v in arm_metrics(w.cell).items()
                     if k in ("calls", "errors", "error_rate", "p50", "p95", "p99")}} for w in windows],
     }
+
+
+def _sourced_windows(backend: Backend, name: str, since: float, spec: Spec, now: float) -> list[Window]:
+    """The windows of every stage stay since `since`, each read through the source over its own time."""
+    source = create_source(spec.source)
+    windows: list[Window] = []
+    try:
+        for period in stage_periods(backend.events(name), now):
+            if period.end > since:
+                windows += [w for w in source.windows(backend, name, period.stage, period.start, period.end)
+                            if w.start >= since and w.start < period.end]
+    except SourceError:
+        return []
+    return sorted(windows, key=lambda w: (w.start, w.arm))
