@@ -462,12 +462,14 @@ def _stage_report(cf: Client, state: State) -> dict[str, Any]:
     if not state.stage:
         return {"arms": {}}
     spec = cf.migration(state.name).spec()
+    source: dict[str, Any] = {"name": source_name(spec.source)[0], "error": None}
     try:
         windows = stage_windows(cf.backend(), state, spec, cf.time())
     except SourceError as exc:
-        return {"arms": {}, "source_error": f"metric source {source_name(spec.source)[0]} failed: {exc}"}
+        source["error"] = str(exc)
+        return {"arms": {}, "source": source}
     cells = stage_cells(state, windows)
-    report: dict[str, Any] = {"arms": {arm: arm_metrics(c) for arm, c in sorted(cells.items())}}
+    report: dict[str, Any] = {"arms": {arm: arm_metrics(c) for arm, c in sorted(cells.items())}, "source": source}
     if is_active(state) and state.stage_index + 1 < len(spec.stages):
         report["controller"] = assess(spec, state, windows, cf.time()).to_dict()
     return report
@@ -495,11 +497,12 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
             return
         for item in report:
             state = State.from_dict({k: v for k, v in item.items()
-                                     if k not in ("arms", "controller", "shadow", "source_error")})
+                                     if k not in ("arms", "controller", "shadow", "source")})
             _print_state_line(state)
-            if item.get("source_error"):
-                out.print(f"  [red]SOURCE[/red] {escape(item['source_error'])}: the stage holds (no promotion, "
-                          "no rollback) until it answers")
+            source = item.get("source") or {}
+            if source.get("error"):
+                out.print(f"  [red]SOURCE[/red] metric source {escape(source['name'])} failed: "
+                          f"{escape(source['error'])}: the stage holds (no promotion, no rollback) until it answers")
             table = Table(box=None, pad_edge=False)
             for column in ("arm", "calls", "error rate", "fallbacks", "p50", "p95", "p99", "cost/call"):
                 table.add_column(column, justify="left" if column == "arm" else "right")
