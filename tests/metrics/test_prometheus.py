@@ -320,6 +320,29 @@ def test_a_bad_query_or_a_query_that_is_no_histogram_is_a_source_error_naming_it
         wrong.windows(None, "m", "s", time.time() - 30, time.time())
 
 
+def test_a_restarted_process_is_read_as_a_counter_reset_not_as_negative_traffic(setup) -> None:
+    from prometheus_client import CollectorRegistry, Counter
+
+    from crossfade.metrics import create_source
+
+    app, prometheus, client = setup
+    source = create_source({"prometheus": {"url": prometheus.url, "step": "1s", "queries": {
+        "calls": 'restarts_total{arm="$arm"}', "errors": 'restarts_total{arm="$arm",outcome="error"}'}}})
+    since = time.time()
+
+    def run(calls: int) -> None:
+        # A fresh registry is what a restarted process exposes: every counter starts again from zero.
+        app.registry = CollectorRegistry()
+        counter = Counter("restarts", "Calls", ["arm", "outcome"], registry=app.registry)
+        counter.labels("legacy", "ok").inc(calls)
+        _wait(lambda: prometheus.value('restarts_total{arm="legacy"}') == calls, f"a scrape of {calls} calls")
+
+    run(50)
+    run(20)
+    cells = [w.cell for w in source.windows(None, "m", "s", since, time.time()) if w.arm == "legacy"]
+    assert sum(c.calls for c in cells) == 70 and all(c.calls >= 0 for c in cells)
+
+
 @pytest.mark.parametrize(("settings", "path", "message"), [
     ({}, "source.prometheus.url", "required"),
     ({"url": "http://p:9090"}, "source.prometheus.queries.calls", "required"),
