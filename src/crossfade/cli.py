@@ -456,15 +456,14 @@ def _ms(seconds: float) -> str:
 def _stage_report(cf: Client, state: State) -> dict[str, Any]:
     """Per-arm metrics of the current stage and, for an active migration, the controller's view of it."""
     from crossfade.controller import assess, is_active, stage_cells
-    from crossfade.loop import stage_windows
-    from crossfade.metrics import SourceError, source_name
+    from crossfade.metrics import SourceError, read_stage, source_name
 
     if not state.stage:
         return {"arms": {}}
     spec = cf.migration(state.name).spec()
     source: dict[str, Any] = {"name": source_name(spec.source)[0], "error": None}
     try:
-        windows = stage_windows(cf.backend(), state, spec, cf.time())
+        windows = read_stage(cf.backend(), state, spec, cf.time())
     except SourceError as exc:
         source["error"] = str(exc)
         return {"arms": {}, "source": source}
@@ -684,6 +683,7 @@ def replay(
     would have promoted, held or rolled back, beside what was recorded. Tune gates on real data."""
     from crossfade.metrics import SourceError, create_source
     from crossfade.replay import replay as rejudge
+    from crossfade.replay import stay
 
     try:
         other = load_spec(spec_file)
@@ -701,7 +701,7 @@ def replay(
         backend = cf.backend()
         try:
             result = rejudge(other, name, events, lambda p: [
-                w for w in source.windows(backend, name, p.stage, p.start, p.end) if w.start < p.end], cf.time())
+                w for w in source.windows(backend, stay(name, p), recorded, p.end) if w.start < p.end], cf.time())
         except SourceError as exc:
             _fail(f"cannot read the recorded windows of {name}: {exc}")
         def at(t: float | None) -> float | None:

@@ -15,23 +15,12 @@ from typing import Protocol
 from crossfade.backends.base import Backend, BackendError, ConflictError
 from crossfade.controller import ACTOR, Assessment, assess, is_active, step
 from crossfade.events import ROLLING_BACK, SOURCE_FAILED, SOURCE_RECOVERED, Change, Event, State, seal
-from crossfade.metrics import MetricSource, SourceError, create_source, source_name
+from crossfade.metrics import MetricSource, SourceError, read_stage, source_name
+from crossfade.metrics.telemetry import TelemetrySource
 from crossfade.spec import Spec, load_spec
-from crossfade.telemetry import Window
+from crossfade.stagedata import StageTelemetry
 
 log = logging.getLogger("crossfade.controller")
-
-
-def stage_windows(backend: Backend, state: State, spec: Spec | None = None, now: float | None = None, *,
-                  source: MetricSource | None = None) -> list[Window]:
-    """The windows the controller judges the current stage on, read through `source`, else the spec's metric
-    source (the stored telemetry without a spec). Raises `SourceError` when the source cannot be read."""
-    if not state.stage:
-        return []
-    source = source or create_source(spec.source if spec is not None else None)
-    return source.windows(backend, state.name, state.stage, state.stage_entered_at,
-                          time.time() if now is None else now)
-
 
 class Clock(Protocol):
     """Where the loop reads the time and waits: the system's, or a simulation's virtual one."""
@@ -99,11 +88,14 @@ class ControllerLoop:
         # A dry run decides as usual and hands the sealed events to on_tick, but neither takes a lease nor
         # appends anything.
         self.dry_run = dry_run
-        # A source for every migration whatever its spec names: a simulation's own telemetry, say.
-        self.source = source
         self._due: dict[str, float] = {}
         self._specs: dict[tuple[str, int], Spec] = {}
         self._held: set[str] = set()
+        self._telemetry = StageTelemetry()
+        # The stored telemetry, read incrementally, for migrations whose spec names no other source; `source`
+        # replaces every spec's (a simulation judges its own simulated telemetry whatever the spec names).
+        self._telemetry_source = TelemetrySource(self._telemetry)
+        self.source = source
 
     def _spec(self, state: State) -> Spec:
         key = (state.name, state.spec_version)
@@ -122,6 +114,7 @@ class ControllerLoop:
         for state in self.backend.states():
             if (self.names is not None and state.name not in self.names) or not is_active(state):
                 self._let_go(state.name)
+                self._telemetry.forget(state.name)
                 continue
             if self._due.get(state.name, 0.0) > now:
                 continue
@@ -141,7 +134,10 @@ class ControllerLoop:
             return Tick(state.name, (), None, "another controller holds the lease")
         self._held.add(state.name)
         try:
-            windows = stage_windows(self.backend, state, spec, now, source=self.source)
+            if self.source is not None:
+                windows = self.source.windows(self.backend, state, spec, now)
+            else:
+                windows = read_stage(self.backend, state, spec, now, telemetry=self._telemetry_source)
         except SourceError as exc:
             if state.status != ROLLING_BACK:
                 # No evidence is not evidence: hold, neither promote nor roll back, and say so once.

@@ -158,6 +158,12 @@ def stage_periods(events: Sequence[Event], now: float) -> list[StagePeriod]:
     return periods
 
 
+def stay(migration: str, period: StagePeriod) -> State:
+    """The state of `migration` during one recorded stay in a stage, as a metric source reads it."""
+    return State(migration, status=RUNNING, stage=period.stage, stage_index=period.index, traffic=period.traffic,
+                 shadow=period.shadow, shadow_legacy=period.shadow_legacy, stage_entered_at=period.start)
+
+
 def replay(spec: Spec, migration: str, events: Sequence[Event], windows: Callable[[StagePeriod], list[Window]],
            now: float) -> Replay:
     """Re-judge every recorded stage of `migration` under `spec`, reading each stage's windows with `windows`."""

@@ -64,7 +64,6 @@ from crossfade.events import (
     State,
 )
 from crossfade.loop import ControllerLoop
-from crossfade.metrics.telemetry import WINDOW_MARGIN, TelemetrySource
 from crossfade.migration import CandidateTimeout
 from crossfade.routing import BUCKETS, CANDIDATE, LEGACY, SERVING_STATUSES, threshold
 from crossfade.sketch import Sketch
@@ -75,6 +74,8 @@ from crossfade.spec import (
     parse_duration,
     parse_percent,
 )
+from crossfade.metrics.telemetry import TelemetrySource
+from crossfade.stagedata import WINDOW_MARGIN
 from crossfade.telemetry import Cell, Window, cell_key, merge_windows
 
 __all__ = [

@@ -32,6 +32,13 @@ BUCKETS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128)
 SLEEP = 0.003  # inside (2 ms, 4 ms]: every call lands in one bucket, well away from its edges
 
 
+def _stage(stage: str, entered: float):
+    """Migration m in `stage` since `entered`, as a source reads it."""
+    from crossfade.events import State
+
+    return State("m", status="running", stage=stage, stage_index=0, stage_entered_at=entered)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -200,7 +207,8 @@ def _spec(name: str, url: str) -> dict:
 def test_judges_from_prometheus_alone_and_agrees_with_in_process_telemetry(setup) -> None:
     from crossfade.controller import assess, stage_cells
     from crossfade.events import COMPLETED, ROLLED_BACK_STATUS, RUNNING
-    from crossfade.loop import ControllerLoop, stage_windows
+    from crossfade.loop import ControllerLoop
+    from crossfade.metrics import read_stage
     from crossfade.spec import load_spec
 
     app, prometheus, client = setup
@@ -250,7 +258,7 @@ def test_judges_from_prometheus_alone_and_agrees_with_in_process_telemetry(setup
                 stored = backend.windows(name, stage="half")
                 in_process = assess(specs[name], state, stored, now)
                 _agree(from_prometheus, in_process)
-                _cells_agree(stage_cells(state, stage_windows(backend, state, specs[name], now)),
+                _cells_agree(stage_cells(state, read_stage(backend, state, specs[name], now)),
                              stage_cells(state, stored))
             client.refresh()
 
@@ -309,7 +317,7 @@ def test_a_bad_query_or_a_query_that_is_no_histogram_is_a_source_error_naming_it
     now = time.time()
     bad = create_source({"prometheus": {"url": prometheus.url, "queries": {"calls": "app_requests_total{", "errors": "x"}}})
     with pytest.raises(SourceError, match=r"refused the calls query for legacy \(app_requests_total\{\).*parse"):
-        bad.windows(None, "m", "s", now - 5, now)
+        bad.windows(None, _stage("s", now - 5), None, now)
     # Counters selected as latency: no `le` label, so no buckets to read a quantile from.
     app.requests.labels("m", "legacy").inc()
     _wait(lambda: prometheus.value('app_requests_total{migration="m"}'), "a scrape")
@@ -317,7 +325,7 @@ def test_a_bad_query_or_a_query_that_is_no_histogram_is_a_source_error_naming_it
         "calls": 'app_requests_total{migration="m",arm="$arm"}', "errors": 'app_errors_total{arm="$arm"}',
         "latency": 'app_requests_total{migration="m",arm="$arm"}'}}})
     with pytest.raises(SourceError, match="must select a histogram's _bucket series"):
-        wrong.windows(None, "m", "s", time.time() - 30, time.time())
+        wrong.windows(None, _stage("s", time.time() - 30), None, time.time())
 
 
 def test_a_restarted_process_is_read_as_a_counter_reset_not_as_negative_traffic(setup) -> None:
@@ -339,7 +347,7 @@ def test_a_restarted_process_is_read_as_a_counter_reset_not_as_negative_traffic(
 
     run(50)
     run(20)
-    cells = [w.cell for w in source.windows(None, "m", "s", since, time.time()) if w.arm == "legacy"]
+    cells = [w.cell for w in source.windows(None, _stage("s", since), None, time.time()) if w.arm == "legacy"]
     assert sum(c.calls for c in cells) == 70 and all(c.calls >= 0 for c in cells)
 
 

@@ -17,6 +17,8 @@ from crossfade.registry import Registry
 
 if TYPE_CHECKING:
     from crossfade.backends.base import Backend
+    from crossfade.events import State
+    from crossfade.spec import Spec
     from crossfade.telemetry import Window
 
 DEFAULT: Final = "telemetry"
@@ -31,9 +33,9 @@ class MetricSource(Protocol):
 
     name: str
 
-    def windows(self, backend: Backend, migration: str, stage: str, since: float | None, until: float) -> list[Window]:
-        """The stage's windows (arms `legacy` and `candidate`) from `since` (when the stage was entered) to
-        `until` (now), in time order; raises `SourceError` when the source cannot be read."""
+    def windows(self, backend: Backend, state: State, spec: Spec, now: float) -> list[Window]:
+        """The windows (arms `legacy` and `candidate`) of the stage `state` is in, from when it was entered
+        (`state.stage_entered_at`) to `now`, in time order; raises `SourceError` when it cannot be read."""
         ...
 
 
@@ -52,3 +54,15 @@ def create_source(config: Mapping[str, Any] | None) -> MetricSource:
     """The source a spec's `source:` entry describes (already validated by `load_spec`)."""
     name, settings = source_name(config)
     return REGISTRY.create(name, settings, f"source.{name}")
+
+
+def read_stage(backend: Backend, state: State, spec: Spec, now: float, *, telemetry: MetricSource | None = None
+               ) -> list[Window]:
+    """The current stage's windows through the spec's metric source; `telemetry` is the telemetry source to
+    use (one that reads incrementally) when the spec names that one. Raises `SourceError`."""
+    if not state.stage:
+        return []
+    name = source_name(spec.source)[0]
+    if name == DEFAULT and telemetry is not None:
+        return telemetry.windows(backend, state, spec, now)
+    return create_source(spec.source).windows(backend, state, spec, now)

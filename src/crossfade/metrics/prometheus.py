@@ -31,6 +31,8 @@ from crossfade.telemetry import Cell, Window
 
 if TYPE_CHECKING:
     from crossfade.backends.base import Backend
+    from crossfade.events import State
+    from crossfade.spec import Spec
 
 # The cell fields a query may fill: counters (whole numbers), sums, and the latency histogram and its sum.
 COUNTS: Final = ("calls", "errors", "fallbacks", "timeouts", "costed", "compared", "mismatches")
@@ -88,9 +90,10 @@ class PrometheusSource:
         selector = f",{self.selector}" if self.selector else ""
         return Template(self.queries[field]).safe_substitute(arm=self.arms[arm], selector=selector)
 
-    def windows(self, backend: Backend, migration: str, stage: str, since: float | None, until: float) -> list[Window]:
-        """The stage's windows from its entry to now, one per `step` (the last one partial)."""
-        if since is None or until <= since:
+    def windows(self, backend: Backend, state: State, spec: Spec, now: float) -> list[Window]:
+        """The stage's windows from its entry to `now`, one per `step` (the last one partial)."""
+        migration, stage, since, until = state.name, state.stage, state.stage_entered_at, now
+        if stage is None or since is None or until <= since:
             return []
         step = max(self.step, (until - since) / MAX_POINTS)
         grid = [since + k * step for k in range(int((until - since) // step) + 1)]

@@ -69,7 +69,10 @@ from crossfade.server.models import (
 )
 from crossfade.shadow import Example, FieldWindow
 from crossfade.spec import NAME_PATTERN, Problem, Spec, SpecError, load_spec
+from crossfade.metrics import SourceError, read_stage
+from crossfade.metrics.telemetry import TelemetrySource
 from crossfade.sketch import Sketch
+from crossfade.stagedata import StageTelemetry
 from crossfade.telemetry import Cell, Window, open_cell
 
 log = logging.getLogger("crossfade.server")
@@ -187,9 +190,15 @@ def create_app(
     app.state.feed = feed
     app.state.controller = ctl
     app.state.clock = clock
+    # The migration page (polled) and every /metrics scrape read each stage's telemetry: one incremental
+    # reader serves both, so each pays for the rows written since the last read, not for the stage's history.
+    telemetry = StageTelemetry()
+    telemetry_source = TelemetrySource(telemetry)
     collector = CrossfadeCollector(
         backend, controller_lag=(ctl.lag if ctl is not None else lambda: None),
         feed_age=lambda: None if feed.last_ok is None else time.monotonic() - feed.last_ok,
+        stage_windows=lambda state: telemetry.windows(backend, state, feed.spec(state.name, state.spec_version),
+                                                      clock()),
     )
     metrics_registry = registry(collector)
     _install_error_handlers(app)
@@ -206,7 +215,12 @@ def create_app(
         """Spec, state, stage ladder, per-arm figures, the controller's view with each gate's numbers, the last
         verdict, triggers and any pending approval."""
         state = views.current(backend, name)
-        return views.detail(backend, state, feed.spec(name, state.spec_version), clock())
+        spec, now = feed.spec(name, state.spec_version), clock()
+        try:
+            windows, error = read_stage(backend, state, spec, now, telemetry=telemetry_source), None
+        except SourceError as exc:
+            windows, error = [], str(exc)
+        return views.detail(backend, state, spec, now, windows, error)
 
     @app.get("/v1/migrations/{name}/state", response_model=StateModel, responses=_MIGRATION_ERRORS, tags=["migrations"])
     def get_state(name: MigrationName, who: Viewer) -> Any:

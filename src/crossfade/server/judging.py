@@ -35,8 +35,7 @@ from crossfade.events import (
     RUNNING,
     State,
 )
-from crossfade.loop import stage_windows
-from crossfade.metrics import SourceError, source_name
+from crossfade.metrics import SourceError, read_stage, source_name
 from crossfade.server import views
 from crossfade.server.auth import Authenticator, Principal
 from crossfade.server.feed import RoutingFeed
@@ -99,7 +98,7 @@ def analysis(backend: Backend, state: State, spec: Spec, now: float) -> dict[str
     if state.status not in (RUNNING, AWAITING_APPROVAL) or not state.stage:
         return _answer(base, HOLD, f"the migration is {state.status}: nothing is judged")
     try:
-        windows = stage_windows(backend, state, spec, now)
+        windows = read_stage(backend, state, spec, now)
     except SourceError as exc:
         base["source"]["error"] = str(exc)
         return _answer(base, HOLD, f"metric source {name} cannot be read; no evidence, no decision: {exc}")

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
+from collections.abc import Sequence
 from typing import Any
 
 from crossfade.backends.base import Backend, UnknownMigration
 from crossfade.controller import assess, is_active, stage_cells
 from crossfade.events import AWAITING_APPROVAL, VERDICT, State
-from crossfade.loop import stage_windows
 from crossfade.metrics import SourceError, create_source, source_name
-from crossfade.replay import stage_periods
+from crossfade.replay import stage_periods, stay
 from crossfade.spec import Spec
 from crossfade.telemetry import Window, arm_metrics
 
@@ -27,17 +26,13 @@ def current(backend: Backend, name: str) -> State:
     return state
 
 
-def detail(backend: Backend, state: State, spec: Spec, now: float) -> dict[str, Any]:
-    """The migration page: state, spec, ladder, per-arm figures, the controller's view, the last verdict."""
-    name = source_name(spec.source)[0]
-    source: dict[str, Any] = {"name": name, "error": None}
-    try:
-        windows = stage_windows(backend, state, spec, now)
-    except SourceError as exc:
-        windows, source["error"] = [], str(exc)
+def detail(backend: Backend, state: State, spec: Spec, now: float, windows: Sequence[Window],
+           source_error: str | None = None) -> dict[str, Any]:
+    """The migration page from the stage's `windows`: state, spec, ladder, per-arm figures, the controller's
+    view, the last verdict; `source_error` when the metric source could not be read (no view then)."""
     cells = stage_cells(state, windows) if state.stage else {}
     controller = None
-    if state.stage and is_active(state) and state.stage_index + 1 < len(spec.stages) and source["error"] is None:
+    if state.stage and is_active(state) and state.stage_index + 1 < len(spec.stages) and source_error is None:
         controller = assess(spec, state, windows, now).to_dict()
     pending = None
     if state.status == AWAITING_APPROVAL and state.stage_index + 1 < len(spec.stages):
@@ -54,7 +49,7 @@ def detail(backend: Backend, state: State, spec: Spec, now: float) -> dict[str, 
         "triggers": [{"metric": t.metric, "above": t.above, "window": t.window, "min_samples": t.min_samples,
                       "for": t.for_} for t in spec.triggers],
         "pending_approval": pending,
-        "source": source,
+        "source": {"name": source_name(spec.source)[0], "error": source_error},
     }
 
 
@@ -73,10 +68,10 @@ def series(backend: Backend, name: str, since: float, spec: Spec | None = None, 
            ) -> dict[str, Any]:
     """Per arm and window (stages kept apart), calls, error rate and p50/p95/p99, oldest first, read through
     the spec's metric source (the stored telemetry by default; nothing while the source cannot be read)."""
-    if spec is None or spec.source is None:
+    if spec is None or spec.source is None or now is None:
         windows = backend.windows(name, since=since)
     else:
-        windows = _sourced_windows(backend, name, since, spec, time.time() if now is None else now)
+        windows = _sourced_windows(backend, name, since, spec, now)
     return {
         "window": windows[0].length if windows else None,
         "points": [{"start": w.start, "arm": w.arm, "stage": w.stage, **{k: v for k, v in arm_metrics(w.cell).items()
@@ -85,14 +80,14 @@ def series(backend: Backend, name: str, since: float, spec: Spec | None = None, 
 
 
 def _sourced_windows(backend: Backend, name: str, since: float, spec: Spec, now: float) -> list[Window]:
-    """The windows of every stage stay since `since`, each read through the source over its own time."""
+    """The windows of every stay in a stage since `since`, each read through the source over its own time."""
     source = create_source(spec.source)
     windows: list[Window] = []
     try:
         for period in stage_periods(backend.events(name), now):
             if period.end > since:
-                windows += [w for w in source.windows(backend, name, period.stage, period.start, period.end)
-                            if w.start >= since and w.start < period.end]
+                windows += [w for w in source.windows(backend, stay(name, period), spec, period.end)
+                            if since <= w.start < period.end]
     except SourceError:
         return []
     return sorted(windows, key=lambda w: (w.start, w.arm))
