@@ -8,7 +8,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Final
@@ -314,16 +314,24 @@ class SQLBackend:
             for (start, arm, row_stage, length), cell in sorted(cells.items(), key=lambda kv: kv[0])
         ]
 
-    def telemetry_since(self, migration: str, *, stage: str, after_id: int) -> tuple[list[Window], int]:
-        """The rows of one stage written after row `after_id`, unmerged, and the id of the last one."""
+    def telemetry_ids(self, migration: str, *, stage: str, after_id: int, upto: int) -> list[int]:
+        """The ids of one stage's rows in (after_id, upto]."""
         t = telemetry.c
+        query = sa.select(t.id).where(t.migration == migration, t.stage == stage, t.id > after_id, t.id <= upto)
+        with self._store.guard(f"reading the telemetry of {migration}"), self._store.read() as conn:
+            return list(conn.scalars(query))
+
+    def telemetry_rows(self, migration: str, *, stage: str, after_id: int,
+                       also: Collection[int] = ()) -> list[tuple[int, Window]]:
+        """One stage's rows with an id above `after_id` or in `also`, unmerged, with their ids, in id order."""
+        t = telemetry.c
+        wanted = t.id > after_id if not also else sa.or_(t.id > after_id, t.id.in_(list(also)))
         query = (sa.select(t.id, t.arm, t.window_start, t.window_length, t.cell)
-                 .where(t.migration == migration, t.stage == stage, t.id > after_id).order_by(t.id))
+                 .where(t.migration == migration, t.stage == stage, wanted).order_by(t.id))
         with self._store.guard(f"reading the telemetry of {migration}"), self._store.read() as conn:
             rows = conn.execute(query).all()
-        windows = [Window(migration, stage, arm, start, length, Cell.from_dict(json.loads(text)))
-                   for _, arm, start, length, text in rows]
-        return windows, rows[-1][0] if rows else after_id
+        return [(row_id, Window(migration, stage, arm, start, length, Cell.from_dict(json.loads(text))))
+                for row_id, arm, start, length, text in rows]
 
     def write_comparisons(self, rows: Sequence[FieldWindow], examples: Sequence[Example], *, keep: int = 20) -> None:
         """Store comparison counts (rows add up on read) and examples, keeping the newest `keep` per
