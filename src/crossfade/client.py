@@ -339,7 +339,9 @@ class Client:
             self._tick()
 
     def _after_fork(self) -> None:
-        # The child has none of the parent's threads; its copied buffers are the parent's to flush.
+        # The child has none of the parent's threads, and any lock one of them held stays held here for ever:
+        # every lock is new, the backend builds a new engine, and the copied buffers are the parent's to flush.
+        self._counters_lock = threading.Lock()
         self.recorder.reset()
         self.comparisons.reset()
         self._comparisons_pending = []

@@ -19,6 +19,7 @@ from crossfade.events import (
     RUNNING,
     VERDICT,
     Change,
+    StageProgress,
     State,
     promote_change,
     request_approval_change,
@@ -72,6 +73,18 @@ def stage_cells(state: State, windows: Sequence[Window]) -> dict[str, Cell]:
     """Per arm, the stage's telemetry since it was entered (a window that began just before is included)."""
     entered = state.stage_entered_at or 0.0
     return merge_windows(w for w in windows if w.stage == state.stage and w.start + w.length > entered)
+
+
+def stage_progress(spec: Spec, state: State, windows: Sequence[Window], now: float) -> StageProgress:
+    """The current stage's hold time left and calls per arm, as an operator's promote or approve checks them."""
+    if not state.stage:
+        return StageProgress(0.0, 0, 0)
+    cells = stage_cells(state, windows)
+    stage = spec.stages[state.stage_index]
+    return StageProgress(
+        max(0.0, (stage.hold or 0.0) - (now - (state.stage_entered_at or now))),
+        cells[CANDIDATE].calls if CANDIDATE in cells else 0, cells[LEGACY].calls if LEGACY in cells else 0,
+    )
 
 
 def assess(spec: Spec, state: State, windows: Sequence[Window], now: float) -> Assessment:

@@ -358,10 +358,38 @@ def restart_change(state: State, spec: Spec, reason: str | None = None) -> Chang
     return Change(RESTARTED, reason or "restarted", _enter(spec, 0, attempt=state.attempt + 1))
 
 
-def promote_change(state: State, spec: Spec, reason: str | None = None, *, force: bool = False) -> Change:
+@dataclass(frozen=True, slots=True)
+class StageProgress:
+    """How far the current stage is from being left: hold time still to run and calls per arm so far."""
+
+    hold_left: float
+    candidate_calls: int
+    legacy_calls: int
+
+    def unmet(self, spec: Spec, state: State) -> list[str]:
+        """What the stage still waits for before a promotion (its hold, its `min_samples`); empty when none."""
+        import math
+
+        from crossfade.spec import format_duration
+
+        stage = spec.stages[state.stage_index]
+        waiting = []
+        if self.hold_left > 0:
+            waiting.append(f"the hold has {format_duration(math.ceil(self.hold_left))} left")
+        if min(self.candidate_calls, self.legacy_calls) < stage.min_samples:
+            waiting.append(f"{self.candidate_calls} candidate and {self.legacy_calls} legacy calls of the "
+                           f"{stage.min_samples} per arm needed")
+        return waiting
+
+
+def promote_change(state: State, spec: Spec, reason: str | None = None, *, force: bool = False,
+                   progress: StageProgress | None = None) -> Change:
     """Move to the next stage; entering the last stage completes the migration.
 
-    A gate whose last verdict is FAIL refuses the promotion unless `force`, which the event records.
+    Refused, unless `force` (which the event records with what it went past): a gate whose last verdict is
+    FAIL; a next stage marked `approval: true` (that takes `approve`); and, given the stage's `progress`, a
+    hold still running or fewer calls than `min_samples`. The controller, which checks those itself, passes
+    no progress.
     """
     if state.status != RUNNING:
         hint = {
@@ -375,15 +403,32 @@ def promote_change(state: State, spec: Spec, reason: str | None = None, *, force
         }.get(state.status, "")
         raise TransitionError(f"cannot promote {state.name}: it is {state.status}" + (f"; {hint}" if hint else ""))
     failing = [gate for gate, verdict in state.verdicts if verdict == "FAIL"]
-    if failing and not force:
-        raise TransitionError(
-            f"cannot promote {state.name}: gate {', '.join(failing)} FAILs in stage {state.stage}; "
-            "promote --force goes past it (recorded as forced)"
-        )
+    nxt = spec.stages[state.stage_index + 1]
+    unmet = progress.unmet(spec, state) if progress is not None else []
+    if not force:
+        if failing:
+            raise TransitionError(
+                f"cannot promote {state.name}: gate {', '.join(failing)} FAILs in stage {state.stage}; "
+                "promote --force goes past it (recorded as forced)"
+            )
+        if nxt.approval:
+            raise TransitionError(
+                f"cannot promote {state.name}: stage {nxt.name} needs an approval; run `crossfade approve "
+                f"{state.name}` (or promote --force, recorded as forced)"
+            )
+        if unmet:
+            raise TransitionError(
+                f"cannot promote {state.name} yet (stage {state.stage}): " + "; ".join(unmet)
+                + "; promote --force goes past it (recorded as forced)"
+            )
     extra: dict[str, Any] = {"from_stage": state.stage}
     if force:
         extra["forced"] = True
         extra["failing_gates"] = failing
+        if nxt.approval:
+            extra["approval_bypassed"] = True
+        if unmet:
+            extra["unmet"] = unmet
     return Change(PROMOTED, reason or "promoted", _enter(spec, state.stage_index + 1, **extra))
 
 
@@ -397,7 +442,11 @@ def request_approval_change(state: State, spec: Spec, reason: str | None = None)
 
 
 def approve_changes(state: State, spec: Spec, reason: str | None = None) -> list[Change]:
-    """Approve the pending stage: the approval and the promotion, appended together."""
+    """Approve the pending stage: the approval and the promotion, appended together.
+
+    Only a migration awaiting approval is approved: the controller asks once the stage's hold, samples and
+    gates allow it, so an approval never skips them.
+    """
     if state.status != AWAITING_APPROVAL:
         raise TransitionError(f"nothing to approve for {state.name}: it is {state.status}, not awaiting approval")
     approved = Change(APPROVED, reason or "approved", {"stage": spec.stages[state.stage_index + 1].name})
@@ -472,20 +521,27 @@ def rollback_step_change(state: State, spec: Spec, reason: str) -> Change:
     return Change(ROLLBACK_STEP, reason, {"traffic": steps[0], "from_traffic": state.traffic})
 
 
+def position(state: State) -> tuple[Any, ...]:
+    """Where a migration stands, as far as an operator's command is concerned (verdicts aside): a command
+    decided at one position may be retried while the migration stays there."""
+    return state.status, state.stage_index, state.attempt, state.spec_version
+
+
 OPERATIONS: Final = ("start", "promote", "approve", "pause", "resume", "rollback", "abort", "restart")
 
 
-def operation(action: str, state: State, spec: Spec, reason: str | None = None, *, force: bool = False
-              ) -> list[Change]:
+def operation(action: str, state: State, spec: Spec, reason: str | None = None, *, force: bool = False,
+              progress: StageProgress) -> list[Change]:
     """The changes an operator's command makes, by its name: the one table the SDK, the CLI and the API share.
 
-    `force` only matters to `promote`; `rollback` and `abort` refuse an empty reason.
+    `force` only matters to `promote`; `progress` (the current stage's, see `controller.stage_progress`) is
+    what `promote` checks hold and `min_samples` against; `rollback` and `abort` refuse an empty reason.
     """
     match action:
         case "start":
             return [start_change(state, spec, reason)]
         case "promote":
-            return [promote_change(state, spec, reason, force=force)]
+            return [promote_change(state, spec, reason, force=force, progress=progress)]
         case "approve":
             return approve_changes(state, spec, reason)
         case "pause":

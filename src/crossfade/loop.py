@@ -3,14 +3,17 @@ pure controller decides with optimistic concurrency."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+import mmh3
 
 from crossfade.backends.base import Backend, BackendError, ConflictError
 from crossfade.controller import ACTOR, Assessment, assess, is_active, step
@@ -59,11 +62,23 @@ def default_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+# A replica says it is alive with a lease of its own, renewed a third of the way through.
+REPLICA_TTL = 15.0
+
+
+def assignee(migration: str, replicas: Sequence[str]) -> str:
+    """Which of the live replicas judges a migration: the highest by a hash of both (rendezvous hashing),
+    so each takes an even share and a replica that comes or goes moves only its own share."""
+    return max(replicas, key=lambda holder: mmh3.hash(f"{holder}\x1f{migration}", signed=False))
+
+
 class ControllerLoop:
     """Runs the controller for every active migration of a backend (or the `names` given).
 
-    Several loops may run against one backend: per migration, only the holder of its lease acts; a lease
-    lasts three intervals, so a loop that dies is replaced within that time. The state is always re-read
+    Several loops may run against one backend (replicas of `crossfade serve`, or `run-controller`s): they
+    share the migrations, each judging those `assignee` gives it among the replicas alive, and per
+    migration only the holder of its lease acts; a lease lasts three intervals, so a loop that dies is
+    replaced within that time. Up to `concurrency` migrations are judged at once. The state is always re-read
     from the backend before a step, and the step's events are appended with the sequence number they were
     decided on, so a loop killed at any point, or racing another, never loses or doubles a transition.
     """
@@ -78,8 +93,10 @@ class ControllerLoop:
         on_tick: Callable[[Tick], None] | None = None,
         dry_run: bool = False,
         source: MetricSource | None = None,
+        concurrency: int = 8,
     ) -> None:
         self.backend = backend
+        self.concurrency = concurrency
         self.clock = clock or SystemClock()
         self.holder = holder or default_holder()
         self.actor = f"{ACTOR}@{self.holder}"
@@ -96,6 +113,7 @@ class ControllerLoop:
         # replaces every spec's (a simulation judges its own simulated telemetry whatever the spec names).
         self._telemetry_source = TelemetrySource(self._telemetry)
         self.source = source
+        self._beat_at = float("-inf")
 
     def _spec(self, state: State) -> Spec:
         key = (state.name, state.spec_version)
@@ -110,19 +128,31 @@ class ControllerLoop:
     def tick(self) -> list[Tick]:
         """One pass: every active migration whose interval has come is stepped once."""
         now = self.clock.now()
-        ticks = []
+        replicas = self._alive(now)
+        due = []
         for state in self.backend.states():
             if (self.names is not None and state.name not in self.names) or not is_active(state):
                 self._let_go(state.name)
                 self._telemetry.forget(state.name)
                 continue
+            if assignee(state.name, replicas) != self.holder:
+                self._let_go(state.name)  # another replica's share: hand its lease over at once
+                self._telemetry.forget(state.name)
+                continue
             if self._due.get(state.name, 0.0) > now:
                 continue
-            result = self.tick_one(state, now)
-            ticks.append(result)
-            if self.on_tick is not None:
+            due.append(state)
+        if len(due) > 1 and self.concurrency > 1:
+            # Migrations are judged side by side: most of a step is waiting on the store. Results are
+            # handed to on_tick from this thread, in the order of the states.
+            with concurrent.futures.ThreadPoolExecutor(min(self.concurrency, len(due))) as pool:
+                results = list(pool.map(lambda state: self.tick_one(state, now), due))
+        else:
+            results = [self.tick_one(state, now) for state in due]
+        if self.on_tick is not None:
+            for result in results:
                 self.on_tick(result)
-        return ticks
+        return results
 
     def tick_one(self, state: State, now: float) -> Tick:
         """Step one migration now, if this loop holds (or can take) its lease."""
@@ -179,6 +209,16 @@ class ControllerLoop:
             log.info("%s #%d %s: %s", event.migration, event.seq, event.type, event.reason)
         return Tick(state.name, tuple(events), assessment)
 
+    def _alive(self, now: float) -> list[str]:
+        """The replicas alive, this one included (read at every pass, so a replica that lets go is replaced
+        at once); renews this one's own lease when due."""
+        if self.dry_run:
+            return [self.holder]
+        if now >= self._beat_at:
+            self.backend.acquire_lease(f"replica:{self.holder}", self.holder, REPLICA_TTL, now)
+            self._beat_at = now + REPLICA_TTL / 3
+        return sorted({*self.backend.lease_holders("replica:", now), self.holder})
+
     def _let_go(self, name: str) -> None:
         if name in self._held:
             self._held.discard(name)
@@ -188,6 +228,8 @@ class ControllerLoop:
         """Give up every lease this loop holds, so another loop can take over at once."""
         for name in list(self._held):
             self._let_go(name)
+        if not self.dry_run:
+            self.backend.release_lease(f"replica:{self.holder}", self.holder)
 
     def run(self, stop: threading.Event | None = None, *, poll: float = 1.0) -> None:
         """Tick until `stop` is set. A backend error is logged and retried at the next poll."""

@@ -612,6 +612,9 @@ def _parse_yaml(text: str, label: str) -> object:
         raise SpecError(label, [Problem(where, f"invalid YAML: {message}")]) from None
     except yaml.YAMLError as exc:
         raise SpecError(label, [Problem("", f"invalid YAML: {exc}")]) from None
+    except RecursionError:
+        # PyYAML parses nesting by recursion: a document nested hundreds of levels deep exhausts the stack.
+        raise SpecError(label, [Problem("", "invalid YAML: nested too deeply (a spec is a few levels deep)")]) from None
 
 
 class _Bad:

@@ -20,6 +20,10 @@ class BackendUnavailable(BackendError):
     """The store cannot be reached now (file gone, server down); the operation may succeed later."""
 
 
+class InvalidURL(BackendError):
+    """A backend URL that names no store crossfade can use (its scheme, its form); the message says what would."""
+
+
 class UnknownMigration(LookupError):
     """No spec was ever applied under this name."""
 
@@ -81,6 +85,9 @@ class Backend(Protocol):
 
     def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
         """Take or renew a lease until `now + ttl`; False while another holder's has not expired."""
+
+    def lease_holders(self, prefix: str, now: float) -> list[str]:
+        """The holders of the unexpired leases whose names start with `prefix`, sorted."""
 
     def release_lease(self, name: str, holder: str) -> None:
         """Give a lease up if `holder` holds it."""

@@ -35,9 +35,12 @@ from crossfade.events import (
     TransitionError,
     apply_change,
     operation,
+    position,
     seal,
 )
+from crossfade.controller import stage_progress
 from crossfade.server import judging, views
+from crossfade.stagedata import stage_windows
 from crossfade.server.auth import Authenticator, AuthError, Principal
 from crossfade.server.control import ControllerThread
 from crossfade.server.feed import RoutingFeed
@@ -304,10 +307,22 @@ def create_app(
         """Move the migration: start, promote, approve, pause, resume, rollback, abort or restart. The event's
         actor is the token's name; rollback and abort need a reason."""
         request = body or OperationRequest()
-        state = views.current(backend, name)
-        _expect(state, request.expected_seq)
-        spec = feed.spec(name, state.spec_version)
-        return _commit(state, spec, _changes(action, state, spec, request), who, request.dry_run)
+        # The server's own controller may record a verdict between this read and the append: when that is
+        # all that changed, the command is decided again (not when the caller named the event it expects).
+        for attempt in range(3):
+            state = views.current(backend, name)
+            _expect(state, request.expected_seq)
+            spec = feed.spec(name, state.spec_version)
+            progress = stage_progress(spec, state, stage_windows(backend, state), clock())
+            changes = operation(action.value, state, spec, request.reason, force=request.force, progress=progress)
+            try:
+                return _commit(state, spec, changes, who, request.dry_run)
+            except ConflictError:
+                fresh = backend.state(name)
+                moved = fresh is None or position(fresh) != position(state)
+                if request.expected_seq is not None or attempt == 2 or moved:
+                    raise
+        raise AssertionError("unreachable")
 
     def _commit(state: State, spec: Spec, changes: list[Change], who: Principal, dry_run: bool,
                 store_spec: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -409,10 +424,6 @@ def _expect(state: State, expected: int | None) -> None:
     if expected is not None and expected != state.seq:
         raise ConflictError(f"migration {state.name} changed concurrently: expected event {expected} to be the last, "
                             f"found {state.seq}; re-read its state and retry")
-
-
-def _changes(action: Action, state: State, spec: Spec, request: OperationRequest) -> list[Change]:
-    return operation(action.value, state, spec, request.reason, force=request.force)
 
 
 def _compact(window: WindowModel | OpenWindowModel, index: int) -> dict[str, Any]:

@@ -85,6 +85,7 @@ class StageModel(BaseModel):
     traffic: float
     shadow: float
     hold: float | None
+    hold_text: str | None = Field(None, description="The hold as the spec writes durations, e.g. 1h30m")
     approval: bool
 
 
