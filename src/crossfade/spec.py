@@ -382,6 +382,7 @@ class Spec:
     deny: tuple[str, ...] = ()
     notify: tuple[Any, ...] = ()
     source: Mapping[str, Any] | None = None
+    routers: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.salt:
@@ -463,6 +464,8 @@ class Spec:
             "notify": list(self.notify),
             # Left out when unset so that specs written before metric sources keep their digest.
             **({} if self.source is None else {"source": json.loads(json.dumps(self.source))}),
+            # Left out when empty so that specs written before routers existed keep their digest.
+            **({"routers": list(self.routers)} if self.routers else {}),
         }
 
     def digest(self) -> str:
@@ -728,6 +731,7 @@ class _Reader:
         deny = self.keys(top.get("deny", []), "deny")
         notify = self.sequence(top.get("notify", []), "notify", "[]")
         source = self.source(top.get("source"))
+        routers = self.routers(top.get("routers", []))
         if allow is not _BAD and deny is not _BAD:
             for index, entry in enumerate(deny):
                 if entry in allow:
@@ -755,7 +759,19 @@ class _Reader:
             deny=deny,
             notify=tuple(notify or ()),
             source=source,
+            routers=tuple(routers or ()),
         )
+
+    def routers(self, value: object) -> list[Any] | None:
+        """The raw router list; each entry is checked by its own router module (found in the registry)."""
+        from crossfade.routers import check
+
+        items = self.sequence(value, "routers", "[{nginx: {conf: /etc/nginx/conf.d/crossfade.conf}}]")
+        if items is None:
+            return None
+        for problem in check(items):
+            self.problem(problem.path, problem.message)
+        return items
 
     def stages(self, value: object) -> Any:
         if value is _MISSING:
@@ -1023,6 +1039,7 @@ _SPEC_KEYS: Final = (
     "name", "description", "owner", "key", "salt", "stages", "gates", "triggers",
     "on_failure", "rollback", "analysis", "fallback", "shadow", "dual_write_retry", "allow", "deny", "notify",
     "source",
+    "routers",
 )  # fmt: skip
 _STAGE_KEYS: Final = (
     "name", "traffic", "shadow", "hold", "min_samples", "approval", "shadow_legacy", "noise", "dual_write",
@@ -1159,6 +1176,10 @@ def _source_names() -> list[str]:
     from crossfade.metrics import REGISTRY
 
     return REGISTRY.names()
+def _router_names() -> list[str]:
+    from crossfade.routers import ROUTERS
+
+    return ROUTERS.names()
 
 
 def json_schema() -> dict[str, Any]:
@@ -1394,6 +1415,16 @@ def json_schema() -> dict[str, Any]:
                 "properties": {name: {"description": f"The settings of the {name} metric source (checked by it)."}
                                for name in _source_names()},
             },
+            "routers": {
+                "type": "array",
+                "description": "Traffic routers that make a mesh, gateway or proxy follow the migration, "
+                               "each {name: {settings}} (sdk, nginx, istio, gateway_api); default: the SDK.",
+                "items": {
+                    "type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+                    "description": "One router: its name, and its settings (checked by the router's own module).",
+                    "properties": {name: {"type": ["object", "null"]} for name in _router_names()},
+                },
+            },
         },
         "$defs": {
             "name": {
@@ -1473,5 +1504,8 @@ notify: []
 # Where the judge reads each arm's metrics (default: the telemetry SDK hosts post). When a mesh splits the
 # traffic, read Prometheus instead (presets: istio, envoy, nginx; or your own per-arm PromQL queries):
 # source: {prometheus: {url: "http://prometheus:9090", preset: istio, arms: {legacy: v1, candidate: v2}}}
+# routers: where traffic is split outside the app (default: the SDK in the app), e.g.
+#   - nginx: {conf: /etc/nginx/conf.d/checkout.conf, listen: 127.0.0.1:8080, key: "header:X-User-Id",
+#             legacy: 127.0.0.1:8001, candidate: 127.0.0.1:8002}
 """
 """The commented example spec that ``crossfade init`` writes."""

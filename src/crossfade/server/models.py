@@ -55,6 +55,9 @@ class StateModel(BaseModel):
     verdicts: list[list[str]]
     rollback_step_at: float | None
     source_error: str | None = Field(None, description="Why the metric source cannot be read, while it cannot")
+    routers: list[list[str | float]] = Field(
+        default=[], description="Per router the spec names: [router, verified | not_implemented | failed, "
+                                "candidate share it was last synced at, detail].")
 
 
 class EventModel(BaseModel):
