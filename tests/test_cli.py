@@ -502,3 +502,42 @@ def test_status_shows_each_routers_state(tmp_path, url):
     text = cli("status", "agent-cli", "--url", url)
     assert "router istio: verified at 0% candidate" in text
     assert "router nginx: failed at 0% candidate (nginx: cannot reach nginx)" in text
+
+
+def test_replay_refuses_a_bad_spec_an_unknown_migration_and_one_never_started(tmp_path, url):
+    spec = tmp_path / "m.yaml"
+    spec.write_text("name: m\nstages: [{traffic: 10%}, {traffic: 100%}]\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: m\nstages: [{traffic: 200%}]\n")
+    assert "stages[0].traffic" in cli("replay", "m", "--spec", str(bad), "--url", url, code=2)
+    assert "no such file" in cli("replay", "m", "--spec", str(tmp_path / "none.yaml"), "--url", url, code=2).lower()
+    assert "no migration named 'm'" in cli("replay", "m", "--spec", str(spec), "--url", url, code=1)
+    cli("apply", str(spec), "--url", url)
+    assert "never started" in cli("replay", "m", "--spec", str(spec), "--url", url, code=1)
+
+
+def test_schema_prints_the_open_telemetry_form_on_request():
+    import json
+
+    schema = json.loads(cli("schema", "--telemetry"))
+    assert schema["properties"]["windows"]["items"]["$ref"] == "#/$defs/OpenWindowModel"
+    assert "counts" in schema["$defs"]["OpenWindowModel"]["required"]
+def test_plan_and_status_of_a_program(tmp_path, url):
+    from pathlib import Path
+
+    example = Path(__file__).parent.parent / "examples" / "orchestrator"
+    page = tmp_path / "plan.html"
+    # Without simulated traffic (rps comes from the components), the plan is rendered from the holds.
+    program = tmp_path / "program.yaml"
+    program.write_text((example / "program.yaml").read_text().replace("    rps: ", "    # rps: "))
+    for spec in example.glob("*.yaml"):
+        if spec.name != "program.yaml":
+            (tmp_path / spec.name).write_text(spec.read_text())
+    assert f"wrote {page}" in cli("plan", str(program), "--html", "-o", str(page))
+    assert "<h1>Migration program: orchestrator-to-dagger</h1>" in page.read_text()
+    cli("apply", str(tmp_path / "config-loader.yaml"), "--url", url)
+    cli("start", "dagger-config-loader", "--url", url)
+    report = json.loads(cli("status", "--program", str(program), "--url", url, "--json"))
+    assert [(c["phase"], c["component"], c["status"], c["stage"]) for c in report["components"]][:2] == [
+        (1, "config-loader", "running", "shadow"), (2, "build-steps", "not applied", None)]
+    assert "0 of 5 components completed" in cli("status", "--program", str(program), "--url", url)

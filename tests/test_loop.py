@@ -314,3 +314,52 @@ def test_no_promotion_until_every_router_verifies_and_a_rollback_is_retried_unti
             assert mig.state().routers[0][:3] == ("gateway_api", "verified", 0.0)
             route = api.get("httproutes", "m")
             assert [r["weight"] for r in route["spec"]["rules"][-1]["backendRefs"]] == [10_000, 0]
+
+
+def test_an_unreachable_metric_source_holds_the_stage_says_so_once_and_recovers(sqlite_url):
+    from typer.testing import CliRunner
+
+    from crossfade.cli import app
+
+    down = {**SPEC, "source": {"prometheus": {"url": "http://127.0.0.1:1", "timeout": "1s", "queries": {
+        "calls": 'requests_total{arm="$arm"}', "errors": 'errors_total{arm="$arm"}'}}}}
+    cf = crossfade.connect(sqlite_url)
+    cf.apply(down)
+    mig = cf.migration("m")
+    mig.start()
+    cf.refresh()
+
+    def failing():
+        raise RuntimeError("candidate down")
+
+    # Stored telemetry that would roll the candidate back, were it the source the spec names.
+    for i in range(400):
+        try:
+            mig.run(f"user-{i}", lambda: "legacy", failing)
+        except RuntimeError:
+            pass
+    cf.flush(everything=True)
+    backend = SQLBackend(sqlite_url)
+    clock = ManualClock(time.time() + 5)
+    loop = ControllerLoop(backend, clock=clock, holder="a")
+    first = loop.tick()
+    assert [e.type for t in first for e in t.events] == ["source_failed"]
+    assert "cannot be read" in first[0].events[0].reason and "holding" in first[0].skipped
+    clock.t += 10
+    assert [e.type for t in loop.tick() for e in t.events] == []  # said once per outage, and still holding
+    assert backend.state("m").status == "running" and backend.state("m").verdicts == ()
+    assert "Connection refused" in backend.state("m").source_error
+    # Another loop (a restart) knows from the state that the outage was already said.
+    assert [e.type for t in ControllerLoop(backend, clock=clock, holder="a").tick() for e in t.events] == []
+    shown = CliRunner().invoke(app, ["status", "m", "--url", sqlite_url])
+    assert shown.exit_code == 0 and "metric source prometheus failed" in shown.output
+    assert "no promotion, no rollback" in shown.output
+    # The spec now reads the stored telemetry: the source answers, and the evidence rolls the candidate back.
+    cf.apply(SPEC)
+    clock.t += 10
+    events = [e.type for t in loop.tick() for e in t.events]
+    assert events[0] == "source_recovered" and "rolled_back" in events
+    assert backend.state("m").source_error is None
+    assert verify(backend.events("m")) is None
+    backend.close()
+    cf.close()

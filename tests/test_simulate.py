@@ -280,3 +280,12 @@ def test_the_share_of_calls_a_stage_carries_depends_on_the_salt_and_is_reported(
     result = runner.invoke(app, ["simulate", str(path), "--rps", "20", "--keys", "2000", "--until", "1m"])
     assert result.exit_code == 0, result.output
     assert "canary: 10% of keys carry" in result.output and "over 20 other salts" in result.output
+
+
+def test_a_spec_judged_from_prometheus_is_simulated_on_its_simulated_traffic_all_the_same():
+    # No Prometheus answers at this address: the simulation judges what it simulates, whatever the source.
+    prometheus = {**SPEC, "source": {"prometheus": {"url": "http://127.0.0.1:1", "preset": "istio"}}}
+    for candidate, seed in (("", 1), ("errors=3%", 2)):
+        plain, sourced = simulate(SPEC, workload(candidate), seed=seed), simulate(prometheus, workload(candidate), seed=seed)
+        assert (sourced.outcome, sourced.stage, sourced.duration_s, sourced.reason) == (
+            plain.outcome, plain.stage, plain.duration_s, plain.reason)

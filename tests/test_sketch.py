@@ -89,3 +89,58 @@ def test_round_trips_through_its_dict_form():
 def test_empty_sketch_answers_nan():
     assert math.isnan(Sketch().quantile(0.5))
     assert math.isnan(Sketch().mean)
+
+
+# -- fixed buckets (Prometheus, OpenTelemetry) --------------------------------------------------
+
+
+BOUNDS = (0.001, 0.002, 0.004, 0.008)
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=0.02, allow_nan=False), min_size=1, max_size=200))
+def test_fixed_buckets_hold_every_value_between_the_edges_they_answer(values):
+    from crossfade.sketch import Buckets
+
+    h = Buckets(BOUNDS)
+    for v in values:
+        h.add(v)
+    ordered = sorted(values)
+    for rank, value in enumerate(ordered):
+        low, high = h.bounds_at_rank(rank)
+        assert low <= value <= high
+        assert low <= h.value_at_rank(rank) <= high
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=0.02, allow_nan=False), max_size=100),
+       st.lists(st.floats(min_value=0.0, max_value=0.02, allow_nan=False), max_size=100))
+def test_merging_buckets_of_other_bounds_keeps_only_the_shared_edges_and_every_count(a, b):
+    from crossfade.sketch import Buckets
+
+    x, y = Buckets(BOUNDS), Buckets((0.002, 0.005, 0.008))
+    for v in a:
+        x.add(v)
+    for v in b:
+        y.add(v)
+    x.merge(y)
+    assert x.bounds == (0.002, 0.008) and x.count == len(a) + len(b) == sum(x.counts)
+    ordered = sorted(a + b)
+    for rank, value in enumerate(ordered):
+        low, high = x.bounds_at_rank(rank)
+        assert low <= value <= high
+
+
+def test_buckets_take_a_sketch_and_survive_their_dict_form():
+    from crossfade.sketch import Buckets, histogram_from_dict
+
+    sketch = Sketch()
+    for v in (0.0005, 0.0015, 0.003, 0.003, 0.05):
+        sketch.add(v)
+    h = Buckets.from_sketch(sketch, BOUNDS)
+    assert h.counts == [1, 1, 2, 0, 1] and h.count == 5 and h.total == pytest.approx(sketch.total)
+    assert histogram_from_dict(h.to_dict()) == h
+    assert isinstance(histogram_from_dict(sketch.to_dict()), Sketch)
+    assert h.bounds_at_rank(4) == (0.008, math.inf) and h.value_at_rank(4) == 0.008
+    with pytest.raises(ValueError, match="increasing"):
+        Buckets((0.002, 0.001))
+    with pytest.raises(ValueError, match="5 non-negative bucket counts"):
+        Buckets(BOUNDS, [1, 2])

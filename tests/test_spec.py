@@ -782,8 +782,8 @@ def test_schema_structure() -> None:
     schema = json_schema()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["required"] == ["name", "stages"]
-    # routers is left out of to_dict() when empty (the digest of a spec without routers stays as it was).
-    assert set(schema["properties"]) == set(FULL_SPEC.to_dict()) | {"routers"}
+    # routers and source are left out of to_dict() when unset (the digest of a spec without them stays as it was).
+    assert set(schema["properties"]) == set(FULL_SPEC.to_dict()) | {"routers", "source"}
     assert json.loads(json.dumps(schema)) == schema
     assert json_schema() is not json_schema(), "callers may change their copy"
 
@@ -885,3 +885,18 @@ def test_on_inconclusive_and_max_stage_time_are_read_and_checked():
     assert "on_inconclusive" not in load_spec(minimal()).to_dict()["analysis"]
     bad = only_problem({**minimal(), "analysis": {"on_inconclusive": "maybe"}})
     assert bad.startswith("analysis.on_inconclusive:") and "hold" in bad and "promote" in bad
+
+
+def test_a_source_names_one_registered_source_whose_settings_it_checks() -> None:
+    assert load_spec(minimal()).source is None and "source" not in load_spec(minimal()).to_dict()
+    telemetry = load_spec({**minimal(), "source": {"telemetry": {}}})
+    assert telemetry.source == {"telemetry": {}} and load_spec(telemetry.to_dict()) == telemetry
+    for source, path, message in (
+        ({"prometheus": {}, "telemetry": {}}, "source", "expected one metric source"),
+        ({"prometheus": "http://p:9090"}, "source.prometheus", "settings as a mapping"),
+        ({"graphite": {}}, "source.graphite", "known: prometheus, telemetry"),
+        ({"prometheus": {"url": "http://p:9090", "preset": "istio", "step": 0}}, "source.prometheus.step", "between"),
+    ):
+        with pytest.raises(SpecError) as caught:
+            load_spec({**minimal(), "source": source})
+        assert any(p.path == path and message in p.message for p in caught.value.problems), caught.value.problems

@@ -456,3 +456,20 @@ def test_the_detectable_increase_is_caught_with_90_percent_probability():
     # At least 90% (the bound's own variance falls with the candidate's observed rate, which the normal
     # approximation leaves out, so it is somewhat conservative), and not wildly so.
     assert 0.88 < caught < 0.98
+
+
+def test_a_quantile_interval_on_fixed_buckets_is_as_wide_as_its_buckets():
+    from crossfade.sketch import Buckets
+
+    fine, coarse = Sketch(), Buckets((0.001, 0.002, 0.004, 0.008))
+    rng = random.Random(3)
+    for _ in range(5000):
+        v = rng.uniform(0.0025, 0.0035)
+        fine.add(v)
+        coarse.add(v)
+    narrow = quantile_interval(fine, 0.5, alpha=0.01)
+    wide = quantile_interval(coarse, 0.5, alpha=0.01)
+    assert (wide.lower, wide.upper) == (0.002, 0.004)  # all anyone knows: every value is in (2 ms, 4 ms]
+    assert wide.lower < narrow.lower and narrow.upper < wide.upper
+    ratio = quantile_ratio_interval(coarse, coarse.copy(), 0.5, alpha=0.01)
+    assert (ratio.lower, ratio.upper) == (0.5, 2.0)

@@ -165,3 +165,19 @@ def test_finished_threads_are_forgotten_once_flushed():
     recorder.collect(everything=True)
     recorder.collect(everything=True)
     assert recorder._buffers == []
+
+
+def test_a_cell_merging_a_sketch_with_fixed_buckets_keeps_the_buckets_and_every_count():
+    from crossfade.sketch import Buckets, Sketch
+
+    sdk, posted = Cell(), Cell()
+    for v in (0.0015, 0.003):
+        sdk.latency.add(v)
+    posted.latency = Buckets((0.001, 0.002, 0.004), [0, 1, 1, 1], 0.01)
+    merged = Cell()
+    merged.merge(sdk)
+    merged.merge(posted)
+    assert isinstance(merged.latency, Buckets)
+    assert merged.latency.counts == [0, 2, 2, 1] and merged.latency.count == 5
+    again = Cell.from_dict(merged.to_dict())
+    assert again == merged and isinstance(Cell().latency, Sketch)

@@ -199,8 +199,15 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Spec files to che
 
 
 @app.command()
-def schema() -> None:
+def schema(telemetry: Annotated[bool, typer.Option("--telemetry", help="The schema of the open telemetry form "
+                                                   "that POST /v1/telemetry takes from any language.")] = False
+           ) -> None:
     """Print the JSON Schema of spec files (point your editor at it for completion)."""
+    if telemetry:
+        from importlib.resources import files
+
+        sys.stdout.write(files("crossfade").joinpath("schemas/telemetry.schema.json").read_text())
+        return
     sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
 
 
@@ -552,14 +559,19 @@ def _ms(seconds: float) -> str:
 def _stage_report(cf: Client, state: State) -> dict[str, Any]:
     """Per-arm metrics of the current stage and, for an active migration, the controller's view of it."""
     from crossfade.controller import assess, is_active, stage_cells
-    from crossfade.stagedata import stage_windows
+    from crossfade.metrics import SourceError, read_stage, source_name
 
     if not state.stage:
         return {"arms": {}}
-    windows = stage_windows(cf.backend(), state)
-    cells = stage_cells(state, windows)
-    report: dict[str, Any] = {"arms": {arm: arm_metrics(c) for arm, c in sorted(cells.items())}}
     spec = cf.migration(state.name).spec()
+    source: dict[str, Any] = {"name": source_name(spec.source)[0], "error": None}
+    try:
+        windows = read_stage(cf.backend(), state, spec, cf.time())
+    except SourceError as exc:
+        source["error"] = str(exc)
+        return {"arms": {}, "source": source}
+    cells = stage_cells(state, windows)
+    report: dict[str, Any] = {"arms": {arm: arm_metrics(c) for arm, c in sorted(cells.items())}, "source": source}
     if is_active(state) and state.stage_index + 1 < len(spec.stages):
         report["controller"] = assess(spec, state, windows, cf.time()).to_dict()
     return report
@@ -587,8 +599,13 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
             out.print("no migrations yet: `crossfade init` writes an example spec, `crossfade apply FILE` stores it")
             return
         for item in report:
-            state = State.from_dict({k: v for k, v in item.items() if k not in ("arms", "controller", "shadow")})
+            state = State.from_dict({k: v for k, v in item.items()
+                                     if k not in ("arms", "controller", "shadow", "source")})
             _print_state_line(state)
+            source = item.get("source") or {}
+            if source.get("error"):
+                out.print(f"  [red]SOURCE[/red] metric source {escape(source['name'])} failed: "
+                          f"{escape(source['error'])}: the stage holds (no promotion, no rollback) until it answers")
             table = Table(box=None, pad_edge=False)
             for column in ("arm", "calls", "error rate", "fallbacks", "p50", "p95", "p99", "cost/call"):
                 table.add_column(column, justify="left" if column == "arm" else "right")
@@ -832,6 +849,69 @@ def history(name: Name, url: Url = None, as_json: AsJson = False) -> None:
                 continue
             detail = ", ".join(f"{k}={_show(v)}" for k, v in e.payload.items() if k != "digest")
             out.print(head + (f": {e.reason}" if e.reason else "") + (f" [dim]({detail})[/dim]" if detail else ""))
+
+
+@app.command()
+def replay(
+    name: Name,
+    spec_file: Annotated[Path, typer.Option("--spec", help="The spec to judge the recorded windows under.")],
+    url: Url = None,
+    as_json: AsJson = False,
+) -> None:
+    """Re-judge a past or running migration's recorded windows under another spec: stage by stage, when it
+    would have promoted, held or rolled back, beside what was recorded. Tune gates on real data."""
+    from crossfade.metrics import SourceError, create_source
+    from crossfade.replay import replay as rejudge
+    from crossfade.replay import stay
+
+    try:
+        other = load_spec(spec_file)
+    except SpecError as exc:
+        _fail(str(exc), 2)
+    with _client(url) as cf:
+        mig = cf.migration(name)
+        events = mig.history()
+        if not events:
+            raise UnknownMigration(f"no migration named {name!r}; `crossfade status` lists them")
+        recorded = mig.spec()
+        if not any(e.type == "started" for e in events):
+            _fail(f"{name} was never started: there are no recorded windows to replay")
+        source = create_source(recorded.source)
+        backend = cf.backend()
+        try:
+            result = rejudge(other, name, events, lambda p: [
+                w for w in source.windows(backend, stay(name, p), recorded, p.end) if w.start < p.end], cf.time())
+        except SourceError as exc:
+            _fail(f"cannot read the recorded windows of {name}: {exc}")
+        def at(t: float | None) -> float | None:
+            return None if t is None else t - result.origin
+
+        if as_json:
+            recorded, replayed = result.recorded_failure, result.replayed_failure
+            sys.stdout.write(json.dumps({
+                "migration": name, "spec": str(spec_file), "summary": result.summary(),
+                "recorded_failure": None if recorded is None else {
+                    "decision": recorded.decision, "stage": recorded.stage, "at_s": at(recorded.decided_at)},
+                "replayed_failure": None if replayed is None else {
+                    "decision": replayed.decision, "stage": replayed.period.stage, "at_s": at(replayed.decided_at)},
+                "recorded_end_s": result.recorded_end - result.origin,
+                "stages": [s.to_dict(result.origin) for s in result.stages]}, indent=2) + "\n")
+            return
+        table = Table(box=None, pad_edge=False)
+        for column in ("stage", "entered", "recorded", f"under {spec_file.name}"):
+            table.add_column(column)
+
+        def when(t: float | None) -> str:
+            return "-" if t is None else f"+{format_duration(t - result.origin)}"
+
+        for s in result.stages:
+            table.add_row(escape(s.period.stage), when(s.period.start),
+                          f"{s.period.decision} at {when(s.period.decided_at)}" if s.period.decided_at else "held",
+                          f"{s.decision} at {when(s.decided_at)}" if s.decided_at else "held")
+        out.print(table)
+        for s in result.stages:
+            out.print(f"  {escape(s.period.stage)}: {escape(s.reason)}")
+        out.print(f"{escape(name)} under {escape(str(spec_file))}: {escape(result.summary())}")
 
 
 def _show(value: Any) -> str:

@@ -32,6 +32,9 @@ ROLLBACK_STARTED: Final = "rollback_started"
 ROLLBACK_STEP: Final = "rollback_step"
 ABORTED: Final = "aborted"
 RESTARTED: Final = "restarted"
+# A metric source could not be read (the stage holds) / answers again: the state keeps the error meanwhile.
+SOURCE_FAILED: Final = "source_failed"
+SOURCE_RECOVERED: Final = "source_recovered"
 # A router made its data plane match the routing state and read it back (or could not).
 ROUTER_SYNCED: Final = "router_synced"
 ROUTER_FAILED: Final = "router_failed"
@@ -191,6 +194,7 @@ class State:
     salt: str | None = None
     verdicts: tuple[tuple[str, str], ...] = ()
     rollback_step_at: float | None = None
+    source_error: str | None = None
     # Per router named by the spec: (router, "verified" | "not_implemented" | "failed", candidate share, detail).
     routers: tuple[tuple[str, str, float, str], ...] = ()
 
@@ -230,6 +234,9 @@ class State:
         if kind == ROLLED_BACK:
             return replace(self, status=ROLLED_BACK_STATUS, traffic=0.0, shadow=0.0, shadow_legacy=0.0, noise=0.0,
                            dual_write=False, **common)
+        if kind in (SOURCE_FAILED, SOURCE_RECOVERED):
+            error = (p.get("error") or event.reason or "unreadable") if kind == SOURCE_FAILED else None
+            return replace(self, source_error=error, seq=event.seq, head=event.hash, updated_at=event.time)
         if kind == VERDICT:
             verdicts = tuple((g["gate"], g["verdict"]) for g in p["gates"])
             return replace(self, verdicts=verdicts, seq=event.seq, head=event.hash, updated_at=event.time)
@@ -261,6 +268,8 @@ class State:
             "stage_entered_at": self.stage_entered_at, "updated_at": self.updated_at, "reason": self.reason,
             "spec_digest": self.spec_digest, "salt": self.salt,
             "verdicts": [list(pair) for pair in self.verdicts], "rollback_step_at": self.rollback_step_at,
+            # Only while a metric source fails, so that the snapshots of every other state read as before.
+            **({} if self.source_error is None else {"source_error": self.source_error}),
             **({"routers": [list(r) for r in self.routers]} if self.routers else {}),
         }
 

@@ -17,7 +17,19 @@ import mmh3
 
 from crossfade.backends.base import Backend, BackendError, ConflictError
 from crossfade.controller import ACTOR, Assessment, assess, is_active, step
-from crossfade.events import ROUTER_FAILED, ROUTER_SYNCED, Change, Event, State, seal
+from crossfade.events import (
+    ROLLING_BACK,
+    ROUTER_FAILED,
+    ROUTER_SYNCED,
+    SOURCE_FAILED,
+    SOURCE_RECOVERED,
+    Change,
+    Event,
+    State,
+    seal,
+)
+from crossfade.metrics import MetricSource, SourceError, read_stage, source_name
+from crossfade.metrics.telemetry import TelemetrySource
 from crossfade.routers import NOT_IMPLEMENTED, Router, RouterError, Target, routers_for
 from crossfade.spec import Spec, load_spec
 from crossfade.stagedata import StageTelemetry
@@ -96,6 +108,7 @@ class ControllerLoop:
         names: Iterable[str] | None = None,
         on_tick: Callable[[Tick], None] | None = None,
         dry_run: bool = False,
+        source: MetricSource | None = None,
         concurrency: int = 8,
     ) -> None:
         self.backend = backend
@@ -112,6 +125,10 @@ class ControllerLoop:
         self._specs: dict[tuple[str, int], Spec] = {}
         self._held: set[str] = set()
         self._telemetry = StageTelemetry()
+        # The stored telemetry, read incrementally, for migrations whose spec names no other source; `source`
+        # replaces every spec's (a simulation judges its own simulated telemetry whatever the spec names).
+        self._telemetry_source = TelemetrySource(self._telemetry)
+        self.source = source
         self._beat_at = float("-inf")
         self._routers: dict[tuple[str, int], list[Router]] = {}
         # Per (migration, router): the last target its data plane was verified at; a router whose entry
@@ -271,12 +288,35 @@ class ControllerLoop:
         unverified: list[str] = []
         if self._routers_of(state, spec) and not self.dry_run:
             changes, unverified = self._sync_routers(state, spec, Target.from_state(state, spec), now, recheck=True)
-        windows = self._telemetry.windows(self.backend, state, spec, now)
+        try:
+            if self.source is not None:
+                windows = self.source.windows(self.backend, state, spec, now)
+            else:
+                windows = read_stage(self.backend, state, spec, now, telemetry=self._telemetry_source)
+        except SourceError as exc:
+            if state.status != ROLLING_BACK:
+                # No evidence is not evidence: hold, neither promote nor roll back, and say so once.
+                return self._source_failed(spec, state, str(exc), now, changes)
+            windows = []  # a gradual rollback steps down on time alone; it needs no data to go on
+        if state.source_error is not None:
+            name = source_name(spec.source)[0]
+            changes.append(Change(SOURCE_RECOVERED, f"metric source {name} answers again",
+                                  {"stage": state.stage, "source": name}))
         assessment = (assess(spec, state, windows, now, unverified=unverified)
                       if state.stage_index + 1 < len(spec.stages) else None)
         # Router events change nothing step() reads, so both go into one append, decided on the same state.
         changes += step(spec, state, windows, now, assessment=assessment, unverified=unverified)
         return self._append(state, changes, assessment, now)
+
+    def _source_failed(self, spec: Spec, state: State, error: str, now: float, changes: list[Change]) -> Tick:
+        name = source_name(spec.source)[0]
+        log.warning("%s: metric source %s failed: %s", state.name, name, error)
+        if state.source_error is None:  # said once per outage (the state keeps it across restarts)
+            changes = [*changes, Change(SOURCE_FAILED, f"metric source {name} cannot be read; holding the stage "
+                                        f"(no promotion, no rollback) until it answers: {error}",
+                                        {"stage": state.stage, "source": name, "error": error})]
+        result = self._append(state, changes, None, now)
+        return Tick(state.name, result.events, None, f"metric source {name} failed, holding: {error}")
 
     def _alive(self, now: float) -> list[str]:
         """The replicas alive, this one included (read at every pass, so a replica that lets go is replaced

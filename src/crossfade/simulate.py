@@ -81,6 +81,7 @@ from crossfade.spec import (
     parse_duration,
     parse_percent,
 )
+from crossfade.metrics.telemetry import TelemetrySource
 from crossfade.stagedata import WINDOW_MARGIN
 from crossfade.telemetry import Cell, Window, cell_key, merge_windows
 
@@ -900,7 +901,9 @@ class _Run:
             self.mig = client.migration(self.spec.name)
             client.apply(self.spec, actor="simulation")
             self.mig.start("simulation started", actor="simulation")
-            self.loop = ControllerLoop(self.backend, clock=self.clock, holder="simulation", names=[self.spec.name])
+            # The simulated traffic is the evidence, whichever metric source the spec names for real traffic.
+            self.loop = ControllerLoop(self.backend, clock=self.clock, holder="simulation", names=[self.spec.name],
+                                       source=TelemetrySource())
             self.loop.tick()  # the first look, with no data yet
             return self._steps()
         finally:

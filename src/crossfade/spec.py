@@ -389,6 +389,7 @@ class Spec:
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     notify: tuple[Any, ...] = ()
+    source: Mapping[str, Any] | None = None
     routers: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
@@ -472,6 +473,8 @@ class Spec:
             "allow": list(self.allow),
             "deny": list(self.deny),
             "notify": list(self.notify),
+            # Left out when unset so that specs written before metric sources keep their digest.
+            **({} if self.source is None else {"source": json.loads(json.dumps(self.source))}),
             # Left out when empty so that specs written before routers existed keep their digest.
             **({"routers": list(self.routers)} if self.routers else {}),
         }
@@ -738,6 +741,7 @@ class _Reader:
         allow = self.keys(top.get("allow", []), "allow")
         deny = self.keys(top.get("deny", []), "deny")
         notify = self.sequence(top.get("notify", []), "notify", "[]")
+        source = self.source(top.get("source"))
         routers = self.routers(top.get("routers", []))
         if stages is not _BAD and gates is not _BAD:
             self.data_shapes(stages, gates)
@@ -767,6 +771,7 @@ class _Reader:
             allow=allow,
             deny=deny,
             notify=tuple(notify or ()),
+            source=source,
             routers=tuple(routers or ()),
         )
 
@@ -1018,6 +1023,29 @@ class _Reader:
             timeout=self.get(data, "timeout", "fallback", _positive_duration, None),
         )
 
+    def source(self, value: object) -> Any:
+        """The metric source: `{name: {settings}}`, its settings checked by the source itself (the registry)."""
+        from crossfade.metrics import REGISTRY
+        from crossfade.registry import ProviderConfigError
+
+        if value is None:
+            return None
+        example = "{prometheus: {url: http://prometheus:9090, preset: istio}}"
+        if not isinstance(value, Mapping) or len(value) != 1:
+            self.problem("source", f"expected one metric source, e.g. {example}; known: {', '.join(REGISTRY.names())}")
+            return _BAD
+        (name, settings), = value.items()
+        if settings is not None and not isinstance(settings, Mapping):
+            self.problem(f"source.{name}", f"expected the source's settings as a mapping, e.g. {example}")
+            return _BAD
+        try:
+            REGISTRY.create(str(name), settings, f"source.{name}")
+        except ProviderConfigError as exc:
+            for problem in exc.problems:
+                self.problem(problem.path, problem.message)
+            return _BAD
+        return {str(name): dict(settings or {})}
+
     def keys(self, value: object, path: str) -> Any:
         """An allow or deny list: sticky keys as strings, duplicates dropped, order kept."""
         items = self.sequence(value, path, "[user-42, 1017]")
@@ -1056,6 +1084,7 @@ def _gate_mismatch(reader: _Reader, data: Mapping[str, Any], path: str) -> Misma
 _SPEC_KEYS: Final = (
     "name", "description", "owner", "key", "salt", "stages", "gates", "triggers",
     "on_failure", "rollback", "analysis", "fallback", "shadow", "dual_write_retry", "allow", "deny", "notify",
+    "source",
     "routers",
 )  # fmt: skip
 _STAGE_KEYS: Final = (
@@ -1191,6 +1220,10 @@ _DURATION_PATTERN: Final = (
 _PERCENT_PATTERN: Final = r"^\s*\d+(\.\d+)?\s*%\s*$"
 
 
+def _source_names() -> list[str]:
+    from crossfade.metrics import REGISTRY
+
+    return REGISTRY.names()
 def _router_names() -> list[str]:
     from crossfade.routers import ROUTERS
 
@@ -1431,6 +1464,14 @@ def json_schema() -> dict[str, Any]:
                 "description": "Keys always kept on legacy.",
             },
             "notify": {"type": "array", "description": "Notification targets (format to be defined)."},
+            "source": {
+                "type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+                "description": "Where the judge reads each arm's metrics: one source by name with its settings, "
+                "e.g. {prometheus: {url: http://prometheus:9090, preset: istio}}; telemetry (the default) reads "
+                "what SDK hosts and clients post. Each source checks its own settings.",
+                "properties": {name: {"description": f"The settings of the {name} metric source (checked by it)."}
+                               for name in _source_names()},
+            },
             "routers": {
                 "type": "array",
                 "description": "Traffic routers that make a mesh, gateway or proxy follow the migration, "
@@ -1519,6 +1560,9 @@ dual_write_retry: {attempts: 3, backoff: 50ms}        # the non-authoritative si
 allow: [test_agent_alpha]         # keys always sent to the candidate
 deny: []                          # keys always kept on legacy
 notify: []
+# Where the judge reads each arm's metrics (default: the telemetry SDK hosts post). When a mesh splits the
+# traffic, read Prometheus instead (presets: istio, envoy, nginx; or your own per-arm PromQL queries):
+# source: {prometheus: {url: "http://prometheus:9090", preset: istio, arms: {legacy: v1, candidate: v2}}}
 # routers: where traffic is split outside the app (default: the SDK in the app), e.g.
 #   - nginx: {conf: /etc/nginx/conf.d/checkout.conf, listen: 127.0.0.1:8080, key: "header:X-User-Id",
 #             legacy: 127.0.0.1:8001, candidate: 127.0.0.1:8002}

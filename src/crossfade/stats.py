@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Final
 
-from crossfade.sketch import ALPHA as SKETCH_ACCURACY
-from crossfade.sketch import Sketch
+from crossfade.sketch import Histogram
 
 _NORMAL: Final = NormalDist()
 _SIDES: Final = ("two", "lower", "upper")
@@ -305,13 +304,13 @@ def quantile_ranks(n: int, q: float, alpha: float) -> tuple[int | None, int | No
     return lower, upper
 
 
-def quantile_interval(sketch: Sketch, q: float, *, alpha: float) -> Interval:
+def quantile_interval(sketch: Histogram, q: float, *, alpha: float) -> Interval:
     """Distribution-free confidence interval for the q-quantile from order statistics.
 
-    Ranks from Binomial(n, q) (see `quantile_ranks`), values read from the sketch with `value_at_rank` and
-    widened to the edges of their buckets (value / 1.01 below, value / 0.99 above): a bucket's representative
-    may lie on the wrong side of the true quantile, and with many samples the interval is no wider than the
-    sketch's 1% accuracy. Two-sided at level 1 - alpha; a side with too few samples is -inf / +inf (p99 of
+    Ranks from Binomial(n, q) (see `quantile_ranks`), values read from the histogram and widened to the edges
+    of their buckets (`bounds_at_rank`: value / 1.01 below and value / 0.99 above for a sketch, the bucket's
+    edges for fixed buckets): a bucket's representative may lie on the wrong side of the true quantile, and
+    with many samples the interval is as wide as the histogram's resolution, no narrower. Two-sided at level 1 - alpha; a side with too few samples is -inf / +inf (p99 of
     50 calls has no finite upper bound). The estimate is the ceil(q n)-th smallest value, the inverse of the
     empirical distribution, which always lies within the bounds (`sketch.quantile` is within a rank of it).
     """
@@ -322,8 +321,8 @@ def quantile_interval(sketch: Sketch, q: float, *, alpha: float) -> Interval:
     if n == 0:
         return _unbounded(math.nan, alpha)
     low_rank, high_rank = quantile_ranks(n, q, alpha)
-    lower = sketch.value_at_rank(low_rank) / (1.0 + SKETCH_ACCURACY) if low_rank is not None else -math.inf
-    upper = sketch.value_at_rank(high_rank) / (1.0 - SKETCH_ACCURACY) if high_rank is not None else math.inf
+    lower = sketch.bounds_at_rank(low_rank)[0] if low_rank is not None else -math.inf
+    upper = sketch.bounds_at_rank(high_rank)[1] if high_rank is not None else math.inf
     estimate = sketch.value_at_rank(math.ceil(q * n) - 1)
     return Interval(estimate, lower, upper, 1.0 - alpha)
 
@@ -334,7 +333,7 @@ def _ratio(numerator: float, denominator: float, undefined: float) -> float:
     return undefined
 
 
-def quantile_ratio_interval(candidate: Sketch, legacy: Sketch, q: float, *, alpha: float) -> Interval:
+def quantile_ratio_interval(candidate: Histogram, legacy: Histogram, q: float, *, alpha: float) -> Interval:
     """Candidate q-quantile over legacy q-quantile, with a conservative interval at level 1 - alpha.
 
     Each arm's interval at alpha / 2 (Bonferroni); lower = lo_c / hi_l, upper = hi_c / lo_l, 0 and inf where
@@ -354,7 +353,7 @@ def quantile_ratio_interval(candidate: Sketch, legacy: Sketch, q: float, *, alph
     return Interval(estimate, lower, upper, 1.0 - alpha)
 
 
-def _merged_counts(candidate: Sketch, legacy: Sketch) -> list[tuple[int, int]]:
+def _merged_counts(candidate: Histogram, legacy: Histogram) -> list[tuple[int, int]]:
     """(candidate count, legacy count) per distinct bucket value, in increasing order of value."""
     rows: dict[float, list[int]] = {}
     for value, count in candidate.buckets():
@@ -364,7 +363,7 @@ def _merged_counts(candidate: Sketch, legacy: Sketch) -> list[tuple[int, int]]:
     return [(rows[v][0], rows[v][1]) for v in sorted(rows)]
 
 
-def mann_whitney(candidate: Sketch, legacy: Sketch) -> MannWhitney:
+def mann_whitney(candidate: Histogram, legacy: Histogram) -> MannWhitney:
     """Mann-Whitney U of candidate against legacy from the sketches' buckets, in O(buckets).
 
     Values in the same bucket are ties and share their mid-rank. U is the candidate's rank sum minus

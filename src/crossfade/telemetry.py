@@ -9,11 +9,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from crossfade.sketch import Sketch
+from crossfade.sketch import Buckets, Histogram, Sketch, histogram_from_dict
 
 
 class Cell:
-    """What one arm of one stage did during one window: counters and a latency sketch, merged by addition."""
+    """What one arm of one stage did during one window: counters and a latency histogram, merged by addition.
+
+    The SDK records latency into a `Sketch`; a metric source or a client in another language may bring fixed
+    `Buckets` instead, and a cell that merges both keeps the buckets (the coarser resolution is the true one).
+    """
 
     __slots__ = (
         "calls", "errors", "fallbacks", "timeouts", "cost_sum", "cost_sq", "costed", "compared", "mismatches",
@@ -30,7 +34,7 @@ class Cell:
         self.costed = 0
         self.compared = 0
         self.mismatches = 0
-        self.latency = Sketch()
+        self.latency: Histogram = Sketch()
 
     def add_cost(self, cost: float) -> None:
         """Record the cost of one call (any unit, the same for both arms)."""
@@ -49,7 +53,13 @@ class Cell:
         self.costed += other.costed
         self.compared += other.compared
         self.mismatches += other.mismatches
-        self.latency.merge(other.latency)
+        mine, theirs = self.latency, other.latency
+        if isinstance(mine, Sketch) and isinstance(theirs, Buckets):
+            self.latency = theirs.copy() if not mine.count else Buckets.from_sketch(mine, theirs.bounds)
+            if mine.count:
+                self.latency.merge(theirs)
+        else:
+            mine.merge(theirs)  # type: ignore[arg-type]  # a sketch merges a sketch; buckets merge either
 
     @property
     def error_rate(self) -> float:
@@ -77,7 +87,7 @@ class Cell:
             setattr(cell, name, int(data.get(name, 0)))
         cell.cost_sum = float(data.get("cost_sum", 0.0))
         cell.cost_sq = float(data.get("cost_sq", 0.0))
-        cell.latency = Sketch.from_dict(data.get("latency") or {})
+        cell.latency = histogram_from_dict(data.get("latency") or {})
         return cell
 
     def __eq__(self, other: object) -> bool:
@@ -129,6 +139,22 @@ def merge_windows(windows: Iterable[Window]) -> dict[str, Cell]:
             cell = out[w.arm] = Cell()
         cell.merge(w.cell)
     return out
+
+
+def open_cell(counts: Mapping[str, int], cost: Mapping[str, float] | None, latency: Mapping[str, Any] | None
+              ) -> Cell:
+    """The cell an open telemetry window describes (counters, cost sums, explicit latency buckets in `s` or
+    `ms`, not cumulative), as clients in any language post it; ValueError when the buckets do not fit."""
+    cell = Cell()
+    for name in ("calls", "errors", "fallbacks", "timeouts", "compared", "mismatches"):
+        setattr(cell, name, int(counts.get(name, 0)))
+    if cost is not None:
+        cell.costed, cell.cost_sum, cell.cost_sq = int(cost["count"]), float(cost["sum"]), float(cost["sum_squares"])
+    if latency is not None:
+        scale = 0.001 if latency.get("unit") == "ms" else 1.0
+        cell.latency = Buckets(tuple(float(b) * scale for b in latency["bounds"]), [int(n) for n in latency["counts"]],
+                               float(latency["sum"]) * scale)
+    return cell
 
 
 SEP = "\x1f"  # cannot occur in migration or stage names, which are [a-z0-9-]

@@ -156,3 +156,29 @@ def test_the_migration_page_shows_each_routers_state(chromium, tmp_path):
         assert plane.call("GET", "/v1/migrations/routed")[1]["state"]["routers"][0][:3] == ["sdk", "verified", 0.1]
     finally:
         stop()
+
+
+def test_a_metric_source_that_cannot_be_read_is_shown_as_holding_the_stage(chromium, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from conftest import start_control_plane
+
+    plane, stop = start_control_plane(f"sqlite:///{tmp_path / 'cf.db'}", open_reads=True)
+    try:
+        spec = {"stages": [{"name": "canary", "traffic": "10%"}, {"name": "all", "traffic": "100%"}],
+                "source": {"prometheus": {"url": "http://127.0.0.1:1", "timeout": "1s", "preset": "istio"}}}
+        assert plane.call("PUT", "/v1/migrations/mesh", {"spec": spec})[0] == 200
+        assert plane.call("POST", "/v1/migrations/mesh/start", {"reason": "go"})[0] == 200
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1200, "height": 1200})
+            page.goto(f"{plane.url}/#/m/mesh")
+            alert = page.locator(".source-failed")
+            expect(alert).to_contain_text("Metric source prometheus cannot be read")
+            expect(alert).to_contain_text("no promotion, no rollback")
+            expect(page.locator('#timeline li[data-type="source_failed"]')).to_have_count(1)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard-source-failed.png"), full_page=True)
+            browser.close()
+    finally:
+        stop()

@@ -39,8 +39,8 @@ from crossfade.events import (
     seal,
 )
 from crossfade.controller import stage_progress
+from crossfade.server import judging, views
 from crossfade.stagedata import stage_windows
-from crossfade.server import views
 from crossfade.server.auth import Authenticator, AuthError, Principal
 from crossfade.server.control import ControllerThread
 from crossfade.server.feed import RoutingFeed
@@ -63,15 +63,20 @@ from crossfade.server.models import (
     Series,
     SpecVersion,
     StateModel,
+    OpenWindowModel,
     TelemetryBatch,
     TokenModel,
+    WindowModel,
     WindowsPage,
     Written,
 )
 from crossfade.shadow import Example, FieldWindow
 from crossfade.spec import NAME_PATTERN, Problem, Spec, SpecError, load_spec
+from crossfade.metrics import SourceError, read_stage
+from crossfade.metrics.telemetry import TelemetrySource
+from crossfade.sketch import Sketch
 from crossfade.stagedata import StageTelemetry
-from crossfade.telemetry import Cell, Window
+from crossfade.telemetry import Cell, Window, open_cell
 
 log = logging.getLogger("crossfade.server")
 
@@ -191,6 +196,7 @@ def create_app(
     # The migration page (polled) and every /metrics scrape read each stage's telemetry: one incremental
     # reader serves both, so each pays for the rows written since the last read, not for the stage's history.
     telemetry = StageTelemetry()
+    telemetry_source = TelemetrySource(telemetry)
     collector = CrossfadeCollector(
         backend, controller_lag=(ctl.lag if ctl is not None else lambda: None),
         feed_age=lambda: None if feed.last_ok is None else time.monotonic() - feed.last_ok,
@@ -213,7 +219,11 @@ def create_app(
         verdict, triggers and any pending approval."""
         state = views.current(backend, name)
         spec, now = feed.spec(name, state.spec_version), clock()
-        return views.detail(backend, state, spec, now, telemetry.windows(backend, state, spec, now))
+        try:
+            windows, error = read_stage(backend, state, spec, now, telemetry=telemetry_source), None
+        except SourceError as exc:
+            windows, error = [], str(exc)
+        return views.detail(backend, state, spec, now, windows, error)
 
     @app.get("/v1/migrations/{name}/state", response_model=StateModel, responses=_MIGRATION_ERRORS, tags=["migrations"])
     def get_state(name: MigrationName, who: Viewer) -> Any:
@@ -246,8 +256,9 @@ def create_app(
     def get_series(name: MigrationName, who: Viewer,
                    seconds: Annotated[float, Query(gt=0, le=7 * 86400)] = views.SERIES_SECONDS) -> Any:
         """Per arm and telemetry window: calls, error rate and p50/p95/p99 latency, over the last `seconds`."""
-        views.current(backend, name)
-        return views.series(backend, name, clock() - seconds)
+        state = views.current(backend, name)
+        now = clock()
+        return views.series(backend, name, now - seconds, feed.spec(name, state.spec_version), now)
 
     @app.get("/v1/migrations/{name}/telemetry", response_model=WindowsPage, responses=_MIGRATION_ERRORS,
              tags=["telemetry"])
@@ -322,6 +333,10 @@ def create_app(
             log.info("%s: %s by %s", state.name, ", ".join(e.type for e in events), who.name)
         return {"events": [e.to_dict() for e in events], "state": after.to_dict(), "dry_run": dry_run}
 
+    # -- the judge of other controllers (Argo Rollouts, Flagger) ---------------------------------
+
+    judging.install(app, backend, feed, app.state.auth, require("viewer"), clock, _MIGRATION_ERRORS)
+
     # -- SDK hosts -------------------------------------------------------------------------------
 
     @app.get("/v1/routing", response_model=Routing, tags=["sdk"],
@@ -349,8 +364,9 @@ def create_app(
 
     @app.post("/v1/telemetry", response_model=Written, tags=["sdk"], responses=_ERRORS)
     def post_telemetry(body: TelemetryBatch, who: Sdk) -> Any:
-        """Store window batches flushed by SDK hosts; rows for one window add up."""
-        windows = [Window(w.migration, w.stage, w.arm, w.start, w.length, _cell(w.cell, i))
+        """Store telemetry windows, in the SDK's compact form or the open form (counts, cost sums and latency
+        buckets per arm and window, see `OpenWindowModel`); rows for one window add up."""
+        windows = [Window(w.migration, w.stage, w.arm, w.start, w.length, _cell(_compact(w, i), i))
                    for i, w in enumerate(body.windows)]
         backend.write_windows(windows)
         return {"written": len(windows)}
@@ -410,12 +426,27 @@ def _expect(state: State, expected: int | None) -> None:
                             f"found {state.seq}; re-read its state and retry")
 
 
+def _compact(window: WindowModel | OpenWindowModel, index: int) -> dict[str, Any]:
+    """The compact cell form of a posted window: as sent, or converted from the open form."""
+    if isinstance(window, WindowModel):
+        return window.cell
+    latency = window.latency
+    try:
+        cell = open_cell(window.counts.model_dump(), None if window.cost is None else window.cost.model_dump(),
+                         None if latency is None else latency.model_dump())
+    except ValueError as exc:
+        raise SpecError("<telemetry>", [Problem(f"windows[{index}].latency", str(exc))]) from None
+    return cell.to_dict()
+
+
 def _cell(data: dict[str, Any], index: int) -> Cell:
     try:
         cell = Cell.from_dict(data)
-        values = (cell.cost_sum, cell.cost_sq, cell.latency.total)
+        latency = cell.latency
+        buckets = (latency.zeros, *latency.bins.values()) if isinstance(latency, Sketch) else tuple(latency.counts)
+        values = (cell.cost_sum, cell.cost_sq, latency.total)
         counts = (cell.calls, cell.errors, cell.fallbacks, cell.timeouts, cell.costed, cell.compared, cell.mismatches,
-                  cell.latency.count, cell.latency.zeros, *cell.latency.bins.values())
+                  latency.count, *buckets)
     except (TypeError, ValueError, AttributeError) as exc:
         raise SpecError("<telemetry>", [Problem(f"windows[{index}].cell", f"not a telemetry cell: {exc}")]) from None
     if not all(math.isfinite(v) for v in values) or any(n < 0 or n > 2**62 for n in counts):

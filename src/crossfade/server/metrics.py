@@ -81,6 +81,9 @@ class CrossfadeCollector(Collector):
         verdict = GaugeMetricFamily("crossfade_gate_verdict", "1 for each gate's current verdict, 0 for the others",
                                     labels=["migration", "gate", "verdict"])
         rollbacks = CounterMetricFamily("crossfade_rollbacks", "Rollbacks begun", labels=["migration"])
+        source = GaugeMetricFamily("crossfade_metric_source_failing",
+                                   "1 while the migration's metric source cannot be read (its stage holds)",
+                                   labels=["migration"])
         calls = CounterMetricFamily("crossfade_arm_calls", "Calls per arm in the current stage",
                                     labels=["migration", "stage", "arm"])
         errors = CounterMetricFamily("crossfade_arm_errors", "Failed calls per arm in the current stage",
@@ -99,6 +102,7 @@ class CrossfadeCollector(Collector):
                 for v in VERDICTS:
                     verdict.add_metric([name, gate, v], 1.0 if v == current else 0.0)
             rollbacks.add_metric([name], float(self._rollbacks.count(self.backend, state)))
+            source.add_metric([name], 0.0 if state.source_error is None else 1.0)
             if not state.stage:
                 continue
             for arm, cell in sorted(stage_cells(state, self.stage_windows(state)).items()):
@@ -107,7 +111,7 @@ class CrossfadeCollector(Collector):
                 errors.add_metric(labels, float(cell.errors))
                 fallbacks.add_metric(labels, float(cell.fallbacks))
                 latency.add_metric(labels, histogram_buckets(cell.latency), cell.latency.total)
-        yield from (info, stage, traffic, shadow, verdict, rollbacks, calls, errors, fallbacks, latency)
+        yield from (info, stage, traffic, shadow, verdict, rollbacks, source, calls, errors, fallbacks, latency)
         lag = GaugeMetricFamily("crossfade_controller_lag_seconds",
                                 "Seconds since the controller loop last completed a pass (-1: not running)")
         value = self.controller_lag()

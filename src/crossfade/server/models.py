@@ -54,6 +54,7 @@ class StateModel(BaseModel):
     salt: str | None
     verdicts: list[list[str]]
     rollback_step_at: float | None
+    source_error: str | None = Field(None, description="Why the metric source cannot be read, while it cannot")
     routers: list[list[str | float]] = Field(
         default=[], description="Per router the spec names: [router, verified | not_implemented | failed, "
                                 "candidate share it was last synced at, detail].")
@@ -118,6 +119,13 @@ class TriggerModel(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
 
+class SourceModel(BaseModel):
+    """The metric source a migration is judged from, and its failure if it cannot be read now."""
+
+    name: str
+    error: str | None
+
+
 class MigrationDetail(BaseModel):
     """Everything the dashboard shows of one migration."""
 
@@ -130,6 +138,8 @@ class MigrationDetail(BaseModel):
     last_verdict: EventModel | None = Field(description="The last verdict event of the current stage")
     triggers: list[TriggerModel]
     pending_approval: dict[str, Any] | None
+    source: SourceModel | None = Field(None, description="The metric source the judge reads, and why it failed "
+                                                         "when it cannot be read (the stage then holds)")
 
 
 class SeriesPoint(BaseModel):
@@ -241,10 +251,64 @@ class WindowModel(BaseModel):
     cell: dict[str, Any]
 
 
-class TelemetryBatch(BaseModel):
-    """Telemetry windows flushed by an SDK host."""
+class OpenCounts(BaseModel):
+    """Counters of one arm over one window: calls, and how many of them failed, fell back, timed out, were
+    compared with the other arm and differed from it."""
 
-    windows: Annotated[list[WindowModel], Field(max_length=10_000)]
+    calls: Count
+    errors: Count = 0
+    fallbacks: Count = 0
+    timeouts: Count = 0
+    compared: Count = 0
+    mismatches: Count = 0
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class OpenCost(BaseModel):
+    """The cost of the calls that reported one (any unit, the same for both arms): how many, their sum, and
+    the sum of their squares (the cost gate needs the variance)."""
+
+    count: Count
+    sum: Finite
+    sum_squares: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class OpenHistogram(BaseModel):
+    """Latency as explicit buckets (as OpenTelemetry's explicit-bucket histogram and Prometheus' `le` buckets
+    keep it): `counts[i]` values in (bounds[i-1], bounds[i]], the last count above the last bound; not
+    cumulative. `sum` is the total of the values. Quantile intervals are as wide as the buckets."""
+
+    unit: Literal["s", "ms"] = "s"
+    bounds: Annotated[list[Annotated[float, Field(gt=0, allow_inf_nan=False)]], Field(max_length=500)]
+    counts: Annotated[list[Count], Field(min_length=1, max_length=501)]
+    sum: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class OpenWindowModel(BaseModel):
+    """One arm's telemetry for one stage over one window, in the open form any language can produce."""
+
+    migration: Name
+    stage: Annotated[str, Field(max_length=63, pattern=r"^[^\x00\x1f]*$")]
+    arm: Literal["legacy", "candidate"]
+    start: Annotated[float, Field(allow_inf_nan=False, description="Window start, seconds since the epoch")]
+    length: Annotated[float, Field(gt=0, le=86400, allow_inf_nan=False, description="Window length, seconds")]
+    counts: OpenCounts
+    cost: OpenCost | None = None
+    latency: OpenHistogram | None = None
+
+    model_config = ConfigDict(extra="forbid", title="crossfade open telemetry window")
+
+
+class TelemetryBatch(BaseModel):
+    """Telemetry windows: the Python SDK's compact form (`cell`) or the open form (`counts`, `cost`,
+    `latency`) that clients in any language can produce; rows for one window add up."""
+
+    windows: Annotated[list[WindowModel | OpenWindowModel], Field(max_length=10_000)]
 
 
 class Written(BaseModel):
@@ -314,3 +378,18 @@ class Health(BaseModel):
 
     status: Literal["ok", "unavailable"]
     detail: str | None = None
+
+
+def open_telemetry_schema() -> dict[str, Any]:
+    """The JSON Schema of a `POST /v1/telemetry` body in the open form, as the package ships it
+    (`crossfade/schemas/telemetry.schema.json`, printed by `crossfade schema --telemetry`)."""
+
+    class OpenTelemetryBatch(BaseModel):
+        """Telemetry windows in the open form: counts, cost sums and latency buckets per arm and window."""
+
+        windows: Annotated[list[OpenWindowModel], Field(max_length=10_000)]
+
+        model_config = ConfigDict(title="crossfade open telemetry batch")
+
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            **OpenTelemetryBatch.model_json_schema()}

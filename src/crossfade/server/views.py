@@ -8,6 +8,8 @@ from typing import Any
 from crossfade.backends.base import Backend, UnknownMigration
 from crossfade.controller import assess, is_active, stage_cells
 from crossfade.events import AWAITING_APPROVAL, VERDICT, State
+from crossfade.metrics import SourceError, create_source, source_name
+from crossfade.replay import stage_periods, stay
 from crossfade.spec import Spec, format_duration
 from crossfade.telemetry import Window, arm_metrics
 
@@ -24,12 +26,13 @@ def current(backend: Backend, name: str) -> State:
     return state
 
 
-def detail(backend: Backend, state: State, spec: Spec, now: float, windows: Sequence[Window]) -> dict[str, Any]:
+def detail(backend: Backend, state: State, spec: Spec, now: float, windows: Sequence[Window],
+           source_error: str | None = None) -> dict[str, Any]:
     """The migration page from the stage's `windows`: state, spec, ladder, per-arm figures, the controller's
-    view, the last verdict."""
+    view, the last verdict; `source_error` when the metric source could not be read (no view then)."""
     cells = stage_cells(state, windows) if state.stage else {}
     controller = None
-    if state.stage and is_active(state) and state.stage_index + 1 < len(spec.stages):
+    if state.stage and is_active(state) and state.stage_index + 1 < len(spec.stages) and source_error is None:
         controller = assess(spec, state, windows, now).to_dict()
     pending = None
     if state.status == AWAITING_APPROVAL and state.stage_index + 1 < len(spec.stages):
@@ -47,6 +50,7 @@ def detail(backend: Backend, state: State, spec: Spec, now: float, windows: Sequ
         "triggers": [{"metric": t.metric, "above": t.above, "window": t.window, "min_samples": t.min_samples,
                       "for": t.for_} for t in spec.triggers],
         "pending_approval": pending,
+        "source": {"name": source_name(spec.source)[0], "error": source_error},
     }
 
 
@@ -61,11 +65,30 @@ def last_verdict(backend: Backend, state: State) -> dict[str, Any] | None:
     return None
 
 
-def series(backend: Backend, name: str, since: float) -> dict[str, Any]:
-    """Per arm and window (stages kept apart), calls, error rate and p50/p95/p99, oldest first."""
-    windows = backend.windows(name, since=since)
+def series(backend: Backend, name: str, since: float, spec: Spec | None = None, now: float | None = None
+           ) -> dict[str, Any]:
+    """Per arm and window (stages kept apart), calls, error rate and p50/p95/p99, oldest first, read through
+    the spec's metric source (the stored telemetry by default; nothing while the source cannot be read)."""
+    if spec is None or spec.source is None or now is None:
+        windows = backend.windows(name, since=since)
+    else:
+        windows = _sourced_windows(backend, name, since, spec, now)
     return {
         "window": windows[0].length if windows else None,
         "points": [{"start": w.start, "arm": w.arm, "stage": w.stage, **{k: v for k, v in arm_metrics(w.cell).items()
                     if k in ("calls", "errors", "error_rate", "p50", "p95", "p99")}} for w in windows],
     }
+
+
+def _sourced_windows(backend: Backend, name: str, since: float, spec: Spec, now: float) -> list[Window]:
+    """The windows of every stay in a stage since `since`, each read through the source over its own time."""
+    source = create_source(spec.source)
+    windows: list[Window] = []
+    try:
+        for period in stage_periods(backend.events(name), now):
+            if period.end > since:
+                windows += [w for w in source.windows(backend, stay(name, period), spec, period.end)
+                            if since <= w.start < period.end]
+    except SourceError:
+        return []
+    return sorted(windows, key=lambda w: (w.start, w.arm))

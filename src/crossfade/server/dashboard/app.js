@@ -192,10 +192,14 @@ async function renderMigration(name) {
     $("#rollback").disabled = ["draft", "rolled_back", "aborted"].includes(s.status);
   }
   const gates = m.controller?.gates ?? m.last_verdict?.payload?.gates ?? [];
-  $("#gates").innerHTML = gates.length
+  // A metric source that cannot be read holds the stage: say so above the (last known) gates.
+  const source = m.source?.error
+    ? `<p class="source-failed" role="alert"><b>Metric source ${esc(m.source.name)} cannot be read:</b> ${esc(m.source.error)}. The stage holds: no promotion, no rollback.</p>`
+    : "";
+  $("#gates").innerHTML = source + (gates.length
     ? `<table><tr><th>gate</th><th>verdict</th><th>interval vs limit</th><th class="num">estimate (interval)</th><th class="num">samples c / l</th></tr>${gates.map(gateRow).join("")}</table>
        ${m.controller?.waiting_for ? `<p class="muted">waiting for ${esc(m.controller.waiting_for)}</p>` : ""}`
-    : `<p class="muted">No verdict in this stage yet.</p>`;
+    : `<p class="muted">No verdict in this stage yet.</p>`);
   const firing = m.controller?.triggers ?? [];
   $("#triggers").innerHTML = (m.triggers.length
     ? `<ul>${m.triggers.map((t) => `<li>${esc(t.metric)} above ${esc(t.metric.includes("latency_p") && !t.metric.endsWith("ratio") ? ms(t.above) : t.metric.endsWith("ratio") ? `x${t.above}` : pct(t.above))} over ${t.window}s rolls back</li>`).join("")}</ul>`
