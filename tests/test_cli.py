@@ -522,22 +522,4 @@ def test_schema_prints_the_open_telemetry_form_on_request():
     schema = json.loads(cli("schema", "--telemetry"))
     assert schema["properties"]["windows"]["items"]["$ref"] == "#/$defs/OpenWindowModel"
     assert "counts" in schema["$defs"]["OpenWindowModel"]["required"]
-def test_plan_and_status_of_a_program(tmp_path, url):
-    from pathlib import Path
 
-    example = Path(__file__).parent.parent / "examples" / "orchestrator"
-    page = tmp_path / "plan.html"
-    # Without simulated traffic (rps comes from the components), the plan is rendered from the holds.
-    program = tmp_path / "program.yaml"
-    program.write_text((example / "program.yaml").read_text().replace("    rps: ", "    # rps: "))
-    for spec in example.glob("*.yaml"):
-        if spec.name != "program.yaml":
-            (tmp_path / spec.name).write_text(spec.read_text())
-    assert f"wrote {page}" in cli("plan", str(program), "--html", "-o", str(page))
-    assert "<h1>Migration program: orchestrator-to-dagger</h1>" in page.read_text()
-    cli("apply", str(tmp_path / "config-loader.yaml"), "--url", url)
-    cli("start", "dagger-config-loader", "--url", url)
-    report = json.loads(cli("status", "--program", str(program), "--url", url, "--json"))
-    assert [(c["phase"], c["component"], c["status"], c["stage"]) for c in report["components"]][:2] == [
-        (1, "config-loader", "running", "shadow"), (2, "build-steps", "not applied", None)]
-    assert "0 of 5 components completed" in cli("status", "--program", str(program), "--url", url)
