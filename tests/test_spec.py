@@ -200,8 +200,17 @@ def test_allow_and_deny_entries_become_text_without_duplicates() -> None:
     assert spec.deny == ("7f9c2d1e-1b2a-4c3d-9e8f-001122334455",)
 
 
-def test_notify_is_kept_for_a_later_release() -> None:
-    assert load_spec({**minimal(), "notify": ["ops-channel"]}).notify == ("ops-channel",)
+def test_notify_targets_are_kept_as_written_and_checked_by_their_channels() -> None:
+    target = {"name": "ops", "slack": {"url_env": "SLACK_URL", "channel": "#ops"}, "events": ["rolled_back"]}
+    assert load_spec({**minimal(), "notify": [target]}).notify == (target,)
+    with pytest.raises(SpecError) as caught:
+        load_spec({**minimal(), "notify": ["ops-channel", {"slack": {"url": "https://hooks.slack.com/x"}},
+                                          {"email": {"host": "smtp", "to": "a@b"}, "events": ["boom"]}]})
+    message = str(caught.value)
+    assert "notify[0]: a target is a mapping" in message
+    assert "notify[1].slack.url: unknown setting" in message
+    assert "notify[1].slack.url_env: is the name of an environment variable" in message
+    assert "notify[2].events: unknown 'boom'" in message
 
 
 # --- sources ---------------------------------------------------------------------------------------------

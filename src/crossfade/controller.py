@@ -117,7 +117,10 @@ def step(spec: Spec, state: State, windows: Sequence[Window], now: float, *,
         changes.append(_verdict_change(state, a.judgement))
         state = replace(state, verdicts=a.judgement.summary())
     if a.firings:
-        return changes + [_on_failure(spec, state, "; ".join(f.message for f in a.firings))]
+        failure = _on_failure(spec, state, "; ".join(f.message for f in a.firings))
+        # Named in the payload so a notification can say a trigger fired, not only what followed.
+        fired = Change(failure.type, failure.reason, {**failure.payload, "triggers": [f.message for f in a.firings]})
+        return changes + [fired]
     if a.judgement.failed:
         return changes + [_on_failure(spec, state, "; ".join(g.message for g in a.judgement.failed))]
     if state.status == AWAITING_APPROVAL or a.hold_left > 0:

@@ -1,8 +1,9 @@
 """The controller loop: ticks each migration every analysis interval under a lease, and appends what the
-pure controller decides with optimistic concurrency."""
+pure controller decides with optimistic concurrency; the notification outbox that tells people of it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -10,13 +11,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from crossfade.backends.base import Backend, BackendError, ConflictError
 from crossfade.controller import ACTOR, Assessment, assess, is_active, step
-from crossfade.events import Event, State, seal
+from crossfade.events import APPLIED, Event, State, seal
 from crossfade.spec import Spec, load_spec
 from crossfade.telemetry import Window
+
+if TYPE_CHECKING:
+    from crossfade.backends.outbox import Delivery
+    from crossfade.notify import Channel, Notification, Target
 
 log = logging.getLogger("crossfade.controller")
 
@@ -181,3 +186,166 @@ class ControllerLoop:
                 self.release()
             except BackendError as exc:
                 log.warning("could not release the controller's leases: %s", exc)
+
+
+# -- the notification outbox ---------------------------------------------------------------------------
+
+# Retry delays: doubling from BACKOFF_FIRST up to BACKOFF_CAP, so a receiver back after an hour's outage hears
+# within five minutes; a notification still undelivered after GIVE_UP is marked failed (and shown as such).
+BACKOFF_FIRST = 5.0
+BACKOFF_CAP = 300.0
+GIVE_UP = 48 * 3600.0
+NOTIFY_LEASE = "notifier"
+
+
+def backoff(attempts: int) -> float:
+    """Seconds to wait after the `attempts`-th failed attempt (1-based)."""
+    return min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** min(attempts - 1, 16))
+
+
+class NotificationOutbox:
+    """Turns each migration's event log into notifications and delivers them, at least once.
+
+    Queueing reads the events after a per-migration cursor and writes one row per (event, kind, target)
+    together with the new cursor, in one transaction: a process killed at any point either queued all of an
+    event's notifications or none, and the next pass picks up where the cursor stands. Delivery sends due rows
+    and then marks them; killed between the two, a row is sent again with the same idempotency key, which a
+    receiver may use to drop the repeat. Only the holder of the notifier lease delivers, so replicas do not
+    send in parallel. Targets come from the spec in force at each event, so enabling `notify:` on an old
+    migration does not replay its history. Stores without an outbox (a control plane's HTTP client) do nothing.
+    """
+
+    def __init__(self, backend: Backend, *, clock: Clock | None = None, holder: str | None = None,
+                 link: str | None = None, timeout: float = 10.0) -> None:
+        self.backend = backend
+        self.store = getattr(backend, "outbox", None)
+        self.clock = clock or SystemClock()
+        self.holder = holder or default_holder()
+        self.link = link.rstrip("/") if link else None
+        self.timeout = timeout
+        self._targets: dict[tuple[str, int], list[Target]] = {}
+        self._channels: dict[tuple[str, str], Channel] = {}
+
+    def targets(self, migration: str, version: int) -> list[Target]:
+        """The notification targets of one spec version (none when it has none, or they no longer validate)."""
+        from crossfade.notify import targets
+        from crossfade.registry import ProviderConfigError
+
+        key = (migration, version)
+        if key not in self._targets:
+            data = self.backend.spec(migration, version) if version else None
+            try:
+                self._targets[key] = targets((data or {}).get("notify") or [])
+            except ProviderConfigError as exc:
+                log.warning("%s@%d: notify targets not usable, nothing queued: %s", migration, version, exc)
+                self._targets[key] = []
+        return self._targets[key]
+
+    def enqueue(self, now: float) -> int:
+        """Queue the notifications of every event past each migration's cursor; returns how many were queued."""
+        from crossfade.backends.outbox import Queued
+        from crossfade.notify import kinds_of, notification
+
+        if self.store is None:
+            return 0
+        queued = 0
+        for state in self.backend.states():
+            cursor, version = self.store.cursor(state.name)
+            if state.seq <= cursor:
+                continue
+            events = self.backend.events(state.name, after=cursor, limit=500)
+            rows = []
+            for event in events:
+                if event.type == APPLIED:
+                    version = int(event.payload["version"])
+                for kind in kinds_of(event):
+                    for target in self.targets(state.name, version):
+                        if target.wants(kind):
+                            note = notification(event, kind, target.name, link=self._link(state.name))
+                            rows.append(Queued(note.key, event.seq, kind, target.name, target.channel,
+                                               target.config, note.to_dict()))
+            if events and self.store.enqueue(state.name, cursor, events[-1].seq, version, rows, now):
+                queued += len(rows)
+        return queued
+
+    def _link(self, migration: str) -> str | None:
+        return f"{self.link}/#{migration}" if self.link else None
+
+    def deliver(self, now: float) -> list[tuple[Delivery, str | None]]:
+        """Send every due notification once, if this process holds the notifier lease; returns each delivery
+        tried with its error (None when it got through)."""
+        from crossfade.backends.outbox import DELIVERED, FAILED, PENDING
+        from crossfade.notify import DeliveryError, Notification, registry
+        from crossfade.registry import ProviderConfigError
+
+        if self.store is None or not self.backend.acquire_lease(NOTIFY_LEASE, self.holder, 120.0, now):
+            return []
+        tried: list[tuple[Delivery, str | None]] = []
+        for row in self.store.due(now):
+            # Renewed before each send: a slow receiver must not let the lease lapse mid-pass.
+            if not self.backend.acquire_lease(NOTIFY_LEASE, self.holder, 120.0, self.clock.now()):
+                break
+            error: str | None = None
+            try:
+                key = (row.channel, json.dumps(row.config, sort_keys=True))
+                channel = self._channels.get(key)
+                if channel is None:
+                    channel = self._channels[key] = registry.create(row.channel, row.config, f"notify[{row.target}]")
+                channel.send(Notification.from_dict(row.note), timeout=self.timeout)
+            except (DeliveryError, ProviderConfigError) as exc:
+                error = str(exc)
+            except Exception as exc:  # a channel's bug must not stop every other delivery for good
+                log.exception("notification %s: the channel crashed", row.key)
+                error = f"{type(exc).__name__}: {exc}"
+            done = self.clock.now()
+            if error is None:
+                self.store.settle(row.id, now=done, status=DELIVERED, next_at=done, error=None)
+            else:
+                gone = done - row.created_at >= GIVE_UP
+                self.store.settle(row.id, now=done, status=FAILED if gone else PENDING,
+                                  next_at=done + backoff(row.attempts + 1), error=error)
+                log.warning("notification %s to %s failed (attempt %d): %s", row.key, row.target,
+                            row.attempts + 1, error)
+            tried.append((row, error))
+        return tried
+
+    def pump(self) -> int:
+        """Queue, then deliver what is due; returns how many deliveries were tried."""
+        now = self.clock.now()
+        self.enqueue(now)
+        return len(self.deliver(self.clock.now()))
+
+    def test(self, migration: str, target: str) -> Notification:
+        """Queue a test message to one target of a migration's current spec (delivered like any other)."""
+        from crossfade.backends.outbox import Queued
+        from crossfade.notify import TEST, Notification
+
+        state = self.backend.state(migration)
+        if state is None or self.store is None:
+            raise BackendError(f"no migration {migration!r} in a store with an outbox")
+        found = {t.name: t for t in self.targets(migration, state.spec_version)}
+        if target not in found:
+            raise BackendError(f"{migration} has no notify target {target!r}; its targets: "
+                               f"{', '.join(found) or 'none (add one under notify: in the spec)'}")
+        now = self.clock.now()
+        key = f"{migration}:test:{now:.6f}:{target}"
+        note = Notification(key=key, event_id=f"{migration}:test:{now:.6f}", migration=migration, seq=state.seq,
+                            kind=TEST, event_type=TEST, time=now, actor=self.holder,
+                            summary=f"crossfade test notification for {migration} to {target}",
+                            link=self._link(migration))
+        self.store.add(migration, Queued(key, state.seq, TEST, target, found[target].channel, found[target].config,
+                                         note.to_dict()), now)
+        return note
+
+    def run(self, stop: threading.Event, *, poll: float = 1.0) -> None:
+        """Pump until `stop` is set; a store error is logged and retried at the next poll."""
+        while not stop.is_set():
+            try:
+                self.pump()
+            except BackendError as exc:
+                log.warning("notification outbox pass failed: %s", exc)
+            self.clock.sleep(poll, stop)
+        try:
+            self.backend.release_lease(NOTIFY_LEASE, self.holder)
+        except BackendError as exc:
+            log.warning("could not release the notifier lease: %s", exc)

@@ -715,7 +715,7 @@ class _Reader:
         dual_write_retry = self.dual_write_retry(top.get("dual_write_retry", {}))
         allow = self.keys(top.get("allow", []), "allow")
         deny = self.keys(top.get("deny", []), "deny")
-        notify = self.sequence(top.get("notify", []), "notify", "[]")
+        notify = self.notify(top.get("notify", []))
         if allow is not _BAD and deny is not _BAD:
             for index, entry in enumerate(deny):
                 if entry in allow:
@@ -743,6 +743,21 @@ class _Reader:
             deny=deny,
             notify=tuple(notify or ()),
         )
+
+    def notify(self, value: object) -> Any:
+        entries = self.sequence(value, "notify", "[{slack: {url_env: SLACK_WEBHOOK_URL}, events: [rolled_back]}]")
+        if entries is None:
+            return None
+        # Each channel checks its own settings (crossfade.notify, through the registry).
+        from crossfade.notify import targets
+        from crossfade.registry import ProviderConfigError
+
+        try:
+            targets(entries)
+        except ProviderConfigError as exc:
+            for problem in exc.problems:
+                self.problem(problem.path, problem.message)
+        return entries
 
     def stages(self, value: object) -> Any:
         if value is _MISSING:
@@ -1120,6 +1135,7 @@ _PERCENT_PATTERN: Final = r"^\s*\d+(\.\d+)?\s*%\s*$"
 
 def json_schema() -> dict[str, Any]:
     """A JSON Schema (draft 2020-12) of the spec format, for editors to complete and check spec files."""
+    from crossfade.notify import json_schema as notify_schema
 
     def ref(name: str) -> dict[str, Any]:
         return {"$ref": f"#/$defs/{name}"}
@@ -1342,7 +1358,15 @@ def json_schema() -> dict[str, Any]:
                 "items": {"type": ["string", "integer"]},
                 "description": "Keys always kept on legacy.",
             },
-            "notify": {"type": "array", "description": "Notification targets (format to be defined)."},
+            "notify": {
+                "type": "array",
+                "description": "Who is told of what: each target names one channel (webhook, slack, pagerduty, "
+                               "email) with its settings, the kinds of events it wants (`events`, default all: "
+                               "rolled_back, rollback_started, approval_requested, paused, completed, restarted, "
+                               "stepped_back, gate_failed, trigger_fired, router_failed, source_failed) and an "
+                               "optional `name`. Secrets only by environment variable name (`*_env`).",
+                "items": notify_schema(),
+            },
         },
         "$defs": {
             "name": {
