@@ -131,3 +131,61 @@ def control_plane(sqlite_url) -> Iterator[ControlPlane]:
         yield plane
     finally:
         stop()
+
+
+class Receiver:
+    """An HTTP receiver on loopback that records every POST (path, headers, body) and answers 200, or 503
+    while `down` is set; a stand-in for a webhook endpoint, Slack or PagerDuty, speaking real HTTP."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.received: list[tuple[str, dict[str, str], bytes]] = []
+        self.down = False
+        self.arrived = threading.Condition()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the standard library's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if receiver.down:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                with receiver.arrived:
+                    receiver.received.append((self.path, dict(self.headers.items()), body))
+                    receiver.arrived.notify_all()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, count: int, timeout: float = 60.0) -> list[tuple[str, dict[str, str], bytes]]:
+        """Wait (on a condition, with a deadline) until `count` requests arrived; returns them all."""
+        with self.arrived:
+            self.arrived.wait_for(lambda: len(self.received) >= count, timeout=timeout)
+            return list(self.received)
+
+    def close(self) -> None:
+        """Stop listening."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A recording HTTP receiver on loopback."""
+    r = Receiver()
+    try:
+        yield r
+    finally:
+        r.close()

@@ -44,6 +44,8 @@ token_app = typer.Typer(help="Manage the control plane's API tokens (on its data
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
+notify_app = typer.Typer(help="Notifications: what was sent to whom, and test messages.", no_args_is_help=True)
+app.add_typer(notify_app, name="notify")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -198,6 +200,23 @@ def rollback(
 ) -> None:
     """Send every key back to legacy at once."""
     _operation(name, url, lambda m: m.rollback(reason, actor=actor, dry_run=dry_run), dry_run)
+
+
+@app.command("step-back")
+def step_back(
+    name: Name,
+    to: Annotated[str | None, typer.Option("--to", help="Return to the latest earlier stage at or below this "
+                                           "traffic (10%); default: the stage before.")] = None,
+    reason: Reason = None, url: Url = None, actor: Actor = None, dry_run: DryRun = False,
+) -> None:
+    """A partial rollback: return a running migration to an earlier stage, keeping that stage's traffic."""
+    from crossfade.spec import parse_percent
+
+    try:
+        fraction = None if to is None else parse_percent(to)
+    except ValueError as exc:
+        _fail(f"--to {to!r}: {exc}", 2)
+    _operation(name, url, lambda m: m.step_back(reason, to=fraction, actor=actor, dry_run=dry_run), dry_run)
 
 
 @app.command()
@@ -754,6 +773,69 @@ def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")],
     if not count:
         _fail(f"no active token named {name!r} (crossfade token list shows them)")
     out.print(f"revoked {name}")
+
+
+def _notifications(cf: Client, migration: str | None, limit: int) -> list[dict[str, Any]]:
+    backend = cf.backend()
+    if hasattr(backend, "request"):  # a control plane: ask its API
+        return backend.request("GET", "/v1/notifications", query={"migration": migration, "limit": limit})[1]
+    outbox = getattr(backend, "outbox", None)
+    return [] if outbox is None else [d.to_dict() for d in outbox.list(migration, limit=limit)]
+
+
+@notify_app.command("status")
+def notify_status(
+    name: Annotated[str | None, typer.Argument(help="One migration (default: all).")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="How many, newest first.")] = 20,
+    url: Url = None, as_json: AsJson = False,
+) -> None:
+    """Each notification queued from the event log: to whom, of what, delivered, pending (why, next try) or failed."""
+    with _client(url) as cf:
+        if name:
+            cf.migration(name).state()  # an unknown name is an error, not an empty list
+        rows = _notifications(cf, name, limit)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    if not rows:
+        out.print("no notifications yet (targets are the spec's `notify:`; `crossfade notify test NAME` sends one)")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("migration", "event", "kind", "target", "status", "tries", "when / next", "last error"):
+        table.add_column(column)
+    for r in rows:
+        when = _utc(r["delivered_at"]) if r["status"] == "delivered" else f"next {_utc(r['next_at'])}"
+        colour = {"delivered": "green", "pending": "yellow", "failed": "red"}[r["status"]]
+        table.add_row(r["migration"], str(r["seq"]), r["kind"], r["target"], f"[{colour}]{r['status']}[/{colour}]",
+                      str(r["attempts"]), when, r["last_error"] or "")
+    out.print(table)
+
+
+@notify_app.command("test")
+def notify_test(
+    name: Name,
+    target: Annotated[str | None, typer.Option("--target", help="One target (default: every target).")] = None,
+    url: Url = None,
+) -> None:
+    """Queue a test message to the migration's notification targets; the control plane delivers it."""
+    from crossfade.loop import NotificationOutbox
+    from crossfade.notify import UnknownTarget, targets
+
+    with _client(url) as cf:
+        spec = cf.migration(name).spec()
+        names = [target] if target else [t.name for t in targets(spec.notify)]
+        if not names:
+            _fail(f"{name} has no notification targets: add one under `notify:` in its spec")
+        backend = cf.backend()
+        for each in names:
+            try:
+                if hasattr(backend, "request"):
+                    backend.request("POST", "/v1/notifications/test", {"migration": name, "target": each})
+                else:
+                    NotificationOutbox(backend).test(name, each)
+            except UnknownTarget as exc:
+                _fail(str(exc).strip("'\""))
+            out.print(f"{name}: test message queued for {each}; `crossfade notify status {name}` shows its delivery")
 
 
 @app.command()

@@ -429,11 +429,21 @@ def abort_change(state: State, reason: str) -> Change:
     return Change(ABORTED, reason, {"from_stage": state.stage, "from_traffic": state.traffic})
 
 
-def step_back_change(state: State, spec: Spec, reason: str) -> Change:
-    """Return to the previous stage (the controller's `on_failure: step_back`)."""
+def step_back_change(state: State, spec: Spec, reason: str, *, to: float | None = None) -> Change:
+    """Return to an earlier stage: the one before (the controller's `on_failure: step_back`), or with `to`
+    the latest earlier stage whose traffic is at most `to` (an operator's partial rollback)."""
     if state.status not in (RUNNING, AWAITING_APPROVAL) or state.stage_index < 1:
-        raise TransitionError(f"cannot step {state.name} back: it is {state.status} at stage {state.stage}")
-    return Change(STEPPED_BACK, reason, _enter(spec, state.stage_index - 1, from_stage=state.stage))
+        raise TransitionError(f"cannot step {state.name} back: it is {state.status} at stage {state.stage}; "
+                              "a step back needs a running migration past its first stage")
+    index = state.stage_index - 1
+    if to is not None:
+        earlier = [i for i in range(state.stage_index) if spec.stages[i].traffic <= to + 1e-9]
+        if not earlier:
+            offered = ", ".join(f"{s.name} {s.traffic * 100:g}%" for s in spec.stages[:state.stage_index])
+            raise TransitionError(f"cannot step {state.name} back to {to * 100:g}%: no earlier stage is at or below "
+                                  f"it (earlier stages: {offered}); `crossfade rollback` sends everything to legacy")
+        index = earlier[-1]
+    return Change(STEPPED_BACK, reason, _enter(spec, index, from_stage=state.stage))
 
 
 def _steps_below(spec: Spec, state: State) -> list[float]:
@@ -463,14 +473,14 @@ def rollback_step_change(state: State, spec: Spec, reason: str) -> Change:
     return Change(ROLLBACK_STEP, reason, {"traffic": steps[0], "from_traffic": state.traffic})
 
 
-OPERATIONS: Final = ("start", "promote", "approve", "pause", "resume", "rollback", "abort", "restart")
+OPERATIONS: Final = ("start", "promote", "approve", "pause", "resume", "rollback", "abort", "restart", "step-back")
 
 
-def operation(action: str, state: State, spec: Spec, reason: str | None = None, *, force: bool = False
-              ) -> list[Change]:
+def operation(action: str, state: State, spec: Spec, reason: str | None = None, *, force: bool = False,
+              to: float | None = None) -> list[Change]:
     """The changes an operator's command makes, by its name: the one table the SDK, the CLI and the API share.
 
-    `force` only matters to `promote`; `rollback` and `abort` refuse an empty reason.
+    `force` only matters to `promote`, `to` to `step-back`; `rollback` and `abort` refuse an empty reason.
     """
     match action:
         case "start":
@@ -489,4 +499,6 @@ def operation(action: str, state: State, spec: Spec, reason: str | None = None, 
             return [abort_change(state, reason or "")]
         case "restart":
             return [restart_change(state, spec, reason)]
+        case "step-back":
+            return [step_back_change(state, spec, reason or "stepped back by an operator", to=to)]
     raise ValueError(f"unknown operation {action!r}; one of: {', '.join(OPERATIONS)}")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from crossfade.backends.base import Backend, BackendError, ConflictError
+from crossfade.backends.base import Backend, BackendError, ConflictError, UnknownMigration
 from crossfade.controller import ACTOR, Assessment, assess, is_active, step
 from crossfade.events import APPLIED, Event, State, seal
 from crossfade.spec import Spec, load_spec
@@ -269,7 +269,7 @@ class NotificationOutbox:
         return queued
 
     def _link(self, migration: str) -> str | None:
-        return f"{self.link}/#{migration}" if self.link else None
+        return f"{self.link}/#/m/{migration}" if self.link else None
 
     def deliver(self, now: float) -> list[tuple[Delivery, str | None]]:
         """Send every due notification once, if this process holds the notifier lease; returns each delivery
@@ -320,13 +320,17 @@ class NotificationOutbox:
         from crossfade.backends.outbox import Queued
         from crossfade.notify import TEST, Notification
 
+        from crossfade.notify import UnknownTarget
+
         state = self.backend.state(migration)
-        if state is None or self.store is None:
-            raise BackendError(f"no migration {migration!r} in a store with an outbox")
+        if state is None:
+            raise UnknownMigration(f"no migration named {migration!r}; apply a spec first")
+        if self.store is None:
+            raise BackendError(f"{self.backend.url} keeps no notification outbox; test through the control plane")
         found = {t.name: t for t in self.targets(migration, state.spec_version)}
         if target not in found:
-            raise BackendError(f"{migration} has no notify target {target!r}; its targets: "
-                               f"{', '.join(found) or 'none (add one under notify: in the spec)'}")
+            raise UnknownTarget(f"{migration} has no notify target {target!r}; its targets: "
+                                f"{', '.join(found) or 'none (add one under notify: in the spec)'}")
         now = self.clock.now()
         key = f"{migration}:test:{now:.6f}:{target}"
         note = Notification(key=key, event_id=f"{migration}:test:{now:.6f}", migration=migration, seq=state.seq,

@@ -53,6 +53,10 @@ class DeliveryError(Exception):
     """A channel could not deliver a notification now; the outbox retries it later."""
 
 
+class UnknownTarget(LookupError):
+    """A migration's spec has no notification target of that name."""
+
+
 @dataclass(frozen=True, slots=True)
 class Notification:
     """One message about one event of a migration, for one target. Immutable.
@@ -275,7 +279,7 @@ class Settings:
         self.problems: list[ConfigProblem] = []
         for key in config:
             if key not in keys:
-                self.problems.append(ConfigProblem(f"{path}.{key}", f"unknown setting; known: {', '.join(keys)}"))
+                self.problems.append(ConfigProblem(f"{path}.{key}", f"unknown setting (known: {', '.join(keys)})"))
 
     def text(self, key: str, default: str | None = None, *, example: str = "") -> str:
         """A required (or defaulted) string setting."""
@@ -300,7 +304,7 @@ class Settings:
         if not isinstance(value, str) or not _ENV_NAME.match(value):
             self.problems.append(ConfigProblem(
                 f"{self.path}.{key}", f"is the name of an environment variable holding the secret, like "
-                                      f"CROSSFADE_{key.removesuffix('_env').upper()}; secrets never go in the spec"))
+                                      f"CROSSFADE_{key.removesuffix('_env').upper()} (secrets never go in the spec)"))
             return None
         return value
 

@@ -32,7 +32,8 @@ def message(note: Notification, sender: str, recipients: tuple[str, ...]) -> Ema
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = ", ".join(recipients)
-    msg["Subject"] = f"[crossfade] {note.summary[:150]}"
+    # Short enough not to be folded: the sentence with its numbers opens the body.
+    msg["Subject"] = f"[crossfade] {note.migration}: {note.kind.replace('_', ' ')}"
     msg["Date"] = formatdate(note.time, usegmt=True)
     msg["Message-ID"] = make_msgid(idstring=note.key.replace(":", "."), domain="crossfade")
     msg["X-Crossfade-Idempotency-Key"] = note.key
