@@ -143,6 +143,7 @@ class Receiver:
 
         self.received: list[tuple[str, dict[str, str], bytes]] = []
         self.down = False
+        self.delay = 0.0
         self.arrived = threading.Condition()
         receiver = self
 
@@ -156,6 +157,8 @@ class Receiver:
                 with receiver.arrived:
                     receiver.received.append((self.path, dict(self.headers.items()), body))
                     receiver.arrived.notify_all()
+                # A slow answer widens the window in which a sender can die after the receiver got the request.
+                threading.Event().wait(receiver.delay)
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain")
                 self.end_headers()
