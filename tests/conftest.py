@@ -192,3 +192,38 @@ def receiver() -> Iterator[Receiver]:
         yield r
     finally:
         r.close()
+
+
+@pytest.fixture
+def metrics_text(control_plane, receiver, monkeypatch) -> str:
+    """/metrics of a control plane with one running migration whose every series has a sample: both arms'
+    calls, errors, timeouts, cost, compared answers and latency, its gates, and a notification."""
+    import threading
+    import time
+
+    from crossfade.telemetry import Cell
+
+    monkeypatch.setenv("HOOK_KEY", "k")
+    # The hour's hold keeps the controller from promoting it to its last stage (which has no gates) meanwhile.
+    spec = {"stages": [{"name": "canary", "traffic": "20%", "hold": "1h"}, {"name": "all", "traffic": "100%"}],
+            "notify": [{"name": "hook", "webhook": {"url": receiver.url, "secret_env": "HOOK_KEY"}}]}
+    assert control_plane.call("PUT", "/v1/migrations/m", {"spec": spec})[0] == 200
+    assert control_plane.call("POST", "/v1/migrations/m/start", {"reason": "go"})[0] == 200
+    windows = []
+    for arm, errors in (("candidate", 3), ("legacy", 1)):
+        cell = Cell()
+        cell.calls, cell.errors, cell.timeouts, cell.compared, cell.mismatches = 400, errors, 2, 100, 4
+        for i in range(400):
+            cell.latency.add(0.004 + i * 1e-5)
+            cell.add_cost(0.002)
+        windows.append({"migration": "m", "stage": "canary", "arm": arm, "start": time.time(), "length": 10.0,
+                        "cell": cell.to_dict()})
+    assert control_plane.call("POST", "/v1/telemetry", {"windows": windows}, role="sdk")[0] == 200
+    assert control_plane.call("POST", "/v1/notifications/test", {"migration": "m", "target": "hook"})[0] == 200
+    deadline = time.monotonic() + 60
+    while not control_plane.call("GET", "/v1/migrations/m/state", role="viewer")[1]["verdicts"]:
+        assert time.monotonic() < deadline, "the controller recorded no verdict within a minute"
+        threading.Event().wait(0.05)  # the controller's thread writes it; nothing to wait on across HTTP
+    status, text, _ = control_plane.call("GET", "/metrics", role="viewer")
+    assert status == 200
+    return text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -884,6 +885,44 @@ def notify_test(
             except UnknownTarget as exc:
                 _fail(str(exc).strip("'\""))
             out.print(f"{name}: test message queued for {each}; `crossfade notify status {name}` shows its delivery")
+
+
+Out = Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file instead of stdout.")]
+
+
+def _write(text: str, path: Path | None) -> None:
+    if path is None:
+        sys.stdout.write(text)
+        return
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        _fail(f"cannot write {path}: {exc.strerror or exc}", 2)
+    out.print(f"wrote {path}")
+
+
+@app.command()
+def grafana(name: Annotated[str | None, typer.Argument(help="Show this migration by default.")] = None,
+            output: Out = None) -> None:
+    """Write a Grafana dashboard (JSON) over the control plane's /metrics: traffic, error rate, latency against
+    legacy, cost, mismatches, gates with intervals against limits, rollbacks, notifications."""
+    from crossfade.grafana import dashboard
+    from crossfade.spec import NAME_PATTERN
+
+    if name is not None and not re.fullmatch(NAME_PATTERN, name):
+        _fail(f"{name!r} is not a migration name (lower-case letters, digits and '-', like checkout-pricing)", 2)
+    _write(json.dumps(dashboard(name), indent=2) + "\n", output)
+
+
+@app.command()
+def alerts(output: Out = None) -> None:
+    """Write Prometheus alerting rules (YAML) over /metrics: rollbacks, failing gates, controller lag, a stale
+    routing feed, failing routers and metric sources, notifications not getting out."""
+    import yaml
+
+    from crossfade.alerts import rules
+
+    _write(yaml.safe_dump(rules(), sort_keys=False, width=120), output)
 
 
 @app.command()

@@ -198,6 +198,7 @@ def create_app(
     collector = CrossfadeCollector(
         backend, controller_lag=(ctl.lag if ctl is not None else lambda: None),
         feed_age=lambda: None if feed.last_ok is None else time.monotonic() - feed.last_ok,
+        spec=feed.spec, clock=clock,
     )
     metrics_registry = registry(collector)
     _install_error_handlers(app)
