@@ -65,6 +65,7 @@ analysis: {interval: 30s, confidence: 99%, on_nodata: hold, promote_when: no_reg
 fallback: {on_error: true, timeout: 5s}
 shadow: {timeout: 2s, threads: 4, max_pending: 64}
 dual_write_retry: {attempts: 3, backoff: 50ms}
+dual_write_after_rollback: true
 allow: [test_agent_alpha]         # always candidate
 deny: []                          # always legacy
 notify: []                        # filled by a later issue
@@ -100,6 +101,7 @@ FULL_SPEC = Spec(
     fallback=Fallback(on_error=True, timeout=5.0),
     shadow=ShadowSettings(timeout=2.0),
     dual_write_retry=DualWriteRetry(attempts=3, backoff=0.05),
+    dual_write_after_rollback=True,
     allow=("test_agent_alpha",),
 )
 

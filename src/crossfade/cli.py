@@ -262,7 +262,7 @@ def run_controller(
     import threading
 
     from crossfade.backends import open_backend
-    from crossfade.loop import ControllerLoop
+    from crossfade.loop import ControllerLoop, NotificationOutbox
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     target = url or os.environ.get("CROSSFADE_URL") or DEFAULT_URL
@@ -274,18 +274,29 @@ def run_controller(
                           dry_run=dry_run)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Notifications go out from wherever the controller runs (not in a dry run: it sends nothing).
+    outbox = NotificationOutbox(backend, holder=loop.holder, link=os.environ.get("CROSSFADE_PUBLIC_URL"))
+    notifier = threading.Thread(target=outbox.run, args=(stop,), kwargs={"poll": poll}, name="crossfade-notifier",
+                                daemon=True)
     try:
         if once or dry_run:
             loop.tick()
             loop.release()
+            if not dry_run:
+                outbox.pump()
+                outbox.release()
         else:
             out.print(f"controller {loop.holder} on {target}")
+            notifier.start()
             loop.run(stop, poll=poll)
     except KeyboardInterrupt:
         loop.release()
     except BackendError as exc:
         _fail(str(exc))
     finally:
+        stop.set()
+        if notifier.is_alive():
+            notifier.join(timeout=15)
         backend.close()
 
 
@@ -493,8 +504,8 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
         return
     with _client(url) as cf:
         states = [cf.migration(name).state()] if name else cf.migrations()
-        report = [{**state.to_dict(), **_stage_report(cf, state), "shadow": _shadow_totals(cf, state)}
-                  for state in states]
+        report = [{**state.to_dict(), **_stage_report(cf, state), "shadow": _shadow_totals(cf, state),
+                   "dual_writes_stopped": _writes_stopped(cf, state)} for state in states]
         if as_json:
             sys.stdout.write(json.dumps(report if not name else report[0], indent=2) + "\n")
             return
@@ -502,8 +513,15 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
             out.print("no migrations yet: `crossfade init` writes an example spec, `crossfade apply FILE` stores it")
             return
         for item in report:
-            state = State.from_dict({k: v for k, v in item.items() if k not in ("arms", "controller", "shadow")})
+            state = State.from_dict({k: v for k, v in item.items()
+                                     if k not in ("arms", "controller", "shadow", "dual_writes_stopped")})
             _print_state_line(state)
+            stopped = item["dual_writes_stopped"]
+            if stopped:
+                err.print(f"  [yellow]warning:[/yellow] dual writes stopped at event {stopped['seq']} "
+                          f"({stopped['type']}, {_utc(stopped['time'])}): the store that is not authoritative now "
+                          "has missed every write since; backfill it before `crossfade restart`, or set "
+                          "`dual_write_after_rollback: true` to keep both written", soft_wrap=True)
             table = Table(box=None, pad_edge=False)
             for column in ("arm", "calls", "error rate", "fallbacks", "p50", "p95", "p99", "cost/call"):
                 table.add_column(column, justify="left" if column == "arm" else "right")
@@ -562,6 +580,15 @@ def _program_status(file: Path, url: str | None, as_json: bool) -> None:
     for r in rows:
         table.add_row(str(r.phase), r.component, r.migration, r.status, r.stage or "-", format_percent(r.traffic))
     out.print(table)
+
+
+def _writes_stopped(cf: Client, state: State) -> dict[str, Any] | None:
+    from crossfade.events import dual_writes_stopped
+
+    if state.dual_write or state.stage is None:
+        return None
+    event = dual_writes_stopped(cf.migration(state.name).history())
+    return None if event is None else {"seq": event.seq, "type": event.type, "time": event.time}
 
 
 def _colour(verdict: str) -> str:

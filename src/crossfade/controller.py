@@ -170,14 +170,14 @@ def _on_failure(spec: Spec, state: State, reason: str) -> Change:
         return step_back_change(state, spec, reason)
     if spec.rollback.mode == "gradual":
         return rollback_start_change(state, spec, reason)
-    return rollback_change(state, reason)
+    return rollback_change(state, reason, spec)
 
 
 def _ramp_down(spec: Spec, state: State, windows: Sequence[Window], now: float) -> list[Change]:
     firings = check_triggers(spec, windows, now)
     if firings:
         reason = "during the gradual rollback: " + "; ".join(f.message for f in firings)
-        return [rollback_change(state, reason)]
+        return [rollback_change(state, reason, spec)]
     since = state.rollback_step_at if state.rollback_step_at is not None else now
     if now - since >= spec.rollback.every:
         return [rollback_step_change(state, spec, f"gradual rollback: next step after {format_duration(spec.rollback.every)}")]

@@ -196,6 +196,8 @@ BACKOFF_FIRST = 5.0
 BACKOFF_CAP = 300.0
 GIVE_UP = 48 * 3600.0
 NOTIFY_LEASE = "notifier"
+# Renewed before every send (each at most `timeout`, 10 s), so a deliverer killed mid-pass is replaced within this.
+NOTIFY_LEASE_TTL = 30.0
 
 
 def backoff(attempts: int) -> float:
@@ -278,12 +280,12 @@ class NotificationOutbox:
         from crossfade.notify import DeliveryError, Notification, registry
         from crossfade.registry import ProviderConfigError
 
-        if self.store is None or not self.backend.acquire_lease(NOTIFY_LEASE, self.holder, 120.0, now):
+        if self.store is None or not self.backend.acquire_lease(NOTIFY_LEASE, self.holder, NOTIFY_LEASE_TTL, now):
             return []
         tried: list[tuple[Delivery, str | None]] = []
         for row in self.store.due(now):
             # Renewed before each send: a slow receiver must not let the lease lapse mid-pass.
-            if not self.backend.acquire_lease(NOTIFY_LEASE, self.holder, 120.0, self.clock.now()):
+            if not self.backend.acquire_lease(NOTIFY_LEASE, self.holder, NOTIFY_LEASE_TTL, self.clock.now()):
                 break
             error: str | None = None
             try:
@@ -349,6 +351,10 @@ class NotificationOutbox:
             except BackendError as exc:
                 log.warning("notification outbox pass failed: %s", exc)
             self.clock.sleep(poll, stop)
+        self.release()
+
+    def release(self) -> None:
+        """Give the notifier lease up, so another process delivers at once."""
         try:
             self.backend.release_lease(NOTIFY_LEASE, self.holder)
         except BackendError as exc:

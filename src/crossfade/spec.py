@@ -378,6 +378,7 @@ class Spec:
     fallback: Fallback = field(default_factory=Fallback)
     shadow: ShadowSettings = field(default_factory=ShadowSettings)
     dual_write_retry: DualWriteRetry = field(default_factory=DualWriteRetry)
+    dual_write_after_rollback: bool = False
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     notify: tuple[Any, ...] = ()
@@ -457,6 +458,7 @@ class Spec:
             "fallback": _without_none({"on_error": self.fallback.on_error, "timeout": self.fallback.timeout}),
             **({} if self.shadow == ShadowSettings() else {"shadow": _fields(self.shadow)}),
             **({} if self.dual_write_retry == DualWriteRetry() else {"dual_write_retry": _fields(self.dual_write_retry)}),
+            **({"dual_write_after_rollback": True} if self.dual_write_after_rollback else {}),
             "allow": list(self.allow),
             "deny": list(self.deny),
             "notify": list(self.notify),
@@ -718,6 +720,7 @@ class _Reader:
         fallback = self.fallback(top.get("fallback", {}))
         shadow = self.shadow_settings(top.get("shadow", {}))
         dual_write_retry = self.dual_write_retry(top.get("dual_write_retry", {}))
+        keep_dual_writes = self.get(top, "dual_write_after_rollback", "", _flag, False)
         allow = self.keys(top.get("allow", []), "allow")
         deny = self.keys(top.get("deny", []), "deny")
         notify = self.notify(top.get("notify", []))
@@ -744,6 +747,7 @@ class _Reader:
             fallback=fallback,
             shadow=shadow,
             dual_write_retry=dual_write_retry,
+            dual_write_after_rollback=keep_dual_writes,
             allow=allow,
             deny=deny,
             notify=tuple(notify or ()),
@@ -1006,6 +1010,7 @@ def _gate_mismatch(reader: _Reader, data: Mapping[str, Any], path: str) -> Misma
 _SPEC_KEYS: Final = (
     "name", "description", "owner", "key", "salt", "stages", "gates", "triggers",
     "on_failure", "rollback", "analysis", "fallback", "shadow", "dual_write_retry", "allow", "deny", "notify",
+    "dual_write_after_rollback",
 )  # fmt: skip
 _STAGE_KEYS: Final = (
     "name", "traffic", "shadow", "hold", "min_samples", "approval", "shadow_legacy", "noise", "dual_write",
@@ -1353,6 +1358,11 @@ def json_schema() -> dict[str, Any]:
                     "backoff": described("duration", "Pause between tries.", default="0s"),
                 },
             ),
+            "dual_write_after_rollback": {
+                "type": "boolean", "default": False,
+                "description": "Keep writing both sides after a rollback or abort from a dual_write stage, so the "
+                               "candidate's store stays current for the next attempt (writes go to legacy first).",
+            },
             "allow": {
                 "type": "array",
                 "items": {"type": ["string", "integer"]},
@@ -1444,6 +1454,7 @@ analysis: {interval: 30s, confidence: 99%, on_nodata: hold, promote_when: no_reg
 fallback: {on_error: true, timeout: 5s}   # retry failed candidate calls on legacy
 shadow: {timeout: 2s, threads: 4, max_pending: 64}   # shadow runs: bounded, dropped (and counted) when full
 dual_write_retry: {attempts: 3, backoff: 50ms}        # the non-authoritative side of a dual write
+dual_write_after_rollback: true   # a rollback keeps both stores written (legacy first)
 
 allow: [test_agent_alpha]         # keys always sent to the candidate
 deny: []                          # keys always kept on legacy
