@@ -103,3 +103,15 @@ def test_a_program_plan_renders_as_html_with_its_tables():
     page = to_html(render_program(load_program(PROGRAM_EXAMPLE)), "Migration plan: <x>")
     assert page.startswith("<!doctype html>") and "<title>Migration plan: &lt;x&gt;</title>" in page
     assert "<table>" in page and "<h2>Communication plan</h2>" in page
+
+
+def test_the_plan_says_who_is_told_of_what():
+    spec = load_spec({"name": "m", "stages": [{"traffic": "10%"}, {"traffic": "100%"}], "notify": [
+        {"name": "ci", "slack": {"url_env": "SLACK_URL", "channel": "#ci-migration"},
+         "events": ["rolled_back", "gate_failed"]},
+        {"email": {"host": "smtp.example.com", "from": "cf@example.com", "to": ["eng-managers@example.com"]}},
+    ]})
+    text = render(spec)
+    assert "- **Notified:** #ci-migration (Slack) (`ci`) of rolled_back, gate_failed;" in text
+    assert "- **Notified:** eng-managers@example.com (email) (`email`) of everything;" in text
+    assert "No one is configured" not in text
