@@ -16,12 +16,24 @@ from typing import TYPE_CHECKING, Protocol
 from crossfade.backends.base import Backend, BackendError, ConflictError, UnknownMigration
 from crossfade.controller import ACTOR, Assessment, assess, is_active, step
 from crossfade.events import APPLIED, Event, State, seal
+from crossfade.notify import (
+    TEST,
+    Channel,
+    DeliveryError,
+    Notification,
+    Target,
+    UnknownTarget,
+    kinds_of,
+    notification,
+    registry,
+    targets,
+)
+from crossfade.registry import ProviderConfigError
 from crossfade.spec import Spec, load_spec
 from crossfade.telemetry import Window
 
 if TYPE_CHECKING:
     from crossfade.backends.outbox import Delivery
-    from crossfade.notify import Channel, Notification, Target
 
 log = logging.getLogger("crossfade.controller")
 
@@ -230,9 +242,6 @@ class NotificationOutbox:
 
     def targets(self, migration: str, version: int) -> list[Target]:
         """The notification targets of one spec version (none when it has none, or they no longer validate)."""
-        from crossfade.notify import targets
-        from crossfade.registry import ProviderConfigError
-
         key = (migration, version)
         if key not in self._targets:
             data = self.backend.spec(migration, version) if version else None
@@ -245,9 +254,8 @@ class NotificationOutbox:
 
     def enqueue(self, now: float) -> int:
         """Queue the notifications of every event past each migration's cursor; returns how many were queued."""
+        # The outbox's rows live with the SQL store: imported only when a store has an outbox.
         from crossfade.backends.outbox import Queued
-        from crossfade.notify import kinds_of, notification
-
         if self.store is None:
             return 0
         queued = 0
@@ -277,9 +285,6 @@ class NotificationOutbox:
         """Send every due notification once, if this process holds the notifier lease; returns each delivery
         tried with its error (None when it got through)."""
         from crossfade.backends.outbox import DELIVERED, FAILED, PENDING
-        from crossfade.notify import DeliveryError, Notification, registry
-        from crossfade.registry import ProviderConfigError
-
         if self.store is None or not self.backend.acquire_lease(NOTIFY_LEASE, self.holder, NOTIFY_LEASE_TTL, now):
             return []
         tried: list[tuple[Delivery, str | None]] = []
@@ -320,10 +325,6 @@ class NotificationOutbox:
     def test(self, migration: str, target: str) -> Notification:
         """Queue a test message to one target of a migration's current spec (delivered like any other)."""
         from crossfade.backends.outbox import Queued
-        from crossfade.notify import TEST, Notification
-
-        from crossfade.notify import UnknownTarget
-
         state = self.backend.state(migration)
         if state is None:
             raise UnknownMigration(f"no migration named {migration!r}; apply a spec first")
