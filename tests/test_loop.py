@@ -262,12 +262,12 @@ def test_a_receiver_down_for_an_hour_gets_every_notification_after(sqlite_url, r
     assert keys == {d.key for d in pending}
 
 
-def test_queueing_twice_sends_once_and_old_history_is_not_replayed(sqlite_url, receiver, monkeypatch):
+def test_queueing_twice_sends_once_and_old_history_is_not_replayed(backend_url, receiver, monkeypatch):
     from crossfade.loop import NotificationOutbox
 
     monkeypatch.setenv("HOOK_KEY", "k")
     clock = ManualClock(1_000_000.0)
-    with crossfade.Client(sqlite_url, clock=clock.now, background=False) as cf:
+    with crossfade.Client(backend_url, clock=clock.now, background=False) as cf:
         cf.apply(SPEC)
         mig = cf.migration("m")
         mig.start()

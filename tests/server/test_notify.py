@@ -114,3 +114,22 @@ def test_status_and_test_routes(control_plane, receiver, monkeypatch):
     status, body, _ = control_plane.call("POST", "/v1/notifications/test", {"migration": "m", "target": "hook"},
                                          role="viewer")
     assert status == 403
+
+
+def test_the_notify_commands_work_through_a_control_plane(control_plane, receiver, monkeypatch):
+    from typer.testing import CliRunner
+
+    from crossfade.cli import app
+
+    monkeypatch.setenv("HOOK_KEY", "k")
+    spec = {"stages": SPEC["stages"], "notify": [{"name": "hook", "webhook": {"url": receiver.url,
+                                                                               "secret_env": "HOOK_KEY"}}]}
+    assert control_plane.call("PUT", "/v1/migrations/m", {"spec": spec})[0] == 200
+    runner = CliRunner(env={"CROSSFADE_TOKEN": control_plane.tokens["operator"]})
+    result = runner.invoke(app, ["notify", "test", "m", "--url", control_plane.url])
+    assert result.exit_code == 0 and "test message queued for hook" in result.output, result.output
+    result = runner.invoke(app, ["notify", "test", "m", "--target", "pager", "--url", control_plane.url])
+    assert result.exit_code == 1 and "m has no notify target 'pager'" in result.output
+    receiver.wait_for(1)
+    result = runner.invoke(app, ["notify", "status", "m", "--json", "--url", control_plane.url])
+    assert result.exit_code == 0 and json.loads(result.output)[0]["target"] == "hook", result.output
