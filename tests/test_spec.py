@@ -68,7 +68,10 @@ dual_write_retry: {attempts: 3, backoff: 50ms}
 dual_write_after_rollback: true
 allow: [test_agent_alpha]         # always candidate
 deny: []                          # always legacy
-notify: []                        # filled by a later issue
+notify:
+  - name: ci
+    slack: {url_env: SLACK_WEBHOOK_URL, channel: "#ci-migration"}
+    events: [rolled_back, rollback_started, gate_failed, approval_requested, completed]
 """
 
 FULL_SPEC = Spec(
@@ -103,6 +106,8 @@ FULL_SPEC = Spec(
     dual_write_retry=DualWriteRetry(attempts=3, backoff=0.05),
     dual_write_after_rollback=True,
     allow=("test_agent_alpha",),
+    notify=({"name": "ci", "slack": {"url_env": "SLACK_WEBHOOK_URL", "channel": "#ci-migration"},
+             "events": ["rolled_back", "rollback_started", "gate_failed", "approval_requested", "completed"]},),
 )
 
 MINIMAL = "name: checkout-pricing\nstages: [{traffic: 10%}, {traffic: 50%}, {traffic: 100%}]\n"

@@ -1458,6 +1458,9 @@ dual_write_after_rollback: true   # a rollback keeps both stores written (legacy
 
 allow: [test_agent_alpha]         # keys always sent to the candidate
 deny: []                          # keys always kept on legacy
-notify: []
+notify:                           # who is told of what; secrets only by environment variable name
+  - name: ci
+    slack: {url_env: SLACK_WEBHOOK_URL, channel: "#ci-migration"}
+    events: [rolled_back, rollback_started, gate_failed, approval_requested, completed]
 """
 """The commented example spec that ``crossfade init`` writes."""
