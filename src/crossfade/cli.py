@@ -479,7 +479,7 @@ def _ms(seconds: float) -> str:
 def _stage_report(cf: Client, state: State) -> dict[str, Any]:
     """Per-arm metrics of the current stage and, for an active migration, the controller's view of it."""
     from crossfade.controller import assess, is_active, stage_cells
-    from crossfade.loop import stage_windows
+    from crossfade.stagedata import stage_windows
 
     if not state.stage:
         return {"arms": {}}

@@ -30,25 +30,12 @@ from crossfade.notify import (
 )
 from crossfade.registry import ProviderConfigError
 from crossfade.spec import Spec, load_spec
-from crossfade.telemetry import Window
+from crossfade.stagedata import StageTelemetry
 
 if TYPE_CHECKING:
     from crossfade.backends.outbox import Delivery
 
 log = logging.getLogger("crossfade.controller")
-
-# How far before a stage's entry telemetry windows are read: a window that began before the stage was
-# entered may hold its first calls (windows are 10 s by default; a minute covers any sensible setting).
-WINDOW_MARGIN = 60.0
-
-
-def stage_windows(backend: Backend, state: State) -> list[Window]:
-    """The telemetry the controller reads for the current stage: from `WINDOW_MARGIN` before it was entered."""
-    if not state.stage:
-        return []
-    since = state.stage_entered_at
-    return backend.windows(state.name, stage=state.stage, since=None if since is None else since - WINDOW_MARGIN)
-
 
 class Clock(Protocol):
     """Where the loop reads the time and waits: the system's, or a simulation's virtual one."""
@@ -118,6 +105,7 @@ class ControllerLoop:
         self._due: dict[str, float] = {}
         self._specs: dict[tuple[str, int], Spec] = {}
         self._held: set[str] = set()
+        self._telemetry = StageTelemetry()
 
     def _spec(self, state: State) -> Spec:
         key = (state.name, state.spec_version)
@@ -136,6 +124,7 @@ class ControllerLoop:
         for state in self.backend.states():
             if (self.names is not None and state.name not in self.names) or not is_active(state):
                 self._let_go(state.name)
+                self._telemetry.forget(state.name)
                 continue
             if self._due.get(state.name, 0.0) > now:
                 continue
@@ -154,7 +143,7 @@ class ControllerLoop:
             self._held.discard(state.name)
             return Tick(state.name, (), None, "another controller holds the lease")
         self._held.add(state.name)
-        windows = stage_windows(self.backend, state)
+        windows = self._telemetry.windows(self.backend, state, spec, now)
         assessment = assess(spec, state, windows, now) if state.stage_index + 1 < len(spec.stages) else None
         changes = step(spec, state, windows, now, assessment=assessment)
         if not changes:

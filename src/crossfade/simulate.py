@@ -63,7 +63,7 @@ from crossfade.events import (
     Event,
     State,
 )
-from crossfade.loop import WINDOW_MARGIN, ControllerLoop
+from crossfade.loop import ControllerLoop
 from crossfade.migration import CandidateTimeout
 from crossfade.routing import BUCKETS, CANDIDATE, LEGACY, SERVING_STATUSES, threshold
 from crossfade.sketch import Sketch
@@ -74,6 +74,7 @@ from crossfade.spec import (
     parse_duration,
     parse_percent,
 )
+from crossfade.stagedata import WINDOW_MARGIN
 from crossfade.telemetry import Cell, Window, cell_key, merge_windows
 
 __all__ = [

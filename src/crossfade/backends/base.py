@@ -99,3 +99,14 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release connections. The backend is not used afterwards."""
+
+
+@runtime_checkable
+class IncrementalTelemetry(Protocol):
+    """A store that hands out only the telemetry rows written after a given one, so a reader that keeps
+    what it read pays for news, not for history."""
+
+    def telemetry_since(self, migration: str, *, stage: str, after_id: int) -> tuple[list[Window], int]:
+        """The rows of one stage written after row `after_id`, unmerged, and the id of the last one
+        (`after_id` when there is none)."""
+

@@ -316,6 +316,17 @@ class SQLBackend:
             for (start, arm, row_stage, length), cell in sorted(cells.items(), key=lambda kv: kv[0])
         ]
 
+    def telemetry_since(self, migration: str, *, stage: str, after_id: int) -> tuple[list[Window], int]:
+        """The rows of one stage written after row `after_id`, unmerged, and the id of the last one."""
+        t = telemetry.c
+        query = (sa.select(t.id, t.arm, t.window_start, t.window_length, t.cell)
+                 .where(t.migration == migration, t.stage == stage, t.id > after_id).order_by(t.id))
+        with self._store.guard(f"reading the telemetry of {migration}"), self._store.read() as conn:
+            rows = conn.execute(query).all()
+        windows = [Window(migration, stage, arm, start, length, Cell.from_dict(json.loads(text)))
+                   for _, arm, start, length, text in rows]
+        return windows, rows[-1][0] if rows else after_id
+
     def write_comparisons(self, rows: Sequence[FieldWindow], examples: Sequence[Example], *, keep: int = 20) -> None:
         """Store comparison counts (rows add up on read) and examples, keeping the newest `keep` per
         migration and field path, in one transaction."""

@@ -72,6 +72,7 @@ from crossfade.server.models import (
 )
 from crossfade.shadow import Example, FieldWindow
 from crossfade.spec import NAME_PATTERN, Problem, Spec, SpecError, load_spec
+from crossfade.stagedata import StageTelemetry
 from crossfade.telemetry import Cell, Window
 
 log = logging.getLogger("crossfade.server")
@@ -195,9 +196,14 @@ def create_app(
     app.state.feed = feed
     app.state.controller = ctl
     app.state.clock = clock
+    # The migration page (polled) and every /metrics scrape read each stage's telemetry: one incremental
+    # reader serves both, so each pays for the rows written since the last read, not for the stage's history.
+    telemetry = StageTelemetry()
     collector = CrossfadeCollector(
         backend, controller_lag=(ctl.lag if ctl is not None else lambda: None),
         feed_age=lambda: None if feed.last_ok is None else time.monotonic() - feed.last_ok,
+        stage_windows=lambda state: telemetry.windows(backend, state, feed.spec(state.name, state.spec_version),
+                                                      clock()),
         spec=feed.spec, clock=clock,
     )
     metrics_registry = registry(collector)
@@ -215,7 +221,8 @@ def create_app(
         """Spec, state, stage ladder, per-arm figures, the controller's view with each gate's numbers, the last
         verdict, triggers and any pending approval."""
         state = views.current(backend, name)
-        return views.detail(backend, state, feed.spec(name, state.spec_version), clock())
+        spec, now = feed.spec(name, state.spec_version), clock()
+        return views.detail(backend, state, spec, now, telemetry.windows(backend, state, spec, now))
 
     @app.get("/v1/migrations/{name}/state", response_model=StateModel, responses=_MIGRATION_ERRORS, tags=["migrations"])
     def get_state(name: MigrationName, who: Viewer) -> Any:

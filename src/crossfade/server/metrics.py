@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -20,9 +20,10 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from crossfade.backends.base import Backend
 from crossfade.controller import assess, is_active, stage_cells
 from crossfade.events import ROLLBACK_STARTED, ROLLED_BACK, ROLLING_BACK, State
-from crossfade.loop import stage_windows
 from crossfade.sketch import Sketch
 from crossfade.spec import Spec
+from crossfade.stagedata import stage_windows as read_stage
+from crossfade.telemetry import Window
 
 # Latency bucket bounds (seconds) for the per-arm histograms: 1 ms to 10 s, the range call sites live in.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -66,9 +67,11 @@ class CrossfadeCollector(Collector):
     """Collects the migrations' figures from the backend at each scrape."""
 
     def __init__(self, backend: Backend, *, controller_lag: Callable[[], float | None],
-                 feed_age: Callable[[], float | None], spec: Callable[[str, int], Spec] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 feed_age: Callable[[], float | None],
+                 stage_windows: Callable[[State], Sequence[Window]] | None = None,
+                 spec: Callable[[str, int], Spec] | None = None, clock: Callable[[], float] = time.time) -> None:
         self.backend = backend
+        self.stage_windows = stage_windows or (lambda state: read_stage(backend, state))
         self.controller_lag = controller_lag
         self.feed_age = feed_age
         self.spec = spec
@@ -128,7 +131,7 @@ class CrossfadeCollector(Collector):
                 events.add_metric([name, kind], float(n))
             if not state.stage:
                 continue
-            windows = stage_windows(self.backend, state)
+            windows = self.stage_windows(state)
             for arm_name, cell in sorted(stage_cells(state, windows).items()):
                 labels = [name, state.stage, arm_name]
                 calls.add_metric(labels, float(cell.calls))
