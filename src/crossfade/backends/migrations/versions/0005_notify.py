@@ -44,6 +44,13 @@ def upgrade() -> None:
         sa.Column("seq", sa.Integer(), nullable=False),
         sa.Column("spec_version", sa.Integer(), nullable=False),
     )
+    # Migrations that exist already start their cursor at their last event: the outbox tells of what happens
+    # from now on, not of a history no one was notified of (a spec's `notify:` was not read before).
+    op.execute(
+        "INSERT INTO crossfade_notify_cursors (migration, seq, spec_version) "
+        "SELECT s.migration, s.seq, COALESCE((SELECT MAX(p.version) FROM crossfade_specs p "
+        "WHERE p.migration = s.migration), 0) FROM crossfade_states s"
+    )
 
 
 def downgrade() -> None:
