@@ -276,8 +276,9 @@ def run_controller(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     # Notifications go out from wherever the controller runs (not in a dry run: it sends nothing).
     outbox = NotificationOutbox(backend, holder=loop.holder, link=os.environ.get("CROSSFADE_PUBLIC_URL"))
-    notifier = threading.Thread(target=outbox.run, args=(stop,), kwargs={"poll": poll}, name="crossfade-notifier",
-                                daemon=True)
+    # Its own pace, not the controller's --poll: a second is soon enough to tell people.
+    notifier = threading.Thread(target=outbox.run, args=(stop,), kwargs={"poll": max(poll, 1.0)},
+                                name="crossfade-notifier", daemon=True)
     try:
         if once or dry_run:
             loop.tick()

@@ -274,10 +274,14 @@ class NotificationOutbox:
         """Send every due notification once, if this process holds the notifier lease; returns each delivery
         tried with its error (None when it got through)."""
         from crossfade.backends.outbox import DELIVERED, FAILED, PENDING
-        if self.store is None or not self.backend.acquire_lease(NOTIFY_LEASE, self.holder, NOTIFY_LEASE_TTL, now):
+        if self.store is None:
+            return []
+        # A read first: an idle outbox writes nothing (the lease is a write, which SQLite serializes).
+        due = self.store.due(now)
+        if not due or not self.backend.acquire_lease(NOTIFY_LEASE, self.holder, NOTIFY_LEASE_TTL, now):
             return []
         tried: list[tuple[Delivery, str | None]] = []
-        for row in self.store.due(now):
+        for row in due:
             # Renewed before each send: a slow receiver must not let the lease lapse mid-pass.
             if not self.backend.acquire_lease(NOTIFY_LEASE, self.holder, NOTIFY_LEASE_TTL, self.clock.now()):
                 break

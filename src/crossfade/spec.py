@@ -755,8 +755,8 @@ class _Reader:
 
     def notify(self, value: object) -> Any:
         entries = self.sequence(value, "notify", "[{slack: {url_env: SLACK_WEBHOOK_URL}, events: [rolled_back]}]")
-        if entries is None:
-            return None
+        if not entries:
+            return entries
         # Each channel checks its own settings (crossfade.notify, through the registry).
         from crossfade.notify import targets
         from crossfade.registry import ProviderConfigError
