@@ -252,6 +252,10 @@ class NotificationOutbox:
             cursor, version = self.store.cursor(state.name)
             if state.seq <= cursor:
                 continue
+            if version == state.spec_version and not self.targets(state.name, version):
+                # Every event since the cursor was written under this spec, which tells no one: nothing to
+                # read or write. The cursor stays; the next spec version is read from there.
+                continue
             events = self.backend.events(state.name, after=cursor, limit=500)
             rows = []
             for event in events:
