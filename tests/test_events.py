@@ -27,6 +27,7 @@ from crossfade.events import (
     start_change,
     verify,
 )
+from crossfade.events import StageProgress
 from crossfade.spec import load_spec
 
 SPEC = load_spec({"name": "m", "stages": [{"traffic": "0%", "shadow": "100%"}, {"traffic": "10%"},
@@ -249,13 +250,43 @@ def test_every_operation_has_one_entry_in_the_shared_table():
     from crossfade.events import OPERATIONS, operation
 
     _, state = _log(lambda s: start_change(s, SPEC))
-    assert [c.type for c in operation("promote", state, SPEC, "ok")] == ["promoted"]
-    assert [c.type for c in operation("pause", state, SPEC)] == ["paused"]
+    ready = StageProgress(0.0, 0, 0)
+    assert [c.type for c in operation("promote", state, SPEC, "ok", progress=ready)] == ["promoted"]
+    assert [c.type for c in operation("pause", state, SPEC, progress=ready)] == ["paused"]
     with pytest.raises(TransitionError, match="needs a reason"):
-        operation("rollback", state, SPEC)
+        operation("rollback", state, SPEC, progress=ready)
     with pytest.raises(ValueError, match="unknown operation 'launch'"):
-        operation("launch", state, SPEC)
+        operation("launch", state, SPEC, progress=ready)
     assert len(OPERATIONS) == 9
+
+
+GUARDED = load_spec({"name": "m", "stages": [{"traffic": "10%", "hold": "1h", "min_samples": 100},
+                                             {"traffic": "50%", "approval": True}, {"traffic": "100%"}]})
+
+
+def test_a_plain_promote_never_enters_a_stage_that_needs_an_approval():
+    _, state = _log(lambda s: start_change(s, GUARDED))
+    ready = StageProgress(0.0, 500, 500)
+    with pytest.raises(TransitionError, match="stage stage-2 needs an approval; run `crossfade approve m`"):
+        promote_change(state, GUARDED, progress=ready)
+    with pytest.raises(TransitionError, match="not awaiting approval"):
+        approve_changes(state, GUARDED)  # until the controller has judged the stage ready and asked
+    forced = promote_change(state, GUARDED, "vendor deadline", force=True, progress=ready)
+    assert (forced.payload["forced"], forced.payload["approval_bypassed"]) == (True, True)
+
+
+def test_promote_keeps_the_stage_hold_and_min_samples():
+    spec = load_spec({"name": "m", "stages": [{"traffic": "10%", "hold": "1h", "min_samples": 100},
+                                              {"traffic": "100%"}]})
+    _, state = _log(lambda s: start_change(s, spec))
+    with pytest.raises(TransitionError, match="the hold has 20m left"):
+        promote_change(state, spec, progress=StageProgress(1200.0, 500, 500))
+    with pytest.raises(TransitionError, match="12 candidate and 400 legacy calls of the 100 per arm needed"):
+        promote_change(state, spec, progress=StageProgress(0.0, 12, 400))
+    forced = promote_change(state, spec, force=True, progress=StageProgress(1200.0, 12, 400))
+    assert forced.payload["unmet"] == ["the hold has 20m left",
+                                       "12 candidate and 400 legacy calls of the 100 per arm needed"]
+    assert promote_change(state, spec, progress=StageProgress(0.0, 100, 100)).payload["stage"] == "stage-2"
 
 
 def test_step_back_returns_to_the_stage_before_or_to_the_latest_at_or_below_a_traffic():
@@ -263,13 +294,14 @@ def test_step_back_returns_to_the_stage_before_or_to_the_latest_at_or_below_a_tr
 
     spec = load_spec({"name": "m", "stages": [{"name": s, "traffic": f"{t}%"} for s, t in
                                               (("one", 1), ("ten", 10), ("half", 50), ("all", 100))]})
-    _, state = _log(lambda s: start_change(s, spec), *[lambda s: promote_change(s, spec)] * 2)
+    ready = StageProgress(0.0, 500, 500)
+    _, state = _log(lambda s: start_change(s, spec), *[lambda s: promote_change(s, spec, progress=ready)] * 2)
     assert state.stage == "half"
-    assert operation("step-back", state, spec)[0].payload["stage"] == "ten"
-    assert operation("step-back", state, spec, "too slow", to=0.05)[0].payload["stage"] == "one"
-    assert operation("step-back", state, spec, to=0.10)[0].payload["traffic"] == 0.10
+    assert operation("step-back", state, spec, progress=ready)[0].payload["stage"] == "ten"
+    assert operation("step-back", state, spec, "too slow", progress=ready, to=0.05)[0].payload["stage"] == "one"
+    assert operation("step-back", state, spec, progress=ready, to=0.10)[0].payload["traffic"] == 0.10
     with pytest.raises(TransitionError, match=r"back to 0.5%: no earlier stage is at or below it \(earlier stages: one 1%, ten 10%\)"):
-        operation("step-back", state, spec, to=0.005)
+        operation("step-back", state, spec, progress=ready, to=0.005)
 
 
 def test_dual_writes_stay_on_after_a_rollback_only_when_the_spec_says_so():

@@ -382,6 +382,7 @@ class Spec:
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     notify: tuple[Any, ...] = ()
+    routers: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.salt:
@@ -462,6 +463,8 @@ class Spec:
             "allow": list(self.allow),
             "deny": list(self.deny),
             "notify": list(self.notify),
+            # Left out when empty so that specs written before routers existed keep their digest.
+            **({"routers": list(self.routers)} if self.routers else {}),
         }
 
     def digest(self) -> str:
@@ -611,6 +614,9 @@ def _parse_yaml(text: str, label: str) -> object:
         raise SpecError(label, [Problem(where, f"invalid YAML: {message}")]) from None
     except yaml.YAMLError as exc:
         raise SpecError(label, [Problem("", f"invalid YAML: {exc}")]) from None
+    except RecursionError:
+        # PyYAML parses nesting by recursion: a document nested hundreds of levels deep exhausts the stack.
+        raise SpecError(label, [Problem("", "invalid YAML: nested too deeply (a spec is a few levels deep)")]) from None
 
 
 class _Bad:
@@ -724,6 +730,7 @@ class _Reader:
         allow = self.keys(top.get("allow", []), "allow")
         deny = self.keys(top.get("deny", []), "deny")
         notify = self.notify(top.get("notify", []))
+        routers = self.routers(top.get("routers", []))
         if allow is not _BAD and deny is not _BAD:
             for index, entry in enumerate(deny):
                 if entry in allow:
@@ -751,6 +758,7 @@ class _Reader:
             allow=allow,
             deny=deny,
             notify=tuple(notify or ()),
+            routers=tuple(routers or ()),
         )
 
     def notify(self, value: object) -> Any:
@@ -767,6 +775,17 @@ class _Reader:
             for problem in exc.problems:
                 self.problem(problem.path, problem.message)
         return entries
+
+    def routers(self, value: object) -> list[Any] | None:
+        """The raw router list; each entry is checked by its own router module (found in the registry)."""
+        from crossfade.routers import check
+
+        items = self.sequence(value, "routers", "[{nginx: {conf: /etc/nginx/conf.d/crossfade.conf}}]")
+        if items is None:
+            return None
+        for problem in check(items):
+            self.problem(problem.path, problem.message)
+        return items
 
     def stages(self, value: object) -> Any:
         if value is _MISSING:
@@ -1010,7 +1029,7 @@ def _gate_mismatch(reader: _Reader, data: Mapping[str, Any], path: str) -> Misma
 _SPEC_KEYS: Final = (
     "name", "description", "owner", "key", "salt", "stages", "gates", "triggers",
     "on_failure", "rollback", "analysis", "fallback", "shadow", "dual_write_retry", "allow", "deny", "notify",
-    "dual_write_after_rollback",
+    "dual_write_after_rollback", "routers",
 )  # fmt: skip
 _STAGE_KEYS: Final = (
     "name", "traffic", "shadow", "hold", "min_samples", "approval", "shadow_legacy", "noise", "dual_write",
@@ -1141,6 +1160,12 @@ _DURATION_PATTERN: Final = (
     r"^\s*(?=\d)(\d+(\.\d+)?d)?(\d+(\.\d+)?h)?(\d+(\.\d+)?m(?!s))?(\d+(\.\d+)?s)?(\d+(\.\d+)?ms)?\s*$"
 )
 _PERCENT_PATTERN: Final = r"^\s*\d+(\.\d+)?\s*%\s*$"
+
+
+def _router_names() -> list[str]:
+    from crossfade.routers import ROUTERS
+
+    return ROUTERS.names()
 
 
 def json_schema() -> dict[str, Any]:
@@ -1382,6 +1407,16 @@ def json_schema() -> dict[str, Any]:
                                "optional `name`. Secrets only by environment variable name (`*_env`).",
                 "items": notify_schema(),
             },
+            "routers": {
+                "type": "array",
+                "description": "Traffic routers that make a mesh, gateway or proxy follow the migration, "
+                               "each {name: {settings}} (sdk, nginx, istio, gateway_api); default: the SDK.",
+                "items": {
+                    "type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+                    "description": "One router: its name, and its settings (checked by the router's own module).",
+                    "properties": {name: {"type": ["object", "null"]} for name in _router_names()},
+                },
+            },
         },
         "$defs": {
             "name": {
@@ -1462,5 +1497,8 @@ notify:                           # who is told of what; secrets only by environ
   - name: ci
     slack: {url_env: SLACK_WEBHOOK_URL, channel: "#ci-migration"}
     events: [rolled_back, rollback_started, gate_failed, approval_requested, completed]
+# routers: where traffic is split outside the app (default: the SDK in the app), e.g.
+#   - nginx: {conf: /etc/nginx/conf.d/checkout.conf, listen: 127.0.0.1:8080, key: "header:X-User-Id",
+#             legacy: 127.0.0.1:8001, candidate: 127.0.0.1:8002}
 """
 """The commented example spec that ``crossfade init`` writes."""

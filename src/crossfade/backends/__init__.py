@@ -5,10 +5,12 @@ from crossfade.backends.base import (
     BackendError,
     BackendUnavailable,
     ConflictError,
+    InvalidURL,
     UnknownMigration,
 )
 
-__all__ = ["Backend", "BackendError", "BackendUnavailable", "ConflictError", "UnknownMigration", "open_backend"]
+__all__ = ["Backend", "BackendError", "BackendUnavailable", "ConflictError", "InvalidURL", "UnknownMigration",
+           "open_backend"]
 
 
 def open_backend(url: str, *, token: str | None = None) -> Backend:
@@ -22,7 +24,7 @@ def open_backend(url: str, *, token: str | None = None) -> Backend:
         from crossfade.backends.sql import SQLBackend
 
         return SQLBackend(url)
-    raise BackendError(
+    raise InvalidURL(
         f"unsupported backend URL {url!r}: use sqlite:///path/to/file.db, postgresql://user@host/db "
         "or http://host:8765 (a control plane)"
     )

@@ -36,9 +36,12 @@ from crossfade.events import (
     TransitionError,
     apply_change,
     operation,
+    position,
     seal,
 )
+from crossfade.controller import stage_progress
 from crossfade.notify import UnknownTarget
+from crossfade.stagedata import stage_windows
 from crossfade.server import views
 from crossfade.server.auth import Authenticator, AuthError, Principal
 from crossfade.server.control import ControllerThread, OutboxThread
@@ -306,10 +309,23 @@ def create_app(
         (`to`: an earlier stage's traffic). The event's actor is the token's name; rollback and abort need a
         reason."""
         request = body or OperationRequest()
-        state = views.current(backend, name)
-        _expect(state, request.expected_seq)
-        spec = feed.spec(name, state.spec_version)
-        return _commit(state, spec, _changes(action, state, spec, request), who, request.dry_run)
+        # The server's own controller may record a verdict between this read and the append: when that is
+        # all that changed, the command is decided again (not when the caller named the event it expects).
+        for attempt in range(3):
+            state = views.current(backend, name)
+            _expect(state, request.expected_seq)
+            spec = feed.spec(name, state.spec_version)
+            progress = stage_progress(spec, state, stage_windows(backend, state), clock())
+            changes = operation(action.value, state, spec, request.reason, force=request.force, progress=progress,
+                                to=request.to)
+            try:
+                return _commit(state, spec, changes, who, request.dry_run)
+            except ConflictError:
+                fresh = backend.state(name)
+                moved = fresh is None or position(fresh) != position(state)
+                if request.expected_seq is not None or attempt == 2 or moved:
+                    raise
+        raise AssertionError("unreachable")
 
     def _commit(state: State, spec: Spec, changes: list[Change], who: Principal, dry_run: bool,
                 store_spec: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -430,10 +446,6 @@ def _expect(state: State, expected: int | None) -> None:
     if expected is not None and expected != state.seq:
         raise ConflictError(f"migration {state.name} changed concurrently: expected event {expected} to be the last, "
                             f"found {state.seq}; re-read its state and retry")
-
-
-def _changes(action: Action, state: State, spec: Spec, request: OperationRequest) -> list[Change]:
-    return operation(action.value, state, spec, request.reason, force=request.force, to=request.to)
 
 
 def _cell(data: dict[str, Any], index: int) -> Cell:

@@ -8,7 +8,7 @@ from typing import Any
 from crossfade.backends.base import Backend, UnknownMigration
 from crossfade.controller import assess, is_active, stage_cells
 from crossfade.events import AWAITING_APPROVAL, VERDICT, State
-from crossfade.spec import Spec
+from crossfade.spec import Spec, format_duration
 from crossfade.telemetry import Window, arm_metrics
 
 # How far back the dashboard's charts reach by default, and how many events are searched for the last verdict.
@@ -38,7 +38,8 @@ def detail(backend: Backend, state: State, spec: Spec, now: float, windows: Sequ
     return {
         "state": state.to_dict(),
         "spec": spec.to_dict(),
-        "stages": [{"name": s.name, "traffic": s.traffic, "shadow": s.shadow, "hold": s.hold, "approval": s.approval}
+        "stages": [{"name": s.name, "traffic": s.traffic, "shadow": s.shadow, "hold": s.hold,
+                    "hold_text": None if s.hold is None else format_duration(s.hold), "approval": s.approval}
                    for s in spec.stages],
         "arms": {arm: arm_metrics(cell) for arm, cell in sorted(cells.items())},
         "controller": controller,

@@ -1,15 +1,15 @@
 """The notification outbox: one row per event and target, delivered at least once; a cursor per migration.
 
-Revision ID: 0005
-Revises: 0002
+Revision ID: 0005_notify
+Revises: 0007_batch
 Create Date: 2026-12-02
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0002"
+revision = "0005_notify"
+down_revision = "0007_batch"
 branch_labels = None
 depends_on = None
 
