@@ -131,3 +131,99 @@ def control_plane(sqlite_url) -> Iterator[ControlPlane]:
         yield plane
     finally:
         stop()
+
+
+class Receiver:
+    """An HTTP receiver on loopback that records every POST (path, headers, body) and answers 200, or 503
+    while `down` is set; a stand-in for a webhook endpoint, Slack or PagerDuty, speaking real HTTP."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.received: list[tuple[str, dict[str, str], bytes]] = []
+        self.down = False
+        self.delay = 0.0
+        self.arrived = threading.Condition()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the standard library's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if receiver.down:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                with receiver.arrived:
+                    receiver.received.append((self.path, dict(self.headers.items()), body))
+                    receiver.arrived.notify_all()
+                # A slow answer widens the window in which a sender can die after the receiver got the request.
+                threading.Event().wait(receiver.delay)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, count: int, timeout: float = 60.0) -> list[tuple[str, dict[str, str], bytes]]:
+        """Wait (on a condition, with a deadline) until `count` requests arrived; returns them all."""
+        with self.arrived:
+            self.arrived.wait_for(lambda: len(self.received) >= count, timeout=timeout)
+            return list(self.received)
+
+    def close(self) -> None:
+        """Stop listening."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A recording HTTP receiver on loopback."""
+    r = Receiver()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+@pytest.fixture
+def metrics_text(control_plane, receiver, monkeypatch) -> str:
+    """/metrics of a control plane with one running migration whose every series has a sample: both arms'
+    calls, errors, timeouts, cost, compared answers and latency, its gates, and a notification."""
+    import threading
+    import time
+
+    from crossfade.telemetry import Cell
+
+    monkeypatch.setenv("HOOK_KEY", "k")
+    # The hour's hold keeps the controller from promoting it to its last stage (which has no gates) meanwhile.
+    spec = {"stages": [{"name": "canary", "traffic": "20%", "hold": "1h"}, {"name": "all", "traffic": "100%"}],
+            "notify": [{"name": "hook", "webhook": {"url": receiver.url, "secret_env": "HOOK_KEY"}}]}
+    assert control_plane.call("PUT", "/v1/migrations/m", {"spec": spec})[0] == 200
+    assert control_plane.call("POST", "/v1/migrations/m/start", {"reason": "go"})[0] == 200
+    windows = []
+    for arm, errors in (("candidate", 3), ("legacy", 1)):
+        cell = Cell()
+        cell.calls, cell.errors, cell.timeouts, cell.compared, cell.mismatches = 400, errors, 2, 100, 4
+        for i in range(400):
+            cell.latency.add(0.004 + i * 1e-5)
+            cell.add_cost(0.002)
+        windows.append({"migration": "m", "stage": "canary", "arm": arm, "start": time.time(), "length": 10.0,
+                        "cell": cell.to_dict()})
+    assert control_plane.call("POST", "/v1/telemetry", {"windows": windows}, role="sdk")[0] == 200
+    assert control_plane.call("POST", "/v1/notifications/test", {"migration": "m", "target": "hook"})[0] == 200
+    deadline = time.monotonic() + 60
+    while not control_plane.call("GET", "/v1/migrations/m/state", role="viewer")[1]["verdicts"]:
+        assert time.monotonic() < deadline, "the controller recorded no verdict within a minute"
+        threading.Event().wait(0.05)  # the controller's thread writes it; nothing to wait on across HTTP
+    status, text, _ = control_plane.call("GET", "/metrics", role="viewer")
+    assert status == 200
+    return text

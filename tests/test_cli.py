@@ -523,3 +523,55 @@ def test_schema_prints_the_open_telemetry_form_on_request():
     assert schema["properties"]["windows"]["items"]["$ref"] == "#/$defs/OpenWindowModel"
     assert "counts" in schema["$defs"]["OpenWindowModel"]["required"]
 
+
+def test_step_back_returns_to_an_earlier_stage_and_refuses_bad_input(tmp_path, url):
+    spec = tmp_path / "m.yaml"
+    spec.write_text("name: m\nstages: [{name: one, traffic: 1%}, {name: ten, traffic: 10%}, "
+                    "{name: half, traffic: 50%}, {traffic: 100%}]\n")
+    cli("apply", str(spec), "--url", url)
+    cli("start", "m", "--url", url)
+    cli("promote", "m", "--url", url)
+    cli("promote", "m", "--url", url)
+    assert "stepped_back" in cli("step-back", "m", "--to", "10%", "--reason", "p99 creeping", "--url", url)
+    assert json.loads(cli("status", "m", "--url", url, "--json"))["stage"] == "ten"
+    assert "--to 'lots': " in cli("step-back", "m", "--to", "lots", "--url", url, code=2)
+    assert "no earlier stage is at or below it" in cli("step-back", "m", "--to", "0.5%", "--url", url, code=1)
+    assert "unknown-one" in cli("step-back", "unknown-one", "--url", url, code=1)
+
+
+def test_status_warns_when_a_rollback_stopped_dual_writes(tmp_path, url):
+    spec = tmp_path / "m.yaml"
+    spec.write_text("name: m\nstages: [{name: dual, traffic: 0%, dual_write: true}, {traffic: 100%}]\n")
+    cli("apply", str(spec), "--url", url)
+    cli("start", "m", "--url", url)
+    assert "dual writes stopped" not in cli("status", "m", "--url", url)
+    cli("rollback", "m", "--reason", "store trouble", "--url", url)
+    assert "warning: dual writes stopped at event 3 (rolled_back" in cli("status", "m", "--url", url)
+    assert json.loads(cli("status", "m", "--url", url, "--json"))["dual_writes_stopped"]["seq"] == 3
+    spec.write_text(spec.read_text() + "dual_write_after_rollback: true\n")
+    cli("apply", str(spec), "--url", url)
+    cli("restart", "m", "--url", url)
+    cli("rollback", "m", "--reason", "again", "--url", url)
+    report = json.loads(cli("status", "m", "--url", url, "--json"))
+    assert report["dual_write"] is True and report["dual_writes_stopped"] is None
+
+
+def test_notify_test_and_status(tmp_path, url, receiver, monkeypatch):
+    monkeypatch.setenv("HOOK_KEY", "k")
+    spec = tmp_path / "m.yaml"
+    spec.write_text("name: m\nstages: [{traffic: 10%}, {traffic: 100%}]\n")
+    cli("apply", str(spec), "--url", url)
+    assert "no notification targets" in cli("notify", "test", "m", "--url", url, code=1)
+    spec.write_text(spec.read_text() + f"notify: [{{name: hook, webhook: {{url: '{receiver.url}', "
+                                       "secret_env: HOOK_KEY}, events: [rolled_back]}]\n")
+    cli("apply", str(spec), "--url", url)
+    assert "no notifications yet" in cli("notify", "status", "--url", url)
+    assert "test message queued for hook" in cli("notify", "test", "m", "--url", url)
+    assert "m has no notify target 'pager'" in cli("notify", "test", "m", "--target", "pager", "--url", url, code=1)
+    rows = json.loads(cli("notify", "status", "m", "--url", url, "--json"))
+    assert [(r["kind"], r["target"], r["status"]) for r in rows] == [("test", "hook", "pending")]
+    assert "run-controller" not in cli("run-controller", "--once", "--url", url)
+    rows = json.loads(cli("notify", "status", "m", "--url", url, "--json"))
+    assert rows[0]["status"] == "delivered" and receiver.received
+    assert "delivered" in cli("notify", "status", "--url", url)
+    assert "no-such" in cli("notify", "status", "no-such", "--url", url, code=1)

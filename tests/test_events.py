@@ -257,7 +257,7 @@ def test_every_operation_has_one_entry_in_the_shared_table():
         operation("rollback", state, SPEC, progress=ready)
     with pytest.raises(ValueError, match="unknown operation 'launch'"):
         operation("launch", state, SPEC, progress=ready)
-    assert len(OPERATIONS) == 8
+    assert len(OPERATIONS) == 9
 
 
 GUARDED = load_spec({"name": "m", "stages": [{"traffic": "10%", "hold": "1h", "min_samples": 100},
@@ -287,3 +287,30 @@ def test_promote_keeps_the_stage_hold_and_min_samples():
     assert forced.payload["unmet"] == ["the hold has 20m left",
                                        "12 candidate and 400 legacy calls of the 100 per arm needed"]
     assert promote_change(state, spec, progress=StageProgress(0.0, 100, 100)).payload["stage"] == "stage-2"
+
+
+def test_step_back_returns_to_the_stage_before_or_to_the_latest_at_or_below_a_traffic():
+    from crossfade.events import operation
+
+    spec = load_spec({"name": "m", "stages": [{"name": s, "traffic": f"{t}%"} for s, t in
+                                              (("one", 1), ("ten", 10), ("half", 50), ("all", 100))]})
+    ready = StageProgress(0.0, 500, 500)
+    _, state = _log(lambda s: start_change(s, spec), *[lambda s: promote_change(s, spec, progress=ready)] * 2)
+    assert state.stage == "half"
+    assert operation("step-back", state, spec, progress=ready)[0].payload["stage"] == "ten"
+    assert operation("step-back", state, spec, "too slow", progress=ready, to=0.05)[0].payload["stage"] == "one"
+    assert operation("step-back", state, spec, progress=ready, to=0.10)[0].payload["traffic"] == 0.10
+    with pytest.raises(TransitionError, match=r"back to 0.5%: no earlier stage is at or below it \(earlier stages: one 1%, ten 10%\)"):
+        operation("step-back", state, spec, progress=ready, to=0.005)
+
+
+def test_dual_writes_stay_on_after_a_rollback_only_when_the_spec_says_so():
+    from crossfade.events import dual_writes_stopped, rollback_change
+
+    stages = [{"name": "dual", "traffic": "0%", "dual_write": True}, {"traffic": "100%"}]
+    for keep in (False, True):
+        spec = load_spec({"name": "m", "stages": stages, "dual_write_after_rollback": keep})
+        events, state = _log(lambda s: start_change(s, spec), lambda s: rollback_change(s, "bad", spec))
+        assert state.status == "rolled_back" and state.dual_write is keep
+        stopped = dual_writes_stopped(events)
+        assert (stopped is None) is keep and (keep or stopped.type == "rolled_back")

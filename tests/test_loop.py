@@ -363,3 +363,85 @@ def test_an_unreachable_metric_source_holds_the_stage_says_so_once_and_recovers(
     assert verify(backend.events("m")) is None
     backend.close()
     cf.close()
+
+
+# -- the notification outbox ---------------------------------------------------------------------------
+
+
+def _notifying(spec, receiver, **target):
+    return {**spec, "notify": [{"name": "hook", "webhook": {"url": receiver.url + "/hook", "secret_env": "HOOK_KEY"},
+                                **target}]}
+
+
+def test_a_receiver_down_for_an_hour_gets_every_notification_after(sqlite_url, receiver, monkeypatch):
+    from crossfade.backends.outbox import DELIVERED, PENDING
+    from crossfade.loop import BACKOFF_CAP, NotificationOutbox
+
+    monkeypatch.setenv("HOOK_KEY", "k")
+    clock = ManualClock(1_000_000.0)
+    with crossfade.Client(sqlite_url, clock=clock.now, background=False) as cf:
+        cf.apply(_notifying(SPEC, receiver))
+        mig = cf.migration("m")
+        mig.start()
+        mig.pause("incident elsewhere")
+        mig.resume()
+        mig.rollback("bad answers reported")
+        outbox = NotificationOutbox(cf.backend(), clock=clock)
+        receiver.down = True
+        outage_ends = clock.t + 3600
+        while clock.t < outage_ends:
+            outbox.pump()
+            clock.t += 30
+        pending = outbox.store.list(status=PENDING)
+        assert {(d.kind, d.seq) for d in pending} == {("paused", 3), ("rolled_back", 5)}
+        # Doubling from 5 s, capped at 5 min: about 16 tries in the hour, not 120.
+        assert all(12 <= d.attempts <= 20 and "answered 503" in d.last_error for d in pending)
+        receiver.down = False
+        back = clock.t
+        while len(outbox.store.list(status=DELIVERED)) < 2:
+            outbox.pump()
+            clock.t += 30
+            assert clock.t - back <= BACKOFF_CAP + 30, "not delivered within one capped backoff of the return"
+    keys = {headers["Idempotency-Key"] for _, headers, _ in receiver.received}
+    assert keys == {d.key for d in pending}
+
+
+def test_queueing_twice_sends_once_and_old_history_is_not_replayed(backend_url, receiver, monkeypatch):
+    from crossfade.loop import NotificationOutbox
+
+    monkeypatch.setenv("HOOK_KEY", "k")
+    clock = ManualClock(1_000_000.0)
+    with crossfade.Client(backend_url, clock=clock.now, background=False) as cf:
+        cf.apply(SPEC)
+        mig = cf.migration("m")
+        mig.start()
+        mig.rollback("before anyone was told")
+        mig.restart()
+        cf.apply(_notifying(SPEC, receiver, events=["rolled_back"]))  # notify: added after the first rollback
+        mig.pause("not subscribed")
+        mig.rollback("after")
+        a = NotificationOutbox(cf.backend(), clock=clock, holder="a")
+        b = NotificationOutbox(cf.backend(), clock=clock, holder="b")
+        assert a.enqueue(clock.t) == 1
+        assert b.enqueue(clock.t) == 0
+        assert len(a.deliver(clock.t)) == 1 and b.deliver(clock.t) == []  # b does not hold the notifier lease
+    [(_, headers, body)] = receiver.wait_for(1)
+    assert b'"reason": "after"' in body and headers["Idempotency-Key"].startswith("m:7:")
+
+
+def test_a_test_message_reaches_a_target_and_an_unknown_one_is_named(sqlite_url, receiver, monkeypatch):
+    import pytest
+
+    from crossfade.loop import NotificationOutbox
+    from crossfade.notify import UnknownTarget
+
+    monkeypatch.setenv("HOOK_KEY", "k")
+    with crossfade.Client(sqlite_url, background=False) as cf:
+        cf.apply(_notifying(SPEC, receiver))
+        outbox = NotificationOutbox(cf.backend())
+        outbox.test("m", "hook")
+        with pytest.raises(UnknownTarget, match="m has no notify target 'slack'; its targets: hook"):
+            outbox.test("m", "slack")
+        outbox.pump()
+    [(_, _, body)] = receiver.wait_for(1)
+    assert b"crossfade test notification for m to hook" in body

@@ -134,3 +134,15 @@ def test_plan_takes_legacy_s_behaviour_and_refuses_a_bad_one(tmp_path):
     assert "legacy `errors=5% latency=const(2s) cost=0.001`" in result.output
     bad = CliRunner().invoke(app, ["plan", str(spec), "--rps", "20", "--legacy", "errors=5 junk"])
     assert bad.exit_code == 2 and "--legacy: errors=5: 5 is not a fraction" in bad.output
+
+
+def test_the_plan_says_who_is_told_of_what():
+    spec = load_spec({"name": "m", "stages": [{"traffic": "10%"}, {"traffic": "100%"}], "notify": [
+        {"name": "ci", "slack": {"url_env": "SLACK_URL", "channel": "#ci-migration"},
+         "events": ["rolled_back", "gate_failed"]},
+        {"email": {"host": "smtp.example.com", "from": "cf@example.com", "to": ["eng-managers@example.com"]}},
+    ]})
+    text = render(spec)
+    assert "- **Notified:** #ci-migration (Slack) (`ci`) of rolled_back, gate_failed;" in text
+    assert "- **Notified:** eng-managers@example.com (email) (`email`) of everything;" in text
+    assert "No one is configured" not in text

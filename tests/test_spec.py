@@ -65,9 +65,13 @@ analysis: {interval: 30s, confidence: 99%, on_nodata: hold, promote_when: no_reg
 fallback: {on_error: true, timeout: 5s}
 shadow: {timeout: 2s, threads: 4, max_pending: 64}
 dual_write_retry: {attempts: 3, backoff: 50ms}
+dual_write_after_rollback: true
 allow: [test_agent_alpha]         # always candidate
 deny: []                          # always legacy
-notify: []                        # filled by a later issue
+notify:
+  - name: ci
+    slack: {url_env: SLACK_WEBHOOK_URL, channel: "#ci-migration"}
+    events: [rolled_back, rollback_started, gate_failed, approval_requested, completed]
 """
 
 FULL_SPEC = Spec(
@@ -100,7 +104,10 @@ FULL_SPEC = Spec(
     fallback=Fallback(on_error=True, timeout=5.0),
     shadow=ShadowSettings(timeout=2.0),
     dual_write_retry=DualWriteRetry(attempts=3, backoff=0.05),
+    dual_write_after_rollback=True,
     allow=("test_agent_alpha",),
+    notify=({"name": "ci", "slack": {"url_env": "SLACK_WEBHOOK_URL", "channel": "#ci-migration"},
+             "events": ["rolled_back", "rollback_started", "gate_failed", "approval_requested", "completed"]},),
 )
 
 MINIMAL = "name: checkout-pricing\nstages: [{traffic: 10%}, {traffic: 50%}, {traffic: 100%}]\n"
@@ -200,8 +207,17 @@ def test_allow_and_deny_entries_become_text_without_duplicates() -> None:
     assert spec.deny == ("7f9c2d1e-1b2a-4c3d-9e8f-001122334455",)
 
 
-def test_notify_is_kept_for_a_later_release() -> None:
-    assert load_spec({**minimal(), "notify": ["ops-channel"]}).notify == ("ops-channel",)
+def test_notify_targets_are_kept_as_written_and_checked_by_their_channels() -> None:
+    target = {"name": "ops", "slack": {"url_env": "SLACK_URL", "channel": "#ops"}, "events": ["rolled_back"]}
+    assert load_spec({**minimal(), "notify": [target]}).notify == (target,)
+    with pytest.raises(SpecError) as caught:
+        load_spec({**minimal(), "notify": ["ops-channel", {"slack": {"url": "https://hooks.slack.com/x"}},
+                                          {"email": {"host": "smtp", "to": "a@b"}, "events": ["boom"]}]})
+    message = str(caught.value)
+    assert "notify[0]: a target is a mapping" in message
+    assert "notify[1].slack.url: unknown setting" in message
+    assert "notify[1].slack.url_env: is the name of an environment variable" in message
+    assert "notify[2].events: unknown 'boom'" in message
 
 
 # --- sources ---------------------------------------------------------------------------------------------

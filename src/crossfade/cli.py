@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,6 +48,8 @@ token_app = typer.Typer(help="Manage the control plane's API tokens (on its data
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
+notify_app = typer.Typer(help="Notifications: what was sent to whom, and test messages.", no_args_is_help=True)
+app.add_typer(notify_app, name="notify")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -289,6 +292,23 @@ def rollback(
     _operation(name, url, lambda m: m.rollback(reason, actor=actor, dry_run=dry_run), dry_run, reason)
 
 
+@app.command("step-back")
+def step_back(
+    name: Name,
+    to: Annotated[str | None, typer.Option("--to", help="Return to the latest earlier stage at or below this "
+                                           "traffic (10%); default: the stage before.")] = None,
+    reason: Reason = None, url: Url = None, actor: Actor = None, dry_run: DryRun = False,
+) -> None:
+    """A partial rollback: return a running migration to an earlier stage, keeping that stage's traffic."""
+    from crossfade.spec import parse_percent
+
+    try:
+        fraction = None if to is None else parse_percent(to)
+    except ValueError as exc:
+        _fail(f"--to {to!r}: {exc}", 2)
+    _operation(name, url, lambda m: m.step_back(reason, to=fraction, actor=actor, dry_run=dry_run), dry_run, reason)
+
+
 @app.command()
 def approve(name: Name, reason: Reason = None, url: Url = None, actor: Actor = None, dry_run: DryRun = False) -> None:
     """Approve the stage a migration awaits: it is entered at once."""
@@ -331,7 +351,7 @@ def run_controller(
     import signal
     import threading
 
-    from crossfade.loop import ControllerLoop
+    from crossfade.loop import ControllerLoop, NotificationOutbox
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     # Alembic narrates a schema creation at INFO; crossfade's own lines are the ones an operator reads.
@@ -342,18 +362,30 @@ def run_controller(
                           dry_run=dry_run)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Notifications go out from wherever the controller runs (not in a dry run: it sends nothing).
+    outbox = NotificationOutbox(backend, holder=loop.holder, link=os.environ.get("CROSSFADE_PUBLIC_URL"))
+    # Its own pace, not the controller's --poll: a second is soon enough to tell people.
+    notifier = threading.Thread(target=outbox.run, args=(stop,), kwargs={"poll": max(poll, 1.0)},
+                                name="crossfade-notifier", daemon=True)
     try:
         if once or dry_run:
             loop.tick()
             loop.release()
+            if not dry_run:
+                outbox.pump()
+                outbox.release()
         else:
             out.print(f"controller {loop.holder} on {target}")
+            notifier.start()
             loop.run(stop, poll=poll)
     except KeyboardInterrupt:
         loop.release()
     except BackendError as exc:
         _fail(_message(exc))
     finally:
+        stop.set()
+        if notifier.is_alive():
+            notifier.join(timeout=15)
         backend.close()
 
 
@@ -590,8 +622,8 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
         return
     with _client(url) as cf:
         states = [cf.migration(name).state()] if name is not None else cf.migrations()
-        report = [{**state.to_dict(), **_stage_report(cf, state), "shadow": _shadow_totals(cf, state)}
-                  for state in states]
+        report = [{**state.to_dict(), **_stage_report(cf, state), "shadow": _shadow_totals(cf, state),
+                   "dual_writes_stopped": _writes_stopped(cf, state)} for state in states]
         if as_json:
             sys.stdout.write(json.dumps(report if name is None else report[0], indent=2) + "\n")
             return
@@ -600,12 +632,18 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
             return
         for item in report:
             state = State.from_dict({k: v for k, v in item.items()
-                                     if k not in ("arms", "controller", "shadow", "source")})
+                                     if k not in ("arms", "controller", "shadow", "source", "dual_writes_stopped")})
             _print_state_line(state)
             source = item.get("source") or {}
             if source.get("error"):
                 out.print(f"  [red]SOURCE[/red] metric source {escape(source['name'])} failed: "
                           f"{escape(source['error'])}: the stage holds (no promotion, no rollback) until it answers")
+            stopped = item["dual_writes_stopped"]
+            if stopped:
+                err.print(f"  [yellow]warning:[/yellow] dual writes stopped at event {stopped['seq']} "
+                          f"({stopped['type']}, {_utc(stopped['time'])}): the store that is not authoritative now "
+                          "has missed every write since; backfill it before `crossfade restart`, or set "
+                          "`dual_write_after_rollback: true` to keep both written", soft_wrap=True)
             table = Table(box=None, pad_edge=False)
             for column in ("arm", "calls", "error rate", "fallbacks", "p50", "p95", "p99", "cost/call"):
                 table.add_column(column, justify="left" if column == "arm" else "right")
@@ -664,6 +702,15 @@ def _program_status(file: Path, url: str | None, as_json: bool) -> None:
     for r in rows:
         table.add_row(str(r.phase), r.component, r.migration, r.status, r.stage or "-", format_percent(r.traffic))
     out.print(table)
+
+
+def _writes_stopped(cf: Client, state: State) -> dict[str, Any] | None:
+    from crossfade.events import dual_writes_stopped
+
+    if state.dual_write or state.stage is None:
+        return None
+    event = dual_writes_stopped(cf.migration(state.name).history())
+    return None if event is None else {"seq": event.seq, "type": event.type, "time": event.time}
 
 
 def _colour(verdict: str) -> str:
@@ -1111,6 +1158,104 @@ def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")],
     if not count:
         _fail(f"no active token named {name!r} (crossfade token list shows them)")
     out.print(f"revoked {name}")
+
+
+def _notifications(cf: Client, migration: str | None, limit: int) -> list[dict[str, Any]]:
+    backend = cf.backend()
+    if hasattr(backend, "request"):  # a control plane: ask its API
+        return backend.request("GET", "/v1/notifications", query={"migration": migration, "limit": limit})[1]
+    outbox = getattr(backend, "outbox", None)
+    return [] if outbox is None else [d.to_dict() for d in outbox.list(migration, limit=limit)]
+
+
+@notify_app.command("status")
+def notify_status(
+    name: Annotated[str | None, typer.Argument(help="One migration (default: all).")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="How many, newest first.")] = 20,
+    url: Url = None, as_json: AsJson = False,
+) -> None:
+    """Each notification queued from the event log: to whom, of what, delivered, pending (why, next try) or failed."""
+    with _client(url) as cf:
+        if name:
+            cf.migration(name).state()  # an unknown name is an error, not an empty list
+        rows = _notifications(cf, name, limit)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    if not rows:
+        out.print("no notifications yet (targets are the spec's `notify:`; `crossfade notify test NAME` sends one)")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("migration", "event", "kind", "target", "status", "tries", "when / next", "last error"):
+        table.add_column(column)
+    for r in rows:
+        when = _utc(r["delivered_at"]) if r["status"] == "delivered" else f"next {_utc(r['next_at'])}"
+        colour = {"delivered": "green", "pending": "yellow", "failed": "red"}[r["status"]]
+        table.add_row(r["migration"], str(r["seq"]), r["kind"], r["target"], f"[{colour}]{r['status']}[/{colour}]",
+                      str(r["attempts"]), when, r["last_error"] or "")
+    out.print(table)
+
+
+@notify_app.command("test")
+def notify_test(
+    name: Name,
+    target: Annotated[str | None, typer.Option("--target", help="One target (default: every target).")] = None,
+    url: Url = None,
+) -> None:
+    """Queue a test message to the migration's notification targets; the control plane delivers it."""
+    from crossfade.loop import NotificationOutbox
+    from crossfade.notify import UnknownTarget, targets
+
+    with _client(url) as cf:
+        spec = cf.migration(name).spec()
+        names = [target] if target else [t.name for t in targets(spec.notify)]
+        if not names:
+            _fail(f"{name} has no notification targets: add one under `notify:` in its spec")
+        backend = cf.backend()
+        for each in names:
+            try:
+                if hasattr(backend, "request"):
+                    backend.request("POST", "/v1/notifications/test", {"migration": name, "target": each})
+                else:
+                    NotificationOutbox(backend).test(name, each)
+            except UnknownTarget as exc:
+                _fail(str(exc).strip("'\""))
+            out.print(f"{name}: test message queued for {each}; `crossfade notify status {name}` shows its delivery")
+
+
+Out = Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file instead of stdout.")]
+
+
+def _emit(text: str, path: Path | None) -> None:
+    if path is None:
+        sys.stdout.write(text)
+        return
+    _write(path, text)
+    out.print(f"wrote {path}")
+
+
+@app.command()
+def grafana(name: Annotated[str | None, typer.Argument(help="Show this migration by default.")] = None,
+            output: Out = None) -> None:
+    """Write a Grafana dashboard (JSON) over the control plane's /metrics: traffic, error rate, latency against
+    legacy, cost, mismatches, gates with intervals against limits, rollbacks, notifications."""
+    from crossfade.grafana import dashboard
+    from crossfade.spec import NAME_PATTERN
+
+    if name is not None and not re.fullmatch(NAME_PATTERN, name):
+        _fail(f"{name!r} is not a migration name (lower-case letters, digits and '-', like checkout-pricing)", 2)
+    _emit(json.dumps(dashboard(name), indent=2) + "\n", output)
+
+
+@app.command()
+def alerts(output: Out = None) -> None:
+    """Write Prometheus alerting rules (YAML) over /metrics: rollbacks, failing gates, controller lag, a stale
+    routing feed, failing routers and metric sources, notifications not getting out."""
+    import yaml
+
+    from crossfade.alerts import rules
+
+    _emit(yaml.safe_dump(rules(), sort_keys=False, width=120), output)
 
 
 @app.command()

@@ -184,7 +184,10 @@ def step(spec: Spec, state: State, windows: Sequence[Window], now: float, *,
         changes.append(_verdict_change(state, a.judgement))
         state = replace(state, verdicts=a.judgement.summary())
     if a.firings:
-        return changes + [_on_failure(spec, state, "; ".join(f.message for f in a.firings))]
+        failure = _on_failure(spec, state, "; ".join(f.message for f in a.firings))
+        # Named in the payload so a notification can say a trigger fired, not only what followed.
+        fired = Change(failure.type, failure.reason, {**failure.payload, "triggers": [f.message for f in a.firings]})
+        return changes + [fired]
     if a.judgement.failed:
         return changes + [_on_failure(spec, state, "; ".join(g.message for g in a.judgement.failed))]
     if state.status == AWAITING_APPROVAL or a.hold_left > 0:
@@ -243,14 +246,14 @@ def _on_failure(spec: Spec, state: State, reason: str) -> Change:
         return step_back_change(state, spec, reason)
     if spec.rollback.mode == "gradual":
         return rollback_start_change(state, spec, reason)
-    return rollback_change(state, reason)
+    return rollback_change(state, reason, spec)
 
 
 def _ramp_down(spec: Spec, state: State, windows: Sequence[Window], now: float) -> list[Change]:
     firings = check_triggers(spec, windows, now)
     if firings:
         reason = "during the gradual rollback: " + "; ".join(f.message for f in firings)
-        return [rollback_change(state, reason)]
+        return [rollback_change(state, reason, spec)]
     since = state.rollback_step_at if state.rollback_step_at is not None else now
     if now - since >= spec.rollback.every:
         return [rollback_step_change(state, spec, f"gradual rollback: next step after {format_duration(spec.rollback.every)}")]

@@ -233,7 +233,7 @@ class State:
             return replace(self, status=RUNNING, **common)
         if kind == ROLLED_BACK:
             return replace(self, status=ROLLED_BACK_STATUS, traffic=0.0, shadow=0.0, shadow_legacy=0.0, noise=0.0,
-                           dual_write=False, **common)
+                           dual_write=p.get("dual_write", False), **common)
         if kind in (SOURCE_FAILED, SOURCE_RECOVERED):
             error = (p.get("error") or event.reason or "unreadable") if kind == SOURCE_FAILED else None
             return replace(self, source_error=error, seq=event.seq, head=event.hash, updated_at=event.time)
@@ -246,7 +246,7 @@ class State:
             return replace(self, status=RUNNING, **common)
         if kind in (ROLLBACK_STARTED, ROLLBACK_STEP):
             return replace(self, status=ROLLING_BACK, traffic=p["traffic"], shadow=0.0, shadow_legacy=0.0, noise=0.0,
-                           dual_write=False, rollback_step_at=event.time, **common)
+                           dual_write=p.get("dual_write", False), rollback_step_at=event.time, **common)
         if kind in (ROUTER_SYNCED, ROUTER_FAILED):
             status = p.get("verification", "verified") if kind == ROUTER_SYNCED else "failed"
             entry = (p["router"], status, float(p["candidate"]), event.reason or "")
@@ -255,7 +255,7 @@ class State:
                            updated_at=event.time)
         if kind == ABORTED:
             return replace(self, status=ABORTED_STATUS, traffic=0.0, shadow=0.0, shadow_legacy=0.0, noise=0.0,
-                           dual_write=False, **common)
+                           dual_write=p.get("dual_write", False), **common)
         return replace(self, seq=event.seq, head=event.hash, updated_at=event.time)
 
     def to_dict(self) -> dict[str, Any]:
@@ -282,6 +282,22 @@ class State:
     def verdict(self, gate: str) -> str | None:
         """The last recorded verdict of a gate in this stage, or None."""
         return dict(self.verdicts).get(gate)
+
+
+def dual_writes_stopped(events: Iterable[Event]) -> Event | None:
+    """The rollback or abort that stopped dual writes, when the migration has not written both sides since:
+    from then on the candidate's store (or, after a rollback from a candidate-authoritative stage, legacy's)
+    misses every write. None when dual writes are on, were never on, or ended by a stage change."""
+    state = State("")
+    stopped = None
+    for event in events:
+        after = state.apply(event)
+        if state.dual_write and not after.dual_write:
+            stopped = event if event.type in (ROLLED_BACK, ROLLBACK_STARTED, ROLLBACK_STEP, ABORTED) else None
+        elif after.dual_write:
+            stopped = None
+        state = after
+    return stopped
 
 
 def fold(name: str, events: Iterable[Event]) -> State:
@@ -482,29 +498,47 @@ def resume_change(state: State, reason: str | None = None) -> Change:
     return Change(RESUMED, reason or "resumed", {"stage": state.stage, "traffic": state.traffic})
 
 
-def rollback_change(state: State, reason: str) -> Change:
-    """Send every key back to legacy at once; a reason is required because someone will ask why."""
+def _kept_writes(state: State, spec: Spec | None) -> dict[str, Any]:
+    """`dual_write: true` in a rollback's payload when the spec keeps dual writes on after one (and they are on)."""
+    return {"dual_write": True} if spec is not None and spec.dual_write_after_rollback and state.dual_write else {}
+
+
+def rollback_change(state: State, reason: str, spec: Spec | None = None) -> Change:
+    """Send every key back to legacy at once; a reason is required because someone will ask why. With the
+    spec's `dual_write_after_rollback`, dual writes stay on."""
     if not reason or not reason.strip():
         raise TransitionError("a rollback needs a reason (--reason TEXT): it goes into the audit log")
     if state.status in ENDED:
         raise TransitionError(f"cannot roll back {state.name}: it is {state.status}; no traffic is on the candidate")
-    return Change(ROLLED_BACK, reason, {"from_stage": state.stage, "from_traffic": state.traffic})
+    return Change(ROLLED_BACK, reason, {"from_stage": state.stage, "from_traffic": state.traffic,
+                                        **_kept_writes(state, spec)})
 
 
-def abort_change(state: State, reason: str) -> Change:
+def abort_change(state: State, reason: str, spec: Spec | None = None) -> Change:
     """Give the attempt up: every key to legacy, and nothing more happens until `restart`."""
     if not reason or not reason.strip():
         raise TransitionError("an abort needs a reason (--reason TEXT): it goes into the audit log")
     if state.status in ENDED:
         raise TransitionError(f"cannot abort {state.name}: it is {state.status}")
-    return Change(ABORTED, reason, {"from_stage": state.stage, "from_traffic": state.traffic})
+    return Change(ABORTED, reason, {"from_stage": state.stage, "from_traffic": state.traffic,
+                                    **_kept_writes(state, spec)})
 
 
-def step_back_change(state: State, spec: Spec, reason: str) -> Change:
-    """Return to the previous stage (the controller's `on_failure: step_back`)."""
+def step_back_change(state: State, spec: Spec, reason: str, *, to: float | None = None) -> Change:
+    """Return to an earlier stage: the one before (the controller's `on_failure: step_back`), or with `to`
+    the latest earlier stage whose traffic is at most `to` (an operator's partial rollback)."""
     if state.status not in (RUNNING, AWAITING_APPROVAL) or state.stage_index < 1:
-        raise TransitionError(f"cannot step {state.name} back: it is {state.status} at stage {state.stage}")
-    return Change(STEPPED_BACK, reason, _enter(spec, state.stage_index - 1, from_stage=state.stage))
+        raise TransitionError(f"cannot step {state.name} back: it is {state.status} at stage {state.stage}; "
+                              "a step back needs a running migration past its first stage")
+    index = state.stage_index - 1
+    if to is not None:
+        earlier = [i for i in range(state.stage_index) if spec.stages[i].traffic <= to + 1e-9]
+        if not earlier:
+            offered = ", ".join(f"{s.name} {s.traffic * 100:g}%" for s in spec.stages[:state.stage_index])
+            raise TransitionError(f"cannot step {state.name} back to {to * 100:g}%: no earlier stage is at or below "
+                                  f"it (earlier stages: {offered}); `crossfade rollback` sends everything to legacy")
+        index = earlier[-1]
+    return Change(STEPPED_BACK, reason, _enter(spec, index, from_stage=state.stage))
 
 
 def _steps_below(spec: Spec, state: State) -> list[float]:
@@ -519,9 +553,9 @@ def rollback_start_change(state: State, spec: Spec, reason: str) -> Change:
         raise TransitionError(f"cannot roll back {state.name}: it is {state.status}")
     steps = _steps_below(spec, state)
     if not steps or steps[0] <= 0.0:
-        return rollback_change(state, reason)
+        return rollback_change(state, reason, spec)
     return Change(ROLLBACK_STARTED, reason, {"from_stage": state.stage, "from_traffic": state.traffic,
-                                             "traffic": steps[0], "steps": steps})
+                                             "traffic": steps[0], "steps": steps, **_kept_writes(state, spec)})
 
 
 def rollback_step_change(state: State, spec: Spec, reason: str) -> Change:
@@ -530,8 +564,10 @@ def rollback_step_change(state: State, spec: Spec, reason: str) -> Change:
         raise TransitionError(f"{state.name} is {state.status}, not rolling back")
     steps = _steps_below(spec, state)
     if not steps or steps[0] <= 0.0:
-        return Change(ROLLED_BACK, reason, {"from_stage": state.stage, "from_traffic": state.traffic})
-    return Change(ROLLBACK_STEP, reason, {"traffic": steps[0], "from_traffic": state.traffic})
+        return Change(ROLLED_BACK, reason, {"from_stage": state.stage, "from_traffic": state.traffic,
+                                            **_kept_writes(state, spec)})
+    return Change(ROLLBACK_STEP, reason, {"traffic": steps[0], "from_traffic": state.traffic,
+                                          **_kept_writes(state, spec)})
 
 
 def position(state: State) -> tuple[Any, ...]:
@@ -540,15 +576,16 @@ def position(state: State) -> tuple[Any, ...]:
     return state.status, state.stage_index, state.attempt, state.spec_version
 
 
-OPERATIONS: Final = ("start", "promote", "approve", "pause", "resume", "rollback", "abort", "restart")
+OPERATIONS: Final = ("start", "promote", "approve", "pause", "resume", "rollback", "abort", "restart", "step-back")
 
 
 def operation(action: str, state: State, spec: Spec, reason: str | None = None, *, force: bool = False,
-              progress: StageProgress) -> list[Change]:
+              progress: StageProgress, to: float | None = None) -> list[Change]:
     """The changes an operator's command makes, by its name: the one table the SDK, the CLI and the API share.
 
-    `force` only matters to `promote`; `progress` (the current stage's, see `controller.stage_progress`) is
-    what `promote` checks hold and `min_samples` against; `rollback` and `abort` refuse an empty reason.
+    `force` only matters to `promote`, `to` to `step-back`; `progress` (the current stage's, see
+    `controller.stage_progress`) is what `promote` checks hold and `min_samples` against; `rollback` and
+    `abort` refuse an empty reason.
     """
     match action:
         case "start":
@@ -562,9 +599,11 @@ def operation(action: str, state: State, spec: Spec, reason: str | None = None, 
         case "resume":
             return [resume_change(state, reason)]
         case "rollback":
-            return [rollback_change(state, reason or "")]
+            return [rollback_change(state, reason or "", spec)]
         case "abort":
-            return [abort_change(state, reason or "")]
+            return [abort_change(state, reason or "", spec)]
         case "restart":
             return [restart_change(state, spec, reason)]
+        case "step-back":
+            return [step_back_change(state, spec, reason or "stepped back by an operator", to=to)]
     raise ValueError(f"unknown operation {action!r}; one of: {', '.join(OPERATIONS)}")

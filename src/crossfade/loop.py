@@ -1,9 +1,10 @@
 """The controller loop: ticks each migration every analysis interval under a lease, and appends what the
-pure controller decides with optimistic concurrency."""
+pure controller decides with optimistic concurrency; the notification outbox that tells people of it."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import os
 import socket
@@ -11,13 +12,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import mmh3
 
-from crossfade.backends.base import Backend, BackendError, ConflictError
+from crossfade.backends.base import Backend, BackendError, ConflictError, UnknownMigration
 from crossfade.controller import ACTOR, Assessment, assess, is_active, step
 from crossfade.events import (
+    APPLIED,
     ROLLING_BACK,
     ROUTER_FAILED,
     ROUTER_SYNCED,
@@ -30,9 +32,25 @@ from crossfade.events import (
 )
 from crossfade.metrics import MetricSource, SourceError, read_stage, source_name
 from crossfade.metrics.telemetry import TelemetrySource
+from crossfade.notify import (
+    TEST,
+    Channel,
+    DeliveryError,
+    Notification,
+    UnknownTarget,
+    kinds_of,
+    notification,
+    registry,
+    targets,
+)
+from crossfade.notify import Target as NotifyTarget
+from crossfade.registry import ProviderConfigError
 from crossfade.routers import NOT_IMPLEMENTED, Router, RouterError, Target, routers_for
 from crossfade.spec import Spec, load_spec
 from crossfade.stagedata import StageTelemetry
+
+if TYPE_CHECKING:
+    from crossfade.backends.outbox import Delivery
 
 log = logging.getLogger("crossfade.controller")
 
@@ -356,3 +374,173 @@ class ControllerLoop:
                 self.release()
             except BackendError as exc:
                 log.warning("could not release the controller's leases: %s", exc)
+
+
+# -- the notification outbox ---------------------------------------------------------------------------
+
+# Retry delays: doubling from BACKOFF_FIRST up to BACKOFF_CAP, so a receiver back after an hour's outage hears
+# within five minutes; a notification still undelivered after GIVE_UP is marked failed (and shown as such).
+BACKOFF_FIRST = 5.0
+BACKOFF_CAP = 300.0
+GIVE_UP = 48 * 3600.0
+NOTIFY_LEASE = "notifier"
+# Renewed before every send (each at most `timeout`, 10 s), so a deliverer killed mid-pass is replaced within this.
+NOTIFY_LEASE_TTL = 30.0
+
+
+def backoff(attempts: int) -> float:
+    """Seconds to wait after the `attempts`-th failed attempt (1-based)."""
+    return min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** min(attempts - 1, 16))
+
+
+class NotificationOutbox:
+    """Turns each migration's event log into notifications and delivers them, at least once.
+
+    Queueing reads the events after a per-migration cursor and writes one row per (event, kind, target)
+    together with the new cursor, in one transaction: a process killed at any point either queued all of an
+    event's notifications or none, and the next pass picks up where the cursor stands. Delivery sends due rows
+    and then marks them; killed between the two, a row is sent again with the same idempotency key, which a
+    receiver may use to drop the repeat. Only the holder of the notifier lease delivers, so replicas do not
+    send in parallel. Targets come from the spec in force at each event, so enabling `notify:` on an old
+    migration does not replay its history. Stores without an outbox (a control plane's HTTP client) do nothing.
+    """
+
+    def __init__(self, backend: Backend, *, clock: Clock | None = None, holder: str | None = None,
+                 link: str | None = None, timeout: float = 10.0) -> None:
+        self.backend = backend
+        self.store = getattr(backend, "outbox", None)
+        self.clock = clock or SystemClock()
+        self.holder = holder or default_holder()
+        self.link = link.rstrip("/") if link else None
+        self.timeout = timeout
+        self._targets: dict[tuple[str, int], list[NotifyTarget]] = {}
+        self._channels: dict[tuple[str, str], Channel] = {}
+
+    def targets(self, migration: str, version: int) -> list[NotifyTarget]:
+        """The notification targets of one spec version (none when it has none, or they no longer validate)."""
+        key = (migration, version)
+        if key not in self._targets:
+            data = self.backend.spec(migration, version) if version else None
+            try:
+                self._targets[key] = targets((data or {}).get("notify") or [])
+            except ProviderConfigError as exc:
+                log.warning("%s@%d: notify targets not usable, nothing queued: %s", migration, version, exc)
+                self._targets[key] = []
+        return self._targets[key]
+
+    def enqueue(self, now: float) -> int:
+        """Queue the notifications of every event past each migration's cursor; returns how many were queued."""
+        # The outbox's rows live with the SQL store: imported only when a store has an outbox.
+        from crossfade.backends.outbox import Queued
+        if self.store is None:
+            return 0
+        queued = 0
+        for state in self.backend.states():
+            cursor, version = self.store.cursor(state.name)
+            if state.seq <= cursor:
+                continue
+            if version == state.spec_version and not self.targets(state.name, version):
+                # Every event since the cursor was written under this spec, which tells no one: nothing to
+                # read or write. The cursor stays; the next spec version is read from there.
+                continue
+            events = self.backend.events(state.name, after=cursor, limit=500)
+            rows = []
+            for event in events:
+                if event.type == APPLIED:
+                    version = int(event.payload["version"])
+                for kind in kinds_of(event):
+                    for target in self.targets(state.name, version):
+                        if target.wants(kind):
+                            note = notification(event, kind, target.name, link=self._link(state.name))
+                            rows.append(Queued(note.key, event.seq, kind, target.name, target.channel,
+                                               target.config, note.to_dict()))
+            if events and self.store.enqueue(state.name, cursor, events[-1].seq, version, rows, now):
+                queued += len(rows)
+        return queued
+
+    def _link(self, migration: str) -> str | None:
+        return f"{self.link}/#/m/{migration}" if self.link else None
+
+    def deliver(self, now: float) -> list[tuple[Delivery, str | None]]:
+        """Send every due notification once, if this process holds the notifier lease; returns each delivery
+        tried with its error (None when it got through)."""
+        from crossfade.backends.outbox import DELIVERED, FAILED, PENDING
+        if self.store is None:
+            return []
+        # A read first: an idle outbox writes nothing (the lease is a write, which SQLite serializes).
+        due = self.store.due(now)
+        if not due or not self.backend.acquire_lease(NOTIFY_LEASE, self.holder, NOTIFY_LEASE_TTL, now):
+            return []
+        tried: list[tuple[Delivery, str | None]] = []
+        for row in due:
+            # Renewed before each send: a slow receiver must not let the lease lapse mid-pass.
+            if not self.backend.acquire_lease(NOTIFY_LEASE, self.holder, NOTIFY_LEASE_TTL, self.clock.now()):
+                break
+            error: str | None = None
+            try:
+                key = (row.channel, json.dumps(row.config, sort_keys=True))
+                channel = self._channels.get(key)
+                if channel is None:
+                    channel = self._channels[key] = registry.create(row.channel, row.config, f"notify[{row.target}]")
+                channel.send(Notification.from_dict(row.note), timeout=self.timeout)
+            except (DeliveryError, ProviderConfigError) as exc:
+                error = str(exc)
+            except Exception as exc:  # a channel's bug must not stop every other delivery for good
+                log.exception("notification %s: the channel crashed", row.key)
+                error = f"{type(exc).__name__}: {exc}"
+            done = self.clock.now()
+            if error is None:
+                self.store.settle(row.id, now=done, status=DELIVERED, next_at=done, error=None)
+            else:
+                gone = done - row.created_at >= GIVE_UP
+                self.store.settle(row.id, now=done, status=FAILED if gone else PENDING,
+                                  next_at=done + backoff(row.attempts + 1), error=error)
+                log.warning("notification %s to %s failed (attempt %d): %s", row.key, row.target,
+                            row.attempts + 1, error)
+            tried.append((row, error))
+        return tried
+
+    def pump(self) -> int:
+        """Queue, then deliver what is due; returns how many deliveries were tried."""
+        now = self.clock.now()
+        self.enqueue(now)
+        return len(self.deliver(self.clock.now()))
+
+    def test(self, migration: str, target: str) -> Notification:
+        """Queue a test message to one target of a migration's current spec (delivered like any other)."""
+        from crossfade.backends.outbox import Queued
+        state = self.backend.state(migration)
+        if state is None:
+            raise UnknownMigration(f"no migration named {migration!r}; apply a spec first")
+        if self.store is None:
+            raise BackendError(f"{self.backend.url} keeps no notification outbox; test through the control plane")
+        found = {t.name: t for t in self.targets(migration, state.spec_version)}
+        if target not in found:
+            raise UnknownTarget(f"{migration} has no notify target {target!r}; its targets: "
+                                f"{', '.join(found) or 'none (add one under notify: in the spec)'}")
+        now = self.clock.now()
+        key = f"{migration}:test:{now:.6f}:{target}"
+        note = Notification(key=key, event_id=f"{migration}:test:{now:.6f}", migration=migration, seq=state.seq,
+                            kind=TEST, event_type=TEST, time=now, actor=self.holder,
+                            summary=f"crossfade test notification for {migration} to {target}",
+                            link=self._link(migration))
+        self.store.add(migration, Queued(key, state.seq, TEST, target, found[target].channel, found[target].config,
+                                         note.to_dict()), now)
+        return note
+
+    def run(self, stop: threading.Event, *, poll: float = 1.0) -> None:
+        """Pump until `stop` is set; a store error is logged and retried at the next poll."""
+        while not stop.is_set():
+            try:
+                self.pump()
+            except BackendError as exc:
+                log.warning("notification outbox pass failed: %s", exc)
+            self.clock.sleep(poll, stop)
+        self.release()
+
+    def release(self) -> None:
+        """Give the notifier lease up, so another process delivers at once."""
+        try:
+            self.backend.release_lease(NOTIFY_LEASE, self.holder)
+        except BackendError as exc:
+            log.warning("could not release the notifier lease: %s", exc)

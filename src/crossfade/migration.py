@@ -567,8 +567,8 @@ class Migration:
             )
         return state, self.client._spec(self.name, state.spec_version)
 
-    def _act(self, action: str, reason: str | None, actor: str | None, dry_run: bool, *, force: bool = False
-             ) -> Event:
+    def _act(self, action: str, reason: str | None, actor: str | None, dry_run: bool, *, force: bool = False,
+             to: float | None = None) -> Event:
         # Another writer may append between our read and our write. When it only recorded verdicts (the
         # controller does so at any look), the migration is where the command was decided for: decide again
         # and retry. When it moved the migration, the conflict stands, so two commands never both move it.
@@ -576,7 +576,7 @@ class Migration:
             state, spec = self._current()
             try:
                 changes = operation(action, state, spec, reason, force=force,
-                                    progress=self._progress(action, state, spec))
+                                    progress=self._progress(action, state, spec), to=to)
                 return self.client._commit(state, spec, changes, actor, dry_run)
             except ConflictError:
                 fresh = self.client.backend().state(self.name)
@@ -626,6 +626,12 @@ class Migration:
     def restart(self, reason: str | None = None, *, actor: str | None = None, dry_run: bool = False) -> Event:
         """Begin a new attempt at the first stage after a rollback or an abort (same salt, same buckets)."""
         return self._act("restart", reason, actor, dry_run)
+
+    def step_back(self, reason: str | None = None, *, to: float | None = None, actor: str | None = None,
+                  dry_run: bool = False) -> Event:
+        """A partial rollback: return to the stage before, or to the latest earlier stage whose traffic is at
+        most `to` (a fraction, 0.1 for 10%)."""
+        return self._act("step-back", reason, actor, dry_run, to=to)
 
     def state(self) -> State:
         """The migration's current state, from the backend."""

@@ -362,7 +362,12 @@ def _communication(spec: Spec) -> str:
     owner = spec.owner or "the owner (not set)"
     lines = ["## Communication", ""]
     if spec.notify:
-        lines.append(f"- **Notified:** {', '.join(str(n) for n in spec.notify)} (see the spec's `notify:`).")
+        from crossfade.notify import KINDS, targets
+
+        for target in targets(spec.notify):
+            told = "everything" if set(target.kinds) == set(KINDS) else ", ".join(target.kinds)
+            lines.append(f"- **Notified:** {target.build().describe()} (`{target.name}`) of {told}; "
+                         f"delivered from the control plane's outbox, retried until received.")
     else:
         lines.append("- **Notified:** no one is configured (`notify:` is empty); watch `crossfade status` or the "
                      "dashboard, and the audit log with `crossfade history`.")

@@ -386,6 +386,7 @@ class Spec:
     fallback: Fallback = field(default_factory=Fallback)
     shadow: ShadowSettings = field(default_factory=ShadowSettings)
     dual_write_retry: DualWriteRetry = field(default_factory=DualWriteRetry)
+    dual_write_after_rollback: bool = False
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     notify: tuple[Any, ...] = ()
@@ -470,6 +471,7 @@ class Spec:
             "fallback": _without_none({"on_error": self.fallback.on_error, "timeout": self.fallback.timeout}),
             **({} if self.shadow == ShadowSettings() else {"shadow": _fields(self.shadow)}),
             **({} if self.dual_write_retry == DualWriteRetry() else {"dual_write_retry": _fields(self.dual_write_retry)}),
+            **({"dual_write_after_rollback": True} if self.dual_write_after_rollback else {}),
             "allow": list(self.allow),
             "deny": list(self.deny),
             "notify": list(self.notify),
@@ -738,9 +740,10 @@ class _Reader:
         fallback = self.fallback(top.get("fallback", {}))
         shadow = self.shadow_settings(top.get("shadow", {}))
         dual_write_retry = self.dual_write_retry(top.get("dual_write_retry", {}))
+        keep_dual_writes = self.get(top, "dual_write_after_rollback", "", _flag, False)
         allow = self.keys(top.get("allow", []), "allow")
         deny = self.keys(top.get("deny", []), "deny")
-        notify = self.sequence(top.get("notify", []), "notify", "[]")
+        notify = self.notify(top.get("notify", []))
         source = self.source(top.get("source"))
         routers = self.routers(top.get("routers", []))
         if stages is not _BAD and gates is not _BAD:
@@ -768,12 +771,28 @@ class _Reader:
             fallback=fallback,
             shadow=shadow,
             dual_write_retry=dual_write_retry,
+            dual_write_after_rollback=keep_dual_writes,
             allow=allow,
             deny=deny,
             notify=tuple(notify or ()),
             source=source,
             routers=tuple(routers or ()),
         )
+
+    def notify(self, value: object) -> Any:
+        entries = self.sequence(value, "notify", "[{slack: {url_env: SLACK_WEBHOOK_URL}, events: [rolled_back]}]")
+        if not entries:
+            return entries
+        # Each channel checks its own settings (crossfade.notify, through the registry).
+        from crossfade.notify import targets
+        from crossfade.registry import ProviderConfigError
+
+        try:
+            targets(entries)
+        except ProviderConfigError as exc:
+            for problem in exc.problems:
+                self.problem(problem.path, problem.message)
+        return entries
 
     def routers(self, value: object) -> list[Any] | None:
         """The raw router list; each entry is checked by its own router module (found in the registry)."""
@@ -1084,8 +1103,7 @@ def _gate_mismatch(reader: _Reader, data: Mapping[str, Any], path: str) -> Misma
 _SPEC_KEYS: Final = (
     "name", "description", "owner", "key", "salt", "stages", "gates", "triggers",
     "on_failure", "rollback", "analysis", "fallback", "shadow", "dual_write_retry", "allow", "deny", "notify",
-    "source",
-    "routers",
+    "source", "dual_write_after_rollback", "routers",
 )  # fmt: skip
 _STAGE_KEYS: Final = (
     "name", "traffic", "shadow", "hold", "min_samples", "approval", "shadow_legacy", "noise", "dual_write",
@@ -1232,6 +1250,7 @@ def _router_names() -> list[str]:
 
 def json_schema() -> dict[str, Any]:
     """A JSON Schema (draft 2020-12) of the spec format, for editors to complete and check spec files."""
+    from crossfade.notify import json_schema as notify_schema
 
     def ref(name: str) -> dict[str, Any]:
         return {"$ref": f"#/$defs/{name}"}
@@ -1453,6 +1472,11 @@ def json_schema() -> dict[str, Any]:
                     "backoff": described("duration", "Pause between tries.", default="0s"),
                 },
             ),
+            "dual_write_after_rollback": {
+                "type": "boolean", "default": False,
+                "description": "Keep writing both sides after a rollback or abort from a dual_write stage, so the "
+                               "candidate's store stays current for the next attempt (writes go to legacy first).",
+            },
             "allow": {
                 "type": "array",
                 "items": {"type": ["string", "integer"]},
@@ -1463,7 +1487,15 @@ def json_schema() -> dict[str, Any]:
                 "items": {"type": ["string", "integer"]},
                 "description": "Keys always kept on legacy.",
             },
-            "notify": {"type": "array", "description": "Notification targets (format to be defined)."},
+            "notify": {
+                "type": "array",
+                "description": "Who is told of what: each target names one channel (webhook, slack, pagerduty, "
+                               "email) with its settings, the kinds of events it wants (`events`, default all: "
+                               "rolled_back, rollback_started, approval_requested, paused, completed, restarted, "
+                               "stepped_back, gate_failed, trigger_fired, router_failed, source_failed) and an "
+                               "optional `name`. Secrets only by environment variable name (`*_env`).",
+                "items": notify_schema(),
+            },
             "source": {
                 "type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
                 "description": "Where the judge reads each arm's metrics: one source by name with its settings, "
@@ -1556,10 +1588,14 @@ analysis: {interval: 30s, confidence: 99%, on_nodata: hold, promote_when: no_reg
 fallback: {on_error: true, timeout: 5s}   # retry failed candidate calls on legacy
 shadow: {timeout: 2s, threads: 4, max_pending: 64}   # shadow runs: bounded, dropped (and counted) when full
 dual_write_retry: {attempts: 3, backoff: 50ms}        # the non-authoritative side of a dual write
+dual_write_after_rollback: true   # a rollback keeps both stores written (legacy first)
 
 allow: [test_agent_alpha]         # keys always sent to the candidate
 deny: []                          # keys always kept on legacy
-notify: []
+notify:                           # who is told of what; secrets only by environment variable name
+  - name: ci
+    slack: {url_env: SLACK_WEBHOOK_URL, channel: "#ci-migration"}
+    events: [rolled_back, rollback_started, gate_failed, approval_requested, completed]
 # Where the judge reads each arm's metrics (default: the telemetry SDK hosts post). When a mesh splits the
 # traffic, read Prometheus instead (presets: istio, envoy, nginx; or your own per-arm PromQL queries):
 # source: {prometheus: {url: "http://prometheus:9090", preset: istio, arms: {legacy: v1, candidate: v2}}}

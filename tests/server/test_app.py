@@ -347,3 +347,18 @@ def test_readiness_fails_when_the_store_is_gone(tmp_path):
         assert status in (401, 503)  # the token cache may have expired: either way, no 500
     finally:
         stop()
+
+
+def test_step_back_over_the_api_returns_to_an_earlier_stage(control_plane):
+    spec = {"stages": [{"name": "one", "traffic": "1%"}, {"name": "ten", "traffic": "10%"},
+                       {"name": "half", "traffic": "50%"}, {"name": "all", "traffic": "100%"}]}
+    assert control_plane.call("PUT", "/v1/migrations/m", {"spec": spec})[0] == 200
+    for action in ("start", "promote", "promote"):
+        assert control_plane.call("POST", f"/v1/migrations/m/{action}", {})[0] == 200
+    status, body, _ = control_plane.call("POST", "/v1/migrations/m/step-back", {"to": 0.05, "reason": "slow"})
+    assert status == 200 and body["state"]["stage"] == "one", body
+    assert [e["type"] for e in body["events"]] == ["stepped_back"]
+    status, body, _ = control_plane.call("POST", "/v1/migrations/m/step-back", {"to": 1.5})
+    assert status == 422
+    status, body, _ = control_plane.call("POST", "/v1/migrations/m/step-back", {})
+    assert status == 409 and "past its first stage" in body["error"]

@@ -32,7 +32,7 @@ def chromium() -> str:
     return CHROMIUM
 
 
-def test_open_a_running_migration_approve_a_stage_and_roll_back(chromium, tmp_path):
+def test_open_a_running_migration_approve_a_stage_step_back_and_roll_back(chromium, tmp_path, receiver, monkeypatch):
     from playwright.sync_api import expect, sync_playwright
 
     from conftest import start_control_plane
@@ -41,11 +41,14 @@ def test_open_a_running_migration_approve_a_stage_and_roll_back(chromium, tmp_pa
     from crossfade.spec import load_spec
     from crossfade.telemetry import Cell
 
+    monkeypatch.setenv("HOOK_KEY", "k")
     plane, stop = start_control_plane(f"sqlite:///{tmp_path / 'cf.db'}", open_reads=True)
     try:
         spec = {"stages": [{"name": "canary", "traffic": "10%"}, {"name": "half", "traffic": "50%", "approval": True},
                            {"name": "all", "traffic": "100%"}],
-                "triggers": [{"metric": "error_rate", "above": "5%", "window": "5m"}]}
+                "triggers": [{"metric": "error_rate", "above": "5%", "window": "5m"}],
+                "notify": [{"name": "ops-hook", "webhook": {"url": receiver.url, "secret_env": "HOOK_KEY"},
+                            "events": ["stepped_back", "rolled_back"]}]}
         assert plane.call("PUT", "/v1/migrations/checkout", {"spec": spec})[0] == 200
         assert plane.call("POST", "/v1/migrations/checkout/start", {"reason": "go"})[0] == 200
         now = time.time()
@@ -92,14 +95,21 @@ def test_open_a_running_migration_approve_a_stage_and_roll_back(chromium, tmp_pa
             expect(page.locator('#timeline li[data-type="approved"]')).to_contain_text("by operator-user")
             page.screenshot(path=str(ARTIFACTS / "dashboard-2-approved.png"), full_page=True)
 
+            page.fill("#reason", "p99 creeping")
+            page.click("#stepback")  # the operator token was asked for once: no dialog this time
+            expect(page.locator("#stage")).to_have_text("canary")
+            expect(page.locator('#timeline li[data-type="stepped_back"]')).to_contain_text("p99 creeping")
+            expect(page.locator('#notifications tr[data-kind="stepped_back"]')).to_contain_text("ops-hook")
+            expect(page.locator('#notifications tr[data-kind="stepped_back"] .delivery')).to_have_text("delivered")
+
             page.fill("#reason", "p95 doubled")
-            page.click("#rollback")  # the operator token was asked for once: no dialog this time
+            page.click("#rollback")
             expect(page.locator("#status")).to_have_text("rolled back")
             expect(page.locator('#timeline li[data-type="rolled_back"]')).to_contain_text("p95 doubled")
             page.screenshot(path=str(ARTIFACTS / "dashboard-3-rolled-back.png"), full_page=True)
             browser.close()
         mine = [e for e in plane.backend.events("checkout") if e.actor == "operator-user"]
-        assert [e.type for e in mine] == ["applied", "started", "approved", "promoted", "rolled_back"]
+        assert [e.type for e in mine] == ["applied", "started", "approved", "promoted", "stepped_back", "rolled_back"]
     finally:
         stop()
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 import time
 
+import pytest
+
 from crossfade.sketch import Sketch
 from crossfade.server.metrics import histogram_buckets
 from crossfade.telemetry import Cell
@@ -42,3 +44,33 @@ def test_metrics_show_each_migration_and_arm(control_plane):
     assert 'crossfade_arm_latency_seconds_bucket{arm="candidate",le="0.005",migration="m",stage="canary"} 40.0' in text
     lag = float(re.search(r"^crossfade_controller_lag_seconds (\S+)$", text, re.M).group(1))
     assert lag >= -1.0
+
+
+def test_metrics_add_cost_timeouts_comparisons_gates_events_and_notifications(metrics_text):
+    text = metrics_text
+    arm = 'arm="candidate",migration="m",stage="canary"'
+    assert f"crossfade_arm_timeouts_total{{{arm}}} 2.0" in text
+    assert f"crossfade_arm_cost_total{{{arm}}} 0.8" in text  # 400 calls x 0.002, summed
+    assert f"crossfade_arm_costed_calls_total{{{arm}}} 400.0" in text
+    assert f"crossfade_arm_compared_total{{{arm}}} 100.0" in text
+    assert f"crossfade_arm_mismatches_total{{{arm}}} 4.0" in text
+    limit = float(re.search(r'^crossfade_gate_limit\{gate="error_rate",migration="m"\} (\S+)$', text, re.M).group(1))
+    lower = float(re.search(r'^crossfade_gate_lower\{gate="error_rate",migration="m"\} (\S+)$', text, re.M).group(1))
+    upper = float(re.search(r'^crossfade_gate_upper\{gate="error_rate",migration="m"\} (\S+)$', text, re.M).group(1))
+    estimate = float(re.search(r'^crossfade_gate_estimate\{gate="error_rate",migration="m"\} (\S+)$', text,
+                               re.M).group(1))
+    assert limit == 0.01 and lower <= estimate <= upper and estimate == pytest.approx(0.005)
+    assert 'crossfade_events_total{migration="m",type="started"} 1.0' in text
+    assert re.search(r'^crossfade_notifications\{migration="m",status="(pending|delivered)",target="hook"\} 1.0$',
+                     text, re.M)
+
+
+def test_promtool_accepts_the_exposition(metrics_text, tmp_path):
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is needed (Debian package prometheus)"
+    checked = subprocess.run([promtool, "check", "metrics"], input=metrics_text, capture_output=True, text=True)
+    # promtool exits 3 for lint advice only (e.g. a counter's name), 1 for an exposition it cannot parse.
+    assert checked.returncode == 0, checked.stdout + checked.stderr

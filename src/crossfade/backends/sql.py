@@ -22,6 +22,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import NullPool, StaticPool
 
 from crossfade.backends.base import BackendError, BackendUnavailable, ConflictError, InvalidURL
+from crossfade.backends.outbox import SQLOutbox
 from crossfade.canonical import canonical_json
 from crossfade.events import Event, State
 from crossfade.shadow import COUNTERS, Example, FieldWindow
@@ -185,6 +186,7 @@ class SQLBackend:
         self.url = url
         self.dialect: str = self._store.dialect
         self.engine: Engine = self._store.engine  # for tools and tests that need raw SQL
+        self.outbox = SQLOutbox(self._store)
         try:
             with self._store.guard("opening the store"):
                 self._check_schema(create)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -39,10 +40,11 @@ from crossfade.events import (
     seal,
 )
 from crossfade.controller import stage_progress
+from crossfade.notify import UnknownTarget
 from crossfade.server import judging, views
 from crossfade.stagedata import stage_windows
 from crossfade.server.auth import Authenticator, AuthError, Principal
-from crossfade.server.control import ControllerThread
+from crossfade.server.control import ControllerThread, OutboxThread
 from crossfade.server.feed import RoutingFeed
 from crossfade.server.metrics import CrossfadeCollector, registry
 from crossfade.server.models import (
@@ -57,6 +59,9 @@ from crossfade.server.models import (
     Examples,
     Health,
     MigrationDetail,
+    NotificationModel,
+    NotificationStatus,
+    NotifyTestRequest,
     OperationRequest,
     OperationResult,
     Routing,
@@ -169,15 +174,21 @@ def create_app(
     """
     feed = RoutingFeed(backend, poll=feed_poll)
     ctl = ControllerThread(backend, poll=controller_poll, on_events=feed.poke) if controller else None
+    # Notifications go out wherever the controller runs; links point at $CROSSFADE_PUBLIC_URL's dashboard.
+    notifier = OutboxThread(backend, link=os.environ.get("CROSSFADE_PUBLIC_URL")) if controller else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         feed.start(asyncio.get_running_loop())
         if ctl is not None:
             ctl.start()
+        if notifier is not None:
+            notifier.start()
         try:
             yield
         finally:
+            if notifier is not None:
+                notifier.stop()
             if ctl is not None:
                 ctl.stop()
             feed.stop()
@@ -202,6 +213,7 @@ def create_app(
         feed_age=lambda: None if feed.last_ok is None else time.monotonic() - feed.last_ok,
         stage_windows=lambda state: telemetry.windows(backend, state, feed.spec(state.name, state.spec_version),
                                                       clock()),
+        spec=feed.spec, clock=clock,
     )
     metrics_registry = registry(collector)
     _install_error_handlers(app)
@@ -304,8 +316,9 @@ def create_app(
     @app.post("/v1/migrations/{name}/{action}", response_model=OperationResult, responses=_CHANGE_ERRORS,
               tags=["operations"])
     def operate(name: MigrationName, action: Action, who: Operator, body: OperationRequest | None = None) -> Any:
-        """Move the migration: start, promote, approve, pause, resume, rollback, abort or restart. The event's
-        actor is the token's name; rollback and abort need a reason."""
+        """Move the migration: start, promote, approve, pause, resume, rollback, abort, restart or step-back
+        (`to`: an earlier stage's traffic). The event's actor is the token's name; rollback and abort need a
+        reason."""
         request = body or OperationRequest()
         # The server's own controller may record a verdict between this read and the append: when that is
         # all that changed, the command is decided again (not when the caller named the event it expects).
@@ -314,7 +327,8 @@ def create_app(
             _expect(state, request.expected_seq)
             spec = feed.spec(name, state.spec_version)
             progress = stage_progress(spec, state, stage_windows(backend, state), clock())
-            changes = operation(action.value, state, spec, request.reason, force=request.force, progress=progress)
+            changes = operation(action.value, state, spec, request.reason, force=request.force, progress=progress,
+                                to=request.to)
             try:
                 return _commit(state, spec, changes, who, request.dry_run)
             except ConflictError:
@@ -380,6 +394,30 @@ def create_app(
         return {"written": len(rows) + len(examples)}
 
     # -- administration --------------------------------------------------------------------------
+
+    # -- notifications ---------------------------------------------------------------------------
+
+    @app.get("/v1/notifications", response_model=list[NotificationModel], tags=["notifications"], responses=_ERRORS)
+    def list_notifications(who: Viewer, migration: Annotated[str | None, Query(max_length=63)] = None,
+                           status: Annotated[NotificationStatus | None, Query()] = None,
+                           limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Any:
+        """Notifications newest first, with each one's delivery: pending (with its next attempt and last
+        error), delivered, or failed for good."""
+        outbox = getattr(backend, "outbox", None)
+        if outbox is None:
+            return []
+        return [d.to_dict() for d in outbox.list(migration, status=status.value if status else None, limit=limit)]
+
+    @app.post("/v1/notifications/test", response_model=NotificationModel, tags=["notifications"],
+              responses=_CHANGE_ERRORS)
+    def test_notification(body: NotifyTestRequest, who: Operator) -> Any:
+        """Queue a test message to one target of a migration; it is delivered (and retried) like any other."""
+        from crossfade.loop import NotificationOutbox
+
+        views.current(backend, body.migration)
+        outbox = NotificationOutbox(backend, link=os.environ.get("CROSSFADE_PUBLIC_URL"))
+        note = outbox.test(body.migration, body.target)
+        return next(d.to_dict() for d in outbox.store.list(body.migration) if d.key == note.key)
 
     @app.get("/v1/tokens", response_model=list[TokenModel], tags=["admin"], responses=_ERRORS)
     def list_tokens(who: Admin) -> Any:
@@ -499,6 +537,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UnknownMigration)
     async def on_unknown(request: Request, exc: UnknownMigration) -> Response:
         return _error(404, "UnknownMigration", str(exc).strip("'\""))
+
+    @app.exception_handler(UnknownTarget)
+    async def on_unknown_target(request: Request, exc: UnknownTarget) -> Response:
+        return _error(404, "UnknownTarget", str(exc).strip("'\""))
 
     @app.exception_handler(BackendUnavailable)
     async def on_unavailable(request: Request, exc: BackendUnavailable) -> Response:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 from crossfade.backends.base import Backend, BackendError
-from crossfade.loop import ControllerLoop, Tick
+from crossfade.loop import ControllerLoop, NotificationOutbox, Tick
 
 log = logging.getLogger("crossfade.server")
 
@@ -57,3 +57,33 @@ class ControllerThread:
             self.loop.release()
         except BackendError as exc:
             log.warning("could not release the controller's leases: %s", exc)
+
+
+class OutboxThread:
+    """Delivers notifications in a thread of its own, so a slow receiver never delays a controller tick (nor,
+    being in the control plane, any application call)."""
+
+    def __init__(self, backend: Backend, *, poll: float = 1.0, link: str | None = None) -> None:
+        self.outbox = NotificationOutbox(backend, link=link)
+        self.poll = poll
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start delivering in a daemon thread."""
+        self._thread = threading.Thread(target=self._run, name="crossfade-notifier", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.outbox.run(self._stop, poll=self.poll)
+            except Exception:  # a bug must not end every later notification
+                log.exception("notification outbox crashed; restarting it")
+                self._stop.wait(self.poll)
+
+    def stop(self) -> None:
+        """Stop delivering (a delivery under way finishes first, within its timeout)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)

@@ -1,9 +1,12 @@
-"""Prometheus exposition: per migration its stage, traffic, verdicts and rollbacks; per arm calls, errors and
-latency histograms; the controller's lag. Read from the store at scrape time, so every replica agrees."""
+"""Prometheus exposition: per migration its stage, traffic, verdicts, rollbacks and events; per arm calls, errors,
+timeouts, cost, compared and mismatched answers and latency histograms; per gate its estimate, bounds and limit;
+notifications by status; the controller's lag. Read from the store at scrape time, so every replica agrees."""
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client.core import (
@@ -15,9 +18,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from crossfade.backends.base import Backend
-from crossfade.controller import stage_cells
+from crossfade.controller import assess, is_active, stage_cells
 from crossfade.events import ROLLBACK_STARTED, ROLLED_BACK, ROLLING_BACK, State
 from crossfade.sketch import Sketch
+from crossfade.spec import Spec
 from crossfade.stagedata import stage_windows as read_stage
 from crossfade.telemetry import Window
 
@@ -36,24 +40,27 @@ def histogram_buckets(sketch: Sketch) -> list[tuple[str, float]]:
     return out
 
 
-class _Rollbacks:
-    """Rollbacks per migration, counted by folding each log once, then only its new events."""
+class _EventCounts:
+    """Per migration, rollbacks and events by type, counted by folding each log once, then only its new events."""
 
     def __init__(self) -> None:
-        self._seen: dict[str, tuple[State, int]] = {}
+        self._seen: dict[str, tuple[State, int, dict[str, int]]] = {}
         self._lock = threading.Lock()
 
-    def count(self, backend: Backend, state: State) -> int:
+    def count(self, backend: Backend, state: State) -> tuple[int, dict[str, int]]:
+        """(rollbacks begun, events by type) of one migration."""
         with self._lock:
-            folded, total = self._seen.get(state.name, (State(state.name), 0))
+            folded, total, types = self._seen.get(state.name, (State(state.name), 0, {}))
             if folded.seq < state.seq:
+                types = dict(types)
                 for event in backend.events(state.name, after=folded.seq):
                     # A gradual rollback is one rollback: its start counts, its final step does not.
                     if event.type == ROLLBACK_STARTED or (event.type == ROLLED_BACK and folded.status != ROLLING_BACK):
                         total += 1
+                    types[event.type] = types.get(event.type, 0) + 1
                     folded = folded.apply(event)
-                self._seen[state.name] = (folded, total)
-            return total
+                self._seen[state.name] = (folded, total, types)
+            return total, types
 
 
 class CrossfadeCollector(Collector):
@@ -61,12 +68,15 @@ class CrossfadeCollector(Collector):
 
     def __init__(self, backend: Backend, *, controller_lag: Callable[[], float | None],
                  feed_age: Callable[[], float | None],
-                 stage_windows: Callable[[State], Sequence[Window]] | None = None) -> None:
+                 stage_windows: Callable[[State], Sequence[Window]] | None = None,
+                 spec: Callable[[str, int], Spec] | None = None, clock: Callable[[], float] = time.time) -> None:
         self.backend = backend
         self.stage_windows = stage_windows or (lambda state: read_stage(backend, state))
         self.controller_lag = controller_lag
         self.feed_age = feed_age
-        self._rollbacks = _Rollbacks()
+        self.spec = spec
+        self.clock = clock
+        self._events = _EventCounts()
 
     def collect(self) -> Iterator[Metric]:
         """Every metric family, read now."""
@@ -92,6 +102,23 @@ class CrossfadeCollector(Collector):
                                         labels=["migration", "stage", "arm"])
         latency = HistogramMetricFamily("crossfade_arm_latency_seconds", "Call latency per arm in the current stage",
                                         labels=["migration", "stage", "arm"])
+        arm = ["migration", "stage", "arm"]
+        timeouts = CounterMetricFamily("crossfade_arm_timeouts", "Calls per arm that timed out", labels=arm)
+        cost = CounterMetricFamily("crossfade_arm_cost", "Sum of the recorded cost per arm (the spec's unit)",
+                                   labels=arm)
+        costed = CounterMetricFamily("crossfade_arm_costed_calls", "Calls per arm that recorded a cost", labels=arm)
+        compared = CounterMetricFamily("crossfade_arm_compared", "Answers per arm compared with the other arm's",
+                                       labels=arm)
+        mismatched = CounterMetricFamily("crossfade_arm_mismatches", "Compared answers per arm that differed",
+                                         labels=arm)
+        gate = ["migration", "gate"]
+        estimate = GaugeMetricFamily("crossfade_gate_estimate", "A gate's current estimate (NaN without data)",
+                                     labels=gate)
+        lower = GaugeMetricFamily("crossfade_gate_lower", "Lower bound of the gate's confidence interval", labels=gate)
+        upper = GaugeMetricFamily("crossfade_gate_upper", "Upper bound of the gate's confidence interval", labels=gate)
+        limit = GaugeMetricFamily("crossfade_gate_limit", "The limit the gate holds the candidate to", labels=gate)
+        events = CounterMetricFamily("crossfade_events", "Events recorded per migration and type (router_failed, "
+                                     "source_failed, rolled_back, ...)", labels=["migration", "type"])
         for state in self.backend.states():
             name = state.name
             info.add_metric([name, state.status, state.stage or ""], 1.0)
@@ -101,17 +128,35 @@ class CrossfadeCollector(Collector):
             for gate, current in state.verdicts:
                 for v in VERDICTS:
                     verdict.add_metric([name, gate, v], 1.0 if v == current else 0.0)
-            rollbacks.add_metric([name], float(self._rollbacks.count(self.backend, state)))
+            begun, types = self._events.count(self.backend, state)
+            rollbacks.add_metric([name], float(begun))
+            for kind, n in sorted(types.items()):
+                events.add_metric([name, kind], float(n))
             source.add_metric([name], 0.0 if state.source_error is None else 1.0)
             if not state.stage:
                 continue
-            for arm, cell in sorted(stage_cells(state, self.stage_windows(state)).items()):
-                labels = [name, state.stage, arm]
+            windows = self.stage_windows(state)
+            for arm_name, cell in sorted(stage_cells(state, windows).items()):
+                labels = [name, state.stage, arm_name]
                 calls.add_metric(labels, float(cell.calls))
                 errors.add_metric(labels, float(cell.errors))
                 fallbacks.add_metric(labels, float(cell.fallbacks))
+                timeouts.add_metric(labels, float(cell.timeouts))
+                cost.add_metric(labels, cell.cost_sum)
+                costed.add_metric(labels, float(cell.costed))
+                compared.add_metric(labels, float(cell.compared))
+                mismatched.add_metric(labels, float(cell.mismatches))
                 latency.add_metric(labels, histogram_buckets(cell.latency), cell.latency.total)
-        yield from (info, stage, traffic, shadow, verdict, rollbacks, source, calls, errors, fallbacks, latency)
+            model = self.spec(name, state.spec_version) if self.spec is not None and is_active(state) else None
+            if model is not None and state.stage_index + 1 < len(model.stages):
+                judged = assess(model, state, windows, self.clock())
+                for g in judged.judgement.gates:
+                    for family, value in ((estimate, g.estimate), (lower, g.lower), (upper, g.upper),
+                                          (limit, g.limit)):
+                        family.add_metric([name, g.gate], math.nan if value is None else float(value))
+        yield from (info, stage, traffic, shadow, verdict, rollbacks, events, source, calls, errors, fallbacks,
+                    timeouts, cost, costed, compared, mismatched, latency, estimate, lower, upper, limit)
+        yield from self._notifications()
         lag = GaugeMetricFamily("crossfade_controller_lag_seconds",
                                 "Seconds since the controller loop last completed a pass (-1: not running)")
         value = self.controller_lag()
@@ -122,6 +167,17 @@ class CrossfadeCollector(Collector):
         value = self.feed_age()
         age.add_metric([], -1.0 if value is None else value)
         yield age
+
+    def _notifications(self) -> Iterator[Metric]:
+        outbox = getattr(self.backend, "outbox", None)
+        if outbox is None:
+            return
+        family = GaugeMetricFamily("crossfade_notifications", "Notifications per migration, target and delivery "
+                                   "status (pending: not yet received, retried with backoff)",
+                                   labels=["migration", "target", "status"])
+        for (migration, target, status), n in sorted(outbox.counts().items()):
+            family.add_metric([migration, target, status], float(n))
+        yield family
 
 
 def registry(collector: CrossfadeCollector) -> CollectorRegistry:

@@ -174,6 +174,7 @@ class Action(str, Enum):
     rollback = "rollback"
     abort = "abort"
     restart = "restart"
+    step_back = "step-back"
 
 
 class OperationRequest(BaseModel):
@@ -181,6 +182,9 @@ class OperationRequest(BaseModel):
 
     reason: Text | None = None
     force: bool = Field(False, description="promote past a failing gate (recorded)")
+    to: float | None = Field(None, ge=0.0, le=1.0, description="step-back: the candidate's traffic to return to "
+                                                              "(an earlier stage's, as a fraction); default the "
+                                                              "stage before")
     dry_run: bool = Field(False, description="return the events it would write; write nothing")
     expected_seq: Count | None = Field(None, description="refuse with 409 unless this is the last event's seq")
 
@@ -393,3 +397,39 @@ def open_telemetry_schema() -> dict[str, Any]:
 
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             **OpenTelemetryBatch.model_json_schema()}
+
+
+class NotificationStatus(str, Enum):
+    """Where a notification's delivery stands."""
+
+    pending = "pending"
+    delivered = "delivered"
+    failed = "failed"
+
+
+class NotificationModel(BaseModel):
+    """One notification of one event to one target, and its delivery."""
+
+    key: str = Field(description="idempotency key: the same on every delivery attempt")
+    migration: str
+    seq: int
+    kind: str
+    target: str
+    channel: str
+    status: NotificationStatus
+    attempts: int
+    created_at: float
+    next_at: float
+    last_attempt_at: float | None
+    delivered_at: float | None
+    last_error: str | None
+    summary: str | None
+
+
+class NotifyTestRequest(BaseModel):
+    """Which migration's target to send a test message to."""
+
+    migration: str = Field(pattern=NAME_PATTERN, max_length=63)
+    target: str = Field(min_length=1, max_length=63)
+
+    model_config = ConfigDict(extra="forbid")

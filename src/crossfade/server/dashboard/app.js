@@ -154,21 +154,24 @@ function skeleton(name) {
     <h2>Traffic</h2><div id="split"></div><div id="routers"></div>
     <div id="approval"></div>
     <div class="actions" id="actions"><input id="reason" placeholder="reason (recorded in the audit log)" size="40">
+      <button id="stepback" class="secondary">Step back</button>
       <button id="rollback" class="danger">Rollback</button></div>
     <h2>Gates</h2><div id="gates" class="card"></div>
     <h2>Triggers</h2><div id="triggers" class="card"></div>
+    <h2>Notifications</h2><div id="notifications" class="card"></div>
     <h2>Arms in this stage</h2><div id="arms" class="card"></div>
     <h2>Over time</h2><div id="charts" class="charts"></div>
     <h2>Events</h2><div class="card"><ul id="timeline" class="timeline"></ul></div>`;
   $("#rollback").addEventListener("click", () => operate(name, "rollback", $("#reason").value.trim() || "rolled back from the dashboard"));
+  $("#stepback").addEventListener("click", () => operate(name, "step-back", $("#reason").value.trim() || "stepped back from the dashboard"));
 }
 
 async function renderMigration(name) {
   if (!$("#ladder") || $("#title").textContent !== name) skeleton(name);
   const q = encodeURIComponent(name);
-  const [m, series, events] = await Promise.all([
+  const [m, series, events, notes] = await Promise.all([
     read(`/v1/migrations/${q}`), read(`/v1/migrations/${q}/series`),
-    read(`/v1/migrations/${q}/events?after=0&limit=1000`),
+    read(`/v1/migrations/${q}/events?after=0&limit=1000`), read(`/v1/notifications?migration=${q}&limit=20`),
   ]);
   const s = m.state;
   $("#summary").innerHTML = `<span class="status ${esc(s.status)}" id="status">${esc(s.status.replace("_", " "))}</span>
@@ -190,6 +193,7 @@ async function renderMigration(name) {
       <div class="actions"><button id="approve">Approve</button></div></div>` : "";
     if (p) $("#approve").addEventListener("click", () => operate(name, "approve", $("#reason").value.trim() || null));
     $("#rollback").disabled = ["draft", "rolled_back", "aborted"].includes(s.status);
+    $("#stepback").disabled = !["running", "awaiting_approval"].includes(s.status) || s.stage_index < 1;
   }
   const gates = m.controller?.gates ?? m.last_verdict?.payload?.gates ?? [];
   // A metric source that cannot be read holds the stage: say so above the (last known) gates.
@@ -204,6 +208,12 @@ async function renderMigration(name) {
   $("#triggers").innerHTML = (m.triggers.length
     ? `<ul>${m.triggers.map((t) => `<li>${esc(t.metric)} above ${esc(t.metric.includes("latency_p") && !t.metric.endsWith("ratio") ? ms(t.above) : t.metric.endsWith("ratio") ? `x${t.above}` : pct(t.above))} over ${t.window}s rolls back</li>`).join("")}</ul>`
     : `<p class="muted">No triggers.</p>`) + firing.map((f) => `<p class="error">FIRING: ${esc(f)}</p>`).join("");
+  $("#notifications").innerHTML = notes.length
+    ? `<table><tr><th>event</th><th>kind</th><th>to</th><th>status</th><th class="num">tries</th><th>last error</th></tr>
+      ${notes.map((n) => `<tr data-kind="${esc(n.kind)}"><td>#${n.seq}</td><td>${esc(n.kind.replace("_", " "))}</td><td>${esc(n.target)}</td>
+        <td class="delivery ${esc(n.status)}">${esc(n.status)}${n.status === "pending" ? ` (next ${esc(dateTime(n.next_at))})` : ""}</td>
+        <td class="num">${n.attempts}</td><td class="muted">${esc(n.last_error ?? "")}</td></tr>`).join("")}</table>`
+    : `<p class="muted">${m.spec.notify?.length ? "Nothing sent yet." : "No one is notified: add targets under <code>notify:</code> in the spec."}</p>`;
   const arms = Object.entries(m.arms);
   $("#arms").innerHTML = arms.length
     ? `<table><tr><th>arm</th><th class="num">calls</th><th class="num">error rate</th><th class="num">fallbacks</th><th class="num">p50</th><th class="num">p95</th><th class="num">p99</th></tr>
