@@ -117,6 +117,37 @@ def stage_history(url: str, processes: int, hours: float, now: float) -> int:
     return rows + len(batch)
 
 
+def table_bytes(url: str) -> int:
+    """The telemetry table's size on disk (with its indexes)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("VACUUM")
+            size = conn.exec_driver_sql("SELECT SUM(pgsize) FROM dbstat WHERE name LIKE '%telemetry%'").scalar()
+        else:
+            conn.exec_driver_sql("VACUUM crossfade_telemetry")
+            size = conn.exec_driver_sql("SELECT pg_total_relation_size('crossfade_telemetry')").scalar()
+    engine.dispose()
+    return int(size or 0)
+
+
+def storage(url: str, rows: int, processes: int, hours: float) -> str:
+    """Bytes per host-day of telemetry as written, and per migration-day once `crossfade db prune` compacted
+    the windows older than an hour (one row per window and arm, whatever the number of hosts)."""
+    from crossfade.backends.sql import SQLBackend
+
+    written = table_bytes(url) / rows
+    backend = SQLBackend(url)
+    _, left = backend.compact_telemetry(before=time.time() + 1)
+    backend.close()
+    compacted = table_bytes(url) / max(left, 1)
+    per_day = 86400 / WINDOW * 2
+    return (f"{written:,.0f} B/row: {written * per_day / 1e6:,.1f} MB per host-day written; "
+            f"{left:,} rows after compaction, {compacted * per_day / 1e6:,.1f} MB per migration-day whatever the hosts")
+
+
 def measure_history(url: str, processes: int, now: float) -> tuple[float, float, float, float, float]:
     """A controller's first tick of the filled migration (a restarted controller reads the stage once), its
     ticks after that (each with one new window from every process), `status --json`, and of a running control
@@ -204,10 +235,13 @@ def main() -> None:
         try:
             rows = stage_history(url, processes, hours, now)
             first, tick, status, scrape, page = measure_history(url, processes, now)
+            if (processes, hours) == grid[-1]:
+                bytes_line = storage(url, rows, processes, hours)
         finally:
             remove()
         print(f"{processes:>9} {hours:>5} {rows:>9,} {first:>12.3f} {tick:>8.3f} {status:>9.3f} {scrape:>10.3f} {page:>7.3f}",
               flush=True)
+    print(f"telemetry storage at ({grid[-1][0]}, {grid[-1][1]}): {bytes_line}")
     print()
     print(f"{'migrations':>10} {'apply+start s':>13} {'pass s':>8} {'status s':>9}  two replicas (handled, time)")
     for count in counts:

@@ -426,3 +426,21 @@ def test_plan_and_status_of_a_program_refuse_bad_paths(tmp_path, url):
     assert "components[0].spec: no spec file 'nowhere.yaml'" in cli("plan", str(bad), code=2)
     assert "components[0].spec: no spec file" in cli("status", "--program", str(bad), "--url", url, code=2)
     assert "no directory" in cli("plan", str(bad), "-o", str(tmp_path / "missing" / "plan.md"), code=2)
+
+
+def test_db_prune_compacts_and_deletes_old_telemetry(tmp_path, url):
+    from crossfade.backends.sql import SQLBackend
+    from crossfade.telemetry import Cell, Window
+
+    backend = SQLBackend(url)
+    c = Cell()
+    c.calls = 3
+    now = time.time()
+    backend.write_windows([Window("a", "canary", "legacy", now - 40 * 86400, 10.0, c) for _ in range(2)])
+    backend.close()
+    assert "deleted 1 telemetry rows" in cli("db", "prune", "--older-than", "30d", "--compact-after", "0s",
+                                             "--url", url)
+    assert "--older-than soon: " in cli("db", "prune", "--older-than", "soon", "--url", url, code=2)
+    assert "not a http URL" in cli("db", "prune", "--older-than", "30d", "--url", "http://127.0.0.1:1", code=2)
+    missing = f"sqlite:///{tmp_path / 'nowhere' / 'cf.db'}"
+    assert cli("db", "prune", "--older-than", "30d", "--url", missing, code=1).count("\n") == 1

@@ -103,3 +103,42 @@ def test_rows_before_the_stage_are_not_counted(store):
     seen = StageTelemetry().windows(store, state, spec, T0 + 5 * 3600)
     assert same(stage_cells(state, seen), stage_cells(state, stage_windows(store, state)))
     assert min(w.start for w in seen) >= T0 - 5
+
+
+def test_a_row_committed_after_higher_ids_is_still_read_on_postgresql(postgres_url):
+    """PostgreSQL hands a row its id at insert and shows it at commit: a slow writer's row appears below
+    rows the reader has already read."""
+    import json
+
+    import sqlalchemy as sa
+
+    with Client(postgres_url, clock=lambda: T0, background=False) as cf:
+        cf.apply(SPEC)
+        cf.migration("pricing").start()
+    backend = SQLBackend(postgres_url)
+    rng = random.Random(4)
+    spec = load_spec(SPEC)
+    clock = [0.0]
+    kept = StageTelemetry(monotonic=lambda: clock[0])
+    slow = sa.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with slow.connect() as conn:
+            late = cell(rng)
+            conn.execute(sa.text(
+                "INSERT INTO crossfade_telemetry (migration, stage, arm, window_start, window_length, cell, "
+                "written_at) VALUES ('pricing', 'canary', 'legacy', :start, 10, :cell, :now)"),
+                {"start": T0, "cell": json.dumps(late.to_dict()), "now": T0})
+            write(backend, rng, T0 + 10, processes=2)  # committed first, with higher ids
+            state = backend.state("pricing")
+            kept.windows(backend, state, spec, T0 + 30)
+            conn.commit()
+        clock[0] += 10
+        seen = kept.windows(backend, state, spec, T0 + 40)
+        assert same(stage_cells(state, seen), stage_cells(state, stage_windows(backend, state)))
+        assert sum(w.cell.calls for w in seen if w.start == T0) == late.calls
+        clock[0] += 1000  # long after: the late row is not read twice
+        again = kept.windows(backend, state, spec, T0 + 50)
+        assert same(stage_cells(state, again), stage_cells(state, stage_windows(backend, state)))
+    finally:
+        slow.dispose()
+        backend.close()

@@ -792,6 +792,46 @@ def db_upgrade(url: Url = None) -> None:
     out.print(f"schema at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
 
 
+@db_app.command("prune")
+def db_prune(
+    older_than: Annotated[str, typer.Option("--older-than", help="Delete telemetry, shadow comparisons and "
+                                                                   "examples that ended longer ago than this "
+                                                                   "(e.g. 30d), except the stages running now.")],
+    compact_after: Annotated[str, typer.Option("--compact-after", help="Merge each window's rows (one a process) "
+                                                                       "into one once it is this old.")] = "1h",
+    url: Url = None,
+) -> None:
+    """Keep the store bounded: merge old windows' per-process rows into one, and delete what is past retention.
+
+    Run it daily (cron, a Kubernetes CronJob). Merging is exact (cells add up); what a running stage's
+    controller reads is never deleted."""
+    import time
+
+    from crossfade.backends.sql import SQLBackend
+    from crossfade.controller import is_active
+
+    try:
+        retention, compaction = _seconds("--older-than", older_than), _seconds("--compact-after", compact_after)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    target = url or os.environ.get("CROSSFADE_URL") or DEFAULT_URL
+    if not target.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:", "postgres:")):
+        _fail(f"db prune works on the store itself (sqlite:/// or postgresql://), not a {target.split(':')[0]} URL", 2)
+    now = time.time()
+    try:
+        backend = SQLBackend(target)
+        try:
+            running = [(s.name, s.stage) for s in backend.states() if s.stage and is_active(s)]
+            before, after = backend.compact_telemetry(before=now - compaction)
+            removed = backend.prune(before=now - retention, keep=running)
+        finally:
+            backend.close()
+    except BackendError as exc:
+        _fail(str(exc))
+    out.print(f"compacted {before} telemetry rows into {after}; deleted {removed['telemetry']} telemetry rows, "
+              f"{removed['comparisons']} comparison rows and {removed['examples']} examples older than {older_than}")
+
+
 @app.command()
 def serve(
     url: Url = None,

@@ -11,6 +11,9 @@ one window per hour, so what is kept, and merged at each look, stays flat in the
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from crossfade.backends.base import Backend, IncrementalTelemetry
@@ -22,6 +25,10 @@ from crossfade.telemetry import Cell, Window
 # entered may hold its first calls (windows are 10 s by default; a minute covers any sensible setting).
 WINDOW_MARGIN = 60.0
 ROLLUP = 3600.0
+# Seconds after which a row id handed out to a writer is surely committed or abandoned (PostgreSQL hands ids
+# out at insert and shows rows at commit, so a lower id can appear after a higher one; statements time out
+# well before this).
+SETTLE = 120.0
 
 
 def stage_windows(backend: Backend, state: State) -> list[Window]:
@@ -42,10 +49,19 @@ def detail_horizon(spec: Spec) -> float:
 
 @dataclass
 class _Kept:
-    """What was read of one migration's current stage."""
+    """What was read of one migration's current stage.
+
+    Every row with an id up to `low` has been read. Above it, `seen` holds the ids read so far (up to
+    `top`): a row whose id was handed out before `top`'s but which committed later is found among them by
+    its absence. `marks` remembers, by this process's clock, which `top` each read reached, so that `low`
+    moves up to a `top` once no writer can still be committing below it (`SETTLE` seconds later).
+    """
 
     position: tuple[object, ...]
-    after_id: int = 0
+    low: int = 0
+    top: int = 0
+    seen: set[int] = field(default_factory=set)
+    marks: deque[tuple[float, int]] = field(default_factory=deque)
     recent: dict[tuple[float, float, str], Cell] = field(default_factory=dict)
     # Per hour and arm: the merged cell and the end of the last window in it, so a rolled-up window claims
     # no time it has no data for (a sliding window that starts after it must not see it).
@@ -56,7 +72,8 @@ class StageTelemetry:
     """Per migration, the current stage's windows, read incrementally from a store that can (SQL), and
     whole from one that cannot (a control plane's HTTP API, a simulation's memory)."""
 
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._monotonic = monotonic
         self._kept: dict[str, _Kept] = {}
         self._lock = threading.Lock()
 
@@ -70,9 +87,8 @@ class StageTelemetry:
             kept = self._kept.get(state.name)
             if kept is None or kept.position != position:
                 kept = self._kept[state.name] = _Kept(position)
-            rows, kept.after_id = backend.telemetry_since(state.name, stage=state.stage, after_id=kept.after_id)
             cutoff = now - detail_horizon(spec)
-            for w in rows:
+            for w in self._news(backend, state.name, state.stage, kept):
                 if w.start < entered - WINDOW_MARGIN:
                     continue
                 self._add(kept, w.start, w.length, w.arm, w.cell, cutoff, entered)
@@ -80,6 +96,22 @@ class StageTelemetry:
                 start, length, arm = key
                 self._add(kept, start, length, arm, kept.recent.pop(key), cutoff, entered)
             return self._as_windows(state, kept)
+
+    def _news(self, backend: IncrementalTelemetry, name: str, stage: str, kept: _Kept) -> list[Window]:
+        late: set[int] = set()
+        if kept.top > kept.low:
+            late = set(backend.telemetry_ids(name, stage=stage, after_id=kept.low, upto=kept.top)) - kept.seen
+        rows = backend.telemetry_rows(name, stage=stage, after_id=kept.top, also=late)
+        for row_id, _ in rows:
+            kept.seen.add(row_id)
+            kept.top = max(kept.top, row_id)
+        clock = self._monotonic()
+        kept.marks.append((clock, kept.top))
+        if kept.marks[0][0] <= clock - SETTLE:
+            while kept.marks and kept.marks[0][0] <= clock - SETTLE:
+                kept.low = max(kept.low, kept.marks.popleft()[1])
+            kept.seen = {i for i in kept.seen if i > kept.low}
+        return [w for _, w in rows]
 
     def forget(self, name: str) -> None:
         """Drop what is kept of a migration (it ended, or this process no longer looks at it)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -108,9 +108,12 @@ class Backend(Protocol):
 @runtime_checkable
 class IncrementalTelemetry(Protocol):
     """A store that hands out only the telemetry rows written after a given one, so a reader that keeps
-    what it read pays for news, not for history."""
+    what it read pays for news, not for history. Row ids grow, but (on PostgreSQL) a row may become
+    visible after rows with higher ids: a reader re-checks recent ids for late ones."""
 
-    def telemetry_since(self, migration: str, *, stage: str, after_id: int) -> tuple[list[Window], int]:
-        """The rows of one stage written after row `after_id`, unmerged, and the id of the last one
-        (`after_id` when there is none)."""
+    def telemetry_ids(self, migration: str, *, stage: str, after_id: int, upto: int) -> list[int]:
+        """The ids of one stage's rows in (after_id, upto]."""
 
+    def telemetry_rows(self, migration: str, *, stage: str, after_id: int,
+                       also: Collection[int] = ()) -> list[tuple[int, Window]]:
+        """One stage's rows with an id above `after_id` or in `also`, unmerged, with their ids, in id order."""

@@ -10,7 +10,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -332,16 +332,76 @@ class SQLBackend:
             for (start, arm, row_stage, length), cell in sorted(cells.items(), key=lambda kv: kv[0])
         ]
 
-    def telemetry_since(self, migration: str, *, stage: str, after_id: int) -> tuple[list[Window], int]:
-        """The rows of one stage written after row `after_id`, unmerged, and the id of the last one."""
+    def telemetry_ids(self, migration: str, *, stage: str, after_id: int, upto: int) -> list[int]:
+        """The ids of one stage's rows in (after_id, upto]."""
         t = telemetry.c
+        query = sa.select(t.id).where(t.migration == migration, t.stage == stage, t.id > after_id, t.id <= upto)
+        with self._store.guard(f"reading the telemetry of {migration}"), self._store.read() as conn:
+            return list(conn.scalars(query))
+
+    def telemetry_rows(self, migration: str, *, stage: str, after_id: int,
+                       also: Collection[int] = ()) -> list[tuple[int, Window]]:
+        """One stage's rows with an id above `after_id` or in `also`, unmerged, with their ids, in id order."""
+        t = telemetry.c
+        wanted = t.id > after_id if not also else sa.or_(t.id > after_id, t.id.in_(list(also)))
         query = (sa.select(t.id, t.arm, t.window_start, t.window_length, t.cell)
-                 .where(t.migration == migration, t.stage == stage, t.id > after_id).order_by(t.id))
+                 .where(t.migration == migration, t.stage == stage, wanted).order_by(t.id))
         with self._store.guard(f"reading the telemetry of {migration}"), self._store.read() as conn:
             rows = conn.execute(query).all()
-        windows = [Window(migration, stage, arm, start, length, Cell.from_dict(json.loads(text)))
-                   for _, arm, start, length, text in rows]
-        return windows, rows[-1][0] if rows else after_id
+        return [(row_id, Window(migration, stage, arm, start, length, Cell.from_dict(json.loads(text))))
+                for row_id, arm, start, length, text in rows]
+
+    def compact_telemetry(self, *, before: float) -> tuple[int, int]:
+        """Merge the rows of each window that ended before `before` (one a process) into one row, kept
+        under the lowest of their ids so an incremental reader that has read them reads nothing twice.
+        Exact: cells add up. Returns (rows before, rows after), one transaction per migration."""
+        t = telemetry.c
+        with self._store.guard("reading the telemetry's migrations"), self._store.read() as conn:
+            names = list(conn.scalars(sa.select(t.migration).distinct()))
+        total_before = total_after = 0
+        for name in names:
+            old = (t.migration == name, t.window_start + t.window_length < before, t.written_at < before)
+            with self._store.guard(f"compacting the telemetry of {name}"), self._store.write() as conn:
+                rows = conn.execute(sa.select(t.id, t.stage, t.arm, t.window_start, t.window_length, t.cell)
+                                    .where(*old).order_by(t.id)).all()
+                groups: dict[tuple[str, str, float, float], list[tuple[int, str]]] = {}
+                for row_id, stage, arm, start, length, text in rows:
+                    groups.setdefault((stage, arm, start, length), []).append((row_id, text))
+                merged, drop = [], []
+                for members in groups.values():
+                    if len(members) < 2:
+                        continue
+                    cell = Cell()
+                    for _, text in members:
+                        cell.merge(Cell.from_dict(json.loads(text)))
+                    merged.append({"keep": members[0][0], "merged": json.dumps(cell.to_dict(), separators=(",", ":"))})
+                    drop += [row_id for row_id, _ in members[1:]]
+                if merged:
+                    conn.execute(telemetry.update().where(t.id == sa.bindparam("keep"))
+                                 .values(cell=sa.bindparam("merged")), merged)
+                    for i in range(0, len(drop), 500):
+                        conn.execute(telemetry.delete().where(t.id.in_(drop[i:i + 500])))
+                total_before += len(rows)
+                total_after += len(rows) - len(drop)
+        return total_before, total_after
+
+    def prune(self, *, before: float, keep: Collection[tuple[str, str]] = ()) -> dict[str, int]:
+        """Delete telemetry windows and shadow comparison rows that ended before `before`, and mismatch
+        examples taken before it, except those of the (migration, stage) pairs in `keep` (the stages
+        running now). Returns how many rows of each went."""
+        t, c, x = telemetry.c, shadow_fields.c, shadow_examples.c
+        spared_t = [sa.and_(t.migration == m, t.stage == s) for m, s in keep]
+        spared_c = [sa.and_(c.migration == m, c.stage == s) for m, s in keep]
+        spared_x = [sa.and_(x.migration == m, x.stage == s) for m, s in keep]
+        removed = {}
+        with self._store.guard("pruning old telemetry"), self._store.write() as conn:
+            removed["telemetry"] = conn.execute(telemetry.delete().where(
+                t.window_start + t.window_length < before, *([sa.not_(sa.or_(*spared_t))] if keep else []))).rowcount
+            removed["comparisons"] = conn.execute(shadow_fields.delete().where(
+                c.window_start + c.window_length < before, *([sa.not_(sa.or_(*spared_c))] if keep else []))).rowcount
+            removed["examples"] = conn.execute(shadow_examples.delete().where(
+                x.time < before, *([sa.not_(sa.or_(*spared_x))] if keep else []))).rowcount
+        return removed
 
     def write_comparisons(self, rows: Sequence[FieldWindow], examples: Sequence[Example], *, keep: int = 20) -> None:
         """Store comparison counts (rows add up on read) and examples, keeping the newest `keep` per
