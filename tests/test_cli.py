@@ -444,3 +444,58 @@ def test_db_prune_compacts_and_deletes_old_telemetry(tmp_path, url):
     assert "not a http URL" in cli("db", "prune", "--older-than", "30d", "--url", "http://127.0.0.1:1", code=2)
     missing = f"sqlite:///{tmp_path / 'nowhere' / 'cf.db'}"
     assert cli("db", "prune", "--older-than", "30d", "--url", missing, code=1).count("\n") == 1
+
+
+ROUTED = """
+name: agent-cli
+stages: [{name: shadow, traffic: 0%, shadow: 10%}, {name: canary, traffic: 5%}, {name: all, traffic: 100%}]
+deny: [vip]
+routers:
+  - istio: {host: agent-cli, legacy_labels: {version: v1}, candidate_labels: {version: v2}}
+"""
+
+
+def test_render_prints_a_routers_manifests_for_now_or_a_stage(tmp_path, url):
+    import yaml
+
+    spec = tmp_path / "agent-cli.yaml"
+    spec.write_text(ROUTED)
+    cli("apply", str(spec), "--url", url)
+    cli("start", "agent-cli", "--url", url)
+    docs = list(yaml.safe_load_all(cli("render", "agent-cli", "--router", "istio", "--url", url)))
+    assert [d["kind"] for d in docs] == ["DestinationRule", "VirtualService"]
+    split = docs[1]["spec"]["http"][-1]
+    assert [r["weight"] for r in split["route"]] == [100, 0] and split["mirrorPercentage"] == {"value": 10.0}
+    canary = list(yaml.safe_load_all(cli("render", "agent-cli", "--router", "istio", "--stage", "canary", "--url", url)))
+    assert [r["weight"] for r in canary[1]["spec"]["http"][-1]["route"]] == [95, 5]
+
+
+def test_render_refuses_bad_input_in_one_line(tmp_path, url):
+    spec = tmp_path / "agent-cli.yaml"
+    spec.write_text(ROUTED)
+    cli("apply", str(spec), "--url", url)
+    out = cli("render", "agent-cli", "--router", "nginx", "--url", url, code=2)
+    assert "names no nginx router (it names: istio)" in out and "Traceback" not in out
+    assert "no stage 'nope'" in cli("render", "agent-cli", "--router", "istio", "--stage", "nope", "--url", url, code=2)
+    assert "no migration" in cli("render", "ghost", "--router", "istio", "--url", url, code=1)
+
+
+def test_status_shows_each_routers_state(tmp_path, url):
+    from crossfade.events import ROUTER_FAILED, ROUTER_SYNCED, Change, seal
+
+    spec = tmp_path / "agent-cli.yaml"
+    spec.write_text(ROUTED)
+    cli("apply", str(spec), "--url", url)
+    cli("start", "agent-cli", "--url", url)
+    with crossfade.connect(url) as cf:
+        # What the controller loop records after syncing a router, written here without a cluster.
+        state = cf.migration("agent-cli").state()
+        after, events = seal(state, [
+            Change(ROUTER_SYNCED, "istio at 0.00% candidate", {"router": "istio", "candidate": 0.0,
+                                                                "verification": "verified"}),
+            Change(ROUTER_FAILED, "nginx: cannot reach nginx", {"router": "nginx", "candidate": 0.0})],
+            actor="controller", now=time.time())
+        cf.backend().append("agent-cli", state.seq, events, state=after)
+    text = cli("status", "agent-cli", "--url", url)
+    assert "router istio: verified at 0% candidate" in text
+    assert "router nginx: failed at 0% candidate (nginx: cannot reach nginx)" in text

@@ -76,3 +76,32 @@ def test_two_hundred_forks_of_a_busy_sqlite_client_never_hang(tmp_path):
     with crossfade.Client(url, background=False) as reader:
         cells = merge_windows(reader.backend().windows("m"))
     assert sum(c.calls for c in cells.values()) == parent_calls[0] + 5 * children
+
+
+def test_processes_flush_each_at_its_own_point_of_the_window(tmp_path):
+    """Hundreds of app processes close their windows at the same instants; each flushes at its own offset
+    into the next window, so the writes reach the store spread over the window, not in one burst."""
+    from crossfade.client import Client
+
+    url = f"sqlite:///{tmp_path / 'cf.db'}"
+    now = [1_800_000_000.0]
+    first_writes = []
+    for seed in range(20):
+        with Client(url, clock=lambda: now[0], background=False, window=10.0) as cf:
+            cf.apply({"name": f"m{seed}", "stages": [{"traffic": "50%"}, {"traffic": "100%"}]})
+            cf.migration(f"m{seed}").start()
+            cf._tick()  # the first look flushes at once
+            cf.migration(f"m{seed}").run("k", lambda: 1, lambda: 1)
+            # Walk through the next two windows in 0.5 s steps: the window closes at +10 s; when is it written?
+            start = now[0]
+            written = None
+            while written is None and now[0] < start + 25:
+                now[0] += 0.5
+                cf._tick()
+                if cf.backend().windows(f"m{seed}"):
+                    written = now[0] - start
+            assert written is not None and 11 <= written <= 19.5  # closed at 10 s, collected 1 s later, + offset
+            first_writes.append(written)
+            now[0] = start + 100
+    # Twenty processes flushed at many different points of the window, not all in its first second.
+    assert len({round(w) for w in first_writes}) >= 5

@@ -524,6 +524,10 @@ def _print_state_line(state: State) -> None:
     stage = f"stage {state.stage} ({state.stage_index + 1})" if state.stage else "not started"
     out.print(f"{state.name}: [bold]{state.status}[/bold], {stage}, candidate traffic "
               f"{format_percent(state.traffic)}")
+    for router, status, candidate, detail in state.routers:
+        colour = "green" if status == "verified" else "red" if status == "failed" else "yellow"
+        out.print(f"  router {router}: [{colour}]{status}[/{colour}] at {format_percent(candidate)} candidate"
+                  + (f" ({detail})" if detail else ""))
 
 
 def _ms(seconds: float) -> str:
@@ -676,6 +680,81 @@ def shadow_report(cf: Client, name: str, stage: str | None, *, limit: int = 3) -
                          for e in cf.backend().examples(name, stage=stage, path=path, limit=limit)],
         })
     return {"migration": name, "stage": stage, "totals": totals, "fields": report}
+
+
+@app.command()
+def render(
+    name: Name,
+    router: Annotated[str, typer.Option("--router", help="Which of the spec's routers (istio, gateway_api, nginx).")],
+    stage: Annotated[str | None, typer.Option("--stage", help="Render this stage (default: where the migration "
+                                               "stands now).")] = None,
+    url: Url = None,
+) -> None:
+    """Print what a router would apply (Kubernetes manifests, an nginx config), for GitOps or review."""
+    from crossfade.registry import ProviderConfigError
+    from crossfade.routers import ROUTERS, Renders, RouterError, Target, create
+
+    with _client(url) as cf:
+        mig = cf.migration(name)
+        state, spec = mig.state(), mig.spec()
+        entries = [(i, e) for i, e in enumerate(spec.routers) if isinstance(e, dict) and router in e]
+        if not entries:
+            named = ", ".join(next(iter(e)) for e in spec.routers if isinstance(e, dict)) or "none"
+            _fail(f"the spec of {name} names no {router} router (it names: {named}); add it to the spec, e.g. "
+                  f"routers: [{{{router}: {{...}}}}], and apply it (known routers: {', '.join(ROUTERS.names())})", 2)
+        try:
+            provider = create(entries[0][1], f"routers[{entries[0][0]}]")
+            target = Target.for_stage(spec, stage) if stage else Target.from_state(state, spec)
+        except KeyError as exc:
+            _fail(str(exc).strip("'\""), 2)
+        except ProviderConfigError as exc:
+            _fail(str(exc), 2)
+        if not isinstance(provider, Renders):
+            _fail(f"the {router} router has nothing to render: it applies no files", 2)
+        try:
+            sys.stdout.write(provider.render(target))
+        except RouterError as exc:
+            _fail(str(exc))
+
+
+@app.command()
+def proxy(
+    name: Name,
+    legacy: Annotated[str, typer.Option("--legacy", help="The legacy upstream's base URL, e.g. http://127.0.0.1:8001.")],
+    candidate: Annotated[str, typer.Option("--candidate", help="The candidate upstream's base URL.")],
+    key: Annotated[str, typer.Option("--key", help="Where the sticky key is: header:NAME, cookie:NAME or query:NAME.")],
+    listen: Annotated[str, typer.Option("--listen", help="host:port to serve on.")] = "127.0.0.1:8080",
+    ignore: Annotated[list[str] | None, typer.Option("--ignore", help="A path left out of the comparison, "
+                                                     "e.g. '$.body.request_id' (repeatable).")] = None,
+    compare_header: Annotated[list[str] | None, typer.Option("--compare-header", help="A response header "
+                                                             "compared (repeatable; default content-type).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.001, help="Seconds to wait for an upstream.")] = 30.0,
+    url: Url = None,
+) -> None:
+    """Serve a reverse proxy that routes each request to legacy or candidate by its sticky key, falls back,
+    mirrors and compares as the stage says, and records telemetry as the SDK does (needs crossfade[proxy])."""
+    try:
+        from crossfade.proxy import KeySource, ProxySettings
+        from crossfade.proxy.run import serve as serve_proxy
+    except ImportError as exc:
+        _fail(f"crossfade proxy needs the proxy extra: pip install 'crossfade[proxy]' ({exc.name} is missing)")
+    from crossfade.shadow import compile_path
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        _fail(f"--listen {listen!r}: expected host:port, e.g. 127.0.0.1:8080", 2)
+    try:
+        settings = ProxySettings(legacy, candidate, KeySource.parse(key),
+                                 tuple(compare_header) if compare_header else ("content-type",), timeout)
+        for path in ignore or ():
+            compile_path(path)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    with _client(url) as cf:
+        if cf.backend().state(name) is None:
+            raise UnknownMigration(f"no migration named {name!r}; apply its spec first (crossfade apply FILE)")
+        out.print(f"crossfade proxy for {name} on http://{listen}: legacy {legacy}, candidate {candidate}, key {key}")
+        serve_proxy(cf, name, settings, host=host, port=int(port), ignore=tuple(ignore or ()))
 
 
 @app.command()
@@ -966,6 +1045,13 @@ def demo(
     target = None if keep is None else f"sqlite:///{keep.resolve().with_suffix('.db')}"
     raise typer.Exit(run_demo(out, speed=speed, faulty_only=faulty, keep=target,
                               dashboard=port if dashboard else None))
+
+
+# The batch and convert commands live in their own module; it reads this one's helpers, so it comes last.
+from crossfade import cli_batch  # noqa: E402
+
+app.add_typer(cli_batch.batch_app, name="batch")
+app.command("convert")(cli_batch.convert)
 
 
 def main() -> None:

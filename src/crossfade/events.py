@@ -32,6 +32,9 @@ ROLLBACK_STARTED: Final = "rollback_started"
 ROLLBACK_STEP: Final = "rollback_step"
 ABORTED: Final = "aborted"
 RESTARTED: Final = "restarted"
+# A router made its data plane match the routing state and read it back (or could not).
+ROUTER_SYNCED: Final = "router_synced"
+ROUTER_FAILED: Final = "router_failed"
 
 # Statuses.
 DRAFT: Final = "draft"
@@ -188,6 +191,8 @@ class State:
     salt: str | None = None
     verdicts: tuple[tuple[str, str], ...] = ()
     rollback_step_at: float | None = None
+    # Per router named by the spec: (router, "verified" | "not_implemented" | "failed", candidate share, detail).
+    routers: tuple[tuple[str, str, float, str], ...] = ()
 
     def apply(self, event: Event) -> State:
         """The state after one more event."""
@@ -235,6 +240,12 @@ class State:
         if kind in (ROLLBACK_STARTED, ROLLBACK_STEP):
             return replace(self, status=ROLLING_BACK, traffic=p["traffic"], shadow=0.0, shadow_legacy=0.0, noise=0.0,
                            dual_write=False, rollback_step_at=event.time, **common)
+        if kind in (ROUTER_SYNCED, ROUTER_FAILED):
+            status = p.get("verification", "verified") if kind == ROUTER_SYNCED else "failed"
+            entry = (p["router"], status, float(p["candidate"]), event.reason or "")
+            routers = tuple(r for r in self.routers if r[0] != p["router"]) + (entry,)
+            return replace(self, routers=tuple(sorted(routers)), seq=event.seq, head=event.hash,
+                           updated_at=event.time)
         if kind == ABORTED:
             return replace(self, status=ABORTED_STATUS, traffic=0.0, shadow=0.0, shadow_legacy=0.0, noise=0.0,
                            dual_write=False, **common)
@@ -250,12 +261,14 @@ class State:
             "stage_entered_at": self.stage_entered_at, "updated_at": self.updated_at, "reason": self.reason,
             "spec_digest": self.spec_digest, "salt": self.salt,
             "verdicts": [list(pair) for pair in self.verdicts], "rollback_step_at": self.rollback_step_at,
+            **({"routers": [list(r) for r in self.routers]} if self.routers else {}),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> State:
         """The state a `to_dict` form describes."""
-        return cls(**{**data, "verdicts": tuple(tuple(pair) for pair in data.get("verdicts") or ())})
+        return cls(**{**data, "verdicts": tuple(tuple(pair) for pair in data.get("verdicts") or ()),
+                      "routers": tuple(tuple(r) for r in data.get("routers") or ())})
 
     def verdict(self, gate: str) -> str | None:
         """The last recorded verdict of a gate in this stage, or None."""

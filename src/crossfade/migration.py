@@ -10,6 +10,7 @@ import inspect
 import logging
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -404,8 +405,13 @@ class Migration:
     # -- writes ----------------------------------------------------------------------------------
 
     def write(self, key: object, legacy_write: Callable[..., T], candidate_write: Callable[..., T], /,
-              *args: Any, **kwargs: Any) -> T:
+              *args: Any, idempotency_key: str | bool | None = None, **kwargs: Any) -> T:
         """Route a write by `key`; in a `dual_write` stage write both sides.
+
+        `idempotency_key` (a string, or True for a fresh random one) is passed to each write function as the
+        keyword `idempotency_key`, the same on every retry of the second side: a store that keeps the keys it
+        took (a unique index) can then drop a write it already has, where a retry after a lost answer would
+        otherwise store it twice.
 
         The authoritative side (legacy, until the stage's traffic gives the key to the candidate) is written
         first and its answer returned; its exception reaches the caller, and the other side is then not
@@ -413,6 +419,7 @@ class Migration:
         it never fails or undoes the authoritative write. Outside dual-write stages this is `run` for a
         call site marked writes=True: never shadowed.
         """
+        kwargs = _with_idempotency_key(kwargs, idempotency_key)
         route = self._bound[0]
         if route is None:
             return legacy_write(*args, **kwargs)
@@ -441,8 +448,10 @@ class Migration:
         return result
 
     async def awrite(self, key: object, legacy_write: Callable[..., Awaitable[T]],
-                     candidate_write: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """`write` for coroutine functions."""
+                     candidate_write: Callable[..., Awaitable[T]], /, *args: Any,
+                     idempotency_key: str | bool | None = None, **kwargs: Any) -> T:
+        """`write` for coroutine functions (`idempotency_key` as there)."""
+        kwargs = _with_idempotency_key(kwargs, idempotency_key)
         route = self._bound[0]
         if route is None:
             return await legacy_write(*args, **kwargs)
@@ -636,6 +645,13 @@ class Migration:
 
 
 _NO_KEY = object()
+
+
+def _with_idempotency_key(kwargs: dict[str, Any], key: str | bool | None) -> dict[str, Any]:
+    """The write functions' keywords, with the idempotency key when one is asked for."""
+    if key is None or key is False:
+        return kwargs
+    return {**kwargs, "idempotency_key": uuid.uuid4().hex if key is True else str(key)}
 
 
 def _shadow_sync(payload: tuple[Any, ...], slot: list[Any]) -> None:

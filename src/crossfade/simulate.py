@@ -572,6 +572,10 @@ class _SimBackend:
         """As SQLBackend.acquire_lease."""
         return self._sql.acquire_lease(name, holder, ttl, now)
 
+    def lease_holders(self, prefix: str, now: float) -> list[str]:
+        """As SQLBackend.lease_holders."""
+        return self._sql.lease_holders(prefix, now)
+
     def release_lease(self, name: str, holder: str) -> None:
         """As SQLBackend.release_lease."""
         self._sql.release_lease(name, holder)

@@ -75,7 +75,8 @@ class StageTelemetry:
     def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._monotonic = monotonic
         self._kept: dict[str, _Kept] = {}
-        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()  # guards the two dicts; each migration's reads hold its own lock
 
     def windows(self, backend: Backend, state: State, spec: Spec, now: float) -> list[Window]:
         """The stage's windows as the controller takes them: recent ones as written, older ones by hour."""
@@ -84,9 +85,12 @@ class StageTelemetry:
         entered = state.stage_entered_at if state.stage_entered_at is not None else float("-inf")
         position = (state.stage, entered, state.spec_version)
         with self._lock:
-            kept = self._kept.get(state.name)
-            if kept is None or kept.position != position:
-                kept = self._kept[state.name] = _Kept(position)
+            lock = self._locks.setdefault(state.name, threading.Lock())
+        with lock:
+            with self._lock:
+                kept = self._kept.get(state.name)
+                if kept is None or kept.position != position:
+                    kept = self._kept[state.name] = _Kept(position)
             cutoff = now - detail_horizon(spec)
             for w in self._news(backend, state.name, state.stage, kept):
                 if w.start < entered - WINDOW_MARGIN:
@@ -117,6 +121,7 @@ class StageTelemetry:
         """Drop what is kept of a migration (it ended, or this process no longer looks at it)."""
         with self._lock:
             self._kept.pop(name, None)
+            self._locks.pop(name, None)
 
     @staticmethod
     def _add(kept: _Kept, start: float, length: float, arm: str, cell: Cell, cutoff: float, entered: float) -> None:

@@ -86,6 +86,9 @@ class Backend(Protocol):
     def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
         """Take or renew a lease until `now + ttl`; False while another holder's has not expired."""
 
+    def lease_holders(self, prefix: str, now: float) -> list[str]:
+        """The holders of the unexpired leases whose names start with `prefix`, sorted."""
+
     def release_lease(self, name: str, holder: str) -> None:
         """Give a lease up if `holder` holds it."""
 

@@ -260,6 +260,10 @@ class HTTPBackend:
         """Refused: the controller runs inside `crossfade serve`, next to the database."""
         raise BackendError("the controller runs inside `crossfade serve`; run-controller needs a database URL")
 
+    def lease_holders(self, prefix: str, now: float) -> list[str]:
+        """Refused, like `acquire_lease`."""
+        raise BackendError("the controller runs inside `crossfade serve`; run-controller needs a database URL")
+
     def release_lease(self, name: str, holder: str) -> None:
         """Refused, like `acquire_lease`."""
         raise BackendError("the controller runs inside `crossfade serve`; run-controller needs a database URL")

@@ -493,6 +493,15 @@ class SQLBackend:
             conn.execute(leases.update().where(leases.c.name == name).values(**values))
             return True
 
+    def lease_holders(self, prefix: str, now: float) -> list[str]:
+        """The holders of the unexpired leases whose names start with `prefix`, sorted."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = (sa.select(leases.c.holder).distinct()
+                 .where(leases.c.name.like(escaped + "%", escape="\\"), leases.c.expires_at > now)
+                 .order_by(leases.c.holder))
+        with self._store.guard("reading the leases"), self._store.read() as conn:
+            return list(conn.scalars(query))
+
     def release_lease(self, name: str, holder: str) -> None:
         """Give the lease up, if `holder` holds it, so another can take it at once."""
         with self._store.guard(f"releasing the lease {name}"), self._store.write() as conn:

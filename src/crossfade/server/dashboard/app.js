@@ -151,7 +151,7 @@ function skeleton(name) {
     <h1 id="title">${esc(name)}</h1><div id="notice" class="notice" hidden></div>
     <div id="summary"></div>
     <h2>Stages</h2><div id="ladder" class="ladder"></div>
-    <h2>Traffic</h2><div id="split"></div>
+    <h2>Traffic</h2><div id="split"></div><div id="routers"></div>
     <div id="approval"></div>
     <div class="actions" id="actions"><input id="reason" placeholder="reason (recorded in the audit log)" size="40">
       <button id="rollback" class="danger">Rollback</button></div>
@@ -181,6 +181,8 @@ async function renderMigration(name) {
   }).join("");
   const c = s.traffic;
   $("#split").innerHTML = `<div class="split" aria-label="traffic split"><div class="c" style="width:${c * 100}%">${c > 0.08 ? `candidate ${pct(c)}` : ""}</div><div class="l" style="width:${(1 - c) * 100}%">${c < 0.92 ? `legacy ${pct(1 - c)}` : ""}</div></div>`;
+  $("#routers").innerHTML = (s.routers ?? []).map(([router, status, share, detail]) =>
+    `<div class="router ${esc(status)}" data-router="${esc(router)}">router <b>${esc(router)}</b>: <span class="status ${esc(status)}">${esc(status.replace("_", " "))}</span> at ${pct(share)} candidate${detail ? ` <span class="muted">${esc(detail)}</span>` : ""}</div>`).join("");
   if (lastSeq !== s.seq) {
     lastSeq = s.seq;
     const p = m.pending_approval;
