@@ -54,15 +54,18 @@ def test_threads_record_without_locks_and_totals_are_exact():
                 cell.errors += 1
             recorder.done()
 
-    background = threading.Thread(target=flusher)
-    background.start()
+    # Two flushers, as when the application calls cf.flush() while the background thread flushes too.
+    flushers = [threading.Thread(target=flusher) for _ in range(2)]
+    for f in flushers:
+        f.start()
     threads = [threading.Thread(target=worker, args=(20_000,)) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     stop.set()
-    background.join()
+    for f in flushers:
+        f.join()
     collected.extend(recorder.collect(everything=True))
     totals = merge_windows(collected)
     per_thread_candidate = len(range(0, 20_000, 3))

@@ -212,6 +212,7 @@ class Recorder:
         self._local = threading.local()
         self._buffers: list[_ThreadCells] = []
         self._lock = threading.Lock()  # guards the list of buffers, taken once per thread, never per call
+        self._collecting = threading.Lock()  # one collector at a time: a window held back is handed on once
 
     def resync(self) -> None:
         """Re-read the wall clock's offset from the monotonic one (NTP may have moved it)."""
@@ -255,6 +256,10 @@ class Recorder:
 
         With `everything` (at close) a window is taken even from a thread caught mid-write.
         """
+        with self._collecting:
+            return self._collect(everything)
+
+    def _collect(self, everything: bool) -> list[Window]:
         cutoff = math.inf if everything else (self._clock() - round(self.grace * 1e9)) // self._window_ns
         merged: dict[tuple[int, str], Cell] = {}
         with self._lock:
@@ -262,7 +267,9 @@ class Recorder:
             # A finished thread's buffer can go once it is empty; it can never be written again.
             self._buffers = [b for b in buffers if b.thread.is_alive() or b.windows or b.held]
         for buffer in buffers:
-            taken = [(i, buffer.windows.pop(i, None) or {}) for i in list(buffer.windows) if i + 1 <= cutoff]
+            # The very dict popped is kept, even empty: its thread may be about to put its cell in it.
+            popped = [(i, buffer.windows.pop(i, None)) for i in list(buffer.windows) if i + 1 <= cutoff]
+            taken = [(i, cells) for i, cells in popped if cells is not None]
             mark = buffer.writing  # read after the pops
             if taken:
                 buffer.held.extend(taken)
@@ -288,5 +295,6 @@ class Recorder:
         """Forget every buffer: in a forked child, the parent's unflushed counts are the parent's to send."""
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._collecting = threading.Lock()
         self._buffers = []
         self.resync()
