@@ -85,8 +85,10 @@ class Backend(Protocol):
     def release_lease(self, name: str, holder: str) -> None:
         """Give a lease up if `holder` holds it."""
 
-    def create_token(self, name: str, role: str, token_hash: str, now: float) -> TokenRecord:
-        """Store a new token by its hash. ConflictError when an unrevoked token already has this name."""
+    def create_token(self, name: str, role: str, token_hash: str, now: float, *,
+                     migrations: Sequence[str] = ()) -> TokenRecord:
+        """Store a new token by its hash, bound to `migrations` when given (none: every migration).
+        ConflictError when an unrevoked token already has this name."""
 
     def tokens(self) -> list[TokenRecord]:
         """Every token ever created (revoked ones too), oldest first."""

@@ -264,7 +264,8 @@ class HTTPBackend:
         """Refused, like `acquire_lease`."""
         raise BackendError("the controller runs inside `crossfade serve`; run-controller needs a database URL")
 
-    def create_token(self, name: str, role: str, token_hash: str, now: float) -> TokenRecord:
+    def create_token(self, name: str, role: str, token_hash: str, now: float, *,
+                     migrations: Sequence[str] = ()) -> TokenRecord:
         """Refused: tokens are made on the server's database."""
         raise BackendError("tokens are made on the control plane's database: crossfade token create --url DB_URL")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -27,8 +29,10 @@ from crossfade.backends.base import BackendError, BackendUnavailable, ConflictEr
 from crossfade.canonical import canonical_json
 from crossfade.events import Event, State
 from crossfade.shadow import COUNTERS, Example, FieldWindow
-from crossfade.telemetry import Cell, Window
+from crossfade.telemetry import Cell, Window, check_cell
 from crossfade.tokens import TokenRecord
+
+log = logging.getLogger("crossfade")
 
 __all__ = ["SQLBackend", "current_revision", "head_revision", "upgrade"]
 
@@ -38,6 +42,9 @@ SCRIPT_LOCATION: str = str(Path(__file__).with_name("migrations"))
 VERSION_TABLE: Final = "crossfade_schema_version"
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
 POSTGRES_CONNECT_TIMEOUT_S: Final = 3
+# No statement waits longer than this on a lock or a busy server: a hung database makes callers fail (and the
+# server answer 503), never wait for ever. The URL's own `options` win.
+POSTGRES_STATEMENT_TIMEOUT_MS: Final = 10_000
 # pg_advisory_xact_lock key serializing schema creation and upgrades ("cfsc" in ASCII).
 _SCHEMA_LOCK_KEY: Final = 0x63667363
 # alembic's `context` is a process-wide proxy: two threads must not run env.py at once.
@@ -80,6 +87,8 @@ telemetry = sa.Table(
     sa.Column("window_length", sa.Double, nullable=False),
     sa.Column("cell", sa.Text, nullable=False),
     sa.Column("written_at", sa.Double, nullable=False),
+    sa.Column("source", sa.Text),
+    sa.Index("ux_telemetry_source", "migration", "stage", "arm", "window_start", "source", unique=True),
 )
 leases = sa.Table(
     "crossfade_leases", _metadata,
@@ -97,6 +106,7 @@ tokens_table = sa.Table(
     sa.Column("hash", sa.String(128), nullable=False, unique=True),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("revoked_at", sa.Double),
+    sa.Column("migrations", sa.Text),
 )
 
 shadow_fields = sa.Table(
@@ -140,12 +150,13 @@ def current_revision(engine: Engine) -> str | None:
         return _revision(conn)
 
 
-def upgrade(url: str) -> tuple[str | None, str]:
+def upgrade(url: str, *, init_empty: bool = False) -> tuple[str | None, str]:
     """Bring the database at `url` to the newest schema (creating a SQLite file if missing).
 
     Returns the revision before and after; running it again is harmless. Safe against concurrent runs.
+    An existing empty (0-byte) SQLite file is refused unless `init_empty`: crossfade never leaves one.
     """
-    store = _Store(url, create=True)
+    store = _Store(url, create=True, init_empty=init_empty)
     try:
         with store.guard("upgrading the schema"):
             return store.migrate(lambda before: True)
@@ -167,6 +178,9 @@ class SQLBackend:
         self.url = url
         self.dialect: str = self._store.dialect
         self.engine: Engine = self._store.engine  # for tools and tests that need raw SQL
+        # Telemetry rows that could not be read as cells (written by an older server, or by hand): each
+        # reader skips them, and /metrics shows how many were met.
+        self.skipped_rows = 0
         try:
             with self._store.guard("opening the store"):
                 self._check_schema(create)
@@ -274,14 +288,17 @@ class SQLBackend:
         rows = [
             {
                 "migration": w.migration, "stage": w.stage, "arm": w.arm, "window_start": w.start,
-                "window_length": w.length, "written_at": now,
+                "window_length": w.length, "written_at": now, "source": w.key,
                 # Not canonical_json: a NaN cost someone recorded must not make every later flush fail.
                 "cell": json.dumps(w.cell.to_dict(), separators=(",", ":")),
             }
             for w in windows
         ]
+        # A row whose key is stored already is a retry of a write whose answer was lost: it adds nothing.
+        insert = self._store.insert(telemetry).on_conflict_do_nothing(
+            index_elements=["migration", "stage", "arm", "window_start", "source"])
         with self._store.guard("writing telemetry"), self._store.write() as conn:
-            conn.execute(telemetry.insert(), rows)
+            conn.execute(insert, rows)
 
     def windows(
         self, migration: str, *, stage: str | None = None, since: float | None = None, until: float | None = None
@@ -303,7 +320,13 @@ class SQLBackend:
             rows = conn.execute(query).all()
         cells: dict[tuple[float, str, str, float], Cell] = {}
         for row_stage, arm, start, length, text in rows:
-            cell = Cell.from_dict(json.loads(text))
+            try:
+                cell = check_cell(json.loads(text))
+            except ValueError as exc:  # CellError, or text that is not JSON: skipped and counted, never fatal
+                self.skipped_rows += 1
+                log.warning("skipped a bad telemetry row of %s (%s %s at %s): %s", migration, row_stage, arm,
+                            start, exc)
+                continue
             key = (start, arm, row_stage, length)
             if key in cells:
                 cells[key].merge(cell)
@@ -409,23 +432,26 @@ class SQLBackend:
         with self._store.guard(f"releasing the lease {name}"), self._store.write() as conn:
             conn.execute(leases.delete().where(leases.c.name == name, leases.c.holder == holder))
 
-    def create_token(self, name: str, role: str, token_hash: str, now: float) -> TokenRecord:
-        """Store a new token by its hash; ConflictError when an unrevoked token already has this name."""
+    def create_token(self, name: str, role: str, token_hash: str, now: float, *,
+                     migrations: Sequence[str] = ()) -> TokenRecord:
+        """Store a new token by its hash, bound to `migrations` when given (none: every migration);
+        ConflictError when an unrevoked token already has this name."""
         t = tokens_table.c
         with self._store.guard(f"creating the token {name}"), self._store.write() as conn:
             taken = conn.scalar(sa.select(sa.func.count()).where(t.name == name, t.revoked_at.is_(None)))
             if taken:
                 raise ConflictError(f"a token named {name!r} exists; revoke it first (crossfade token revoke {name})"
                                     " or choose another name")
-            conn.execute(tokens_table.insert().values(name=name, role=role, hash=token_hash, created_at=now))
-        return TokenRecord(name, role, token_hash, now)
+            conn.execute(tokens_table.insert().values(name=name, role=role, hash=token_hash, created_at=now,
+                                                      migrations=",".join(migrations) or None))
+        return TokenRecord(name, role, token_hash, now, None, tuple(migrations))
 
     def tokens(self) -> list[TokenRecord]:
         """Every token ever created (revoked ones too), oldest first."""
         t = tokens_table.c
-        query = sa.select(t.name, t.role, t.hash, t.created_at, t.revoked_at).order_by(t.id)
+        query = sa.select(t.name, t.role, t.hash, t.created_at, t.revoked_at, t.migrations).order_by(t.id)
         with self._store.guard("reading the tokens"), self._store.read() as conn:
-            return [TokenRecord(*row) for row in conn.execute(query).all()]
+            return [_token(row) for row in conn.execute(query).all()]
 
     def revoke_token(self, name: str, now: float) -> int:
         """Revoke the unrevoked tokens named `name`; returns how many were revoked."""
@@ -439,11 +465,11 @@ class SQLBackend:
     def token_by_hash(self, token_hash: str) -> TokenRecord | None:
         """The unrevoked token with this hash, or None."""
         t = tokens_table.c
-        query = sa.select(t.name, t.role, t.hash, t.created_at, t.revoked_at).where(
+        query = sa.select(t.name, t.role, t.hash, t.created_at, t.revoked_at, t.migrations).where(
             t.hash == token_hash, t.revoked_at.is_(None))
         with self._store.guard("looking a token up"), self._store.read() as conn:
             row = conn.execute(query).first()
-        return None if row is None else TokenRecord(*row)
+        return None if row is None else _token(row)
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's pooled connections without closing them under the parent."""
@@ -455,6 +481,11 @@ class SQLBackend:
 
     def __repr__(self) -> str:
         return f"SQLBackend({self._store.display!r})"
+
+
+def _token(row: Any) -> TokenRecord:
+    name, role, digest, created_at, revoked_at, migrations = row
+    return TokenRecord(name, role, digest, created_at, revoked_at, tuple(migrations.split(",")) if migrations else ())
 
 
 def _check_batch(migration: str, expected_seq: int, events: Sequence[Event], state: State) -> None:
@@ -504,8 +535,9 @@ def _revision(conn: Connection) -> str | None:
 class _Store:
     """An engine set up for one URL's dialect, with its transactions, locks and error translation."""
 
-    def __init__(self, url: str, *, create: bool) -> None:
+    def __init__(self, url: str, *, create: bool, init_empty: bool = False) -> None:
         self.display = url
+        self.init_empty = init_empty
         try:
             parsed = make_url(url)
         except sa_exc.ArgumentError as e:
@@ -544,10 +576,14 @@ class _Store:
                     raise BackendUnavailable(f"cannot open {url}: {path} does not exist")
                 if not path.parent.is_dir():
                     raise BackendUnavailable(f"cannot create {url}: directory {path.parent} does not exist")
-                try:
-                    sqlite3.connect(f"file:{quote(str(path))}?mode=rwc", uri=True).close()
-                except sqlite3.Error as e:
-                    raise BackendUnavailable(f"cannot create {url}: {e}") from None
+                _new_sqlite_file(path, url)
+            elif path.is_file() and path.stat().st_size == 0 and not self.init_empty:
+                # crossfade creates a store whole (see _new_sqlite_file), so an empty file was truncated or
+                # made by something else: treating it as new would silently start history over.
+                raise BackendError(
+                    f"{path} is an empty file (0 bytes), not a crossfade store: it may have been truncated. "
+                    f"Restore it from a backup, or to start a new store there run: "
+                    f"crossfade db upgrade --init-empty --url {url}")
             # mode=rw never creates the file: once deleted, it stays deleted and every operation says so.
             # NullPool reopens it per operation, so no pooled handle keeps reading a deleted inode.
             target = f"file:{quote(str(path))}?mode=rw"
@@ -581,6 +617,8 @@ class _Store:
             "connect_timeout": POSTGRES_CONNECT_TIMEOUT_S, "application_name": "crossfade",
             "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
             "tcp_user_timeout": 30_000,
+            "options": f"-c statement_timeout={POSTGRES_STATEMENT_TIMEOUT_MS} "
+                       f"-c lock_timeout={POSTGRES_STATEMENT_TIMEOUT_MS}",
         }
         try:
             return sa.create_engine(
@@ -608,13 +646,17 @@ class _Store:
             with conn.begin():
                 yield conn
 
-    def upsert_state(self, conn: Connection, migration: str, seq: int, text: str) -> None:
-        """Insert or replace a migration's state snapshot."""
+    def insert(self, table: sa.Table) -> Any:
+        """An INSERT of the dialect, which knows ON CONFLICT."""
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:
             from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(states_table).values(migration=migration, seq=seq, state=text)
+        return insert(table)
+
+    def upsert_state(self, conn: Connection, migration: str, seq: int, text: str) -> None:
+        """Insert or replace a migration's state snapshot."""
+        stmt = self.insert(states_table).values(migration=migration, seq=seq, state=text)
         conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=[states_table.c.migration], set_={"seq": seq, "state": text}
@@ -673,6 +715,30 @@ class _Store:
             raise BackendError(f"{action} failed on {self.display}: {_cause(e)}") from e
         except (sa_exc.SQLAlchemyError, sqlite3.Error) as e:
             raise BackendError(f"{action} failed on {self.display}: {_cause(e)}") from e
+
+
+def _new_sqlite_file(path: Path, url: str) -> None:
+    """Create a SQLite file that is never seen empty: written under a temporary name, then linked into place.
+
+    Another process creating the same store at the same moment wins the link, and this one uses its file.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(temporary))}?mode=rwc", uri=True)
+        try:
+            # Setting the application id writes the database header, so the file is a database, not 0 bytes.
+            conn.execute("PRAGMA application_id = 1667654499")  # "cfsc"
+            conn.commit()
+        finally:
+            conn.close()
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+    except (OSError, sqlite3.Error) as e:
+        raise BackendUnavailable(f"cannot create {url}: {e}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _cause(error: BaseException) -> str:
