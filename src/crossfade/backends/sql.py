@@ -181,6 +181,7 @@ class SQLBackend:
         # Telemetry rows that could not be read as cells (written by an older server, or by hand): each
         # reader skips them, and /metrics shows how many were met.
         self.skipped_rows = 0
+        self._bad_rows: set[int] = set()
         try:
             with self._store.guard("opening the store"):
                 self._check_schema(create)
@@ -309,7 +310,7 @@ class SQLBackend:
         back merged into one Window.
         """
         t = telemetry.c
-        query = sa.select(t.stage, t.arm, t.window_start, t.window_length, t.cell).where(t.migration == migration)
+        query = sa.select(t.id, t.stage, t.arm, t.window_start, t.window_length, t.cell).where(t.migration == migration)
         if stage is not None:
             query = query.where(t.stage == stage)
         if since is not None:
@@ -319,13 +320,15 @@ class SQLBackend:
         with self._store.guard(f"reading the telemetry of {migration}"), self._store.read() as conn:
             rows = conn.execute(query).all()
         cells: dict[tuple[float, str, str, float], Cell] = {}
-        for row_stage, arm, start, length, text in rows:
+        for row_id, row_stage, arm, start, length, text in rows:
             try:
                 cell = check_cell(json.loads(text))
             except ValueError as exc:  # CellError, or text that is not JSON: skipped and counted, never fatal
-                self.skipped_rows += 1
-                log.warning("skipped a bad telemetry row of %s (%s %s at %s): %s", migration, row_stage, arm,
-                            start, exc)
+                if row_id not in self._bad_rows:
+                    self._bad_rows.add(row_id)
+                    self.skipped_rows += 1
+                    log.warning("skipped bad telemetry row %s of %s (%s %s at %s): %s", row_id, migration,
+                                row_stage, arm, start, exc)
                 continue
             key = (start, arm, row_stage, length)
             if key in cells:

@@ -171,9 +171,14 @@ class Authenticator:
             failures.append(now)
             self._failures.move_to_end(address)
             if len(self._failures) > self.max_entries:
-                # Forget addresses whose failures are all past the window first, then the least recently failing.
+                # Forget addresses whose failures are all past the window, then the oldest that are not locked
+                # out; a locked-out address is forgotten only when every entry is one.
                 for stale in [a for a, f in self._failures.items() if not f or f[-1] <= now - self.window]:
                     del self._failures[stale]
+                for free in [a for a, f in self._failures.items() if len(f) < self.max_failures]:
+                    if len(self._failures) <= self.max_entries:
+                        break
+                    del self._failures[free]
                 while len(self._failures) > self.max_entries:
                     self._failures.popitem(last=False)
 

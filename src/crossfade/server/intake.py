@@ -93,8 +93,9 @@ class Intake:
         if w.stage == state.stage:
             return None
         names = [s.name for s in self.spec(state.name, state.spec_version).stages]
-        # A host may flush the last windows of the stage before the current one a little late.
-        if w.stage in names and state.stage_entered_at is not None and w.start < state.stage_entered_at:
+        # A host may flush the last windows of an earlier stage a little late; a later stage has none yet.
+        if (w.stage in names[:max(0, state.stage_index)] and state.stage_entered_at is not None
+                and w.start < state.stage_entered_at):
             return None
         return f"{w.stage!r} is not the current stage of {w.migration} ({state.stage or 'not started'})"
 

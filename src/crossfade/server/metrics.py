@@ -105,6 +105,10 @@ class CrossfadeCollector(Collector):
                 fallbacks.add_metric(labels, float(cell.fallbacks))
                 latency.add_metric(labels, histogram_buckets(cell.latency), cell.latency.total)
         yield from (info, stage, traffic, shadow, verdict, rollbacks, calls, errors, fallbacks, latency)
+        skipped = CounterMetricFamily("crossfade_telemetry_rows_skipped", "Stored telemetry rows that could not be "
+                                      "read as cells, skipped by every reader")
+        skipped.add_metric([], float(getattr(self.backend, "skipped_rows", 0)))
+        yield skipped
         lag = GaugeMetricFamily("crossfade_controller_lag_seconds",
                                 "Seconds since the controller loop last completed a pass (-1: not running)")
         value = self.controller_lag()
