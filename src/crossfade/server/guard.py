@@ -92,11 +92,6 @@ class Guard:
             await self.app(scope, receive, secured)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        limit = body_limit(scope["method"], scope["path"])
-        declared = headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await _refuse(secured, 413, "PayloadTooLarge", f"the body may be at most {limit:,} bytes on this route")
-            return
         client = scope["client"][0] if scope.get("client") else None
         try:
             # Any valid token will do here; the route checks the role it needs once the body is read.
@@ -110,6 +105,11 @@ class Guard:
             return
         except BackendUnavailable as exc:
             await _refuse(secured, 503, "BackendUnavailable", str(exc), {"Retry-After": "1"})
+            return
+        limit = body_limit(scope["method"], scope["path"])
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _refuse(secured, 413, "PayloadTooLarge", f"the body may be at most {limit:,} bytes on this route")
             return
         try:
             body = await asyncio.wait_for(_read(receive, limit), BODY_TIMEOUT)
