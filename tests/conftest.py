@@ -134,8 +134,9 @@ def control_plane(sqlite_url) -> Iterator[ControlPlane]:
 
 
 class Proxy:
-    """A TCP relay on loopback in front of a server, that a test can make misbehave: swallow the next answers
-    (the peer acted, the caller never hears), refuse new connections, or freeze (a peer that hangs)."""
+    """A TCP relay on loopback in front of an HTTP server, that a test can make misbehave: swallow the answers
+    to the next `swallow` POST or PUT requests (the server acted, the caller never hears; with `then_refuse`,
+    the relay then refuses every new connection), refuse new connections, or freeze (a peer that hangs)."""
 
     def __init__(self, port: int) -> None:
         import socket
@@ -145,6 +146,7 @@ class Proxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.swallow = 0
+        self.then_refuse = False
         self.refuse = False
         self.frozen = threading.Event()
         self._closed = False
@@ -168,10 +170,11 @@ class Proxy:
             except OSError:
                 client.close()
                 continue
-            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+            seen: dict[str, bytes] = {}
+            threading.Thread(target=self._pipe, args=(client, upstream, False, seen), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True, seen), daemon=True).start()
 
-    def _pipe(self, source, sink, answers: bool) -> None:
+    def _pipe(self, source, sink, answers: bool, seen: dict[str, bytes]) -> None:
         import time
 
         try:
@@ -181,10 +184,13 @@ class Proxy:
                     time.sleep(0.05)  # a hung peer: nothing moves until the test thaws it
                 if not data:
                     break
-                if answers:
+                if not answers and data[:4] in (b"GET ", b"POST", b"PUT ", b"HEAD"):
+                    seen["method"] = data.split(b" ", 1)[0]
+                if answers and seen.get("method") in (b"POST", b"PUT"):
                     with self._lock:
                         cut = self.swallow > 0
                         self.swallow -= cut
+                        self.refuse = self.refuse or (cut and self.then_refuse)
                     if cut:
                         break
                 sink.sendall(data)

@@ -25,7 +25,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import NullPool, StaticPool
 
-from crossfade.backends.base import BackendError, BackendUnavailable, ConflictError
+from crossfade.backends.base import BackendError, BackendUnavailable, ConflictError, redact_url
 from crossfade.canonical import canonical_json
 from crossfade.events import Event, State
 from crossfade.shadow import COUNTERS, Example, FieldWindow
@@ -175,7 +175,7 @@ class SQLBackend:
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         self._store = _Store(url, create=create)
-        self.url = url
+        self.url = redact_url(url)
         self.dialect: str = self._store.dialect
         self.engine: Engine = self._store.engine  # for tools and tests that need raw SQL
         # Telemetry rows that could not be read as cells (written by an older server, or by hand): each
@@ -539,12 +539,12 @@ class _Store:
     """An engine set up for one URL's dialect, with its transactions, locks and error translation."""
 
     def __init__(self, url: str, *, create: bool, init_empty: bool = False) -> None:
-        self.display = url
+        self.display = redact_url(url)
         self.init_empty = init_empty
         try:
             parsed = make_url(url)
         except sa_exc.ArgumentError as e:
-            raise BackendError(f"cannot parse database URL {url!r}: {e}") from None
+            raise BackendError(f"cannot parse database URL {self.display!r}: {e}") from None
         backend = parsed.get_backend_name()
         # Only one thread at a time may use the single connection of an in-memory database.
         self._serial: Callable[[], AbstractContextManager[Any]] = nullcontext
@@ -553,7 +553,7 @@ class _Store:
             self.engine = self._sqlite_engine(url, parsed, create)
         elif backend in ("postgresql", "postgres"):
             self.dialect = "postgresql"
-            self.display = parsed.render_as_string(hide_password=True)
+            self.display = redact_url(parsed.render_as_string(hide_password=False))
             self.engine = self._postgres_engine(parsed)
         else:
             raise BackendError(
@@ -564,7 +564,7 @@ class _Store:
     def _sqlite_engine(self, url: str, parsed: URL, create: bool) -> Engine:
         if parsed.query or parsed.host or parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
             raise BackendError(
-                f"unsupported SQLite URL {url!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+                f"unsupported SQLite URL {redact_url(url)!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db"
             )
         name = parsed.database or ""
         if name in ("", ":memory:"):
