@@ -255,3 +255,42 @@ def test_readiness_fails_when_the_store_is_gone(tmp_path):
         assert status in (401, 503)  # the token cache may have expired: either way, no 500
     finally:
         stop()
+
+
+def test_hostile_specs_through_the_api_are_refused_with_422_never_500(control_plane):
+    import functools
+
+    base = {"stages": [{"traffic": "100%"}]}
+    hostile = [
+        {**base, "description": "caf\udce9"},
+        {**base, "notify": [functools.reduce(lambda a, _: {"a": a}, range(400), {})]},
+        {"stages": [{"traffic": "100%", "hold": 1.7e308}]},
+        {"stages": [{"traffic": "100%", "hold": "99999999999999999999d"}]},
+        {**base, "analysis": {"interval": 1e-300}},
+        {**base, "shadow": {"threads": 10**9}},
+    ]
+    for spec in hostile:
+        status, body, _ = control_plane.call("PUT", "/v1/migrations/m", {"spec": spec})
+        assert status == 422 and body["kind"] == "SpecError", (spec, body)
+    assert control_plane.call("GET", "/v1/migrations/m", role="viewer")[0] == 404
+
+
+def test_no_secret_in_an_error_body_an_event_or_metrics(control_plane, caplog):
+    import logging
+
+    secrets = list(control_plane.tokens.values())
+    seen = []
+    with caplog.at_level(logging.DEBUG):
+        applied_and_started(control_plane)
+        for role in control_plane.tokens:
+            seen.append(control_plane.call("POST", "/v1/migrations/m/pause", {"reason": "r"}, role=role)[1])
+            seen.append(control_plane.call("POST", "/v1/migrations/nope/resume", {}, role=role)[1])
+        seen.append(control_plane.call("GET", "/v1/migrations", token=secrets[0] + "x")[1])
+        seen.append(control_plane.call("GET", "/metrics", role="viewer")[1])
+        seen.append(control_plane.call("GET", "/v1/migrations/m/events", role="viewer")[1])
+        seen.append(control_plane.call("GET", "/v1/tokens", role="admin")[1])
+    text = repr(seen) + caplog.text
+    for secret in secrets:
+        assert secret not in text and secret[3:20] not in text
+    for token in control_plane.backend.tokens():
+        assert token.hash not in text
