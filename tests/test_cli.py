@@ -326,3 +326,32 @@ def test_token_create_binds_to_migrations_and_refuses_bad_names(url):
     backend.close()
     assert "not a migration name" in cli("token", "create", "--role", "sdk", "--name", "x", "--migration",
                                          "Bad Name", "--url", url, code=2)
+
+
+def test_plan_and_status_of_a_program(tmp_path, url):
+    from pathlib import Path
+
+    example = Path(__file__).parent.parent / "examples" / "orchestrator"
+    page = tmp_path / "plan.html"
+    # Without simulated traffic (rps comes from the components), the plan is rendered from the holds.
+    program = tmp_path / "program.yaml"
+    program.write_text((example / "program.yaml").read_text().replace("    rps: ", "    # rps: "))
+    for spec in example.glob("*.yaml"):
+        if spec.name != "program.yaml":
+            (tmp_path / spec.name).write_text(spec.read_text())
+    assert f"wrote {page}" in cli("plan", str(program), "--html", "-o", str(page))
+    assert "<h1>Migration program: orchestrator-to-dagger</h1>" in page.read_text()
+    cli("apply", str(tmp_path / "config-loader.yaml"), "--url", url)
+    cli("start", "dagger-config-loader", "--url", url)
+    report = json.loads(cli("status", "--program", str(program), "--url", url, "--json"))
+    assert [(c["phase"], c["component"], c["status"], c["stage"]) for c in report["components"]][:2] == [
+        (1, "config-loader", "running", "shadow"), (2, "build-steps", "not applied", None)]
+    assert "0 of 5 components completed" in cli("status", "--program", str(program), "--url", url)
+
+
+def test_plan_and_status_of_a_program_refuse_bad_paths(tmp_path, url):
+    bad = tmp_path / "program.yaml"
+    bad.write_text("program: p\ncomponents:\n  - {name: one, spec: nowhere.yaml}\n")
+    assert "components[0].spec: no spec file 'nowhere.yaml'" in cli("plan", str(bad), code=2)
+    assert "components[0].spec: no spec file" in cli("status", "--program", str(bad), "--url", url, code=2)
+    assert "no directory" in cli("plan", str(bad), "-o", str(tmp_path / "missing" / "plan.md"), code=2)

@@ -423,20 +423,39 @@ def _seconds(option: str, text: str) -> float:
 
 @app.command()
 def plan(
-    file: Annotated[Path, typer.Argument(help="The spec file.")],
+    file: Annotated[Path, typer.Argument(help="The spec file, or a program file (`program:` and `components:`).")],
     rps: Annotated[float | None, typer.Option("--rps", min=0.001, help="Calls per second to simulate the "
-                                               "timeline at (without it: no simulation).")] = None,
+                                               "timeline at (without it: no simulation; a program's components "
+                                               "use their own `rps:` first).")] = None,
     runs: Annotated[int, typer.Option("--runs", min=1, help="Simulated runs per scenario.")] = 20,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the plan here.")] = None,
+    as_html: Annotated[bool, typer.Option("--html", help="An HTML page instead of Markdown.")] = False,
 ) -> None:
-    """Render a Markdown migration plan: phases, success criteria, rollback, testing, timeline, communication."""
-    from crossfade.plandoc import estimate, render
+    """Render a Markdown migration plan: phases, success criteria, rollback, testing, timeline, communication.
 
+    Given a program file, the strategy package for all its migrations: phases in dependency order with the
+    critical path, acceptance, rollback with data preservation and its rehearsal, shadow's extra cost and the
+    communication plan."""
+    from crossfade import plandoc
+    from crossfade.program import is_program, load_program
+    from crossfade.spec import read_document
+
+    if output is not None and not output.parent.is_dir():
+        _fail(f"cannot write {output}: no directory {output.parent}", 2)
     try:
-        spec = load_spec(file)
+        if is_program(read_document(file, str(file))):
+            program = load_program(file)
+            simulate = rps or any(c.rps for c in program.components)
+            estimates = plandoc.estimate_program(program, rps=rps, runs=runs) if simulate else None
+            document, title = plandoc.render_program(program, estimates, source=str(file)), program.name
+        else:
+            spec = load_spec(file)
+            document = plandoc.render(spec, plandoc.estimate(spec, rps=rps, runs=runs) if rps else None)
+            title = spec.name
     except SpecError as exc:
         _fail(str(exc), 2)
-    document = render(spec, estimate(spec, rps=rps, runs=runs) if rps else None)
+    if as_html:
+        document = plandoc.to_html(document, f"Migration plan: {title}")
     if output is None:
         sys.stdout.write(document)
     else:
@@ -477,9 +496,14 @@ def _stage_report(cf: Client, state: State) -> dict[str, Any]:
 
 @app.command()
 def status(name: Annotated[str | None, typer.Argument(help="One migration (default: all).")] = None,
-           url: Url = None, as_json: AsJson = False) -> None:
+           url: Url = None, as_json: AsJson = False,
+           program: Annotated[Path | None, typer.Option("--program", help="A program file: each component's "
+                                                        "phase, status, stage and traffic.")] = None) -> None:
     """Stage, traffic and, per arm, calls, error rate, p50/p95/p99 latency and cost for the current stage;
     for an active migration, each gate's verdict and what the stage waits for."""
+    if program is not None:
+        _program_status(program, url, as_json)
+        return
     with _client(url) as cf:
         states = [cf.migration(name).state()] if name else cf.migrations()
         report = [{**state.to_dict(), **_stage_report(cf, state), "shadow": _shadow_totals(cf, state)}
@@ -527,6 +551,30 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
                     out.print(f"  [red]TRIGGER[/red] {shown(firing)}")
                 if view["waiting_for"]:
                     out.print(f"  waiting for {shown(view['waiting_for'])}")
+
+
+def _program_status(file: Path, url: str | None, as_json: bool) -> None:
+    from crossfade.program import load_program, progress
+
+    try:
+        program = load_program(file)
+    except SpecError as exc:
+        _fail(str(exc), 2)
+    with _client(url) as cf:
+        rows = progress(program, {s.name: s for s in cf.migrations()})
+    if as_json:
+        sys.stdout.write(json.dumps({"program": program.name, "components": [
+            {"component": r.component, "migration": r.migration, "phase": r.phase, "status": r.status,
+             "stage": r.stage, "traffic": r.traffic} for r in rows]}, indent=2) + "\n")
+        return
+    done = sum(r.status == "completed" for r in rows)
+    out.print(f"{program.name}: {done} of {len(rows)} components completed")
+    table = Table(box=None, pad_edge=False)
+    for column in ("phase", "component", "migration", "status", "stage", "traffic"):
+        table.add_column(column, justify="right" if column in ("phase", "traffic") else "left")
+    for r in rows:
+        table.add_row(str(r.phase), r.component, r.migration, r.status, r.stage or "-", format_percent(r.traffic))
+    out.print(table)
 
 
 def _colour(verdict: str) -> str:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import html
+import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from crossfade.judge import enabled_gates, gate_alpha
-from crossfade.simulate import SimResult, Workload, parse_arm, simulate_many
+from crossfade.program import Component, Program
+from crossfade.simulate import LEGACY_DEFAULT, Arm, SimResult, Workload, parse_arm, simulate_many
 from crossfade.spec import Spec, Stage, Trigger, format_duration, format_percent
 
 FAULTY = "errors=3% latency=x1.5 cost=x2"
@@ -23,9 +27,10 @@ class Estimates:
     faulty_arm: str
 
 
-def estimate(spec: Spec, *, rps: float, runs: int = 20, seed: int = 0) -> Estimates:
-    """Simulate `runs` migrations with a healthy candidate and `runs` with a faulty one at `rps`."""
-    base = Workload(rps=rps)
+def estimate(spec: Spec, *, rps: float, runs: int = 20, seed: int = 0, legacy: Arm | None = None) -> Estimates:
+    """Simulate `runs` migrations with a healthy candidate and `runs` with a faulty one at `rps`; `legacy`
+    behaves as given (default: 1% errors, 50 ms median) and the healthy candidate like it."""
+    base = Workload(rps=rps, legacy=legacy or LEGACY_DEFAULT, candidate=legacy or LEGACY_DEFAULT)
     healthy = simulate_many(spec, base, runs=runs, seed=seed)
     faulty_workload = Workload(rps=rps, candidate=parse_arm(FAULTY, base=base.legacy, label="faulty candidate"))
     faulty = simulate_many(spec, faulty_workload, runs=runs, seed=seed + runs)
@@ -286,4 +291,288 @@ def _communication(spec: Spec) -> str:
         f"attempt with `crossfade restart {spec.name}`.",
         "- **Who may act:** anyone with an operator role on the control plane; every action records its actor.",
     ]
+    return "\n".join(lines)
+
+
+# -- programs -----------------------------------------------------------------------------------
+
+TEMPLATES: Final = {
+    "started": "{program}: {component} has started its migration ({first} first). Progress: {status}. "
+               "Nothing is expected of you; we will tell you when each stage passes.",
+    "stage_passed": "{program}: {component} passed stage {stage} (every gate within its limits, numbers in "
+                    "`crossfade history {migration}`); the candidate now serves {traffic}.",
+    "rolled_back": "{program}: {component} was rolled back at stage {stage}: {reason}. Every call is on legacy "
+                   "again; no action is needed from you. The owner, {owner}, investigates and restarts it.",
+    "completed": "{program}: {component} is complete; the candidate serves all traffic. Next: {next}.",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramEstimates:
+    """Simulated runs of each component of a program, keyed by component name."""
+
+    components: Mapping[str, Estimates]
+
+
+def estimate_program(program: Program, *, rps: float | None = None, runs: int = 20,
+                     seed: int = 0) -> ProgramEstimates:
+    """Simulate each component at its own traffic (or `rps`), with its legacy's behaviour."""
+    found = {}
+    for i, c in enumerate(program.components):
+        legacy = parse_arm(c.legacy, label=f"{c.name}.legacy") if c.legacy else None
+        found[c.name] = estimate(c.spec, rps=c.rps or rps or 1.0, runs=runs, seed=seed + 1000 * i, legacy=legacy)
+    return ProgramEstimates(found)
+
+
+def render_program(program: Program, estimates: ProgramEstimates | None = None, *, source: str = "PROGRAM"
+                   ) -> str:
+    """The program's strategy package as Markdown: phases and critical path, timeline, success criteria,
+    acceptance, rollback with data preservation and its rehearsal, testing, shadow's cost, communication."""
+    durations = _component_durations(program, estimates)
+    parts = [
+        _program_purpose(program, source),
+        _program_phases(program, durations),
+        _per_component(program, "Success criteria", lambda c: _criteria(c.spec)),
+        _program_acceptance(program),
+        _per_component(program, "Rollback", lambda c: _rollback(c.spec) + "\n\n" + _preservation(c)),
+        _program_rehearsal(program, estimates, source),
+        _per_component(program, "Testing strategy",
+                       lambda c: _testing(c.spec, estimates.components[c.name] if estimates else None)),
+        _program_shadow_cost(program, estimates),
+        _program_communication(program, source),
+    ]
+    return "\n\n".join(p.strip() for p in parts) + "\n"
+
+
+def to_html(markdown: str, title: str) -> str:
+    """A self-contained HTML page of a Markdown plan (tables included)."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;max-width:60rem;margin:2rem auto;"
+            "line-height:1.45}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .5rem}"
+            f"</style></head><body>\n{body}</body></html>\n")
+
+
+def _component_durations(program: Program, estimates: ProgramEstimates | None) -> dict[str, float]:
+    """Each component's expected time to completion: the median simulated one, else the sum of its holds."""
+    out = {}
+    for c in program.components:
+        holds = sum(s.hold or 0.0 for s in c.spec.stages)
+        done = [r.duration_s for r in estimates.components[c.name].healthy if r.outcome == "completed"] \
+            if estimates else []
+        out[c.name] = statistics.median(done) if done else holds
+    return out
+
+
+def _program_purpose(program: Program, source: str) -> str:
+    lines = [f"# Migration program: {program.name}", ""]
+    if program.description:
+        lines += [program.description, ""]
+    lines += [
+        f"- **Owner:** {program.owner or 'not set (add `owner:` to the program)'}",
+        f"- **Components:** {len(program.components)} migrations in {len(program.phases())} phases",
+        f"- **Status updates:** every {format_duration(program.cadence)} (`crossfade status --program {source}`)",
+    ]
+    return "\n".join(lines)
+
+
+def _program_phases(program: Program, durations: Mapping[str, float]) -> str:
+    path, total = program.critical_path(durations)
+    finish: dict[str, float] = {}
+    lines = ["## Phases and timeline", "",
+             "Components move in dependency order: a phase starts when everything its components wait for is "
+             "complete. Durations are the median simulated time to completion (or the stages' holds without "
+             "`--rps`); approvals are given at once in the simulation, so a person's reaction time comes on top.",
+             ""]
+    for number, phase in enumerate(program.phases(), start=1):
+        start = max((finish[a] for c in phase for a in c.after), default=0.0)
+        lines += [f"### Phase {number}", "",
+                  "| component | owner | waits for | stages | starts after | takes | complete after |",
+                  "|---|---|---|---|---:|---:|---:|"]
+        for c in phase:
+            begins = max((finish[a] for a in c.after), default=0.0)
+            finish[c.name] = begins + durations[c.name]
+            marker = " (critical)" if c.name in path else ""
+            lines.append(
+                f"| {c.name}{marker} | {c.owner or c.spec.owner or '-'} | {', '.join(c.after) or '-'} | "
+                f"{' -> '.join(s.name for s in c.spec.stages)} | {format_duration(round(begins))} | "
+                f"{format_duration(round(durations[c.name]))} | {format_duration(round(finish[c.name]))} |")
+        end = max(finish[c.name] for c in phase)
+        lines += ["", f"Phase {number} runs from {format_duration(round(start))} to {format_duration(round(end))}.",
+                  ""]
+    lines.append(f"**Critical path:** {' -> '.join(path)}, {format_duration(round(total))} in all; a delay to any "
+                 "of these delays the program's end, and the others have slack.")
+    return "\n".join(lines)
+
+
+def _demote(markdown: str, levels: int) -> str:
+    """The same Markdown with every heading `levels` deeper, to nest a migration's section in a program's."""
+    return "\n".join("#" * levels + line if line.startswith("#") else line for line in markdown.splitlines())
+
+
+def _per_component(program: Program, title: str, section: Callable[[Component], str]) -> str:
+    lines = [f"## {title}", ""]
+    for number, phase in enumerate(program.phases(), start=1):
+        for c in phase:
+            body = _demote(section(c), 2).split("\n", 1)  # drop the section's own heading
+            lines += [f"### Phase {number}: {c.name}", "", body[1].strip() if len(body) > 1 else "", ""]
+    return "\n".join(lines)
+
+
+def _program_acceptance(program: Program) -> str:
+    lines = ["## Acceptance and validation", ""]
+    for number, phase in enumerate(program.phases(), start=1):
+        lines += [f"### Phase {number}", ""]
+        for c in phase:
+            name = c.spec.name
+            checks = list(c.acceptance) or ["(no acceptance checks listed: add `acceptance:` to the component)"]
+            lines += [f"**{c.name}** is accepted when:", ""]
+            lines += [f"- {check}" for check in checks]
+            lines += [
+                f"- its migration `{name}` completes: every gate within its limit in every stage "
+                f"(`crossfade status {name}` shows the verdicts with their intervals);",
+                f"- its audit log verifies (`crossfade audit verify {name}`) and `crossfade history {name}` shows "
+                "no forced promotion;",
+            ]
+            if any(s.shadow for s in c.spec.stages):
+                lines.append(f"- `crossfade mismatches {name}` shows no field outside the noise it expects.")
+            lines.append("")
+        lines.append(f"Phase {number} is done when each of its components is accepted; the next phase may start.")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _preservation(c: Component) -> str:
+    dual = [s.name for s in c.spec.stages if s.dual_write]
+    lines = ["##### Data preservation", ""]
+    if dual:
+        lines.append(f"- `write` call sites write both stores in {', '.join(dual)} (the one the key is routed to "
+                     "answers; the other is retried and any divergence recorded), so a rollback loses nothing "
+                     "written meanwhile.")
+    lines += [f"- {d}" for d in c.data]
+    if not dual and not c.data:
+        lines.append("- Nothing is said about the data this component writes: add `data:` to the component (which "
+                     "stores, dual-written or snapshotted), or `dual_write: true` to its stages.")
+    return "\n".join(lines)
+
+
+def _program_rehearsal(program: Program, estimates: ProgramEstimates | None, source: str) -> str:
+    lines = ["## Rollback rehearsal", "",
+             "Before each phase starts, rehearse its rollback on simulated traffic: a candidate that turns faulty "
+             f"(`{FAULTY}`) must be rolled back by the gates or triggers, not promoted.", ""]
+    for number, phase in enumerate(program.phases(), start=1):
+        for c in phase:
+            rps = c.rps if c.rps else (estimates.components[c.name].rps if estimates else 1.0)
+            legacy = f' --legacy "{c.legacy}"' if c.legacy else ""
+            lines.append(f"- **Phase {number}, {c.name}:** `crossfade simulate SPEC --rps {rps:g}{legacy} "
+                         f'--candidate "{FAULTY}" --runs 20`')
+            if estimates is not None:
+                faulty = estimates.components[c.name].faulty
+                stopped = [r for r in faulty if r.outcome in ("rolled_back", "paused")]
+                stages = sorted({r.stage for r in stopped if r.stage})
+                delays = [r.detected_s for r in faulty if r.detected_s is not None]
+                promoted = sum(r.outcome == "completed" for r in faulty)
+                lines.append(
+                    f"  rehearsed: {len(stopped)} of {len(faulty)} simulated faulty runs were stopped"
+                    + (f" (at {', '.join(stages)})" if stages else "")
+                    + (f", a median of {format_duration(round(statistics.median(delays)))} after the start"
+                       if delays else "")
+                    + f"; {promoted} completed{' — tighten the gates before this phase' if promoted else ''}.")
+    return "\n".join(lines)
+
+
+def _program_shadow_cost(program: Program, estimates: ProgramEstimates | None) -> str:
+    lines = ["## Shadow's extra cost", "",
+             "A shadow run executes the other arm beside the one that answers: it costs compute and money without "
+             "serving anyone. Noise cancellation runs legacy a second time on a sample. Per component, for the "
+             "stages that shadow (each for its hold, or its simulated median time):", "",
+             "| component | stage | extra runs | extra compute | extra cost | against the stage's own |",
+             "|---|---|---:|---:|---:|---:|"]
+    any_shadow = False
+    for c in program.components:
+        legacy = parse_arm(c.legacy, label="legacy") if c.legacy else LEGACY_DEFAULT
+        candidate = parse_arm(c.candidate, base=legacy, label="candidate") if c.candidate else legacy
+        rps = c.rps or (estimates.components[c.name].rps if estimates else 0.0)
+        spent = _stage_times(c, estimates)
+        for stage in c.spec.stages:
+            if not (stage.shadow or stage.shadow_legacy):
+                continue
+            any_shadow = True
+            calls = rps * spent.get(stage.name, 0.0)
+            by_legacy, by_candidate = calls * (1 - stage.traffic), calls * stage.traffic
+            runs_candidate = by_legacy * stage.shadow
+            runs_legacy = by_candidate * stage.shadow_legacy + runs_candidate * stage.noise
+            compute = runs_candidate * _mean(candidate) + runs_legacy * _mean(legacy)
+            own = by_legacy * _mean(legacy) + by_candidate * _mean(candidate)
+            money = runs_candidate * candidate.cost + runs_legacy * legacy.cost
+            share = f"+{compute / own * 100:.0f}% compute" if own else "-"
+            lines.append(f"| {c.name} | {stage.name} | {runs_candidate + runs_legacy:,.0f} | "
+                         f"{format_duration(round(compute))} | {money:,.2f} | {share} |")
+    if not any_shadow:
+        return "## Shadow's extra cost\n\nNo component shadows: nothing runs twice."
+    if not estimates and not any(c.rps for c in program.components):
+        lines += ["", "Without `rps:` on the components or `--rps`, no calls are assumed: give the traffic to price "
+                  "the shadow stages."]
+    return "\n".join(lines)
+
+
+def _mean(arm: Arm) -> float:
+    """The mean latency of an arm in seconds (a lognormal's mean is its median times exp(sigma^2 / 2))."""
+    return arm.latency.median * math.exp(arm.latency.sigma ** 2 / 2)
+
+
+def _stage_times(c: Component, estimates: ProgramEstimates | None) -> dict[str, float]:
+    """Seconds spent in each stage: the median over simulated runs, else the stage's hold."""
+    spent = {s.name: s.hold or 0.0 for s in c.spec.stages}
+    if estimates is None:
+        return spent
+    order = [s.name for s in c.spec.stages]
+    samples: dict[str, list[float]] = {}
+    for run in estimates.components[c.name].healthy:
+        entered = _entry_times(run)
+        for i, name in enumerate(order):
+            if name in entered:
+                leave = entered.get(order[i + 1]) if i + 1 < len(order) else None
+                samples.setdefault(name, []).append((leave if leave is not None else run.duration_s) - entered[name])
+    spent.update({name: statistics.median(times) for name, times in samples.items()})
+    return spent
+
+
+def _program_communication(program: Program, source: str) -> str:
+    lines = ["## Communication plan", "", "### Who is told of what", ""]
+    if program.stakeholders:
+        lines += ["| who | where | told of |", "|---|---|---|"]
+        lines += [f"| {s.name} | {s.contact} | {', '.join(m.replace('_', ' ') for m in s.told)} |"
+                  for s in program.stakeholders]
+    else:
+        lines.append("No stakeholders are listed: add `stakeholders:` ({name, contact, told}) to the program.")
+    notified = [(c.name, c.spec.notify) for c in program.components if c.spec.notify]
+    lines += ["", "Automatic notifications from each migration's `notify:`:" if notified else
+              "No migration has `notify:` targets: the messages below are sent by the owner by hand.", ""]
+    lines += [f"- **{name}:** {', '.join(str(n) for n in targets)}" for name, targets in notified]
+    first = program.components[0] if program.components else None
+    order = [c.name for phase in program.phases() for c in phase]
+    lines += ["", "### Templates", ""]
+    if first is not None:
+        values = {"program": program.name, "component": first.name, "migration": first.spec.name,
+                  "first": first.spec.stages[0].name, "stage": first.spec.stages[0].name,
+                  "traffic": format_percent(first.spec.stages[min(1, len(first.spec.stages) - 1)].traffic),
+                  "reason": "<the verdict sentence from the rollback event>",
+                  "owner": first.owner or first.spec.owner or program.owner or "the owner",
+                  "status": f"`crossfade status --program {source}`",
+                  "next": order[1] if len(order) > 1 else "the program is complete"}
+        for moment, template in TEMPLATES.items():
+            lines.append(f"- **{moment.replace('_', ' ')}:** " + template.format(**values))
+    lines += ["", "### Cadence and escalation", "",
+              f"- Every {format_duration(program.cadence)}, the owner posts `crossfade status --program {source}` "
+              "(each component's phase, stage, traffic and gate verdicts) to every stakeholder.",
+              "- An automatic rollback or pause is told at once to those who asked for it; the owner answers within "
+              "the day with the cause and the next attempt."]
+    if program.escalation:
+        lines.append("- Escalation, in order, when a rollback is not understood within a day or a phase slips past "
+                     "its timeline: " + " -> ".join(program.escalation) + ".")
+    else:
+        lines.append("- No escalation path is listed: add `escalation:` to the program.")
     return "\n".join(lines)

@@ -650,6 +650,11 @@ def _read_file(path: Path, label: str) -> object:
     return _parse_yaml(text, label)
 
 
+def read_document(path: Path, label: str) -> object:
+    """The parsed contents of a YAML or JSON file; SpecError (under `label`) when it cannot be read."""
+    return _read_file(path, label)
+
+
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys, which plain YAML silently resolves to the last one."""
 

@@ -1,0 +1,204 @@
+"""How the control plane's work grows: with the processes writing telemetry, the hours a stage has run, and
+the number of migrations.
+
+    python benchmarks/scale.py                       # SQLite, the full grid (several minutes)
+    python benchmarks/scale.py --quick               # a smaller grid
+    python benchmarks/scale.py --postgres postgresql://postgres@127.0.0.1:5432/test
+
+Each row is measured on a fresh store filled with telemetry windows as app processes write them (one row a
+process, arm and 10 s window, 50 calls each with a latency sketch). It prints, per (processes, stage hours):
+the rows stored, one controller tick of that migration, `crossfade status NAME --json`, and one /metrics
+scrape; per number of running migrations: apply+start, one controller pass over all of them, `status` of
+all, and two controller replicas ticking at once (how many each handled). Times are medians of 3 in
+seconds, wall clock, on this machine as it is: compare rows of one run, not runs of different days.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from crossfade.backends import open_backend
+from crossfade.cli import app
+from crossfade.client import Client
+from crossfade.loop import ControllerLoop
+from crossfade.server.metrics import CrossfadeCollector, registry
+from crossfade.telemetry import Cell, Window
+
+WINDOW = 10.0
+SPEC = {
+    "name": "scale",
+    "stages": [{"name": "shadow", "traffic": "0%"}, {"name": "canary", "traffic": "10%", "hold": "30d"},
+               {"name": "all", "traffic": "100%"}],
+    "gates": {"error_rate": {"max_increase": "1%"}, "latency": {"quantile": "p95", "max_ratio": 1.25}},
+    "triggers": [{"metric": "error_rate", "above": "20%", "window": "5m"}],
+}
+
+
+def median_time(fn: Callable[[], object], repeat: int = 3) -> float:
+    """The median wall time of `repeat` calls of `fn`, in seconds."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cell(rng: random.Random, calls: int = 50) -> Cell:
+    """One window's cell of an app process: `calls` calls, 1% errors, lognormal latencies around 50 ms."""
+    c = Cell()
+    c.calls = calls
+    c.errors = sum(rng.random() < 0.01 for _ in range(calls))
+    for _ in range(calls):
+        c.latency.add(rng.lognormvariate(-3.0, 0.4))
+    return c
+
+
+def fresh_store(postgres: str | None) -> tuple[str, Callable[[], None]]:
+    """The URL of an empty store and the function that removes it."""
+    if postgres is None:
+        folder = tempfile.TemporaryDirectory()
+        return f"sqlite:///{Path(folder.name) / 'scale.db'}", folder.cleanup
+    import psycopg
+    from urllib.parse import urlsplit
+
+    name = f"cf_scale_{uuid.uuid4().hex[:12]}"
+    admin = urlsplit(postgres)._replace(scheme="postgresql").geturl()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return urlsplit(postgres)._replace(path=f"/{name}").geturl(), drop
+
+
+def start_in_canary(url: str, name: str, entered: float) -> None:
+    """Apply the spec under `name` and move it into its canary stage at time `entered`."""
+    with Client(url, clock=lambda: entered, background=False) as cf:
+        cf.apply({**SPEC, "name": name})
+        mig = cf.migration(name)
+        mig.start()
+        mig.promote(reason="benchmark")
+
+
+def stage_history(url: str, processes: int, hours: float, now: float) -> int:
+    """Fill the canary stage with `hours` of windows from `processes` processes; returns the rows written."""
+    start_in_canary(url, "scale", now - hours * 3600)
+    backend = open_backend(url)
+    rng = random.Random(processes * 1000 + hours)
+    cells = [cell(rng) for _ in range(64)]  # reused: building sketches is not what is measured
+    batch: list[Window] = []
+    rows = 0
+    first = (now - hours * 3600) // WINDOW * WINDOW
+    for w in range(int(hours * 3600 // WINDOW)):
+        for _ in range(processes):
+            for arm in ("legacy", "candidate"):
+                batch.append(Window("scale", "canary", arm, first + w * WINDOW, WINDOW, rng.choice(cells)))
+        if len(batch) >= 20_000:
+            backend.write_windows(batch)
+            rows += len(batch)
+            batch = []
+    backend.write_windows(batch)
+    backend.close()
+    return rows + len(batch)
+
+
+def measure_history(url: str, now: float) -> tuple[float, float, float]:
+    """One tick, one `status --json` and one /metrics scrape of the filled migration."""
+    backend = open_backend(url)
+    loop = ControllerLoop(backend, holder="bench")
+    state = backend.state("scale")
+    tick = median_time(lambda: loop.tick_one(state, now))
+    runner = CliRunner()
+    status = median_time(lambda: runner.invoke(app, ["status", "scale", "--json", "--url", url]))
+    from prometheus_client import generate_latest
+
+    scrape_registry = registry(CrossfadeCollector(backend, controller_lag=lambda: None, feed_age=lambda: None))
+    scrape = median_time(lambda: generate_latest(scrape_registry))
+    backend.close()
+    return tick, status, scrape
+
+
+def many(url: str, count: int, now: float) -> dict[str, float | str]:
+    """Apply and start `count` migrations, then time a controller pass, `status` of all and two replicas."""
+    rng = random.Random(count)
+    began = time.perf_counter()
+    with Client(url, clock=lambda: now - 600, background=False) as cf:
+        for i in range(count):
+            cf.apply({**SPEC, "name": f"tool-{i:04d}"})
+            cf.migration(f"tool-{i:04d}").start()
+    apply_start = time.perf_counter() - began
+    backend = open_backend(url)
+    backend.write_windows([Window(f"tool-{i:04d}", "shadow", arm, now - 300, WINDOW, cell(rng, 20))
+                           for i in range(count) for arm in ("legacy", "candidate")])
+    one = ControllerLoop(backend, holder="one")
+    pass_time = median_time(lambda: (one._due.clear(), one.tick()), repeat=1)
+    one.release()
+    status = median_time(lambda: CliRunner().invoke(app, ["status", "--json", "--url", url]), repeat=1)
+    replicas = [ControllerLoop(open_backend(url), holder=f"replica-{i}") for i in range(2)]
+    handled = [0, 0]
+    took = [0.0, 0.0]
+
+    def run(i: int) -> None:
+        began = time.perf_counter()
+        handled[i] = sum(1 for t in replicas[i].tick() if t.skipped is None)
+        took[i] = time.perf_counter() - began
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in replicas:
+        r.release()
+        r.backend.close()
+    backend.close()
+    return {"apply_start": apply_start, "pass": pass_time, "status": status,
+            "replicas": f"{handled[0]}/{handled[1]} in {took[0]:.2f}s/{took[1]:.2f}s"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--postgres", metavar="URL", help="measure on PostgreSQL (a database is created per row)")
+    parser.add_argument("--quick", action="store_true", help="a smaller grid")
+    args = parser.parse_args()
+    grid = [(1, 1), (10, 1), (10, 6)] if args.quick else [(1, 1), (10, 1), (100, 1), (1, 24), (10, 24), (100, 24)]
+    counts = [1, 100] if args.quick else [1, 100, 1000]
+    store = "PostgreSQL" if args.postgres else "SQLite"
+    now = time.time()
+    print(f"store: {store}")
+    print(f"{'processes':>9} {'hours':>5} {'rows':>9} {'tick s':>8} {'status s':>9} {'/metrics s':>10}")
+    for processes, hours in grid:
+        url, remove = fresh_store(args.postgres)
+        try:
+            rows = stage_history(url, processes, hours, now)
+            tick, status, scrape = measure_history(url, now)
+        finally:
+            remove()
+        print(f"{processes:>9} {hours:>5} {rows:>9,} {tick:>8.3f} {status:>9.3f} {scrape:>10.3f}", flush=True)
+    print()
+    print(f"{'migrations':>10} {'apply+start s':>13} {'pass s':>8} {'status s':>9}  two replicas (handled, time)")
+    for count in counts:
+        url, remove = fresh_store(args.postgres)
+        try:
+            row = many(url, count, now)
+        finally:
+            remove()
+        print(f"{count:>10} {row['apply_start']:>13.2f} {row['pass']:>8.2f} {row['status']:>9.2f}  {row['replicas']}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
