@@ -568,12 +568,13 @@ def _program_status(file: Path, url: str | None, as_json: bool) -> None:
              "stage": r.stage, "traffic": r.traffic} for r in rows]}, indent=2) + "\n")
         return
     done = sum(r.status == "completed" for r in rows)
-    out.print(f"{program.name}: {done} of {len(rows)} components completed")
+    out.print(f"{shown(program.name)}: {done} of {len(rows)} components completed")
     table = Table(box=None, pad_edge=False)
     for column in ("phase", "component", "migration", "status", "stage", "traffic"):
         table.add_column(column, justify="right" if column in ("phase", "traffic") else "left")
     for r in rows:
-        table.add_row(str(r.phase), r.component, r.migration, r.status, r.stage or "-", format_percent(r.traffic))
+        table.add_row(str(r.phase), shown(r.component), shown(r.migration), shown(r.status), shown(r.stage or "-"),
+                      format_percent(r.traffic))
     out.print(table)
 
 
