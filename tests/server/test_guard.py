@@ -90,13 +90,14 @@ def test_idle_sockets_cannot_starve_a_server_with_few_descriptors(tmp_path):
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
+    log = tmp_path / "server.log"  # a file, not a pipe nobody drains, which could block the server's writes
     server = subprocess.Popen([sys.executable, "-c", code, f"sqlite:///{tmp_path / 'cf.db'}", str(port)],
-                              preexec_fn=limit, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              preexec_fn=limit, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     idle: list[socket.socket] = []
     try:
         deadline = time.monotonic() + 60
         while not _healthy(port):
-            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            assert server.poll() is None, log.read_text()[-2000:]
             assert time.monotonic() < deadline, "the server did not start"
             time.sleep(0.1)
         for _ in range(300):
@@ -116,11 +117,17 @@ def test_idle_sockets_cannot_starve_a_server_with_few_descriptors(tmp_path):
         assert slow.recv(1) == b""  # closed by the server without an answer
         slow.close()
         assert server.poll() is None
+        assert "Too many open files" not in log.read_text()  # it never ran out of descriptors
     finally:
         for s in idle:
             s.close()
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=30)
+            raise AssertionError("the server did not stop on SIGTERM within 30 s:\n" + log.read_text()[-2000:])
 
 
 def test_every_answer_carries_a_content_security_policy_and_refuses_framing(control_plane):
@@ -183,7 +190,7 @@ def test_the_demo_dashboard_binds_loopback_only(tmp_path):
 def test_default_connection_cap_stays_below_the_descriptor_limit():
     import resource
 
-    from crossfade.server.guard import default_max_connections
+    from crossfade.server.guard import default_backlog, default_max_connections
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    assert default_max_connections() <= min(1000, max(16, soft - 64))
+    assert default_max_connections() + default_backlog() <= max(soft - 64, 32)

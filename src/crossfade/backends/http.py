@@ -254,9 +254,13 @@ class HTTPBackend:
         """Send telemetry windows to the server (role sdk), each with its idempotency key: a retry of a write
         whose answer was lost adds nothing."""
         if windows:
-            self.request("POST", "/v1/telemetry", {"windows": [
+            _, body, _ = self.request("POST", "/v1/telemetry", {"windows": [
                 {"migration": w.migration, "stage": w.stage, "arm": w.arm, "start": w.start, "length": w.length,
                  "cell": w.cell.to_dict(), **({"key": w.key} if w.key else {})} for w in windows]})
+            skipped = (body or {}).get("skipped") or []
+            if skipped:
+                log.warning("crossfade: the control plane skipped %d of %d telemetry windows; first: %s",
+                            len(skipped), len(windows), skipped[0].get("reason"))
 
     def windows(self, migration: str, *, stage: str | None = None, since: float | None = None,
                 until: float | None = None) -> list[Window]:

@@ -157,10 +157,21 @@ async def _refuse(send: Send, status: int, kind: str, message: str, headers: dic
     await send({"type": "http.response.body", "body": body})
 
 
-def default_max_connections() -> int:
-    """Open connections to allow: at most 1,000, and always 64 descriptors short of the process's limit."""
+def _descriptors() -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return max(16, min(1000, soft - 64)) if soft != resource.RLIM_INFINITY else 1000
+    return 65536 if soft == resource.RLIM_INFINITY else soft
+
+
+def default_backlog() -> int:
+    """Connections the kernel may queue, which is also how many the event loop accepts in one go: a quarter
+    of the process's descriptors at most, so a burst of them cannot exhaust the rest."""
+    return max(16, min(2048, _descriptors() // 4))
+
+
+def default_max_connections() -> int:
+    """Open connections to allow: at most 1,000, and short of the process's descriptor limit by 64 (files,
+    the database, threads) plus one accept burst (`default_backlog`)."""
+    return max(16, min(1000, _descriptors() - 64 - default_backlog()))
 
 
 def guarded_protocol(max_connections: int, header_timeout: float) -> type[H11Protocol]:

@@ -14,7 +14,7 @@ import uvicorn
 from crossfade.backends import Backend, BackendError, open_backend
 from crossfade.server.app import create_app
 from crossfade.server.feed import RoutingFeed
-from crossfade.server.guard import default_max_connections, guarded_protocol
+from crossfade.server.guard import default_backlog, default_max_connections, guarded_protocol
 
 
 class _Server(uvicorn.Server):
@@ -37,12 +37,13 @@ class _Server(uvicorn.Server):
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """What one client can hold of the server: open connections, seconds to send a request's head, and
-    seconds an idle kept-alive connection stays open."""
+    """What clients can hold of the server: open connections, seconds to send a request's head, seconds an
+    idle kept-alive connection stays open, and connections queued (and accepted at once) by the kernel."""
 
     max_connections: int = field(default_factory=default_max_connections)
     header_timeout: float = 10.0
     keep_alive: float = 5.0
+    backlog: int = field(default_factory=default_backlog)
 
 
 def _server(backend: Backend, host: str, port: int, *, open_reads: bool, controller: bool, log_level: str,
@@ -55,7 +56,7 @@ def _server(backend: Backend, host: str, port: int, *, open_reads: bool, control
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=5, lifespan="on",
                             http=guarded_protocol(limits.max_connections, limits.header_timeout),
-                            timeout_keep_alive=int(max(1, limits.keep_alive)),
+                            timeout_keep_alive=int(max(1, limits.keep_alive)), backlog=limits.backlog,
                             proxy_headers=bool(trusted_proxies), forwarded_allow_ips=list(trusted_proxies) or None)
     return _Server(config, app.state.feed)
 
