@@ -4,7 +4,6 @@ for a control plane through its restarts."""
 from __future__ import annotations
 
 import logging
-import time
 
 import crossfade
 

@@ -113,6 +113,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Error, "description": "The body is not JSON"},
     401: {"model": Error, "description": "No token, or an unknown or revoked one"},
     403: {"model": Error, "description": "The token's role is too small"},
+    408: {"model": Error, "description": "The body was not sent in time"},
+    413: {"model": Error, "description": "The body is larger than this route accepts"},
     422: {"model": Error, "description": "Invalid input: every problem, with where it is"},
     429: {"model": Error, "description": "Too many failed token attempts from this address"},
     503: {"model": Error, "description": "The store cannot be reached now"},
