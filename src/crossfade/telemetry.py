@@ -134,7 +134,8 @@ def check_cell(data: object) -> Cell:
         raise CellError(f"unknown field(s) {', '.join(unknown)}; a cell has {', '.join(sorted(_CELL_KEYS))}")
     cell = Cell()
     for name in _COUNTS:
-        setattr(cell, name, _count(data.get(name, 0), name))
+        value = data.get(name, 0)
+        setattr(cell, name, value if type(value) is int and 0 <= value <= MAX_COUNT else _count(value, name))
     cell.cost_sum = _finite(data.get("cost_sum", 0.0), "cost_sum")
     cell.cost_sq = _finite(data.get("cost_sq", 0.0), "cost_sq")
     latency = data.get("latency") or {}
@@ -147,14 +148,20 @@ def check_cell(data: object) -> Cell:
     if not isinstance(bins, Mapping) or len(bins) > MAX_BINS:
         raise CellError(f"latency.bins is a mapping of at most {MAX_BINS} bucket indexes to counts")
     sketch = cell.latency
-    for key, n in bins.items():
-        try:
-            index = int(key)
-        except (TypeError, ValueError):
-            raise CellError(f"latency.bins: {key!r} is not a bucket index") from None
-        if index not in LATENCY_BINS:
-            raise CellError(f"latency.bins: bucket {index} is outside {LATENCY_BINS.start}..{LATENCY_BINS.stop - 1}")
-        sketch.bins[index] = sketch.bins.get(index, 0) + _count(n, f"latency.bins[{index}]")
+    try:
+        parsed = {int(key): n for key, n in bins.items()}
+    except (TypeError, ValueError):
+        raise CellError(f"latency.bins: {sorted(map(str, bins))[:3]} are not all bucket indexes") from None
+    if len(parsed) != len(bins):
+        raise CellError("latency.bins: a bucket index appears twice")
+    if parsed and (min(parsed) < LATENCY_BINS.start or max(parsed) >= LATENCY_BINS.stop):
+        outside = min(parsed) if min(parsed) < LATENCY_BINS.start else max(parsed)
+        raise CellError(f"latency.bins: bucket {outside} is outside {LATENCY_BINS.start}..{LATENCY_BINS.stop - 1}")
+    # Readers check every stored row at every look: whole counts in range take the quick way.
+    if all(type(n) is int and 0 <= n <= MAX_COUNT for n in parsed.values()):
+        sketch.bins = parsed
+    else:
+        sketch.bins = {index: _count(n, f"latency.bins[{index}]") for index, n in parsed.items()}
     sketch.zeros = _count(latency.get("zeros", 0), "latency.zeros")
     sketch.count = _count(latency.get("count", 0), "latency.count")
     sketch.total = _finite(latency.get("total", 0.0), "latency.total")
