@@ -7,10 +7,11 @@ the number of migrations.
 
 Each row is measured on a fresh store filled with telemetry windows as app processes write them (one row a
 process, arm and 10 s window, 50 calls each with a latency sketch). It prints, per (processes, stage hours):
-the rows stored, one controller tick of that migration, `crossfade status NAME --json`, and one /metrics
-scrape; per number of running migrations: apply+start, one controller pass over all of them, `status` of
-all, and two controller replicas ticking at once (how many each handled). Times are medians of 3 in
-seconds, wall clock, on this machine as it is: compare rows of one run, not runs of different days.
+the rows stored; a controller's first tick of that migration and its ticks after that; `crossfade status
+NAME --json`; and, of a running control plane, a /metrics scrape and the migration page. Per number of
+running migrations: apply+start, one controller pass over all of them, `status` of all, and two
+controller replicas ticking at once (how many each handled). Times are medians, wall clock, on this
+machine as it is: compare rows of one run, not runs of different days.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import statistics
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +33,7 @@ from crossfade.backends import open_backend
 from crossfade.cli import app
 from crossfade.client import Client
 from crossfade.loop import ControllerLoop
-from crossfade.server.metrics import CrossfadeCollector, registry
+from crossfade.server import serve_in_background
 from crossfade.telemetry import Cell, Window
 
 WINDOW = 10.0
@@ -115,20 +117,67 @@ def stage_history(url: str, processes: int, hours: float, now: float) -> int:
     return rows + len(batch)
 
 
-def measure_history(url: str, now: float) -> tuple[float, float, float]:
-    """One tick, one `status --json` and one /metrics scrape of the filled migration."""
+def table_bytes(url: str) -> int:
+    """The telemetry table's size on disk (with its indexes)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("VACUUM")
+            size = conn.exec_driver_sql("SELECT SUM(pgsize) FROM dbstat WHERE name LIKE '%telemetry%'").scalar()
+        else:
+            conn.exec_driver_sql("VACUUM crossfade_telemetry")
+            size = conn.exec_driver_sql("SELECT pg_total_relation_size('crossfade_telemetry')").scalar()
+    engine.dispose()
+    return int(size or 0)
+
+
+def storage(url: str, rows: int, processes: int, hours: float) -> str:
+    """Bytes per host-day of telemetry as written, and per migration-day once `crossfade db prune` compacted
+    the windows older than an hour (one row per window and arm, whatever the number of hosts)."""
+    from crossfade.backends.sql import SQLBackend
+
+    written = table_bytes(url) / rows
+    backend = SQLBackend(url)
+    _, left = backend.compact_telemetry(before=time.time() + 1)
+    backend.close()
+    compacted = table_bytes(url) / max(left, 1)
+    per_day = 86400 / WINDOW * 2
+    return (f"{written:,.0f} B/row: {written * per_day / 1e6:,.1f} MB per host-day written; "
+            f"{left:,} rows after compaction, {compacted * per_day / 1e6:,.1f} MB per migration-day whatever the hosts")
+
+
+def measure_history(url: str, processes: int, now: float) -> tuple[float, float, float, float, float]:
+    """A controller's first tick of the filled migration (a restarted controller reads the stage once), its
+    ticks after that (each with one new window from every process), `status --json`, and of a running control
+    plane a /metrics scrape and the migration page."""
     backend = open_backend(url)
     loop = ControllerLoop(backend, holder="bench")
     state = backend.state("scale")
-    tick = median_time(lambda: loop.tick_one(state, now))
+    first = median_time(lambda: loop.tick_one(state, now), repeat=1)
+    rng = random.Random(processes)
+    news = [[Window("scale", "canary", arm, now + i * WINDOW, WINDOW, cell(rng)) for _ in range(processes)
+             for arm in ("legacy", "candidate")] for i in range(3)]
+    ticks = []
+    for i, batch in enumerate(news):
+        backend.write_windows(batch)
+        ticks.append(median_time(lambda: loop.tick_one(state, now + (i + 1) * WINDOW), repeat=1))
     runner = CliRunner()
     status = median_time(lambda: runner.invoke(app, ["status", "scale", "--json", "--url", url]))
-    from prometheus_client import generate_latest
-
-    scrape_registry = registry(CrossfadeCollector(backend, controller_lag=lambda: None, feed_age=lambda: None))
-    scrape = median_time(lambda: generate_latest(scrape_registry))
+    # The control plane as it runs (open reads on loopback, its controller off): a scrape and the migration
+    # page over real HTTP, after a first read that fills its incremental reader.
+    base, stop = serve_in_background(backend, controller=False)
+    try:
+        fetch = lambda path: urllib.request.urlopen(base + path, timeout=600).read()  # noqa: E731
+        fetch("/metrics")
+        backend.write_windows(news[0])
+        scrape = median_time(lambda: fetch("/metrics"))
+        page = median_time(lambda: fetch("/v1/migrations/scale"))
+    finally:
+        stop()
     backend.close()
-    return tick, status, scrape
+    return first, statistics.median(ticks), status, scrape, page
 
 
 def many(url: str, count: int, now: float) -> dict[str, float | str]:
@@ -179,15 +228,20 @@ def main() -> None:
     store = "PostgreSQL" if args.postgres else "SQLite"
     now = time.time()
     print(f"store: {store}")
-    print(f"{'processes':>9} {'hours':>5} {'rows':>9} {'tick s':>8} {'status s':>9} {'/metrics s':>10}")
+    print(f"{'processes':>9} {'hours':>5} {'rows':>9} {'first tick s':>12} {'tick s':>8} {'status s':>9} "
+          f"{'/metrics s':>10} {'page s':>7}")
     for processes, hours in grid:
         url, remove = fresh_store(args.postgres)
         try:
             rows = stage_history(url, processes, hours, now)
-            tick, status, scrape = measure_history(url, now)
+            first, tick, status, scrape, page = measure_history(url, processes, now)
+            if (processes, hours) == grid[-1]:
+                bytes_line = storage(url, rows, processes, hours)
         finally:
             remove()
-        print(f"{processes:>9} {hours:>5} {rows:>9,} {tick:>8.3f} {status:>9.3f} {scrape:>10.3f}", flush=True)
+        print(f"{processes:>9} {hours:>5} {rows:>9,} {first:>12.3f} {tick:>8.3f} {status:>9.3f} {scrape:>10.3f} {page:>7.3f}",
+              flush=True)
+    print(f"telemetry storage at ({grid[-1][0]}, {grid[-1][1]}): {bytes_line}")
     print()
     print(f"{'migrations':>10} {'apply+start s':>13} {'pass s':>8} {'status s':>9}  two replicas (handled, time)")
     for count in counts:

@@ -35,7 +35,8 @@ def test_quickstart_init_apply_start_promote_status(tmp_path, url):
     assert "applied" in cli("apply", str(spec), "--url", url)
     assert "unchanged" in cli("apply", str(spec), "--url", url)
     assert "started" in cli("start", "checkout-pricing", "--url", url, "--actor", "alice")
-    assert "canary-1" in cli("promote", "checkout-pricing", "--url", url, "--reason", "shadow clean")
+    assert "the hold has 10m left" in cli("promote", "checkout-pricing", "--url", url, code=1)
+    assert "canary-1" in cli("promote", "checkout-pricing", "--url", url, "--reason", "shadow clean", "--force")
     with crossfade.connect(url) as cf:
         mig = cf.migration("checkout-pricing")
         for i in range(300):
@@ -186,6 +187,7 @@ def test_status_shows_verdicts_and_run_controller_acts_on_them(tmp_path, url):
     assert "FAIL" in cli("status", "m", "--url", url) and "is above the allowed +1.00 pp" in cli("status", "--url", url)
     dry = cli("run-controller", "--dry-run", "--url", url)
     assert "would write" in dry and "rolled_back" in dry
+    assert "FAIL         candidate error rate" in dry and "{'" not in dry  # verdicts as lines, not a raw dict
     assert json.loads(cli("status", "m", "--url", url, "--json"))["status"] == "running"
     assert "rolled_back" in cli("run-controller", "--once", "--url", url)
     assert json.loads(cli("status", "m", "--url", url, "--json"))["status"] == "rolled_back"
@@ -328,6 +330,176 @@ def test_token_create_binds_to_migrations_and_refuses_bad_names(url):
                                          "Bad Name", "--url", url, code=2)
 
 
+def test_promote_refuses_an_approval_stage_and_approve_enters_it(tmp_path, url):
+    spec = tmp_path / "m.yaml"
+    spec.write_text("name: m\nstages: [{traffic: 10%}, {traffic: 50%, approval: true}, {traffic: 100%}]\n")
+    cli("apply", str(spec), "--url", url)
+    cli("start", "m", "--url", url)
+    assert "needs an approval; run `crossfade approve m`" in cli("promote", "m", "--url", url, code=1)
+    assert "nothing to approve" in cli("approve", "m", "--url", url, code=1)  # the controller has not asked
+    with crossfade.connect(url) as cf:  # calls on both arms: the controller has data to judge the stage by
+        mig = cf.migration("m")
+        for i in range(300):
+            mig.run(f"k{i}", lambda: "old", lambda: "new")
+    assert "approval_requested" in cli("run-controller", "--once", "--url", url)
+    out = cli("approve", "m", "--url", url, "--reason", "signed off")
+    assert "approved" in out and "stage stage-2" in out
+
+
+# -- user mistakes: one line, exit 2 for invalid input and 1 when refused, never a traceback ---------------
+
+
+def one_line_error(args, code):
+    """Run a command that must fail: its exit code, and one `error:` line (no traceback, no SDK warning)."""
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # not an uncaught exception
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def spec_file(tmp_path):
+    spec = tmp_path / "m.yaml"
+    spec.write_text("name: m\nstages: [{traffic: 10%}, {traffic: 100%}]\n")
+    return spec
+
+
+# Every command that takes --url, with the rest of a valid command line.
+URL_COMMANDS = {
+    "apply": lambda p: ["apply", spec_file(p)],
+    "start": lambda p: ["start", "m"], "promote": lambda p: ["promote", "m"], "pause": lambda p: ["pause", "m"],
+    "resume": lambda p: ["resume", "m"], "rollback": lambda p: ["rollback", "m", "--reason", "r"],
+    "approve": lambda p: ["approve", "m"], "abort": lambda p: ["abort", "m", "--reason", "r"],
+    "restart": lambda p: ["restart", "m"], "run-controller": lambda p: ["run-controller", "--once"],
+    "status": lambda p: ["status"], "mismatches": lambda p: ["mismatches", "m"], "history": lambda p: ["history", "m"],
+    "audit verify": lambda p: ["audit", "verify", "m"], "db upgrade": lambda p: ["db", "upgrade"],
+    "serve": lambda p: ["serve", "--port", "0"],
+    "token create": lambda p: ["token", "create", "--name", "n"], "token list": lambda p: ["token", "list"],
+    "token revoke": lambda p: ["token", "revoke", "n"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(URL_COMMANDS))
+def test_every_command_given_a_bad_url_says_so_in_one_line_and_exits_2(command, tmp_path):
+    line = one_line_error([*URL_COMMANDS[command](tmp_path), "--url", "mysql://db/x"], 2)
+    assert "unsupported" in line and "mysql://db/x" in line
+    assert "--url is empty" in one_line_error([*URL_COMMANDS[command](tmp_path), "--url", ""], 2)
+
+
+@pytest.mark.parametrize("command", sorted(URL_COMMANDS))
+def test_every_command_given_a_database_in_a_missing_directory_says_so_in_one_line(command, tmp_path):
+    url = f"sqlite:///{tmp_path / 'no-such-dir' / 'cf.db'}"
+    line = one_line_error([*URL_COMMANDS[command](tmp_path), "--url", url], 1)
+    assert f"directory {tmp_path / 'no-such-dir'} does not exist" in line
+
+
+def test_commands_that_write_refuse_an_in_memory_database(tmp_path):
+    for command in ("apply", "start", "promote", "rollback", "run-controller", "db upgrade", "serve", "token create"):
+        assert "in-memory database" in one_line_error([*URL_COMMANDS[command](tmp_path), "--url", "sqlite://"], 2)
+    assert "no migrations yet" in cli("status", "--url", "sqlite://")
+
+
+# Every command that takes a file or a directory, given one that is not there.
+PATH_COMMANDS = {
+    "init": (["init", "{missing}/m.yaml"], 2), "validate": (["validate", "{missing}.yaml"], 1),
+    "apply": (["apply", "{missing}.yaml"], 2), "simulate": (["simulate", "{missing}.yaml"], 2),
+    "plan": (["plan", "{missing}.yaml"], 2), "plan -o": (["plan", "{spec}", "-o", "{missing}/plan.md"], 2),
+    "demo --keep": (["demo", "--keep", "{missing}/demo"], 2),
+}
+
+
+@pytest.mark.parametrize("command", sorted(PATH_COMMANDS))
+def test_every_command_given_a_missing_path_says_so_without_a_traceback(command, tmp_path):
+    args, code = PATH_COMMANDS[command]
+    missing = tmp_path / "no-such-dir"
+    args = [a.format(missing=missing, spec=spec_file(tmp_path)) for a in args]
+    result = runner.invoke(app, args)
+    assert result.exit_code == code and isinstance(result.exception, SystemExit), result.output
+    assert str(missing) in result.output and "Traceback" not in result.output
+
+
+def test_empty_names_and_reasons_are_invalid_input(tmp_path, url):
+    cli("apply", str(spec_file(tmp_path)), "--url", url)
+    cli("start", "m", "--url", url)
+    assert "migration name is empty" in one_line_error(["status", "", "--url", url], 2)
+    assert "migration name is empty" in one_line_error(["pause", " ", "--url", url], 2)
+    assert "--reason is empty" in one_line_error(["rollback", "m", "--reason", " ", "--url", url], 2)
+    assert "--reason is empty" in one_line_error(["pause", "m", "--reason", "", "--url", url], 2)
+    assert crossfade.connect(url).migration("m").state().status == "running"
+
+
+def test_an_unknown_migration_keeps_its_quotes_and_a_refusal_is_one_line(tmp_path, url):
+    cli("apply", str(spec_file(tmp_path)), "--url", url)
+    assert one_line_error(["history", "ghost", "--url", url], 1).endswith("no migration named 'ghost'")
+    assert "crossfade start" in one_line_error(["promote", "m", "--url", url], 1)
+
+
+def test_an_unreachable_control_plane_is_one_line_without_the_sdks_warning():
+    line = one_line_error(["status", "--url", "http://127.0.0.1:9"], 1)
+    assert "cannot reach the control plane" in line and "legacy" not in line
+
+
+def test_a_deeply_nested_spec_is_a_clear_error(tmp_path, url):
+    spec = tmp_path / "deep.yaml"
+    spec.write_text("name: m\nstages: [{traffic: 100%}]\nextra: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "nested too deeply" in one_line_error(["apply", spec, "--url", url], 2)
+    assert "nested too deeply" in cli("validate", str(spec), code=1)
+
+
+def test_unbounded_numbers_are_refused(tmp_path, url):
+    spec = spec_file(tmp_path)
+    assert runner.invoke(app, ["run-controller", "--poll", "-1", "--url", url]).exit_code == 2
+    assert runner.invoke(app, ["run-controller", "--poll", "0", "--url", url]).exit_code == 2
+    assert runner.invoke(app, ["simulate", str(spec), "--rps", "0"]).exit_code == 2
+    assert runner.invoke(app, ["demo", "--port", "70000"]).exit_code == 2
+
+
+def test_version():
+    assert cli("--version") == f"crossfade {crossfade.__version__}\n"
+
+
+@pytest.mark.parametrize("args", [["demo", "--dashboard"], ["serve"]])
+def test_without_the_server_extra_the_hint_keeps_its_brackets(args, tmp_path):
+    # The extra is made absent for this process only: None in sys.modules makes its import fail.
+    code = ("import sys; sys.modules['crossfade.server'] = None; sys.argv = ['crossfade', *sys.argv[1:]]; "
+            "from crossfade.cli import main; main()")
+    done = subprocess.run([sys.executable, "-c", code, *args, "--url" if args[0] == "serve" else "--speed",
+                           f"sqlite:///{tmp_path / 'cf.db'}" if args[0] == "serve" else "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "pip install 'crossfade[server]'" in done.stderr and "pip install '.[server]'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_output_is_not_cut_at_80_columns_without_a_terminal(tmp_path, url):
+    spec = tmp_path / "long.yaml"
+    long_name = "a-migration-whose-name-is-long-enough-to-pass-eighty-columns"
+    spec.write_text(f"name: {long_name}\nstages: [{{traffic: 10%}}, {{traffic: 100%}}]\n")
+    cli("apply", str(spec), "--url", url)
+    cli("start", long_name, "--url", url)
+    done = subprocess.run([sys.executable, "-m", "crossfade", "status", "--url", url], capture_output=True, text=True,
+                          timeout=120, env={**__import__("os").environ, "COLUMNS": ""})
+    assert done.returncode == 0 and any(long_name in line and "running" in line for line in done.stdout.splitlines())
+
+
+def test_serve_says_where_the_dashboard_is_and_nothing_logs_alembics_narration(tmp_path):
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    done = subprocess.run([sys.executable, "-m", "crossfade", "run-controller", "--once", "--url", url],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "alembic" not in done.stderr.lower() + done.stdout.lower()
+    server = subprocess.Popen([sys.executable, "-m", "crossfade", "serve", "--port", "0", "--url",
+                               f"sqlite:///{tmp_path / 'served.db'}"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        first = server.stdout.readline()
+    finally:
+        server.terminate()
+        _, errors = server.communicate(timeout=60)
+    assert "dashboard at http://127.0.0.1:0/" in first and "metrics at http://127.0.0.1:0/metrics (they need a" in first
+    assert "alembic" not in errors.lower()
+
+
 def test_plan_and_status_of_a_program(tmp_path, url):
     from pathlib import Path
 
@@ -355,3 +527,76 @@ def test_plan_and_status_of_a_program_refuse_bad_paths(tmp_path, url):
     assert "components[0].spec: no spec file 'nowhere.yaml'" in cli("plan", str(bad), code=2)
     assert "components[0].spec: no spec file" in cli("status", "--program", str(bad), "--url", url, code=2)
     assert "no directory" in cli("plan", str(bad), "-o", str(tmp_path / "missing" / "plan.md"), code=2)
+
+
+def test_db_prune_compacts_and_deletes_old_telemetry(tmp_path, url):
+    from crossfade.backends.sql import SQLBackend
+    from crossfade.telemetry import Cell, Window
+
+    backend = SQLBackend(url)
+    c = Cell()
+    c.calls = 3
+    now = time.time()
+    backend.write_windows([Window("a", "canary", "legacy", now - 40 * 86400, 10.0, c) for _ in range(2)])
+    backend.close()
+    assert "deleted 1 telemetry rows" in cli("db", "prune", "--older-than", "30d", "--compact-after", "0s",
+                                             "--url", url)
+    assert "--older-than soon: " in cli("db", "prune", "--older-than", "soon", "--url", url, code=2)
+    assert "not a http URL" in cli("db", "prune", "--older-than", "30d", "--url", "http://127.0.0.1:1", code=2)
+    missing = f"sqlite:///{tmp_path / 'nowhere' / 'cf.db'}"
+    assert cli("db", "prune", "--older-than", "30d", "--url", missing, code=1).count("\n") == 1
+
+
+ROUTED = """
+name: agent-cli
+stages: [{name: shadow, traffic: 0%, shadow: 10%}, {name: canary, traffic: 5%}, {name: all, traffic: 100%}]
+deny: [vip]
+routers:
+  - istio: {host: agent-cli, legacy_labels: {version: v1}, candidate_labels: {version: v2}}
+"""
+
+
+def test_render_prints_a_routers_manifests_for_now_or_a_stage(tmp_path, url):
+    import yaml
+
+    spec = tmp_path / "agent-cli.yaml"
+    spec.write_text(ROUTED)
+    cli("apply", str(spec), "--url", url)
+    cli("start", "agent-cli", "--url", url)
+    docs = list(yaml.safe_load_all(cli("render", "agent-cli", "--router", "istio", "--url", url)))
+    assert [d["kind"] for d in docs] == ["DestinationRule", "VirtualService"]
+    split = docs[1]["spec"]["http"][-1]
+    assert [r["weight"] for r in split["route"]] == [100, 0] and split["mirrorPercentage"] == {"value": 10.0}
+    canary = list(yaml.safe_load_all(cli("render", "agent-cli", "--router", "istio", "--stage", "canary", "--url", url)))
+    assert [r["weight"] for r in canary[1]["spec"]["http"][-1]["route"]] == [95, 5]
+
+
+def test_render_refuses_bad_input_in_one_line(tmp_path, url):
+    spec = tmp_path / "agent-cli.yaml"
+    spec.write_text(ROUTED)
+    cli("apply", str(spec), "--url", url)
+    out = cli("render", "agent-cli", "--router", "nginx", "--url", url, code=2)
+    assert "names no nginx router (it names: istio)" in out and "Traceback" not in out
+    assert "no stage 'nope'" in cli("render", "agent-cli", "--router", "istio", "--stage", "nope", "--url", url, code=2)
+    assert "no migration" in cli("render", "ghost", "--router", "istio", "--url", url, code=1)
+
+
+def test_status_shows_each_routers_state(tmp_path, url):
+    from crossfade.events import ROUTER_FAILED, ROUTER_SYNCED, Change, seal
+
+    spec = tmp_path / "agent-cli.yaml"
+    spec.write_text(ROUTED)
+    cli("apply", str(spec), "--url", url)
+    cli("start", "agent-cli", "--url", url)
+    with crossfade.connect(url) as cf:
+        # What the controller loop records after syncing a router, written here without a cluster.
+        state = cf.migration("agent-cli").state()
+        after, events = seal(state, [
+            Change(ROUTER_SYNCED, "istio at 0.00% candidate", {"router": "istio", "candidate": 0.0,
+                                                                "verification": "verified"}),
+            Change(ROUTER_FAILED, "nginx: cannot reach nginx", {"router": "nginx", "candidate": 0.0})],
+            actor="controller", now=time.time())
+        cf.backend().append("agent-cli", state.seq, events, state=after)
+    text = cli("status", "agent-cli", "--url", url)
+    assert "router istio: verified at 0% candidate" in text
+    assert "router nginx: failed at 0% candidate (nginx: cannot reach nginx)" in text

@@ -79,6 +79,32 @@ def test_a_healthy_candidate_is_promoted_after_the_hold_and_waits_for_approval()
     assert "no regression" in promoted.reason and "candidate and" in promoted.reason
 
 
+def test_a_router_not_verified_at_the_weight_holds_the_promotion_and_nothing_else():
+    run = Run(spec()).minutes(12)
+    assert run.state.status == "awaiting_approval"
+    held = Run(spec())
+    held.minutes(9)
+    pending = ["nginx: nginx runs another config; wanted 10.00% candidate (stage canary)"]
+    for _ in range(20):
+        held.traffic_minute()
+        held.now += 60
+        changes = step(held.spec, held.state, held.windows, held.now, unverified=pending)
+        if changes:
+            held._write(changes, "controller")
+    assert held.state.status == "running" and held.state.stage == "canary"
+    a = assess(held.spec, held.state, held.windows, held.now, unverified=pending)
+    assert a.waiting_for == "routers: " + pending[0]
+    # A failing gate still rolls back at once: an unverified router holds promotions, never rollbacks.
+    bad = Run(spec(), candidate_errors=0.08)
+    for _ in range(15):
+        bad.traffic_minute()
+        bad.now += 60
+        changes = step(bad.spec, bad.state, bad.windows, bad.now, unverified=pending)
+        if changes:
+            bad._write(changes, "controller")
+    assert bad.state.status == "rolled_back"
+
+
 def test_min_samples_hold_a_stage_past_its_hold():
     run = Run(spec(), rps=0.2).minutes(12)
     assert run.state.stage == "canary" and run.state.status == "running"

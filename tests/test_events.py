@@ -27,6 +27,7 @@ from crossfade.events import (
     start_change,
     verify,
 )
+from crossfade.events import StageProgress
 from crossfade.spec import load_spec
 
 SPEC = load_spec({"name": "m", "stages": [{"traffic": "0%", "shadow": "100%"}, {"traffic": "10%"},
@@ -249,10 +250,40 @@ def test_every_operation_has_one_entry_in_the_shared_table():
     from crossfade.events import OPERATIONS, operation
 
     _, state = _log(lambda s: start_change(s, SPEC))
-    assert [c.type for c in operation("promote", state, SPEC, "ok")] == ["promoted"]
-    assert [c.type for c in operation("pause", state, SPEC)] == ["paused"]
+    ready = StageProgress(0.0, 0, 0)
+    assert [c.type for c in operation("promote", state, SPEC, "ok", progress=ready)] == ["promoted"]
+    assert [c.type for c in operation("pause", state, SPEC, progress=ready)] == ["paused"]
     with pytest.raises(TransitionError, match="needs a reason"):
-        operation("rollback", state, SPEC)
+        operation("rollback", state, SPEC, progress=ready)
     with pytest.raises(ValueError, match="unknown operation 'launch'"):
-        operation("launch", state, SPEC)
+        operation("launch", state, SPEC, progress=ready)
     assert len(OPERATIONS) == 8
+
+
+GUARDED = load_spec({"name": "m", "stages": [{"traffic": "10%", "hold": "1h", "min_samples": 100},
+                                             {"traffic": "50%", "approval": True}, {"traffic": "100%"}]})
+
+
+def test_a_plain_promote_never_enters_a_stage_that_needs_an_approval():
+    _, state = _log(lambda s: start_change(s, GUARDED))
+    ready = StageProgress(0.0, 500, 500)
+    with pytest.raises(TransitionError, match="stage stage-2 needs an approval; run `crossfade approve m`"):
+        promote_change(state, GUARDED, progress=ready)
+    with pytest.raises(TransitionError, match="not awaiting approval"):
+        approve_changes(state, GUARDED)  # until the controller has judged the stage ready and asked
+    forced = promote_change(state, GUARDED, "vendor deadline", force=True, progress=ready)
+    assert (forced.payload["forced"], forced.payload["approval_bypassed"]) == (True, True)
+
+
+def test_promote_keeps_the_stage_hold_and_min_samples():
+    spec = load_spec({"name": "m", "stages": [{"traffic": "10%", "hold": "1h", "min_samples": 100},
+                                              {"traffic": "100%"}]})
+    _, state = _log(lambda s: start_change(s, spec))
+    with pytest.raises(TransitionError, match="the hold has 20m left"):
+        promote_change(state, spec, progress=StageProgress(1200.0, 500, 500))
+    with pytest.raises(TransitionError, match="12 candidate and 400 legacy calls of the 100 per arm needed"):
+        promote_change(state, spec, progress=StageProgress(0.0, 12, 400))
+    forced = promote_change(state, spec, force=True, progress=StageProgress(1200.0, 12, 400))
+    assert forced.payload["unmet"] == ["the hold has 20m left",
+                                       "12 candidate and 400 legacy calls of the 100 per arm needed"]
+    assert promote_change(state, spec, progress=StageProgress(0.0, 100, 100)).payload["stage"] == "stage-2"

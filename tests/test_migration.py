@@ -611,3 +611,19 @@ def test_a_command_conflicts_when_the_migration_moved_meanwhile(tmp_path):
         with pytest.raises(crossfade.ConflictError):
             cf.migration("m").promote("me too")
         assert cf.migration("m").state().stage == "stage-2"
+
+
+def test_the_sdk_enters_an_approval_stage_only_by_approve_or_a_recorded_force(cf):
+    mig = started(cf, stages=[{"traffic": "10%", "hold": "1h"}, {"traffic": "50%", "approval": True},
+                              {"traffic": "100%"}])
+    with pytest.raises(crossfade.events.TransitionError, match="the hold has 1h left"):
+        started(cf, "n", stages=[{"traffic": "10%", "hold": "1h"}, {"traffic": "100%"}]).promote()
+    with pytest.raises(crossfade.events.TransitionError, match="needs an approval; run `crossfade approve m`"):
+        mig.promote()
+    with pytest.raises(crossfade.events.TransitionError, match="not awaiting approval"):
+        mig.approve()
+    assert mig.state().stage == "stage-1"
+    event = mig.promote("deadline", force=True)
+    assert (event.payload["forced"], event.payload["approval_bypassed"]) == (True, True)
+    assert event.payload["unmet"] == ["the hold has 1h left"]
+    assert mig.state().stage == "stage-2"

@@ -274,3 +274,47 @@ def test_a_failing_cost_function_is_counted_not_raised(cf):
     shadowing(cf)
     assert mig.run(1, lambda: {"v": 1}, lambda: {"v": 2}) == {"v": 1}
     assert cf.stats()["recording_errors"] >= 1
+
+
+def test_an_idempotency_key_lets_a_dual_written_store_drop_retried_duplicates(cf):
+    mig = shadowing(cf, stage={"traffic": "0%", "dual_write": True}, dual_write_retry={"attempts": 3})
+    legacy_store: list[str] = []
+    new_store: dict[str, str] = {}
+    unkeyed: list[str] = []
+    keys_seen: list[str] = []
+
+    def legacy_write(message: str, idempotency_key: str | None = None) -> str:
+        legacy_store.append(message)
+        return message
+
+    def candidate_write(message: str, idempotency_key: str | None = None) -> str:
+        # The bridge: the write lands, then the answer is lost every other time, so the SDK retries it.
+        keys_seen.append(idempotency_key or "")
+        if idempotency_key is None:
+            unkeyed.append(message)
+        else:
+            new_store.setdefault(idempotency_key, message)  # a unique index on the key
+        if len(keys_seen) % 2:
+            raise ConnectionError("answer lost")
+        return message
+
+    for i in range(20):
+        mig.write(i, legacy_write, candidate_write, f"m{i}", idempotency_key=f"msg-{i}")
+    assert sorted(new_store.values()) == sorted(legacy_store) and len(keys_seen) == 40
+    for i in range(20):
+        mig.write(i, legacy_write, candidate_write, f"u{i}")
+    assert len(unkeyed) == 40  # without a key, every retried write is stored twice
+    mig.write(99, legacy_write, candidate_write, "fresh", idempotency_key=True)
+    assert len(keys_seen[-1]) == 32 and keys_seen[-1] == keys_seen[-2]  # one random key, reused by the retry
+
+
+def test_awrite_passes_the_idempotency_key_too(cf):
+    mig = shadowing(cf, stage={"traffic": "0%", "dual_write": True})
+    got: list[str | None] = []
+
+    async def write(x: int, idempotency_key: str | None = None) -> int:
+        got.append(idempotency_key)
+        return x
+
+    assert asyncio.run(mig.awrite(1, write, write, 5, idempotency_key="k-1")) == 5
+    assert got == ["k-1", "k-1"]

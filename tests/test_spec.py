@@ -778,7 +778,8 @@ def test_schema_structure() -> None:
     schema = json_schema()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["required"] == ["name", "stages"]
-    assert set(schema["properties"]) == set(FULL_SPEC.to_dict())
+    # routers is left out of to_dict() when empty (the digest of a spec without routers stays as it was).
+    assert set(schema["properties"]) == set(FULL_SPEC.to_dict()) | {"routers"}
     assert json.loads(json.dumps(schema)) == schema
     assert json_schema() is not json_schema(), "callers may change their copy"
 
@@ -929,3 +930,19 @@ def test_validate_and_apply_agree_on_every_hostile_spec(name: str, tmp_path: Pat
     assert (validated.exit_code == 0) == (applied.exit_code == 0), (validated.output, applied.output)
     assert validated.exception is None or isinstance(validated.exception, SystemExit)
     assert applied.exception is None or isinstance(applied.exception, SystemExit)
+
+
+def test_routers_are_kept_raw_checked_by_their_modules_and_left_out_when_empty() -> None:
+    routers = [{"nginx": {"conf": "/etc/nginx/conf.d/checkout.conf", "listen": "127.0.0.1:8080",
+                          "legacy": ["127.0.0.1:8001"], "candidate": "127.0.0.1:8002"}}]
+    spec = load_spec({"name": "m", "stages": [{"traffic": "100%"}], "routers": routers})
+    assert spec.routers == tuple(routers) and spec.to_dict()["routers"] == routers
+    assert load_spec(spec.to_dict()) == spec
+    assert "routers" not in load_spec({"name": "m", "stages": [{"traffic": "100%"}]}).to_dict()
+    with pytest.raises(SpecError) as caught:
+        load_spec({"name": "m", "stages": [{"traffic": "100%"}], "routers": [{"ngnix": {}}, "istio"]})
+    text = str(caught.value)
+    assert "routers[0].ngnix: unknown router 'ngnix' (did you mean 'nginx'?)" in text
+    assert "routers[1]: expected one router as {name: {settings}}" in text
+    with pytest.raises(SpecError, match="routers: expected a list"):
+        load_spec({"name": "m", "stages": [{"traffic": "100%"}], "routers": {"nginx": {}}})

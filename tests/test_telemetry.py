@@ -23,6 +23,7 @@ def test_windows_are_aligned_and_flushed_only_after_they_close():
     clock = FakeClock(1003.0)
     recorder = Recorder(10.0, grace=1.0, clock=clock, monotonic=clock)
     recorder.cell(clock(), KEY).calls += 1
+    recorder.done()
     assert recorder.collect() == []
     clock.now = 1010.5  # closed, but within the grace
     assert recorder.collect() == []
@@ -51,6 +52,7 @@ def test_threads_record_without_locks_and_totals_are_exact():
             cell.latency.add(0.001 * (i % 50 + 1))
             if i % 7 == 0:
                 cell.errors += 1
+            recorder.done()
 
     background = threading.Thread(target=flusher)
     background.start()
@@ -70,11 +72,60 @@ def test_threads_record_without_locks_and_totals_are_exact():
     assert sum(c.errors for c in totals.values()) == 4 * len(range(0, 20_000, 7))
 
 
+def test_a_thread_descheduled_mid_write_for_longer_than_the_grace_loses_nothing():
+    # The writer takes its cell, then stops (as a thread the OS deschedules) while the flusher runs past the
+    # window's close and grace, many times; then it writes. Its count must reach a flush, exactly once.
+    clock = FakeClock(1003.0)
+    recorder = Recorder(10.0, grace=1.0, clock=clock, monotonic=clock)
+    holding, resume = threading.Event(), threading.Event()
+
+    def stalled_writer() -> None:
+        cell = recorder.cell(clock(), KEY)
+        holding.set()
+        resume.wait()
+        cell.calls += 1
+        cell.latency.add(0.01)
+        recorder.done()
+
+    writer = threading.Thread(target=stalled_writer)
+    writer.start()
+    holding.wait()
+    collected: list[Window] = []
+    for minutes in range(1, 30):
+        clock.now = 1003.0 + 60 * minutes
+        collected.extend(recorder.collect())
+    resume.set()
+    writer.join()
+    collected.extend(recorder.collect())
+    assert [w.cell.calls for w in collected] == [1]
+    assert collected[0].start == 1000.0 and collected[0].cell.latency.count == 1
+
+
+def test_a_thread_that_keeps_writing_never_holds_back_a_closed_window():
+    clock = FakeClock(1003.0)
+    recorder = Recorder(10.0, grace=1.0, clock=clock, monotonic=clock)
+    recorder.cell(clock(), KEY).calls += 1
+    recorder.done()
+    clock.now = 1015.0
+    recorder.cell(clock(), KEY).calls += 1  # caught mid-write by the flush below
+    assert recorder.collect() == []  # the closed window waits: the write under way might be holding it
+    recorder.done()
+    recorder.cell(clock(), KEY).calls += 1  # mid-write again, but a later write than the one seen
+    (window,) = recorder.collect()
+    recorder.done()
+    assert (window.start, window.cell.calls) == (1000.0, 1)
+    (window,) = recorder.collect(everything=True)
+    assert (window.start, window.cell.calls) == (1010.0, 2)
+
+
 def test_windows_from_many_threads_merge_into_one_per_arm():
     clock = FakeClock(500.0)
     recorder = Recorder(10.0, clock=clock, monotonic=clock)
-    threads = [threading.Thread(target=lambda: recorder.cell(clock(), KEY).__setattr__("calls", 5))
-               for _ in range(3)]
+    def record() -> None:
+        recorder.cell(clock(), KEY).calls += 5
+        recorder.done()
+
+    threads = [threading.Thread(target=record) for _ in range(3)]
     for t in threads:
         t.start()
         t.join()
@@ -100,6 +151,7 @@ def test_windows_follow_the_wall_clock_through_the_monotonic_offset():
     wall, mono = FakeClock(2_000_000.0), FakeClock(50.0)
     recorder = Recorder(10.0, clock=wall, monotonic=mono)
     recorder.cell(mono(), KEY).calls += 1
+    recorder.done()
     wall.now += 30
     (window,) = recorder.collect()
     assert window.start == 2_000_000.0
@@ -107,7 +159,7 @@ def test_windows_follow_the_wall_clock_through_the_monotonic_offset():
 
 def test_finished_threads_are_forgotten_once_flushed():
     recorder = Recorder(10.0)
-    t = threading.Thread(target=lambda: recorder.cell(recorder.now(), KEY))
+    t = threading.Thread(target=lambda: (recorder.cell(recorder.now(), KEY), recorder.done()))
     t.start()
     t.join()
     recorder.collect(everything=True)

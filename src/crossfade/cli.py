@@ -17,7 +17,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from crossfade.backends.base import BackendError, OutcomeUnknown, UnknownMigration, redact_url
+from crossfade import __version__
+from crossfade.backends import open_backend
+from crossfade.backends.base import BackendError, InvalidURL, OutcomeUnknown, UnknownMigration, redact_url
 from crossfade.client import DEFAULT_URL, Client
 from crossfade.events import (
     ChainBreak,
@@ -58,6 +60,27 @@ app.add_typer(token_app, name="token")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Without a terminal (a pipe, a file, CI) Rich would cut tables to 80 columns: lines are as long as they need.
+_UNCUT = 1_000
+
+
+def _version(show: bool) -> None:
+    if show:
+        sys.stdout.write(f"crossfade {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _setup(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_version)] = False,
+) -> None:
+    for console in (out, err):
+        if not console.is_terminal:
+            console.width = _UNCUT
+
+# Where crossfade comes from decides how its extra is installed: from PyPI, or from a clone of the repository.
+SERVER_EXTRA = "pip install 'crossfade[server]' (from a clone of the repository: pip install '.[server]')"
 
 Url = Annotated[
     str | None,
@@ -87,30 +110,76 @@ def shown_lines(value: object) -> str:
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
+    """Print one line to stderr and exit: 1 when refused, 2 for invalid input."""
+    # Escaped: a message's own brackets (an extra such as crossfade[server], a path) are text, not markup;
+    # control characters from others' text (a reason, a name) are shown escaped.
     err.print(f"[red]error:[/red] {shown_lines(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
-@contextmanager
-def _client(url: str | None) -> Iterator[Client]:
-    """A client for one command, whose errors become one clear line and an exit code, not a traceback."""
-    client = None
+def _message(exc: BaseException) -> str:
+    """An exception's text as written (a LookupError's str() would wrap it in quotes); a spec's one problem
+    as its one line."""
+    if isinstance(exc, SpecError) and len(exc.problems) == 1:
+        return f"{exc.source}: {exc.problems[0]}"
+    return exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
+
+
+def _target(url: str | None, *, changes: bool = False) -> str:
+    """The backend URL a command uses (--url, else $CROSSFADE_URL, else the default); exits 2 on an empty
+    one, and, for a command that changes state (`changes`), on an in-memory database that would vanish."""
+    if url is not None and not url.strip():
+        _fail("--url is empty: give a backend URL (sqlite:///crossfade.db, postgresql://..., http://host:8765), "
+              "or leave --url out to use $CROSSFADE_URL", 2)
+    target = url or os.environ.get("CROSSFADE_URL") or DEFAULT_URL
+    if changes and target.startswith("sqlite:") and target.removeprefix("sqlite:").lstrip("/") in ("", ":memory:"):
+        _fail(f"{target} is an in-memory database: what this command writes would vanish when it exits; "
+              "use a file, e.g. sqlite:///crossfade.db", 2)
+    return target
+
+
+def _open(url: str | None, *, changes: bool = False) -> Any:
+    """The backend a command uses, or one line and exit 2 (a URL that names no store) or 1 (unreachable)."""
     try:
         # A control plane URL (http://...) authenticates with $CROSSFADE_TOKEN; the events name the token.
-        client = Client(url or os.environ.get("CROSSFADE_URL") or DEFAULT_URL, refresh=3600,
-                        token=os.environ.get("CROSSFADE_TOKEN"))
+        return open_backend(_target(url, changes=changes), token=os.environ.get("CROSSFADE_TOKEN"))
+    except InvalidURL as exc:
+        _fail(_message(exc), 2)
+    except BackendError as exc:
+        _fail(_message(exc))
+
+
+def _name(name: str | None) -> str | None:
+    """A migration name given on the command line: an empty one is invalid input (exit 2)."""
+    if name is not None and not name.strip():
+        _fail("the migration name is empty: give one (crossfade status lists them)", 2)
+    return name
+
+
+@contextmanager
+def _client(url: str | None, *, changes: bool = False) -> Iterator[Client]:
+    """A client for one command, whose errors become one clear line and an exit code, not a traceback."""
+    # The backend is opened first, so an unreachable one is this command's one error line, not a warning
+    # from the SDK (which would route to legacy and go on) followed by the error.
+    backend = _open(url, changes=changes)
+    try:
+        backend.states()
+    except BackendError as exc:
+        backend.close()
+        _fail(_message(exc))
+    client = Client(backend, refresh=3600, background=False)
+    try:
         yield client
     except SpecError as exc:
-        _fail(str(exc), 2)
+        _fail(_message(exc), 2)
     except OutcomeUnknown as exc:
         # Never "failed": the change may have been written. Exit 3 tells a script to re-read, not to retry.
         err.print(f"[yellow]unknown:[/yellow] {shown_lines(exc)}", soft_wrap=True)
         raise typer.Exit(3) from None
     except (TransitionError, UnknownMigration, BackendError) as exc:
-        _fail(str(exc).strip("'\""))
+        _fail(_message(exc))
     finally:
-        if client is not None:
-            client.close()
+        client.close()
 
 
 def _print_event(event: Event, *, dry_run: bool = False) -> None:
@@ -131,9 +200,19 @@ def init(
     """Write a commented example spec to start from."""
     if path.exists() and not force:
         _fail(f"{path} exists; pass --force to overwrite it, or name another file")
-    path.write_text(EXAMPLE)
+    _write(path, EXAMPLE)
     out.print(f"wrote {shown(path)}: edit it, then `crossfade validate {shown(path)}` and "
               f"`crossfade apply {shown(path)}`")
+
+
+def _write(path: Path, text: str) -> None:
+    """Write a file the user named; a missing directory is invalid input (2), another failure refused (1)."""
+    if not path.parent.is_dir():
+        _fail(f"cannot write {path}: directory {path.parent} does not exist", 2)
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        _fail(f"cannot write {path}: {exc.strerror or exc}")
 
 
 @app.command()
@@ -169,8 +248,8 @@ def apply(
     try:
         spec = load_spec(file)
     except SpecError as exc:
-        _fail(str(exc), 2)
-    with _client(url) as cf:
+        _fail(_message(exc), 2)
+    with _client(url, changes=True) as cf:
         event = cf.apply(spec, actor=actor, dry_run=dry_run)
         if event is None:
             out.print(f"{spec.name}: unchanged (this spec is already applied)")
@@ -178,8 +257,11 @@ def apply(
             _print_event(event, dry_run=dry_run)
 
 
-def _operation(name: str, url: str | None, act: Callable[[Any], Event], dry_run: bool) -> None:
-    with _client(url) as cf:
+def _operation(name: str, url: str | None, act: Callable[[Any], Event], dry_run: bool, reason: str | None) -> None:
+    _name(name)
+    if reason is not None and not reason.strip():
+        _fail("--reason is empty: say why (it goes into the audit log)", 2)
+    with _client(url, changes=True) as cf:
         event = act(cf.migration(name))
         _print_event(event, dry_run=dry_run)
         if not dry_run:
@@ -193,7 +275,7 @@ RequiredReason = Annotated[str, typer.Option("--reason", help="Why; required, re
 @app.command()
 def start(name: Name, reason: Reason = None, url: Url = None, actor: Actor = None, dry_run: DryRun = False) -> None:
     """Start a migration at its first stage."""
-    _operation(name, url, lambda m: m.start(reason, actor=actor, dry_run=dry_run), dry_run)
+    _operation(name, url, lambda m: m.start(reason, actor=actor, dry_run=dry_run), dry_run, reason)
 
 
 @app.command()
@@ -206,19 +288,19 @@ def promote(
     dry_run: DryRun = False,
 ) -> None:
     """Move a running migration to its next stage."""
-    _operation(name, url, lambda m: m.promote(reason, actor=actor, force=force, dry_run=dry_run), dry_run)
+    _operation(name, url, lambda m: m.promote(reason, actor=actor, force=force, dry_run=dry_run), dry_run, reason)
 
 
 @app.command()
 def pause(name: Name, reason: Reason = None, url: Url = None, actor: Actor = None, dry_run: DryRun = False) -> None:
     """Route every key to legacy and hold the stage."""
-    _operation(name, url, lambda m: m.pause(reason, actor=actor, dry_run=dry_run), dry_run)
+    _operation(name, url, lambda m: m.pause(reason, actor=actor, dry_run=dry_run), dry_run, reason)
 
 
 @app.command()
 def resume(name: Name, reason: Reason = None, url: Url = None, actor: Actor = None, dry_run: DryRun = False) -> None:
     """Return a paused migration to its stage's traffic."""
-    _operation(name, url, lambda m: m.resume(reason, actor=actor, dry_run=dry_run), dry_run)
+    _operation(name, url, lambda m: m.resume(reason, actor=actor, dry_run=dry_run), dry_run, reason)
 
 
 @app.command()
@@ -230,13 +312,13 @@ def rollback(
     dry_run: DryRun = False,
 ) -> None:
     """Send every key back to legacy at once."""
-    _operation(name, url, lambda m: m.rollback(reason, actor=actor, dry_run=dry_run), dry_run)
+    _operation(name, url, lambda m: m.rollback(reason, actor=actor, dry_run=dry_run), dry_run, reason)
 
 
 @app.command()
 def approve(name: Name, reason: Reason = None, url: Url = None, actor: Actor = None, dry_run: DryRun = False) -> None:
     """Approve the stage a migration awaits: it is entered at once."""
-    _operation(name, url, lambda m: m.approve(reason, actor=actor, dry_run=dry_run), dry_run)
+    _operation(name, url, lambda m: m.approve(reason, actor=actor, dry_run=dry_run), dry_run, reason)
 
 
 @app.command()
@@ -248,13 +330,13 @@ def abort(
     dry_run: DryRun = False,
 ) -> None:
     """Give the attempt up: every key to legacy, nothing more until `restart`."""
-    _operation(name, url, lambda m: m.abort(reason, actor=actor, dry_run=dry_run), dry_run)
+    _operation(name, url, lambda m: m.abort(reason, actor=actor, dry_run=dry_run), dry_run, reason)
 
 
 @app.command()
 def restart(name: Name, reason: Reason = None, url: Url = None, actor: Actor = None, dry_run: DryRun = False) -> None:
     """Begin a new attempt at the first stage after a rollback or an abort (same salt, same buckets)."""
-    _operation(name, url, lambda m: m.restart(reason, actor=actor, dry_run=dry_run), dry_run)
+    _operation(name, url, lambda m: m.restart(reason, actor=actor, dry_run=dry_run), dry_run, reason)
 
 
 @app.command("run-controller")
@@ -262,7 +344,8 @@ def run_controller(
     names: Annotated[list[str] | None, typer.Argument(help="Migrations to run (default: every active one).")] = None,
     url: Url = None,
     once: Annotated[bool, typer.Option("--once", help="One tick, then exit.")] = False,
-    poll: Annotated[float, typer.Option("--poll", help="Seconds between looks for due migrations.")] = 1.0,
+    poll: Annotated[float, typer.Option("--poll", min=0.01, max=3600,
+                                        help="Seconds between looks for due migrations.")] = 1.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="One tick: print the events it would write, "
                                           "write nothing.")] = False,
 ) -> None:
@@ -274,15 +357,13 @@ def run_controller(
     import signal
     import threading
 
-    from crossfade.backends import open_backend
     from crossfade.loop import ControllerLoop
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    target = url or os.environ.get("CROSSFADE_URL") or DEFAULT_URL
-    try:
-        backend = open_backend(target)
-    except BackendError as exc:
-        _fail(str(exc))
+    # Alembic narrates a schema creation at INFO; crossfade's own lines are the ones an operator reads.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    target = _target(url, changes=True)
+    backend = _open(target, changes=True)
     loop = ControllerLoop(backend, names=names or None, on_tick=_print_dry_tick if dry_run else _print_tick,
                           dry_run=dry_run)
     stop = threading.Event()
@@ -297,7 +378,7 @@ def run_controller(
     except KeyboardInterrupt:
         loop.release()
     except BackendError as exc:
-        _fail(str(exc))
+        _fail(_message(exc))
     finally:
         backend.close()
 
@@ -309,6 +390,12 @@ def _print_tick(tick: Any) -> None:
 
 def _print_dry_tick(tick: Any) -> None:
     for event in tick.events:
+        if event.type == "verdict":
+            out.print(f"[yellow]would write[/yellow] {event.migration} #{event.seq} [bold]verdict[/bold] by "
+                      f"{event.actor}")
+            for gate in event.payload["gates"]:
+                out.print(f"      {_colour(gate['verdict'])} {escape(gate['message'])}")
+            continue
         _print_event(event, dry_run=True)
     if not tick.events:
         out.print(f"{shown(tick.migration)}: nothing to do now" + (f" (waiting for {shown(tick.assessment.waiting_for)})"
@@ -318,7 +405,7 @@ def _print_dry_tick(tick: Any) -> None:
 @app.command()
 def simulate(
     file: Annotated[Path, typer.Argument(help="The spec file to simulate.")],
-    rps: Annotated[float, typer.Option("--rps", min=0, help="Calls per second.")] = 200.0,
+    rps: Annotated[float, typer.Option("--rps", min=0.001, max=1e7, help="Calls per second.")] = 200.0,
     legacy: Annotated[str, typer.Option(
         "--legacy", help='Legacy\'s behaviour, e.g. "errors=1% latency=lognormal(50ms,0.4) cost=0.001".')] = "",
     candidate: Annotated[str, typer.Option(
@@ -362,7 +449,7 @@ def simulate(
     try:
         spec = load_spec(file)
     except SpecError as exc:
-        _fail(str(exc), 2)
+        _fail(_message(exc), 2)
     try:
         legacy_arm = parse_arm(legacy, label="--legacy")
         workload = Workload(
@@ -371,7 +458,7 @@ def simulate(
         approve = None if approve_after.strip().lower() == "never" else _seconds("--approve-after", approve_after)
         limit = None if until is None else _seconds("--until", until)
     except (WorkloadError, ValueError) as exc:
-        _fail(str(exc), 2)
+        _fail(_message(exc), 2)
     results = simulate_many(spec, workload, runs=runs, seed=seed, approve=approve, until=limit,
                             jobs=1 if runs == 1 else jobs)
     counts = {name: sum(1 for r in results if r.outcome == name) for name in OUTCOMES}
@@ -453,13 +540,13 @@ def plan(
             document = plandoc.render(spec, plandoc.estimate(spec, rps=rps, runs=runs) if rps else None)
             title = spec.name
     except SpecError as exc:
-        _fail(str(exc), 2)
+        _fail(_message(exc), 2)
     if as_html:
         document = plandoc.to_html(document, f"Migration plan: {title}")
     if output is None:
         sys.stdout.write(document)
     else:
-        output.write_text(document)
+        _write(output, document)
         out.print(f"wrote {output}")
 
 
@@ -470,6 +557,10 @@ def _print_state_line(state: State) -> None:
     stage = f"stage {shown(state.stage)} ({state.stage_index + 1})" if state.stage else "not started"
     out.print(f"{shown(state.name)}: [bold]{shown(state.status)}[/bold], {stage}, candidate traffic "
               f"{format_percent(state.traffic)}")
+    for router, status, candidate, detail in state.routers:
+        colour = "green" if status == "verified" else "red" if status == "failed" else "yellow"
+        out.print(f"  router {router}: [{colour}]{status}[/{colour}] at {format_percent(candidate)} candidate"
+                  + (f" ({detail})" if detail else ""))
 
 
 def _ms(seconds: float) -> str:
@@ -481,7 +572,7 @@ def _ms(seconds: float) -> str:
 def _stage_report(cf: Client, state: State) -> dict[str, Any]:
     """Per-arm metrics of the current stage and, for an active migration, the controller's view of it."""
     from crossfade.controller import assess, is_active, stage_cells
-    from crossfade.loop import stage_windows
+    from crossfade.stagedata import stage_windows
 
     if not state.stage:
         return {"arms": {}}
@@ -501,15 +592,16 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
                                                         "phase, status, stage and traffic.")] = None) -> None:
     """Stage, traffic and, per arm, calls, error rate, p50/p95/p99 latency and cost for the current stage;
     for an active migration, each gate's verdict and what the stage waits for."""
+    _name(name)
     if program is not None:
         _program_status(program, url, as_json)
         return
     with _client(url) as cf:
-        states = [cf.migration(name).state()] if name else cf.migrations()
+        states = [cf.migration(name).state()] if name is not None else cf.migrations()
         report = [{**state.to_dict(), **_stage_report(cf, state), "shadow": _shadow_totals(cf, state)}
                   for state in states]
         if as_json:
-            sys.stdout.write(json.dumps(report if not name else report[0], indent=2) + "\n")
+            sys.stdout.write(json.dumps(report if name is None else report[0], indent=2) + "\n")
             return
         if not report:
             out.print("no migrations yet: `crossfade init` writes an example spec, `crossfade apply FILE` stores it")
@@ -559,7 +651,7 @@ def _program_status(file: Path, url: str | None, as_json: bool) -> None:
     try:
         program = load_program(file)
     except SpecError as exc:
-        _fail(str(exc), 2)
+        _fail(_message(exc), 2)
     with _client(url) as cf:
         rows = progress(program, {s.name: s for s in cf.migrations()})
     if as_json:
@@ -622,6 +714,81 @@ def shadow_report(cf: Client, name: str, stage: str | None, *, limit: int = 3) -
                          for e in cf.backend().examples(name, stage=stage, path=path, limit=limit)],
         })
     return {"migration": name, "stage": stage, "totals": totals, "fields": report}
+
+
+@app.command()
+def render(
+    name: Name,
+    router: Annotated[str, typer.Option("--router", help="Which of the spec's routers (istio, gateway_api, nginx).")],
+    stage: Annotated[str | None, typer.Option("--stage", help="Render this stage (default: where the migration "
+                                               "stands now).")] = None,
+    url: Url = None,
+) -> None:
+    """Print what a router would apply (Kubernetes manifests, an nginx config), for GitOps or review."""
+    from crossfade.registry import ProviderConfigError
+    from crossfade.routers import ROUTERS, Renders, RouterError, Target, create
+
+    with _client(url) as cf:
+        mig = cf.migration(name)
+        state, spec = mig.state(), mig.spec()
+        entries = [(i, e) for i, e in enumerate(spec.routers) if isinstance(e, dict) and router in e]
+        if not entries:
+            named = ", ".join(next(iter(e)) for e in spec.routers if isinstance(e, dict)) or "none"
+            _fail(f"the spec of {name} names no {router} router (it names: {named}); add it to the spec, e.g. "
+                  f"routers: [{{{router}: {{...}}}}], and apply it (known routers: {', '.join(ROUTERS.names())})", 2)
+        try:
+            provider = create(entries[0][1], f"routers[{entries[0][0]}]")
+            target = Target.for_stage(spec, stage) if stage else Target.from_state(state, spec)
+        except KeyError as exc:
+            _fail(str(exc).strip("'\""), 2)
+        except ProviderConfigError as exc:
+            _fail(str(exc), 2)
+        if not isinstance(provider, Renders):
+            _fail(f"the {router} router has nothing to render: it applies no files", 2)
+        try:
+            sys.stdout.write(provider.render(target))
+        except RouterError as exc:
+            _fail(str(exc))
+
+
+@app.command()
+def proxy(
+    name: Name,
+    legacy: Annotated[str, typer.Option("--legacy", help="The legacy upstream's base URL, e.g. http://127.0.0.1:8001.")],
+    candidate: Annotated[str, typer.Option("--candidate", help="The candidate upstream's base URL.")],
+    key: Annotated[str, typer.Option("--key", help="Where the sticky key is: header:NAME, cookie:NAME or query:NAME.")],
+    listen: Annotated[str, typer.Option("--listen", help="host:port to serve on.")] = "127.0.0.1:8080",
+    ignore: Annotated[list[str] | None, typer.Option("--ignore", help="A path left out of the comparison, "
+                                                     "e.g. '$.body.request_id' (repeatable).")] = None,
+    compare_header: Annotated[list[str] | None, typer.Option("--compare-header", help="A response header "
+                                                             "compared (repeatable; default content-type).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.001, help="Seconds to wait for an upstream.")] = 30.0,
+    url: Url = None,
+) -> None:
+    """Serve a reverse proxy that routes each request to legacy or candidate by its sticky key, falls back,
+    mirrors and compares as the stage says, and records telemetry as the SDK does (needs crossfade[proxy])."""
+    try:
+        from crossfade.proxy import KeySource, ProxySettings
+        from crossfade.proxy.run import serve as serve_proxy
+    except ImportError as exc:
+        _fail(f"crossfade proxy needs the proxy extra: pip install 'crossfade[proxy]' ({exc.name} is missing)")
+    from crossfade.shadow import compile_path
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        _fail(f"--listen {listen!r}: expected host:port, e.g. 127.0.0.1:8080", 2)
+    try:
+        settings = ProxySettings(legacy, candidate, KeySource.parse(key),
+                                 tuple(compare_header) if compare_header else ("content-type",), timeout)
+        for path in ignore or ():
+            compile_path(path)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    with _client(url) as cf:
+        if cf.backend().state(name) is None:
+            raise UnknownMigration(f"no migration named {name!r}; apply its spec first (crossfade apply FILE)")
+        out.print(f"crossfade proxy for {name} on http://{listen}: legacy {legacy}, candidate {candidate}, key {key}")
+        serve_proxy(cf, name, settings, host=host, port=int(port), ignore=tuple(ignore or ()))
 
 
 @app.command()
@@ -767,12 +934,56 @@ def db_upgrade(
     """Bring the backend's schema to this version of crossfade."""
     from crossfade.backends.sql import upgrade
 
-    target = url or os.environ.get("CROSSFADE_URL") or DEFAULT_URL
+    target = _target(url, changes=True)
+    if target.startswith(("http:", "https:")):
+        _fail("db upgrade needs a database URL (sqlite:///... or postgresql://...), not a control plane", 2)
     try:
         before, after = upgrade(target, init_empty=init_empty)
+    except InvalidURL as exc:
+        _fail(_message(exc), 2)
+    except BackendError as exc:
+        _fail(_message(exc))
+    out.print(f"schema at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+
+
+@db_app.command("prune")
+def db_prune(
+    older_than: Annotated[str, typer.Option("--older-than", help="Delete telemetry, shadow comparisons and "
+                                                                   "examples that ended longer ago than this "
+                                                                   "(e.g. 30d), except the stages running now.")],
+    compact_after: Annotated[str, typer.Option("--compact-after", help="Merge each window's rows (one a process) "
+                                                                       "into one once it is this old.")] = "1h",
+    url: Url = None,
+) -> None:
+    """Keep the store bounded: merge old windows' per-process rows into one, and delete what is past retention.
+
+    Run it daily (cron, a Kubernetes CronJob). Merging is exact (cells add up); what a running stage's
+    controller reads is never deleted."""
+    import time
+
+    from crossfade.backends.sql import SQLBackend
+    from crossfade.controller import is_active
+
+    try:
+        retention, compaction = _seconds("--older-than", older_than), _seconds("--compact-after", compact_after)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    target = url or os.environ.get("CROSSFADE_URL") or DEFAULT_URL
+    if not target.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:", "postgres:")):
+        _fail(f"db prune works on the store itself (sqlite:/// or postgresql://), not a {target.split(':')[0]} URL", 2)
+    now = time.time()
+    try:
+        backend = SQLBackend(target)
+        try:
+            running = [(s.name, s.stage) for s in backend.states() if s.stage and is_active(s)]
+            before, after = backend.compact_telemetry(before=now - compaction)
+            removed = backend.prune(before=now - retention, keep=running)
+        finally:
+            backend.close()
     except BackendError as exc:
         _fail(str(exc))
-    out.print(f"schema at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+    out.print(f"compacted {before} telemetry rows into {after}; deleted {removed['telemetry']} telemetry rows, "
+              f"{removed['comparisons']} comparison rows and {removed['examples']} examples older than {older_than}")
 
 
 @app.command()
@@ -796,32 +1007,37 @@ def serve(
 ) -> None:
     """Run the control plane: HTTP API, SDK routing feed, dashboard at /, /metrics, and the controller loop.
 
-    Needs `pip install 'crossfade[server]'`. Several replicas may share one database: a lease per migration
+    Needs the server extra (`pip install 'crossfade[server]'`). Several replicas may share one database: a lease per migration
     lets one controller act. Stop with Ctrl-C.
     """
-    target = url or os.environ.get("CROSSFADE_URL") or DEFAULT_URL
+    target = _target(url, changes=True)
     if target.startswith(("http:", "https:")):
         _fail("serve needs a database URL (sqlite:///... or postgresql://...), not another control plane", 2)
     try:
         from crossfade.server import Limits
         from crossfade.server import serve as run_server
     except ModuleNotFoundError as exc:
-        _fail(f"the control plane needs its extra: pip install 'crossfade[server]' ({exc})")
+        _fail(f"the control plane needs its extra: {SERVER_EXTRA} ({exc})")
+    _open(target, changes=True).close()  # a wrong or unreachable URL is one line before anything is served
+    where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    out.print(f"crossfade control plane on {where}: dashboard at {where}/ (sign in with a token), API at "
+              f"{where}/v1, metrics at {where}/metrics (they need a viewer token"
+              + (", except from loopback)" if open_reads else ")") + "; Ctrl-C stops it")
     limits = Limits() if max_connections is None else Limits(max_connections=max_connections)
     try:
         run_server(target, host=host, port=port, open_reads=open_reads, controller=not no_controller,
                    allowed_hosts=allowed_host or (), trusted_proxies=trusted_proxy or (), limits=limits)
+    except InvalidURL as exc:
+        _fail(_message(exc), 2)
     except BackendError as exc:
-        _fail(str(exc))
+        _fail(_message(exc))
 
 
-def _token_backend(url: str | None) -> Any:
-    from crossfade.backends import open_backend
-
-    target = url or os.environ.get("CROSSFADE_URL") or DEFAULT_URL
+def _token_backend(url: str | None, *, changes: bool) -> Any:
+    target = _target(url, changes=changes)
     if target.startswith(("http:", "https:")):
         _fail("tokens are managed on the control plane's database: pass its sqlite:// or postgresql:// URL", 2)
-    return open_backend(target)
+    return _open(target, changes=changes)
 
 
 @token_app.command("create")
@@ -849,11 +1065,11 @@ def token_create(
     if bad:
         _fail(f"--migration {shown(bad[0])!s} is not a migration name ([a-z0-9-], 1 to 63 characters)", 2)
     secret = new_token()
-    backend = _token_backend(url)
+    backend = _token_backend(url, changes=True)
     try:
         backend.create_token(name, role, token_hash(secret), time.time(), migrations=bound)
     except BackendError as exc:
-        _fail(str(exc))
+        _fail(_message(exc))
     finally:
         backend.close()
     sys.stdout.write(secret + "\n")
@@ -863,11 +1079,11 @@ def token_create(
 @token_app.command("list")
 def token_list(url: Url = None, as_json: AsJson = False) -> None:
     """Every token's name, role and dates (never the token itself)."""
-    backend = _token_backend(url)
+    backend = _token_backend(url, changes=False)
     try:
         records = backend.tokens()
     except BackendError as exc:
-        _fail(str(exc))
+        _fail(_message(exc))
     finally:
         backend.close()
     rows = [{"name": t.name, "role": t.role, "created_at": t.created_at, "revoked_at": t.revoked_at}
@@ -889,11 +1105,11 @@ def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")],
     """Revoke a token; the server refuses it within seconds."""
     import time
 
-    backend = _token_backend(url)
+    backend = _token_backend(url, changes=True)
     try:
         count = backend.revoke_token(name, time.time())
     except BackendError as exc:
-        _fail(str(exc))
+        _fail(_message(exc))
     finally:
         backend.close()
     if not count:
@@ -910,15 +1126,29 @@ def demo(
                                               "FILE-2.db) to explore with status and history.")] = None,
     dashboard: Annotated[bool, typer.Option("--dashboard", help="Serve the web dashboard while the stories "
                                             "play (needs crossfade[server]).")] = False,
-    port: Annotated[int, typer.Option("--port", help="The dashboard's port.")] = 8765,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="The dashboard's port.")] = 8765,
 ) -> None:
     """Watch the controller run a bundled migration on simulated traffic: a healthy candidate shadows,
     ramps and completes; a faulty one is caught and rolled back. Under a minute; exit 0 when both end so."""
     from crossfade.demo import run_demo
 
+    if dashboard:
+        try:
+            import crossfade.server  # noqa: F401 - the web stack the dashboard needs, or the hint to install it
+        except ModuleNotFoundError as exc:
+            _fail(f"--dashboard needs the server extra: {SERVER_EXTRA} ({exc})")
+    if keep is not None and not keep.resolve().parent.is_dir():
+        _fail(f"cannot keep the databases as {keep}: directory {keep.resolve().parent} does not exist", 2)
     target = None if keep is None else f"sqlite:///{keep.resolve().with_suffix('.db')}"
     raise typer.Exit(run_demo(out, speed=speed, faulty_only=faulty, keep=target,
                               dashboard=port if dashboard else None))
+
+
+# The batch and convert commands live in their own module; it reads this one's helpers, so it comes last.
+from crossfade import cli_batch  # noqa: E402
+
+app.add_typer(cli_batch.batch_app, name="batch")
+app.command("convert")(cli_batch.convert)
 
 
 def main() -> None:

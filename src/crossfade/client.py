@@ -7,6 +7,7 @@ import concurrent.futures
 import getpass
 import logging
 import os
+import random
 import threading
 import time
 import uuid
@@ -156,6 +157,11 @@ class Client:
         self._process = uuid.uuid4().hex
         self._parts = 0
         self._flush_attempts = flush_attempts
+        # Every process closes its windows at the same instants; each flushes at its own point of the window
+        # so that a control plane fed by hundreds of them sees their writes spread out, not in one burst.
+        self._window = window
+        self._flush_offset = random.uniform(0.0, 0.8 * window)
+        self._flush_at = 0.0
         self._candidate_threads = candidate_threads
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(candidate_threads)
@@ -252,7 +258,11 @@ class Client:
                 self._set_routes({}, _STALE)
         for runner in list(self._runners.values()):
             runner.sweep()
-        self.flush()
+        now = self.time()
+        if now >= self._flush_at:
+            self.flush()
+            # The next window closes at the next boundary and is collected `grace` after it.
+            self._flush_at = (now // self._window + 1) * self._window + self.recorder.grace + self._flush_offset
 
     def flush(self, *, everything: bool = False) -> int:
         """Write closed telemetry windows (all of them with `everything`); returns how many were written.
@@ -374,7 +384,9 @@ class Client:
             self._tick()
 
     def _after_fork(self) -> None:
-        # The child has none of the parent's threads; its copied buffers are the parent's to flush.
+        # The child has none of the parent's threads, and any lock one of them held stays held here for ever:
+        # every lock is new, the backend builds a new engine, and the copied buffers are the parent's to flush.
+        self._counters_lock = threading.Lock()
         self.recorder.reset()
         self.comparisons.reset()
         self._comparisons_pending = []
@@ -494,6 +506,21 @@ class Client:
         if handle is None:
             handle = self._handles[(name, options)] = Migration(self, name, options)
         return handle
+
+    def batch(self, name: str, items: Any, transform: Callable[..., Any], *,
+              spec: Spec | str | os.PathLike[str] | Mapping[str, Any] | None = None, **options: Any) -> Any:
+        """Migrate a set of keyed items with `transform(key, data) -> new data`, stage by stage; returns a
+        `crossfade.batch.BatchReport`.
+
+        `items` is an item store, a dict of key -> bytes (updated in place), a database URL or a directory.
+        `spec`, when given, is applied first. Other keywords go to `crossfade.batch.BatchRun` (`validate`,
+        `target`, `concurrency`, `retry`, `breaker`, `dry_run`, `progress`, ...). Needs a SQL backend.
+        """
+        from crossfade.batch import BatchRun, as_store
+
+        if spec is not None:
+            self.apply(spec, actor=options.get("actor"))
+        return BatchRun(self, name, as_store(items), transform, **options).run()
 
     def migrations(self) -> list[State]:
         """Every migration's current state, from the backend."""

@@ -19,6 +19,7 @@ from crossfade.events import (
     RUNNING,
     VERDICT,
     Change,
+    StageProgress,
     State,
     promote_change,
     request_approval_change,
@@ -74,8 +75,26 @@ def stage_cells(state: State, windows: Sequence[Window]) -> dict[str, Cell]:
     return merge_windows(w for w in windows if w.stage == state.stage and w.start + w.length > entered)
 
 
-def assess(spec: Spec, state: State, windows: Sequence[Window], now: float) -> Assessment:
-    """Judge the current stage and list what stands between it and the next."""
+def stage_progress(spec: Spec, state: State, windows: Sequence[Window], now: float) -> StageProgress:
+    """The current stage's hold time left and calls per arm, as an operator's promote or approve checks them."""
+    if not state.stage:
+        return StageProgress(0.0, 0, 0)
+    cells = stage_cells(state, windows)
+    stage = spec.stages[state.stage_index]
+    return StageProgress(
+        max(0.0, (stage.hold or 0.0) - (now - (state.stage_entered_at or now))),
+        cells[CANDIDATE].calls if CANDIDATE in cells else 0, cells[LEGACY].calls if LEGACY in cells else 0,
+    )
+
+
+def assess(spec: Spec, state: State, windows: Sequence[Window], now: float, *,
+           unverified: Sequence[str] = ()) -> Assessment:
+    """Judge the current stage and list what stands between it and the next.
+
+    `unverified` names the routers whose data plane has not been seen at the current weight, each with
+    what was seen ("nginx: serves 5% where the stage says 25%"); while there is one, nothing is promoted:
+    the telemetry may not come from the split the stage is judged on.
+    """
     cells = stage_cells(state, windows)
     judgement = judge(spec, cells, look=look_number(spec, state, now), traffic=state.traffic,
                       shadowing=state.shadow > 0 or state.shadow_legacy > 0)
@@ -94,6 +113,8 @@ def assess(spec: Spec, state: State, windows: Sequence[Window], now: float) -> A
         ratio = judgement.sample_ratio
         waiting.append(f"sample ratio: {ratio.observed_fraction:.2%} of calls on the candidate where routing "
                        f"sends {ratio.expected_fraction:.2%} (p={ratio.p_value:.1g}); check routing and recording")
+    if unverified:
+        waiting.append("routers: " + "; ".join(unverified))
     if spec.analysis.promote_when == "proven":
         unproven = [g.gate for g in judgement.gates if g.verdict not in ("PASS", "NODATA")]
         if unproven:
@@ -102,16 +123,18 @@ def assess(spec: Spec, state: State, windows: Sequence[Window], now: float) -> A
 
 
 def step(spec: Spec, state: State, windows: Sequence[Window], now: float, *,
-         assessment: Assessment | None = None) -> list[Change]:
+         assessment: Assessment | None = None, unverified: Sequence[str] = ()) -> list[Change]:
     """The changes the controller makes now. Empty when nothing is due.
 
     `assessment`, when the caller has already made it (`assess` with the same arguments), is used as is.
+    `unverified` lists the routers not yet verified at the current weight (see `assess`): no promotion waits
+    on anything else while one is listed.
     """
     if state.status == ROLLING_BACK:
         return _ramp_down(spec, state, windows, now)
     if state.status not in (RUNNING, AWAITING_APPROVAL) or state.stage_index + 1 >= len(spec.stages):
         return []
-    a = assessment or assess(spec, state, windows, now)
+    a = assessment or assess(spec, state, windows, now, unverified=unverified)
     changes: list[Change] = []
     if a.judgement.summary() != state.verdicts:
         changes.append(_verdict_change(state, a.judgement))

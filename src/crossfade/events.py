@@ -32,6 +32,9 @@ ROLLBACK_STARTED: Final = "rollback_started"
 ROLLBACK_STEP: Final = "rollback_step"
 ABORTED: Final = "aborted"
 RESTARTED: Final = "restarted"
+# A router made its data plane match the routing state and read it back (or could not).
+ROUTER_SYNCED: Final = "router_synced"
+ROUTER_FAILED: Final = "router_failed"
 
 # Statuses.
 DRAFT: Final = "draft"
@@ -226,6 +229,8 @@ class State:
     salt: str | None = None
     verdicts: tuple[tuple[str, str], ...] = ()
     rollback_step_at: float | None = None
+    # Per router named by the spec: (router, "verified" | "not_implemented" | "failed", candidate share, detail).
+    routers: tuple[tuple[str, str, float, str], ...] = ()
 
     def apply(self, event: Event) -> State:
         """The state after one more event."""
@@ -273,6 +278,12 @@ class State:
         if kind in (ROLLBACK_STARTED, ROLLBACK_STEP):
             return replace(self, status=ROLLING_BACK, traffic=p["traffic"], shadow=0.0, shadow_legacy=0.0, noise=0.0,
                            dual_write=False, rollback_step_at=event.time, **common)
+        if kind in (ROUTER_SYNCED, ROUTER_FAILED):
+            status = p.get("verification", "verified") if kind == ROUTER_SYNCED else "failed"
+            entry = (p["router"], status, float(p["candidate"]), event.reason or "")
+            routers = tuple(r for r in self.routers if r[0] != p["router"]) + (entry,)
+            return replace(self, routers=tuple(sorted(routers)), seq=event.seq, head=event.hash,
+                           updated_at=event.time)
         if kind == ABORTED:
             return replace(self, status=ABORTED_STATUS, traffic=0.0, shadow=0.0, shadow_legacy=0.0, noise=0.0,
                            dual_write=False, **common)
@@ -288,12 +299,14 @@ class State:
             "stage_entered_at": self.stage_entered_at, "updated_at": self.updated_at, "reason": self.reason,
             "spec_digest": self.spec_digest, "salt": self.salt,
             "verdicts": [list(pair) for pair in self.verdicts], "rollback_step_at": self.rollback_step_at,
+            **({"routers": [list(r) for r in self.routers]} if self.routers else {}),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> State:
         """The state a `to_dict` form describes."""
-        return cls(**{**data, "verdicts": tuple(tuple(pair) for pair in data.get("verdicts") or ())})
+        return cls(**{**data, "verdicts": tuple(tuple(pair) for pair in data.get("verdicts") or ()),
+                      "routers": tuple(tuple(r) for r in data.get("routers") or ())})
 
     def verdict(self, gate: str) -> str | None:
         """The last recorded verdict of a gate in this stage, or None."""
@@ -387,10 +400,38 @@ def restart_change(state: State, spec: Spec, reason: str | None = None) -> Chang
     return Change(RESTARTED, reason or "restarted", _enter(spec, 0, attempt=state.attempt + 1))
 
 
-def promote_change(state: State, spec: Spec, reason: str | None = None, *, force: bool = False) -> Change:
+@dataclass(frozen=True, slots=True)
+class StageProgress:
+    """How far the current stage is from being left: hold time still to run and calls per arm so far."""
+
+    hold_left: float
+    candidate_calls: int
+    legacy_calls: int
+
+    def unmet(self, spec: Spec, state: State) -> list[str]:
+        """What the stage still waits for before a promotion (its hold, its `min_samples`); empty when none."""
+        import math
+
+        from crossfade.spec import format_duration
+
+        stage = spec.stages[state.stage_index]
+        waiting = []
+        if self.hold_left > 0:
+            waiting.append(f"the hold has {format_duration(math.ceil(self.hold_left))} left")
+        if min(self.candidate_calls, self.legacy_calls) < stage.min_samples:
+            waiting.append(f"{self.candidate_calls} candidate and {self.legacy_calls} legacy calls of the "
+                           f"{stage.min_samples} per arm needed")
+        return waiting
+
+
+def promote_change(state: State, spec: Spec, reason: str | None = None, *, force: bool = False,
+                   progress: StageProgress | None = None) -> Change:
     """Move to the next stage; entering the last stage completes the migration.
 
-    A gate whose last verdict is FAIL refuses the promotion unless `force`, which the event records.
+    Refused, unless `force` (which the event records with what it went past): a gate whose last verdict is
+    FAIL; a next stage marked `approval: true` (that takes `approve`); and, given the stage's `progress`, a
+    hold still running or fewer calls than `min_samples`. The controller, which checks those itself, passes
+    no progress.
     """
     if state.status != RUNNING:
         hint = {
@@ -404,15 +445,32 @@ def promote_change(state: State, spec: Spec, reason: str | None = None, *, force
         }.get(state.status, "")
         raise TransitionError(f"cannot promote {state.name}: it is {state.status}" + (f"; {hint}" if hint else ""))
     failing = [gate for gate, verdict in state.verdicts if verdict == "FAIL"]
-    if failing and not force:
-        raise TransitionError(
-            f"cannot promote {state.name}: gate {', '.join(failing)} FAILs in stage {state.stage}; "
-            "promote --force goes past it (recorded as forced)"
-        )
+    nxt = spec.stages[state.stage_index + 1]
+    unmet = progress.unmet(spec, state) if progress is not None else []
+    if not force:
+        if failing:
+            raise TransitionError(
+                f"cannot promote {state.name}: gate {', '.join(failing)} FAILs in stage {state.stage}; "
+                "promote --force goes past it (recorded as forced)"
+            )
+        if nxt.approval:
+            raise TransitionError(
+                f"cannot promote {state.name}: stage {nxt.name} needs an approval; run `crossfade approve "
+                f"{state.name}` (or promote --force, recorded as forced)"
+            )
+        if unmet:
+            raise TransitionError(
+                f"cannot promote {state.name} yet (stage {state.stage}): " + "; ".join(unmet)
+                + "; promote --force goes past it (recorded as forced)"
+            )
     extra: dict[str, Any] = {"from_stage": state.stage}
     if force:
         extra["forced"] = True
         extra["failing_gates"] = failing
+        if nxt.approval:
+            extra["approval_bypassed"] = True
+        if unmet:
+            extra["unmet"] = unmet
     return Change(PROMOTED, reason or "promoted", _enter(spec, state.stage_index + 1, **extra))
 
 
@@ -426,7 +484,11 @@ def request_approval_change(state: State, spec: Spec, reason: str | None = None)
 
 
 def approve_changes(state: State, spec: Spec, reason: str | None = None) -> list[Change]:
-    """Approve the pending stage: the approval and the promotion, appended together."""
+    """Approve the pending stage: the approval and the promotion, appended together.
+
+    Only a migration awaiting approval is approved: the controller asks once the stage's hold, samples and
+    gates allow it, so an approval never skips them.
+    """
     if state.status != AWAITING_APPROVAL:
         raise TransitionError(f"nothing to approve for {state.name}: it is {state.status}, not awaiting approval")
     approved = Change(APPROVED, reason or "approved", {"stage": spec.stages[state.stage_index + 1].name})
@@ -501,20 +563,27 @@ def rollback_step_change(state: State, spec: Spec, reason: str) -> Change:
     return Change(ROLLBACK_STEP, reason, {"traffic": steps[0], "from_traffic": state.traffic})
 
 
+def position(state: State) -> tuple[Any, ...]:
+    """Where a migration stands, as far as an operator's command is concerned (verdicts aside): a command
+    decided at one position may be retried while the migration stays there."""
+    return state.status, state.stage_index, state.attempt, state.spec_version
+
+
 OPERATIONS: Final = ("start", "promote", "approve", "pause", "resume", "rollback", "abort", "restart")
 
 
-def operation(action: str, state: State, spec: Spec, reason: str | None = None, *, force: bool = False
-              ) -> list[Change]:
+def operation(action: str, state: State, spec: Spec, reason: str | None = None, *, force: bool = False,
+              progress: StageProgress) -> list[Change]:
     """The changes an operator's command makes, by its name: the one table the SDK, the CLI and the API share.
 
-    `force` only matters to `promote`; `rollback` and `abort` refuse an empty reason.
+    `force` only matters to `promote`; `progress` (the current stage's, see `controller.stage_progress`) is
+    what `promote` checks hold and `min_samples` against; `rollback` and `abort` refuse an empty reason.
     """
     match action:
         case "start":
             return [start_change(state, spec, reason)]
         case "promote":
-            return [promote_change(state, spec, reason, force=force)]
+            return [promote_change(state, spec, reason, force=force, progress=progress)]
         case "approve":
             return approve_changes(state, spec, reason)
         case "pause":

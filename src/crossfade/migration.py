@@ -10,6 +10,7 @@ import inspect
 import logging
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -19,8 +20,10 @@ from crossfade.backends.base import (
 )
 from crossfade.events import (
     Event,
+    StageProgress,
     State,
     operation,
+    position,
 )
 from crossfade.routing import (
     CANDIDATE,
@@ -137,32 +140,49 @@ class Migration:
     def _file(self, stage: str, arm: str, elapsed_ns: int, *, error: bool = False, timeout: bool = False,
               fallback: bool = False, cost: float | None = None, answer: Any = _NO_ANSWER) -> None:
         """Count one call of `arm` in `stage`; its cost is `cost`, or the handle's `cost(answer)`."""
+        if cost is None and answer is not _NO_ANSWER and self.options.cost is not None:
+            cost = self._cost(answer)
+        recorder = self._recorder
         try:
-            cell = self._recorder.cell(self._now(), cell_key(self.name, stage, arm))
-            cell.calls += 1
-            if error:
-                cell.errors += 1
-            if timeout:
-                cell.timeouts += 1
-            if fallback:
-                cell.fallbacks += 1
-            cell.latency.add(elapsed_ns * 1e-9)
-            if cost is None and answer is not _NO_ANSWER and self.options.cost is not None:
-                cost = float(self.options.cost(answer))
-            if cost is not None:
-                cell.add_cost(cost)
-        except Exception:  # a cost function that fails is counted, never felt by the caller
+            cell = recorder.cell(self._now(), cell_key(self.name, stage, arm))
+            try:
+                cell.calls += 1
+                if error:
+                    cell.errors += 1
+                if timeout:
+                    cell.timeouts += 1
+                if fallback:
+                    cell.fallbacks += 1
+                cell.latency.add(elapsed_ns * 1e-9)
+                if cost is not None:
+                    cell.add_cost(cost)
+            finally:
+                recorder.done()
+        except Exception:  # recording never fails the caller: counted instead
             self.client.counters["recording_errors"] += 1
 
-    def _record_ok(self, key: str, start: int, end: int, answer: Any) -> None:
+    def _cost(self, answer: Any) -> float | None:
+        """The handle's cost of an answer; None (and counted) when the cost function fails."""
         try:
-            cell = self._recorder.cell(end, key)
-            cell.calls += 1
-            cell.latency.add((end - start) * 1e-9)
-            cost = self.options.cost
-            if cost is not None:
-                cell.add_cost(float(cost(answer)))
+            return float(self.options.cost(answer))  # type: ignore[misc]
         except Exception:  # a cost function that fails is counted, never felt by the caller
+            self.client.counters["recording_errors"] += 1
+            return None
+
+    def _record_ok(self, key: str, start: int, end: int, answer: Any) -> None:
+        # The cost function is the application's code: it runs before the cell is taken, not while held.
+        cost = None if self.options.cost is None else self._cost(answer)
+        recorder = self._recorder
+        try:
+            cell = recorder.cell(end, key)
+            try:
+                cell.calls += 1
+                cell.latency.add((end - start) * 1e-9)
+                if cost is not None:
+                    cell.add_cost(cost)
+            finally:
+                recorder.done()
+        except Exception:  # recording never fails the caller: counted instead
             self.client.counters["recording_errors"] += 1
 
     def run(self, key: object, legacy: Callable[..., T], candidate: Callable[..., T], /, *args: Any,
@@ -283,11 +303,16 @@ class Migration:
         mismatch = client.comparisons.record(self.name, stage, differences, noise,
                                              relative=settings.noise_relative, absolute=settings.noise_absolute)
         # The mismatch_rate gate reads these from the candidate's cell of the stage.
-        cell = self._recorder.cell(self._now(), cell_key(self.name, stage, CANDIDATE))
-        cell.compared += 1
+        recorder = self._recorder
+        cell = recorder.cell(self._now(), cell_key(self.name, stage, CANDIDATE))
+        try:
+            cell.compared += 1
+            if mismatch:
+                cell.mismatches += 1
+        finally:
+            recorder.done()
         client.count("shadow_compared", 1)
         if mismatch:
-            cell.mismatches += 1
             client.count("shadow_mismatches", 1)
         if differences:
             self._keep_example(stage, differences, args, kwargs, legacy, candidate, settings)
@@ -380,8 +405,13 @@ class Migration:
     # -- writes ----------------------------------------------------------------------------------
 
     def write(self, key: object, legacy_write: Callable[..., T], candidate_write: Callable[..., T], /,
-              *args: Any, **kwargs: Any) -> T:
+              *args: Any, idempotency_key: str | bool | None = None, **kwargs: Any) -> T:
         """Route a write by `key`; in a `dual_write` stage write both sides.
+
+        `idempotency_key` (a string, or True for a fresh random one) is passed to each write function as the
+        keyword `idempotency_key`, the same on every retry of the second side: a store that keeps the keys it
+        took (a unique index) can then drop a write it already has, where a retry after a lost answer would
+        otherwise store it twice.
 
         The authoritative side (legacy, until the stage's traffic gives the key to the candidate) is written
         first and its answer returned; its exception reaches the caller, and the other side is then not
@@ -389,6 +419,7 @@ class Migration:
         it never fails or undoes the authoritative write. Outside dual-write stages this is `run` for a
         call site marked writes=True: never shadowed.
         """
+        kwargs = _with_idempotency_key(kwargs, idempotency_key)
         route = self._bound[0]
         if route is None:
             return legacy_write(*args, **kwargs)
@@ -417,8 +448,10 @@ class Migration:
         return result
 
     async def awrite(self, key: object, legacy_write: Callable[..., Awaitable[T]],
-                     candidate_write: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """`write` for coroutine functions."""
+                     candidate_write: Callable[..., Awaitable[T]], /, *args: Any,
+                     idempotency_key: str | bool | None = None, **kwargs: Any) -> T:
+        """`write` for coroutine functions (`idempotency_key` as there)."""
+        kwargs = _with_idempotency_key(kwargs, idempotency_key)
         route = self._bound[0]
         if route is None:
             return await legacy_write(*args, **kwargs)
@@ -542,13 +575,23 @@ class Migration:
         for attempt in range(3):
             state, spec = self._current()
             try:
-                return self.client._commit(state, spec, operation(action, state, spec, reason, force=force), actor,
-                                           dry_run)
+                changes = operation(action, state, spec, reason, force=force,
+                                    progress=self._progress(action, state, spec))
+                return self.client._commit(state, spec, changes, actor, dry_run)
             except ConflictError:
                 fresh = self.client.backend().state(self.name)
-                if attempt == 2 or fresh is None or _position(fresh) != _position(state):
+                if attempt == 2 or fresh is None or position(fresh) != position(state):
                     raise
         raise AssertionError("unreachable")
+
+    def _progress(self, action: str, state: State, spec: Spec) -> StageProgress:
+        """The current stage's progress, read from the backend when the command checks it (promote)."""
+        from crossfade.controller import stage_progress
+        from crossfade.stagedata import stage_windows
+
+        if action != "promote" or not state.stage:
+            return StageProgress(0.0, 0, 0)
+        return stage_progress(spec, state, stage_windows(self.client.backend(), state), self.client.time())
 
     def start(self, reason: str | None = None, *, actor: str | None = None, dry_run: bool = False) -> Event:
         """Start a draft migration at its first stage."""
@@ -602,6 +645,13 @@ class Migration:
 
 
 _NO_KEY = object()
+
+
+def _with_idempotency_key(kwargs: dict[str, Any], key: str | bool | None) -> dict[str, Any]:
+    """The write functions' keywords, with the idempotency key when one is asked for."""
+    if key is None or key is False:
+        return kwargs
+    return {**kwargs, "idempotency_key": uuid.uuid4().hex if key is True else str(key)}
 
 
 def _shadow_sync(payload: tuple[Any, ...], slot: list[Any]) -> None:
@@ -696,11 +746,6 @@ def _key_getter(fn: Callable[..., Any], key: Callable[..., object] | str | None
         return value
 
     return get
-
-
-def _position(state: State) -> tuple[Any, ...]:
-    """Where a migration stands, as far as an operator's command is concerned (verdicts aside)."""
-    return state.status, state.stage_index, state.attempt, state.spec_version
 
 
 class Observation:

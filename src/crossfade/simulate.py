@@ -63,7 +63,7 @@ from crossfade.events import (
     Event,
     State,
 )
-from crossfade.loop import WINDOW_MARGIN, ControllerLoop
+from crossfade.loop import ControllerLoop
 from crossfade.migration import CandidateTimeout
 from crossfade.routing import BUCKETS, CANDIDATE, LEGACY, SERVING_STATUSES, threshold
 from crossfade.sketch import Sketch
@@ -74,6 +74,7 @@ from crossfade.spec import (
     parse_duration,
     parse_percent,
 )
+from crossfade.stagedata import WINDOW_MARGIN
 from crossfade.telemetry import Cell, Window, cell_key, merge_windows
 
 __all__ = [
@@ -571,6 +572,10 @@ class _SimBackend:
         """As SQLBackend.acquire_lease."""
         return self._sql.acquire_lease(name, holder, ttl, now)
 
+    def lease_holders(self, prefix: str, now: float) -> list[str]:
+        """As SQLBackend.lease_holders."""
+        return self._sql.lease_holders(prefix, now)
+
     def release_lease(self, name: str, holder: str) -> None:
         """As SQLBackend.release_lease."""
         self._sql.release_lease(name, holder)
@@ -967,24 +972,28 @@ class _Run:
         if route is None:
             return
         fallback = self.spec.fallback
+        recorder = self.client.recorder
         now_ns = round((start + self.interval / 2) * 1e9)
         for arm, model, count in ((CANDIDATE, candidate, n_candidate), (LEGACY, self.workload.legacy, n - n_candidate)):
             if count <= 0:
                 continue
             self.calls[arm] += count
-            cell = self.client.recorder.cell(now_ns, cell_key(self.spec.name, route.stage, arm))
-            cutoff = fallback.timeout if arm == CANDIDATE else None
-            cell.calls += count
-            timeouts = _draw_latencies(self.rng, model.latency, count, cell.latency, cutoff)
-            if timeouts and cutoff is not None:
-                # A timed-out call is recorded when the caller stops waiting: at the timeout.
-                _add_latency(cell.latency, math.ceil(math.log(cutoff) / _LOG_GAMMA), timeouts)
-            errors = _binomial(self.rng, count - timeouts, model.errors) + timeouts
-            cell.errors += errors
-            cell.timeouts += timeouts
-            if arm == CANDIDATE and fallback.on_error:
-                cell.fallbacks += errors
-            _draw_cost(self.rng, model, count, cell)
+            cell = recorder.cell(now_ns, cell_key(self.spec.name, route.stage, arm))
+            try:
+                cutoff = fallback.timeout if arm == CANDIDATE else None
+                cell.calls += count
+                timeouts = _draw_latencies(self.rng, model.latency, count, cell.latency, cutoff)
+                if timeouts and cutoff is not None:
+                    # A timed-out call is recorded when the caller stops waiting: at the timeout.
+                    _add_latency(cell.latency, math.ceil(math.log(cutoff) / _LOG_GAMMA), timeouts)
+                errors = _binomial(self.rng, count - timeouts, model.errors) + timeouts
+                cell.errors += errors
+                cell.timeouts += timeouts
+                if arm == CANDIDATE and fallback.on_error:
+                    cell.fallbacks += errors
+                _draw_cost(self.rng, model, count, cell)
+            finally:
+                recorder.done()
         # Shadow runs count as calls of the arm that ran them (errors, latency and the cost of the answered
         # ones; no fallback), as the SDK records them: the candidate beside legacy-served calls, legacy beside
         # candidate-served ones.
@@ -994,12 +1003,15 @@ class _Run:
         for arm, model, count in shadows:
             if count <= 0:
                 continue
-            cell = self.client.recorder.cell(now_ns, cell_key(self.spec.name, route.stage, arm))
-            cell.calls += count
-            _draw_latencies(self.rng, model.latency, count, cell.latency, None)
-            errors = _binomial(self.rng, count, model.errors)
-            cell.errors += errors
-            _draw_cost(self.rng, model, count - errors, cell)
+            cell = recorder.cell(now_ns, cell_key(self.spec.name, route.stage, arm))
+            try:
+                cell.calls += count
+                _draw_latencies(self.rng, model.latency, count, cell.latency, None)
+                errors = _binomial(self.rng, count, model.errors)
+                cell.errors += errors
+                _draw_cost(self.rng, model, count - errors, cell)
+            finally:
+                recorder.done()
 
     def _calls(self, start: float, n: int, candidate: Arm) -> None:
         rng, clock, mig, workload = self.rng, self.clock, self.mig, self.workload
@@ -1042,7 +1054,9 @@ class _Run:
             if route is not None:
                 model = candidate if arm == CANDIDATE else legacy_arm
                 # `run` times and counts the call; its cost is added to the same cell, as `observe` would.
-                recorder.cell(recorder.now(), cell_key(self.spec.name, route.stage, arm)).add_cost(model.sample_cost(rng))
+                cost = model.sample_cost(rng)
+                recorder.cell(recorder.now(), cell_key(self.spec.name, route.stage, arm)).add_cost(cost)
+                recorder.done()
 
 
 def _failure_reason(events: Sequence[Event]) -> str | None:

@@ -405,6 +405,7 @@ class Spec:
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     notify: tuple[Any, ...] = ()
+    routers: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.salt:
@@ -484,6 +485,8 @@ class Spec:
             "allow": list(self.allow),
             "deny": list(self.deny),
             "notify": list(self.notify),
+            # Left out when empty so that specs written before routers existed keep their digest.
+            **({"routers": list(self.routers)} if self.routers else {}),
         }
 
     def digest(self) -> str:
@@ -690,6 +693,9 @@ def _parse_yaml(text: str, label: str) -> object:
         raise SpecError(label, [Problem(where, f"invalid YAML: {message}")]) from None
     except yaml.YAMLError as exc:
         raise SpecError(label, [Problem("", f"invalid YAML: {exc}")]) from None
+    except RecursionError:
+        # PyYAML parses nesting by recursion: a document nested hundreds of levels deep exhausts the stack.
+        raise SpecError(label, [Problem("", "invalid YAML: nested too deeply (a spec is a few levels deep)")]) from None
 
 
 class _Bad:
@@ -804,6 +810,7 @@ class _Reader:
         notify = self.sequence(top.get("notify", []), "notify", "[]")
         if notify is not None and len(notify) > MAX_NOTIFY:
             self.problem("notify", f"{len(notify)} entries; at most {MAX_NOTIFY}")
+        routers = self.routers(top.get("routers", []))
         if allow is not _BAD and deny is not _BAD:
             for index, entry in enumerate(deny):
                 if entry in allow:
@@ -830,7 +837,19 @@ class _Reader:
             allow=allow,
             deny=deny,
             notify=tuple(notify or ()),
+            routers=tuple(routers or ()),
         )
+
+    def routers(self, value: object) -> list[Any] | None:
+        """The raw router list; each entry is checked by its own router module (found in the registry)."""
+        from crossfade.routers import check
+
+        items = self.sequence(value, "routers", "[{nginx: {conf: /etc/nginx/conf.d/crossfade.conf}}]")
+        if items is None:
+            return None
+        for problem in check(items):
+            self.problem(problem.path, problem.message)
+        return items
 
     def stages(self, value: object) -> Any:
         if value is _MISSING:
@@ -1084,6 +1103,7 @@ def _gate_mismatch(reader: _Reader, data: Mapping[str, Any], path: str) -> Misma
 _SPEC_KEYS: Final = (
     "name", "description", "owner", "key", "salt", "stages", "gates", "triggers",
     "on_failure", "rollback", "analysis", "fallback", "shadow", "dual_write_retry", "allow", "deny", "notify",
+    "routers",
 )  # fmt: skip
 _STAGE_KEYS: Final = (
     "name", "traffic", "shadow", "hold", "min_samples", "approval", "shadow_legacy", "noise", "dual_write",
@@ -1245,6 +1265,12 @@ _DURATION_PATTERN: Final = (
     r"^\s*(?=\d)(\d+(\.\d+)?d)?(\d+(\.\d+)?h)?(\d+(\.\d+)?m(?!s))?(\d+(\.\d+)?s)?(\d+(\.\d+)?ms)?\s*$"
 )
 _PERCENT_PATTERN: Final = r"^\s*\d+(\.\d+)?\s*%\s*$"
+
+
+def _router_names() -> list[str]:
+    from crossfade.routers import ROUTERS
+
+    return ROUTERS.names()
 
 
 def json_schema() -> dict[str, Any]:
@@ -1472,6 +1498,16 @@ def json_schema() -> dict[str, Any]:
                 "description": "Keys always kept on legacy.",
             },
             "notify": {"type": "array", "description": "Notification targets (format to be defined)."},
+            "routers": {
+                "type": "array",
+                "description": "Traffic routers that make a mesh, gateway or proxy follow the migration, "
+                               "each {name: {settings}} (sdk, nginx, istio, gateway_api); default: the SDK.",
+                "items": {
+                    "type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+                    "description": "One router: its name, and its settings (checked by the router's own module).",
+                    "properties": {name: {"type": ["object", "null"]} for name in _router_names()},
+                },
+            },
         },
         "$defs": {
             "name": {
@@ -1549,5 +1585,8 @@ dual_write_retry: {attempts: 3, backoff: 50ms}        # the non-authoritative si
 allow: [test_agent_alpha]         # keys always sent to the candidate
 deny: []                          # keys always kept on legacy
 notify: []
+# routers: where traffic is split outside the app (default: the SDK in the app), e.g.
+#   - nginx: {conf: /etc/nginx/conf.d/checkout.conf, listen: 127.0.0.1:8080, key: "header:X-User-Id",
+#             legacy: 127.0.0.1:8001, candidate: 127.0.0.1:8002}
 """
 """The commented example spec that ``crossfade init`` writes."""

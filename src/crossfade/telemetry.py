@@ -244,12 +244,29 @@ def cell_key(migration: str, stage: str, arm: str) -> str:
     return f"{migration}{SEP}{stage}{SEP}{arm}"
 
 
+class _ThreadCells:
+    """One thread's cells by window index, whether it is writing one now, and windows taken while it was."""
+
+    __slots__ = ("thread", "windows", "writing", "held", "held_mark")
+
+    def __init__(self, thread: threading.Thread) -> None:
+        self.thread = thread
+        self.windows: dict[int, dict[str, Cell]] = {}
+        # Odd while the thread is between `cell` and `done`: it may hold a window the flusher has taken.
+        self.writing = 0
+        self.held: list[tuple[int, dict[str, Cell]]] = []
+        self.held_mark = 0
+
+
 class Recorder:
     """Per-thread, lock-free buffers of cells by window; `collect` hands closed windows to the flusher.
 
-    Each thread writes only into its own dict of windows. The flusher takes a window out with `dict.pop`,
-    which is atomic under the GIL, once the window has been closed for `grace` seconds, so a count is
-    either flushed once or (for a thread stalled mid-call longer than the grace) dropped, never doubled.
+    Each thread writes only into its own windows, between `cell` (which marks it as writing) and `done`.
+    The flusher takes a closed window out with `dict.pop`, atomic under the GIL, and hands it on only once
+    it has seen its thread outside a write, or starting a later one, after the pop: a write begun before the
+    pop has then ended, and one begun after it cannot reach the window. So every count is flushed exactly
+    once, however long a thread is descheduled mid-write (its window waits for it). A thread that records
+    into a window already taken starts that window afresh; the backend adds the two up.
     Windows are aligned to wall-clock time so that every process cuts them alike; the hot path derives the
     window from the monotonic time it already read, through an offset that `resync` keeps current.
     """
@@ -272,7 +289,7 @@ class Recorder:
         self._offset_ns = 0
         self.resync()
         self._local = threading.local()
-        self._buffers: list[tuple[threading.Thread, dict[int, dict[str, Cell]]]] = []
+        self._buffers: list[_ThreadCells] = []
         self._lock = threading.Lock()  # guards the list of buffers, taken once per thread, never per call
 
     def resync(self) -> None:
@@ -280,47 +297,66 @@ class Recorder:
         self._offset_ns = self._clock() - self.monotonic()
 
     def cell(self, now_ns: int, key: str) -> Cell:
-        """The calling thread's cell for `key` (see `cell_key`) in the window holding monotonic `now_ns`."""
+        """The calling thread's cell for `key` (see `cell_key`) in the window holding monotonic `now_ns`.
+
+        The thread writes into it, then calls `done()` (in a `finally`); nothing else in between.
+        """
         try:
             buffer = self._local.buffer
         except AttributeError:
             buffer = self._register()
+        buffer.writing += 1
         index = (now_ns + self._offset_ns) // self._window_ns
-        cells = buffer.get(index)
+        cells = buffer.windows.get(index)
         if cells is None:
-            cells = buffer[index] = {}
+            cells = buffer.windows[index] = {}
         cell = cells.get(key)
         if cell is None:
             cell = cells[key] = Cell()
         return cell
 
+    def done(self) -> None:
+        """The calling thread has finished writing the cell `cell` gave it."""
+        self._local.buffer.writing += 1
+
     def now(self) -> int:
         """The monotonic time, in the unit `cell` takes."""
         return self.monotonic()
 
-    def _register(self) -> dict[int, dict[str, Cell]]:
-        buffer: dict[int, dict[str, Cell]] = {}
-        self._local.buffer = buffer
+    def _register(self) -> _ThreadCells:
+        buffer = self._local.buffer = _ThreadCells(threading.current_thread())
         with self._lock:
-            self._buffers.append((threading.current_thread(), buffer))
+            self._buffers.append(buffer)
         return buffer
 
     def collect(self, *, everything: bool = False) -> list[Window]:
-        """Take the windows that have closed (all of them with `everything`), merged across threads."""
+        """Take the windows that have closed (all of them with `everything`), merged across threads.
+
+        With `everything` (at close) a window is taken even from a thread caught mid-write.
+        """
         cutoff = math.inf if everything else (self._clock() - round(self.grace * 1e9)) // self._window_ns
         merged: dict[tuple[int, str], Cell] = {}
         with self._lock:
             buffers = list(self._buffers)
             # A finished thread's buffer can go once it is empty; it can never be written again.
-            self._buffers = [(t, b) for t, b in buffers if t.is_alive() or b]
-        for _, buffer in buffers:
-            for index in [i for i in list(buffer) if i + 1 <= cutoff]:
-                cells = buffer.pop(index, None)
-                for key, cell in (cells or {}).items():
+            self._buffers = [b for b in buffers if b.thread.is_alive() or b.windows or b.held]
+        for buffer in buffers:
+            taken = [(i, buffer.windows.pop(i, None) or {}) for i in list(buffer.windows) if i + 1 <= cutoff]
+            mark = buffer.writing  # read after the pops
+            if taken:
+                buffer.held.extend(taken)
+                buffer.held_mark = mark
+            # Odd and unchanged since the last pop: the write under way then may still hold a window taken.
+            if not buffer.held or (mark % 2 and mark == buffer.held_mark and not everything
+                                   and buffer.thread.is_alive()):
+                continue
+            for index, cells in buffer.held:
+                for key, cell in cells.items():
                     if (index, key) in merged:
                         merged[(index, key)].merge(cell)
                     else:
                         merged[(index, key)] = cell
+            buffer.held = []
         windows = []
         for (index, key), cell in sorted(merged.items(), key=lambda kv: kv[0]):
             migration, stage, arm = key.split(SEP)

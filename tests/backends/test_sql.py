@@ -486,3 +486,76 @@ def test_an_empty_file_is_refused_unless_asked(tmp_path):
     assert path.stat().st_size == 0
     assert upgrade(f"sqlite:///{path}", init_empty=True) == (None, head_revision())
     SQLBackend(f"sqlite:///{path}").close()
+
+
+def test_compaction_merges_each_old_window_into_one_row_exactly(backend_url):
+    import time as _time
+
+    from crossfade.backends.sql import SQLBackend
+    from crossfade.telemetry import Cell, Window, merge_windows
+
+    backend = SQLBackend(backend_url)
+    try:
+        now = _time.time()
+
+        def cell(calls: int) -> Cell:
+            c = Cell()
+            c.calls, c.errors = calls, calls // 10
+            for i in range(calls):
+                c.latency.add(0.01 * (i + 1))
+            return c
+
+        old = [Window("m", "canary", arm, now - 7200 + 10 * w, 10.0, cell(10 + p))
+               for w in range(30) for p in range(5) for arm in ("legacy", "candidate")]
+        recent = [Window("m", "canary", "legacy", now - 20, 10.0, cell(7)) for _ in range(3)]
+        backend.write_windows(old)
+        backend.write_windows(recent)
+        whole = merge_windows(backend.windows("m"))
+        ids = backend.telemetry_ids("m", stage="canary", after_id=0, upto=10**9)
+        # Rows written just now are not compacted yet (written_at), however old their windows.
+        assert backend.compact_telemetry(before=now - 3600) == (0, 0)
+        assert backend.compact_telemetry(before=_time.time() + 1) == (303, 61)
+        assert merge_windows(backend.windows("m")) == whole
+        # Each kept row has the lowest id of its window's rows: a reader that had read them reads no news.
+        kept = backend.telemetry_ids("m", stage="canary", after_id=0, upto=10**9)
+        assert kept[0] == ids[0] and set(kept) <= set(ids)
+        assert backend.telemetry_rows("m", stage="canary", after_id=ids[-1]) == []
+    finally:
+        backend.close()
+
+
+def test_prune_deletes_what_is_past_retention_but_not_the_running_stage(sqlite_url):
+    import time as _time
+
+    from crossfade.backends.sql import SQLBackend
+    from crossfade.telemetry import Cell, Window
+
+    backend = SQLBackend(sqlite_url)
+    try:
+        now = _time.time()
+        c = Cell()
+        c.calls = 1
+        backend.write_windows([Window("a", "canary", "legacy", now - 40 * 86400, 10.0, c),
+                               Window("a", "half", "legacy", now - 40 * 86400, 10.0, c),
+                               Window("a", "half", "legacy", now - 60, 10.0, c)])
+        assert backend.prune(before=now - 30 * 86400, keep=[("a", "half")])["telemetry"] == 1
+        assert [w.stage for w in backend.windows("a")] == ["half", "half"]
+    finally:
+        backend.close()
+
+
+def test_connecting_to_an_existing_database_does_not_import_alembic(sqlite_url):
+    SQLBackend(sqlite_url).close()
+    code = ("import sys, crossfade; crossfade.connect(sys.argv[1]).close(); "
+            "print(sorted(m for m in ('alembic', 'mako', 'pygments') if m in sys.modules))")
+    found = subprocess.run([sys.executable, "-c", code, sqlite_url], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]"
+
+
+def test_the_head_read_from_the_revision_files_is_alembics():
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", sql.SCRIPT_LOCATION)
+    assert head_revision() == ScriptDirectory.from_config(config).get_current_head()

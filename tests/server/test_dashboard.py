@@ -139,3 +139,57 @@ def test_text_from_tokens_and_operators_never_runs_as_script(chromium, tmp_path)
             browser.close()
     finally:
         stop()
+
+
+def test_without_a_token_the_dashboard_says_how_to_sign_in_then_shows_holds_as_the_spec_writes_them(chromium,
+                                                                                                  tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from conftest import start_control_plane
+
+    plane, stop = start_control_plane(f"sqlite:///{tmp_path / 'cf.db'}", open_reads=False)
+    try:
+        spec = {"stages": [{"name": "canary", "traffic": "10%", "hold": "1h30m"}, {"name": "all", "traffic": "100%"}],
+                "gates": {"error_rate": {"max_increase": "1%"}}}
+        assert plane.call("PUT", "/v1/migrations/checkout", {"spec": spec})[0] == 200
+        assert plane.call("POST", "/v1/migrations/checkout/start", {"reason": "go"})[0] == 200
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=ARGS, headless=True)
+            page = browser.new_page()
+            page.goto(f"{plane.url}/#/m/checkout")
+            help_text = page.locator("#signin-help")
+            expect(help_text).to_contain_text("needs a token to read")
+            expect(help_text).to_contain_text("crossfade token create --role viewer")
+            page.click("#signin")
+            page.fill("#token-input", plane.tokens["viewer"])
+            page.click("#token-ok")
+            expect(page.locator('.step[data-stage="canary"]')).to_contain_text("hold 1h30m")
+            expect(page.locator("#signin-help")).to_have_count(0)
+            browser.close()
+    finally:
+        stop()
+
+
+def test_the_migration_page_shows_each_routers_state(chromium, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from conftest import start_control_plane
+
+    plane, stop = start_control_plane(f"sqlite:///{tmp_path / 'cf.db'}", open_reads=True)
+    try:
+        # The SDK router, named explicitly: the server's own controller loop syncs and verifies it.
+        spec = {"stages": [{"name": "canary", "traffic": "10%"}, {"name": "all", "traffic": "100%"}],
+                "routers": [{"sdk": {}}]}
+        assert plane.call("PUT", "/v1/migrations/routed", {"spec": spec})[0] == 200
+        assert plane.call("POST", "/v1/migrations/routed/start", {"reason": "go"})[0] == 200
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1200, "height": 1200})
+            page.goto(f"{plane.url}/#/m/routed")
+            router = page.locator('.router[data-router="sdk"]')
+            expect(router).to_contain_text("verified", timeout=60_000)
+            expect(router).to_contain_text("10% candidate")
+            browser.close()
+        assert plane.call("GET", "/v1/migrations/routed")[1]["state"]["routers"][0][:3] == ["sdk", "verified", 0.1]
+    finally:
+        stop()

@@ -5,13 +5,14 @@ from crossfade.backends.base import (
     BackendError,
     BackendUnavailable,
     ConflictError,
+    InvalidURL,
     OutcomeUnknown,
     UnknownMigration,
     redact_url,
 )
 
-__all__ = ["Backend", "BackendError", "BackendUnavailable", "ConflictError", "OutcomeUnknown", "UnknownMigration",
-           "open_backend", "redact_url"]
+__all__ = ["Backend", "BackendError", "BackendUnavailable", "ConflictError", "InvalidURL", "OutcomeUnknown",
+           "UnknownMigration", "open_backend", "redact_url"]
 
 
 def open_backend(url: str, *, token: str | None = None) -> Backend:
@@ -25,7 +26,7 @@ def open_backend(url: str, *, token: str | None = None) -> Backend:
         from crossfade.backends.sql import SQLBackend
 
         return SQLBackend(url)
-    raise BackendError(
+    raise InvalidURL(
         f"unsupported backend URL {redact_url(url)!r}: use sqlite:///path/to/file.db, postgresql://user@host/db "
         "or http://host:8765 (a control plane)"
     )

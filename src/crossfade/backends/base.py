@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
@@ -48,6 +48,10 @@ class BackendUnavailable(BackendError):
 class OutcomeUnknown(BackendUnavailable):
     """A change was sent but its answer was lost, and re-reading could not tell whether it was written: the
     outcome is unknown (never "failed"); re-read the migration before doing it again."""
+
+
+class InvalidURL(BackendError):
+    """A backend URL that names no store crossfade can use (its scheme, its form); the message says what would."""
 
 
 class UnknownMigration(LookupError):
@@ -112,6 +116,9 @@ class Backend(Protocol):
     def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
         """Take or renew a lease until `now + ttl`; False while another holder's has not expired."""
 
+    def lease_holders(self, prefix: str, now: float) -> list[str]:
+        """The holders of the unexpired leases whose names start with `prefix`, sorted."""
+
     def release_lease(self, name: str, holder: str) -> None:
         """Give a lease up if `holder` holds it."""
 
@@ -131,3 +138,17 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release connections. The backend is not used afterwards."""
+
+
+@runtime_checkable
+class IncrementalTelemetry(Protocol):
+    """A store that hands out only the telemetry rows written after a given one, so a reader that keeps
+    what it read pays for news, not for history. Row ids grow, but (on PostgreSQL) a row may become
+    visible after rows with higher ids: a reader re-checks recent ids for late ones."""
+
+    def telemetry_ids(self, migration: str, *, stage: str, after_id: int, upto: int) -> list[int]:
+        """The ids of one stage's rows in (after_id, upto]."""
+
+    def telemetry_rows(self, migration: str, *, stage: str, after_id: int,
+                       also: Collection[int] = ()) -> list[tuple[int, Window]]:
+        """One stage's rows with an id above `after_id` or in `also`, unmerged, with their ids, in id order."""

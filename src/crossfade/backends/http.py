@@ -50,7 +50,7 @@ class HTTPBackend:
     def __init__(self, url: str, *, token: str | None = None, timeout: float = 5.0) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BackendError(f"not a control plane URL: {redact_url(url)!r}; use http://host:8765")
+            raise InvalidURL(f"not a control plane URL: {redact_url(url)!r}; use http://host:8765")
         self.url = redact_url(url)
         self._scheme = parts.scheme
         self._host = parts.hostname
@@ -303,6 +303,10 @@ class HTTPBackend:
 
     def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
         """Refused: the controller runs inside `crossfade serve`, next to the database."""
+        raise BackendError("the controller runs inside `crossfade serve`; run-controller needs a database URL")
+
+    def lease_holders(self, prefix: str, now: float) -> list[str]:
+        """Refused, like `acquire_lease`."""
         raise BackendError("the controller runs inside `crossfade serve`; run-controller needs a database URL")
 
     def release_lease(self, name: str, holder: str) -> None:

@@ -7,25 +7,22 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import NullPool, StaticPool
 
-from crossfade.backends.base import BackendError, BackendUnavailable, ConflictError, redact_url
+from crossfade.backends.base import BackendError, BackendUnavailable, ConflictError, InvalidURL, redact_url
 from crossfade.canonical import canonical_json
 from crossfade.events import Event, State
 from crossfade.shadow import COUNTERS, Example, FieldWindow
@@ -33,6 +30,8 @@ from crossfade.telemetry import Cell, Window, check_cell
 from crossfade.tokens import TokenRecord
 
 log = logging.getLogger("crossfade")
+if TYPE_CHECKING:  # Alembic (and Mako with it) is imported only to create or upgrade a schema
+    from alembic.config import Config
 
 __all__ = ["SQLBackend", "current_revision", "head_revision", "upgrade"]
 
@@ -136,17 +135,33 @@ def head_revision() -> str:
     return _head(SCRIPT_LOCATION)
 
 
+_REVISION_LINE = re.compile(r"^(down_revision|revision)\s*(?::[^=]*)?=\s*(.*)$", re.MULTILINE)
+_QUOTED = re.compile(r"""["']([^"']+)["']""")
+
+
 @functools.lru_cache(maxsize=4)
 def _head(location: str) -> str:
-    # Reading the scripts imports every revision file: done once, not on each SQLBackend construction.
-    head = ScriptDirectory.from_config(_alembic_config(location)).get_current_head()
-    assert head is not None, f"no alembic revisions under {location}"
-    return head
+    # Read from the revision files' `revision = "..."` and `down_revision = "..."` lines rather than through
+    # Alembic, whose import (with Mako's) would otherwise be paid by every connect.
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in sorted(Path(location, "versions").glob("*.py")):
+        for name, value in _REVISION_LINE.findall(path.read_text(encoding="utf-8")):
+            (revisions if name == "revision" else parents).update(_QUOTED.findall(value))
+    heads = revisions - parents
+    if len(heads) != 1:
+        # Branches or a layout this reader does not follow: Alembic answers (or says what is wrong).
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory.from_config(_alembic_config(location)).get_current_head()
+        assert head is not None, f"no alembic revisions under {location}"
+        return head
+    return heads.pop()
 
 
 def current_revision(engine: Engine) -> str | None:
     """The schema revision a database is at; None when crossfade's tables were never created in it."""
-    with engine.connect() as conn:
+    with _GATE.passage(), engine.connect() as conn:
         return _revision(conn)
 
 
@@ -161,7 +176,8 @@ def upgrade(url: str, *, init_empty: bool = False) -> tuple[str | None, str]:
         with store.guard("upgrading the schema"):
             return store.migrate(lambda before: True)
     finally:
-        store.engine.dispose()
+        with store.use():
+            store.engine.dispose()
 
 
 class SQLBackend:
@@ -186,14 +202,14 @@ class SQLBackend:
             with self._store.guard("opening the store"):
                 self._check_schema(create)
         except BaseException:
-            self.engine.dispose()
+            with self._store.use():
+                self.engine.dispose()
             raise
 
     def _check_schema(self, create: bool) -> None:
         head = head_revision()
-        with self.engine.connect() as conn:
-            if _revision(conn) == head:
-                return
+        if self._store.quick_revision() == head:
+            return
 
         def decide(before: str | None) -> bool:
             if before is None and create:
@@ -340,6 +356,77 @@ class SQLBackend:
             for (start, arm, row_stage, length), cell in sorted(cells.items(), key=lambda kv: kv[0])
         ]
 
+    def telemetry_ids(self, migration: str, *, stage: str, after_id: int, upto: int) -> list[int]:
+        """The ids of one stage's rows in (after_id, upto]."""
+        t = telemetry.c
+        query = sa.select(t.id).where(t.migration == migration, t.stage == stage, t.id > after_id, t.id <= upto)
+        with self._store.guard(f"reading the telemetry of {migration}"), self._store.read() as conn:
+            return list(conn.scalars(query))
+
+    def telemetry_rows(self, migration: str, *, stage: str, after_id: int,
+                       also: Collection[int] = ()) -> list[tuple[int, Window]]:
+        """One stage's rows with an id above `after_id` or in `also`, unmerged, with their ids, in id order."""
+        t = telemetry.c
+        wanted = t.id > after_id if not also else sa.or_(t.id > after_id, t.id.in_(list(also)))
+        query = (sa.select(t.id, t.arm, t.window_start, t.window_length, t.cell)
+                 .where(t.migration == migration, t.stage == stage, wanted).order_by(t.id))
+        with self._store.guard(f"reading the telemetry of {migration}"), self._store.read() as conn:
+            rows = conn.execute(query).all()
+        return [(row_id, Window(migration, stage, arm, start, length, Cell.from_dict(json.loads(text))))
+                for row_id, arm, start, length, text in rows]
+
+    def compact_telemetry(self, *, before: float) -> tuple[int, int]:
+        """Merge the rows of each window that ended before `before` (one a process) into one row, kept
+        under the lowest of their ids so an incremental reader that has read them reads nothing twice.
+        Exact: cells add up. Returns (rows before, rows after), one transaction per migration."""
+        t = telemetry.c
+        with self._store.guard("reading the telemetry's migrations"), self._store.read() as conn:
+            names = list(conn.scalars(sa.select(t.migration).distinct()))
+        total_before = total_after = 0
+        for name in names:
+            old = (t.migration == name, t.window_start + t.window_length < before, t.written_at < before)
+            with self._store.guard(f"compacting the telemetry of {name}"), self._store.write() as conn:
+                rows = conn.execute(sa.select(t.id, t.stage, t.arm, t.window_start, t.window_length, t.cell)
+                                    .where(*old).order_by(t.id)).all()
+                groups: dict[tuple[str, str, float, float], list[tuple[int, str]]] = {}
+                for row_id, stage, arm, start, length, text in rows:
+                    groups.setdefault((stage, arm, start, length), []).append((row_id, text))
+                merged, drop = [], []
+                for members in groups.values():
+                    if len(members) < 2:
+                        continue
+                    cell = Cell()
+                    for _, text in members:
+                        cell.merge(Cell.from_dict(json.loads(text)))
+                    merged.append({"keep": members[0][0], "merged": json.dumps(cell.to_dict(), separators=(",", ":"))})
+                    drop += [row_id for row_id, _ in members[1:]]
+                if merged:
+                    conn.execute(telemetry.update().where(t.id == sa.bindparam("keep"))
+                                 .values(cell=sa.bindparam("merged")), merged)
+                    for i in range(0, len(drop), 500):
+                        conn.execute(telemetry.delete().where(t.id.in_(drop[i:i + 500])))
+                total_before += len(rows)
+                total_after += len(rows) - len(drop)
+        return total_before, total_after
+
+    def prune(self, *, before: float, keep: Collection[tuple[str, str]] = ()) -> dict[str, int]:
+        """Delete telemetry windows and shadow comparison rows that ended before `before`, and mismatch
+        examples taken before it, except those of the (migration, stage) pairs in `keep` (the stages
+        running now). Returns how many rows of each went."""
+        t, c, x = telemetry.c, shadow_fields.c, shadow_examples.c
+        spared_t = [sa.and_(t.migration == m, t.stage == s) for m, s in keep]
+        spared_c = [sa.and_(c.migration == m, c.stage == s) for m, s in keep]
+        spared_x = [sa.and_(x.migration == m, x.stage == s) for m, s in keep]
+        removed = {}
+        with self._store.guard("pruning old telemetry"), self._store.write() as conn:
+            removed["telemetry"] = conn.execute(telemetry.delete().where(
+                t.window_start + t.window_length < before, *([sa.not_(sa.or_(*spared_t))] if keep else []))).rowcount
+            removed["comparisons"] = conn.execute(shadow_fields.delete().where(
+                c.window_start + c.window_length < before, *([sa.not_(sa.or_(*spared_c))] if keep else []))).rowcount
+            removed["examples"] = conn.execute(shadow_examples.delete().where(
+                x.time < before, *([sa.not_(sa.or_(*spared_x))] if keep else []))).rowcount
+        return removed
+
     def write_comparisons(self, rows: Sequence[FieldWindow], examples: Sequence[Example], *, keep: int = 20) -> None:
         """Store comparison counts (rows add up on read) and examples, keeping the newest `keep` per
         migration and field path, in one transaction."""
@@ -430,6 +517,15 @@ class SQLBackend:
             conn.execute(leases.update().where(leases.c.name == name).values(**values))
             return True
 
+    def lease_holders(self, prefix: str, now: float) -> list[str]:
+        """The holders of the unexpired leases whose names start with `prefix`, sorted."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = (sa.select(leases.c.holder).distinct()
+                 .where(leases.c.name.like(escaped + "%", escape="\\"), leases.c.expires_at > now)
+                 .order_by(leases.c.holder))
+        with self._store.guard("reading the leases"), self._store.read() as conn:
+            return list(conn.scalars(query))
+
     def release_lease(self, name: str, holder: str) -> None:
         """Give the lease up, if `holder` holds it, so another can take it at once."""
         with self._store.guard(f"releasing the lease {name}"), self._store.write() as conn:
@@ -475,12 +571,15 @@ class SQLBackend:
         return None if row is None else _token(row)
 
     def after_fork(self) -> None:
-        """In a forked child: forget the parent's pooled connections without closing them under the parent."""
-        self.engine.dispose(close=False)
+        """In a forked child: a new engine and locks; nothing the parent's threads may have held is touched
+        (its pooled connections are left for the parent to close)."""
+        self._store = self._store.reopened()
+        self.engine = self._store.engine
 
     def close(self) -> None:
         """Release every pooled connection."""
-        self.engine.dispose()
+        with self._store.use():
+            self.engine.dispose()
 
     def __repr__(self) -> str:
         return f"SQLBackend({self._store.display!r})"
@@ -518,12 +617,16 @@ def _conflict(migration: str, expected: int, found: object) -> ConflictError:
 
 
 def _alembic_config(location: str | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", location or SCRIPT_LOCATION)
     return config
 
 
 def _known(revision: str) -> bool:
+    from alembic.script import ScriptDirectory
+
     try:
         ScriptDirectory.from_config(_alembic_config()).get_revision(revision)
     except Exception:  # alembic raises several types for an unknown or malformed revision id
@@ -532,19 +635,73 @@ def _known(revision: str) -> bool:
 
 
 def _revision(conn: Connection) -> str | None:
-    return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+    if not sa.inspect(conn).has_table(VERSION_TABLE):
+        return None
+    return conn.scalar(sa.text(f"SELECT version_num FROM {VERSION_TABLE}"))
+
+
+class _ForkGate:
+    """Keeps `os.fork()` out of SQLite: a fork waits until no thread of this process is using a connection.
+
+    SQLite's mutexes (its allocator's among them) have no at-fork handlers: a child forked while another
+    thread holds one hangs for ever on its first SQLite call. Every use of a SQLite connection passes
+    through the gate; a fork closes it first (waiting for those inside to leave), and the child starts with
+    new engines.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._inside = 0
+        self._forking = False
+
+    @contextmanager
+    def passage(self) -> Iterator[None]:
+        """Hold the gate open for one use of SQLite."""
+        with self._cond:
+            while self._forking:
+                self._cond.wait()
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._inside -= 1
+                if not self._inside:
+                    self._cond.notify_all()
+
+    def close_for_fork(self) -> None:
+        """Before a fork: wait until nobody is inside, and keep everyone out until `reopen`."""
+        self._cond.acquire()
+        self._forking = True
+        while self._inside:
+            self._cond.wait()
+
+    def reopen(self) -> None:
+        """After a fork, in the parent and in the child: let the waiting threads in."""
+        self._forking = False
+        self._cond.notify_all()
+        self._cond.release()
+
+
+_GATE = _ForkGate()
+
+if hasattr(os, "register_at_fork"):
+    # The child reopens the same gate: a thread it starts in an earlier at-fork handler may already be
+    # waiting at it, and nobody was inside at the fork.
+    os.register_at_fork(before=_GATE.close_for_fork, after_in_parent=_GATE.reopen, after_in_child=_GATE.reopen)
 
 
 class _Store:
     """An engine set up for one URL's dialect, with its transactions, locks and error translation."""
 
     def __init__(self, url: str, *, create: bool, init_empty: bool = False) -> None:
+        self.url = url
         self.display = redact_url(url)
         self.init_empty = init_empty
         try:
             parsed = make_url(url)
         except sa_exc.ArgumentError as e:
-            raise BackendError(f"cannot parse database URL {self.display!r}: {e}") from None
+            raise InvalidURL(f"cannot parse database URL {self.display!r}: {e}") from None
         backend = parsed.get_backend_name()
         # Only one thread at a time may use the single connection of an in-memory database.
         self._serial: Callable[[], AbstractContextManager[Any]] = nullcontext
@@ -556,21 +713,22 @@ class _Store:
             self.display = redact_url(parsed.render_as_string(hide_password=False))
             self.engine = self._postgres_engine(parsed)
         else:
-            raise BackendError(
+            raise InvalidURL(
                 f"unsupported database URL {self.display!r}: use sqlite:///path/to/file.db or "
                 "postgresql://user@host:5432/db"
             )
 
     def _sqlite_engine(self, url: str, parsed: URL, create: bool) -> Engine:
         if parsed.query or parsed.host or parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
-            raise BackendError(
+            raise InvalidURL(
                 f"unsupported SQLite URL {redact_url(url)!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db"
             )
         name = parsed.database or ""
         if name in ("", ":memory:"):
             lock = threading.RLock()
             self._serial = lambda: lock
-            memory = sqlite3.connect(":memory:", check_same_thread=False)
+            with _GATE.passage():
+                memory = sqlite3.connect(":memory:", check_same_thread=False)
             engine = sa.create_engine("sqlite://", creator=lambda: memory, poolclass=StaticPool)
         else:
             path = Path(name).expanduser().absolute()
@@ -579,7 +737,8 @@ class _Store:
                     raise BackendUnavailable(f"cannot open {url}: {path} does not exist")
                 if not path.parent.is_dir():
                     raise BackendUnavailable(f"cannot create {url}: directory {path.parent} does not exist")
-                _new_sqlite_file(path, url)
+                with _GATE.passage():
+                    _new_sqlite_file(path, url)
             elif path.is_file() and path.stat().st_size == 0 and not self.init_empty:
                 # crossfade creates a store whole (see _new_sqlite_file), so an empty file was truncated or
                 # made by something else: treating it as new would silently start history over.
@@ -587,28 +746,8 @@ class _Store:
                     f"{path} is an empty file (0 bytes), not a crossfade store: it may have been truncated. "
                     f"Restore it from a backup, or to start a new store there run: "
                     f"crossfade db upgrade --init-empty --url {url}")
-            # mode=rw never creates the file: once deleted, it stays deleted and every operation says so.
-            # NullPool reopens it per operation, so no pooled handle keeps reading a deleted inode.
-            target = f"file:{quote(str(path))}?mode=rw"
-            engine = sa.create_engine(
-                "sqlite://",
-                creator=lambda: sqlite3.connect(target, uri=True, check_same_thread=False),
-                poolclass=NullPool,
-            )
-        file_backed = name not in ("", ":memory:")
-
-        @sa.event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-            # We send BEGIN ourselves: pysqlite's own is deferred and skipped before SELECT and DDL.
-            dbapi_conn.isolation_level = None
-            dbapi_conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            if file_backed and dbapi_conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                dbapi_conn.execute("PRAGMA journal_mode = WAL")
-
-        @sa.event.listens_for(engine, "begin")
-        def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN " + conn.get_execution_options().get("sqlite_begin", "DEFERRED"))
-
+            return _sqlite_file_engine(path)
+        _sqlite_events(engine, file_backed=False)
         return engine
 
     def _postgres_engine(self, parsed: URL) -> Engine:
@@ -631,20 +770,55 @@ class _Store:
             )
         except ModuleNotFoundError as e:
             raise BackendError(
-                f"{self.display} needs the PostgreSQL driver: pip install 'crossfade[postgres]' ({e})"
+                f"{self.display} needs the PostgreSQL driver: pip install 'crossfade[postgres]' (from a clone of "
+                f"the repository: pip install '.[postgres]') ({e})"
             ) from None
+
+    def reopened(self) -> _Store:
+        """In a forked child: the same store through a new engine, with new locks (nothing is connected yet).
+
+        An in-memory SQLite database lives in its one connection: the child keeps using its copy of it."""
+        twin = object.__new__(_Store)
+        twin.url, twin.display, twin.dialect, twin._serial = self.url, self.display, self.dialect, nullcontext
+        if self.dialect == "postgresql":
+            twin.engine = twin._postgres_engine(make_url(self.url))
+        elif (make_url(self.url).database or "") in ("", ":memory:"):
+            lock = threading.RLock()
+            twin._serial = lambda: lock
+            twin.engine = self.engine
+        else:
+            twin.engine = _sqlite_file_engine(Path(make_url(self.url).database or "").expanduser().absolute())
+        return twin
+
+    @contextmanager
+    def use(self) -> Iterator[None]:
+        """Around any use of a connection: SQLite's fork gate, and the one-at-a-time lock of a memory database."""
+        if self.dialect != "sqlite":
+            yield
+            return
+        with _GATE.passage(), self._serial():
+            yield
+
+    def quick_revision(self) -> str | None:
+        """The schema revision in one query, or None when it cannot be read (no schema yet, or an error that
+        the slower, locked path will name)."""
+        try:
+            with self.read() as conn:
+                return conn.scalar(sa.text(f"SELECT version_num FROM {VERSION_TABLE}"))
+        except (sa_exc.SQLAlchemyError, sqlite3.Error):
+            return None
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A connection in a read transaction."""
-        with self._serial(), self.engine.begin() as conn:
+        with self.use(), self.engine.begin() as conn:
             yield conn
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A connection in a write transaction; on SQLite it holds the write lock from the start, so a
         read-then-write sequence inside it cannot interleave with another writer's."""
-        with self._serial(), self.engine.connect() as conn:
+        with self.use(), self.engine.connect() as conn:
             conn.execution_options(sqlite_begin="IMMEDIATE")
             with conn.begin():
                 yield conn
@@ -676,6 +850,8 @@ class _Store:
             if decide(before):
                 if before is not None and not _known(before):
                     raise BackendError(self.schema_problem(before, head_revision()))
+                from alembic import command
+
                 config = _alembic_config()
                 config.attributes["connection"] = conn
                 command.upgrade(config, "head")
@@ -742,6 +918,36 @@ def _new_sqlite_file(path: Path, url: str) -> None:
         raise BackendUnavailable(f"cannot create {url}: {e}") from None
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _sqlite_file_engine(path: Path) -> Engine:
+    """An engine over an existing SQLite file."""
+    # mode=rw never creates the file: once deleted, it stays deleted and every operation says so.
+    # NullPool reopens it per operation, so no pooled handle keeps reading a deleted inode.
+    target = f"file:{quote(str(path))}?mode=rw"
+    engine = sa.create_engine(
+        "sqlite://",
+        creator=lambda: sqlite3.connect(target, uri=True, check_same_thread=False),
+        poolclass=NullPool,
+    )
+    _sqlite_events(engine, file_backed=True)
+    return engine
+
+
+def _sqlite_events(engine: Engine, *, file_backed: bool) -> None:
+    """Connection set-up: our own BEGIN, a busy timeout, and WAL mode for a file."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        # We send BEGIN ourselves: pysqlite's own is deferred and skipped before SELECT and DDL.
+        dbapi_conn.isolation_level = None
+        dbapi_conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        if file_backed and dbapi_conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            dbapi_conn.execute("PRAGMA journal_mode = WAL")
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN " + conn.get_execution_options().get("sqlite_begin", "DEFERRED"))
 
 
 def _cause(error: BaseException) -> str:

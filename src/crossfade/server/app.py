@@ -35,8 +35,11 @@ from crossfade.events import (
     TransitionError,
     apply_change,
     operation,
+    position,
     seal,
 )
+from crossfade.controller import stage_progress
+from crossfade.stagedata import stage_windows
 from crossfade.server import views
 from crossfade.server.auth import LOOPBACK_HOSTS, Authenticator, AuthError, Principal
 from crossfade.server.control import ControllerThread
@@ -69,6 +72,7 @@ from crossfade.server.models import (
 )
 from crossfade.shadow import Example, FieldWindow
 from crossfade.spec import NAME_PATTERN, Problem, Spec, SpecError, load_spec
+from crossfade.stagedata import StageTelemetry
 from crossfade.telemetry import Window
 
 log = logging.getLogger("crossfade.server")
@@ -194,9 +198,14 @@ def create_app(
     app.state.feed = feed
     app.state.controller = ctl
     app.state.clock = clock
+    # The migration page (polled) and every /metrics scrape read each stage's telemetry: one incremental
+    # reader serves both, so each pays for the rows written since the last read, not for the stage's history.
+    telemetry = StageTelemetry()
     collector = CrossfadeCollector(
         backend, controller_lag=(ctl.lag if ctl is not None else lambda: None),
         feed_age=lambda: None if feed.last_ok is None else time.monotonic() - feed.last_ok,
+        stage_windows=lambda state: telemetry.windows(backend, state, feed.spec(state.name, state.spec_version),
+                                                      clock()),
     )
     metrics_registry = registry(collector)
     _install_error_handlers(app)
@@ -213,7 +222,8 @@ def create_app(
         """Spec, state, stage ladder, per-arm figures, the controller's view with each gate's numbers, the last
         verdict, triggers and any pending approval."""
         state = views.current(backend, name)
-        return views.detail(backend, state, feed.spec(name, state.spec_version), clock())
+        spec, now = feed.spec(name, state.spec_version), clock()
+        return views.detail(backend, state, spec, now, telemetry.windows(backend, state, spec, now))
 
     @app.get("/v1/migrations/{name}/state", response_model=StateModel, responses=_MIGRATION_ERRORS, tags=["migrations"])
     def get_state(name: MigrationName, who: Viewer) -> Any:
@@ -296,10 +306,22 @@ def create_app(
         """Move the migration: start, promote, approve, pause, resume, rollback, abort or restart. The event's
         actor is the token's name; rollback and abort need a reason."""
         request = body or OperationRequest()
-        state = views.current(backend, name)
-        _expect(state, request.expected_seq)
-        spec = feed.spec(name, state.spec_version)
-        return _commit(state, spec, _changes(action, state, spec, request), who, request.dry_run)
+        # The server's own controller may record a verdict between this read and the append: when that is
+        # all that changed, the command is decided again (not when the caller named the event it expects).
+        for attempt in range(3):
+            state = views.current(backend, name)
+            _expect(state, request.expected_seq)
+            spec = feed.spec(name, state.spec_version)
+            progress = stage_progress(spec, state, stage_windows(backend, state), clock())
+            changes = operation(action.value, state, spec, request.reason, force=request.force, progress=progress)
+            try:
+                return _commit(state, spec, changes, who, request.dry_run)
+            except ConflictError:
+                fresh = backend.state(name)
+                moved = fresh is None or position(fresh) != position(state)
+                if request.expected_seq is not None or attempt == 2 or moved:
+                    raise
+        raise AssertionError("unreachable")
 
     def _commit(state: State, spec: Spec, changes: list[Change], who: Principal, dry_run: bool,
                 store_spec: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -4,7 +4,7 @@ latency histograms; the controller's lag. Read from the store at scrape time, so
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -17,8 +17,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from crossfade.backends.base import Backend
 from crossfade.controller import stage_cells
 from crossfade.events import ROLLBACK_STARTED, ROLLED_BACK, ROLLING_BACK, State
-from crossfade.loop import stage_windows
 from crossfade.sketch import Sketch
+from crossfade.stagedata import stage_windows as read_stage
+from crossfade.telemetry import Window
 
 # Latency bucket bounds (seconds) for the per-arm histograms: 1 ms to 10 s, the range call sites live in.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -59,8 +60,10 @@ class CrossfadeCollector(Collector):
     """Collects the migrations' figures from the backend at each scrape."""
 
     def __init__(self, backend: Backend, *, controller_lag: Callable[[], float | None],
-                 feed_age: Callable[[], float | None]) -> None:
+                 feed_age: Callable[[], float | None],
+                 stage_windows: Callable[[State], Sequence[Window]] | None = None) -> None:
         self.backend = backend
+        self.stage_windows = stage_windows or (lambda state: read_stage(backend, state))
         self.controller_lag = controller_lag
         self.feed_age = feed_age
         self._rollbacks = _Rollbacks()
@@ -98,7 +101,7 @@ class CrossfadeCollector(Collector):
             rollbacks.add_metric([name], float(self._rollbacks.count(self.backend, state)))
             if not state.stage:
                 continue
-            for arm, cell in sorted(stage_cells(state, stage_windows(self.backend, state)).items()):
+            for arm, cell in sorted(stage_cells(state, self.stage_windows(state)).items()):
                 labels = [name, state.stage, arm]
                 calls.add_metric(labels, float(cell.calls))
                 errors.add_metric(labels, float(cell.errors))

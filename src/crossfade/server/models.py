@@ -54,6 +54,9 @@ class StateModel(BaseModel):
     salt: str | None
     verdicts: list[list[str]]
     rollback_step_at: float | None
+    routers: list[list[str | float]] = Field(
+        default=[], description="Per router the spec names: [router, verified | not_implemented | failed, "
+                                "candidate share it was last synced at, detail].")
 
 
 class EventModel(BaseModel):
@@ -84,6 +87,7 @@ class StageModel(BaseModel):
     traffic: float
     shadow: float
     hold: float | None
+    hold_text: str | None = Field(None, description="The hold as the spec writes durations, e.g. 1h30m")
     approval: bool
 
 

@@ -66,6 +66,8 @@ def serve(backend_url: str, *, host: str = "127.0.0.1", port: int = 8765, open_r
           limits: Limits | None = None) -> None:
     """Serve until interrupted (SIGINT or SIGTERM), then release the controller's leases."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # Alembic narrates a schema creation at INFO; the log is for what the control plane does.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     backend = open_backend(backend_url)
     try:
         _server(backend, host, port, open_reads=open_reads, controller=controller, log_level="info",

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from crossfade.backends.base import Backend, UnknownMigration
 from crossfade.controller import assess, is_active, stage_cells
 from crossfade.events import AWAITING_APPROVAL, VERDICT, State
-from crossfade.loop import stage_windows
-from crossfade.spec import Spec
-from crossfade.telemetry import arm_metrics
+from crossfade.spec import Spec, format_duration
+from crossfade.telemetry import Window, arm_metrics
 
 # How far back the dashboard's charts reach by default, and how many events are searched for the last verdict.
 SERIES_SECONDS = 3600.0
@@ -24,9 +24,9 @@ def current(backend: Backend, name: str) -> State:
     return state
 
 
-def detail(backend: Backend, state: State, spec: Spec, now: float) -> dict[str, Any]:
-    """The migration page: state, spec, ladder, per-arm figures, the controller's view, the last verdict."""
-    windows = stage_windows(backend, state)
+def detail(backend: Backend, state: State, spec: Spec, now: float, windows: Sequence[Window]) -> dict[str, Any]:
+    """The migration page from the stage's `windows`: state, spec, ladder, per-arm figures, the controller's
+    view, the last verdict."""
     cells = stage_cells(state, windows) if state.stage else {}
     controller = None
     if state.stage and is_active(state) and state.stage_index + 1 < len(spec.stages):
@@ -38,7 +38,8 @@ def detail(backend: Backend, state: State, spec: Spec, now: float) -> dict[str, 
     return {
         "state": state.to_dict(),
         "spec": spec.to_dict(),
-        "stages": [{"name": s.name, "traffic": s.traffic, "shadow": s.shadow, "hold": s.hold, "approval": s.approval}
+        "stages": [{"name": s.name, "traffic": s.traffic, "shadow": s.shadow, "hold": s.hold,
+                    "hold_text": None if s.hold is None else format_duration(s.hold), "approval": s.approval}
                    for s in spec.stages],
         "arms": {arm: arm_metrics(cell) for arm, cell in sorted(cells.items())},
         "controller": controller,

@@ -7,6 +7,7 @@ const OPERATOR_KEY = "crossfade.operatorToken";
 const $ = (sel) => document.querySelector(sel);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const pct = (x) => (x == null ? "-" : `${(x * 100).toFixed(x < 0.01 && x > 0 ? 2 : 1).replace(/\.0$/, "")}%`);
+const pp = (x) => `${x >= 0 ? "+" : ""}${(x * 100).toFixed(2)} pp`;
 const ms = (s) => (s == null ? "-" : s < 0.001 ? `${(s * 1e6).toFixed(0)}µs` : `${(s * 1000).toFixed(1)}ms`);
 const time = (t) => new Date(t * 1000).toLocaleTimeString();
 const dateTime = (t) => new Date(t * 1000).toLocaleString();
@@ -49,6 +50,9 @@ async function read(path) {
     if (e.status === 401) {
       $("#signin").hidden = false;
       $("#live").textContent = "sign in to read (a viewer token suffices)";
+      $("#main").innerHTML = `<div class="card" id="signin-help"><h1>Sign in</h1><p>This control plane needs a token to read.
+        Press <b>Sign in</b> above and paste a token of role viewer or above; it is kept for this browser session only.</p>
+        <p class="muted">No token yet? On the control plane's database: <code>crossfade token create --role viewer --name NAME --url DB_URL</code>.</p></div>`;
     }
     throw e;
   }
@@ -114,7 +118,10 @@ function gateRow(g) {
   const span = hi - lo; lo -= span * 0.1; hi += span * 0.1;
   const sx = (v) => pad + ((v - lo) / (hi - lo)) * (W - 2 * pad);
   const a = g.lower == null ? pad : sx(g.lower), b = g.upper == null ? W - pad : sx(g.upper);
-  const fmt = (v) => (v == null ? "∞" : g.gate === "latency" || g.gate === "cost" ? `x${Number(v).toFixed(2)}` : pct(v));
+  // Latency and cost are ratios to legacy; the error rate gate measures the candidate's rate minus legacy's, in
+  // percentage points; the mismatch rate is the candidate's own rate.
+  const fmt = (v) => (v == null ? "∞" : g.gate === "latency" || g.gate === "cost" ? `x${Number(v).toFixed(2)}`
+    : g.gate === "error_rate" ? pp(v) : pct(v));
   const svg = `<svg viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" aria-label="interval of ${esc(g.gate)}">
     <line x1="${pad}" y1="13" x2="${W - pad}" y2="13" stroke="#e5e7eb"/>
     ${g.verdict === "NODATA" ? "" : `<line x1="${a}" y1="13" x2="${b}" y2="13" stroke="var(--candidate)" stroke-width="4" stroke-linecap="round"/>`}
@@ -144,7 +151,7 @@ function skeleton(name) {
     <h1 id="title">${esc(name)}</h1><div id="notice" class="notice" hidden></div>
     <div id="summary"></div>
     <h2>Stages</h2><div id="ladder" class="ladder"></div>
-    <h2>Traffic</h2><div id="split"></div>
+    <h2>Traffic</h2><div id="split"></div><div id="routers"></div>
     <div id="approval"></div>
     <div class="actions" id="actions"><input id="reason" placeholder="reason (recorded in the audit log)" size="40">
       <button id="rollback" class="danger">Rollback</button></div>
@@ -170,10 +177,12 @@ async function renderMigration(name) {
   $("#ladder").innerHTML = m.stages.map((st, i) => {
     const cls = i < s.stage_index ? "done" : i === s.stage_index ? "current" : "";
     return `<div class="step ${cls}" data-stage="${esc(st.name)}"><div>${esc(st.name)}</div><div class="t">${pct(st.traffic)}${st.shadow ? ` · shadow ${pct(st.shadow)}` : ""}</div>
-      ${st.approval ? `<div class="gate">approval</div>` : ""}${st.hold ? `<div class="t">hold ${st.hold}s</div>` : ""}</div>`;
+      ${st.approval ? `<div class="gate">approval</div>` : ""}${st.hold ? `<div class="t">hold ${esc(st.hold_text)}</div>` : ""}</div>`;
   }).join("");
   const c = s.traffic;
   $("#split").innerHTML = `<div class="split" aria-label="traffic split"><div class="c" style="width:${c * 100}%">${c > 0.08 ? `candidate ${pct(c)}` : ""}</div><div class="l" style="width:${(1 - c) * 100}%">${c < 0.92 ? `legacy ${pct(1 - c)}` : ""}</div></div>`;
+  $("#routers").innerHTML = (s.routers ?? []).map(([router, status, share, detail]) =>
+    `<div class="router ${esc(status)}" data-router="${esc(router)}">router <b>${esc(router)}</b>: <span class="status ${esc(status)}">${esc(status.replace("_", " "))}</span> at ${pct(share)} candidate${detail ? ` <span class="muted">${esc(detail)}</span>` : ""}</div>`).join("");
   if (lastSeq !== s.seq) {
     lastSeq = s.seq;
     const p = m.pending_approval;

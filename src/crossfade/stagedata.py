@@ -1,0 +1,154 @@
+"""The current stage's telemetry, kept up to date by reading only what was written since the last look.
+
+The controller looks at every migration every interval for hours. Re-reading (and re-parsing) every
+window of the stage at each look costs time that grows with the stage's age and the number of processes
+writing. `StageTelemetry` keeps, per migration, the windows it has read: each look fetches only newer
+rows and adds them in (cells merge exactly by addition, so a window written by several processes, or
+retried late, sums the same). Windows older than what any trigger looks back over are rolled up into
+one window per hour, so what is kept, and merged at each look, stays flat in the stage's age.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from crossfade.backends.base import Backend, IncrementalTelemetry
+from crossfade.events import State
+from crossfade.spec import Spec
+from crossfade.telemetry import Cell, Window
+
+# How far before a stage's entry telemetry windows are read: a window that began before the stage was
+# entered may hold its first calls (windows are 10 s by default; a minute covers any sensible setting).
+WINDOW_MARGIN = 60.0
+ROLLUP = 3600.0
+# Seconds after which a row id handed out to a writer is surely committed or abandoned (PostgreSQL hands ids
+# out at insert and shows rows at commit, so a lower id can appear after a higher one; statements time out
+# well before this).
+SETTLE = 120.0
+
+
+def stage_windows(backend: Backend, state: State) -> list[Window]:
+    """The telemetry of the current stage, read whole: from `WINDOW_MARGIN` before it was entered."""
+    if not state.stage:
+        return []
+    since = state.stage_entered_at
+    return backend.windows(state.name, stage=state.stage, since=None if since is None else since - WINDOW_MARGIN)
+
+
+def detail_horizon(spec: Spec) -> float:
+    """How far back (seconds) windows are kept as written: past every trigger's window and `for`, plus a
+    few looks; older ones are rolled up by hour, which nothing that looks at a sliding window reads."""
+    interval = spec.analysis.interval
+    reach = max((t.window + (t.for_ or 0.0) for t in spec.triggers), default=0.0)
+    return max(ROLLUP, reach + 4 * interval + 600.0)
+
+
+@dataclass
+class _Kept:
+    """What was read of one migration's current stage.
+
+    Every row with an id up to `low` has been read. Above it, `seen` holds the ids read so far (up to
+    `top`): a row whose id was handed out before `top`'s but which committed later is found among them by
+    its absence. `marks` remembers, by this process's clock, which `top` each read reached, so that `low`
+    moves up to a `top` once no writer can still be committing below it (`SETTLE` seconds later).
+    """
+
+    position: tuple[object, ...]
+    low: int = 0
+    top: int = 0
+    seen: set[int] = field(default_factory=set)
+    marks: deque[tuple[float, int]] = field(default_factory=deque)
+    recent: dict[tuple[float, float, str], Cell] = field(default_factory=dict)
+    # Per hour and arm: the merged cell and the end of the last window in it, so a rolled-up window claims
+    # no time it has no data for (a sliding window that starts after it must not see it).
+    hours: dict[tuple[float, str], tuple[Cell, float]] = field(default_factory=dict)
+
+
+class StageTelemetry:
+    """Per migration, the current stage's windows, read incrementally from a store that can (SQL), and
+    whole from one that cannot (a control plane's HTTP API, a simulation's memory)."""
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._monotonic = monotonic
+        self._kept: dict[str, _Kept] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()  # guards the two dicts; each migration's reads hold its own lock
+
+    def windows(self, backend: Backend, state: State, spec: Spec, now: float) -> list[Window]:
+        """The stage's windows as the controller takes them: recent ones as written, older ones by hour."""
+        if not state.stage or not isinstance(backend, IncrementalTelemetry):
+            return stage_windows(backend, state)
+        entered = state.stage_entered_at if state.stage_entered_at is not None else float("-inf")
+        position = (state.stage, entered, state.spec_version)
+        with self._lock:
+            lock = self._locks.setdefault(state.name, threading.Lock())
+        with lock:
+            with self._lock:
+                kept = self._kept.get(state.name)
+                if kept is None or kept.position != position:
+                    kept = self._kept[state.name] = _Kept(position)
+            cutoff = now - detail_horizon(spec)
+            for w in self._news(backend, state.name, state.stage, kept):
+                if w.start < entered - WINDOW_MARGIN:
+                    continue
+                self._add(kept, w.start, w.length, w.arm, w.cell, cutoff, entered)
+            for key in [k for k in kept.recent if k[0] + k[1] <= cutoff]:
+                start, length, arm = key
+                self._add(kept, start, length, arm, kept.recent.pop(key), cutoff, entered)
+            return self._as_windows(state, kept)
+
+    def _news(self, backend: IncrementalTelemetry, name: str, stage: str, kept: _Kept) -> list[Window]:
+        late: set[int] = set()
+        if kept.top > kept.low:
+            late = set(backend.telemetry_ids(name, stage=stage, after_id=kept.low, upto=kept.top)) - kept.seen
+        rows = backend.telemetry_rows(name, stage=stage, after_id=kept.top, also=late)
+        for row_id, _ in rows:
+            kept.seen.add(row_id)
+            kept.top = max(kept.top, row_id)
+        clock = self._monotonic()
+        kept.marks.append((clock, kept.top))
+        if kept.marks[0][0] <= clock - SETTLE:
+            while kept.marks and kept.marks[0][0] <= clock - SETTLE:
+                kept.low = max(kept.low, kept.marks.popleft()[1])
+            kept.seen = {i for i in kept.seen if i > kept.low}
+        return [w for _, w in rows]
+
+    def forget(self, name: str) -> None:
+        """Drop what is kept of a migration (it ended, or this process no longer looks at it)."""
+        with self._lock:
+            self._kept.pop(name, None)
+            self._locks.pop(name, None)
+
+    @staticmethod
+    def _add(kept: _Kept, start: float, length: float, arm: str, cell: Cell, cutoff: float, entered: float) -> None:
+        end = start + length
+        if end > cutoff:
+            kept.recent.setdefault((start, length, arm), Cell()).merge(cell)
+        elif end > entered:  # a window wholly before the stage is not counted by the controller either
+            # Hours counted from the stage's entry, so no hour straddles it.
+            origin = entered if entered != float("-inf") else 0.0
+            hour = max(origin + (start - origin) // ROLLUP * ROLLUP, origin)
+            merged, last = kept.hours.get((hour, arm)) or (Cell(), end)
+            merged.merge(cell)
+            kept.hours[(hour, arm)] = (merged, max(last, end))
+
+    @staticmethod
+    def _as_windows(state: State, kept: _Kept) -> list[Window]:
+        assert state.stage is not None
+        windows = [Window(state.name, state.stage, arm, start, end - start, _copy(cell))
+                   for (start, arm), (cell, end) in kept.hours.items()]
+        windows += [Window(state.name, state.stage, arm, start, length, _copy(cell))
+                    for (start, length, arm), cell in kept.recent.items()]
+        windows.sort(key=lambda w: (w.start, w.arm))
+        return windows
+
+
+def _copy(cell: Cell) -> Cell:
+    """A cell the caller may merge into without changing what is kept."""
+    out = Cell()
+    out.merge(cell)
+    return out
