@@ -3,16 +3,16 @@
 A window is stored once per key (process, window, part), so a write retried after its answer was lost adds
 nothing; rows written before this revision have no key and stay as they are (NULLs never collide).
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0003_security
+Revises: 0007_batch
 Create Date: 2026-12-02
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0003_security"
+down_revision = "0007_batch"
 branch_labels = None
 depends_on = None
 
