@@ -591,7 +591,7 @@ def _plain_problems(data: object) -> list[Problem]:
             return [Problem("", f"the document holds more than {MAX_VALUES:,} values (counting what YAML aliases "
                                 "repeat); a spec is far smaller")]
         if depth > MAX_DEPTH:
-            return [Problem(path, f"nested deeper than {MAX_DEPTH} levels")]
+            return [Problem(path, f"nested too deeply (more than {MAX_DEPTH} levels; a spec is a few levels deep)")]
         if isinstance(value, Mapping):
             for key, item in value.items():
                 if not isinstance(key, str):
@@ -649,7 +649,7 @@ def _read_file(path: Path, label: str) -> object:
         except json.JSONDecodeError as exc:
             raise SpecError(label, [Problem(f"line {exc.lineno}, column {exc.colno}", exc.msg)]) from None
         except RecursionError:
-            raise SpecError(label, [Problem("", f"nested deeper than {MAX_DEPTH} levels")]) from None
+            raise SpecError(label, [Problem("", "nested too deeply (a spec is a few levels deep)")]) from None
     return _parse_yaml(text, label)
 
 
@@ -682,8 +682,6 @@ class _StrictLoader(yaml.SafeLoader):
 def _parse_yaml(text: str, label: str) -> object:
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except RecursionError:
-        raise SpecError(label, [Problem("", f"invalid YAML: nested deeper than {MAX_DEPTH} levels")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -337,14 +337,8 @@ class SQLBackend:
             rows = conn.execute(query).all()
         cells: dict[tuple[float, str, str, float], Cell] = {}
         for row_id, row_stage, arm, start, length, text in rows:
-            try:
-                cell = check_cell(json.loads(text))
-            except ValueError as exc:  # CellError, or text that is not JSON: skipped and counted, never fatal
-                if row_id not in self._bad_rows:
-                    self._bad_rows.add(row_id)
-                    self.skipped_rows += 1
-                    log.warning("skipped bad telemetry row %s of %s (%s %s at %s): %s", row_id, migration,
-                                row_stage, arm, start, exc)
+            cell = self._cell(row_id, migration, row_stage, arm, start, text)
+            if cell is None:
                 continue
             key = (start, arm, row_stage, length)
             if key in cells:
@@ -372,8 +366,24 @@ class SQLBackend:
                  .where(t.migration == migration, t.stage == stage, wanted).order_by(t.id))
         with self._store.guard(f"reading the telemetry of {migration}"), self._store.read() as conn:
             rows = conn.execute(query).all()
-        return [(row_id, Window(migration, stage, arm, start, length, Cell.from_dict(json.loads(text))))
-                for row_id, arm, start, length, text in rows]
+        out = []
+        for row_id, arm, start, length, text in rows:
+            cell = self._cell(row_id, migration, stage, arm, start, text)
+            if cell is not None:
+                out.append((row_id, Window(migration, stage, arm, start, length, cell)))
+        return out
+
+    def _cell(self, row_id: int, migration: str, stage: str, arm: str, start: float, text: str) -> Cell | None:
+        """A stored row's cell, checked; None (skipped, counted, logged once) for a row that is not one."""
+        try:
+            return check_cell(json.loads(text))
+        except ValueError as exc:  # CellError, or text that is not JSON: never fatal to a reader
+            if row_id not in self._bad_rows:
+                self._bad_rows.add(row_id)
+                self.skipped_rows += 1
+                log.warning("skipped bad telemetry row %s of %s (%s %s at %s): %s", row_id, migration, stage, arm,
+                            start, exc)
+            return None
 
     def compact_telemetry(self, *, before: float) -> tuple[int, int]:
         """Merge the rows of each window that ended before `before` (one a process) into one row, kept
