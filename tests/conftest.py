@@ -227,3 +227,80 @@ def metrics_text(control_plane, receiver, monkeypatch) -> str:
     status, text, _ = control_plane.call("GET", "/metrics", role="viewer")
     assert status == 200
     return text
+
+
+class Proxy:
+    """A TCP relay on loopback in front of an HTTP server, that a test can make misbehave: swallow the answers
+    to the next `swallow` POST or PUT requests (the server acted, the caller never hears; with `then_refuse`,
+    the relay then refuses every new connection), refuse new connections, or freeze (a peer that hangs)."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import threading
+
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.swallow = 0
+        self.then_refuse = False
+        self.refuse = False
+        self.frozen = threading.Event()
+        self._closed = False
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.refuse:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            seen: dict[str, bytes] = {}
+            threading.Thread(target=self._pipe, args=(client, upstream, False, seen), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True, seen), daemon=True).start()
+
+    def _pipe(self, source, sink, answers: bool, seen: dict[str, bytes]) -> None:
+        import time
+
+        try:
+            while True:
+                data = source.recv(65536)
+                while self.frozen.is_set() and not self._closed:
+                    time.sleep(0.05)  # a hung peer: nothing moves until the test thaws it
+                if not data:
+                    break
+                if not answers and data[:4] in (b"GET ", b"POST", b"PUT ", b"HEAD"):
+                    seen["method"] = data.split(b" ", 1)[0]
+                if answers and seen.get("method") in (b"POST", b"PUT"):
+                    with self._lock:
+                        cut = self.swallow > 0
+                        self.swallow -= cut
+                        self.refuse = self.refuse or (cut and self.then_refuse)
+                    if cut:
+                        break
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        """Stop accepting; relays under way end with their sockets."""
+        self._closed = True
+        self.frozen.clear()
+        self.listener.close()

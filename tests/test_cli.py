@@ -229,6 +229,107 @@ def test_operations_against_a_control_plane_use_the_token_from_the_environment(c
     assert "needs operator" in cli("restart", "m", "--url", control_plane.url, code=1)
 
 
+def _applied_and_started(tmp_path, url, name="m"):
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(f"name: {name}\nstages: [{{traffic: 10%}}, {{traffic: 50%}}, {{traffic: 100%}}]\n")
+    cli("apply", str(spec), "--url", url)
+    cli("start", name, "--url", url)
+    return spec
+
+
+def test_user_text_is_printed_as_text_with_control_characters_escaped(tmp_path, url):
+    """Reasons and actors come from any operator or token: markup and terminal escapes stay inert."""
+    _applied_and_started(tmp_path, url)
+    hostile = "[/x] [bold red]boom[/] \x1b]0;owned\x07\x1b[2J\u202eevil"
+    out = cli("pause", "m", "--url", url, "--reason", hostile, "--actor", "[link=http://x]eve\x1b[31m")
+    for text in (out, cli("history", "m", "--url", url), cli("status", "m", "--url", url)):
+        assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+    history = cli("history", "m", "--url", url)
+    assert "[/x] [bold red]boom[/]" in history and "\\x1b]0;owned\\x07\\x1b[2J\\u202eevil" in history
+    assert "[link=http://x]eve\\x1b[31m" in history
+    bad = tmp_path / "[red]spec.yaml"
+    bad.write_text('name: m\nstages: [{traffic: 10%}]\n"\\e[2J": 1\n"[/x]": 2\n')
+    out = runner.invoke(app, ["validate", str(bad)])
+    assert out.exit_code == 1 and "[red]spec.yaml" in out.output and "\x1b" not in out.output
+    assert "[/x]" in out.output and "\\x1b[2J" in out.output
+
+
+def test_audit_verify_sees_a_rewritten_state_snapshot_or_stored_spec(tmp_path, url):
+    _applied_and_started(tmp_path, url)
+    out = cli("audit", "verify", "m", "--url", url)
+    head = json.loads(cli("audit", "verify", "m", "--url", url, "--json"))["head"]
+    assert head in out and len(head.split(":")[1]) == 64
+    db = sqlite3.connect(str(tmp_path / "cf.db"))
+    # Routing follows the snapshot: 100% to the candidate, and no event says so.
+    (text,) = db.execute("SELECT state FROM crossfade_states WHERE migration = 'm'").fetchone()
+    db.execute("UPDATE crossfade_states SET state = ? WHERE migration = 'm'",
+               (text.replace('"traffic":0.1', '"traffic":1.0'),))
+    db.commit()
+    assert "snapshot differs" in cli("audit", "verify", "m", "--url", url, code=1)
+    db.execute("UPDATE crossfade_states SET state = ? WHERE migration = 'm'", (text,))
+    (spec,) = db.execute("SELECT spec FROM crossfade_specs WHERE migration = 'm'").fetchone()
+    db.execute("UPDATE crossfade_specs SET spec = ? WHERE migration = 'm'", (spec.replace('"traffic":0.1', '"traffic":0.2'),))
+    db.commit()
+    assert "stored spec version 1 was changed" in cli("audit", "verify", "m", "--url", url, code=1)
+    db.execute("UPDATE crossfade_specs SET spec = ? WHERE migration = 'm'", (spec,))
+    db.commit()
+    db.close()
+    assert "intact" in cli("audit", "verify", "m", "--url", url, "--expect", head)
+
+
+def test_audit_verify_expect_catches_a_history_rewritten_whole(tmp_path, url):
+    """Someone with write access rewrites every event and the snapshot consistently: only an anchor kept
+    outside the database shows it."""
+    from crossfade.backends.sql import SQLBackend
+    from crossfade.events import State, fold, seal
+
+    _applied_and_started(tmp_path, url)
+    head = json.loads(cli("audit", "verify", "m", "--url", url, "--json"))["head"]
+    backend = SQLBackend(url)
+    events = backend.events("m")
+    forged, state = [], State("m")
+    for e in events:
+        state, (new,) = seal(state, [type("C", (), {"type": e.type, "reason": e.reason or "", "payload": e.payload})()],
+                             actor="mallory", now=e.time)
+        forged.append(new)
+    with backend.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM crossfade_events WHERE migration = 'm'")
+        conn.exec_driver_sql("DELETE FROM crossfade_states WHERE migration = 'm'")
+    backend.append("m", 0, forged, state=fold("m", forged))
+    backend.close()
+    assert "intact" in cli("audit", "verify", "m", "--url", url)  # consistent in itself
+    out = cli("audit", "verify", "m", "--url", url, "--expect", head, code=1)
+    assert "rewritten" in out
+    assert "SEQ:HASH" in cli("audit", "verify", "m", "--url", url, "--expect", "nonsense", code=2)
+
+
+def test_an_empty_store_file_is_refused_not_started_over(tmp_path):
+    empty = tmp_path / "cf.db"
+    empty.write_bytes(b"")
+    url = f"sqlite:///{empty}"
+    out = cli("status", "--url", url, code=1)
+    assert "empty file (0 bytes)" in out and "--init-empty" in out
+    assert empty.stat().st_size == 0  # nothing was written into it
+    with crossfade.connect(url) as cf:  # the SDK routes to legacy and leaves the file alone
+        assert cf.migration("m").run("k", lambda: "legacy", lambda: "candidate") == "legacy"
+    assert empty.stat().st_size == 0
+    assert "schema at" in cli("db", "upgrade", "--url", url, "--init-empty")
+    assert "no migrations yet" in cli("status", "--url", url)
+
+
+def test_token_create_binds_to_migrations_and_refuses_bad_names(url):
+    from crossfade.backends.sql import SQLBackend
+
+    result = runner.invoke(app, ["token", "create", "--role", "sdk", "--name", "hosts", "--migration", "m",
+                                 "--migration", "n", "--url", url])
+    assert result.exit_code == 0, result.output
+    backend = SQLBackend(url)
+    assert backend.tokens()[0].migrations == ("m", "n")
+    backend.close()
+    assert "not a migration name" in cli("token", "create", "--role", "sdk", "--name", "x", "--migration",
+                                         "Bad Name", "--url", url, code=2)
+
+
 def test_promote_refuses_an_approval_stage_and_approve_enters_it(tmp_path, url):
     spec = tmp_path / "m.yaml"
     # The error-rate gate only: the p95 of 30 calls of a lambda is noise, and an estimate past its limit

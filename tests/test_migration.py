@@ -523,17 +523,23 @@ def test_an_unreachable_backend_at_startup_routes_to_legacy_and_never_raises(tmp
     client.close()
 
 
-def test_telemetry_that_cannot_be_written_is_retried_then_dropped_and_counted(tmp_path):
+def test_telemetry_is_kept_while_the_backend_is_away_up_to_its_bound_then_the_oldest_is_dropped(tmp_path):
     path = tmp_path / "cf.db"
-    client = crossfade.Client(f"sqlite:///{path}", refresh=3600, flush_attempts=2)
+    now = time.time()  # a clock that stands still: every call falls in one window, however slow the machine
+    client = crossfade.Client(f"sqlite:///{path}", refresh=3600, max_pending_windows=1, clock=lambda: now)
     mig = started(client, stages=[{"traffic": "100%"}])
     for i in range(7):
         mig.run(i, lambda: "l", lambda: "c")
-    path.unlink()
-    assert client.flush(everything=True) == 0
-    assert client.stats()["pending_windows"] == 1
+    moved = path.rename(tmp_path / "away.db")
+    for _ in range(10):  # however many ticks the outage lasts, the window waits
+        assert client.flush(everything=True) == 0
+    assert client.stats()["pending_windows"] == 1 and client.stats()["dropped_windows"] == 0
+    mig.run(8, lambda: "l", lambda: "c")
     assert client.flush(everything=True) == 0
     assert (client.stats()["dropped_windows"], client.stats()["dropped_calls"]) == (1, 7)
+    moved.rename(path)
+    assert client.flush() == 1 and client.stats()["pending_windows"] == 0
+    assert sum(w.cell.calls for w in client.backend().windows("m")) == 1
     client.close()
 
 

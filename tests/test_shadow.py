@@ -154,3 +154,18 @@ def test_a_hung_run_is_claimed_as_a_timeout_once():
     assert runner.claim_timeout(slots[0]) is False
     release.set()
     runner.close(drain=5.0)
+
+
+def test_workers_start_one_at_a_time_never_all_on_the_first_call():
+    """A spec asking for many threads must not start them all on the request path of one call."""
+    release = threading.Event()
+    runner = ShadowRunner(threads=64, max_pending=1000, timeout=5.0)
+    try:
+        assert runner.submit(lambda payload, slot: release.wait(5), None)
+        assert len(runner._workers) == 1
+        for _ in range(10):
+            runner.submit(lambda payload, slot: release.wait(5), None)
+        assert 1 < len(runner._workers) <= 11
+    finally:
+        release.set()
+        runner.close()

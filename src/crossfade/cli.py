@@ -19,9 +19,18 @@ from rich.table import Table
 
 from crossfade import __version__
 from crossfade.backends import open_backend
-from crossfade.backends.base import BackendError, InvalidURL, UnknownMigration
+from crossfade.backends.base import BackendError, InvalidURL, OutcomeUnknown, UnknownMigration, redact_url
 from crossfade.client import DEFAULT_URL, Client
-from crossfade.events import Event, State, TransitionError, verify
+from crossfade.events import (
+    ChainBreak,
+    Event,
+    State,
+    TransitionError,
+    spec_digest,
+    verify,
+    verify_snapshot,
+    verify_specs,
+)
 from crossfade.judge import format_rate
 from crossfade.shadow import MISMATCH, TOTALS, add_counts, verdict
 from crossfade.spec import (
@@ -85,10 +94,28 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the event it woul
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 
+# C0 and C1 controls, DEL, line and paragraph separators, bidirectional overrides, lone surrogates: what could
+# move the cursor, rewrite the terminal or hide text, when it comes from someone else.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def shown(value: object) -> str:
+    """Text from outside (a reason, an actor, a name, a path, an example) as it may be printed: control
+    characters escaped (an ESC shows as \\x1b) and Rich markup inert (`[/x]` prints as itself)."""
+    text = _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode(), str(value))
+    return escape(text)
+
+
+def shown_lines(value: object) -> str:
+    """Like `shown`, keeping line breaks (for messages of several lines, such as a spec's problems)."""
+    return "\n".join(shown(line) for line in str(value).split("\n"))
+
+
 def _fail(message: str, code: int = 1) -> NoReturn:
     """Print one line to stderr and exit: 1 when refused, 2 for invalid input."""
-    # Escaped: a message's own brackets (an extra such as crossfade[server], a path) are text, not markup.
-    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    # Escaped: a message's own brackets (an extra such as crossfade[server], a path) are text, not markup;
+    # control characters from others' text (a reason, a name) are shown escaped.
+    err.print(f"[red]error:[/red] {shown_lines(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -147,6 +174,10 @@ def _client(url: str | None, *, changes: bool = False) -> Iterator[Client]:
         yield client
     except SpecError as exc:
         _fail(_message(exc), 2)
+    except OutcomeUnknown as exc:
+        # Never "failed": the change may have been written. Exit 3 tells a script to re-read, not to retry.
+        err.print(f"[yellow]unknown:[/yellow] {shown_lines(exc)}", soft_wrap=True)
+        raise typer.Exit(3) from None
     except (TransitionError, UnknownMigration, BackendError) as exc:
         _fail(_message(exc))
     finally:
@@ -155,9 +186,9 @@ def _client(url: str | None, *, changes: bool = False) -> Iterator[Client]:
 
 def _print_event(event: Event, *, dry_run: bool = False) -> None:
     prefix = "[yellow]would write[/yellow] " if dry_run else ""
-    detail = ", ".join(f"{k}={v}" for k, v in event.payload.items() if k not in ("digest",))
-    out.print(f"{prefix}{event.migration} #{event.seq} [bold]{event.type}[/bold] by {event.actor}"
-              + (f": {event.reason}" if event.reason else "") + (f" ({detail})" if detail else ""))
+    detail = shown(", ".join(f"{k}={v}" for k, v in event.payload.items() if k not in ("digest",)))
+    out.print(f"{prefix}{shown(event.migration)} #{event.seq} [bold]{shown(event.type)}[/bold] by {shown(event.actor)}"
+              + (f": {shown(event.reason)}" if event.reason else "") + (f" ({detail})" if detail else ""))
 
 
 # -- specs --------------------------------------------------------------------------------------
@@ -172,7 +203,8 @@ def init(
     if path.exists() and not force:
         _fail(f"{path} exists; pass --force to overwrite it, or name another file")
     _write(path, EXAMPLE)
-    out.print(f"wrote {path}: edit it, then `crossfade validate {path}` and `crossfade apply {path}`")
+    out.print(f"wrote {shown(path)}: edit it, then `crossfade validate {shown(path)}` and "
+              f"`crossfade apply {shown(path)}`")
 
 
 def _write(path: Path, text: str) -> None:
@@ -194,9 +226,9 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Spec files to che
             spec = load_spec(path)
         except SpecError as exc:
             failed = True
-            err.print(escape(str(exc)), soft_wrap=True)
+            err.print(shown_lines(exc), soft_wrap=True)
         else:
-            out.print(f"{path}: ok ({spec.name}, {len(spec.stages)} stages)")
+            out.print(f"{shown(path)}: ok ({spec.name}, {len(spec.stages)} stages)")
     if failed:
         raise typer.Exit(1)
 
@@ -375,7 +407,7 @@ def run_controller(
                 outbox.pump()
                 outbox.release()
         else:
-            out.print(f"controller {loop.holder} on {target}")
+            out.print(f"controller {shown(loop.holder)} on {shown(redact_url(target))}")
             notifier.start()
             loop.run(stop, poll=poll)
     except KeyboardInterrupt:
@@ -404,7 +436,7 @@ def _print_dry_tick(tick: Any) -> None:
             continue
         _print_event(event, dry_run=True)
     if not tick.events:
-        out.print(f"{tick.migration}: nothing to do now" + (f" (waiting for {tick.assessment.waiting_for})"
+        out.print(f"{shown(tick.migration)}: nothing to do now" + (f" (waiting for {shown(tick.assessment.waiting_for)})"
                                                              if tick.assessment and tick.assessment.waiting_for else ""))
 
 
@@ -485,9 +517,9 @@ def simulate(
     if runs == 1:
         result = results[0]
         for entry in result.timeline:
-            out.print(f"  +{format_duration(round(entry.elapsed)):>9} {entry.stage or '-':<12} "
-                      f"[bold]{entry.kind}[/bold] by {entry.actor}: {entry.text}")
-        out.print(result.summary())
+            out.print(f"  +{format_duration(round(entry.elapsed)):>9} {shown(entry.stage or '-'):<12} "
+                      f"[bold]{entry.kind}[/bold] by {shown(entry.actor)}: {shown(entry.text)}")
+        out.print(shown(result.summary()))
         return
     rolled = counts["rolled_back"]
     low, high = wilson(rolled, runs)
@@ -507,7 +539,7 @@ def simulate(
             key = f"{r.outcome.replace('_', ' ')} at {r.stage}: {what.group(1) if what else r.reason}"
             reasons[key] = reasons.get(key, 0) + 1
     for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5]:
-        out.print(f"  {n} x {reason}")
+        out.print(f"  {n} x {shown(reason)}")
 
 
 def _seconds(option: str, text: str) -> float:
@@ -573,8 +605,8 @@ def plan(
 
 
 def _print_state_line(state: State) -> None:
-    stage = f"stage {state.stage} ({state.stage_index + 1})" if state.stage else "not started"
-    out.print(f"{state.name}: [bold]{state.status}[/bold], {stage}, candidate traffic "
+    stage = f"stage {shown(state.stage)} ({state.stage_index + 1})" if state.stage else "not started"
+    out.print(f"{shown(state.name)}: [bold]{shown(state.status)}[/bold], {stage}, candidate traffic "
               f"{format_percent(state.traffic)}")
     for router, status, candidate, detail in state.routers:
         colour = "green" if status == "verified" else "red" if status == "failed" else "yellow"
@@ -649,7 +681,7 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
                 table.add_column(column, justify="left" if column == "arm" else "right")
             for arm, m in item["arms"].items():
                 table.add_row(
-                    arm, str(m["calls"]),
+                    shown(arm), str(m["calls"]),
                     "-" if m["error_rate"] is None else format_rate(m["error_rate"]),
                     str(m["fallbacks"]),
                     *(_ms(m[q] if m[q] is not None else math.nan) for q in ("p50", "p95", "p99")),
@@ -662,7 +694,7 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
             sh = item["shadow"]
             if sh:
                 out.print(f"  shadow: {sh.get('compared', 0)} compared, {sh.get('differing', 0)} differing "
-                          f"(`crossfade mismatches {state.name}`), {sh.get('dropped', 0)} dropped, "
+                          f"(`crossfade mismatches {shown(state.name)}`), {sh.get('dropped', 0)} dropped, "
                           f"{sh.get('timeouts', 0)} timed out")
                 if sh.get("refused"):
                     out.print(f"  [yellow]note:[/yellow] {sh['refused']} calls of writes=True call sites were not "
@@ -673,11 +705,11 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
             view = item.get("controller")
             if view:
                 for gate in view["gates"]:
-                    out.print(f"  {_colour(gate['verdict'])} {gate['gate']}: {gate['message']}")
+                    out.print(f"  {_colour(gate['verdict'])} {shown(gate['gate'])}: {shown(gate['message'])}")
                 for firing in view["triggers"]:
-                    out.print(f"  [red]TRIGGER[/red] {firing}")
+                    out.print(f"  [red]TRIGGER[/red] {shown(firing)}")
                 if view["waiting_for"]:
-                    out.print(f"  waiting for {view['waiting_for']}")
+                    out.print(f"  waiting for {shown(view['waiting_for'])}")
 
 
 def _program_status(file: Path, url: str | None, as_json: bool) -> None:
@@ -695,12 +727,13 @@ def _program_status(file: Path, url: str | None, as_json: bool) -> None:
              "stage": r.stage, "traffic": r.traffic} for r in rows]}, indent=2) + "\n")
         return
     done = sum(r.status == "completed" for r in rows)
-    out.print(f"{program.name}: {done} of {len(rows)} components completed")
+    out.print(f"{shown(program.name)}: {done} of {len(rows)} components completed")
     table = Table(box=None, pad_edge=False)
     for column in ("phase", "component", "migration", "status", "stage", "traffic"):
         table.add_column(column, justify="right" if column in ("phase", "traffic") else "left")
     for r in rows:
-        table.add_row(str(r.phase), r.component, r.migration, r.status, r.stage or "-", format_percent(r.traffic))
+        table.add_row(str(r.phase), shown(r.component), shown(r.migration), shown(r.status), shown(r.stage or "-"),
+                      format_percent(r.traffic))
     out.print(table)
 
 
@@ -715,7 +748,7 @@ def _writes_stopped(cf: Client, state: State) -> dict[str, Any] | None:
 
 def _colour(verdict: str) -> str:
     colour = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}.get(verdict, "dim")
-    return f"[{colour}]{verdict:<12}[/{colour}]"
+    return f"[{colour}]{shown(verdict):<12}[/{colour}]"
 
 
 def _shadow_totals(cf: Client, state: State) -> dict[str, int]:
@@ -851,7 +884,7 @@ def mismatches(
             sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
             return
         t = report["totals"]
-        out.print(f"{name}: {t.get('compared', 0)} shadow comparisons ({t.get('differing', 0)} differing), "
+        out.print(f"{shown(name)}: {t.get('compared', 0)} shadow comparisons ({t.get('differing', 0)} differing), "
                   f"{t.get('noise_compared', 0)} noise samples; {t.get('dropped', 0)} dropped, "
                   f"{t.get('timeouts', 0)} timed out, {t.get('refused', 0)} refused (writes=True), "
                   f"{t.get('divergent', 0)} of {t.get('dual_writes', 0)} dual writes diverged")
@@ -862,15 +895,16 @@ def mismatches(
         for column in ("field", "differing", "rate", "noise rate", "verdict"):
             table.add_column(column, justify="left" if column in ("field", "verdict") else "right")
         for f in report["fields"]:
-            table.add_row(f["path"], str(f["differing"]), _rate(f["rate"]), _rate(f["noise_rate"]),
-                          f"[red]{f['verdict']}[/red]" if f["verdict"] == MISMATCH else f["verdict"])
+            table.add_row(shown(f["path"]), str(f["differing"]), _rate(f["rate"]), _rate(f["noise_rate"]),
+                          f"[red]{shown(f['verdict'])}[/red]" if f["verdict"] == MISMATCH else shown(f["verdict"]))
         out.print(table)
         for f in report["fields"]:
             for example in f["examples"]:
-                out.print(f"[bold]{f['path']}[/bold] at {_utc(example['time'])} ({example['stage']}): "
-                          f"args {example.get('args')} {example.get('kwargs') or ''}")
+                out.print(f"[bold]{shown(f['path'])}[/bold] at {_utc(example['time'])} ({shown(example['stage'])}): "
+                          f"args {shown(example.get('args'))} {shown(example.get('kwargs') or '')}")
                 for d in example.get("diff", []):
-                    out.print(f"    {d['where']}: legacy {d['legacy']!r} -> candidate {d['candidate']!r}")
+                    out.print(f"    {shown(d.get('where'))}: legacy {shown(repr(d.get('legacy')))} -> "
+                              f"candidate {shown(repr(d.get('candidate')))}")
 
 
 def _rate(value: float | None) -> str:
@@ -888,14 +922,14 @@ def history(name: Name, url: Url = None, as_json: AsJson = False) -> None:
             sys.stdout.write(json.dumps([e.to_dict() for e in events], indent=2) + "\n")
             return
         for e in events:
-            head = f"#{e.seq:<4} {_utc(e.time)}  [bold]{e.type:<18}[/bold] by {e.actor}"
+            head = f"#{e.seq:<4} {_utc(e.time)}  [bold]{shown(e.type):<18}[/bold] by {shown(e.actor)}"
             if e.type == "verdict":
                 out.print(head)
                 for g in e.payload["gates"]:
-                    out.print(f"      {_colour(g['verdict'])} {g['message']}")
+                    out.print(f"      {_colour(g['verdict'])} {shown(g['message'])}")
                 continue
-            detail = ", ".join(f"{k}={_show(v)}" for k, v in e.payload.items() if k != "digest")
-            out.print(head + (f": {e.reason}" if e.reason else "") + (f" [dim]({detail})[/dim]" if detail else ""))
+            detail = shown(", ".join(f"{k}={_show(v)}" for k, v in e.payload.items() if k != "digest"))
+            out.print(head + (f": {shown(e.reason)}" if e.reason else "") + (f" [dim]({detail})[/dim]" if detail else ""))
 
 
 @app.command()
@@ -972,30 +1006,70 @@ def _utc(t: float) -> str:
 
 
 @audit_app.command("verify")
-def audit_verify(name: Name, url: Url = None, as_json: AsJson = False) -> None:
-    """Check a migration's hash chain; exit 1 and name the first bad event when it is broken."""
+def audit_verify(
+    name: Name,
+    url: Url = None,
+    expect: Annotated[str | None, typer.Option(
+        "--expect", help="SEQ:HASH of a head recorded earlier outside the database (see the README): the log "
+                         "must still hold that event with that hash.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Check a migration's hash chain, that the state snapshot routing reads is the fold of its events, and
+    that every stored spec version matches the digest its event recorded; exit 1 naming the first problem.
+
+    Prints the head (SEQ:HASH): keep it outside the database, and pass it back as --expect to detect a
+    rewritten history, which an unkeyed chain alone cannot.
+    """
+    anchor = None
+    if expect is not None:
+        seq_text, _, hash_text = expect.partition(":")
+        if not seq_text.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", hash_text):
+            _fail("--expect takes SEQ:HASH as audit verify printed it, e.g. 12:3f2a...(64 hex digits)", 2)
+        anchor = (int(seq_text), hash_text)
     with _client(url) as cf:
         backend = cf.backend()
         state = backend.state(name)
         events = backend.events(name)
         if state is None and not events:
             raise UnknownMigration(f"no migration named {name!r}")
-        head = (state.seq, state.head) if state is not None else None
-        problem = verify(events, head=head)
+        problem = (verify(events, head=(state.seq, state.head) if state is not None else None)
+                   or verify_snapshot(events, state) or verify_specs(events, lambda v: _stored_digest(backend, name, v))
+                   or (_check_anchor(events, anchor) if anchor is not None else None))
+        head = f"{events[-1].seq}:{events[-1].hash}" if events else "0:"
         if as_json:
             sys.stdout.write(json.dumps({"migration": name, "events": len(events), "ok": problem is None,
-                                         "first_bad_event": None if problem is None else problem.seq,
+                                         "head": head, "first_bad_event": None if problem is None else problem.seq,
                                          "problem": None if problem is None else problem.problem}) + "\n")
         elif problem is None:
-            out.print(f"{name}: audit log intact ({len(events)} events, head {events[-1].hash[:12]})")
+            out.print(f"{shown(name)}: audit log intact ({len(events)} events; the state snapshot and every stored "
+                      f"spec match them); head {head}")
         else:
-            err.print(f"[red]{name}: audit log BROKEN at {problem}[/red]")
+            err.print(f"[red]{shown(name)}: audit log BROKEN at {shown(problem)}[/red]")
         if problem is not None:
             raise typer.Exit(1)
 
 
+def _stored_digest(backend: Any, name: str, version: int) -> str | None:
+    data = backend.spec(name, version)
+    return None if data is None else spec_digest(data)
+
+
+def _check_anchor(events: list[Event], anchor: tuple[int, str]) -> ChainBreak | None:
+    seq, digest = anchor
+    if seq > len(events):
+        return ChainBreak(seq, f"the recorded head {seq} is beyond the log's end ({len(events)}): events were removed")
+    if events[seq - 1].hash != digest:
+        return ChainBreak(seq, "differs from the head recorded outside the database: history was rewritten")
+    return None
+
+
 @db_app.command("upgrade")
-def db_upgrade(url: Url = None) -> None:
+def db_upgrade(
+    url: Url = None,
+    init_empty: Annotated[bool, typer.Option(
+        "--init-empty", help="Make an existing empty (0-byte) SQLite file a new store; crossfade never leaves "
+                             "one, so it is refused otherwise.")] = False,
+) -> None:
     """Bring the backend's schema to this version of crossfade."""
     from crossfade.backends.sql import upgrade
 
@@ -1003,7 +1077,7 @@ def db_upgrade(url: Url = None) -> None:
     if target.startswith(("http:", "https:")):
         _fail("db upgrade needs a database URL (sqlite:///... or postgresql://...), not a control plane", 2)
     try:
-        before, after = upgrade(target)
+        before, after = upgrade(target, init_empty=init_empty)
     except InvalidURL as exc:
         _fail(_message(exc), 2)
     except BackendError as exc:
@@ -1057,7 +1131,16 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8765,
     open_reads: Annotated[bool, typer.Option(
-        "--open-reads", help="Let callers on loopback read (GET) without a token.")] = False,
+        "--open-reads", help="Let callers on loopback read (GET) without a token, when the Host header is "
+                             "localhost, 127.0.0.1, [::1] or an --allowed-host.")] = False,
+    allowed_host: Annotated[list[str] | None, typer.Option(
+        "--allowed-host", help="Another Host name under which --open-reads answers (repeatable).")] = None,
+    trusted_proxy: Annotated[list[str] | None, typer.Option(
+        "--trusted-proxy", help="Address of a reverse proxy whose X-Forwarded-For is believed (repeatable); "
+                                "without one, the connection's own address is the client's.")] = None,
+    max_connections: Annotated[int | None, typer.Option(
+        "--max-connections", min=1, help="Open connections allowed (default: 1000, and 64 below the process's "
+                                         "descriptor limit).")] = None,
     no_controller: Annotated[bool, typer.Option(
         "--no-controller", help="Serve the API only; run the controller elsewhere.")] = False,
 ) -> None:
@@ -1070,6 +1153,7 @@ def serve(
     if target.startswith(("http:", "https:")):
         _fail("serve needs a database URL (sqlite:///... or postgresql://...), not another control plane", 2)
     try:
+        from crossfade.server import Limits
         from crossfade.server import serve as run_server
     except ModuleNotFoundError as exc:
         _fail(f"the control plane needs its extra: {SERVER_EXTRA} ({exc})")
@@ -1078,8 +1162,10 @@ def serve(
     out.print(f"crossfade control plane on {where}: dashboard at {where}/ (sign in with a token), API at "
               f"{where}/v1, metrics at {where}/metrics (they need a viewer token"
               + (", except from loopback)" if open_reads else ")") + "; Ctrl-C stops it")
+    limits = Limits() if max_connections is None else Limits(max_connections=max_connections)
     try:
-        run_server(target, host=host, port=port, open_reads=open_reads, controller=not no_controller)
+        run_server(target, host=host, port=port, open_reads=open_reads, controller=not no_controller,
+                   allowed_hosts=allowed_host or (), trusted_proxies=trusted_proxy or (), limits=limits)
     except InvalidURL as exc:
         _fail(_message(exc), 2)
     except BackendError as exc:
@@ -1097,6 +1183,9 @@ def _token_backend(url: str | None, *, changes: bool) -> Any:
 def token_create(
     name: Annotated[str, typer.Option("--name", help="Who or what holds it; the actor of the events it causes.")],
     role: Annotated[str, typer.Option("--role", help="viewer, sdk, operator or admin.")] = "viewer",
+    migration: Annotated[list[str] | None, typer.Option(
+        "--migration", help="Bind the token to this migration (repeatable): it may send telemetry and "
+                            "comparisons for these only. Default: every migration.")] = None,
     url: Url = None,
 ) -> None:
     """Make a token and print it once: only its hash is stored."""
@@ -1108,16 +1197,22 @@ def token_create(
         _fail(f"unknown role {role!r}: use one of {', '.join(ROLES)}", 2)
     if not name.strip() or len(name) > 200 or any(not ch.isprintable() for ch in name):
         _fail("--name must be printable text of 1 to 200 characters", 2)
+    from crossfade.spec import NAME_PATTERN
+
+    bound = migration or []
+    bad = [m for m in bound if not re.fullmatch(NAME_PATTERN, m)]
+    if bad:
+        _fail(f"--migration {shown(bad[0])!s} is not a migration name ([a-z0-9-], 1 to 63 characters)", 2)
     secret = new_token()
     backend = _token_backend(url, changes=True)
     try:
-        backend.create_token(name, role, token_hash(secret), time.time())
+        backend.create_token(name, role, token_hash(secret), time.time(), migrations=bound)
     except BackendError as exc:
         _fail(_message(exc))
     finally:
         backend.close()
     sys.stdout.write(secret + "\n")
-    err.print(f"token {name!r} ({role}) created; it is shown only this once")
+    err.print(f"token {shown(repr(name))} ({role}) created; it is shown only this once")
 
 
 @token_app.command("list")
@@ -1139,7 +1234,8 @@ def token_list(url: Url = None, as_json: AsJson = False) -> None:
     for column in ("name", "role", "created", "revoked"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r["name"], r["role"], _utc(r["created_at"]), "-" if r["revoked_at"] is None else _utc(r["revoked_at"]))
+        table.add_row(shown(r["name"]), shown(r["role"]), _utc(r["created_at"]),
+                      "-" if r["revoked_at"] is None else _utc(r["revoked_at"]))
     out.print(table if rows else "no tokens yet: crossfade token create --role ROLE --name NAME")
 
 
@@ -1157,7 +1253,7 @@ def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")],
         backend.close()
     if not count:
         _fail(f"no active token named {name!r} (crossfade token list shows them)")
-    out.print(f"revoked {name}")
+    out.print(f"revoked {shown(name)}")
 
 
 def _notifications(cf: Client, migration: str | None, limit: int) -> list[dict[str, Any]]:

@@ -10,7 +10,9 @@ import os
 import random
 import threading
 import time
+import uuid
 import weakref
+from dataclasses import replace
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -18,6 +20,8 @@ from crossfade.backends import open_backend
 from crossfade.backends.base import (
     Backend,
     BackendError,
+    BackendUnavailable,
+    redact_url,
 )
 from crossfade.events import (
     Change,
@@ -43,6 +47,9 @@ from crossfade.spec import ShadowSettings, Spec, load_spec
 from crossfade.telemetry import Recorder, Window
 
 log = logging.getLogger("crossfade")
+
+# Windows sent in one write: well under the control plane's cap on a telemetry body.
+FLUSH_CHUNK = 500
 
 DEFAULT_URL = "sqlite:///./crossfade.db"
 
@@ -103,13 +110,16 @@ class Client:
         stale_after: float = 60.0,
         candidate_threads: int = 32,
         flush_attempts: int = 5,
+        max_pending_windows: int = 10_000,
         clock: Callable[[], float] | None = None,
         background: bool = True,
         token: str | None = None,
     ) -> None:
         if refresh <= 0 or stale_after <= 0:
             raise ValueError("refresh and stale_after must be positive numbers of seconds")
-        self.url = url if isinstance(url, str) else url.url
+        # Only the redacted form is ever shown or logged; the URL itself opens the backend.
+        self.url = redact_url(url if isinstance(url, str) else url.url)
+        self._target = url if isinstance(url, str) else url.url
         self._token = token
         self.refresh_interval = refresh
         self.stale_after = stale_after
@@ -127,7 +137,7 @@ class Client:
             "shadow_runs": 0, "shadow_compared": 0, "shadow_mismatches": 0, "shadow_dropped": 0,
             "shadow_timeouts": 0, "shadow_errors": 0, "shadow_refused_writes": 0,
             "dual_writes": 0, "dual_write_divergences": 0,
-            "comparison_flush_failures": 0, "dropped_comparison_rows": 0,
+            "comparison_flush_failures": 0, "dropped_comparison_rows": 0, "rejected_windows": 0,
         }
         self._counters_lock = threading.Lock()
         self.comparisons = ComparisonLog(window)
@@ -140,7 +150,12 @@ class Client:
         self._absent = _UNKNOWN
         self._last_ok = time.monotonic()
         self._specs: dict[tuple[str, int], Spec] = {}
-        self._pending: list[tuple[Window, int]] = []
+        # Windows not yet written, oldest first: kept while the backend is away (bounded), each with the
+        # idempotency key it was first sent with, so a write retried after a lost answer is not counted twice.
+        self._pending: list[Window] = []
+        self._max_pending = max_pending_windows
+        self._process = uuid.uuid4().hex
+        self._parts = 0
         self._flush_attempts = flush_attempts
         # Every process closes its windows at the same instants; each flushes at its own point of the window
         # so that a control plane fed by hundreds of them sees their writes spread out, not in one burst.
@@ -180,7 +195,7 @@ class Client:
             return backend
         with self._backend_lock:
             if self._backend is None:
-                self._backend = open_backend(self.url, token=self._token)
+                self._backend = open_backend(self._target, token=self._token)
                 self._watch(self._backend)
             return self._backend
 
@@ -252,26 +267,46 @@ class Client:
     def flush(self, *, everything: bool = False) -> int:
         """Write closed telemetry windows (all of them with `everything`); returns how many were written.
 
-        A failed write is retried on the next ticks, then dropped and counted, never raised.
+        While the backend cannot be reached, windows are kept and retried at each tick until it answers,
+        at most `max_pending_windows` of them: past that the oldest are dropped and counted. A batch the
+        backend refuses (it will never take it) is dropped and counted at once. Never raises.
         """
         self._flush_comparisons(everything=everything)
-        batch = self._pending + [(w, 0) for w in self.recorder.collect(everything=everything)]
-        self._pending = []
-        if not batch:
-            return 0
-        try:
-            self.backend().write_windows([w for w, _ in batch])
-            return len(batch)
-        except Exception as exc:
-            self.counters["flush_failures"] += 1
-            keep = [(w, tries + 1) for w, tries in batch if tries + 1 < self._flush_attempts]
-            for w, tries in batch:
-                if tries + 1 >= self._flush_attempts:
-                    self.counters["dropped_windows"] += 1
-                    self.counters["dropped_calls"] += w.cell.calls
-            self._pending = keep
-            log.warning("crossfade: telemetry flush failed (%s); %d windows kept for retry", exc, len(keep))
-            return 0
+        collected = self.recorder.collect(everything=everything)
+        if collected:
+            self._parts += 1
+            key = f"{self._process}.{self._parts}"
+            self._pending += [replace(w, key=key) for w in collected]
+        self._bound_pending()
+        written = 0
+        while self._pending:
+            chunk = self._pending[:FLUSH_CHUNK]
+            try:
+                self.backend().write_windows(chunk)
+            except BackendUnavailable as exc:
+                self.counters["flush_failures"] += 1
+                log.warning("crossfade: telemetry flush failed (%s); %d windows kept until the backend answers",
+                            exc, len(self._pending))
+                break
+            except Exception as exc:
+                self.counters["flush_failures"] += 1
+                self.counters["rejected_windows"] += len(chunk)
+                self._drop(chunk)
+                log.warning("crossfade: %d telemetry windows refused, dropped: %s", len(chunk), exc)
+            else:
+                written += len(chunk)
+            del self._pending[:len(chunk)]
+        return written
+
+    def _bound_pending(self) -> None:
+        excess = len(self._pending) - self._max_pending
+        if excess > 0:
+            self._drop(self._pending[:excess])
+            del self._pending[:excess]
+
+    def _drop(self, windows: Sequence[Window]) -> None:
+        self.counters["dropped_windows"] += len(windows)
+        self.counters["dropped_calls"] += sum(w.cell.calls for w in windows)
 
     def _flush_comparisons(self, *, everything: bool = False) -> None:
         # Like telemetry: retried on the next ticks, then dropped and counted, never raised.
@@ -359,6 +394,7 @@ class Client:
         self._runners = {}
         self._runners_lock = threading.Lock()
         self._pending = []
+        self._process = uuid.uuid4().hex
         self._backend_lock = threading.Lock()
         self._executor = None
         self._slots = threading.BoundedSemaphore(self._candidate_threads)

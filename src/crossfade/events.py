@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
@@ -168,6 +168,44 @@ def verify(events: Sequence[Event], *, head: tuple[int, str] | None = None) -> C
         if head_seq == last and head_seq and head_hash != prev:
             return ChainBreak(last, "differs from the hash the state recorded for it")
     return None
+
+
+def verify_snapshot(events: Sequence[Event], snapshot: State | None) -> ChainBreak | None:
+    """Check that the stored state snapshot (what routing reads) is the fold of the events; None when it is.
+
+    The snapshot is written beside the events, not derived from them on every read: rewriting it alone would
+    move traffic without an event, and only this comparison shows it.
+    """
+    if snapshot is None:
+        return None if not events else ChainBreak(events[-1].seq, "the log has events but no state snapshot")
+    folded = fold(snapshot.name, events).to_dict()
+    stored = snapshot.to_dict()
+    changed = sorted(k for k in folded if folded[k] != stored.get(k))
+    if not changed:
+        return None
+    shown = ", ".join(f"{k} {stored.get(k)!r} (the events say {folded[k]!r})" for k in changed[:4])
+    return ChainBreak(snapshot.seq, f"the state snapshot differs from the fold of the events: {shown}")
+
+
+def verify_specs(events: Sequence[Event], stored_digest: Callable[[int], str | None]) -> ChainBreak | None:
+    """Check that each spec version an `applied` event records is stored with the digest the event names
+    (`stored_digest(version)`: the sha256 of the stored spec's canonical JSON, None when it is missing)."""
+    for event in events:
+        if event.type != APPLIED:
+            continue
+        version, digest = event.payload.get("version"), event.payload.get("digest")
+        found = stored_digest(int(version)) if isinstance(version, int) else None
+        if found is None:
+            return ChainBreak(event.seq, f"spec version {version} that this event applied is missing from the store")
+        if found != digest:
+            return ChainBreak(event.seq, f"the stored spec version {version} was changed: its digest is "
+                                         f"{found[:12]}, the event recorded {str(digest)[:12]}")
+    return None
+
+
+def spec_digest(spec: Mapping[str, Any]) -> str:
+    """The digest of a stored spec's `to_dict` form, as `Spec.digest` computes it and `applied` events record."""
+    return hashlib.sha256(canonical_json(dict(spec)).encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,7 +159,8 @@ def judge(spec: Spec, cells: Mapping[str, Cell], *, look: int, traffic: float, s
     ratio = None
     if 0.0 < traffic < 1.0 and candidate.calls and legacy.calls and not shadowing:
         ratio = sample_ratio(candidate.calls, legacy.calls, traffic)
-    shift = mann_whitney(candidate.latency, legacy.latency) if candidate.calls and legacy.calls else None
+    # Calls reported without timings (counts from another language) have no latency to compare.
+    shift = mann_whitney(candidate.latency, legacy.latency) if candidate.latency.count and legacy.latency.count else None
     return Judgement(tuple(verdicts), look, ratio, shift)
 
 

@@ -455,9 +455,10 @@ class ShadowRunner:
         """Hand `work(payload, slot)` to a worker; False (nothing queued) when closed or full."""
         if self.closed or self._queue.qsize() >= self.max_pending:
             return False
-        if not self._workers:
-            self._start()
         self._queue.put((work, payload, contextvars.copy_context()))
+        # Workers start one at a time as work waits for them, so the request path never starts many at once.
+        if len(self._workers) < self.threads and (not self._workers or self._queue.qsize() > 0):
+            self._start()
         return True
 
     def submit_async(self, work: Callable[[Any], Coroutine[Any, Any, None]], payload: Any) -> bool:
@@ -472,13 +473,13 @@ class ShadowRunner:
 
     def _start(self) -> None:
         with self._lock:
-            if self._workers or self.closed:
+            if len(self._workers) >= self.threads or self.closed:
                 return
-            for index in range(self.threads):
-                worker = threading.Thread(target=self._work, args=(index,), name=f"crossfade-{self.name}-{index}",
-                                          daemon=True)
-                worker.start()
-                self._workers.append(worker)
+            index = len(self._workers)
+            worker = threading.Thread(target=self._work, args=(index,), name=f"crossfade-{self.name}-{index}",
+                                      daemon=True)
+            worker.start()
+            self._workers.append(worker)
 
     def _work(self, index: int) -> None:
         while True:

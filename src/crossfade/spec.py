@@ -92,6 +92,30 @@ _DURATION_UNITS: Final = {
 _PERCENT_RE: Final = re.compile(r"(-?\d+(?:\.\d+)?)\s*%")
 _BARE_NUMBER_RE: Final = re.compile(r"-?\d+(?:\.\d+)?")
 _DURATION_HINT: Final = "write e.g. 250ms, 30s, 5m, 1h30m"
+
+# Every field has a range a working migration stays inside; beyond it a value is a slip (or an attack) that
+# would overflow a clock, start thousands of threads or make the judge divide by nothing.
+DAY: Final = 86400.0
+MAX_DURATION: Final = 366 * DAY
+MAX_TIMEOUT: Final = 3600.0
+MIN_INTERVAL: Final = 0.1
+MAX_COUNT: Final = 10**12
+MAX_RATIO: Final = 1e6
+MAX_THREADS: Final = 64
+MAX_PENDING: Final = 100_000
+MAX_EXAMPLES: Final = 1000
+MAX_ATTEMPTS: Final = 10
+MAX_BACKOFF: Final = 60.0
+MAX_STAGES: Final = 100
+MAX_TRIGGERS: Final = 100
+MAX_KEYS: Final = 10_000
+MAX_NOTIFY: Final = 100
+MAX_TEXT: Final = 10_000
+MAX_SHORT_TEXT: Final = 1000
+# A document's size counted value by value with YAML aliases expanded, and its nesting: a few dozen aliases
+# can stand for billions of values, which every reader of the spec would walk.
+MAX_VALUES: Final = 100_000
+MAX_DEPTH: Final = 32
 _PERCENT_HINT: Final = "write e.g. 10%, 2.5% or the fraction 0.025"
 
 
@@ -554,11 +578,64 @@ def load_spec(source: str | os.PathLike[str] | Mapping[str, Any], *, source_name
             source_name or "<spec>",
             [Problem("", f"expected a file path, YAML text or a mapping, got {type(source).__name__}")],
         )
+    plain = _plain_problems(data)
+    if plain:
+        raise SpecError(label, plain)
     reader = _Reader()
-    spec = reader.spec(data)
+    try:
+        spec = reader.spec(data)
+    except (ArithmeticError, RecursionError, TypeError, ValueError) as exc:
+        # A spec is input from anyone who may apply one: whatever the checks above missed is still its
+        # problem, said in one line, never an exception of another kind.
+        raise SpecError(label, [*reader.problems, Problem("", f"cannot be read: {exc}")]) from None
     if reader.problems:
         raise SpecError(label, reader.problems)
     return spec
+
+
+def _plain_problems(data: object) -> list[Problem]:
+    """What keeps `data` from being plain JSON-like data of bounded size and depth: types JSON cannot hold
+    (dates, sets, bytes, keys that are not text), text that is not UTF-8 or holds NUL, numbers out of range,
+    more than MAX_VALUES values with aliases expanded, or nesting deeper than MAX_DEPTH. Stops early."""
+    problems: list[Problem] = []
+    stack: list[tuple[object, str, int]] = [(data, "", 0)]
+    seen = 0
+    while stack and len(problems) < 20:
+        value, path, depth = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            return [Problem("", f"the document holds more than {MAX_VALUES:,} values (counting what YAML aliases "
+                                "repeat); a spec is far smaller")]
+        if depth > MAX_DEPTH:
+            return [Problem(path, f"nested too deeply (more than {MAX_DEPTH} levels; a spec is a few levels deep)")]
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    problems.append(Problem(path, f"keys must be text, found {_kind(key)} {_show(key)}"))
+                    continue
+                stack.append((key, path, depth + 1))
+                stack.append((item, _join(path, key), depth + 1))
+        elif isinstance(value, list | tuple):
+            stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                problems.append(Problem(path, "text must be valid Unicode (it holds a lone surrogate)"))
+                continue
+            if "\x00" in value:
+                problems.append(Problem(path, "text must not hold a NUL character"))
+        elif isinstance(value, bool) or value is None:
+            continue
+        elif isinstance(value, int):
+            if abs(value) >= 2**63:
+                problems.append(Problem(path, f"{value} is too large a number"))
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                problems.append(Problem(path, f"{_show(value)} is not a finite number"))
+        else:
+            problems.append(Problem(path, f"{_kind(value)} cannot be stored (quote it to make it text)"))
+    return problems
 
 
 def _names_a_file(text: str) -> bool:
@@ -587,6 +664,8 @@ def _read_file(path: Path, label: str) -> object:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise SpecError(label, [Problem(f"line {exc.lineno}, column {exc.colno}", exc.msg)]) from None
+        except RecursionError:
+            raise SpecError(label, [Problem("", "nested too deeply (a spec is a few levels deep)")]) from None
     return _parse_yaml(text, label)
 
 
@@ -728,8 +807,8 @@ class _Reader:
             return Spec("", stages=())
         name = self.get(top, "name", "", _name, example="checkout-pricing")
         description = self.get(top, "description", "", _text, "")
-        owner = self.get(top, "owner", "", _text, "")
-        key = self.get(top, "key", "", _text, "")
+        owner = self.get(top, "owner", "", _short_text, "")
+        key = self.get(top, "key", "", _short_text, "")
         salt = self.get(top, "salt", "", _salt, "")
         stages = self.stages(top.get("stages", _MISSING))
         gates = self.gates(top["gates"]) if "gates" in top else Gates.default()
@@ -743,6 +822,9 @@ class _Reader:
         keep_dual_writes = self.get(top, "dual_write_after_rollback", "", _flag, False)
         allow = self.keys(top.get("allow", []), "allow")
         deny = self.keys(top.get("deny", []), "deny")
+        raw_notify = top.get("notify")
+        if isinstance(raw_notify, list) and len(raw_notify) > MAX_NOTIFY:
+            self.problem("notify", f"{len(raw_notify)} entries; at most {MAX_NOTIFY}")
         notify = self.notify(top.get("notify", []))
         source = self.source(top.get("source"))
         routers = self.routers(top.get("routers", []))
@@ -816,6 +898,9 @@ class _Reader:
         if not items:
             self.problem("stages", "needs at least one stage, e.g. [{traffic: 10%}, {traffic: 100%}]")
             return _BAD
+        if len(items) > MAX_STAGES:
+            self.problem("stages", f"{len(items)} stages; at most {MAX_STAGES}")
+            return _BAD
         stages: list[Stage] = []
         first_use: dict[str, int] = {}
         previous: float | None = None
@@ -831,7 +916,7 @@ class _Reader:
                 traffic=traffic,
                 shadow=self.get(data, "shadow", path, parse_percent, 0.0),
                 hold=self.get(data, "hold", path, _positive_duration, None),
-                min_samples=self.get(data, "min_samples", path, _count, 0),
+                min_samples=self.get(data, "min_samples", path, _samples, 0),
                 approval=self.get(data, "approval", path, _flag, False),
                 shadow_legacy=self.get(data, "shadow_legacy", path, parse_percent, 0.0),
                 noise=self.get(data, "noise", path, parse_percent, 0.0),
@@ -923,12 +1008,12 @@ class _Reader:
         if data is None:
             return _BAD
         return ShadowSettings(
-            timeout=self.get(data, "timeout", "shadow", _positive_duration, 5.0),
-            threads=self.get(data, "threads", "shadow", _positive_count, 4),
-            max_pending=self.get(data, "max_pending", "shadow", _positive_count, 64),
+            timeout=self.get(data, "timeout", "shadow", _timeout, 5.0),
+            threads=self.get(data, "threads", "shadow", _bounded_count(1, MAX_THREADS), 4),
+            max_pending=self.get(data, "max_pending", "shadow", _bounded_count(1, MAX_PENDING), 64),
             noise_relative=self.get(data, "noise_relative", "shadow", parse_percent, 0.2),
             noise_absolute=self.get(data, "noise_absolute", "shadow", parse_percent, 0.0003),
-            examples=self.get(data, "examples", "shadow", _count, 20),
+            examples=self.get(data, "examples", "shadow", _bounded_count(0, MAX_EXAMPLES), 20),
         )
 
     def dual_write_retry(self, value: object) -> Any:
@@ -936,8 +1021,8 @@ class _Reader:
         if data is None:
             return _BAD
         return DualWriteRetry(
-            attempts=self.get(data, "attempts", "dual_write_retry", _positive_count, 2),
-            backoff=self.get(data, "backoff", "dual_write_retry", parse_duration, 0.0),
+            attempts=self.get(data, "attempts", "dual_write_retry", _bounded_count(1, MAX_ATTEMPTS), 2),
+            backoff=self.get(data, "backoff", "dual_write_retry", _backoff, 0.0),
         )
 
     def gates(self, value: object) -> Any:
@@ -955,6 +1040,9 @@ class _Reader:
         items = self.sequence(value, "triggers", "[{metric: error_rate, above: 5%, window: 5m}]")
         if items is None:
             return _BAD
+        if len(items) > MAX_TRIGGERS:
+            self.problem("triggers", f"{len(items)} triggers; at most {MAX_TRIGGERS}")
+            return _BAD
         triggers: list[Trigger] = []
         for index, item in enumerate(items):
             path = f"triggers[{index}]"
@@ -971,7 +1059,7 @@ class _Reader:
                     metric=metric,
                     above=above,
                     window=self.get(data, "window", path, _positive_duration, 300.0),
-                    min_samples=self.get(data, "min_samples", path, _count, 0),
+                    min_samples=self.get(data, "min_samples", path, _samples, 0),
                     for_=self.get(data, "for", path, _positive_duration, None),
                 )
             )
@@ -1024,7 +1112,7 @@ class _Reader:
         if data is None:
             return _BAD
         return Analysis(
-            interval=self.get(data, "interval", "analysis", _positive_duration, 30.0),
+            interval=self.get(data, "interval", "analysis", _interval, 30.0),
             confidence=self.get(data, "confidence", "analysis", _confidence, 0.99),
             on_nodata=self.get(data, "on_nodata", "analysis", _choice(ON_NODATA), "hold"),
             promote_when=self.get(data, "promote_when", "analysis", _choice(PROMOTE_WHEN), "no_regression"),
@@ -1039,7 +1127,7 @@ class _Reader:
             return _BAD
         return Fallback(
             on_error=self.get(data, "on_error", "fallback", _flag, True),
-            timeout=self.get(data, "timeout", "fallback", _positive_duration, None),
+            timeout=self.get(data, "timeout", "fallback", _timeout, None),
         )
 
     def source(self, value: object) -> Any:
@@ -1070,11 +1158,15 @@ class _Reader:
         items = self.sequence(value, path, "[user-42, 1017]")
         if items is None:
             return _BAD
+        if len(items) > MAX_KEYS:
+            self.problem(path, f"{len(items)} keys; at most {MAX_KEYS}")
+            return _BAD
         keys: dict[str, None] = {}
         ok = True
         for index, item in enumerate(items):
-            if isinstance(item, bool) or not isinstance(item, str | int):
-                self.problem(f"{path}[{index}]", f"expected a key as text or a whole number, got {_kind(item)}")
+            if isinstance(item, bool) or not isinstance(item, str | int) or len(str(item)) > MAX_SHORT_TEXT:
+                self.problem(f"{path}[{index}]", f"expected a key as text or a whole number (at most "
+                                                 f"{MAX_SHORT_TEXT} characters), got {_kind(item)}")
                 ok = False
             else:
                 keys[str(item)] = None
@@ -1128,16 +1220,22 @@ _FALLBACK_KEYS: Final = ("on_error", "timeout")
 # converters: value -> typed value, or ValueError with a message a user can act on
 
 
-def _text(value: object) -> str:
+def _text(value: object, limit: int = MAX_TEXT) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected text, got {_kind(value)}")
+    if len(value) > limit:
+        raise ValueError(f"{len(value):,} characters; at most {limit:,}")
     return value
+
+
+def _short_text(value: object) -> str:
+    return _text(value, MAX_SHORT_TEXT)
 
 
 def _salt(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
         raise ValueError(f"expected non-empty text such as checkout-pricing-v2, got {_show(value)}")
-    return str(value)
+    return _text(str(value), MAX_SHORT_TEXT)
 
 
 def _name(value: object) -> str:
@@ -1149,23 +1247,46 @@ def _name(value: object) -> str:
     return value
 
 
-def _positive_duration(value: object) -> float:
+def _positive_duration(value: object, limit: float = MAX_DURATION) -> float:
     seconds = parse_duration(value)
     if seconds <= 0:
         raise ValueError(f"{_show(value)} is not a positive duration; {_DURATION_HINT}")
+    if seconds > limit:
+        raise ValueError(f"{_show(value)} is longer than {format_duration(limit)}, the most this setting allows")
     return seconds
 
 
-def _count(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{_show(value)} is not a whole number of 0 or more, e.g. 500")
-    return value
+def _timeout(value: object) -> float:
+    return _positive_duration(value, MAX_TIMEOUT)
 
 
-def _positive_count(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{_show(value)} is not a whole number of 1 or more, e.g. 4")
-    return value
+def _interval(value: object) -> float:
+    seconds = _positive_duration(value, DAY)
+    if seconds < MIN_INTERVAL:
+        raise ValueError(f"{_show(value)} is shorter than {format_duration(MIN_INTERVAL)}; the controller "
+                         "looks at most ten times a second")
+    return seconds
+
+
+def _backoff(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds > MAX_BACKOFF:
+        raise ValueError(f"{_show(value)} is longer than {format_duration(MAX_BACKOFF)}; the retries of a dual "
+                         "write run on the request path")
+    return seconds
+
+
+def _samples(value: object) -> int:
+    return _bounded_count(0, MAX_COUNT)(value)
+
+
+def _bounded_count(low: int, high: int) -> Callable[[object], int]:
+    def convert(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{_show(value)} is not a whole number of {low} or more and at most {high:,}")
+        return value
+
+    return convert
 
 
 def _flag(value: object) -> bool:
@@ -1179,6 +1300,8 @@ def _ratio(value: object) -> float:
         raise ValueError(
             f"{_show(value)} is not a ratio; write a plain positive number such as 1.5 (candidate / legacy)"
         )
+    if not 1e-6 <= value <= MAX_RATIO:
+        raise ValueError(f"{_show(value)} is not a usable ratio; pick one between 0.000001 and {MAX_RATIO:,.0f}")
     return float(value)
 
 
@@ -1222,7 +1345,7 @@ def _threshold_reader(metric: str) -> Callable[[object], float]:
     if metric in PERCENT_METRICS:
         return parse_percent
     if metric in LATENCY_METRICS:
-        return _positive_duration
+        return _timeout
     return _ratio
 
 
@@ -1446,11 +1569,11 @@ def json_schema() -> dict[str, Any]:
                 {
                     "timeout": described("duration", "Longest a shadow run may take.", default="5s"),
                     "threads": {
-                        "type": "integer", "minimum": 1, "default": 4,
+                        "type": "integer", "minimum": 1, "maximum": MAX_THREADS, "default": 4,
                         "description": "Worker threads for shadow runs of synchronous call sites.",
                     },
                     "max_pending": {
-                        "type": "integer", "minimum": 1, "default": 64,
+                        "type": "integer", "minimum": 1, "maximum": MAX_PENDING, "default": 64,
                         "description": "Shadow runs waiting at most; further ones are dropped and counted.",
                     },
                     "noise_relative": described(
@@ -1466,7 +1589,7 @@ def json_schema() -> dict[str, Any]:
                 "How the non-authoritative side of a dual write is retried.",
                 {
                     "attempts": {
-                        "type": "integer", "minimum": 1, "default": 2,
+                        "type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS, "default": 2,
                         "description": "Tries in all, the first included.",
                     },
                     "backoff": described("duration", "Pause between tries.", default="0s"),
@@ -1536,8 +1659,9 @@ def json_schema() -> dict[str, Any]:
                     {"type": "number", "exclusiveMinimum": 0},
                 ],
             },
-            "ratio": {"type": "number", "exclusiveMinimum": 0, "description": "Candidate / legacy, e.g. 1.5."},
-            "count": {"type": "integer", "minimum": 0},
+            "ratio": {"type": "number", "minimum": 1e-6, "maximum": MAX_RATIO,
+                      "description": "Candidate / legacy, e.g. 1.5."},
+            "count": {"type": "integer", "minimum": 0, "maximum": MAX_COUNT},
         },
     }
 

@@ -7,9 +7,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from crossfade.sketch import Buckets, Histogram, Sketch, histogram_from_dict
+
+MAX_COUNT: Final = 2**53
+"""The largest count a cell may hold: exact as a float and in every JSON reader."""
+LATENCY_BINS: Final = range(-1100, 1100)
+"""Sketch bucket indexes a cell may use: from 1 ns (below it values count as zero) to about 20 years."""
+MAX_BINS: Final = len(LATENCY_BINS)
+_COUNTS: Final = ("calls", "errors", "fallbacks", "timeouts", "costed", "compared", "mismatches")
+_SUMS: Final = ("cost_sum", "cost_sq")
+_CELL_KEYS: Final = frozenset((*_COUNTS, *_SUMS, "latency"))
+_SKETCH_KEYS: Final = frozenset(("bins", "zeros", "count", "total"))
 
 
 class Cell:
@@ -99,9 +109,103 @@ class Cell:
         return f"Cell(calls={self.calls}, errors={self.errors}, fallbacks={self.fallbacks}, timeouts={self.timeouts})"
 
 
+class CellError(ValueError):
+    """A cell that cannot be what one arm did in one window: its counts are out of range or contradict."""
+
+
+def _count(value: object, where: str) -> int:
+    # JSON from other languages may spell a whole number 5.0; anything else is not a count.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CellError(f"{where} must be a whole number, got {type(value).__name__}")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise CellError(f"{where} must be a whole number, got {value!r}")
+    if not 0 <= value <= MAX_COUNT:
+        raise CellError(f"{where} must be between 0 and 2^53, got {value:.0f}")
+    return int(value)
+
+
+def _finite(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CellError(f"{where} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_cell(data: object) -> Cell:
+    """The cell a `to_dict` form describes, checked fully; CellError saying what is wrong otherwise.
+
+    Every cell from outside the process (posted by a host, read back from the store) passes here, so that
+    no reader meets a count out of range, errors above calls, or a latency bucket no clock can produce.
+    Missing keys are zero, and a cell without a latency sketch is one whose calls were not timed.
+    """
+    if not isinstance(data, Mapping):
+        raise CellError(f"a cell is a mapping, got {type(data).__name__}")
+    unknown = sorted(str(k) for k in data if k not in _CELL_KEYS)
+    if unknown:
+        raise CellError(f"unknown field(s) {', '.join(unknown)}; a cell has {', '.join(sorted(_CELL_KEYS))}")
+    cell = Cell()
+    for name in _COUNTS:
+        value = data.get(name, 0)
+        setattr(cell, name, value if type(value) is int and 0 <= value <= MAX_COUNT else _count(value, name))
+    cell.cost_sum = _finite(data.get("cost_sum", 0.0), "cost_sum")
+    cell.cost_sq = _finite(data.get("cost_sq", 0.0), "cost_sq")
+    latency = data.get("latency") or {}
+    if not isinstance(latency, Mapping):
+        raise CellError(f"latency is a sketch mapping, got {type(latency).__name__}")
+    unknown = sorted(str(k) for k in latency if k not in _SKETCH_KEYS)
+    if unknown:
+        raise CellError(f"unknown latency field(s) {', '.join(unknown)}; a sketch has bins, zeros, count, total")
+    bins = latency.get("bins") or {}
+    if not isinstance(bins, Mapping) or len(bins) > MAX_BINS:
+        raise CellError(f"latency.bins is a mapping of at most {MAX_BINS} bucket indexes to counts")
+    sketch = cell.latency
+    try:
+        parsed = {int(key): n for key, n in bins.items()}
+    except (TypeError, ValueError):
+        raise CellError(f"latency.bins: {sorted(map(str, bins))[:3]} are not all bucket indexes") from None
+    if len(parsed) != len(bins):
+        raise CellError("latency.bins: a bucket index appears twice")
+    if parsed and (min(parsed) < LATENCY_BINS.start or max(parsed) >= LATENCY_BINS.stop):
+        outside = min(parsed) if min(parsed) < LATENCY_BINS.start else max(parsed)
+        raise CellError(f"latency.bins: bucket {outside} is outside {LATENCY_BINS.start}..{LATENCY_BINS.stop - 1}")
+    # Readers check every stored row at every look: whole counts in range take the quick way.
+    if all(type(n) is int and 0 <= n <= MAX_COUNT for n in parsed.values()):
+        sketch.bins = parsed
+    else:
+        sketch.bins = {index: _count(n, f"latency.bins[{index}]") for index, n in parsed.items()}
+    sketch.zeros = _count(latency.get("zeros", 0), "latency.zeros")
+    sketch.count = _count(latency.get("count", 0), "latency.count")
+    sketch.total = _finite(latency.get("total", 0.0), "latency.total")
+    _consistent(cell)
+    return cell
+
+
+def _consistent(cell: Cell) -> None:
+    sketch = cell.latency
+    if sketch.count != sketch.zeros + sum(sketch.bins.values()):
+        raise CellError(f"latency.count ({sketch.count}) is not zeros plus the bins' counts "
+                        f"({sketch.zeros + sum(sketch.bins.values())})")
+    for name in ("errors", "fallbacks", "timeouts"):
+        if getattr(cell, name) > cell.calls:
+            raise CellError(f"{name} ({getattr(cell, name)}) exceed calls ({cell.calls})")
+    if sketch.count > cell.calls:
+        raise CellError(f"latency.count ({sketch.count}) exceeds calls ({cell.calls}); each timed call is a call")
+    if cell.mismatches > cell.compared:
+        raise CellError(f"mismatches ({cell.mismatches}) exceed compared ({cell.compared})")
+    if sketch.total < 0 or (sketch.count == 0 and sketch.total != 0):
+        raise CellError(f"latency.total ({sketch.total!r}) must be 0 or more, and 0 with no values")
+    if sketch.bins and sketch.total > sketch.count * Sketch.value_of(max(sketch.bins)) * 1.01:
+        raise CellError(f"latency.total ({sketch.total!r}) exceeds count times the largest bucket's value")
+    if cell.cost_sq < 0 or (cell.costed == 0 and (cell.cost_sum or cell.cost_sq)):
+        raise CellError("cost_sq must be 0 or more, and both cost sums 0 when costed is 0")
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
-    """One arm's cell for one stage of one migration over the aligned interval [start, start + length)."""
+    """One arm's cell for one stage of one migration over the aligned interval [start, start + length).
+
+    `key` identifies the window as its sender wrote it (process, window, part): a store keeps one row per
+    key, so a write retried after a lost answer is not counted twice. None for windows merged on reading.
+    """
 
     migration: str
     stage: str
@@ -109,6 +213,7 @@ class Window:
     start: float
     length: float
     cell: Cell
+    key: str | None = None
 
 
 def arm_metrics(cell: Cell) -> dict[str, Any]:

@@ -40,6 +40,8 @@ class TokenRecord:
     hash: str
     created_at: float
     revoked_at: float | None = None
+    migrations: tuple[str, ...] = ()
+    """The migrations the token may send telemetry and comparisons for; empty: every migration."""
 
     @property
     def active(self) -> bool:

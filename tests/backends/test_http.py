@@ -148,3 +148,47 @@ def test_a_rollback_reaches_two_app_processes_within_two_seconds(control_plane):
     (ARTIFACTS / "rollback_propagation.txt").write_text(
         "rollback reached app processes after: " + ", ".join(f"{s * 1000:.0f} ms" for s in seen) + "\n")
     assert max(seen) < 2.0, seen
+
+
+def test_an_operation_whose_answer_is_lost_is_re_read_not_reported_failed(control_plane):
+    """The server writes the pause, the connection is cut before the answer: the SDK re-reads and finds it."""
+    from conftest import Proxy
+
+    operator = crossfade.connect(control_plane.url, token=control_plane.tokens["operator"], refresh=3600)
+    operator.apply({"name": "m", "stages": STAGES})
+    operator.migration("m").start()
+    operator.close()
+    proxy = Proxy(int(control_plane.url.rsplit(":", 1)[1]))
+    try:
+        cf = crossfade.connect(f"http://127.0.0.1:{proxy.port}", token=control_plane.tokens["operator"],
+                               refresh=3600)
+        proxy.swallow = 1
+        event = cf.migration("m").pause("hold on")
+        assert proxy.swallow == 0 and event.type == "paused" and event.actor == "operator-user"
+        assert [e.type for e in control_plane.backend.events("m")].count("paused") == 1
+        cf.close()
+    finally:
+        proxy.close()
+
+
+def test_an_operation_that_cannot_be_re_read_is_unknown_never_failed(control_plane, monkeypatch):
+    from typer.testing import CliRunner
+
+    from conftest import Proxy
+    from crossfade.cli import app
+
+    operator = crossfade.connect(control_plane.url, token=control_plane.tokens["operator"], refresh=3600)
+    operator.apply({"name": "m", "stages": STAGES})
+    operator.migration("m").start()
+    operator.close()
+    proxy = Proxy(int(control_plane.url.rsplit(":", 1)[1]))
+    try:
+        monkeypatch.setenv("CROSSFADE_TOKEN", control_plane.tokens["operator"])
+        # The answer is lost, and the control plane stays out of reach for the re-read.
+        proxy.swallow, proxy.then_refuse = 1, True
+        result = CliRunner().invoke(app, ["pause", "m", "--url", f"http://127.0.0.1:{proxy.port}", "--reason", "x"])
+        assert result.exit_code == 3, result.output
+        assert result.output.startswith("unknown:") and "re-read" in result.output
+        assert "error" not in result.output.lower().split("(")[0]
+    finally:
+        proxy.close()

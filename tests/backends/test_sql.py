@@ -449,6 +449,45 @@ def test_importing_the_backends_package_does_not_import_sqlalchemy():
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
+def test_a_window_written_again_with_its_key_adds_nothing(backend_url):
+    backend = SQLBackend(backend_url)
+    cell = Cell()
+    cell.calls = 7
+    first = Window("m", "s", "candidate", 100.0, 10.0, cell, "proc-a.1")
+    backend.write_windows([first])
+    backend.write_windows([first])  # the answer to the first write was lost: the same rows again
+    backend.write_windows([Window("m", "s", "candidate", 100.0, 10.0, cell, "proc-b.1"),
+                           Window("m", "s", "candidate", 100.0, 10.0, cell)])  # another process; one without a key
+    backend.write_windows([Window("m", "s", "candidate", 100.0, 10.0, cell)])
+    assert [w.cell.calls for w in backend.windows("m")] == [28]
+    backend.close()
+
+
+def test_many_processes_creating_one_new_store_all_open_it(tmp_path):
+    """A new store is written whole under another name and linked into place: no process sees it empty."""
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    code = "import sys; from crossfade.backends.sql import SQLBackend; SQLBackend(sys.argv[1]).close()"
+    procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE) for _ in range(6)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read().decode()
+    assert sorted(os.listdir(tmp_path)) == ["new.db"]
+    backend = SQLBackend(url)
+    assert current_revision(backend.engine) == head_revision()
+    backend.close()
+
+
+def test_an_empty_file_is_refused_unless_asked(tmp_path):
+    path = tmp_path / "truncated.db"
+    path.write_bytes(b"")
+    with pytest.raises(BackendError, match="empty file"):
+        SQLBackend(f"sqlite:///{path}")
+    with pytest.raises(BackendError, match="empty file"):
+        upgrade(f"sqlite:///{path}")
+    assert path.stat().st_size == 0
+    assert upgrade(f"sqlite:///{path}", init_empty=True) == (None, head_revision())
+    SQLBackend(f"sqlite:///{path}").close()
+
+
 def test_compaction_merges_each_old_window_into_one_row_exactly(backend_url):
     import time as _time
 

@@ -158,8 +158,10 @@ def test_failed_token_attempts_are_rate_limited(control_plane):
         assert control_plane.call("GET", "/v1/migrations", token="cf_wrong")[0] == 401
     status, body, headers = control_plane.call("GET", "/v1/migrations", token="cf_wrong")
     assert status == 429 and int(headers["Retry-After"]) > 0
-    # Once limited, even a good token from that address waits: guessing gains nothing by interleaving.
-    assert control_plane.call("GET", "/v1/migrations", role="viewer")[0] == 429
+    # A valid token from the same address is never refused for others' mistakes, not even a fresh one.
+    assert control_plane.call("GET", "/v1/migrations", role="viewer")[0] == 200
+    assert control_plane.call("POST", "/v1/telemetry", {"windows": []}, role="sdk")[0] == 200
+    assert control_plane.call("GET", "/v1/migrations", token="cf_wrong")[0] == 429
 
 
 def test_a_revoked_token_is_refused(control_plane):
@@ -242,7 +244,7 @@ def test_telemetry_batches_are_stored_and_bad_cells_refused(control_plane):
     window = {"migration": "m", "stage": "canary", "arm": "candidate", "start": time.time() - 5, "length": 10.0,
               "cell": cell.to_dict()}
     status, body, _ = control_plane.call("POST", "/v1/telemetry", {"windows": [window, window]}, role="sdk")
-    assert status == 200 and body == {"written": 2}
+    assert status == 200 and body == {"written": 2, "skipped": []}
     stored = control_plane.backend.windows("m")
     assert len(stored) == 1 and stored[0].cell.calls == 20
     status, body, _ = control_plane.call("POST", "/v1/telemetry", {"windows": [{**window, "cell": {"calls": -3}}]},
@@ -362,3 +364,42 @@ def test_step_back_over_the_api_returns_to_an_earlier_stage(control_plane):
     assert status == 422
     status, body, _ = control_plane.call("POST", "/v1/migrations/m/step-back", {})
     assert status == 409 and "past its first stage" in body["error"]
+
+
+def test_hostile_specs_through_the_api_are_refused_with_422_never_500(control_plane):
+    import functools
+
+    base = {"stages": [{"traffic": "100%"}]}
+    hostile = [
+        {**base, "description": "caf\udce9"},
+        {**base, "notify": [functools.reduce(lambda a, _: {"a": a}, range(400), {})]},
+        {"stages": [{"traffic": "100%", "hold": 1.7e308}]},
+        {"stages": [{"traffic": "100%", "hold": "99999999999999999999d"}]},
+        {**base, "analysis": {"interval": 1e-300}},
+        {**base, "shadow": {"threads": 10**9}},
+    ]
+    for spec in hostile:
+        status, body, _ = control_plane.call("PUT", "/v1/migrations/m", {"spec": spec})
+        assert status == 422 and body["kind"] == "SpecError", (spec, body)
+    assert control_plane.call("GET", "/v1/migrations/m", role="viewer")[0] == 404
+
+
+def test_no_secret_in_an_error_body_an_event_or_metrics(control_plane, caplog):
+    import logging
+
+    secrets = list(control_plane.tokens.values())
+    seen = []
+    with caplog.at_level(logging.DEBUG):
+        applied_and_started(control_plane)
+        for role in control_plane.tokens:
+            seen.append(control_plane.call("POST", "/v1/migrations/m/pause", {"reason": "r"}, role=role)[1])
+            seen.append(control_plane.call("POST", "/v1/migrations/nope/resume", {}, role=role)[1])
+        seen.append(control_plane.call("GET", "/v1/migrations", token=secrets[0] + "x")[1])
+        seen.append(control_plane.call("GET", "/metrics", role="viewer")[1])
+        seen.append(control_plane.call("GET", "/v1/migrations/m/events", role="viewer")[1])
+        seen.append(control_plane.call("GET", "/v1/tokens", role="admin")[1])
+    text = repr(seen) + caplog.text
+    for secret in secrets:
+        assert secret not in text and secret[3:20] not in text
+    for token in control_plane.backend.tokens():
+        assert token.hash not in text

@@ -6,11 +6,13 @@ from crossfade.backends.base import (
     BackendUnavailable,
     ConflictError,
     InvalidURL,
+    OutcomeUnknown,
     UnknownMigration,
+    redact_url,
 )
 
-__all__ = ["Backend", "BackendError", "BackendUnavailable", "ConflictError", "InvalidURL", "UnknownMigration",
-           "open_backend"]
+__all__ = ["Backend", "BackendError", "BackendUnavailable", "ConflictError", "InvalidURL", "OutcomeUnknown",
+           "UnknownMigration", "open_backend", "redact_url"]
 
 
 def open_backend(url: str, *, token: str | None = None) -> Backend:
@@ -25,6 +27,6 @@ def open_backend(url: str, *, token: str | None = None) -> Backend:
 
         return SQLBackend(url)
     raise InvalidURL(
-        f"unsupported backend URL {url!r}: use sqlite:///path/to/file.db, postgresql://user@host/db "
+        f"unsupported backend URL {redact_url(url)!r}: use sqlite:///path/to/file.db, postgresql://user@host/db "
         "or http://host:8765 (a control plane)"
     )

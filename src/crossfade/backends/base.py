@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from crossfade.events import Event, State
@@ -12,12 +13,41 @@ if TYPE_CHECKING:
     from crossfade.tokens import TokenRecord
 
 
+_SECRET_PARAMS: Final = ("password", "passwd", "pwd", "token", "secret", "sslpassword", "access_token", "key")
+
+
+def redact_url(url: str) -> str:
+    """The URL with its credentials replaced by `***` (the password, and query values such as `password=`):
+    the only form of a backend URL crossfade prints, logs or puts in an error."""
+    try:
+        parts = urlsplit(url)
+        secret_query = any(item.partition("=")[0].lower() in _SECRET_PARAMS for item in parts.query.split("&"))
+        if parts.password is None and not secret_query:
+            return url
+        netloc = parts.netloc
+        if parts.password is not None:
+            user, _, host = netloc.rpartition("@")
+            netloc = f"{user.partition(':')[0]}:***@{host}"
+        query = "&".join(
+            f"{k}=***" if k.lower() in _SECRET_PARAMS else (f"{k}={v}" if v or "=" in item else k)
+            for item in parts.query.split("&") if item for k, _, v in [item.partition("=")]
+        )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:  # not parseable as a URL: show nothing that could be a secret
+        return url.split("://", 1)[0] + "://***" if "://" in url else "***"
+
+
 class BackendError(Exception):
     """A store refused or failed an operation; the message says which and why."""
 
 
 class BackendUnavailable(BackendError):
     """The store cannot be reached now (file gone, server down); the operation may succeed later."""
+
+
+class OutcomeUnknown(BackendUnavailable):
+    """A change was sent but its answer was lost, and re-reading could not tell whether it was written: the
+    outcome is unknown (never "failed"); re-read the migration before doing it again."""
 
 
 class InvalidURL(BackendError):
@@ -92,8 +122,10 @@ class Backend(Protocol):
     def release_lease(self, name: str, holder: str) -> None:
         """Give a lease up if `holder` holds it."""
 
-    def create_token(self, name: str, role: str, token_hash: str, now: float) -> TokenRecord:
-        """Store a new token by its hash. ConflictError when an unrevoked token already has this name."""
+    def create_token(self, name: str, role: str, token_hash: str, now: float, *,
+                     migrations: Sequence[str] = ()) -> TokenRecord:
+        """Store a new token by its hash, bound to `migrations` when given (none: every migration).
+        ConflictError when an unrevoked token already has this name."""
 
     def tokens(self) -> list[TokenRecord]:
         """Every token ever created (revoked ones too), oldest first."""

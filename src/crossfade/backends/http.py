@@ -21,11 +21,13 @@ from crossfade.backends.base import (
     BackendUnavailable,
     ConflictError,
     InvalidURL,
+    OutcomeUnknown,
     UnknownMigration,
+    redact_url,
 )
 from crossfade.events import APPLIED, Event, State, TransitionError
 from crossfade.shadow import Example, FieldWindow
-from crossfade.telemetry import Cell, Window
+from crossfade.telemetry import Window, check_cell
 from crossfade.tokens import TokenRecord
 
 log = logging.getLogger("crossfade")
@@ -49,8 +51,8 @@ class HTTPBackend:
     def __init__(self, url: str, *, token: str | None = None, timeout: float = 5.0) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidURL(f"not a control plane URL: {url!r}; use http://host:8765")
-        self.url = url
+            raise InvalidURL(f"not a control plane URL: {redact_url(url)!r}; use http://host:8765")
+        self.url = redact_url(url)
         self._scheme = parts.scheme
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -101,17 +103,21 @@ class HTTPBackend:
             data = json.dumps(body, separators=(",", ":"), default=repr).encode()
             sent["Content-Type"] = "application/json"
         # A kept-alive connection the server closed meanwhile fails on first use: retry once on a fresh one.
+        maybe_written = False
         for attempt in (1, 2):
             conn = self._connection(timeout or self.timeout)
             try:
                 conn.request(method, target, body=data, headers=sent)
+                # From here on the server may have acted on a change even if its answer never arrives.
+                maybe_written = maybe_written or method not in ("GET", "HEAD")
                 response = conn.getresponse()
                 raw = response.read()
                 break
             except (OSError, http.client.HTTPException) as exc:
                 self._drop_connection()
                 if attempt == 2 or self._closed.is_set():
-                    raise BackendUnavailable(f"cannot reach the control plane at {self.url}: {exc}") from None
+                    kind = OutcomeUnknown if maybe_written else BackendUnavailable
+                    raise kind(f"cannot reach the control plane at {self.url}: {exc}") from None
         payload = json.loads(raw) if raw and "json" in (response.getheader("Content-Type") or "") else None
         if response.status in ok:
             return response.status, payload, response
@@ -186,6 +192,35 @@ class HTTPBackend:
                spec: Mapping[str, Any] | None = None) -> list[Event]:
         """Ask the server for the operation these events stand for; it seals them itself (actor: the token's
         name) at `expected_seq` or answers 409. Returns the events as the server stored them."""
+        try:
+            return self._operate(migration, expected_seq, events, spec)
+        except (ConflictError, OutcomeUnknown) as exc:
+            # The answer was lost, or a retry found the sequence number taken: perhaps by this very change.
+            return self._reconcile(migration, expected_seq, events, exc)
+
+    def _reconcile(self, migration: str, expected_seq: int, events: Sequence[Event],
+                   exc: ConflictError | OutcomeUnknown) -> list[Event]:
+        """The events as stored when the change was written after all; else `exc` (a conflict), or
+        OutcomeUnknown when the log cannot be re-read now."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                found = self.events(migration, after=expected_seq, limit=len(events))
+                break
+            except BackendError as err:
+                if time.monotonic() >= deadline or self._closed.is_set():
+                    raise OutcomeUnknown(
+                        f"{migration}: {events[0].type} was sent but the control plane's answer was lost, and the "
+                        f"log cannot be re-read now ({err}): the outcome is unknown, not failed; re-read it "
+                        f"(crossfade history {migration}) before doing it again") from None
+                self._closed.wait(0.25)
+        if [_gist(e) for e in found] == [_gist(e) for e in events]:
+            log.info("crossfade: %s: the answer to %s was lost; re-read: it was written", migration, events[0].type)
+            return found
+        raise exc
+
+    def _operate(self, migration: str, expected_seq: int, events: Sequence[Event],
+                 spec: Mapping[str, Any] | None) -> list[Event]:
         name = quote(migration, safe="")
         first = events[0]
         if first.type == APPLIED and spec is not None:
@@ -217,19 +252,29 @@ class HTTPBackend:
     # -- telemetry -------------------------------------------------------------------------------
 
     def write_windows(self, windows: Sequence[Window]) -> None:
-        """Send telemetry windows to the server (role sdk)."""
+        """Send telemetry windows to the server (role sdk), each with its idempotency key: a retry of a write
+        whose answer was lost adds nothing."""
         if windows:
-            self.request("POST", "/v1/telemetry", {"windows": [
+            _, body, _ = self.request("POST", "/v1/telemetry", {"windows": [
                 {"migration": w.migration, "stage": w.stage, "arm": w.arm, "start": w.start, "length": w.length,
-                 "cell": w.cell.to_dict()} for w in windows]})
+                 "cell": w.cell.to_dict(), **({"key": w.key} if w.key else {})} for w in windows]})
+            skipped = (body or {}).get("skipped") or []
+            if skipped:
+                log.warning("crossfade: the control plane skipped %d of %d telemetry windows; first: %s",
+                            len(skipped), len(windows), skipped[0].get("reason"))
 
     def windows(self, migration: str, *, stage: str | None = None, since: float | None = None,
                 until: float | None = None) -> list[Window]:
         """Stored telemetry windows of a migration, in time order."""
         _, body, _ = self.request("GET", f"/v1/migrations/{quote(migration, safe='')}/telemetry",
                                   query={"stage": stage, "since": since, "until": until})
-        return [Window(w["migration"], w["stage"], w["arm"], w["start"], w["length"], Cell.from_dict(w["cell"]))
-                for w in body["windows"]]
+        out = []
+        for w in body["windows"]:
+            try:
+                out.append(Window(w["migration"], w["stage"], w["arm"], w["start"], w["length"], check_cell(w["cell"])))
+            except ValueError as exc:  # a server older than the checks may hand back a bad row: skip it
+                log.warning("crossfade: skipped a bad telemetry window of %s: %s", migration, exc)
+        return out
 
     def write_comparisons(self, rows: Sequence[FieldWindow], examples: Sequence[Example], *, keep: int = 20) -> None:
         """Send shadow comparison counts and examples to the server (role sdk)."""
@@ -269,7 +314,8 @@ class HTTPBackend:
         """Refused, like `acquire_lease`."""
         raise BackendError("the controller runs inside `crossfade serve`; run-controller needs a database URL")
 
-    def create_token(self, name: str, role: str, token_hash: str, now: float) -> TokenRecord:
+    def create_token(self, name: str, role: str, token_hash: str, now: float, *,
+                     migrations: Sequence[str] = ()) -> TokenRecord:
         """Refused: tokens are made on the server's database."""
         raise BackendError("tokens are made on the control plane's database: crossfade token create --url DB_URL")
 
@@ -301,6 +347,11 @@ class HTTPBackend:
 
     def __repr__(self) -> str:
         return f"HTTPBackend({self.url!r})"
+
+
+def _gist(event: Event) -> tuple[str, str | None, Any]:
+    """What identifies a change regardless of who sealed it and when: its type, reason and spec digest."""
+    return event.type, event.reason, event.payload.get("digest")
 
 
 def _error(status: int, body: Any, url: str) -> Exception:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -21,14 +22,15 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import NullPool, StaticPool
 
-from crossfade.backends.base import BackendError, BackendUnavailable, ConflictError, InvalidURL
+from crossfade.backends.base import BackendError, BackendUnavailable, ConflictError, InvalidURL, redact_url
 from crossfade.backends.outbox import SQLOutbox
 from crossfade.canonical import canonical_json
 from crossfade.events import Event, State
 from crossfade.shadow import COUNTERS, Example, FieldWindow
-from crossfade.telemetry import Cell, Window
+from crossfade.telemetry import Cell, Window, check_cell
 from crossfade.tokens import TokenRecord
 
+log = logging.getLogger("crossfade")
 if TYPE_CHECKING:  # Alembic (and Mako with it) is imported only to create or upgrade a schema
     from alembic.config import Config
 
@@ -40,6 +42,9 @@ SCRIPT_LOCATION: str = str(Path(__file__).with_name("migrations"))
 VERSION_TABLE: Final = "crossfade_schema_version"
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
 POSTGRES_CONNECT_TIMEOUT_S: Final = 3
+# No statement waits longer than this on a lock or a busy server: a hung database makes callers fail (and the
+# server answer 503), never wait for ever. The URL's own `options` win.
+POSTGRES_STATEMENT_TIMEOUT_MS: Final = 10_000
 # pg_advisory_xact_lock key serializing schema creation and upgrades ("cfsc" in ASCII).
 _SCHEMA_LOCK_KEY: Final = 0x63667363
 # alembic's `context` is a process-wide proxy: two threads must not run env.py at once.
@@ -82,6 +87,8 @@ telemetry = sa.Table(
     sa.Column("window_length", sa.Double, nullable=False),
     sa.Column("cell", sa.Text, nullable=False),
     sa.Column("written_at", sa.Double, nullable=False),
+    sa.Column("source", sa.Text),
+    sa.Index("ux_telemetry_source", "migration", "stage", "arm", "window_start", "source", unique=True),
 )
 leases = sa.Table(
     "crossfade_leases", _metadata,
@@ -99,6 +106,7 @@ tokens_table = sa.Table(
     sa.Column("hash", sa.String(128), nullable=False, unique=True),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("revoked_at", sa.Double),
+    sa.Column("migrations", sa.Text),
 )
 
 shadow_fields = sa.Table(
@@ -158,12 +166,13 @@ def current_revision(engine: Engine) -> str | None:
         return _revision(conn)
 
 
-def upgrade(url: str) -> tuple[str | None, str]:
+def upgrade(url: str, *, init_empty: bool = False) -> tuple[str | None, str]:
     """Bring the database at `url` to the newest schema (creating a SQLite file if missing).
 
     Returns the revision before and after; running it again is harmless. Safe against concurrent runs.
+    An existing empty (0-byte) SQLite file is refused unless `init_empty`: crossfade never leaves one.
     """
-    store = _Store(url, create=True)
+    store = _Store(url, create=True, init_empty=init_empty)
     try:
         with store.guard("upgrading the schema"):
             return store.migrate(lambda before: True)
@@ -183,10 +192,14 @@ class SQLBackend:
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         self._store = _Store(url, create=create)
-        self.url = url
+        self.url = redact_url(url)
         self.dialect: str = self._store.dialect
         self.engine: Engine = self._store.engine  # for tools and tests that need raw SQL
         self.outbox = SQLOutbox(self._store)
+        # Telemetry rows that could not be read as cells (written by an older server, or by hand): each
+        # reader skips them, and /metrics shows how many were met.
+        self.skipped_rows = 0
+        self._bad_rows: set[int] = set()
         try:
             with self._store.guard("opening the store"):
                 self._check_schema(create)
@@ -294,14 +307,17 @@ class SQLBackend:
         rows = [
             {
                 "migration": w.migration, "stage": w.stage, "arm": w.arm, "window_start": w.start,
-                "window_length": w.length, "written_at": now,
+                "window_length": w.length, "written_at": now, "source": w.key,
                 # Not canonical_json: a NaN cost someone recorded must not make every later flush fail.
                 "cell": json.dumps(w.cell.to_dict(), separators=(",", ":")),
             }
             for w in windows
         ]
+        # A row whose key is stored already is a retry of a write whose answer was lost: it adds nothing.
+        insert = self._store.insert(telemetry).on_conflict_do_nothing(
+            index_elements=["migration", "stage", "arm", "window_start", "source"])
         with self._store.guard("writing telemetry"), self._store.write() as conn:
-            conn.execute(telemetry.insert(), rows)
+            conn.execute(insert, rows)
 
     def windows(
         self, migration: str, *, stage: str | None = None, since: float | None = None, until: float | None = None
@@ -312,7 +328,7 @@ class SQLBackend:
         back merged into one Window.
         """
         t = telemetry.c
-        query = sa.select(t.stage, t.arm, t.window_start, t.window_length, t.cell).where(t.migration == migration)
+        query = sa.select(t.id, t.stage, t.arm, t.window_start, t.window_length, t.cell).where(t.migration == migration)
         if stage is not None:
             query = query.where(t.stage == stage)
         if since is not None:
@@ -322,8 +338,10 @@ class SQLBackend:
         with self._store.guard(f"reading the telemetry of {migration}"), self._store.read() as conn:
             rows = conn.execute(query).all()
         cells: dict[tuple[float, str, str, float], Cell] = {}
-        for row_stage, arm, start, length, text in rows:
-            cell = Cell.from_dict(json.loads(text))
+        for row_id, row_stage, arm, start, length, text in rows:
+            cell = self._cell(row_id, migration, row_stage, arm, start, text)
+            if cell is None:
+                continue
             key = (start, arm, row_stage, length)
             if key in cells:
                 cells[key].merge(cell)
@@ -350,8 +368,24 @@ class SQLBackend:
                  .where(t.migration == migration, t.stage == stage, wanted).order_by(t.id))
         with self._store.guard(f"reading the telemetry of {migration}"), self._store.read() as conn:
             rows = conn.execute(query).all()
-        return [(row_id, Window(migration, stage, arm, start, length, Cell.from_dict(json.loads(text))))
-                for row_id, arm, start, length, text in rows]
+        out = []
+        for row_id, arm, start, length, text in rows:
+            cell = self._cell(row_id, migration, stage, arm, start, text)
+            if cell is not None:
+                out.append((row_id, Window(migration, stage, arm, start, length, cell)))
+        return out
+
+    def _cell(self, row_id: int, migration: str, stage: str, arm: str, start: float, text: str) -> Cell | None:
+        """A stored row's cell, checked; None (skipped, counted, logged once) for a row that is not one."""
+        try:
+            return check_cell(json.loads(text))
+        except ValueError as exc:  # CellError, or text that is not JSON: never fatal to a reader
+            if row_id not in self._bad_rows:
+                self._bad_rows.add(row_id)
+                self.skipped_rows += 1
+                log.warning("skipped bad telemetry row %s of %s (%s %s at %s): %s", row_id, migration, stage, arm,
+                            start, exc)
+            return None
 
     def compact_telemetry(self, *, before: float) -> tuple[int, int]:
         """Merge the rows of each window that ended before `before` (one a process) into one row, kept
@@ -509,23 +543,26 @@ class SQLBackend:
         with self._store.guard(f"releasing the lease {name}"), self._store.write() as conn:
             conn.execute(leases.delete().where(leases.c.name == name, leases.c.holder == holder))
 
-    def create_token(self, name: str, role: str, token_hash: str, now: float) -> TokenRecord:
-        """Store a new token by its hash; ConflictError when an unrevoked token already has this name."""
+    def create_token(self, name: str, role: str, token_hash: str, now: float, *,
+                     migrations: Sequence[str] = ()) -> TokenRecord:
+        """Store a new token by its hash, bound to `migrations` when given (none: every migration);
+        ConflictError when an unrevoked token already has this name."""
         t = tokens_table.c
         with self._store.guard(f"creating the token {name}"), self._store.write() as conn:
             taken = conn.scalar(sa.select(sa.func.count()).where(t.name == name, t.revoked_at.is_(None)))
             if taken:
                 raise ConflictError(f"a token named {name!r} exists; revoke it first (crossfade token revoke {name})"
                                     " or choose another name")
-            conn.execute(tokens_table.insert().values(name=name, role=role, hash=token_hash, created_at=now))
-        return TokenRecord(name, role, token_hash, now)
+            conn.execute(tokens_table.insert().values(name=name, role=role, hash=token_hash, created_at=now,
+                                                      migrations=",".join(migrations) or None))
+        return TokenRecord(name, role, token_hash, now, None, tuple(migrations))
 
     def tokens(self) -> list[TokenRecord]:
         """Every token ever created (revoked ones too), oldest first."""
         t = tokens_table.c
-        query = sa.select(t.name, t.role, t.hash, t.created_at, t.revoked_at).order_by(t.id)
+        query = sa.select(t.name, t.role, t.hash, t.created_at, t.revoked_at, t.migrations).order_by(t.id)
         with self._store.guard("reading the tokens"), self._store.read() as conn:
-            return [TokenRecord(*row) for row in conn.execute(query).all()]
+            return [_token(row) for row in conn.execute(query).all()]
 
     def revoke_token(self, name: str, now: float) -> int:
         """Revoke the unrevoked tokens named `name`; returns how many were revoked."""
@@ -539,11 +576,11 @@ class SQLBackend:
     def token_by_hash(self, token_hash: str) -> TokenRecord | None:
         """The unrevoked token with this hash, or None."""
         t = tokens_table.c
-        query = sa.select(t.name, t.role, t.hash, t.created_at, t.revoked_at).where(
+        query = sa.select(t.name, t.role, t.hash, t.created_at, t.revoked_at, t.migrations).where(
             t.hash == token_hash, t.revoked_at.is_(None))
         with self._store.guard("looking a token up"), self._store.read() as conn:
             row = conn.execute(query).first()
-        return None if row is None else TokenRecord(*row)
+        return None if row is None else _token(row)
 
     def after_fork(self) -> None:
         """In a forked child: a new engine and locks; nothing the parent's threads may have held is touched
@@ -558,6 +595,11 @@ class SQLBackend:
 
     def __repr__(self) -> str:
         return f"SQLBackend({self._store.display!r})"
+
+
+def _token(row: Any) -> TokenRecord:
+    name, role, digest, created_at, revoked_at, migrations = row
+    return TokenRecord(name, role, digest, created_at, revoked_at, tuple(migrations.split(",")) if migrations else ())
 
 
 def _check_batch(migration: str, expected_seq: int, events: Sequence[Event], state: State) -> None:
@@ -664,13 +706,14 @@ if hasattr(os, "register_at_fork"):
 class _Store:
     """An engine set up for one URL's dialect, with its transactions, locks and error translation."""
 
-    def __init__(self, url: str, *, create: bool) -> None:
+    def __init__(self, url: str, *, create: bool, init_empty: bool = False) -> None:
         self.url = url
-        self.display = url
+        self.display = redact_url(url)
+        self.init_empty = init_empty
         try:
             parsed = make_url(url)
         except sa_exc.ArgumentError as e:
-            raise InvalidURL(f"cannot parse database URL {url!r}: {e}") from None
+            raise InvalidURL(f"cannot parse database URL {self.display!r}: {e}") from None
         backend = parsed.get_backend_name()
         # Only one thread at a time may use the single connection of an in-memory database.
         self._serial: Callable[[], AbstractContextManager[Any]] = nullcontext
@@ -679,7 +722,7 @@ class _Store:
             self.engine = self._sqlite_engine(url, parsed, create)
         elif backend in ("postgresql", "postgres"):
             self.dialect = "postgresql"
-            self.display = parsed.render_as_string(hide_password=True)
+            self.display = redact_url(parsed.render_as_string(hide_password=False))
             self.engine = self._postgres_engine(parsed)
         else:
             raise InvalidURL(
@@ -690,7 +733,7 @@ class _Store:
     def _sqlite_engine(self, url: str, parsed: URL, create: bool) -> Engine:
         if parsed.query or parsed.host or parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
             raise InvalidURL(
-                f"unsupported SQLite URL {url!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+                f"unsupported SQLite URL {redact_url(url)!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db"
             )
         name = parsed.database or ""
         if name in ("", ":memory:"):
@@ -706,11 +749,15 @@ class _Store:
                     raise BackendUnavailable(f"cannot open {url}: {path} does not exist")
                 if not path.parent.is_dir():
                     raise BackendUnavailable(f"cannot create {url}: directory {path.parent} does not exist")
-                try:
-                    with _GATE.passage():
-                        sqlite3.connect(f"file:{quote(str(path))}?mode=rwc", uri=True).close()
-                except sqlite3.Error as e:
-                    raise BackendUnavailable(f"cannot create {url}: {e}") from None
+                with _GATE.passage():
+                    _new_sqlite_file(path, url)
+            elif path.is_file() and path.stat().st_size == 0 and not self.init_empty:
+                # crossfade creates a store whole (see _new_sqlite_file), so an empty file was truncated or
+                # made by something else: treating it as new would silently start history over.
+                raise BackendError(
+                    f"{path} is an empty file (0 bytes), not a crossfade store: it may have been truncated. "
+                    f"Restore it from a backup, or to start a new store there run: "
+                    f"crossfade db upgrade --init-empty --url {url}")
             return _sqlite_file_engine(path)
         _sqlite_events(engine, file_backed=False)
         return engine
@@ -724,6 +771,8 @@ class _Store:
             "connect_timeout": POSTGRES_CONNECT_TIMEOUT_S, "application_name": "crossfade",
             "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
             "tcp_user_timeout": 30_000,
+            "options": f"-c statement_timeout={POSTGRES_STATEMENT_TIMEOUT_MS} "
+                       f"-c lock_timeout={POSTGRES_STATEMENT_TIMEOUT_MS}",
         }
         try:
             return sa.create_engine(
@@ -786,13 +835,17 @@ class _Store:
             with conn.begin():
                 yield conn
 
-    def upsert_state(self, conn: Connection, migration: str, seq: int, text: str) -> None:
-        """Insert or replace a migration's state snapshot."""
+    def insert(self, table: sa.Table) -> Any:
+        """An INSERT of the dialect, which knows ON CONFLICT."""
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:
             from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(states_table).values(migration=migration, seq=seq, state=text)
+        return insert(table)
+
+    def upsert_state(self, conn: Connection, migration: str, seq: int, text: str) -> None:
+        """Insert or replace a migration's state snapshot."""
+        stmt = self.insert(states_table).values(migration=migration, seq=seq, state=text)
         conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=[states_table.c.migration], set_={"seq": seq, "state": text}
@@ -853,6 +906,30 @@ class _Store:
             raise BackendError(f"{action} failed on {self.display}: {_cause(e)}") from e
         except (sa_exc.SQLAlchemyError, sqlite3.Error) as e:
             raise BackendError(f"{action} failed on {self.display}: {_cause(e)}") from e
+
+
+def _new_sqlite_file(path: Path, url: str) -> None:
+    """Create a SQLite file that is never seen empty: written under a temporary name, then linked into place.
+
+    Another process creating the same store at the same moment wins the link, and this one uses its file.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(temporary))}?mode=rwc", uri=True)
+        try:
+            # Setting the application id writes the database header, so the file is a database, not 0 bytes.
+            conn.execute("PRAGMA application_id = 1667654499")  # "cfsc"
+            conn.commit()
+        finally:
+            conn.close()
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+    except (OSError, sqlite3.Error) as e:
+        raise BackendUnavailable(f"cannot create {url}: {e}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _sqlite_file_engine(path: Path) -> Engine:

@@ -4,6 +4,6 @@ Importing this package loads the web stack (`pip install 'crossfade[server]'`); 
 """
 
 from crossfade.server.app import create_app
-from crossfade.server.run import serve, serve_in_background
+from crossfade.server.run import Limits, serve, serve_in_background
 
-__all__ = ["create_app", "serve", "serve_in_background"]
+__all__ = ["Limits", "create_app", "serve", "serve_in_background"]

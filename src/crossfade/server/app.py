@@ -42,10 +42,11 @@ from crossfade.events import (
 from crossfade.controller import stage_progress
 from crossfade.notify import UnknownTarget
 from crossfade.server import judging, views
-from crossfade.stagedata import stage_windows
-from crossfade.server.auth import Authenticator, AuthError, Principal
+from crossfade.server.auth import LOOPBACK_HOSTS, Authenticator, AuthError, Principal
 from crossfade.server.control import ControllerThread, OutboxThread
 from crossfade.server.feed import RoutingFeed
+from crossfade.server.guard import Guard, authenticate
+from crossfade.server.intake import Intake
 from crossfade.server.metrics import CrossfadeCollector, registry
 from crossfade.server.models import (
     Action,
@@ -79,9 +80,8 @@ from crossfade.shadow import Example, FieldWindow
 from crossfade.spec import NAME_PATTERN, Problem, Spec, SpecError, load_spec
 from crossfade.metrics import SourceError, read_stage
 from crossfade.metrics.telemetry import TelemetrySource
-from crossfade.sketch import Sketch
 from crossfade.stagedata import StageTelemetry
-from crossfade.telemetry import Cell, Window, open_cell
+from crossfade.telemetry import Window, open_cell
 
 log = logging.getLogger("crossfade.server")
 
@@ -125,6 +125,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Error, "description": "The body is not JSON"},
     401: {"model": Error, "description": "No token, or an unknown or revoked one"},
     403: {"model": Error, "description": "The token's role is too small"},
+    408: {"model": Error, "description": "The body was not sent in time"},
+    413: {"model": Error, "description": "The body is larger than this route accepts"},
     422: {"model": Error, "description": "Invalid input: every problem, with where it is"},
     429: {"model": Error, "description": "Too many failed token attempts from this address"},
     503: {"model": Error, "description": "The store cannot be reached now"},
@@ -142,11 +144,9 @@ def require(role: str) -> Callable[..., Any]:
 
     async def dependency(request: Request,
                          credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
-        auth: Authenticator = request.app.state.auth
-        header = request.headers.get("authorization")
-        client = request.client.host if request.client else None
-        # A cached token costs no I/O; a miss is one indexed read, done inline rather than in a thread.
-        return auth.check(header, client, role)
+        # A cached token costs no I/O; a miss is a store read in a thread, so a hung store never stalls the loop.
+        return await authenticate(request.app.state.auth, request.headers.get("authorization"),
+                                  request.client.host if request.client else None, role, request.headers.get("host"))
 
     dependency.required_role = role  # type: ignore[attr-defined]  # read by the route-table test
     return dependency
@@ -162,6 +162,7 @@ def create_app(
     backend: Backend,
     *,
     open_reads: bool = False,
+    allowed_hosts: Sequence[str] = (),
     controller: bool = True,
     feed_poll: float = 0.25,
     controller_poll: float = 1.0,
@@ -170,7 +171,8 @@ def create_app(
     """The control plane over `backend`, whose owner closes it.
 
     With `controller`, the controller loop runs in a background thread (lease-held: replicas are safe).
-    With `open_reads`, read-only endpoints answer callers on loopback without a token.
+    With `open_reads`, read-only endpoints answer callers on loopback without a token when the request's
+    Host is loopback's or one of `allowed_hosts`.
     """
     feed = RoutingFeed(backend, poll=feed_poll)
     ctl = ControllerThread(backend, poll=controller_poll, on_events=feed.poke) if controller else None
@@ -196,11 +198,17 @@ def create_app(
     app = FastAPI(
         title="crossfade control plane", version=__version__, lifespan=lifespan,
         default_response_class=CleanJSONResponse,
+        # Swagger UI and ReDoc load scripts from a CDN: none may run on the origin that holds an operator's
+        # token. The OpenAPI document stays at /openapi.json for any viewer run elsewhere.
+        docs_url=None, redoc_url=None,
         description="Migrations, their routing, telemetry and audit log. Bearer tokens with roles "
                     "viewer < sdk < operator < admin.",
     )
     app.state.backend = backend
-    app.state.auth = Authenticator(backend, open_reads=open_reads)
+    auth = app.state.auth = Authenticator(backend, open_reads=open_reads,
+                                          allowed_hosts=(*LOOPBACK_HOSTS, *allowed_hosts))
+    app.add_middleware(Guard, auth=auth)
+    intake = Intake(lambda: feed.states, feed.spec, fresh=backend.state)
     app.state.feed = feed
     app.state.controller = ctl
     app.state.clock = clock
@@ -326,7 +334,12 @@ def create_app(
             state = views.current(backend, name)
             _expect(state, request.expected_seq)
             spec = feed.spec(name, state.spec_version)
-            progress = stage_progress(spec, state, stage_windows(backend, state), clock())
+            now = clock()
+            try:
+                windows = read_stage(backend, state, spec, now, telemetry=telemetry_source)
+            except SourceError:
+                windows = []  # nothing known of the stage: a plain promote waits, a forced one says what it skipped
+            progress = stage_progress(spec, state, windows, now)
             changes = operation(action.value, state, spec, request.reason, force=request.force, progress=progress,
                                 to=request.to)
             try:
@@ -379,15 +392,28 @@ def create_app(
     @app.post("/v1/telemetry", response_model=Written, tags=["sdk"], responses=_ERRORS)
     def post_telemetry(body: TelemetryBatch, who: Sdk) -> Any:
         """Store telemetry windows, in the SDK's compact form or the open form (counts, cost sums and latency
-        buckets per arm and window, see `OpenWindowModel`); rows for one window add up."""
-        windows = [Window(w.migration, w.stage, w.arm, w.start, w.length, _cell(_compact(w, i), i))
-                   for i, w in enumerate(body.windows)]
+        buckets per arm and window, see `OpenWindowModel`); rows for one window add up, a row whose key was
+        stored already adds nothing. A malformed cell refuses the batch (422); a window that does not fit its
+        migration (unknown, not the current stage, too old or ahead, over the bound per token and window, of
+        a migration the token is not bound to) is skipped and listed, never stored."""
+        posted = [w if isinstance(w, WindowModel) else WindowModel(
+            migration=w.migration, stage=w.stage, arm=w.arm, start=w.start, length=w.length, cell=_compact(w, i))
+            for i, w in enumerate(body.windows)]
+        windows, skipped = intake.admit(who, posted, clock())
         backend.write_windows(windows)
-        return {"written": len(windows)}
+        if skipped:
+            log.warning("telemetry from %s: %d of %d windows skipped, first: %s", who.name, len(skipped),
+                        len(body.windows), skipped[0].reason)
+        return {"written": len(windows), "skipped": [{"index": s.index, "reason": s.reason} for s in skipped]}
 
     @app.post("/v1/comparisons", response_model=Written, tags=["sdk"], responses=_ERRORS)
     def post_comparisons(body: ComparisonBatch, who: Sdk) -> Any:
-        """Store shadow comparison counts and mismatch examples flushed by SDK hosts."""
+        """Store shadow comparison counts and mismatch examples flushed by SDK hosts (403 for a migration a
+        bound token does not serve)."""
+        foreign = sorted({x.migration for x in (*body.rows, *body.examples) if not who.serves(x.migration)})
+        if foreign:
+            raise AuthError(403, f"token {who.name!r} is bound to {', '.join(who.migrations)}, "
+                                 f"not {', '.join(foreign)}")
         rows = [FieldWindow(r.migration, r.stage, r.path, r.start, r.length, dict(r.counts)) for r in body.rows]
         examples = [Example(e.migration, e.stage, e.path, e.time, e.detail) for e in body.examples]
         backend.write_comparisons(rows, examples, keep=body.keep)
@@ -428,13 +454,13 @@ def create_app(
     # -- operations of the service itself --------------------------------------------------------
 
     @app.get("/healthz", response_model=Health, tags=["service"])
-    def healthz() -> Any:
+    async def healthz() -> Any:
         """The process answers."""
         return {"status": "ok"}
 
     @app.get("/readyz", response_model=Health, tags=["service"],
              responses={503: {"model": Health, "description": "The store cannot be read"}})
-    def readyz() -> Any:
+    async def readyz() -> Any:
         """The store was read within the last few seconds."""
         fresh = feed.last_ok is not None and time.monotonic() - feed.last_ok < max(5.0, 4 * feed.poll)
         if fresh:
@@ -477,20 +503,8 @@ def _compact(window: WindowModel | OpenWindowModel, index: int) -> dict[str, Any
     return cell.to_dict()
 
 
-def _cell(data: dict[str, Any], index: int) -> Cell:
-    try:
-        cell = Cell.from_dict(data)
-        latency = cell.latency
-        buckets = (latency.zeros, *latency.bins.values()) if isinstance(latency, Sketch) else tuple(latency.counts)
-        values = (cell.cost_sum, cell.cost_sq, latency.total)
-        counts = (cell.calls, cell.errors, cell.fallbacks, cell.timeouts, cell.costed, cell.compared, cell.mismatches,
-                  latency.count, *buckets)
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise SpecError("<telemetry>", [Problem(f"windows[{index}].cell", f"not a telemetry cell: {exc}")]) from None
-    if not all(math.isfinite(v) for v in values) or any(n < 0 or n > 2**62 for n in counts):
-        raise SpecError("<telemetry>", [Problem(f"windows[{index}].cell", "counts must be non-negative integers "
-                                                "and sums finite numbers")])
-    return cell
+def _changes(action: Action, state: State, spec: Spec, request: OperationRequest) -> list[Change]:
+    return operation(action.value, state, spec, request.reason, force=request.force)
 
 
 def _window_dict(w: Window) -> dict[str, Any]:

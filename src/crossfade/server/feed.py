@@ -43,6 +43,7 @@ class RoutingFeed:
         self.snapshot: dict[str, Any] = {"etag": "", "states": [], "specs": []}
         self.body = json.dumps(self.snapshot).encode()
         self.routes: dict[str, Route] = {}
+        self.states: dict[str, State] = {}
         self._models: dict[tuple[str, int], Spec] = {}
         self.last_ok: float | None = None
         self.last_error: str | None = None
@@ -113,6 +114,7 @@ class RoutingFeed:
                 self.body = json.dumps(snapshot, separators=(",", ":")).encode()
                 self.snapshot = snapshot
                 self.routes = routes
+                self.states = {s.name: s for s in states}
                 self.etag = etag
                 self._ok()
         except (BackendError, ValueError) as exc:  # ValueError: a stored spec this version cannot read

@@ -157,6 +157,10 @@ class CrossfadeCollector(Collector):
         yield from (info, stage, traffic, shadow, verdict, rollbacks, events, source, calls, errors, fallbacks,
                     timeouts, cost, costed, compared, mismatched, latency, estimate, lower, upper, limit)
         yield from self._notifications()
+        skipped = CounterMetricFamily("crossfade_telemetry_rows_skipped", "Stored telemetry rows that could not be "
+                                      "read as cells, skipped by every reader")
+        skipped.add_metric([], float(getattr(self.backend, "skipped_rows", 0)))
+        yield skipped
         lag = GaugeMetricFamily("crossfade_controller_lag_seconds",
                                 "Seconds since the controller loop last completed a pass (-1: not running)")
         value = self.controller_lag()

@@ -253,6 +253,9 @@ class WindowModel(BaseModel):
     start: Finite
     length: Annotated[float, Field(gt=0, le=86400, allow_inf_nan=False)]
     cell: dict[str, Any]
+    key: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
+                              description="The sender's idempotency key for this window (process, window, "
+                                          "part): a retried write with the same key adds nothing")] | None = None
 
 
 class OpenCounts(BaseModel):
@@ -315,10 +318,18 @@ class TelemetryBatch(BaseModel):
     windows: Annotated[list[WindowModel | OpenWindowModel], Field(max_length=10_000)]
 
 
+class SkippedModel(BaseModel):
+    """A posted window that was not stored, and why."""
+
+    index: int
+    reason: str
+
+
 class Written(BaseModel):
-    """How many rows were stored."""
+    """How many rows were stored, and for telemetry the windows skipped (with why)."""
 
     written: int
+    skipped: list[SkippedModel] = []
 
 
 class WindowsPage(BaseModel):

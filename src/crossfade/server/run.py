@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from types import FrameType
 
 import uvicorn
@@ -13,6 +14,7 @@ import uvicorn
 from crossfade.backends import Backend, BackendError, open_backend
 from crossfade.server.app import create_app
 from crossfade.server.feed import RoutingFeed
+from crossfade.server.guard import default_backlog, default_max_connections, guarded_protocol
 
 
 class _Server(uvicorn.Server):
@@ -33,23 +35,43 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
-def _server(backend: Backend, host: str, port: int, *, open_reads: bool, controller: bool,
-            log_level: str) -> _Server:
-    app = create_app(backend, open_reads=open_reads, controller=controller)
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What clients can hold of the server: open connections, seconds to send a request's head, seconds an
+    idle kept-alive connection stays open, and connections queued (and accepted at once) by the kernel."""
+
+    max_connections: int = field(default_factory=default_max_connections)
+    header_timeout: float = 10.0
+    keep_alive: float = 5.0
+    backlog: int = field(default_factory=default_backlog)
+
+
+def _server(backend: Backend, host: str, port: int, *, open_reads: bool, controller: bool, log_level: str,
+            allowed_hosts: Sequence[str] = (), trusted_proxies: Sequence[str] = (),
+            limits: Limits | None = None) -> _Server:
+    limits = limits or Limits()
+    app = create_app(backend, open_reads=open_reads, controller=controller, allowed_hosts=allowed_hosts)
+    # X-Forwarded-For is believed only from the proxies named: otherwise any local process could pose as
+    # any address (and have the limiter lock that address out).
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=5, lifespan="on")
+                            timeout_graceful_shutdown=5, lifespan="on",
+                            http=guarded_protocol(limits.max_connections, limits.header_timeout),
+                            timeout_keep_alive=int(max(1, limits.keep_alive)), backlog=limits.backlog,
+                            proxy_headers=bool(trusted_proxies), forwarded_allow_ips=list(trusted_proxies) or None)
     return _Server(config, app.state.feed)
 
 
 def serve(backend_url: str, *, host: str = "127.0.0.1", port: int = 8765, open_reads: bool = False,
-          controller: bool = True) -> None:
+          controller: bool = True, allowed_hosts: Sequence[str] = (), trusted_proxies: Sequence[str] = (),
+          limits: Limits | None = None) -> None:
     """Serve until interrupted (SIGINT or SIGTERM), then release the controller's leases."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # Alembic narrates a schema creation at INFO; the log is for what the control plane does.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     backend = open_backend(backend_url)
     try:
-        _server(backend, host, port, open_reads=open_reads, controller=controller, log_level="info").run()
+        _server(backend, host, port, open_reads=open_reads, controller=controller, log_level="info",
+                allowed_hosts=allowed_hosts, trusted_proxies=trusted_proxies, limits=limits).run()
     finally:
         backend.close()
 
@@ -62,6 +84,7 @@ def serve_in_background(
     open_reads: bool = True,
     controller: bool = True,
     log_level: str = "warning",
+    limits: Limits | None = None,
 ) -> tuple[str, Callable[[], None]]:
     """Start the control plane in a daemon thread; returns its base URL and a function that stops it.
 
@@ -70,7 +93,8 @@ def serve_in_background(
     """
     owned = isinstance(backend_url, str)
     backend = open_backend(backend_url) if isinstance(backend_url, str) else backend_url
-    server = _server(backend, host, port, open_reads=open_reads, controller=controller, log_level=log_level)
+    server = _server(backend, host, port, open_reads=open_reads, controller=controller, log_level=log_level,
+                     limits=limits)
     # uvicorn installs signal handlers only on the main thread; here it must not.
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     thread = threading.Thread(target=server.run, name="crossfade-server", daemon=True)
