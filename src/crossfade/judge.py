@@ -153,8 +153,9 @@ def judge(spec: Spec, cells: Mapping[str, Cell], *, look: int, traffic: float, s
         verdicts.append(_latency(candidate, legacy, g.latency.quantile, g.latency.max_ratio, alpha, look))
     if g.cost is not None:
         verdicts.append(_cost(candidate, legacy, g.cost.max_ratio, alpha))
-    # Answers are compared on shadow runs only: elsewhere the gate would be NODATA for ever and hold the stage.
-    if g.mismatch_rate is not None and shadowing:
+    # Answers are compared on shadow runs (or, in a batch, by the validator): where there are none the gate
+    # would be NODATA for ever and hold the stage, so it is not judged there.
+    if g.mismatch_rate is not None and (shadowing or candidate.compared):
         verdicts.append(_mismatch(candidate, g.mismatch_rate.max, alpha))
     ratio = None
     if 0.0 < traffic < 1.0 and candidate.calls and legacy.calls and not shadowing:

@@ -975,14 +975,6 @@ class _Reader:
                     "stage can never be left; make it the last stage, or add shadow_legacy: 10% so legacy runs "
                     "beside it",
                 )
-        if gates.mismatch_rate not in (None, _BAD) and gates.mismatch_rate.max is not _BAD and not any(
-            s.shadow not in (0.0, _BAD) or s.shadow_legacy not in (0.0, _BAD) for s in judged
-        ):
-            self.problem(
-                "gates.mismatch_rate",
-                "answers are compared on shadow runs and no stage before the last has any, so this gate could "
-                "never be judged; add a first stage {name: shadow, traffic: 0%, shadow: 100%}, or drop the gate",
-            )
 
     def stage_shadows(self, stage: Stage, data: Mapping[str, Any], path: str) -> None:
         """Report shadow settings a stage cannot act on: they would silently do nothing.
