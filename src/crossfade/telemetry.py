@@ -151,6 +151,10 @@ def check_cell(data: object) -> Cell:
     latency = data.get("latency") or {}
     if not isinstance(latency, Mapping):
         raise CellError(f"latency is a sketch mapping, got {type(latency).__name__}")
+    if "bounds" in latency:
+        cell.latency = _check_buckets(latency)
+        _consistent(cell)
+        return cell
     unknown = sorted(str(k) for k in latency if k not in _SKETCH_KEYS)
     if unknown:
         raise CellError(f"unknown latency field(s) {', '.join(unknown)}; a sketch has bins, zeros, count, total")
@@ -179,22 +183,49 @@ def check_cell(data: object) -> Cell:
     return cell
 
 
+def _check_buckets(latency: Mapping[str, Any]) -> Buckets:
+    """Fixed latency buckets (a metric source's, or a client's in another language), checked."""
+    unknown = sorted(str(k) for k in latency if k not in ("bounds", "counts", "total"))
+    if unknown:
+        raise CellError(f"unknown latency field(s) {', '.join(unknown)}; fixed buckets have bounds, counts, total")
+    bounds, counts = latency.get("bounds"), latency.get("counts")
+    if not isinstance(bounds, list) or not isinstance(counts, list) or len(bounds) > MAX_BINS:
+        raise CellError(f"latency.bounds and latency.counts are lists (at most {MAX_BINS} bounds)")
+    try:
+        buckets = Buckets(tuple(_finite(b, "latency.bounds") for b in bounds),
+                          [_count(n, "latency.counts") for n in counts], _finite(latency.get("total", 0.0), "latency.total"))
+    except ValueError as exc:
+        raise CellError(f"latency: {exc}") from None
+    if buckets.total < 0 or (buckets.count == 0 and buckets.total != 0):
+        raise CellError(f"latency.total ({buckets.total!r}) must be 0 or more, and 0 with no values")
+    return buckets
+
+
 def _consistent(cell: Cell) -> None:
     sketch = cell.latency
+    if isinstance(sketch, Buckets):
+        if sketch.count > cell.calls:
+            raise CellError(f"latency counts ({sketch.count}) exceed calls ({cell.calls}); each timed call is a call")
+        _counts_consistent(cell)
+        return
     if sketch.count != sketch.zeros + sum(sketch.bins.values()):
         raise CellError(f"latency.count ({sketch.count}) is not zeros plus the bins' counts "
                         f"({sketch.zeros + sum(sketch.bins.values())})")
-    for name in ("errors", "fallbacks", "timeouts"):
-        if getattr(cell, name) > cell.calls:
-            raise CellError(f"{name} ({getattr(cell, name)}) exceed calls ({cell.calls})")
     if sketch.count > cell.calls:
         raise CellError(f"latency.count ({sketch.count}) exceeds calls ({cell.calls}); each timed call is a call")
-    if cell.mismatches > cell.compared:
-        raise CellError(f"mismatches ({cell.mismatches}) exceed compared ({cell.compared})")
     if sketch.total < 0 or (sketch.count == 0 and sketch.total != 0):
         raise CellError(f"latency.total ({sketch.total!r}) must be 0 or more, and 0 with no values")
     if sketch.bins and sketch.total > sketch.count * Sketch.value_of(max(sketch.bins)) * 1.01:
         raise CellError(f"latency.total ({sketch.total!r}) exceeds count times the largest bucket's value")
+    _counts_consistent(cell)
+
+
+def _counts_consistent(cell: Cell) -> None:
+    for name in ("errors", "fallbacks", "timeouts"):
+        if getattr(cell, name) > cell.calls:
+            raise CellError(f"{name} ({getattr(cell, name)}) exceed calls ({cell.calls})")
+    if cell.mismatches > cell.compared:
+        raise CellError(f"mismatches ({cell.mismatches}) exceed compared ({cell.compared})")
     if cell.cost_sq < 0 or (cell.costed == 0 and (cell.cost_sum or cell.cost_sq)):
         raise CellError("cost_sq must be 0 or more, and both cost sums 0 when costed is 0")
 
