@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0003_security"
-down_revision = "0005_notify"
+down_revision = "0007_batch"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """The notification outbox: one row per event and target, delivered at least once; a cursor per migration.
 
 Revision ID: 0005_notify
-Revises: 0007_batch
+Revises: 0003_security
 Create Date: 2026-12-02
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_notify"
-down_revision = "0007_batch"
+down_revision = "0003_security"
 branch_labels = None
 depends_on = None
 
