@@ -120,6 +120,12 @@ def after_stage(spec: Spec, state: State, judgement: Judgement, firings: tuple[F
         return changes
     if state.stage_index + 1 >= len(spec.stages):
         return changes
+    past = in_items(judgement).past_limit
+    if past and spec.analysis.on_inconclusive != "promote":
+        # A traffic stage would wait for more evidence; a batch stage has no more items to give. An estimate
+        # past its limit is never promoted (unless the spec says on_inconclusive: promote): it fails.
+        reason = "the stage's items ran out with an estimate past its limit: " + "; ".join(g.message for g in past)
+        return changes + [failure_change(spec, state, reason)]
     if spec.analysis.promote_when == "proven":
         unproven = [g.gate for g in judgement.gates if g.verdict != "PASS"]
         if unproven:

@@ -290,7 +290,7 @@ class BatchRun:
             left = stage.hold - (self.clock() - (state.stage_entered_at or self.clock()))
             if left > 0:
                 await asyncio.sleep(left)
-        windows = await self._in_io(self.backend.windows, self.name)
+        windows = _attempt(state, await self._in_io(self.backend.windows, self.name))
         cells = stage_cells(state, windows)
         judgement = judge(spec, cells, look=1, traffic=state.traffic)
         firings = tuple(check_triggers(spec, windows, self.clock()))
@@ -406,13 +406,15 @@ class BatchRun:
                 cell.mismatches += outcome.status == INVALID
             cell.latency.add(seconds)
         now = self.clock()
-        window = Window(self.name, state.stage or "", CANDIDATE, math.floor(now / WINDOW_SECONDS) * WINDOW_SECONDS,
-                        WINDOW_SECONDS, cell)
+        # A window never starts before the stage was entered, so a restarted attempt (seconds after the last
+        # one, in the same aligned window) is judged on its own items only.
+        start = max(math.floor(now / WINDOW_SECONDS) * WINDOW_SECONDS, state.stage_entered_at or 0.0)
+        window = Window(self.name, state.stage or "", CANDIDATE, start, WINDOW_SECONDS, cell)
         await self._in_io(self.backend.write_windows, [window])
         fresh = self.backend.state(self.name) or state
         if fresh.seq != state.seq and (not working(fresh) or fresh.stage != state.stage):
             return fresh, True  # an operator moved it
-        windows = await self._in_io(self.backend.windows, self.name)
+        windows = _attempt(fresh, await self._in_io(self.backend.windows, self.name))
         judgement = judge(spec, stage_cells(fresh, windows), look=1, traffic=fresh.traffic)
         changes = during_stage(spec, fresh, judgement, tuple(check_triggers(spec, windows, now)))
         if not changes:
@@ -559,3 +561,7 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+def _attempt(state: State, windows: list[Window]) -> list[Window]:
+    """The windows of the stage as this attempt entered it (its windows start at the entry or later)."""
+    entered = state.stage_entered_at or 0.0
+    return [w for w in windows if w.start >= entered]
