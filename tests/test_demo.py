@@ -54,3 +54,10 @@ def test_the_dashboard_serves_the_demo_while_it_plays(tmp_path):
     assert "dashboard: http://127.0.0.1:" in buffer.getvalue()
     assert seen["migration"]["state"]["status"] == "rolled_back"
     assert "<html" in seen["page"].lower()
+
+
+def test_piped_demo_draws_its_panels_to_a_page_s_width():
+    result = CliRunner().invoke(app, ["demo", "--faulty", "--speed", "0"])
+    assert result.exit_code == 0, result.output
+    assert "rolled back at" in result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 100

@@ -1377,7 +1377,9 @@ def demo(
     if keep is not None and not keep.resolve().parent.is_dir():
         _fail(f"cannot keep the databases as {keep}: directory {keep.resolve().parent} does not exist", 2)
     target = None if keep is None else f"sqlite:///{keep.resolve().with_suffix('.db')}"
-    raise typer.Exit(run_demo(out, speed=speed, faulty_only=faulty, keep=target,
+    # Lines of text are never cut when piped; the demo's panels are drawn to a page's width instead.
+    console = out if out.is_terminal else Console(highlight=False, width=100)
+    raise typer.Exit(run_demo(console, speed=speed, faulty_only=faulty, keep=target,
                               dashboard=port if dashboard else None))
 
 
