@@ -93,7 +93,8 @@ def test_counts_without_a_latency_sketch_are_taken_and_every_reader_copes(contro
     assert control_plane.call("GET", "/metrics", role="viewer")[0] == 200
     from crossfade.loop import ControllerLoop
 
-    ControllerLoop(control_plane.backend, holder="test").tick()
+    (tick,) = ControllerLoop(control_plane.backend, holder="test", dry_run=True).tick()
+    assert tick.assessment is not None  # judged without a latency sketch, not crashed
 
 
 def test_a_bad_row_in_the_store_is_skipped_and_counted_by_every_reader(control_plane, sqlite_url):
@@ -116,7 +117,8 @@ def test_a_bad_row_in_the_store_is_skipped_and_counted_by_every_reader(control_p
     assert control_plane.call("GET", "/v1/migrations/m/series", role="viewer")[0] == 200
     from crossfade.loop import ControllerLoop
 
-    (tick,) = ControllerLoop(control_plane.backend, holder="test").tick()
+    # A dry run judges every active migration (no lease, no replica share), as the server's own loop would.
+    (tick,) = ControllerLoop(control_plane.backend, holder="test", dry_run=True).tick()
     assert tick.assessment is not None
     from typer.testing import CliRunner
 
