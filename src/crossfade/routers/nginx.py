@@ -16,12 +16,12 @@ import http.client
 import os
 import re
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crossfade.atomic import replace_file
 from crossfade.registry import ConfigProblem, ProviderConfigError
 from crossfade.routers import NOT_VERIFIED, VERIFIED, RouterError, Target, Verification
 
@@ -137,21 +137,6 @@ def render(settings: NginxSettings, target: Target) -> str:
     return "\n".join(lines + ["}", ""])
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` by `text` so that a reader sees the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _uptime() -> float | None:
     try:
         return float(Path("/proc/uptime").read_text().split()[0])
@@ -217,7 +202,7 @@ class NginxRouter:
         try:
             old = path.read_text() if path.exists() else None
             if old != text:
-                write_atomically(path, text)
+                replace_file(path, text.encode())
         except OSError as exc:
             raise RouterError(f"cannot write {path}: {exc}") from exc
         try:
@@ -228,7 +213,7 @@ class NginxRouter:
             if old is None:
                 path.unlink(missing_ok=True)
             else:
-                write_atomically(path, old)
+                replace_file(path, old.encode())
             raise
         self._reloaded_at = _uptime()
         self._nginx("-s", "reload")

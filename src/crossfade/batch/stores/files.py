@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from crossfade.atomic import replace_file
 from crossfade.registry import ConfigProblem, ProviderConfigError
 
 
@@ -47,17 +47,7 @@ class FileStore:
             if data is None:
                 path.unlink(missing_ok=True)
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".crossfade-", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            replace_file(path, data)
 
 
 def create(config: dict[str, Any], path: str) -> FileStore:
