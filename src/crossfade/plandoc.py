@@ -29,12 +29,14 @@ class Estimates:
     legacy: Arm = field(default=LEGACY_DEFAULT)
 
 
-def estimate(spec: Spec, *, rps: float, runs: int = 20, seed: int = 0, legacy: Arm | None = None) -> Estimates:
+def estimate(spec: Spec, *, rps: float, runs: int = 20, seed: int = 0, legacy: Arm | None = None,
+             mode: str = "auto") -> Estimates:
     """Simulate `runs` migrations with a healthy candidate and `runs` with a faulty one at `rps`; `legacy`
-    behaves as given (default: 1% errors, 50 ms median) and the healthy candidate like it."""
-    base = Workload(rps=rps, legacy=legacy or LEGACY_DEFAULT, candidate=legacy or LEGACY_DEFAULT)
+    behaves as given (default: 1% errors, 50 ms median) and the healthy candidate like it. `mode` is the
+    simulation's (`crossfade.simulate.Workload.mode`)."""
+    base = Workload(rps=rps, legacy=legacy or LEGACY_DEFAULT, candidate=legacy or LEGACY_DEFAULT, mode=mode)
     healthy = simulate_many(spec, base, runs=runs, seed=seed)
-    faulty_workload = Workload(rps=rps, legacy=base.legacy,
+    faulty_workload = Workload(rps=rps, legacy=base.legacy, mode=mode,
                                candidate=parse_arm(FAULTY, base=base.legacy, label="faulty candidate"))
     faulty = simulate_many(spec, faulty_workload, runs=runs, seed=seed + runs)
     return Estimates(rps, tuple(healthy), tuple(faulty), FAULTY, base.legacy)
@@ -407,11 +409,15 @@ class ProgramEstimates:
 
 def estimate_program(program: Program, *, rps: float | None = None, runs: int = 20,
                      seed: int = 0) -> ProgramEstimates:
-    """Simulate each component at its own traffic (or `rps`), with its legacy's behaviour."""
+    """Simulate each component at its own traffic (or `rps`), with its legacy's behaviour.
+
+    Calls are drawn in aggregate: a program's components run for days, where running each call through the
+    SDK tells nothing more and costs a run minutes."""
     found = {}
     for i, c in enumerate(program.components):
         legacy = parse_arm(c.legacy, label=f"{c.name}.legacy") if c.legacy else None
-        found[c.name] = estimate(c.spec, rps=c.rps or rps or 1.0, runs=runs, seed=seed + 1000 * i, legacy=legacy)
+        found[c.name] = estimate(c.spec, rps=c.rps or rps or 1.0, runs=runs, seed=seed + 1000 * i, legacy=legacy,
+                                 mode="aggregate")
     return ProgramEstimates(found)
 
 

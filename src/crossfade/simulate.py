@@ -40,6 +40,7 @@ intervals drawn at once, so a week-long hold at 0.06 calls/s takes about as many
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import math
 import multiprocessing
 import os
@@ -52,7 +53,9 @@ from functools import lru_cache
 from statistics import NormalDist
 from typing import Any, Final
 
+from crossfade.backends.base import ConflictError
 from crossfade.backends.sql import SQLBackend
+from crossfade.canonical import canonical_json
 from crossfade.client import Client
 from crossfade.controller import Assessment, assess, is_active, stage_cells
 from crossfade.events import (
@@ -118,6 +121,9 @@ PER_CALL_LIMIT: Final = 100_000
 # After a stage's first 1 / LOOK_GROWTH intervals the simulation looks when the stage's age has grown by this
 # share (see `_Run._span`).
 LOOK_GROWTH: Final = 0.05
+# At low traffic a look waits for about this many expected calls (all arms): a look every interval at 0.06
+# calls/s judged two new calls at a time, so a run's cost grew with its simulated days (see `_Run._span`).
+LOOK_CALLS: Final = 500
 # Cost per call varies (tokens differ call to call): lognormal with this shape around the mean given.
 COST_SIGMA: Final = 0.5
 _NORMAL: Final = NormalDist()
@@ -566,50 +572,75 @@ class _SimBackend:
     """
 
     def __init__(self, keep: float, url: str | None = None) -> None:
-        self._sql = SQLBackend(url or "sqlite://")
+        # Without a database to leave behind, events, states and specs live in memory too: one process and
+        # one loop need no SQL, and creating a schema and writing every verdict cost more than judging.
+        self._sql = SQLBackend(url) if url is not None else None
         self.url = url or "sqlite://"
         # A kept database gets the telemetry too, so `crossfade status` can read it after the run.
         self._write_through = url is not None
         self.keep = keep
         self._windows: dict[tuple[str, str], dict[tuple[float, str], Window]] = {}
         self._rollups: dict[tuple[str, str, float], tuple[float, dict[str, Window]]] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
+        self._events: dict[str, list[Event]] = {}
+        self._states: dict[str, State] = {}
+        self._specs: dict[str, dict[int, str]] = {}
 
     def append(self, migration: str, expected_seq: int, events: Sequence[Event], *, state: State,
                spec: Mapping[str, Any] | None = None) -> None:
         """As SQLBackend.append."""
-        self._sql.append(migration, expected_seq, events, state=state, spec=spec)
+        if self._sql is not None:
+            self._sql.append(migration, expected_seq, events, state=state, spec=spec)
+        log = self._events.setdefault(migration, [])
+        last = log[-1].seq if log else 0
+        if last != expected_seq:
+            raise ConflictError(f"migration {migration} changed concurrently: expected event {expected_seq} to "
+                                f"be the last, found {last}; re-read its state and retry")
+        log.extend(events)
+        self._states[migration] = state
+        if spec is not None:
+            self._specs.setdefault(migration, {})[events[0].seq] = canonical_json(dict(spec))
 
     def events(self, migration: str, *, after: int = 0, limit: int | None = None) -> list[Event]:
         """As SQLBackend.events."""
-        return self._sql.events(migration, after=after, limit=limit)
+        found = [e for e in self._events.get(migration, ()) if e.seq > after]
+        return found if limit is None else found[:limit]
 
     def state(self, migration: str) -> State | None:
         """As SQLBackend.state."""
-        return self._sql.state(migration)
+        return self._states.get(migration)
 
     def states(self) -> list[State]:
         """As SQLBackend.states."""
-        return self._sql.states()
+        return [self._states[name] for name in sorted(self._states)]
 
     def spec(self, migration: str, version: int | None = None) -> dict[str, Any] | None:
         """As SQLBackend.spec."""
-        return self._sql.spec(migration, version)
+        versions = self._specs.get(migration) or {}
+        text = versions.get(max(versions) if version is None and versions else version)  # type: ignore[arg-type]
+        return None if text is None else json.loads(text)
 
     def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
-        """As SQLBackend.acquire_lease."""
-        return self._sql.acquire_lease(name, holder, ttl, now)
+        """As SQLBackend.acquire_lease, in memory."""
+        held = self._leases.get(name)
+        if held is not None and held[0] != holder and held[1] > now:
+            return False
+        self._leases[name] = (holder, now + ttl)
+        return True
 
     def lease_holders(self, prefix: str, now: float) -> list[str]:
-        """As SQLBackend.lease_holders."""
-        return self._sql.lease_holders(prefix, now)
+        """As SQLBackend.lease_holders, in memory."""
+        return sorted({h for n, (h, until) in self._leases.items() if n.startswith(prefix) and until > now})
 
     def release_lease(self, name: str, holder: str) -> None:
-        """As SQLBackend.release_lease."""
-        self._sql.release_lease(name, holder)
+        """As SQLBackend.release_lease, in memory."""
+        if self._leases.get(name, ("", 0.0))[0] == holder:
+            del self._leases[name]
 
     def close(self) -> None:
         """Release the database."""
-        self._sql.close()
+        if self._sql is not None:
+            self._sql.close()
 
     def write_windows(self, windows: Sequence[Window]) -> None:
         """Keep windows; rows for one window add up."""
@@ -886,7 +917,8 @@ class _Run:
             for rank in range(1, workload.keys + 1):
                 total += rank ** -workload.zipf
                 self.cum_weights.append(total)
-        self._share_cache: tuple[int, float] = (-1, 0.0)
+        self._buckets: list[int] = []
+        self._share_cache: tuple[tuple[bool, float] | None, float] = (None, 0.0)
         self.calls = {CANDIDATE: 0, LEGACY: 0}
         self.exposed = 0
         self.detected: float | None = None
@@ -950,17 +982,20 @@ class _Run:
 
     def _span(self, state: State, start: float, left: int) -> int:
         """How many analysis intervals to draw before the next look: 1 for a stage's first 1 / LOOK_GROWTH
-        intervals, then LOOK_GROWTH of the stage's age, cut at the next moment something is due.
+        intervals, then LOOK_GROWTH of the stage's age, and at low traffic never fewer than bring LOOK_CALLS
+        expected calls; cut at the next moment something is due.
 
         A look that adds a few percent to a stage's evidence cannot change much, and looking every interval
         made a run's cost grow with the simulated span: holds of days at 0.06 calls/s took 20 minutes for
-        `plan`. Looks stay at every interval while anything but evidence is awaited (approval, a rollback's
-        steps) and land on the end of a hold, on `max_stage_time` and on the fault's start and end.
+        `plan`. At 100 calls/s and more an interval brings LOOK_CALLS calls by itself, so only low traffic
+        looks less often. Looks stay at every interval while anything but evidence is awaited (approval, a
+        rollback's steps) and land on the end of a hold, on `max_stage_time` and on the fault's start and end.
         """
         if state.status != RUNNING or state.stage_entered_at is None:
             return 1
         age = start - state.stage_entered_at
-        span = max(1, math.floor(LOOK_GROWTH * age / self.interval))
+        sized = math.floor(LOOK_CALLS / (self.workload.rps * self.interval)) if self.workload.rps > 0 else 1
+        span = max(1, math.floor(LOOK_GROWTH * age / self.interval), sized)
         stage = self.spec.stages[state.stage_index]
         due = [state.stage_entered_at + (stage.hold or 0.0)]
         if self.spec.analysis.max_stage_time is not None:
@@ -1047,9 +1082,12 @@ class _Run:
         route = self.client.table.get(self.spec.name)
         if route is None:
             return 0.0
-        if self._share_cache[0] == route.version:
+        # The share depends only on the traffic while serving (allow and deny lists come from the spec):
+        # not recomputed at every event that bumps the table's version.
+        serving = route.status in SERVING_STATUSES
+        if self._share_cache[0] == (serving, route.traffic):
             return self._share_cache[1]
-        if route.status not in SERVING_STATUSES:
+        if not serving:
             share = 0.0
         elif not self.population:
             share = threshold(route.traffic) / BUCKETS
@@ -1058,12 +1096,20 @@ class _Run:
             total = weights[-1]
             share = 0.0
             previous = 0.0
-            for key, cumulative in zip(self.population, weights):
-                if route.decide(key, 1.0).arm == CANDIDATE:
+            if self.spec.allow or self.spec.deny:
+                served = [route.decide(key, 1.0).arm == CANDIDATE for key in self.population]
+            else:
+                # The keys' buckets are fixed for the run: hashed once, not once per traffic level.
+                if not self._buckets:
+                    self._buckets = [bucket(route.salt, key) for key in self.population]
+                below = threshold(route.traffic)
+                served = [b < below for b in self._buckets]
+            for candidate, cumulative in zip(served, weights):
+                if candidate:
                     share += cumulative - previous
                 previous = cumulative
             share /= total
-        self._share_cache = (route.version, share)
+        self._share_cache = ((serving, route.traffic), share)
         return share
 
     def _traffic(self, start: float, state: State, span: int = 1) -> None:
