@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from crossfade.sketch import Buckets, Histogram, Sketch, histogram_from_dict
+from crossfade.sketch import ALPHA, Buckets, Histogram, Sketch, histogram_from_dict
 
 MAX_COUNT: Final = 2**53
 """The largest count a cell may hold: exact as a float and in every JSON reader."""
@@ -215,7 +215,9 @@ def _consistent(cell: Cell) -> None:
         raise CellError(f"latency.count ({sketch.count}) exceeds calls ({cell.calls}); each timed call is a call")
     if sketch.total < 0 or (sketch.count == 0 and sketch.total != 0):
         raise CellError(f"latency.total ({sketch.total!r}) must be 0 or more, and 0 with no values")
-    if sketch.bins and sketch.total > sketch.count * Sketch.value_of(max(sketch.bins)) * 1.01:
+    # A bucket holds values up to 1 / (1 - ALPHA) of its representative value (1.0101x, not 1.01x): one call
+    # at the top of its bucket was refused with 1.01, and the window it was in with it.
+    if sketch.bins and sketch.total > sketch.count * Sketch.value_of(max(sketch.bins)) / (1 - ALPHA) * (1 + 1e-9):
         raise CellError(f"latency.total ({sketch.total!r}) exceeds count times the largest bucket's value")
     _counts_consistent(cell)
 
