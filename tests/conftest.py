@@ -101,8 +101,9 @@ class ControlPlane:
             return status, text, got
 
 
-def start_control_plane(url: str, *, open_reads: bool = False):
-    """Start a control plane over the store at `url`; returns it and the function that stops it."""
+def start_control_plane(url: str, *, open_reads: bool = False, programs=()):
+    """Start a control plane over the store at `url` (showing `programs`); returns it and the function that
+    stops it."""
     import time
 
     from crossfade.backends.sql import SQLBackend
@@ -114,7 +115,7 @@ def start_control_plane(url: str, *, open_reads: bool = False):
     for role in ROLES:
         tokens[role] = new_token()
         backend.create_token(f"{role}-user", role, token_hash(tokens[role]), time.time())
-    base, stop = serve_in_background(backend, open_reads=open_reads)
+    base, stop = serve_in_background(backend, open_reads=open_reads, programs=programs)
 
     def stop_all() -> None:
         stop()

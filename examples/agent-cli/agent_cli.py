@@ -10,8 +10,8 @@ the task's first word, and the tool runs for real on the workspace's files. The 
 CLIs print with `--output-format json`: the text, the tokens, the cost in dollars and the model's seconds.
 
 `--build` picks a release of the candidate: `1.0` works; `1.1-grep` passes grep a flag it lacks (grep tasks
-fail), `1.1-slow` waits for its model three times as long, `1.1-verbose` sends the workspace's files with
-every prompt (four times the input tokens).
+fail), `1.1-slow` waits four times as long for its model, `1.1-verbose` sends the workspace's files with
+every prompt.
 """
 
 from __future__ import annotations
@@ -114,9 +114,10 @@ def codex_like(workspace: Path, task: str, rng: random.Random, build: str = "1.0
     verb = task.partition(" ")[0]
     if build == "1.1-grep" and verb == "grep":
         raise ToolError("grep: unrecognized option '--no-ignore-vcs'")
-    extra = sum(len(p.read_text()) // 4 for p in (workspace / "src").glob("*.py")) * 4 if build == "1.1-verbose" else 0
+    # The verbose release sends every file of the workspace as context, again at each of its four turns.
+    extra = 4 * sum(len(p.read_text()) // 4 for p in workspace.rglob("*") if p.is_file()) if build == "1.1-verbose" else 0
     return _answer("codex-like", str(config["model"]), instructions, task, tool(workspace, task), rng,
-                   extra_input=extra, slowness=3.0 if build == "1.1-slow" else 1.0)
+                   extra_input=extra, slowness=4.0 if build == "1.1-slow" else 1.0)
 
 
 def main(argv: list[str]) -> int:

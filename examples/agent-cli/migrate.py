@@ -166,7 +166,7 @@ def _run(cf: crossfade.Client, clock: VirtualClock, spec: dict, workspace: Path,
     corrective = next((e for e in history if e.type in ("rollback_started", "rolled_back", "paused")), None)
     return {
         "status": state.status, "stage": state.stage, "virtual_minutes": round((clock.now() - start) / 60),
-        "stopped_at": corrective.payload.get("stage") if corrective else None,
+        "stopped_at": (corrective.payload.get("stage") or state.stage) if corrective else None,
         "reason": corrective.reason if corrective else None,
         "stages_entered": [e.payload["stage"] for e in history if e.type in ("started", "promoted")],
         "legacy_failures_seen_by_agents": failed_calls,
@@ -188,6 +188,7 @@ def main(directory: Path, *, build: str = "1.0", webhook: str | None = None) -> 
     workspace = directory / "workspace"
     if workspace.exists():
         shutil.rmtree(workspace)
+    (directory / "crossfade.db").unlink(missing_ok=True)  # each run is a new migration
     shutil.copytree(HERE / "workspace", workspace)
     planning = convert(workspace)
     print(f"planning: AGENTS.md and .codex/config.toml written; instructions lost: "

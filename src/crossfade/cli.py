@@ -713,28 +713,30 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
 
 
 def _program_status(file: Path, url: str | None, as_json: bool) -> None:
-    from crossfade.program import load_program, progress
+    from crossfade.program import load_program, program_progress
 
     try:
         program = load_program(file)
     except SpecError as exc:
         _fail(_message(exc), 2)
     with _client(url) as cf:
-        rows = progress(program, {s.name: s for s in cf.migrations()})
+        report = program_progress(program, {s.name: s for s in cf.migrations()})
     if as_json:
-        sys.stdout.write(json.dumps({"program": program.name, "components": [
-            {"component": r.component, "migration": r.migration, "phase": r.phase, "status": r.status,
-             "stage": r.stage, "traffic": r.traffic} for r in rows]}, indent=2) + "\n")
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
         return
-    done = sum(r.status == "completed" for r in rows)
-    out.print(f"{shown(program.name)}: {done} of {len(rows)} components completed")
+    out.print(f"{shown(program.name)}: {report.percent:g}% done, {report.completed} of {len(report.components)} "
+              "components completed")
+    out.print(f"critical path: {shown(' -> '.join(report.critical_path))} "
+              f"({format_duration(round(report.critical_seconds))} of holds)")
     table = Table(box=None, pad_edge=False)
-    for column in ("phase", "component", "migration", "status", "stage", "traffic"):
-        table.add_column(column, justify="right" if column in ("phase", "traffic") else "left")
-    for r in rows:
-        table.add_row(str(r.phase), shown(r.component), shown(r.migration), shown(r.status), shown(r.stage or "-"),
-                      format_percent(r.traffic))
+    for column in ("phase", "component", "migration", "state", "done"):
+        table.add_column(column, justify="right" if column in ("phase", "done") else "left")
+    for r in report.components:
+        marker = " *" if r.component in report.critical_path else ""
+        table.add_row(str(r.phase), shown(r.component + marker), shown(r.migration), shown(r.describe()),
+                      f"{r.done:.0%}")
     out.print(table)
+    out.print("* on the critical path")
 
 
 def _writes_stopped(cf: Client, state: State) -> dict[str, Any] | None:
@@ -1143,6 +1145,8 @@ def serve(
                                          "descriptor limit).")] = None,
     no_controller: Annotated[bool, typer.Option(
         "--no-controller", help="Serve the API only; run the controller elsewhere.")] = False,
+    program: Annotated[list[Path] | None, typer.Option(
+        "--program", help="A program file whose progress the dashboard shows (repeatable).")] = None,
 ) -> None:
     """Run the control plane: HTTP API, SDK routing feed, dashboard at /, /metrics, and the controller loop.
 
@@ -1158,6 +1162,12 @@ def serve(
     except ModuleNotFoundError as exc:
         _fail(f"the control plane needs its extra: {SERVER_EXTRA} ({exc})")
     _open(target, changes=True).close()  # a wrong or unreachable URL is one line before anything is served
+    from crossfade.program import load_program
+
+    try:
+        programs = [load_program(path) for path in program or ()]
+    except SpecError as exc:
+        _fail(_message(exc), 2)
     where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     out.print(f"crossfade control plane on {where}: dashboard at {where}/ (sign in with a token), API at "
               f"{where}/v1, metrics at {where}/metrics (they need a viewer token"
@@ -1165,7 +1175,8 @@ def serve(
     limits = Limits() if max_connections is None else Limits(max_connections=max_connections)
     try:
         run_server(target, host=host, port=port, open_reads=open_reads, controller=not no_controller,
-                   allowed_hosts=allowed_host or (), trusted_proxies=trusted_proxy or (), limits=limits)
+                   allowed_hosts=allowed_host or (), trusted_proxies=trusted_proxy or (), limits=limits,
+                   programs=programs)
     except InvalidURL as exc:
         _fail(_message(exc), 2)
     except BackendError as exc:

@@ -315,9 +315,19 @@ def _dependency_order(components: Sequence[Component]) -> list[Component]:
     return order
 
 
+# Where a component stands, as a person reads it (`ComponentProgress.state`).
+WAITING: Final = "waiting"        # on components it comes after
+READY: Final = "ready"            # everything it waits for is complete; not started yet
+RUNNING: Final = "running"        # at a stage (also awaiting an approval, or paused)
+COMPLETED: Final = "completed"
+ROLLED_BACK: Final = "rolled back"  # also aborted, or on its way back
+
+
 @dataclass(frozen=True, slots=True)
 class ComponentProgress:
-    """Where one component stands: its migration's status, stage and traffic (None when never applied)."""
+    """Where one component stands: its migration's status, stage and traffic (None when never applied), what
+    that means for the program (`state`, with the components it still waits for), and the share of its stages
+    passed (`done`, 0 to 1)."""
 
     component: str
     migration: str
@@ -325,17 +335,92 @@ class ComponentProgress:
     status: str
     stage: str | None
     traffic: float
+    state: str = WAITING
+    waiting_for: tuple[str, ...] = ()
+    done: float = 0.0
+
+    def describe(self) -> str:
+        """One phrase: "waiting on build-steps", "running at stage canary (5%)", "completed", ..."""
+        if self.state == WAITING:
+            return f"waiting on {', '.join(self.waiting_for)}"
+        if self.state == READY:
+            return "ready to start"
+        if self.state == RUNNING:
+            extra = {"awaiting_approval": ", awaiting approval", "paused": ", paused"}.get(self.status, "")
+            return f"running at stage {self.stage} ({self.traffic * 100:g}%{extra})"
+        return self.state
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form (`crossfade status --program --json`, the API)."""
+        return {"component": self.component, "migration": self.migration, "phase": self.phase,
+                "status": self.status, "stage": self.stage, "traffic": self.traffic, "state": self.state,
+                "waiting_for": list(self.waiting_for), "done": self.done, "summary": self.describe()}
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramProgress:
+    """A program's progress: each component's, the critical path (by the stages' holds) and the share done.
+
+    `percent` weighs each component's share of stages passed by its stages' holds (equally when none has a
+    hold): the share of the program's planned time behind it.
+    """
+
+    program: str
+    components: tuple[ComponentProgress, ...]
+    critical_path: tuple[str, ...]
+    critical_seconds: float
+    percent: float
+
+    @property
+    def completed(self) -> int:
+        """How many components are complete."""
+        return sum(c.state == COMPLETED for c in self.components)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form."""
+        return {"program": self.program, "percent": self.percent, "completed": self.completed,
+                "critical_path": list(self.critical_path), "critical_seconds": self.critical_seconds,
+                "components": [c.to_dict() for c in self.components]}
+
+
+def _holds(c: Component) -> float:
+    return sum(s.hold or 0.0 for s in c.spec.stages)
 
 
 def progress(program: Program, states: Mapping[str, Any]) -> list[ComponentProgress]:
     """Each component's progress in phase order, from the migrations' states keyed by migration name
-    (anything with `status`, `stage` and `traffic`; a migration missing from `states` is "not applied")."""
-    rows = []
+    (anything with `status`, `stage`, `stage_index` and `traffic`; a migration missing from `states` is
+    "not applied")."""
+    rows: list[ComponentProgress] = []
+    found: dict[str, ComponentProgress] = {}
     for number, phase in enumerate(program.phases(), start=1):
         for c in phase:
             state = states.get(c.spec.name)
-            if state is None:
-                rows.append(ComponentProgress(c.name, c.spec.name, number, "not applied", None, 0.0))
+            status = "not applied" if state is None else state.status
+            stage = None if state is None else state.stage
+            traffic = 0.0 if state is None else state.traffic
+            waiting = tuple(a for a in c.after if found[a].state != COMPLETED)
+            judged = max(1, len(c.spec.stages) - 1)
+            if status == "completed":
+                label, done = COMPLETED, 1.0
+            elif status in ("rolled_back", "rolling_back", "aborted"):
+                label, done = ROLLED_BACK, 0.0
+            elif status in ("running", "awaiting_approval", "paused"):
+                label, done = RUNNING, min(1.0, getattr(state, "stage_index", 0) / judged)
             else:
-                rows.append(ComponentProgress(c.name, c.spec.name, number, state.status, state.stage, state.traffic))
+                label, done = (WAITING if waiting else READY), 0.0
+            row = ComponentProgress(c.name, c.spec.name, number, status, stage, traffic, label, waiting, done)
+            found[c.name] = row
+            rows.append(row)
     return rows
+
+
+def program_progress(program: Program, states: Mapping[str, Any]) -> ProgramProgress:
+    """The program's progress from the migrations' states (see `progress`), with its critical path."""
+    rows = progress(program, states)
+    holds = {c.name: _holds(c) for c in program.components}
+    weights = holds if any(holds.values()) else {name: 1.0 for name in holds}
+    total = sum(weights.values()) or 1.0
+    percent = round(100 * sum(r.done * weights[r.component] for r in rows) / total, 1)
+    path, length = program.critical_path(holds)
+    return ProgramProgress(program.name, tuple(rows), tuple(path), length, percent)

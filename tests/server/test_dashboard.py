@@ -229,3 +229,80 @@ def test_a_metric_source_that_cannot_be_read_is_shown_as_holding_the_stage(chrom
             browser.close()
     finally:
         stop()
+
+
+PROGRAM = """program: checkout-move
+components:
+  - {name: catalog, spec: catalog.yaml}
+  - {name: pricing, spec: pricing.yaml, after: [catalog]}
+  - {name: payments, spec: payments.yaml, after: [pricing]}
+  - {name: search, spec: search.yaml, after: [catalog]}
+"""
+
+
+def _program(tmp_path: Path):
+    from crossfade.program import load_program
+
+    for name, hold in (("catalog", "1d"), ("pricing", "2d"), ("payments", "3d"), ("search", "1d")):
+        (tmp_path / f"{name}.yaml").write_text(
+            f"name: {name}\nstages:\n  - {{name: canary, traffic: 5%, hold: {hold}}}\n"
+            f"  - {{name: half, traffic: 50%, hold: {hold}}}\n  - {{name: all, traffic: 100%}}\n")
+    (tmp_path / "program.yaml").write_text(PROGRAM)
+    return load_program(tmp_path / "program.yaml")
+
+
+def test_a_program_shows_each_component_s_state_the_critical_path_and_the_share_done(chromium, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from conftest import start_control_plane
+
+    program = _program(tmp_path)
+    plane, stop = start_control_plane(f"sqlite:///{tmp_path / 'cf.db'}", open_reads=True, programs=[program])
+    try:
+        for c in program.components:
+            if c.name != "payments":
+                assert plane.call("PUT", f"/v1/migrations/{c.spec.name}", {"spec": c.spec.to_dict()})[0] == 200
+                assert plane.call("POST", f"/v1/migrations/{c.spec.name}/start", {"reason": "go"})[0] == 200
+        for _ in range(2):
+            assert plane.call("POST", "/v1/migrations/catalog/promote", {"reason": "done", "force": True})[0] == 200
+        assert plane.call("POST", "/v1/migrations/pricing/promote", {"reason": "canary passed", "force": True})[0] == 200
+        assert plane.call("POST", "/v1/migrations/search/rollback", {"reason": "index drift"})[0] == 200
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(f"{plane.url}/#/")
+            row = page.locator('#programs tr[data-program="checkout-move"]')
+            expect(row).to_contain_text("1 of 4")
+            row.locator("a").click()
+            rows = page.locator("tr.component")
+            expect(rows).to_have_count(4)
+            expect(page.locator('tr[data-component="catalog"] .component-state')).to_have_text("completed")
+            expect(page.locator('tr[data-component="pricing"] .component-state')).to_have_text(
+                "running at stage half (50%)")
+            expect(page.locator('tr[data-component="payments"] .component-state')).to_have_text("waiting on pricing")
+            expect(page.locator('tr[data-component="search"] .component-state')).to_have_text("rolled back")
+            # Holds: catalog 2d, pricing 4d, payments 6d, search 2d; done: catalog all, pricing half of its stages.
+            expect(page.locator("#percent")).to_have_text("28.6%")
+            expect(page.locator("#critical-path")).to_contain_text("catalog → pricing → payments")
+            expect(page.locator('tr[data-component="payments"]')).to_contain_text("critical")
+            page.screenshot(path=str(ARTIFACTS / "dashboard-program.png"), full_page=True)
+            browser.close()
+    finally:
+        stop()
+
+
+def test_the_program_api_needs_a_viewer_token_and_names_the_known_programs(tmp_path):
+    from conftest import start_control_plane
+
+    program = _program(tmp_path)
+    plane, stop = start_control_plane(f"sqlite:///{tmp_path / 'cf.db'}", programs=[program])
+    try:
+        assert plane.call("GET", "/v1/programs/checkout-move", role=None)[0] == 401
+        status, body, _ = plane.call("GET", "/v1/programs/checkout-move", role="viewer")
+        assert status == 200 and body["percent"] == 0 and body["critical_path"] == ["catalog", "pricing", "payments"]
+        assert [c["summary"] for c in body["components"]] == [
+            "ready to start", "waiting on catalog", "waiting on catalog", "waiting on pricing"]
+        status, body, _ = plane.call("GET", "/v1/programs/nope", role="viewer")
+        assert status == 404 and body["error"] == "no program named 'nope'; known: checkout-move"
+    finally:
+        stop()

@@ -41,7 +41,8 @@ from crossfade.events import (
 )
 from crossfade.controller import stage_progress
 from crossfade.notify import UnknownTarget
-from crossfade.server import judging, views
+from crossfade.program import Program
+from crossfade.server import judging, programs as program_routes, views
 from crossfade.server.auth import LOOPBACK_HOSTS, Authenticator, AuthError, Principal
 from crossfade.server.control import ControllerThread, OutboxThread
 from crossfade.server.feed import RoutingFeed
@@ -167,8 +168,11 @@ def create_app(
     feed_poll: float = 0.25,
     controller_poll: float = 1.0,
     clock: Callable[[], float] = time.time,
+    programs: Sequence[Program] = (),
 ) -> FastAPI:
     """The control plane over `backend`, whose owner closes it.
+
+    `programs` are the programs whose progress `GET /v1/programs` and the dashboard show.
 
     With `controller`, the controller loop runs in a background thread (lease-held: replicas are safe).
     With `open_reads`, read-only endpoints answer callers on loopback without a token when the request's
@@ -363,6 +367,12 @@ def create_app(
     # -- the judge of other controllers (Argo Rollouts, Flagger) ---------------------------------
 
     judging.install(app, backend, feed, app.state.auth, require("viewer"), clock, _MIGRATION_ERRORS)
+
+    # -- programs of migrations ------------------------------------------------------------------
+
+    program_routes.install(app, programs, backend, require("viewer"),
+                           {**_ERRORS, 404: {"model": Error, "description": "No program of that name"}},
+                           lambda status, kind, message: _error(status, kind, message))
 
     # -- SDK hosts -------------------------------------------------------------------------------
 

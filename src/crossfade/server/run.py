@@ -12,6 +12,7 @@ from types import FrameType
 import uvicorn
 
 from crossfade.backends import Backend, BackendError, open_backend
+from crossfade.program import Program
 from crossfade.server.app import create_app
 from crossfade.server.feed import RoutingFeed
 from crossfade.server.guard import default_backlog, default_max_connections, guarded_protocol
@@ -48,9 +49,10 @@ class Limits:
 
 def _server(backend: Backend, host: str, port: int, *, open_reads: bool, controller: bool, log_level: str,
             allowed_hosts: Sequence[str] = (), trusted_proxies: Sequence[str] = (),
-            limits: Limits | None = None) -> _Server:
+            limits: Limits | None = None, programs: Sequence[Program] = ()) -> _Server:
     limits = limits or Limits()
-    app = create_app(backend, open_reads=open_reads, controller=controller, allowed_hosts=allowed_hosts)
+    app = create_app(backend, open_reads=open_reads, controller=controller, allowed_hosts=allowed_hosts,
+                     programs=programs)
     # X-Forwarded-For is believed only from the proxies named: otherwise any local process could pose as
     # any address (and have the limiter lock that address out).
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
@@ -63,15 +65,17 @@ def _server(backend: Backend, host: str, port: int, *, open_reads: bool, control
 
 def serve(backend_url: str, *, host: str = "127.0.0.1", port: int = 8765, open_reads: bool = False,
           controller: bool = True, allowed_hosts: Sequence[str] = (), trusted_proxies: Sequence[str] = (),
-          limits: Limits | None = None) -> None:
-    """Serve until interrupted (SIGINT or SIGTERM), then release the controller's leases."""
+          limits: Limits | None = None, programs: Sequence[Program] = ()) -> None:
+    """Serve until interrupted (SIGINT or SIGTERM), then release the controller's leases; the dashboard and
+    `GET /v1/programs` show the `programs`' progress."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # Alembic narrates a schema creation at INFO; the log is for what the control plane does.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     backend = open_backend(backend_url)
     try:
         _server(backend, host, port, open_reads=open_reads, controller=controller, log_level="info",
-                allowed_hosts=allowed_hosts, trusted_proxies=trusted_proxies, limits=limits).run()
+                allowed_hosts=allowed_hosts, trusted_proxies=trusted_proxies, limits=limits,
+                programs=programs).run()
     finally:
         backend.close()
 
@@ -85,6 +89,7 @@ def serve_in_background(
     controller: bool = True,
     log_level: str = "warning",
     limits: Limits | None = None,
+    programs: Sequence[Program] = (),
 ) -> tuple[str, Callable[[], None]]:
     """Start the control plane in a daemon thread; returns its base URL and a function that stops it.
 
@@ -94,7 +99,7 @@ def serve_in_background(
     owned = isinstance(backend_url, str)
     backend = open_backend(backend_url) if isinstance(backend_url, str) else backend_url
     server = _server(backend, host, port, open_reads=open_reads, controller=controller, log_level=log_level,
-                     limits=limits)
+                     limits=limits, programs=programs)
     # uvicorn installs signal handlers only on the main thread; here it must not.
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     thread = threading.Thread(target=server.run, name="crossfade-server", daemon=True)

@@ -136,14 +136,35 @@ function gateRow(g) {
 
 // -- views ------------------------------------------------------------------------------------
 
+// Programs: several migrations moved in dependency order (`crossfade serve --program FILE`).
+function programRows(programs) {
+  return programs.map((p) => `<tr data-program="${esc(p.program)}"><td><a href="#/p/${encodeURIComponent(p.program)}">${esc(p.program)}</a></td>
+    <td class="num">${p.percent}%</td><td class="num">${p.completed} of ${p.components.length}</td><td>${esc(p.critical_path.join(" → "))}</td></tr>`).join("");
+}
+
+async function renderProgram(name) {
+  const p = await read(`/v1/programs/${encodeURIComponent(name)}`);
+  const critical = new Set(p.critical_path);
+  const rows = p.components.map((c) => `<tr class="component" data-component="${esc(c.component)}" data-state="${esc(c.state)}">
+    <td class="num">${c.phase}</td><td>${esc(c.component)}${critical.has(c.component) ? ' <span class="critical" title="on the critical path">critical</span>' : ""}</td>
+    <td>${c.status === "not applied" ? esc(c.migration) : `<a href="#/m/${encodeURIComponent(c.migration)}">${esc(c.migration)}</a>`}</td>
+    <td class="component-state ${esc(c.state.replace(" ", "_"))}">${esc(c.summary)}</td><td class="num">${pct(c.done)}</td></tr>`).join("");
+  $("#main").innerHTML = `<p><a href="#/">← all migrations</a></p><h1 id="title">${esc(p.program)}</h1>
+    <div class="card"><p><b id="percent">${p.percent}%</b> done · ${p.completed} of ${p.components.length} components completed</p>
+    <div class="split" aria-label="program progress"><div class="c" style="width:${p.percent}%"></div><div class="l" style="width:${100 - p.percent}%"></div></div>
+    <p id="critical-path">Critical path: <b>${esc(p.critical_path.join(" → "))}</b> <span class="muted">(${Math.round(p.critical_seconds / 86400 * 10) / 10} days of holds)</span></p></div>
+    <h2>Components</h2><div class="card"><table><tr><th class="num">phase</th><th>component</th><th>migration</th><th>state</th><th class="num">stages passed</th></tr>${rows}</table></div>`;
+}
+
 async function renderList() {
-  const states = await read("/v1/migrations");
+  const [states, programs] = await Promise.all([read("/v1/migrations"), read("/v1/programs")]);
   const rows = states.map((s) => `<tr><td><a href="#/m/${encodeURIComponent(s.name)}">${esc(s.name)}</a></td>
     <td><span class="status ${esc(s.status)}">${esc(s.status.replace("_", " "))}</span></td><td>${esc(s.stage ?? "-")}</td>
     <td class="num">${pct(s.traffic)}</td><td>${s.updated_at ? esc(dateTime(s.updated_at)) : "-"}</td></tr>`).join("");
   $("#main").innerHTML = `<h1>Migrations</h1><div class="card">${states.length
     ? `<table><tr><th>name</th><th>status</th><th>stage</th><th class="num">candidate traffic</th><th>updated</th></tr>${rows}</table>`
-    : `<p class="muted">No migrations yet: <code>crossfade apply FILE</code> stores one.</p>`}</div>`;
+    : `<p class="muted">No migrations yet: <code>crossfade apply FILE</code> stores one.</p>`}</div>`
+    + (programs.length ? `<h1>Programs</h1><div class="card" id="programs"><table><tr><th>program</th><th class="num">done</th><th class="num">components completed</th><th>critical path</th></tr>${programRows(programs)}</table></div>` : "");
 }
 
 function skeleton(name) {
@@ -229,8 +250,10 @@ async function renderMigration(name) {
 async function refresh() {
   const hash = location.hash || "#/";
   const match = hash.match(/^#\/m\/(.+)$/);
+  const program = hash.match(/^#\/p\/(.+)$/);
   try {
     if (match) await renderMigration(decodeURIComponent(match[1]));
+    else if (program) await renderProgram(decodeURIComponent(program[1]));
     else await renderList();
     $("#live").textContent = `live · updated ${new Date().toLocaleTimeString()}`;
   } catch (e) {
