@@ -519,9 +519,17 @@ def test_plan_and_status_of_a_program(tmp_path, url):
     cli("apply", str(tmp_path / "config-loader.yaml"), "--url", url)
     cli("start", "dagger-config-loader", "--url", url)
     report = json.loads(cli("status", "--program", str(program), "--url", url, "--json"))
-    assert [(c["phase"], c["component"], c["status"], c["stage"]) for c in report["components"]][:2] == [
-        (1, "config-loader", "running", "shadow"), (2, "build-steps", "not applied", None)]
-    assert "0 of 5 components completed" in cli("status", "--program", str(program), "--url", url)
+    assert [(c["phase"], c["component"], c["status"], c["stage"], c["summary"]) for c in report["components"]][:2] == [
+        (1, "config-loader", "running", "shadow", "running at stage shadow (0%)"),
+        (2, "build-steps", "not applied", None, "waiting on config-loader")]
+    assert report["critical_path"] == ["config-loader", "build-steps", "test-runner", "deploy"]
+    assert report["percent"] == 0
+    cli("promote", "dagger-config-loader", "--force", "--reason", "shadow clean", "--url", url)
+    text = cli("status", "--program", str(program), "--url", url)
+    # config-loader passed 1 of its 3 judged stages: 1/3 of its 6 days of holds, of 41 days in all.
+    assert "orchestrator-to-dagger: 4.9% done, 0 of 5 components completed" in text
+    assert "critical path: config-loader -> build-steps -> test-runner -> deploy (37d of holds)" in text
+    assert "running at stage canary (10%)" in text and "waiting on build-steps" in text
 
 
 def test_plan_and_status_of_a_program_refuse_bad_paths(tmp_path, url):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from crossfade.cli import app
 from crossfade.plandoc import estimate, render
-from crossfade.spec import EXAMPLE, load_spec
+from crossfade.spec import EXAMPLE, format_duration, load_spec
 
 SPEC = load_spec(EXAMPLE)
 
@@ -146,3 +147,52 @@ def test_the_plan_says_who_is_told_of_what():
     assert "- **Notified:** #ci-migration (Slack) (`ci`) of rolled_back, gate_failed;" in text
     assert "- **Notified:** eng-managers@example.com (email) (`email`) of everything;" in text
     assert "No one is configured" not in text
+
+
+def test_a_simulated_program_plan_carries_the_simulated_numbers_in_every_deliverable():
+    """The seed's deliverables (phased plan with timeline and critical path, success criteria with acceptance and
+    benchmarks, rollback with triggers, data and rehearsal, testing strategy, communication plan), each with
+    numbers from the specs and from simulated runs at the components' own traffic."""
+    import re
+
+    from crossfade.plandoc import estimate_program, render_program
+    from crossfade.program import load_program
+
+    program = load_program(PROGRAM_EXAMPLE)
+    estimates = estimate_program(program, runs=2)
+    document = render_program(program, estimates, source="program.yaml")
+    sections = re.split(r"^## ", document, flags=re.M)[1:]
+    titles = [s.split("\n", 1)[0] for s in sections]
+    assert titles == ["Phases and timeline", "Success criteria", "Acceptance and validation", "Rollback",
+                      "Rollback rehearsal", "Testing strategy", "Shadow's extra cost", "Communication plan"]
+    body = dict(zip(titles, sections))
+    # 1. Phases by dependency order, a timeline per phase from the simulated durations, the critical path.
+    phases = body["Phases and timeline"]
+    assert [m for m in re.findall(r"^### (Phase \d)", phases, flags=re.M)] == ["Phase 1", "Phase 2", "Phase 3",
+                                                                                   "Phase 4"]
+    done = [r.duration_s for r in estimates.components["config-loader"].healthy if r.outcome == "completed"]
+    assert done and f"| {format_duration(round(statistics.median(done)))} |" in phases.split("### Phase 2")[0]
+    assert re.search(r"Phase 4 runs from \d+d[\dhms]* to \d+d", phases)
+    assert "**Critical path:** config-loader -> build-steps ->" in phases
+    # 2. Success criteria per phase in numbers (holds, limits: the performance benchmarks), and acceptance.
+    criteria = body["Success criteria"]
+    assert "### Phase 2: build-steps" in criteria and "its hold of 3d has passed" in criteria
+    assert "p95 may be at most 1.2x legacy's" in criteria and "mean cost per call may be at most 1.5x" in criteria
+    assert "the 40 most-run pipelines build green on Dagger in shadow for a week" in body["Acceptance and validation"]
+    # 3. Rollback per phase: triggers with their numbers, data preservation, a rehearsal with simulated results.
+    rollback = body["Rollback"]
+    assert "error rate exceeds 20% over 1h" in rollback and "error rate exceeds 30% over 2h" in rollback
+    assert "build cache: written by both runners in every stage" in rollback
+    rehearsal = body["Rollback rehearsal"]
+    assert '`crossfade simulate SPEC --rps 0.06 --legacy "errors=0.5% latency=lognormal(2s,0.3) cost=0.0004"' \
+           in rehearsal
+    assert re.search(r"rehearsed: [12] of 2 simulated faulty runs were stopped \(at shadow\)", rehearsal)
+    # 4. Testing strategy per component with the simulated outcomes at its own traffic.
+    testing = body["Testing strategy"]
+    assert "**Simulation** at 0.06 calls/s: 2 runs" in testing and "**Simulation** at 0.01 calls/s: 2 runs" in testing
+    # Parallel operation priced: config-loader shadows 100% (+5% noise runs) for its simulated shadow stage.
+    assert re.search(r"\| config-loader \| shadow \| [\d,]+ \| \d+[dhm]", body["Shadow's extra cost"])
+    # 5. Communication: who is told of what, templates, cadence and escalation.
+    communication = body["Communication plan"]
+    assert "| CI users | #ci-migration | started, stage passed, rolled back, completed |" in communication
+    assert "Every 7d, the owner posts" in communication and "-> VP engineering" in communication

@@ -289,3 +289,29 @@ def test_a_spec_judged_from_prometheus_is_simulated_on_its_simulated_traffic_all
         plain, sourced = simulate(SPEC, workload(candidate), seed=seed), simulate(prometheus, workload(candidate), seed=seed)
         assert (sourced.outcome, sourced.stage, sourced.duration_s, sourced.reason) == (
             plain.outcome, plain.stage, plain.duration_s, plain.reason)
+
+
+def test_a_run_in_memory_decides_as_a_run_on_a_kept_database(tmp_path):
+    # Events, states and leases live in memory unless a database is kept: the same seed decides the same.
+    spec = {**SPEC, "triggers": [{"metric": "error_rate", "above": "4%", "window": "5m"}]}
+    for candidate in ("", "errors=6%"):
+        kept = simulate(spec, workload(candidate), seed=3, database=f"sqlite:///{tmp_path / f'k{len(candidate)}.db'}")
+        memory = simulate(spec, workload(candidate), seed=3)
+        assert [(e.type, e.time, e.reason) for e in memory.events] == [(e.type, e.time, e.reason) for e in kept.events]
+        assert (memory.outcome, memory.stage, memory.reason) == (kept.outcome, kept.stage, kept.reason)
+        assert verify(memory.events) and verify(kept.events)
+
+
+def test_at_low_traffic_looks_are_sized_by_calls_not_by_the_simulated_days():
+    def looks(hold: str) -> int:
+        spec = {"name": "ci", "stages": [{"traffic": "10%", "hold": hold}, {"traffic": "50%", "hold": hold},
+                                         {"traffic": "100%"}],
+                "gates": {"error_rate": {"max_increase": "2%"}}}
+        seen = []
+        result = simulate(spec, workload(rps=0.06, mode="aggregate"), seed=1, on_tick=seen.append)
+        assert result.outcome == "completed"
+        return len(seen)
+
+    # 30 s looks would be 2 x 2,880 for holds of a day and 8 x that for 8 days; a look waits for ~500 calls.
+    short, long = looks("1d"), looks("8d")
+    assert short < 30 and long < 4 * short
