@@ -299,7 +299,7 @@ def test_a_run_in_memory_decides_as_a_run_on_a_kept_database(tmp_path):
         memory = simulate(spec, workload(candidate), seed=3)
         assert [(e.type, e.time, e.reason) for e in memory.events] == [(e.type, e.time, e.reason) for e in kept.events]
         assert (memory.outcome, memory.stage, memory.reason) == (kept.outcome, kept.stage, kept.reason)
-        assert verify(memory.events) and verify(kept.events)
+        assert verify(list(memory.events)) is None and verify(list(kept.events)) is None
 
 
 def test_at_low_traffic_looks_are_sized_by_calls_not_by_the_simulated_days():
@@ -312,6 +312,7 @@ def test_at_low_traffic_looks_are_sized_by_calls_not_by_the_simulated_days():
         assert result.outcome == "completed"
         return len(seen)
 
-    # 30 s looks would be 2 x 2,880 for holds of a day and 8 x that for 8 days; a look waits for ~500 calls.
+    # 30 s looks would be 2 x 2,880 for holds of a day and 8 x that for 8 days; a look waits for ~100 calls,
+    # then for the stage's age to grow by a quarter: 8 times the days cost a few looks more per stage.
     short, long = looks("1d"), looks("8d")
-    assert short < 30 and long < 4 * short
+    assert short < 40 and long < short + 2 * 12

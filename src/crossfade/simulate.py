@@ -121,9 +121,11 @@ PER_CALL_LIMIT: Final = 100_000
 # After a stage's first 1 / LOOK_GROWTH intervals the simulation looks when the stage's age has grown by this
 # share (see `_Run._span`).
 LOOK_GROWTH: Final = 0.05
-# At low traffic a look waits for about this many expected calls (all arms): a look every interval at 0.06
-# calls/s judged two new calls at a time, so a run's cost grew with its simulated days (see `_Run._span`).
-LOOK_CALLS: Final = 500
+# At low traffic (an interval brings fewer than LOOK_CALLS expected calls) a look waits for about LOOK_CALLS calls,
+# and then for the stage's age to grow by LOW_TRAFFIC_GROWTH: a look every interval at 0.06 calls/s judged two
+# new calls at a time, and a run's cost grew with its simulated days (see `_Run._span`).
+LOOK_CALLS: Final = 100
+LOW_TRAFFIC_GROWTH: Final = 0.25
 # Cost per call varies (tokens differ call to call): lognormal with this shape around the mean given.
 COST_SIGMA: Final = 0.5
 _NORMAL: Final = NormalDist()
@@ -982,21 +984,22 @@ class _Run:
 
     def _span(self, state: State, start: float, left: int) -> int:
         """How many analysis intervals to draw before the next look: 1 for a stage's first 1 / LOOK_GROWTH
-        intervals, then LOOK_GROWTH of the stage's age, and at low traffic never fewer than bring LOOK_CALLS
-        expected calls; cut at the next moment something is due.
+        intervals, then LOOK_GROWTH of the stage's age; at low traffic, the intervals that bring LOOK_CALLS
+        expected calls, then LOW_TRAFFIC_GROWTH of the stage's age, so a stage costs a number of looks that grows
+        with the logarithm of its hold, not with the hold. Cut at the next moment something is due.
 
         A look that adds a few percent to a stage's evidence cannot change much, and looking every interval
         made a run's cost grow with the simulated span: holds of days at 0.06 calls/s took 20 minutes for
-        `plan`. At 100 calls/s and more an interval brings LOOK_CALLS calls by itself, so only low traffic
-        looks less often. Looks stay at every interval while anything but evidence is awaited (approval, a
+        `plan`. An interval at 100 calls/s brings LOOK_CALLS calls by itself: such runs look as before. Looks stay at every interval while anything but evidence is awaited (approval, a
         rollback's steps) and land on the end of a hold, on `max_stage_time` and on the fault's start and end.
         """
         if state.status != RUNNING or state.stage_entered_at is None:
             return 1
         age = start - state.stage_entered_at
-        sized = math.floor(LOOK_CALLS / (self.workload.rps * self.interval)) if self.workload.rps > 0 else 1
-        span = max(1, math.floor(LOOK_GROWTH * age / self.interval), sized)
         stage = self.spec.stages[state.stage_index]
+        sized = math.floor(LOOK_CALLS / (self.workload.rps * self.interval)) if self.workload.rps > 0 else 1
+        growth = LOW_TRAFFIC_GROWTH if sized > 1 else LOOK_GROWTH
+        span = max(1, math.floor(growth * age / self.interval), sized)
         due = [state.stage_entered_at + (stage.hold or 0.0)]
         if self.spec.analysis.max_stage_time is not None:
             due.append(state.stage_entered_at + self.spec.analysis.max_stage_time)
