@@ -99,3 +99,24 @@ def test_progress_follows_the_phases_and_marks_what_was_never_applied():
         (1, "config-loader", "completed", "all"), (2, "build-steps", "running", "canary"),
         (3, "test-runner", "not applied", None), (3, "artifact-publisher", "not applied", None),
         (4, "deploy", "not applied", None)]
+
+
+def test_program_progress_names_each_component_s_state_the_critical_path_and_the_share_done():
+    from crossfade.program import program_progress
+
+    class State:
+        def __init__(self, status, stage, stage_index, traffic):
+            self.status, self.stage, self.stage_index, self.traffic = status, stage, stage_index, traffic
+
+    program = load_program(EXAMPLE)
+    report = program_progress(program, {"dagger-config-loader": State("completed", "all", 3, 1.0),
+                                        "dagger-build-steps": State("awaiting_approval", "quarter", 2, 0.25),
+                                        "dagger-artifact-publisher": State("rolled_back", "canary", 0, 0.0)})
+    assert [c.describe() for c in report.components] == [
+        "completed", "running at stage quarter (25%, awaiting approval)", "waiting on build-steps",
+        "rolled back", "waiting on test-runner, artifact-publisher"]
+    assert report.critical_path == ("config-loader", "build-steps", "test-runner", "deploy")
+    assert report.critical_seconds == 37 * 86400
+    # Holds: config-loader 6d (done), build-steps 12d (2 of 4 judged stages passed), of 41 days in all.
+    assert report.percent == round(100 * (6 + 6) / 41, 1) and report.completed == 1
+    assert report.to_dict()["components"][1]["waiting_for"] == []

@@ -23,7 +23,6 @@ import random
 import shutil
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import tomlkit
