@@ -537,6 +537,8 @@ def test_plan_and_status_of_a_program_refuse_bad_paths(tmp_path, url):
     bad.write_text("program: p\ncomponents:\n  - {name: one, spec: nowhere.yaml}\n")
     assert "components[0].spec: no spec file 'nowhere.yaml'" in cli("plan", str(bad), code=2)
     assert "components[0].spec: no spec file" in cli("status", "--program", str(bad), "--url", url, code=2)
+    assert "components[0].spec: no spec file" in cli("serve", "--program", str(bad), "--url", url, "--port", "0",
+                                                     code=2)
     assert "no directory" in cli("plan", str(bad), "-o", str(tmp_path / "missing" / "plan.md"), code=2)
 
 
