@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -499,8 +500,18 @@ def test_serve_says_where_the_dashboard_is_and_nothing_logs_alembics_narration(t
     finally:
         server.terminate()
         _, errors = server.communicate(timeout=60)
-    assert "dashboard at http://127.0.0.1:0/" in first and "metrics at http://127.0.0.1:0/metrics (they need a" in first
+    # Printed once bound: the port the OS chose for --port 0, not 0.
+    where = re.search(r"dashboard at (http://127\.0\.0\.1:(\d+))/ ", first)
+    assert where and int(where.group(2)) > 0, first
+    assert f"metrics at {where.group(1)}/metrics (they need a" in first
     assert "alembic" not in errors.lower()
+
+
+def test_a_reading_command_does_not_create_a_missing_sqlite_store(tmp_path):
+    missing = tmp_path / "typo.db"
+    line = one_line_error(["status", "--url", f"sqlite:///{missing}"], 1)
+    assert f"{missing} does not exist" in line and "crossfade apply" in line
+    assert not missing.exists()
 
 
 def test_plan_and_status_of_a_program(tmp_path, url):
@@ -622,6 +633,10 @@ def test_replay_refuses_a_bad_spec_an_unknown_migration_and_one_never_started(tm
     bad.write_text("name: m\nstages: [{traffic: 200%}]\n")
     assert "stages[0].traffic" in cli("replay", "m", "--spec", str(bad), "--url", url, code=2)
     assert "no such file" in cli("replay", "m", "--spec", str(tmp_path / "none.yaml"), "--url", url, code=2).lower()
+    assert "does not exist" in cli("replay", "m", "--spec", str(spec), "--url", url, code=1)
+    other = tmp_path / "other.yaml"
+    other.write_text("name: other\nstages: [{traffic: 10%}, {traffic: 100%}]\n")
+    cli("apply", str(other), "--url", url)
     assert "no migration named 'm'" in cli("replay", "m", "--spec", str(spec), "--url", url, code=1)
     cli("apply", str(spec), "--url", url)
     assert "never started" in cli("replay", "m", "--spec", str(spec), "--url", url, code=1)

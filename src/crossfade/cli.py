@@ -142,9 +142,16 @@ def _target(url: str | None, *, changes: bool = False) -> str:
 
 def _open(url: str | None, *, changes: bool = False) -> Any:
     """The backend a command uses, or one line and exit 2 (a URL that names no store) or 1 (unreachable)."""
+    target = _target(url, changes=changes)
+    if not changes and target.startswith("sqlite:///") and "?" not in target:
+        path = Path(target.removeprefix("sqlite:///")).expanduser()
+        if path.parent.is_dir() and not path.exists():
+            # A command that only reads must not leave an empty store behind a mistyped path.
+            _fail(f"{target}: {path.absolute()} does not exist; nothing has been applied there yet "
+                  "(crossfade apply SPEC --url ... creates it)")
     try:
         # A control plane URL (http://...) authenticates with $CROSSFADE_TOKEN; the events name the token.
-        return open_backend(_target(url, changes=changes), token=os.environ.get("CROSSFADE_TOKEN"))
+        return open_backend(target, token=os.environ.get("CROSSFADE_TOKEN"))
     except InvalidURL as exc:
         _fail(_message(exc), 2)
     except BackendError as exc:
@@ -1168,15 +1175,18 @@ def serve(
         programs = [load_program(path) for path in program or ()]
     except SpecError as exc:
         _fail(_message(exc), 2)
-    where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-    out.print(f"crossfade control plane on {where}: dashboard at {where}/ (sign in with a token), API at "
-              f"{where}/v1, metrics at {where}/metrics (they need a viewer token"
-              + (", except from loopback)" if open_reads else ")") + "; Ctrl-C stops it")
+
+    def ready(bound: int) -> None:  # after binding, so --port 0 prints the port the OS chose
+        where = f"http://{'[' + host + ']' if ':' in host else host}:{bound}"
+        out.print(f"crossfade control plane on {where}: dashboard at {where}/ (sign in with a token), API at "
+                  f"{where}/v1, metrics at {where}/metrics (they need a viewer token"
+                  + (", except from loopback)" if open_reads else ")") + "; Ctrl-C stops it")
+
     limits = Limits() if max_connections is None else Limits(max_connections=max_connections)
     try:
         run_server(target, host=host, port=port, open_reads=open_reads, controller=not no_controller,
                    allowed_hosts=allowed_host or (), trusted_proxies=trusted_proxy or (), limits=limits,
-                   programs=programs)
+                   programs=programs, on_ready=ready)
     except InvalidURL as exc:
         _fail(_message(exc), 2)
     except BackendError as exc:

@@ -132,7 +132,7 @@ def run(
     items = _store(source, table, key_column, value_column, pattern)
     into = _store(target, target_table, key_column, value_column, pattern) if target else None
     renamed = _renaming(rename) if rename else None
-    with _client(url) as client, _progress(as_json) as progress:
+    with _client(url, changes=True) as client, _progress(as_json) as progress:
         if spec is not None:
             try:
                 client.apply(load_spec(spec))
@@ -248,7 +248,7 @@ def prune(
         age = parse_duration(older_than)
     except ValueError as e:
         _fail(f"--older-than {older_than!r}: {e}")
-    with _client(url) as client:
+    with _client(url, changes=True) as client:
         items, snapshots = BatchLedger(client.backend()).prune(time.time() - age, migration=migration)
     out.print(f"pruned {items} items and {snapshots} snapshots no item uses any more")
 

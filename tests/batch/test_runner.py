@@ -17,7 +17,7 @@ import pytest
 
 import crossfade
 from crossfade.backends.batch import BatchLedger
-from crossfade.batch import CircuitBreaker, MemoryStore, Retry, json_transform, open_store
+from crossfade.batch import BatchBusy, CircuitBreaker, MemoryStore, Retry, json_transform, open_store
 from crossfade.routing import bucket, threshold
 from tests.batch.records import SPEC, dump, seed, to_v2, valid_v2
 
@@ -91,6 +91,38 @@ def test_transient_faults_are_retried_and_nothing_fails(cf, sqlite_url):
                       retry={ConnectionError: Retry(attempts=10, base=0.001, cap=0.01)})
     assert report.status == "completed" and report.failed == () and report.retries > 50
     assert store.items == {k: to_v2(v) for k, v in original.items()}
+
+
+def test_a_second_run_of_a_batch_in_progress_is_refused_and_nothing_is_transformed_twice(cf, backend_url):
+    store = MemoryStore({f"k{i}": json.dumps({"id": i, "version": 1, "name": f"n{i}", "title": "t",
+                                              "params": []}).encode() for i in range(400)})
+    original = dict(store.items)
+    started, release = threading.Event(), threading.Event()
+    seen: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def gated(key: str, data: bytes) -> bytes:
+        with lock:
+            seen[key] += 1
+        started.set()
+        assert release.wait(120), "the test never released the first run"
+        return to_v2(data)
+
+    reports: list[object] = []
+    first = threading.Thread(target=lambda: reports.append(
+        cf.batch("records-v2", store, gated, validate=valid_v2, spec=SPEC)))
+    first.start()
+    try:
+        assert started.wait(120), "the first run never reached a transform"
+        with crossfade.connect(backend_url, refresh=3600) as other, pytest.raises(BatchBusy, match="another process"):
+            other.batch("records-v2", store, _v2)
+    finally:
+        release.set()
+        first.join(120)
+    assert len(reports) == 1 and reports[0].status == "completed" and reports[0].failed == ()
+    assert store.items == {k: to_v2(v) for k, v in original.items()} and set(seen.values()) == {1}
+    # The lease is given back at the end: the next run (nothing left to do) is not refused.
+    assert cf.batch("records-v2", store, _v2).status == "completed"
 
 
 def test_a_thousand_items_are_in_flight_at_once_with_a_coroutine_transform(cf, sqlite_url):

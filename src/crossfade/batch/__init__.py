@@ -13,12 +13,12 @@ from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from crossfade.batch.policy import CircuitBreaker, Retry
-from crossfade.batch.runner import BatchReport, BatchRun, FailedItem, Progress, Transform, Validator
+from crossfade.batch.runner import BatchBusy, BatchReport, BatchRun, FailedItem, Progress, Transform, Validator
 from crossfade.batch.stores import ItemStore, open_store
 from crossfade.batch.stores.memory import MemoryStore
 
 __all__ = [
-    "BatchReport", "BatchRun", "CircuitBreaker", "FailedItem", "ItemStore", "MemoryStore", "Progress", "Retry",
+    "BatchBusy", "BatchReport", "BatchRun", "CircuitBreaker", "FailedItem", "ItemStore", "MemoryStore", "Progress", "Retry",
     "Transform", "Validator", "as_store", "json_transform", "json_validator", "open_store",
 ]
 

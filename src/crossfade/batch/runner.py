@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import os
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -72,6 +74,9 @@ Progress = Callable[[str, int, int, int], None]
 WINDOW_SECONDS = 1.0
 _ENDED = (ROLLED_BACK_STATUS, ABORTED_STATUS)
 _READ_CHUNK = 500
+# A run holds the lease `batch:<name>` while it writes, renewed at every recorded group and through holds;
+# a run that stalls for longer than this lets another take the batch over (and then stops at its next group).
+LEASE_TTL = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +122,10 @@ class BatchReport:
             "stopped": self.stopped,
             "failed": [{"key": f.key, "status": f.status, "error": f.error, "tries": f.tries} for f in self.failed],
         }
+
+
+class BatchBusy(ValueError):
+    """Another process is running the same batch: two runs would transform and write its items twice."""
 
 
 class _Stop(Exception):
@@ -190,6 +199,9 @@ class BatchRun:
         self.ledger = BatchLedger(self.backend)
         self._io: ThreadPoolExecutor | None = None
         self._cpu: ThreadPoolExecutor | None = None
+        self._lease = f"batch:{name}"
+        # Host and pid in the holder's name let a run on the same host take over from a killed one at once.
+        self._holder = f"batch-run:{socket.gethostname()}:{os.getpid()}:{random.SystemRandom().getrandbits(32):08x}"
 
     # -- entry points ----------------------------------------------------------------------------
 
@@ -203,14 +215,22 @@ class BatchRun:
         self._cpu = ThreadPoolExecutor(self.threads, thread_name_prefix="crossfade-batch")
         started = self.clock()
         counts = _Counts()
+        leased = False
         try:
             state, spec = self._current()
             check_spec(spec)
             if self.dry_run:
                 await self._dry_run(spec, state, counts)
             else:
+                leased = await self._in_io(self._take)
+                if not leased:
+                    raise BatchBusy(f"the batch {self.name!r} is being run by another process; wait for it to "
+                                    f"end (if it was killed on another host, up to {LEASE_TTL:.0f} s) and run "
+                                    "it again")
                 state = await self._migrate(spec, state, counts)
         finally:
+            if leased:
+                await self._in_io(self.backend.release_lease, self._lease, self._holder)
             self._io.shutdown(wait=True)
             self._cpu.shutdown(wait=True, cancel_futures=True)
         failed = tuple(counts.dry_failures) if self.dry_run else self._failures(state)
@@ -227,6 +247,19 @@ class BatchRun:
 
             raise UnknownMigration(f"no migration named {self.name!r}; apply its spec first (crossfade apply FILE)")
         return state, self.client._spec(self.name, state.spec_version)
+
+    def _renew(self) -> bool:
+        """Take or renew this run's lease on the batch; False when another run holds it."""
+        return bool(self.backend.acquire_lease(self._lease, self._holder, LEASE_TTL, self.clock()))
+
+    def _take(self) -> bool:
+        """Take the lease at the start of a run: from nobody, or from a run on this host that was killed."""
+        if self._renew():
+            return True
+        for holder in self.backend.lease_holders(self._lease, self.clock()):
+            if _dead_here(holder):
+                self.backend.release_lease(self._lease, holder)  # deletes only that holder's lease of this name
+        return self._renew()
 
     def _commit(self, state: State, spec: Spec, changes: Sequence[Change]) -> State:
         self.client._commit(state, spec, list(changes), self.actor, False)
@@ -287,9 +320,10 @@ class BatchRun:
     async def _after_stage(self, spec: Spec, state: State) -> State:
         stage = spec.stages[state.stage_index]
         if stage.hold:
-            left = stage.hold - (self.clock() - (state.stage_entered_at or self.clock()))
-            if left > 0:
-                await asyncio.sleep(left)
+            end = (state.stage_entered_at or self.clock()) + stage.hold
+            while (left := end - self.clock()) > 0:
+                await asyncio.sleep(min(left, LEASE_TTL / 3))
+                await self._in_io(self._renew)  # a takeover meanwhile is met at the next group
         windows = _attempt(state, await self._in_io(self.backend.windows, self.name))
         cells = stage_cells(state, windows)
         judgement = judge(spec, cells, look=1, traffic=state.traffic)
@@ -387,6 +421,10 @@ class BatchRun:
 
     async def _flush(self, spec: Spec, state: State, batch: list[tuple[Outcome, float]], counts: _Counts
                      ) -> tuple[State, bool]:
+        if not await self._in_io(self._renew):
+            counts.stopped = ("another run took the batch over while this one stalled; "
+                              f"this run stopped without recording its last {len(batch)} items")
+            return state, True
         outcomes = [o for o, _ in batch]
         await self._in_io(self.ledger.record, self.name, state.attempt, outcomes)
         good = {o.key: o.after for o in outcomes if o.status == TRANSFORMED}
@@ -540,6 +578,22 @@ class BatchRun:
             befores = await self._in_io(self.source.read, chunk)
             await asyncio.gather(*(one(k, befores.get(k)) for k in chunk), return_exceptions=False)
         counts.dry_failures.sort(key=lambda f: f.key)
+
+
+def _dead_here(holder: str) -> bool:
+    """Whether a lease holder is a batch run of this host whose process no longer exists."""
+    kind, _, rest = holder.partition(":")
+    host, _, rest = rest.partition(":")
+    pid, _, _ = rest.partition(":")
+    if kind != "batch-run" or host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists, under another user
+    return False
 
 
 def _chunked(items: list[T], size: int = _READ_CHUNK) -> Iterable[list[T]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,9 +22,17 @@ from crossfade.server.guard import default_backlog, default_max_connections, gua
 class _Server(uvicorn.Server):
     """uvicorn's server, which first answers the long polls, so shutting down waits for no one."""
 
-    def __init__(self, config: uvicorn.Config, feed: RoutingFeed) -> None:
+    def __init__(self, config: uvicorn.Config, feed: RoutingFeed,
+                 on_ready: Callable[[int], None] | None = None) -> None:
         super().__init__(config)
         self.feed = feed
+        self.on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Bind as uvicorn does, then tell `on_ready` the port bound (the one the OS chose for port 0)."""
+        await super().startup(sockets)
+        if self.started and self.on_ready is not None and self.servers and self.servers[0].sockets:
+            self.on_ready(self.servers[0].sockets[0].getsockname()[1])
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """On SIGINT or SIGTERM: release the long polls, then stop as uvicorn does."""
@@ -49,7 +58,8 @@ class Limits:
 
 def _server(backend: Backend, host: str, port: int, *, open_reads: bool, controller: bool, log_level: str,
             allowed_hosts: Sequence[str] = (), trusted_proxies: Sequence[str] = (),
-            limits: Limits | None = None, programs: Sequence[Program] = ()) -> _Server:
+            limits: Limits | None = None, on_ready: Callable[[int], None] | None = None,
+            programs: Sequence[Program] = ()) -> _Server:
     limits = limits or Limits()
     app = create_app(backend, open_reads=open_reads, controller=controller, allowed_hosts=allowed_hosts,
                      programs=programs)
@@ -60,14 +70,16 @@ def _server(backend: Backend, host: str, port: int, *, open_reads: bool, control
                             http=guarded_protocol(limits.max_connections, limits.header_timeout),
                             timeout_keep_alive=int(max(1, limits.keep_alive)), backlog=limits.backlog,
                             proxy_headers=bool(trusted_proxies), forwarded_allow_ips=list(trusted_proxies) or None)
-    return _Server(config, app.state.feed)
+    return _Server(config, app.state.feed, on_ready)
 
 
 def serve(backend_url: str, *, host: str = "127.0.0.1", port: int = 8765, open_reads: bool = False,
           controller: bool = True, allowed_hosts: Sequence[str] = (), trusted_proxies: Sequence[str] = (),
-          limits: Limits | None = None, programs: Sequence[Program] = ()) -> None:
-    """Serve until interrupted (SIGINT or SIGTERM), then release the controller's leases; the dashboard and
-    `GET /v1/programs` show the `programs`' progress."""
+          limits: Limits | None = None, on_ready: Callable[[int], None] | None = None,
+          programs: Sequence[Program] = ()) -> None:
+    """Serve until interrupted (SIGINT or SIGTERM), then release the controller's leases. `on_ready` is
+    called with the port bound once the server listens; the dashboard and `GET /v1/programs` show the
+    `programs`' progress."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # Alembic narrates a schema creation at INFO; the log is for what the control plane does.
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -75,7 +87,7 @@ def serve(backend_url: str, *, host: str = "127.0.0.1", port: int = 8765, open_r
     try:
         _server(backend, host, port, open_reads=open_reads, controller=controller, log_level="info",
                 allowed_hosts=allowed_hosts, trusted_proxies=trusted_proxies, limits=limits,
-                programs=programs).run()
+                on_ready=on_ready, programs=programs).run()
     finally:
         backend.close()
 
