@@ -205,3 +205,23 @@ def test_assembled_output():
     assert assembled([b"a", b"b"]) == b"ab"
     assert assembled([{"d": 1}, "x"]) == [{"d": 1}, "x"]
     assert assembled([]) == []
+
+
+def test_a_caller_that_stops_reading_counts_one_call_timed_to_its_first_chunk(cf):
+    mig = migration(cf, {"traffic": "10%"}, allow=["user-1"])
+    closed = []
+
+    def endless(question):
+        try:
+            while True:
+                yield "token"
+        finally:
+            closed.append(True)
+
+    chunks = mig.stream("user-1", legacy_tokens, endless, "q")
+    assert next(chunks) == "token"
+    chunks.close()
+    assert closed == [True]
+    c = cells(cf)
+    assert (c[CANDIDATE].calls, c[CANDIDATE].errors, c[CANDIDATE].first_chunk.count, c[CANDIDATE].latency.count) \
+        == (1, 0, 1, 0)
