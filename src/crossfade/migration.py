@@ -1,4 +1,4 @@
-"""The Migration handle: decide, run, arun, route, observe and write calls of one migration by sticky key."""
+"""The Migration handle: decide, run, arun, stream, astream, route, observe and write calls by sticky key."""
 
 from __future__ import annotations
 
