@@ -1,17 +1,18 @@
-"""The Migration handle: decide, run, arun, route, observe and write calls of one migration by sticky key."""
+"""The Migration handle: decide, run, arun, stream, astream, route, observe and write calls by sticky key."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import contextvars
+import dataclasses
 import functools
 import inspect
 import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from crossfade.backends.base import (
@@ -43,6 +44,7 @@ from crossfade.shadow import (
     shown,
 )
 from crossfade.spec import Fallback, ShadowSettings, Spec
+from crossfade.streams import STREAM_TYPES, StreamMisuse, astream, misuse, stream
 from crossfade.telemetry import Window, cell_key
 
 if TYPE_CHECKING:
@@ -206,6 +208,8 @@ class Migration:
                 if decision.shadow:
                     self._shadow(route, decision, candidate, legacy, args, kwargs, None, exc)
                 raise
+            if result.__class__ in STREAM_TYPES:
+                raise misuse("run", result)
             self._record_ok(legacy_key, start, self._now(), result)
             if decision.shadow:
                 self._shadow(route, decision, candidate, legacy, args, kwargs, result, None)
@@ -219,6 +223,8 @@ class Migration:
         except Exception as exc:
             self._candidate_failed(decision, start, exc, fallback)
             return legacy(*args, **kwargs)
+        if result.__class__ in STREAM_TYPES:
+            raise misuse("run", result)
         self._record_ok(candidate_key, start, self._now(), result)
         if decision.shadow:  # a ramp-down stage: legacy runs in the candidate's shadow
             self._shadow(route, decision, legacy, legacy, args, kwargs, result, None)
@@ -253,7 +259,7 @@ class Migration:
             runner, settings = self._shadow_to or self._shadow_runner(route)
             again = legacy if route.noise and _random() < route.noise else None
             if not runner.submit(_shadow_sync, (self, decision.stage, decision.arm, other, again, args, kwargs,
-                                                value, error, settings)):
+                                                value, error, settings, route.noise > 0)):
                 self._dropped(decision.stage)
         except Exception:
             self.client.count("internal_errors")
@@ -269,7 +275,7 @@ class Migration:
             runner, settings = self._shadow_to or self._shadow_runner(route)
             again = legacy if route.noise and _random() < route.noise else None
             if not runner.submit_async(_shadow_async, (self, decision.stage, decision.arm, other, again, args,
-                                                       kwargs, value, error, settings)):
+                                                       kwargs, value, error, settings, route.noise > 0)):
                 self._dropped(decision.stage)
         except Exception:
             self.client.count("internal_errors")
@@ -278,7 +284,24 @@ class Migration:
         # Looked up once per routing table (in `_bind`), not per call.
         settings = route.spec.shadow if route.spec is not None else _NO_SHADOW_SETTINGS
         self._shadow_to = (self.client._runner(self.name, settings), settings)
+        if self.options.compare is None and (settings.compare is not None or self._comparator.options.compare):
+            self._comparator = self._spec_comparator(settings.compare)
         return self._shadow_to
+
+    def _spec_comparator(self, named: Any) -> Comparator:
+        """The comparison the spec's `shadow.compare` names, for a call site that passes no `compare=`."""
+        if named is None:
+            return Comparator(self.options)
+        try:
+            from crossfade.compare import from_spec
+
+            compare = from_spec(named)
+        except Exception as exc:  # validated with the spec; a host without the extra compares by equality
+            self.client.counters["internal_errors"] += 1
+            log.error("crossfade: %s: shadow.compare %r cannot be used here (%s); comparing by equality",
+                      self.name, named, exc)
+            return Comparator(self.options)
+        return Comparator(dataclasses.replace(self.options, compare=compare))
 
     def _dropped(self, stage: str) -> None:
         self.client.count("shadow_dropped")
@@ -292,28 +315,24 @@ class Migration:
                    answer=_NO_ANSWER if failed else answer)
 
     def _compare(self, stage: str, served_arm: str, served: Outcome, other: Outcome, again: Outcome | None,
-                 settings: ShadowSettings, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Compare a shadow run's answer with the served one, off the request path, and record it."""
+                 settings: ShadowSettings, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 sampling_noise: bool = False) -> None:
+        """Compare a shadow run's answer with the served one, off the request path, and record it.
+
+        When the stage samples noise, the comparison is judged only once the stage's noise rate is known
+        (`shadow.noise_samples`): until then it is held, and counted for the gate when it is judged."""
         client = self.client
         legacy, candidate = (served, other) if served_arm is LEGACY else (other, served)
         if other.error is not None:
             client.count("shadow_errors", 1)
         differences = self._comparator.differences(legacy, candidate)
         noise = None if again is None else self._comparator.differences(legacy, again)
-        mismatch = client.comparisons.record(self.name, stage, differences, noise,
-                                             relative=settings.noise_relative, absolute=settings.noise_absolute)
-        # The mismatch_rate gate reads these from the candidate's cell of the stage.
-        recorder = self._recorder
-        cell = recorder.cell(self._now(), cell_key(self.name, stage, CANDIDATE))
-        try:
-            cell.compared += 1
-            if mismatch:
-                cell.mismatches += 1
-        finally:
-            recorder.done()
+        judged, mismatches = client.comparisons.record(
+            self.name, stage, differences, noise, relative=settings.noise_relative,
+            absolute=settings.noise_absolute, noise_samples=settings.noise_samples if sampling_noise else None,
+        )
         client.count("shadow_compared", 1)
-        if mismatch:
-            client.count("shadow_mismatches", 1)
+        client._count_judged(self.name, stage, judged, mismatches)
         if differences:
             self._keep_example(stage, differences, args, kwargs, legacy, candidate, settings)
 
@@ -380,7 +399,12 @@ class Migration:
         start = self._now()
         if decision.arm is LEGACY:
             try:
-                result = await legacy(*args, **kwargs)
+                called = legacy(*args, **kwargs)
+                if called.__class__ in STREAM_TYPES:
+                    raise misuse("arun", called)
+                result = await called
+            except StreamMisuse:
+                raise
             except Exception as exc:
                 self._record(decision, self._now() - start, error=True)
                 if decision.shadow:
@@ -393,7 +417,12 @@ class Migration:
         fallback = route.spec.fallback if route.spec is not None else None
         try:
             async with asyncio.timeout(fallback.timeout if fallback is not None else None):
-                result = await candidate(*args, **kwargs)
+                called = candidate(*args, **kwargs)
+                if called.__class__ in STREAM_TYPES:
+                    raise misuse("arun", called)
+                result = await called
+        except StreamMisuse:
+            raise
         except Exception as exc:
             self._candidate_failed(decision, start, exc, fallback)
             return await legacy(*args, **kwargs)
@@ -401,6 +430,27 @@ class Migration:
         if decision.shadow:
             self._ashadow(route, decision, legacy, legacy, args, kwargs, result, None)
         return result
+
+    # -- streams ---------------------------------------------------------------------------------
+
+    def stream(self, key: object, legacy: Callable[..., Iterator[T]], candidate: Callable[..., Iterator[T]], /,
+               *args: Any, **kwargs: Any) -> Iterator[T]:
+        """`run` for generator functions: route `key`, and yield the chosen arm's chunks as they come.
+
+        Latency to the first chunk and to the end are both recorded (gates `latency_first_chunk` and
+        `latency`). A candidate failing before its first chunk falls back to legacy (when `fallback.on_error`);
+        one failing mid-stream is recorded as an error of the candidate and its exception reaches the caller.
+        A shadowed stream's other arm is consumed off the request path and the assembled outputs compared.
+        """
+        return stream(self, key, legacy, candidate, args, kwargs)
+
+    def astream(self, key: object, legacy: Callable[..., AsyncIterator[T]],
+                candidate: Callable[..., AsyncIterator[T]], /, *args: Any, **kwargs: Any) -> AsyncIterator[T]:
+        """`stream` for async generator functions: `async for chunk in mig.astream(key, old, new, x): ...`.
+
+        `fallback.timeout` bounds the candidate's wait for its first chunk (past it, legacy streams instead).
+        """
+        return astream(self, key, legacy, candidate, args, kwargs)
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -515,7 +565,8 @@ class Migration:
         `key` is a callable taking the function's arguments, or the name of a parameter (dotted for an
         attribute: `"user.id"`), or None for the first argument after `self`. The candidate takes the same
         arguments as the legacy function (for methods, both receive `self`). Name, signature and docstring
-        are kept; coroutine functions get an async wrapper. `writes=True` marks a call site with side
+        are kept; coroutine functions get an async wrapper, generator functions a streaming one (`stream`,
+        `astream`). `writes=True` marks a call site with side
         effects: it is never shadowed (a stage that asks for shadow runs gets an error in the log, once, and
         `shadow_refused_writes` in `stats()`).
         """
@@ -530,6 +581,29 @@ class Migration:
                 except Exception:
                     self.client.counters["key_errors"] += 1
                     return _NO_KEY
+
+            if inspect.isasyncgenfunction(legacy):
+
+                @functools.wraps(legacy)
+                async def async_stream_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    k = key_or_none(args, kwargs)
+                    chunks = legacy(*args, **kwargs) if k is _NO_KEY else \
+                        handle.astream(k, legacy, candidate, *args, **kwargs)
+                    async for chunk in chunks:
+                        yield chunk
+
+                return async_stream_wrapper  # type: ignore[return-value]
+
+            if inspect.isgeneratorfunction(legacy):
+
+                @functools.wraps(legacy)
+                def stream_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    k = key_or_none(args, kwargs)
+                    if k is _NO_KEY:
+                        return (yield from legacy(*args, **kwargs))
+                    return (yield from handle.stream(k, legacy, candidate, *args, **kwargs))
+
+                return stream_wrapper  # type: ignore[return-value]
 
             if inspect.iscoroutinefunction(legacy):
 
@@ -662,7 +736,7 @@ def _with_idempotency_key(kwargs: dict[str, Any], key: str | bool | None) -> dic
 
 def _shadow_sync(payload: tuple[Any, ...], slot: list[Any]) -> None:
     """A shadow run on a worker thread: the other arm (and legacy again for a noise sample), then compare."""
-    handle, stage, served_arm, other, again, args, kwargs, value, error, settings = payload
+    handle, stage, served_arm, other, again, args, kwargs, value, error, settings, sampling_noise = payload
     client = handle.client
     client.count("shadow_runs")
     served = Outcome(value, error)
@@ -680,12 +754,12 @@ def _shadow_sync(payload: tuple[Any, ...], slot: list[Any]) -> None:
             handle._record_shadow_run(stage, served_arm, elapsed_ns, failed=True, timed_out=True)
         return
     handle._record_shadow_run(stage, served_arm, elapsed_ns, failed=answer.error is not None, answer=answer.value)
-    handle._compare(stage, served_arm, served, answer, repeat, settings, args, kwargs)
+    handle._compare(stage, served_arm, served, answer, repeat, settings, args, kwargs, sampling_noise)
 
 
 async def _shadow_async(payload: tuple[Any, ...]) -> None:
     """A shadow run as a task: cancelled at the timeout, counted, and compared like `_shadow_sync`."""
-    handle, stage, served_arm, other, again, args, kwargs, value, error, settings = payload
+    handle, stage, served_arm, other, again, args, kwargs, value, error, settings, sampling_noise = payload
     client = handle.client
     client.count("shadow_runs")
     served = Outcome(value, error)
@@ -706,7 +780,7 @@ async def _shadow_async(payload: tuple[Any, ...]) -> None:
             return
         handle._record_shadow_run(stage, served_arm, elapsed_ns, failed=answer.error is not None,
                                   answer=answer.value)
-        handle._compare(stage, served_arm, served, answer, repeat, settings, args, kwargs)
+        handle._compare(stage, served_arm, served, answer, repeat, settings, args, kwargs, sampling_noise)
     except Exception:  # crossfade's own failure: counted, never left as an unretrieved task exception
         client.counters["internal_errors"] += 1
 

@@ -104,6 +104,7 @@ MAX_RATIO: Final = 1e6
 MAX_THREADS: Final = 64
 MAX_PENDING: Final = 100_000
 MAX_EXAMPLES: Final = 1000
+MAX_NOISE_SAMPLES: Final = 100_000
 MAX_ATTEMPTS: Final = 10
 MAX_BACKOFF: Final = 60.0
 MAX_STAGES: Final = 100
@@ -297,6 +298,8 @@ class Gates:
     latency: LatencyGate | None = None
     cost: CostGate | None = None
     mismatch_rate: MismatchGate | None = None
+    latency_first_chunk: LatencyGate | None = None
+    """Like ``latency``, on streams' latency to their first chunk (``mig.stream``/``astream``)."""
 
     @classmethod
     def default(cls) -> Gates:
@@ -370,7 +373,13 @@ class Fallback:
 @dataclass(frozen=True, slots=True)
 class ShadowSettings:
     """How shadow runs are carried out: their timeout, worker threads, bound on pending runs, the noise
-    thresholds (fractions) a field's difference must clear to be a mismatch, and examples kept per field."""
+    thresholds (fractions) a field's difference must clear to be a mismatch, and examples kept per field.
+
+    ``noise`` is the noise sampling share every shadowing stage takes unless it sets its own;
+    ``noise_samples`` the legacy-vs-legacy samples a stage needs (across all processes) before any of its
+    comparisons is judged: until then they are held, then counted, so none is judged against an unknown
+    noise rate.
+    """
 
     timeout: float = 5.0
     threads: int = 4
@@ -378,6 +387,11 @@ class ShadowSettings:
     noise_relative: float = 0.2
     noise_absolute: float = 0.0003
     examples: int = 20
+    noise: float = 0.0
+    noise_samples: int = 30
+    compare: Any = field(default=None, hash=False)
+    """A comparator by name (``text``) or with settings (``{structure: {ignore: [$.id]}}``): see crossfade.compare.
+    Used where the call site passes no ``compare=`` of its own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,6 +460,9 @@ class Spec:
             gates["cost"] = {"max_ratio": self.gates.cost.max_ratio}
         if self.gates.mismatch_rate is not None:
             gates["mismatch_rate"] = {"max": self.gates.mismatch_rate.max}
+        if self.gates.latency_first_chunk is not None:
+            first = self.gates.latency_first_chunk
+            gates["latency_first_chunk"] = {"quantile": first.quantile, "max_ratio": first.max_ratio}
         return {
             "name": self.name,
             "description": self.description,
@@ -493,7 +510,7 @@ class Spec:
                 **({} if self.analysis.max_stage_time is None else {"max_stage_time": self.analysis.max_stage_time}),
             },
             "fallback": _without_none({"on_error": self.fallback.on_error, "timeout": self.fallback.timeout}),
-            **({} if self.shadow == ShadowSettings() else {"shadow": _fields(self.shadow)}),
+            **({} if self.shadow == ShadowSettings() else {"shadow": _shadow_fields(self.shadow)}),
             **({} if self.dual_write_retry == DualWriteRetry() else {"dual_write_retry": _fields(self.dual_write_retry)}),
             **({"dual_write_after_rollback": True} if self.dual_write_after_rollback else {}),
             "allow": list(self.allow),
@@ -520,6 +537,12 @@ def _without_none(mapping: dict[str, Any]) -> dict[str, Any]:
 
 def _fields(model: Any) -> dict[str, Any]:
     return {f.name: getattr(model, f.name) for f in fields(model)}
+
+
+def _shadow_fields(shadow: ShadowSettings) -> dict[str, Any]:
+    # The settings added later are left out at their defaults, so older specs keep their digest.
+    return {**{k: v for k, v in _fields(shadow).items() if k not in ("noise", "noise_samples", "compare")},
+            **_unless_default(shadow, "noise", "noise_samples", "compare")}
 
 
 def _unless_default(model: Any, *names: str) -> dict[str, Any]:
@@ -810,14 +833,14 @@ class _Reader:
         owner = self.get(top, "owner", "", _short_text, "")
         key = self.get(top, "key", "", _short_text, "")
         salt = self.get(top, "salt", "", _salt, "")
-        stages = self.stages(top.get("stages", _MISSING))
+        shadow = self.shadow_settings(top.get("shadow", {}))
+        stages = self.stages(top.get("stages", _MISSING), 0.0 if shadow is _BAD else shadow.noise)
         gates = self.gates(top["gates"]) if "gates" in top else Gates.default()
         triggers = self.triggers(top.get("triggers", []))
         on_failure = self.get(top, "on_failure", "", _choice(ON_FAILURE), "rollback")
         rollback = self.rollback(top.get("rollback", {}))
         analysis = self.analysis(top.get("analysis", {}))
         fallback = self.fallback(top.get("fallback", {}))
-        shadow = self.shadow_settings(top.get("shadow", {}))
         dual_write_retry = self.dual_write_retry(top.get("dual_write_retry", {}))
         keep_dual_writes = self.get(top, "dual_write_after_rollback", "", _flag, False)
         allow = self.keys(top.get("allow", []), "allow")
@@ -887,7 +910,9 @@ class _Reader:
             self.problem(problem.path, problem.message)
         return items
 
-    def stages(self, value: object) -> Any:
+    def stages(self, value: object, noise: float = 0.0) -> Any:
+        """The stages; `noise` (the spec's `shadow.noise`) is the noise share of every stage that shadows and
+        does not set its own."""
         if value is _MISSING:
             if "stages" not in self.suggested:
                 self.problem("stages", "required, e.g. stages: [{traffic: 10%}, {traffic: 50%}, {traffic: 100%}]")
@@ -911,15 +936,18 @@ class _Reader:
                 continue
             name = self.get(data, "name", path, _name, f"stage-{index + 1}")
             traffic = self.get(data, "traffic", path, parse_percent, example="10%")
+            shadow = self.get(data, "shadow", path, parse_percent, 0.0)
+            shadow_legacy = self.get(data, "shadow_legacy", path, parse_percent, 0.0)
+            shadows = shadow not in (0.0, _BAD) or shadow_legacy not in (0.0, _BAD)
             stage = Stage(
                 name=name,
                 traffic=traffic,
-                shadow=self.get(data, "shadow", path, parse_percent, 0.0),
+                shadow=shadow,
                 hold=self.get(data, "hold", path, _positive_duration, None),
                 min_samples=self.get(data, "min_samples", path, _samples, 0),
                 approval=self.get(data, "approval", path, _flag, False),
-                shadow_legacy=self.get(data, "shadow_legacy", path, parse_percent, 0.0),
-                noise=self.get(data, "noise", path, parse_percent, 0.0),
+                shadow_legacy=shadow_legacy,
+                noise=self.get(data, "noise", path, parse_percent, noise if shadows else 0.0),
                 dual_write=self.get(data, "dual_write", path, _flag, False),
             )
             self.stage_shadows(stage, data, path)
@@ -1006,7 +1034,24 @@ class _Reader:
             noise_relative=self.get(data, "noise_relative", "shadow", parse_percent, 0.2),
             noise_absolute=self.get(data, "noise_absolute", "shadow", parse_percent, 0.0003),
             examples=self.get(data, "examples", "shadow", _bounded_count(0, MAX_EXAMPLES), 20),
+            noise=self.get(data, "noise", "shadow", parse_percent, 0.0),
+            noise_samples=self.get(data, "noise_samples", "shadow", _bounded_count(1, MAX_NOISE_SAMPLES), 30),
+            compare=self.comparator(data.get("compare")),
         )
+
+    def comparator(self, value: object) -> Any:
+        if value is None:
+            return None
+        from crossfade.compare import from_spec
+        from crossfade.registry import ProviderConfigError
+
+        try:
+            from_spec(value, "shadow.compare")
+        except ProviderConfigError as exc:
+            for problem in exc.problems:
+                self.problem(problem.path, problem.message)
+            return _BAD
+        return json.loads(json.dumps(value))
 
     def dual_write_retry(self, value: object) -> Any:
         data = self.mapping(value, "dual_write_retry", _DUAL_WRITE_RETRY_KEYS, "{attempts: 3, backoff: 50ms}")
@@ -1192,14 +1237,18 @@ _SPEC_KEYS: Final = (
 _STAGE_KEYS: Final = (
     "name", "traffic", "shadow", "hold", "min_samples", "approval", "shadow_legacy", "noise", "dual_write",
 )  # fmt: skip
-_SHADOW_KEYS: Final = ("timeout", "threads", "max_pending", "noise_relative", "noise_absolute", "examples")
+_SHADOW_KEYS: Final = (
+    "timeout", "threads", "max_pending", "noise_relative", "noise_absolute", "examples", "noise", "noise_samples",
+    "compare",
+)  # fmt: skip
 _DUAL_WRITE_RETRY_KEYS: Final = ("attempts", "backoff")
-_GATES_KEYS: Final = ("error_rate", "latency", "cost", "mismatch_rate")
+_GATES_KEYS: Final = ("error_rate", "latency", "cost", "mismatch_rate", "latency_first_chunk")
 _GATE_READERS: Final[dict[str, tuple[tuple[str, ...], str, Callable[[_Reader, Mapping[str, Any], str], Any]]]] = {
     "error_rate": (("max_increase",), "{max_increase: 0.5%}", _gate_error_rate),
     "latency": (("quantile", "max_ratio"), "{quantile: p95, max_ratio: 1.2}", _gate_latency),
     "cost": (("max_ratio",), "{max_ratio: 1.5}", _gate_cost),
     "mismatch_rate": (("max",), "{max: 1%}", _gate_mismatch),
+    "latency_first_chunk": (("quantile", "max_ratio"), "{quantile: p95, max_ratio: 1.2}", _gate_latency),
 }
 _TRIGGER_KEYS: Final = ("metric", "above", "window", "min_samples", "for")
 _ROLLBACK_KEYS: Final = ("mode", "steps", "every")
@@ -1494,6 +1543,20 @@ def json_schema() -> dict[str, Any]:
                         {"max": described("percent", "Largest allowed mismatch rate.")},
                         ["max"],
                     ),
+                    "latency_first_chunk": obj(
+                        f"Streams' latency to their first chunk may grow by at most max_ratio. {gate_off}",
+                        {
+                            "quantile": {
+                                "description": "Which quantile to compare.",
+                                "default": "p95",
+                                "anyOf": [
+                                    {"enum": list(QUANTILES)},
+                                    {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                                ],
+                            },
+                            "max_ratio": described("ratio", "Largest allowed candidate / legacy ratio.", default=1.2),
+                        },
+                    ),
                 },
             ),
             "triggers": {"type": "array", "items": trigger, "description": "Instant rollback on absolute thresholds."},
@@ -1575,6 +1638,26 @@ def json_schema() -> dict[str, Any]:
                         "percent", "|raw - noise| rate a field must exceed to be a mismatch.", default="0.03%"
                     ),
                     "examples": described("count", "Newest mismatch examples kept per field.", default=20),
+                    "noise": described(
+                        "percent", "Noise sampling share of every shadowing stage that sets none.", default="0%"
+                    ),
+                    "noise_samples": {
+                        "type": "integer", "minimum": 1, "maximum": MAX_NOISE_SAMPLES, "default": 30,
+                        "description": "Legacy-vs-legacy samples a stage needs before its comparisons are judged.",
+                    },
+                    "compare": {
+                        "description": "A comparator (crossfade.compare) by name, or {name: {settings}}: "
+                                       "equal, text, structure, embedding.",
+                        "anyOf": [
+                            {"enum": ["equal", "text", "structure", "embedding"]},
+                            {
+                                "type": "object", "minProperties": 1, "maxProperties": 1,
+                                "additionalProperties": False, "description": "One comparator with its settings.",
+                                "properties": {name: {"description": f"The {name} comparator's settings."}
+                                               for name in ("equal", "text", "structure", "embedding")},
+                            },
+                        ],
+                    },
                 },
             ),
             "dual_write_retry": obj(

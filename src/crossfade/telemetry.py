@@ -18,7 +18,7 @@ LATENCY_BINS: Final = range(-1100, 1100)
 MAX_BINS: Final = len(LATENCY_BINS)
 _COUNTS: Final = ("calls", "errors", "fallbacks", "timeouts", "costed", "compared", "mismatches")
 _SUMS: Final = ("cost_sum", "cost_sq")
-_CELL_KEYS: Final = frozenset((*_COUNTS, *_SUMS, "latency"))
+_CELL_KEYS: Final = frozenset((*_COUNTS, *_SUMS, "latency", "first_chunk"))
 _SKETCH_KEYS: Final = frozenset(("bins", "zeros", "count", "total"))
 
 
@@ -31,7 +31,7 @@ class Cell:
 
     __slots__ = (
         "calls", "errors", "fallbacks", "timeouts", "cost_sum", "cost_sq", "costed", "compared", "mismatches",
-        "latency",
+        "latency", "first_chunk",
     )
 
     def __init__(self) -> None:
@@ -45,6 +45,8 @@ class Cell:
         self.compared = 0
         self.mismatches = 0
         self.latency: Histogram = Sketch()
+        # Streams' latency to their first chunk (`latency` is to their end); None where no stream was timed.
+        self.first_chunk: Histogram | None = None
 
     def add_cost(self, cost: float) -> None:
         """Record the cost of one call (any unit, the same for both arms)."""
@@ -63,13 +65,16 @@ class Cell:
         self.costed += other.costed
         self.compared += other.compared
         self.mismatches += other.mismatches
-        mine, theirs = self.latency, other.latency
-        if isinstance(mine, Sketch) and isinstance(theirs, Buckets):
-            self.latency = theirs.copy() if not mine.count else Buckets.from_sketch(mine, theirs.bounds)
-            if mine.count:
-                self.latency.merge(theirs)
-        else:
-            mine.merge(theirs)  # type: ignore[arg-type]  # a sketch merges a sketch; buckets merge either
+        self.latency = _merged(self.latency, other.latency)
+        if other.first_chunk is not None:
+            self.first_chunk = _merged(self.first_chunk if self.first_chunk is not None else Sketch(),
+                                       other.first_chunk)
+
+    def time_first_chunk(self, seconds: float) -> None:
+        """Record a stream's latency to its first chunk."""
+        if self.first_chunk is None:
+            self.first_chunk = Sketch()
+        self.first_chunk.add(seconds)
 
     @property
     def error_rate(self) -> float:
@@ -87,6 +92,7 @@ class Cell:
             "calls": self.calls, "errors": self.errors, "fallbacks": self.fallbacks, "timeouts": self.timeouts,
             "cost_sum": self.cost_sum, "cost_sq": self.cost_sq, "costed": self.costed,
             "compared": self.compared, "mismatches": self.mismatches, "latency": self.latency.to_dict(),
+            **({} if self.first_chunk is None else {"first_chunk": self.first_chunk.to_dict()}),
         }
 
     @classmethod
@@ -98,6 +104,8 @@ class Cell:
         cell.cost_sum = float(data.get("cost_sum", 0.0))
         cell.cost_sq = float(data.get("cost_sq", 0.0))
         cell.latency = histogram_from_dict(data.get("latency") or {})
+        if data.get("first_chunk") is not None:
+            cell.first_chunk = histogram_from_dict(data["first_chunk"])
         return cell
 
     def __eq__(self, other: object) -> bool:
@@ -130,6 +138,17 @@ def _finite(value: object, where: str) -> float:
     return float(value)
 
 
+def _merged(mine: Histogram, theirs: Histogram) -> Histogram:
+    """Two histograms added: a sketch merges a sketch; with fixed buckets on either side, the buckets."""
+    if isinstance(mine, Sketch) and isinstance(theirs, Buckets):
+        merged = theirs.copy() if not mine.count else Buckets.from_sketch(mine, theirs.bounds)
+        if mine.count:
+            merged.merge(theirs)
+        return merged
+    mine.merge(theirs)  # type: ignore[arg-type]
+    return mine
+
+
 def check_cell(data: object) -> Cell:
     """The cell a `to_dict` form describes, checked fully; CellError saying what is wrong otherwise.
 
@@ -142,6 +161,11 @@ def check_cell(data: object) -> Cell:
     unknown = sorted(str(k) for k in data if k not in _CELL_KEYS)
     if unknown:
         raise CellError(f"unknown field(s) {', '.join(unknown)}; a cell has {', '.join(sorted(_CELL_KEYS))}")
+    if data.get("first_chunk") is not None:
+        first = check_cell({"calls": data.get("calls", 0), "latency": data["first_chunk"]}).latency
+        cell = check_cell({k: v for k, v in data.items() if k != "first_chunk"})
+        cell.first_chunk = first
+        return cell
     cell = Cell()
     for name in _COUNTS:
         value = data.get(name, 0)
