@@ -414,9 +414,11 @@ class Migration:
         otherwise store it twice.
 
         The authoritative side (legacy, until the stage's traffic gives the key to the candidate) is written
-        first and its answer returned; its exception reaches the caller, and the other side is then not
-        written. The other side's failure is retried per `dual_write_retry`, then recorded as a divergence;
-        it never fails or undoes the authoritative write. Outside dual-write stages this is `run` for a
+        first and its answer returned. Legacy's exception reaches the caller, and the other side is then not
+        written. A failed candidate is answered for by legacy's write, as `run` falls back (with
+        `fallback.on_error`, the default), and its own side is then the other side. The other side's failure
+        is retried per `dual_write_retry`, then recorded as a divergence; it never fails or undoes the
+        authoritative write. Outside dual-write stages this is `run` for a
         call site marked writes=True: never shadowed.
         """
         kwargs = _with_idempotency_key(kwargs, idempotency_key)
@@ -428,13 +430,19 @@ class Migration:
             return view.run(key, legacy_write, candidate_write, *args, **kwargs)
         decision = route.decide(key)
         first, second = (legacy_write, candidate_write) if decision.arm is LEGACY else (candidate_write, legacy_write)
+        served = decision.arm
         start = self._now()
         try:
             result = first(*args, **kwargs)
         except Exception:
-            self._record(decision, self._now() - start, error=True)
-            raise
-        self._record(decision, self._now() - start)
+            if not self._falls_back(route, decision, start):
+                raise
+            # The candidate was authoritative and failed: legacy's write answers, as `run` falls back, and the
+            # candidate's side becomes the other one (retried, then a divergence).
+            result = legacy_write(*args, **kwargs)
+            first, second, served = legacy_write, candidate_write, LEGACY
+        else:
+            self._record(decision, self._now() - start)
         retry = route.spec.dual_write_retry if route.spec is not None else None
         attempts, backoff = (retry.attempts, retry.backoff) if retry is not None else (2, 0.0)
         outcome = Outcome(error=RuntimeError("not tried"))
@@ -444,7 +452,7 @@ class Migration:
             outcome = call(second, args, kwargs)
             if outcome.error is None:
                 break
-        self._dual_written(route, decision, outcome, attempts, args, kwargs)
+        self._dual_written(route, decision, served, outcome, attempts, args, kwargs)
         return result
 
     async def awrite(self, key: object, legacy_write: Callable[..., Awaitable[T]],
@@ -460,13 +468,17 @@ class Migration:
             return await view.arun(key, legacy_write, candidate_write, *args, **kwargs)
         decision = route.decide(key)
         first, second = (legacy_write, candidate_write) if decision.arm is LEGACY else (candidate_write, legacy_write)
+        served = decision.arm
         start = self._now()
         try:
             result = await first(*args, **kwargs)
         except Exception:
-            self._record(decision, self._now() - start, error=True)
-            raise
-        self._record(decision, self._now() - start)
+            if not self._falls_back(route, decision, start):
+                raise
+            result = await legacy_write(*args, **kwargs)  # as in `write`: legacy answers for a failed candidate
+            first, second, served = legacy_write, candidate_write, LEGACY
+        else:
+            self._record(decision, self._now() - start)
         retry = route.spec.dual_write_retry if route.spec is not None else None
         attempts, backoff = (retry.attempts, retry.backoff) if retry is not None else (2, 0.0)
         outcome = Outcome(error=RuntimeError("not tried"))
@@ -478,7 +490,7 @@ class Migration:
                 break
             except Exception as exc:
                 outcome = Outcome(error=exc)
-        self._dual_written(route, decision, outcome, attempts, args, kwargs)
+        self._dual_written(route, decision, served, outcome, attempts, args, kwargs)
         return result
 
     def _writes_view(self) -> Migration:
@@ -487,7 +499,15 @@ class Migration:
             view = self._writes = self.with_options(writes=True)
         return view
 
-    def _dual_written(self, route: Route, decision: Decision, outcome: Outcome, attempts: int,
+    def _falls_back(self, route: Route, decision: Decision, start: int) -> bool:
+        """Record a failed authoritative write; True when legacy is to answer for it (a candidate's failure,
+        with `fallback.on_error`), False when the exception is the caller's (legacy's, or no fallback)."""
+        fallback = route.spec.fallback if route.spec is not None else None
+        falls_back = decision.arm is CANDIDATE and fallback is not None and fallback.on_error
+        self._record(decision, self._now() - start, error=True, fallback=falls_back)
+        return falls_back
+
+    def _dual_written(self, route: Route, decision: Decision, served: str, outcome: Outcome, attempts: int,
                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:
             client = self.client
@@ -497,12 +517,12 @@ class Migration:
                 return
             client.count("dual_write_divergences", 1)
             client.comparisons.count(self.name, decision.stage, "divergent")
-            other = CANDIDATE if decision.arm is LEGACY else LEGACY
+            other = CANDIDATE if served is LEGACY else LEGACY
             log.warning("crossfade: %s: the %s side of a dual write failed %d times (%s); recorded as a divergence",
                         self.name, other, attempts, outcome.error)
             settings = route.spec.shadow if route.spec is not None else _NO_SHADOW_SETTINGS
-            served = Outcome(None)
-            legacy, candidate = (served, outcome) if decision.arm is LEGACY else (outcome, served)
+            answered = Outcome(None)
+            legacy, candidate = (answered, outcome) if served is LEGACY else (outcome, answered)
             self._keep_example(decision.stage, [Difference(WRITE_PATH, WRITE_PATH, legacy.error, candidate.error)],
                                args, kwargs, legacy, candidate, settings)
         except Exception:
