@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import json
+import math
 import random
+import subprocess
+import sys
 import threading
 import time
 
@@ -13,7 +17,7 @@ import crossfade
 from crossfade.events import COMPLETED, ROLLED_BACK
 from crossfade.loop import ControllerLoop
 from crossfade.routing import CANDIDATE, LEGACY
-from crossfade.telemetry import merge_windows
+from crossfade.telemetry import Cell, merge_windows
 
 
 class ManualClock:
@@ -262,3 +266,42 @@ def test_every_way_of_recording_lands_in_the_arm_and_stage_cell(sqlite_url):
         assert tokens.mean == size and tokens.sketch is not None, "declared as a quantile: sketched"
         assert cells[arm].metrics["sent"].count == cells[arm].metrics["acked"].count == by_arm[arm]
         assert cells[arm].metrics["sent"].sketch is None, "not declared as a quantile: no sketch"
+
+
+PROCESS = """
+import json, random, sys
+import crossfade
+rng = random.Random(int(sys.argv[2]))
+recorded = []
+with crossfade.Client(sys.argv[1], background=False) as cf:
+    mig = cf.migration("m")
+    cf.refresh()
+    for i in range(500):
+        d = mig.decide(f"{sys.argv[2]}-{i}")
+        value = round(rng.uniform(0, 100), 3)
+        mig.record(d, "tokens", value)
+        recorded.append((d.arm, value))
+    cf.flush(everything=True)
+print(json.dumps(recorded))
+"""
+
+
+def test_two_processes_windows_merge_exactly(sqlite_url):
+    with crossfade.Client(sqlite_url, background=False) as cf:
+        cf.apply({"name": "m", "stages": [{"traffic": "50%"}, {"traffic": "100%"}],
+                  "metrics": {"tokens": {"quantile": "p50", "max_ratio": 1.5}}})
+        cf.migration("m").start(actor="test")
+    runs = [subprocess.run([sys.executable, "-c", PROCESS, sqlite_url, str(seed)], capture_output=True, text=True,
+                           check=True, timeout=120) for seed in (1, 2)]
+    expected = {CANDIDATE: Cell(), LEGACY: Cell()}
+    for run in runs:
+        for arm, value in json.loads(run.stdout):
+            expected[arm].metric("tokens", value, True)
+    with crossfade.Client(sqlite_url, background=False) as cf:
+        cells = merge_windows(cf.backend().windows("m"))
+    for arm in (CANDIDATE, LEGACY):
+        got, want = cells[arm].metrics["tokens"], expected[arm].metrics["tokens"]
+        assert got.count == want.count > 0
+        assert math.isclose(got.total, want.total, rel_tol=1e-12)
+        assert math.isclose(got.squares, want.squares, rel_tol=1e-12)
+        assert got.sketch == want.sketch
