@@ -14,7 +14,7 @@ trigger rolls the migration back at once. `crossfade run-controller` runs in its
 
 - `switch`: the healthy bridge goes from the canary agents to every agent under load: no sender sees an error,
   no message is lost.
-- `lossy`: the elicitation path's bug acknowledges 0.8% of its messages without delivering them; it passes the
+- `lossy`: the elicitation path's bug acknowledges 2% of its messages without delivering them; it passes the
   dual-write stages (the long poll still delivers every message) and is rolled back by the trigger at the first
   loss after them, long before 1% of the messages are lost.
 - `chaos`: the elicitation path is killed mid-flight during a dual-write stage: its in-flight and later
