@@ -169,6 +169,7 @@ class Agent:
 
     async def _on_elicit(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
         message = json.loads(params.message)
+        await anyio.sleep(0.005)  # the agent reads the message before it answers
         self.inbox.take(message, "elicitation")
         return types.ElicitResult(action="accept", content={"received": message["id"]})
 

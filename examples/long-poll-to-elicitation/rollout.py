@@ -122,7 +122,7 @@ async def _run(cf: crossfade.Client, mig: crossfade.Migration, bridge: Bridge, s
                     stages.append(state.stage)
                 if state.status in ENDED:
                     break
-                if scenario == "chaos" and killed_at is None and state.stage == "rollout-5" and number > 300:
+                if scenario == "chaos" and killed_at is None and state.stage == "rollout-5" and bridge.in_flight:
                     killed_at, in_flight_at_kill = state.stage, bridge.in_flight
                     for agent in agents.values():  # the elicitation manager dies with deliveries in flight
                         agent.kill_elicitation()

@@ -41,7 +41,7 @@ def test_a_lossy_bridge_is_rolled_back_by_the_lost_trigger_before_one_percent_is
 
 def test_the_new_path_killed_mid_flight_loses_no_message(tmp_path):
     result = _rollout().main(tmp_path, "chaos")
-    assert result["killed_at"] == "rollout-5" and result["in_flight_at_kill"] >= 0
+    assert result["killed_at"] == "rollout-5" and result["in_flight_at_kill"] > 0, "killed with deliveries under way"
     assert (result["errors"], result["lost"]) == (0, 0)
     assert result["stats"]["dual_write_divergences"] > 0, "the dead path's side of each dual write, recorded"
     assert result["status"] == "rolled_back", "the candidate's errors rolled it back"
