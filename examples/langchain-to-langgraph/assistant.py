@@ -28,34 +28,34 @@ from langgraph.graph import END, START, StateGraph
 # Each question has a few phrasings of its one right answer: a model never says it the same way twice.
 FAQ: dict[str, list[str]] = {
     "How do I reset my password?": [
-        "Open Settings, choose Security, then Reset password and follow the link we email you.",
-        "Go to Settings > Security > Reset password; we email you a link to set a new one.",
-        "In Settings, open Security and pick Reset password, then follow the emailed link.",
+        "Open Settings, choose Security, then Reset password, and follow the link we email you.",
+        "Open Settings, pick Security, then Reset password, and follow the link we send you by email.",
+        "Go to Settings, choose Security, then Reset password, and follow the emailed link.",
     ],
     "Can I get a refund?": [
-        "Yes: refunds are available within 30 days of purchase from the Orders page.",
-        "Yes, within 30 days of purchase you can request a refund on the Orders page.",
-        "You can get a refund within 30 days of purchase; request it from the Orders page.",
+        "Yes: you can request a refund within 30 days of purchase from the Orders page.",
+        "Yes, you can ask for a refund within 30 days of purchase on the Orders page.",
+        "You can request a refund within 30 days of your purchase from the Orders page.",
     ],
     "How do I export my data?": [
-        "Use Account > Export to download all your data as a ZIP file of CSVs.",
-        "Under Account, choose Export and you will download your data as a ZIP of CSV files.",
-        "Account > Export downloads every record you have as CSV files in one ZIP.",
+        "Use Account, then Export, to download all your data as a ZIP file of CSV files.",
+        "Go to Account, then Export, to download all of your data as a ZIP of CSV files.",
+        "Use Account and Export to download your data as one ZIP file of CSV files.",
     ],
     "Which plans include SSO?": [
-        "Single sign-on is included in the Business and Enterprise plans.",
-        "SSO comes with the Business and Enterprise plans.",
+        "Single sign-on (SSO) is included in the Business and Enterprise plans.",
+        "SSO (single sign-on) comes with the Business and Enterprise plans.",
         "The Business and Enterprise plans include single sign-on (SSO).",
     ],
     "How do I invite a teammate?": [
-        "From Team, click Invite and enter their email address; they get a join link.",
-        "Open Team, press Invite and type their email: they receive a link to join.",
-        "Go to Team > Invite and enter the teammate's email; we send them a join link.",
+        "Open Team, click Invite and enter their email address; they will get a link to join.",
+        "Go to Team, click Invite and type their email address; they get a link to join.",
+        "Open Team, press Invite and enter their email address, and they will receive a join link.",
     ],
     "Where can I see my invoices?": [
-        "Invoices are listed under Billing > Invoices, each downloadable as a PDF.",
-        "Open Billing and then Invoices to see and download every invoice as PDF.",
-        "Billing > Invoices lists all your invoices; each one downloads as a PDF.",
+        "Your invoices are listed under Billing, then Invoices, each one downloadable as a PDF.",
+        "Open Billing, then Invoices, to see your invoices; each one downloads as a PDF.",
+        "Invoices are listed under Billing, then Invoices, and each one can be downloaded as a PDF.",
     ],
 }
 QUESTIONS = list(FAQ)
