@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -359,3 +361,113 @@ def test_without_fallback_a_failing_authoritative_candidate_write_reaches_the_ca
     with pytest.raises(ConnectionError):
         mig.write("k", written.append, candidate_write, 1)
     assert written == []
+
+
+class VirtualClock:
+    """A clock the test moves: the arms advance it by their latency, the controller loop by its interval."""
+
+    def __init__(self) -> None:
+        self.t = 1_000_000.0
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float, stop: threading.Event) -> None:
+        self.t += seconds
+
+
+UUID_SPEC = {
+    "name": "m",
+    "stages": [{"name": "shadow", "traffic": "0%", "shadow": "100%"}, {"traffic": "100%"}],
+    "shadow": {"noise": "10%", "max_pending": 5000},  # once, for every shadowing stage
+    "gates": {"mismatch_rate": {"max": "2%"}, "latency": {"quantile": "p95", "max_ratio": 1.2}},
+    "analysis": {"interval": "1s"},
+}
+
+
+async def _uuid_migration(cf, clock, name, *, wrong_every: int = 0, calls: int = 3000, batch: int = 50) -> list[str]:
+    """The minimal reproduction: answers carry a fresh uuid on every call of either arm, the candidate is
+    faster; the controller looks after every batch. Returns the types of the events it appended."""
+    from crossfade.loop import ControllerLoop
+
+    cf.apply({**UUID_SPEC, "name": name})
+    mig = cf.migration(name)
+    mig.start(actor="test")
+    loop = ControllerLoop(cf.backend(), clock=clock, names=[name])
+
+    async def legacy(i):
+        clock.t += 0.002
+        return {"id": str(uuid.uuid4()), "answer": i}
+
+    async def candidate(i):
+        clock.t += 0.001
+        wrong = wrong_every and i % wrong_every == 0
+        return {"id": str(uuid.uuid4()), "answer": -i if wrong else i}
+
+    for start in range(0, calls, batch):
+        for i in range(start, start + batch):
+            assert (await mig.arun(i, legacy, candidate, i))["answer"] == i
+        while cf.stats()["shadow_pending"]:
+            await asyncio.sleep(0)
+        clock.t += 1.0
+        cf.flush(everything=True)
+        loop.tick()
+        cf.refresh()
+        if mig.state().status != "running":
+            break
+    return [e.type for e in mig.history()]
+
+
+@pytest.fixture
+def virtual(tmp_path):
+    # A hundred migrations commit thousands of times: on tmpfs where there is one, so the test waits on
+    # no disk flushes (it is the same SQLite file either way).
+    shm = Path("/dev/shm")
+    with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else tmp_path) as where:
+        clock = VirtualClock()
+        with crossfade.Client(f"sqlite:///{where}/cf.db", clock=clock.now, background=False, window=1.0) as cf:
+            yield cf, clock
+
+
+def test_a_healthy_candidate_whose_answers_carry_a_uuid_is_never_rolled_back(virtual):
+    # Every comparison differs in `id`, and so does every noise sample: before the stage's noise rate was
+    # known these counted as mismatches and the 2% gate rolled the candidate back in most runs.
+    for run in range(100):
+        events = asyncio.run(_uuid_migration(*virtual, f"m{run}"))
+        assert "rolled_back" not in events and "rollback_started" not in events, f"run {run}: {events}"
+        assert events[-1] == "promoted", f"run {run} never left the shadow stage: {events}"
+
+
+def test_a_real_difference_beside_the_uuid_is_still_caught(virtual):
+    events = asyncio.run(_uuid_migration(*virtual, "m", wrong_every=10))
+    assert "rolled_back" in events or "rollback_started" in events
+
+
+def test_comparisons_wait_for_the_noise_rate_and_processes_share_it(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cf.db'}"
+    spec = {**UUID_SPEC, "shadow": {"noise": "100%", "noise_samples": 30, "max_pending": 5000}, "gates": {}}
+    with crossfade.connect(url, refresh=60) as first, crossfade.connect(url, refresh=60) as second:
+        first.apply(spec)
+        first.migration("m").start(actor="test")
+        first.refresh()
+        second.refresh()
+        answer = lambda: {"id": str(uuid.uuid4())}  # noqa: E731
+
+        # The first process takes 20 noise samples: not yet enough, so nothing is judged.
+        for i in range(20):
+            first.migration("m").run(i, answer, answer)
+        wait_until(lambda: first.stats()["shadow_compared"] == 20)
+        assert first.stats()["shadow_held"] == 20 and first.stats()["shadow_mismatches"] == 0
+        first.flush(everything=True)
+        # The second takes 10 more: with the first's 20, read from the backend, the noise rate is known.
+        for i in range(10):
+            second.migration("m").run(i, answer, answer)
+        wait_until(lambda: second.stats()["shadow_compared"] == 10)
+        second.flush(everything=True)
+        assert second.stats()["shadow_held"] == 0
+        first.flush(everything=True)  # reads the second's samples: its held comparisons are judged now
+        assert first.stats()["shadow_held"] == 0
+        first.flush(everything=True)
+        second.flush(everything=True)
+        cells = merge_windows(first.backend().windows("m"))
+        assert (cells[CANDIDATE].compared, cells[CANDIDATE].mismatches) == (30, 0)

@@ -1007,3 +1007,17 @@ def test_a_source_names_one_registered_source_whose_settings_it_checks() -> None
         with pytest.raises(SpecError) as caught:
             load_spec({**minimal(), "source": source})
         assert any(p.path == path and message in p.message for p in caught.value.problems), caught.value.problems
+
+
+def test_noise_set_once_under_shadow_applies_to_every_stage_that_shadows() -> None:
+    spec = load_spec({
+        "name": "m",
+        "shadow": {"noise": "10%", "noise_samples": 50},
+        "stages": [{"traffic": "0%", "shadow": "100%"}, {"traffic": "10%", "shadow": "50%", "noise": "5%"},
+                   {"traffic": "50%"}, {"traffic": "100%"}],
+    })
+    assert [stage.noise for stage in spec.stages] == [0.1, 0.05, 0.0, 0.0]
+    assert (spec.shadow.noise, spec.shadow.noise_samples) == (0.1, 50)
+    assert load_spec(spec.to_dict()) == spec
+    # Specs that say nothing of it keep their canonical form (and digest).
+    assert "noise" not in load_spec({**minimal(), "shadow": {"timeout": "1s"}}).to_dict()["shadow"]

@@ -32,6 +32,7 @@ from crossfade.events import (
 )
 from crossfade.migration import Migration
 from crossfade.routing import (
+    CANDIDATE,
     Decision,
     Route,
     RoutingTable,
@@ -44,7 +45,7 @@ from crossfade.shadow import (
     ShadowRunner,
 )
 from crossfade.spec import ShadowSettings, Spec, load_spec
-from crossfade.telemetry import Recorder, Window
+from crossfade.telemetry import Recorder, Window, cell_key
 
 log = logging.getLogger("crossfade")
 
@@ -263,6 +264,8 @@ class Client:
             self.flush()
             # The next window closes at the next boundary and is collected `grace` after it.
             self._flush_at = (now // self._window + 1) * self._window + self.recorder.grace + self._flush_offset
+        else:
+            self._share_noise(waiting_only=True)
 
     def flush(self, *, everything: bool = False) -> int:
         """Write closed telemetry windows (all of them with `everything`); returns how many were written.
@@ -272,6 +275,7 @@ class Client:
         backend refuses (it will never take it) is dropped and counted at once. Never raises.
         """
         self._flush_comparisons(everything=everything)
+        self._share_noise(waiting_only=False)
         collected = self.recorder.collect(everything=everything)
         if collected:
             self._parts += 1
@@ -320,6 +324,8 @@ class Client:
                     by_migration.setdefault(example.migration, []).append(example)
                 backend = self.backend()
                 backend.write_comparisons(rows, [])
+                self.comparisons.written(rows)
+                rows = []
                 for name, kept in by_migration.items():
                     backend.write_comparisons([], kept, keep=self._shadow_settings(name).examples)
             except Exception as exc:
@@ -328,7 +334,38 @@ class Client:
                     self._comparisons_pending.append(((rows, examples), tries + 1))
                 else:
                     self.counters["dropped_comparison_rows"] += len(rows)
+                    self.comparisons.written(rows)  # given up: no longer waiting to be written
                 log.warning("crossfade: shadow comparison flush failed (%s)", exc)
+
+    def _count_judged(self, name: str, stage: str, judged: int, mismatches: int) -> None:
+        """Count judged comparisons on the candidate's cell of the stage, where the mismatch_rate gate reads them."""
+        if not judged:
+            return
+        recorder = self.recorder
+        cell = recorder.cell(recorder.monotonic(), cell_key(name, stage, CANDIDATE))
+        try:
+            cell.compared += judged
+            cell.mismatches += mismatches
+        finally:
+            recorder.done()
+        if mismatches:
+            self.count("shadow_mismatches", mismatches)
+
+    def _share_noise(self, *, waiting_only: bool) -> None:
+        """Read the totals of the stages that sample noise from the backend, so every process judges on
+        every process's noise samples, and judge the comparisons held until their noise rate is known."""
+        for name, stage in self.comparisons.to_share(waiting_only=waiting_only):
+            try:
+                self.comparisons.share(name, stage, self.backend().comparisons(name, stage=stage))
+                settings = self._shadow_settings(name)
+                judged, mismatches = self.comparisons.resolve(
+                    name, stage, noise_samples=settings.noise_samples, relative=settings.noise_relative,
+                    absolute=settings.noise_absolute,
+                )
+                self._count_judged(name, stage, judged, mismatches)
+            except Exception as exc:  # the next tick tries again; held comparisons wait meanwhile
+                self.counters["comparison_flush_failures"] += 1
+                log.debug("crossfade: reading the noise totals of %s failed (%s)", name, exc)
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add to a health counter from any thread (shadow workers count concurrently)."""
@@ -447,13 +484,16 @@ class Client:
 
     def stats(self) -> dict[str, Any]:
         """Health counters: refresh and flush failures, dropped telemetry, seconds since the last refresh, and
-        shadow runs (started, compared, mismatched, dropped, timed out, failed, refused) and dual writes."""
+        shadow runs (started, compared, mismatched, dropped, timed out, failed, refused) and dual writes.
+        `shadow_held` counts comparisons waiting for their stage's noise rate; `shadow_unjudged` those held
+        past the bound on distinct sets of differing fields, never judged."""
         route_errors = sum(route.errors for route in self._routes.values())
         failures = sum(runner.failures for runner in self._runners.values())
         return {**self.counters, "internal_errors": self.counters["internal_errors"] + route_errors + failures,
                 "seconds_since_refresh": time.monotonic() - self._last_ok,
                 "stale": self._absent is _STALE, "pending_windows": len(self._pending),
-                "shadow_pending": sum(runner.pending for runner in self._runners.values())}
+                "shadow_pending": sum(runner.pending for runner in self._runners.values()),
+                "shadow_held": sum(self.comparisons.held().values()), "shadow_unjudged": self.comparisons.unjudged}
 
     # -- operations ----------------------------------------------------------------------------
 

@@ -309,7 +309,7 @@ class Migration:
             runner, settings = self._shadow_to or self._shadow_runner(route)
             again = legacy if route.noise and _random() < route.noise else None
             if not runner.submit(_shadow_sync, (self, decision.stage, decision.arm, other, again, args, kwargs,
-                                                value, error, settings)):
+                                                value, error, settings, route.noise > 0)):
                 self._dropped(decision.stage)
         except Exception:
             self.client.count("internal_errors")
@@ -325,7 +325,7 @@ class Migration:
             runner, settings = self._shadow_to or self._shadow_runner(route)
             again = legacy if route.noise and _random() < route.noise else None
             if not runner.submit_async(_shadow_async, (self, decision.stage, decision.arm, other, again, args,
-                                                       kwargs, value, error, settings)):
+                                                       kwargs, value, error, settings, route.noise > 0)):
                 self._dropped(decision.stage)
         except Exception:
             self.client.count("internal_errors")
@@ -348,30 +348,31 @@ class Migration:
                    answer=_NO_ANSWER if failed else answer)
 
     def _compare(self, stage: str, served_arm: str, served: Outcome, other: Outcome, again: Outcome | None,
-                 settings: ShadowSettings, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Compare a shadow run's answer with the served one, off the request path, and record it."""
+                 settings: ShadowSettings, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 sampling_noise: bool = False) -> None:
+        """Compare a shadow run's answer with the served one, off the request path, and record it.
+
+        When the stage samples noise, the comparison is judged only once the stage's noise rate is known
+        (`shadow.noise_samples`): until then it is held, and counted for the gate when it is judged."""
         client = self.client
         legacy, candidate = (served, other) if served_arm is LEGACY else (other, served)
         if other.error is not None:
             client.count("shadow_errors", 1)
         differences, score = self._comparator.scored(legacy, candidate, settings.mismatch_below)
         noise = None if again is None else self._comparator.scored(legacy, again, settings.mismatch_below)[0]
-        mismatch = client.comparisons.record(self.name, stage, differences, noise,
-                                             relative=settings.noise_relative, absolute=settings.noise_absolute)
-        # The mismatch_rate gate reads these from the candidate's cell of the stage.
-        recorder = self._recorder
-        cell = recorder.cell(self._now(), cell_key(self.name, stage, CANDIDATE))
-        try:
-            cell.compared += 1
-            if mismatch:
-                cell.mismatches += 1
-            if score is not None:  # a graded comparison: the similarity gates read the scores
+        judged, mismatches = client.comparisons.record(
+            self.name, stage, differences, noise, relative=settings.noise_relative,
+            absolute=settings.noise_absolute, noise_samples=settings.noise_samples if sampling_noise else None,
+        )
+        if score is not None:  # a graded comparison: the similarity gates read the scores
+            recorder = self._recorder
+            cell = recorder.cell(self._now(), cell_key(self.name, stage, CANDIDATE))
+            try:
                 cell.metric(SIMILARITY, score, True)
-        finally:
-            recorder.done()
+            finally:
+                recorder.done()
         client.count("shadow_compared", 1)
-        if mismatch:
-            client.count("shadow_mismatches", 1)
+        client._count_judged(self.name, stage, judged, mismatches)
         if differences:
             self._keep_example(stage, differences, args, kwargs, legacy, candidate, settings, score)
 
@@ -742,7 +743,7 @@ def _with_idempotency_key(kwargs: dict[str, Any], key: str | bool | None) -> dic
 
 def _shadow_sync(payload: tuple[Any, ...], slot: list[Any]) -> None:
     """A shadow run on a worker thread: the other arm (and legacy again for a noise sample), then compare."""
-    handle, stage, served_arm, other, again, args, kwargs, value, error, settings = payload
+    handle, stage, served_arm, other, again, args, kwargs, value, error, settings, sampling_noise = payload
     client = handle.client
     client.count("shadow_runs")
     served = Outcome(value, error)
@@ -760,12 +761,12 @@ def _shadow_sync(payload: tuple[Any, ...], slot: list[Any]) -> None:
             handle._record_shadow_run(stage, served_arm, elapsed_ns, failed=True, timed_out=True)
         return
     handle._record_shadow_run(stage, served_arm, elapsed_ns, failed=answer.error is not None, answer=answer.value)
-    handle._compare(stage, served_arm, served, answer, repeat, settings, args, kwargs)
+    handle._compare(stage, served_arm, served, answer, repeat, settings, args, kwargs, sampling_noise)
 
 
 async def _shadow_async(payload: tuple[Any, ...]) -> None:
     """A shadow run as a task: cancelled at the timeout, counted, and compared like `_shadow_sync`."""
-    handle, stage, served_arm, other, again, args, kwargs, value, error, settings = payload
+    handle, stage, served_arm, other, again, args, kwargs, value, error, settings, sampling_noise = payload
     client = handle.client
     client.count("shadow_runs")
     served = Outcome(value, error)
@@ -786,7 +787,7 @@ async def _shadow_async(payload: tuple[Any, ...]) -> None:
             return
         handle._record_shadow_run(stage, served_arm, elapsed_ns, failed=answer.error is not None,
                                   answer=answer.value)
-        handle._compare(stage, served_arm, served, answer, repeat, settings, args, kwargs)
+        handle._compare(stage, served_arm, served, answer, repeat, settings, args, kwargs, sampling_noise)
     except Exception:  # crossfade's own failure: counted, never left as an unretrieved task exception
         client.counters["internal_errors"] += 1
 

@@ -352,8 +352,17 @@ def add_counts(into: dict[str, int], more: Mapping[str, int]) -> None:
         into[name] = into.get(name, 0) + value
 
 
+MAX_HELD: Final = 1000
+"""Distinct sets of differing fields held per stage while its noise rate is unknown; further sets are unjudged."""
+
+
 class ComparisonLog:
-    """One process's comparison counts by window, per-stage running totals, and the newest examples.
+    """One process's comparison counts by window, the stage totals they add to, and the newest examples.
+
+    A stage's totals are the backend's (every process's flushed windows, as last read by `share`) plus this
+    process's counts not yet written: rows add up, so the merge is exact. While a stage samples noise and
+    has fewer than `noise_samples` legacy-vs-legacy samples, its comparisons are held (as counts per set of
+    differing fields, so memory is bounded) and judged together once the noise rate is known.
 
     Written from shadow workers and event loops, so every method takes the lock; none runs on the request
     path. `collect` hands closed windows to the client's flusher, like the telemetry Recorder.
@@ -363,21 +372,25 @@ class ComparisonLog:
         self.window = window
         self.grace = grace
         self._clock = clock
-        self._lock = threading.Lock()
-        self._windows: dict[tuple[int, str, str, str], dict[str, int]] = {}
-        self._running: dict[tuple[str, str, str], dict[str, int]] = {}
-        self._examples: dict[tuple[str, str], deque[Example]] = {}
+        self.reset()
 
     def count(self, migration: str, stage: str, name: str, amount: int = 1, path: str = TOTALS) -> None:
-        """Add to one counter of the current window (and the stage's running totals)."""
-        self._add(migration, stage, {path: {name: amount}})
+        """Add to one counter of the current window (and the stage's totals)."""
+        with self._lock:
+            self._add(migration, stage, {path: {name: amount}})
 
     def record(self, migration: str, stage: str, differences: Sequence[Difference],
-               noise: Sequence[Difference] | None, *, relative: float, absolute: float) -> bool:
-        """Count one comparison (and its noise sample, if taken); True when it counts as a mismatch, that is
-        when a field it differs in is judged a mismatch on the stage's totals so far."""
+               noise: Sequence[Difference] | None, *, relative: float, absolute: float,
+               noise_samples: int | None = None) -> tuple[int, int]:
+        """Count one comparison (and its noise sample, if taken); returns the comparisons judged now and how
+        many of them are mismatches, for the mismatch gate.
+
+        A comparison is a mismatch when a field it differs in is judged one on the stage's totals. Without
+        noise sampling (`noise_samples` None) it is judged at once: (1, 0) or (1, 1). With it, it is held
+        until the stage has `noise_samples` noise samples, then judged with every comparison held before.
+        """
         changes: dict[str, dict[str, int]] = {TOTALS: {"compared": 1}}
-        paths = {d.path for d in differences}
+        paths = frozenset(d.path for d in differences)
         if paths:
             changes[TOTALS]["differing"] = 1
         for path in paths:
@@ -389,25 +402,100 @@ class ComparisonLog:
                 changes[TOTALS]["noise_differing"] = 1
             for path in noise_paths:
                 changes.setdefault(path, {})["noise_differing"] = 1
-        running = self._add(migration, stage, changes)
-        totals = running[TOTALS]
-        return any(
-            verdict(totals.get("compared", 0), running[p].get("differing", 0), totals.get("noise_compared", 0),
-                    running[p].get("noise_differing", 0), relative=relative, absolute=absolute) == MISMATCH
-            for p in paths
-        )
-
-    def _add(self, migration: str, stage: str, changes: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
-        index = int(self._clock() // self.window)
         with self._lock:
-            view = {}
-            for path, counts in changes.items():
-                add_counts(self._windows.setdefault((index, migration, stage, path), {}), counts)
-                running = self._running.setdefault((migration, stage, path), {})
-                add_counts(running, counts)
-                view[path] = running
-            view.setdefault(TOTALS, self._running.setdefault((migration, stage, TOTALS), {}))
-            return view
+            self._add(migration, stage, changes)
+            if noise_samples is None:
+                return 1, int(any(self._verdict(migration, stage, p, relative, absolute) == MISMATCH for p in paths))
+            self._active.add((migration, stage))
+            held = self._held.setdefault((migration, stage), {})
+            if paths in held or len(held) < MAX_HELD:
+                held[paths] = held.get(paths, 0) + 1
+            else:
+                self.unjudged += 1
+            return self._judge_held(migration, stage, noise_samples, relative, absolute)
+
+    def resolve(self, migration: str, stage: str, *, noise_samples: int, relative: float,
+                absolute: float) -> tuple[int, int]:
+        """Judge the stage's held comparisons if its noise rate is known now: (judged, mismatches)."""
+        with self._lock:
+            return self._judge_held(migration, stage, noise_samples, relative, absolute)
+
+    def held(self) -> dict[tuple[str, str], int]:
+        """How many comparisons wait for their stage's noise rate, per (migration, stage)."""
+        with self._lock:
+            return {key: sum(sets.values()) for key, sets in self._held.items() if sets}
+
+    def to_share(self, *, waiting_only: bool = False) -> list[tuple[str, str]]:
+        """The stages whose totals should be read from the backend now: those holding comparisons, and
+        (unless `waiting_only`) those that recorded noise-sampled comparisons since the last read."""
+        with self._lock:
+            stages = {key for key, sets in self._held.items() if sets}
+            if not waiting_only:
+                stages |= self._active
+                self._active = set()
+            return sorted(stages)
+
+    def share(self, migration: str, stage: str, rows: Iterable[FieldWindow]) -> None:
+        """Take the backend's totals of a stage (every process's written rows, summed per field)."""
+        totals: dict[str, dict[str, int]] = {}
+        for row in rows:
+            if row.stage == stage:
+                add_counts(totals.setdefault(row.path, {}), row.counts)
+        with self._lock:
+            self._shared[(migration, stage)] = totals
+
+    def written(self, rows: Sequence[FieldWindow]) -> None:
+        """Rows the backend now holds (or that are given up): they leave this process's unwritten counts."""
+        with self._lock:
+            for row in rows:
+                key = (row.migration, row.stage, row.path)
+                left = self._unwritten.get(key)
+                if left is None:
+                    continue
+                for name, value in row.counts.items():
+                    left[name] = left.get(name, 0) - value
+                if not any(left.values()):
+                    del self._unwritten[key]
+
+    def totals(self, migration: str, stage: str, path: str = TOTALS) -> dict[str, int]:
+        """The counts of one field of a stage over every process, as far as this one knows them."""
+        with self._lock:
+            return self._total(migration, stage, path)
+
+    def _total(self, migration: str, stage: str, path: str) -> dict[str, int]:
+        counts = dict(self._shared.get((migration, stage), {}).get(path, {}))
+        add_counts(counts, self._unwritten.get((migration, stage, path), {}))
+        return counts
+
+    def _verdict(self, migration: str, stage: str, path: str, relative: float, absolute: float) -> str:
+        totals = self._total(migration, stage, TOTALS)
+        field = self._total(migration, stage, path)
+        return verdict(totals.get("compared", 0), field.get("differing", 0), totals.get("noise_compared", 0),
+                       field.get("noise_differing", 0), relative=relative, absolute=absolute)
+
+    def _judge_held(self, migration: str, stage: str, noise_samples: int, relative: float,
+                    absolute: float) -> tuple[int, int]:
+        held = self._held.get((migration, stage))
+        if not held or self._total(migration, stage, TOTALS).get("noise_compared", 0) < noise_samples:
+            return 0, 0
+        del self._held[(migration, stage)]
+        verdicts: dict[str, str] = {}
+        judged = mismatches = 0
+        for paths, n in held.items():
+            judged += n
+            for path in paths:
+                if path not in verdicts:
+                    verdicts[path] = self._verdict(migration, stage, path, relative, absolute)
+                if verdicts[path] == MISMATCH:
+                    mismatches += n
+                    break
+        return judged, mismatches
+
+    def _add(self, migration: str, stage: str, changes: Mapping[str, Mapping[str, int]]) -> None:
+        index = int(self._clock() // self.window)
+        for path, counts in changes.items():
+            add_counts(self._windows.setdefault((index, migration, stage, path), {}), counts)
+            add_counts(self._unwritten.setdefault((migration, stage, path), {}), counts)
 
     def keep(self, example: Example, limit: int) -> None:
         """Keep an example; only the newest `limit` per migration and field wait for the flusher."""
@@ -445,9 +533,13 @@ class ComparisonLog:
     def reset(self) -> None:
         """Forget everything (in a forked child: the parent's counts are the parent's to send)."""
         self._lock = threading.Lock()
-        self._windows = {}
-        self._running = {}
-        self._examples = {}
+        self._windows: dict[tuple[int, str, str, str], dict[str, int]] = {}
+        self._unwritten: dict[tuple[str, str, str], dict[str, int]] = {}
+        self._shared: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
+        self._held: dict[tuple[str, str], dict[frozenset[str], int]] = {}
+        self._active: set[tuple[str, str]] = set()
+        self._examples: dict[tuple[str, str], deque[Example]] = {}
+        self.unjudged = 0  # comparisons held past MAX_HELD distinct field sets: never judged, counted
 
 
 # --- the runner ------------------------------------------------------------------------------------------

@@ -105,6 +105,7 @@ MAX_RATIO: Final = 1e6
 MAX_THREADS: Final = 64
 MAX_PENDING: Final = 100_000
 MAX_EXAMPLES: Final = 1000
+MAX_NOISE_SAMPLES: Final = 100_000
 MAX_ATTEMPTS: Final = 10
 MAX_BACKOFF: Final = 60.0
 MAX_STAGES: Final = 100
@@ -374,7 +375,13 @@ class Fallback:
 @dataclass(frozen=True, slots=True)
 class ShadowSettings:
     """How shadow runs are carried out: their timeout, worker threads, bound on pending runs, the noise
-    thresholds (fractions) a field's difference must clear to be a mismatch, and examples kept per field."""
+    thresholds (fractions) a field's difference must clear to be a mismatch, and examples kept per field.
+
+    ``noise`` is the noise sampling share every shadowing stage takes unless it sets its own;
+    ``noise_samples`` the legacy-vs-legacy samples a stage needs (across all processes) before any of its
+    comparisons is judged: until then they are held, then counted, so none is judged against an unknown
+    noise rate.
+    """
 
     timeout: float = 5.0
     threads: int = 4
@@ -384,6 +391,8 @@ class ShadowSettings:
     examples: int = 20
     mismatch_below: float = 0.5
     """A graded comparison (``compare=`` returning a score in [0, 1]) scoring below this is a mismatch."""
+    noise: float = 0.0
+    noise_samples: int = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,7 +518,7 @@ class Spec:
                 **({} if self.analysis.max_stage_time is None else {"max_stage_time": self.analysis.max_stage_time}),
             },
             "fallback": _without_none({"on_error": self.fallback.on_error, "timeout": self.fallback.timeout}),
-            **({} if self.shadow == ShadowSettings() else {"shadow": _fields(self.shadow)}),
+            **({} if self.shadow == ShadowSettings() else {"shadow": _shadow_fields(self.shadow)}),
             **({} if self.dual_write_retry == DualWriteRetry() else {"dual_write_retry": _fields(self.dual_write_retry)}),
             **({"dual_write_after_rollback": True} if self.dual_write_after_rollback else {}),
             "allow": list(self.allow),
@@ -538,6 +547,12 @@ def _without_none(mapping: dict[str, Any]) -> dict[str, Any]:
 
 def _fields(model: Any) -> dict[str, Any]:
     return {f.name: getattr(model, f.name) for f in fields(model)}
+
+
+def _shadow_fields(shadow: ShadowSettings) -> dict[str, Any]:
+    # The settings added later are left out at their defaults, so older specs keep their digest.
+    return {**{k: v for k, v in _fields(shadow).items() if k not in ("noise", "noise_samples")},
+            **_unless_default(shadow, "noise", "noise_samples")}
 
 
 def _unless_default(model: Any, *names: str) -> dict[str, Any]:
@@ -828,7 +843,8 @@ class _Reader:
         owner = self.get(top, "owner", "", _short_text, "")
         key = self.get(top, "key", "", _short_text, "")
         salt = self.get(top, "salt", "", _salt, "")
-        stages = self.stages(top.get("stages", _MISSING))
+        shadow = self.shadow_settings(top.get("shadow", {}))
+        stages = self.stages(top.get("stages", _MISSING), 0.0 if shadow is _BAD else shadow.noise)
         gates = self.gates(top["gates"]) if "gates" in top else Gates.default()
         metrics = self.metrics(top.get("metrics"))
         # A trigger may name a declared metric whose declaration has problems of its own (reported there).
@@ -838,7 +854,6 @@ class _Reader:
         rollback = self.rollback(top.get("rollback", {}))
         analysis = self.analysis(top.get("analysis", {}))
         fallback = self.fallback(top.get("fallback", {}))
-        shadow = self.shadow_settings(top.get("shadow", {}))
         dual_write_retry = self.dual_write_retry(top.get("dual_write_retry", {}))
         keep_dual_writes = self.get(top, "dual_write_after_rollback", "", _flag, False)
         allow = self.keys(top.get("allow", []), "allow")
@@ -915,7 +930,9 @@ class _Reader:
             self.problem(problem.path, problem.message)
         return items
 
-    def stages(self, value: object) -> Any:
+    def stages(self, value: object, noise: float = 0.0) -> Any:
+        """The stages; `noise` (the spec's `shadow.noise`) is the noise share of every stage that shadows and
+        does not set its own."""
         if value is _MISSING:
             if "stages" not in self.suggested:
                 self.problem("stages", "required, e.g. stages: [{traffic: 10%}, {traffic: 50%}, {traffic: 100%}]")
@@ -939,15 +956,18 @@ class _Reader:
                 continue
             name = self.get(data, "name", path, _name, f"stage-{index + 1}")
             traffic = self.get(data, "traffic", path, parse_percent, example="10%")
+            shadow = self.get(data, "shadow", path, parse_percent, 0.0)
+            shadow_legacy = self.get(data, "shadow_legacy", path, parse_percent, 0.0)
+            shadows = shadow not in (0.0, _BAD) or shadow_legacy not in (0.0, _BAD)
             stage = Stage(
                 name=name,
                 traffic=traffic,
-                shadow=self.get(data, "shadow", path, parse_percent, 0.0),
+                shadow=shadow,
                 hold=self.get(data, "hold", path, _positive_duration, None),
                 min_samples=self.get(data, "min_samples", path, _samples, 0),
                 approval=self.get(data, "approval", path, _flag, False),
-                shadow_legacy=self.get(data, "shadow_legacy", path, parse_percent, 0.0),
-                noise=self.get(data, "noise", path, parse_percent, 0.0),
+                shadow_legacy=shadow_legacy,
+                noise=self.get(data, "noise", path, parse_percent, noise if shadows else 0.0),
                 dual_write=self.get(data, "dual_write", path, _flag, False),
             )
             self.stage_shadows(stage, data, path)
@@ -1035,6 +1055,8 @@ class _Reader:
             noise_absolute=self.get(data, "noise_absolute", "shadow", parse_percent, 0.0003),
             examples=self.get(data, "examples", "shadow", _bounded_count(0, MAX_EXAMPLES), 20),
             mismatch_below=self.get(data, "mismatch_below", "shadow", parse_percent, 0.5),
+            noise=self.get(data, "noise", "shadow", parse_percent, 0.0),
+            noise_samples=self.get(data, "noise_samples", "shadow", _bounded_count(1, MAX_NOISE_SAMPLES), 30),
         )
 
     def dual_write_retry(self, value: object) -> Any:
@@ -1233,7 +1255,8 @@ _STAGE_KEYS: Final = (
     "name", "traffic", "shadow", "hold", "min_samples", "approval", "shadow_legacy", "noise", "dual_write",
 )  # fmt: skip
 _SHADOW_KEYS: Final = (
-    "timeout", "threads", "max_pending", "noise_relative", "noise_absolute", "examples", "mismatch_below",
+    "timeout", "threads", "max_pending", "noise_relative", "noise_absolute", "examples", "mismatch_below", "noise",
+    "noise_samples",
 )  # fmt: skip
 _DUAL_WRITE_RETRY_KEYS: Final = ("attempts", "backoff")
 _GATES_KEYS: Final = ("error_rate", "latency", "cost", "mismatch_rate")
@@ -1630,6 +1653,13 @@ def json_schema() -> dict[str, Any]:
                         "percent", "A graded comparison's score (compare= returning 0..1) below this is a mismatch.",
                         default=0.5,
                     ),
+                    "noise": described(
+                        "percent", "Noise sampling share of every shadowing stage that sets none.", default="0%"
+                    ),
+                    "noise_samples": {
+                        "type": "integer", "minimum": 1, "maximum": MAX_NOISE_SAMPLES, "default": 30,
+                        "description": "Legacy-vs-legacy samples a stage needs before its comparisons are judged.",
+                    },
                 },
             ),
             "dual_write_retry": obj(
