@@ -11,7 +11,9 @@ wrong FAQ entry: fluent, confident and wrong) and `regression` (its retrieval no
 from __future__ import annotations
 
 import asyncio
+import difflib
 import random
+import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -185,6 +187,13 @@ class Graph:
         async for chunk, _meta in self.graph.astream({"question": question}, stream_mode="messages"):
             if isinstance(chunk, AIMessageChunk) and chunk.content:
                 yield str(chunk.content)
+
+
+def alike(legacy: dict[str, Any], candidate: dict[str, Any]) -> float:
+    """How much two answers say the same thing, from 0 to 1 (the call site's graded `compare=`): the
+    similarity of their words in order. Equality cannot judge answers phrased anew at every call."""
+    words = [re.findall(r"\w+", answer["answer"].lower()) for answer in (legacy, candidate)]
+    return difflib.SequenceMatcher(None, *words).ratio()
 
 
 def tokens(answer: dict[str, Any]) -> float:

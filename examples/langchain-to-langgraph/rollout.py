@@ -54,7 +54,7 @@ def main(directory: Path, candidate: str = "healthy", runs: int = 1, *, rate: fl
     handles = {}
     for name in names:
         cf.apply(spec(name))
-        handles[name] = cf.migration(name, cost=assistant.tokens, ignore=["$.id"])
+        handles[name] = cf.migration(name, cost=assistant.tokens, compare=assistant.alike)
     controller = _controller(url, names, directory / "controller.log")
     try:
         for name in names:
@@ -99,7 +99,7 @@ async def _traffic(cf: crossfade.Client, handles: dict[str, crossfade.Migration]
                     continue
                 for i in random.sample(range(1000), 6):
                     question = random.choice(assistant.QUESTIONS)
-                    if i % 2:
+                    if i % 3:
                         work.append(loop.run_in_executor(threads, mig.run, assistant.user_of(i), chain.answer,
                                                          graph.answer, question))
                     else:
@@ -115,7 +115,8 @@ async def _traffic(cf: crossfade.Client, handles: dict[str, crossfade.Migration]
                     stage[state.name] = state.stage
                 if state.status in ENDED:
                     outcome[state.name] = {"status": state.status, "stage": stage.get(state.name),
-                                           "reason": state.reason, "calls": calls[state.name]}
+                                           "reason": state.reason, "calls": calls[state.name],
+                                           "failed": _failed_gates(handles[state.name])}
     for name in handles:
         if name not in outcome:
             state = handles[name].state()
@@ -123,6 +124,12 @@ async def _traffic(cf: crossfade.Client, handles: dict[str, crossfade.Migration]
                              "calls": calls[name]}
     await cf.aclose()
     return outcome
+
+
+def _failed_gates(mig: crossfade.Migration) -> list[str]:
+    """The gates the last verdict failed (empty for a migration that completed)."""
+    verdicts = [e for e in mig.history() if e.type == "verdict"]
+    return [g["gate"] for g in verdicts[-1].payload.get("gates", []) if g["verdict"] == "FAIL"] if verdicts else []
 
 
 if __name__ == "__main__":
