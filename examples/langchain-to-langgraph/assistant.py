@@ -196,6 +196,12 @@ def alike(legacy: dict[str, Any], candidate: dict[str, Any]) -> float:
     return difflib.SequenceMatcher(None, *words).ratio()
 
 
+def alike_text(legacy: Any, candidate: Any) -> float:
+    """`alike` for streamed answers, compared once assembled (their text, or their list of chunks)."""
+    text = lambda answer: answer if isinstance(answer, str) else "".join(map(str, answer))  # noqa: E731
+    return alike({"answer": text(legacy)}, {"answer": text(candidate)})
+
+
 def tokens(answer: dict[str, Any]) -> float:
     """A call's cost in tokens (the `cost=` of the call site)."""
     return float(answer["tokens"])

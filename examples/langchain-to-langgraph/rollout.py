@@ -39,11 +39,12 @@ def spec(name: str) -> dict[str, Any]:
 
 
 def main(directory: Path, candidate: str = "healthy", runs: int = 1, *, rate: float = 120.0,
-         deadline: float = 90.0, say: Callable[[str], None] = print) -> dict[str, Any]:
+         deadline: float = 90.0, stream: bool = True, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Roll the graph out `runs` times side by side; each run's outcome, and what was recorded.
 
     Users arrive at `rate` questions a second in all (shared by the runs still going): a service that is not
-    saturated, so latency is the assistant's and not the queue's.
+    saturated, so latency is the assistant's and not the queue's. `stream=False` leaves the two streaming call
+    sites out (a third of the calls each way then).
     """
     directory.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{directory / 'crossfade.db'}"
@@ -59,7 +60,7 @@ def main(directory: Path, candidate: str = "healthy", runs: int = 1, *, rate: fl
     try:
         for name in names:
             handles[name].start(f"{candidate} LangGraph candidate")
-        outcome = asyncio.run(_traffic(cf, handles, chain, graph, rate, deadline))
+        outcome = asyncio.run(_traffic(cf, handles, chain, graph, rate, deadline, stream))
     finally:
         controller.terminate()
         controller.wait(timeout=30)
@@ -80,7 +81,7 @@ def _controller(url: str, names: list[str], log: Path) -> subprocess.Popen[bytes
 
 
 async def _traffic(cf: crossfade.Client, handles: dict[str, crossfade.Migration], chain: assistant.Chain,
-                   graph: assistant.Graph, rate: float, deadline: float) -> dict[str, dict[str, Any]]:
+                   graph: assistant.Graph, rate: float, deadline: float, stream: bool) -> dict[str, dict[str, Any]]:
     """Users ask questions through the call sites of every running migration until each has ended.
 
     The sync call site runs on a pool of threads, as in a threaded web server; the async one on the loop.
@@ -89,6 +90,8 @@ async def _traffic(cf: crossfade.Client, handles: dict[str, crossfade.Migration]
     calls: Counter[str] = Counter()
     stage: dict[str, str] = {}
     loop = asyncio.get_running_loop()
+    # A streamed answer is compared once assembled: its text, scored like the others.
+    streaming = {name: mig.with_options(compare=assistant.alike_text) for name, mig in handles.items()}
     until = time.monotonic() + deadline
     with concurrent.futures.ThreadPoolExecutor(16) as threads:
         while len(outcome) < len(handles) and time.monotonic() < until:
@@ -97,16 +100,22 @@ async def _traffic(cf: crossfade.Client, handles: dict[str, crossfade.Migration]
             for name, mig in handles.items():
                 if name in outcome:
                     continue
+                streams = streaming[name]
                 for i in random.sample(range(1000), 6):
-                    question = random.choice(assistant.QUESTIONS)
-                    if i % 3:
-                        work.append(loop.run_in_executor(threads, mig.run, assistant.user_of(i), chain.answer,
-                                                         graph.answer, question))
-                    else:
-                        work.append(mig.arun(assistant.user_of(i), chain.aanswer, graph.aanswer, question))
+                    user, question = assistant.user_of(i), random.choice(assistant.QUESTIONS)
+                    site = i % 6 if stream else i % 3
+                    if site in (0, 1):  # the sync call site, on the server's threads
+                        work.append(loop.run_in_executor(threads, mig.run, user, chain.answer, graph.answer,
+                                                         question))
+                    elif site == 2:  # the async call site
+                        work.append(mig.arun(user, chain.aanswer, graph.aanswer, question))
+                    elif site == 3:  # the streaming call site, read to the end by a sync server
+                        work.append(loop.run_in_executor(threads, _read, streams, user, chain, graph, question))
+                    else:  # the async streaming call site
+                        work.append(_aread(streams, user, chain, graph, question))
                 calls[name] += 6
             answers = await asyncio.gather(*work)
-            assert all(a["answer"] for a in answers), "every user got an answer"
+            assert all(a["answer"] if isinstance(a, dict) else a for a in answers), "every user got an answer"
             await asyncio.sleep(max(0.0, started + len(work) / rate - time.monotonic()))
             for state in cf.migrations():
                 if state.name not in handles or state.name in outcome:
@@ -122,8 +131,26 @@ async def _traffic(cf: crossfade.Client, handles: dict[str, crossfade.Migration]
             state = handles[name].state()
             outcome[name] = {"status": f"unfinished ({state.status})", "stage": state.stage, "reason": state.reason,
                              "calls": calls[name]}
+    cf.flush(everything=True)
+    for name, mig in handles.items():  # tokens per answer, by arm: what the cost gate judged
+        windows = mig.windows()
+        outcome[name]["tokens"] = {
+            arm: sum(w.cell.cost_sum for w in windows if w.arm == arm)
+            / max(1, sum(w.cell.costed for w in windows if w.arm == arm)) for arm in ("legacy", "candidate")}
     await cf.aclose()
     return outcome
+
+
+def _read(mig: crossfade.Migration, user: str, chain: assistant.Chain, graph: assistant.Graph,
+          question: str) -> str:
+    """A sync server relaying a streamed answer chunk by chunk (here: to a string)."""
+    return "".join(mig.stream(user, chain.stream, graph.stream, question))
+
+
+async def _aread(mig: crossfade.Migration, user: str, chain: assistant.Chain, graph: assistant.Graph,
+                 question: str) -> str:
+    """An async server relaying a streamed answer chunk by chunk."""
+    return "".join([chunk async for chunk in mig.astream(user, chain.astream, graph.astream, question)])
 
 
 def _failed_gates(mig: crossfade.Migration) -> list[str]:
