@@ -207,6 +207,11 @@ def tokens(answer: dict[str, Any]) -> float:
     return float(answer["tokens"])
 
 
+def streamed_tokens(text: str) -> float:
+    """A streamed answer's cost: its output tokens (a stream carries no usage report here)."""
+    return float(len(text.split()))
+
+
 def user_of(i: int) -> str:
     """The sticky key: a user id."""
     return f"user-{zlib.crc32(str(i).encode()) % 100_000:05d}"

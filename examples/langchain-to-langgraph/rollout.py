@@ -91,7 +91,8 @@ async def _traffic(cf: crossfade.Client, handles: dict[str, crossfade.Migration]
     stage: dict[str, str] = {}
     loop = asyncio.get_running_loop()
     # A streamed answer is compared once assembled: its text, scored like the others.
-    streaming = {name: mig.with_options(compare=assistant.alike_text) for name, mig in handles.items()}
+    streaming = {name: mig.with_options(compare=assistant.alike_text, cost=assistant.streamed_tokens)
+                 for name, mig in handles.items()}
     until = time.monotonic() + deadline
     with concurrent.futures.ThreadPoolExecutor(16) as threads:
         while len(outcome) < len(handles) and time.monotonic() < until:

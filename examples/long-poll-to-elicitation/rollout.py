@@ -67,6 +67,9 @@ def main(directory: Path, scenario: str = "switch", *, rate: float = 150.0, dead
     say(f"{scenario}: {result['status']} at {result['stage']}; {result['sent']} messages sent, "
         f"{result['lost']} lost ({result['lost'] / max(result['sent'], 1):.2%}), {result['errors']} sender errors, "
         f"{result['duplicates']} duplicate deliveries dropped by the inboxes"
+        + (f"; the elicitation path dropped {result['silently_dropped']}" if scenario == "lossy" else "")
+        + (f"; killed at {result['killed_at']} with {result['in_flight_at_kill']} elicitations in flight"
+           if scenario == "chaos" else "")
         + (f"; {result['reason']}" if result["status"] != "completed" else ""))
     return result
 

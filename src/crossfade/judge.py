@@ -138,7 +138,8 @@ def enabled_gates(spec: Spec) -> list[str]:
 
     g = spec.gates
     return [name for name, on in (("error_rate", g.error_rate), ("latency", g.latency), ("cost", g.cost),
-                                  ("mismatch_rate", g.mismatch_rate)) if on is not None] + gate_names(spec)
+                                  ("mismatch_rate", g.mismatch_rate),
+                                  ("latency_first_chunk", g.latency_first_chunk)) if on is not None] + gate_names(spec)
 
 
 def judge(spec: Spec, cells: Mapping[str, Cell], *, look: int, traffic: float, shadowing: bool = False
@@ -164,6 +165,10 @@ def judge(spec: Spec, cells: Mapping[str, Cell], *, look: int, traffic: float, s
     # would be NODATA for ever and hold the stage, so it is not judged there.
     if g.mismatch_rate is not None and (shadowing or candidate.compared):
         verdicts.append(_mismatch(candidate, g.mismatch_rate.max, alpha))
+    if g.latency_first_chunk is not None:
+        first = g.latency_first_chunk
+        verdicts.append(_latency(_first_chunk(candidate), _first_chunk(legacy), first.quantile, first.max_ratio,
+                                 alpha, look, gate="latency_first_chunk"))
     if spec.metrics:
         from crossfade.metricjudge import custom_gates
 
@@ -244,11 +249,20 @@ def _where(verdict: str, estimate: float, limit: float) -> str:
     return "is past, but not yet surely above," if beyond(estimate, limit) else "may exceed"
 
 
-def _latency(candidate: Cell, legacy: Cell, q: float, limit: float, alpha: float, look: int) -> GateVerdict:
+def _first_chunk(cell: Cell) -> Cell:
+    """A cell whose latency is the streams' latency to their first chunk (none timed: an empty one)."""
+    view = Cell()
+    if cell.first_chunk is not None:
+        view.latency = cell.first_chunk
+    return view
+
+
+def _latency(candidate: Cell, legacy: Cell, q: float, limit: float, alpha: float, look: int,
+             gate: str = "latency") -> GateVerdict:
     n_c, n_l = candidate.latency.count, legacy.latency.count
-    name = f"p{q * 100:g}"
+    name = f"p{q * 100:g}" + (" first-chunk" if gate == "latency_first_chunk" else "")
     if not n_c or not n_l:
-        return _nodata("latency", limit, n_c, n_l, alpha, f"{name} latency: no calls yet on " + _missing(n_c, n_l))
+        return _nodata(gate, limit, n_c, n_l, alpha, f"{name} latency: no calls yet on " + _missing(n_c, n_l))
     # Look k spends alpha * 6 / (pi^2 k^2) of the gate's alpha; two-sided at twice that, each one-sided bound
     # holds at it, and over all looks at alpha.
     interval = quantile_ratio_interval(candidate.latency, legacy.latency, q,
@@ -257,7 +271,7 @@ def _latency(candidate: Cell, legacy: Cell, q: float, limit: float, alpha: float
     bounds = _bounds(alpha, _ratio(interval.lower), _ratio(interval.upper))
     message = (f"candidate {name} latency x{_ratio(interval.estimate)} of legacy ({bounds}) "
                f"{_where(verdict, interval.estimate, limit)} the allowed x{limit:g} ({n_c} and {n_l} calls)")
-    return GateVerdict("latency", verdict, interval.estimate, interval.lower, interval.upper, limit, n_c, n_l,
+    return GateVerdict(gate, verdict, interval.estimate, interval.lower, interval.upper, limit, n_c, n_l,
                        1 - alpha, message)
 
 

@@ -12,7 +12,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from crossfade.backends.base import (
@@ -45,6 +45,7 @@ from crossfade.shadow import (
 )
 from crossfade.spec import Fallback, ShadowSettings, Spec
 from crossfade.metricspec import SIMILARITY
+from crossfade.streams import STREAM_TYPES, StreamMisuse, astream, misuse, stream
 from crossfade.telemetry import Cell, Window, cell_key, valid_metric_name
 
 if TYPE_CHECKING:
@@ -262,6 +263,8 @@ class Migration:
                 if decision.shadow:
                     self._shadow(route, decision, candidate, legacy, args, kwargs, None, exc)
                 raise
+            if result.__class__ in STREAM_TYPES:
+                raise misuse("run", result)
             self._record_ok(legacy_key, start, self._now(), result)
             if decision.shadow:
                 self._shadow(route, decision, candidate, legacy, args, kwargs, result, None)
@@ -275,6 +278,8 @@ class Migration:
         except Exception as exc:
             self._candidate_failed(decision, start, exc, fallback)
             return legacy(*args, **kwargs)
+        if result.__class__ in STREAM_TYPES:
+            raise misuse("run", result)
         self._record_ok(candidate_key, start, self._now(), result)
         if decision.shadow:  # a ramp-down stage: legacy runs in the candidate's shadow
             self._shadow(route, decision, legacy, legacy, args, kwargs, result, None)
@@ -441,7 +446,12 @@ class Migration:
         start = self._now()
         if decision.arm is LEGACY:
             try:
-                result = await legacy(*args, **kwargs)
+                called = legacy(*args, **kwargs)
+                if called.__class__ in STREAM_TYPES:
+                    raise misuse("arun", called)
+                result = await called
+            except StreamMisuse:
+                raise
             except Exception as exc:
                 self._record(decision, self._now() - start, error=True)
                 if decision.shadow:
@@ -454,7 +464,12 @@ class Migration:
         fallback = route.spec.fallback if route.spec is not None else None
         try:
             async with asyncio.timeout(fallback.timeout if fallback is not None else None):
-                result = await candidate(*args, **kwargs)
+                called = candidate(*args, **kwargs)
+                if called.__class__ in STREAM_TYPES:
+                    raise misuse("arun", called)
+                result = await called
+        except StreamMisuse:
+            raise
         except Exception as exc:
             self._candidate_failed(decision, start, exc, fallback)
             return await legacy(*args, **kwargs)
@@ -462,6 +477,27 @@ class Migration:
         if decision.shadow:
             self._ashadow(route, decision, legacy, legacy, args, kwargs, result, None)
         return result
+
+    # -- streams ---------------------------------------------------------------------------------
+
+    def stream(self, key: object, legacy: Callable[..., Iterator[T]], candidate: Callable[..., Iterator[T]], /,
+               *args: Any, **kwargs: Any) -> Iterator[T]:
+        """`run` for generator functions: route `key`, and yield the chosen arm's chunks as they come.
+
+        Latency to the first chunk and to the end are both recorded (gates `latency_first_chunk` and
+        `latency`). A candidate failing before its first chunk falls back to legacy (when `fallback.on_error`);
+        one failing mid-stream is recorded as an error of the candidate and its exception reaches the caller.
+        A shadowed stream's other arm is consumed off the request path and the assembled outputs compared.
+        """
+        return stream(self, key, legacy, candidate, args, kwargs)
+
+    def astream(self, key: object, legacy: Callable[..., AsyncIterator[T]],
+                candidate: Callable[..., AsyncIterator[T]], /, *args: Any, **kwargs: Any) -> AsyncIterator[T]:
+        """`stream` for async generator functions: `async for chunk in mig.astream(key, old, new, x): ...`.
+
+        `fallback.timeout` bounds the candidate's wait for its first chunk (past it, legacy streams instead).
+        """
+        return astream(self, key, legacy, candidate, args, kwargs)
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -596,7 +632,8 @@ class Migration:
         `key` is a callable taking the function's arguments, or the name of a parameter (dotted for an
         attribute: `"user.id"`), or None for the first argument after `self`. The candidate takes the same
         arguments as the legacy function (for methods, both receive `self`). Name, signature and docstring
-        are kept; coroutine functions get an async wrapper. `writes=True` marks a call site with side
+        are kept; coroutine functions get an async wrapper, generator functions a streaming one (`stream`,
+        `astream`). `writes=True` marks a call site with side
         effects: it is never shadowed (a stage that asks for shadow runs gets an error in the log, once, and
         `shadow_refused_writes` in `stats()`).
         """
@@ -611,6 +648,29 @@ class Migration:
                 except Exception:
                     self.client.counters["key_errors"] += 1
                     return _NO_KEY
+
+            if inspect.isasyncgenfunction(legacy):
+
+                @functools.wraps(legacy)
+                async def async_stream_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    k = key_or_none(args, kwargs)
+                    chunks = legacy(*args, **kwargs) if k is _NO_KEY else \
+                        handle.astream(k, legacy, candidate, *args, **kwargs)
+                    async for chunk in chunks:
+                        yield chunk
+
+                return async_stream_wrapper  # type: ignore[return-value]
+
+            if inspect.isgeneratorfunction(legacy):
+
+                @functools.wraps(legacy)
+                def stream_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    k = key_or_none(args, kwargs)
+                    if k is _NO_KEY:
+                        return (yield from legacy(*args, **kwargs))
+                    return (yield from handle.stream(k, legacy, candidate, *args, **kwargs))
+
+                return stream_wrapper  # type: ignore[return-value]
 
             if inspect.iscoroutinefunction(legacy):
 

@@ -299,6 +299,8 @@ class Gates:
     latency: LatencyGate | None = None
     cost: CostGate | None = None
     mismatch_rate: MismatchGate | None = None
+    latency_first_chunk: LatencyGate | None = None
+    """Like ``latency``, on streams' latency to their first chunk (``mig.stream``/``astream``)."""
 
     @classmethod
     def default(cls) -> Gates:
@@ -470,6 +472,9 @@ class Spec:
             gates["cost"] = {"max_ratio": self.gates.cost.max_ratio}
         if self.gates.mismatch_rate is not None:
             gates["mismatch_rate"] = {"max": self.gates.mismatch_rate.max}
+        if self.gates.latency_first_chunk is not None:
+            first = self.gates.latency_first_chunk
+            gates["latency_first_chunk"] = {"quantile": first.quantile, "max_ratio": first.max_ratio}
         return {
             "name": self.name,
             "description": self.description,
@@ -1259,12 +1264,13 @@ _SHADOW_KEYS: Final = (
     "noise_samples",
 )  # fmt: skip
 _DUAL_WRITE_RETRY_KEYS: Final = ("attempts", "backoff")
-_GATES_KEYS: Final = ("error_rate", "latency", "cost", "mismatch_rate")
+_GATES_KEYS: Final = ("error_rate", "latency", "cost", "mismatch_rate", "latency_first_chunk")
 _GATE_READERS: Final[dict[str, tuple[tuple[str, ...], str, Callable[[_Reader, Mapping[str, Any], str], Any]]]] = {
     "error_rate": (("max_increase",), "{max_increase: 0.5%}", _gate_error_rate),
     "latency": (("quantile", "max_ratio"), "{quantile: p95, max_ratio: 1.2}", _gate_latency),
     "cost": (("max_ratio",), "{max_ratio: 1.5}", _gate_cost),
     "mismatch_rate": (("max",), "{max: 1%}", _gate_mismatch),
+    "latency_first_chunk": (("quantile", "max_ratio"), "{quantile: p95, max_ratio: 1.2}", _gate_latency),
 }
 _TRIGGER_KEYS: Final = ("metric", "above", "window", "min_samples", "for", "below")
 _ROLLBACK_KEYS: Final = ("mode", "steps", "every")
@@ -1566,6 +1572,20 @@ def json_schema() -> dict[str, Any]:
                         f"Share of shadowed calls whose output differs from legacy. {gate_off}",
                         {"max": described("percent", "Largest allowed mismatch rate.")},
                         ["max"],
+                    ),
+                    "latency_first_chunk": obj(
+                        f"Streams' latency to their first chunk may grow by at most max_ratio. {gate_off}",
+                        {
+                            "quantile": {
+                                "description": "Which quantile to compare.",
+                                "default": "p95",
+                                "anyOf": [
+                                    {"enum": list(QUANTILES)},
+                                    {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                                ],
+                            },
+                            "max_ratio": described("ratio", "Largest allowed candidate / legacy ratio.", default=1.2),
+                        },
                     ),
                 },
             ),

@@ -19,7 +19,7 @@ LATENCY_BINS: Final = range(-1100, 1100)
 MAX_BINS: Final = len(LATENCY_BINS)
 _COUNTS: Final = ("calls", "errors", "fallbacks", "timeouts", "costed", "compared", "mismatches")
 _SUMS: Final = ("cost_sum", "cost_sq")
-_CELL_KEYS: Final = frozenset((*_COUNTS, *_SUMS, "latency", "metrics"))
+_CELL_KEYS: Final = frozenset((*_COUNTS, *_SUMS, "latency", "metrics", "first_chunk"))
 _SKETCH_KEYS: Final = frozenset(("bins", "zeros", "count", "total"))
 METRIC_NAME_PATTERN: Final = r"^[a-z][a-z0-9_]{0,62}$"
 """What a custom metric's name looks like: a Prometheus label value and a YAML key without quoting."""
@@ -107,7 +107,7 @@ class Cell:
 
     __slots__ = (
         "calls", "errors", "fallbacks", "timeouts", "cost_sum", "cost_sq", "costed", "compared", "mismatches",
-        "latency", "metrics",
+        "latency", "metrics", "first_chunk",
     )
 
     def __init__(self) -> None:
@@ -122,6 +122,8 @@ class Cell:
         self.mismatches = 0
         self.latency: Histogram = Sketch()
         self.metrics: dict[str, Tally] = {}
+        # Streams' latency to their first chunk (`latency` is to their end); None where no stream was timed.
+        self.first_chunk: Histogram | None = None
 
     def add_cost(self, cost: float) -> None:
         """Record the cost of one call (any unit, the same for both arms)."""
@@ -140,13 +142,10 @@ class Cell:
         self.costed += other.costed
         self.compared += other.compared
         self.mismatches += other.mismatches
-        mine, theirs = self.latency, other.latency
-        if isinstance(mine, Sketch) and isinstance(theirs, Buckets):
-            self.latency = theirs.copy() if not mine.count else Buckets.from_sketch(mine, theirs.bounds)
-            if mine.count:
-                self.latency.merge(theirs)
-        else:
-            mine.merge(theirs)  # type: ignore[arg-type]  # a sketch merges a sketch; buckets merge either
+        self.latency = _merged(self.latency, other.latency)
+        if other.first_chunk is not None:
+            self.first_chunk = _merged(self.first_chunk if self.first_chunk is not None else Sketch(),
+                                       other.first_chunk)
         if other.metrics:
             metrics = self.metrics
             for name, tally in other.metrics.items():
@@ -154,6 +153,12 @@ class Cell:
                 if own is None:
                     own = metrics[name] = Tally()
                 own.merge(tally)
+
+    def time_first_chunk(self, seconds: float) -> None:
+        """Record a stream's latency to its first chunk."""
+        if self.first_chunk is None:
+            self.first_chunk = Sketch()
+        self.first_chunk.add(seconds)
 
     def metric(self, name: str, value: float, sketched: bool = False) -> None:
         """Record one value of the custom metric `name` (its sketch too when `sketched`); at most MAX_METRICS
@@ -183,6 +188,7 @@ class Cell:
             "compared": self.compared, "mismatches": self.mismatches, "latency": self.latency.to_dict(),
             # Left out when empty: cells of call sites without custom metrics stay as they were.
             **({"metrics": {name: t.to_dict() for name, t in self.metrics.items()}} if self.metrics else {}),
+            **({} if self.first_chunk is None else {"first_chunk": self.first_chunk.to_dict()}),
         }
 
     @classmethod
@@ -195,6 +201,8 @@ class Cell:
         cell.cost_sq = float(data.get("cost_sq", 0.0))
         cell.latency = histogram_from_dict(data.get("latency") or {})
         cell.metrics = {name: Tally.from_dict(t) for name, t in (data.get("metrics") or {}).items()}
+        if data.get("first_chunk") is not None:
+            cell.first_chunk = histogram_from_dict(data["first_chunk"])
         return cell
 
     def __eq__(self, other: object) -> bool:
@@ -227,6 +235,17 @@ def _finite(value: object, where: str) -> float:
     return float(value)
 
 
+def _merged(mine: Histogram, theirs: Histogram) -> Histogram:
+    """Two histograms added: a sketch merges a sketch; with fixed buckets on either side, the buckets."""
+    if isinstance(mine, Sketch) and isinstance(theirs, Buckets):
+        merged = theirs.copy() if not mine.count else Buckets.from_sketch(mine, theirs.bounds)
+        if mine.count:
+            merged.merge(theirs)
+        return merged
+    mine.merge(theirs)  # type: ignore[arg-type]
+    return mine
+
+
 def check_cell(data: object) -> Cell:
     """The cell a `to_dict` form describes, checked fully; CellError saying what is wrong otherwise.
 
@@ -239,6 +258,11 @@ def check_cell(data: object) -> Cell:
     unknown = sorted(str(k) for k in data if k not in _CELL_KEYS)
     if unknown:
         raise CellError(f"unknown field(s) {', '.join(unknown)}; a cell has {', '.join(sorted(_CELL_KEYS))}")
+    if data.get("first_chunk") is not None:
+        first = check_cell({"calls": data.get("calls", 0), "latency": data["first_chunk"]}).latency
+        cell = check_cell({k: v for k, v in data.items() if k != "first_chunk"})
+        cell.first_chunk = first
+        return cell
     cell = Cell()
     for name in _COUNTS:
         value = data.get(name, 0)
@@ -379,7 +403,8 @@ def _consistent(cell: Cell) -> None:
         raise CellError(f"latency.count ({sketch.count}) exceeds calls ({cell.calls}); each timed call is a call")
     if sketch.total < 0 or (sketch.count == 0 and sketch.total != 0):
         raise CellError(f"latency.total ({sketch.total!r}) must be 0 or more, and 0 with no values")
-    if sketch.bins and sketch.total > sketch.count * Sketch.value_of(max(sketch.bins)) * 1.01:
+    # A bucket's upper edge is 1.0101 times its representative value: 1.01 refused true sums at the edge.
+    if sketch.bins and sketch.total > sketch.count * Sketch.value_of(max(sketch.bins)) * 1.02:
         raise CellError(f"latency.total ({sketch.total!r}) exceeds count times the largest bucket's value")
     _counts_consistent(cell)
 
