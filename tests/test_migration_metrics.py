@@ -305,3 +305,36 @@ def test_two_processes_windows_merge_exactly(sqlite_url):
         assert math.isclose(got.total, want.total, rel_tol=1e-12)
         assert math.isclose(got.squares, want.squares, rel_tol=1e-12)
         assert got.sketch == want.sketch
+
+
+def test_custom_metrics_are_shown_in_status_the_api_and_prometheus(control_plane, sqlite_url):
+    from typer.testing import CliRunner
+
+    from crossfade.cli import app
+
+    with crossfade.Client(sqlite_url, background=False) as cf:
+        cf.apply({"name": "shown", "stages": [{"traffic": "50%"}, {"traffic": "100%"}],
+                  "metrics": {"delivery": {"rate": "delivered / sent", "min": "99%"}}})
+        mig = cf.migration("shown")
+        mig.start(actor="test")
+        for i in range(200):
+            d = mig.decide(f"k{i}")
+            with mig.observe(d) as obs:
+                obs.metric("sent")
+            if d.arm == LEGACY or i % 10:
+                mig.record(d, "delivered")
+        cf.flush(everything=True)
+    result = CliRunner().invoke(app, ["status", "shown", "--json", "--url", sqlite_url])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output)["metrics"]["delivery"]
+    assert figures["legacy"] == 1.0 and 0.85 < figures["candidate"] < 0.95 and figures["bad"] == "low"
+    text = CliRunner().invoke(app, ["status", "shown", "--url", sqlite_url]).output
+    assert "delivery (delivered / sent)" in text and "delivery.min" in text
+    status, detail, _ = control_plane.call("GET", "/v1/migrations/shown", role="viewer")
+    assert status == 200 and detail["metrics"]["delivery"]["candidate"] == figures["candidate"]
+    assert detail["arms"]["candidate"]["metrics"]["sent"]["count"] > 0
+    assert any(g["gate"] == "delivery.min" for g in detail["controller"]["gates"])
+    exposition = control_plane.call("GET", "/metrics", role="viewer")[1]
+    assert 'crossfade_arm_metric{arm="legacy",metric="delivery",migration="shown",stage="stage-1"} 1.0' in exposition
+    assert 'crossfade_arm_metric_values_total{arm="legacy",metric="sent"' in exposition
+    assert 'crossfade_gate_limit{gate="delivery.min",migration="shown"} 0.99' in exposition

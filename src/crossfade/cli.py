@@ -636,6 +636,10 @@ def _stage_report(cf: Client, state: State) -> dict[str, Any]:
         return {"arms": {}, "source": source}
     cells = stage_cells(state, windows)
     report: dict[str, Any] = {"arms": {arm: arm_metrics(c) for arm, c in sorted(cells.items())}, "source": source}
+    if spec.metrics:
+        from crossfade.metricjudge import declared_figures
+
+        report["metrics"] = declared_figures(spec, cells)
     if is_active(state) and state.stage_index + 1 < len(spec.stages):
         report["controller"] = assess(spec, state, windows, cf.time()).to_dict()
     return report
@@ -664,7 +668,8 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
             return
         for item in report:
             state = State.from_dict({k: v for k, v in item.items()
-                                     if k not in ("arms", "controller", "shadow", "source", "dual_writes_stopped")})
+                                     if k not in ("arms", "controller", "shadow", "source", "dual_writes_stopped",
+                                                  "metrics")})
             _print_state_line(state)
             source = item.get("source") or {}
             if source.get("error"):
@@ -691,6 +696,8 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
                 out.print(table)
             elif state.stage:
                 out.print("  no calls recorded in this stage yet")
+            if item.get("metrics"):
+                out.print(_custom_table(item["metrics"]))
             sh = item["shadow"]
             if sh:
                 out.print(f"  shadow: {sh.get('compared', 0)} compared, {sh.get('differing', 0)} differing "
@@ -710,6 +717,21 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
                     out.print(f"  [red]TRIGGER[/red] {shown(firing)}")
                 if view["waiting_for"]:
                     out.print(f"  waiting for {shown(view['waiting_for'])}")
+
+
+def _custom_table(metrics: dict[str, Any]) -> Table:
+    """The declared custom metrics per arm: rates as percentages, counts, means and quantiles as numbers."""
+    table = Table(box=None, pad_edge=False)
+    for column in ("metric", "candidate", "legacy", "bad"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+
+    def value(kind: str, x: float | None) -> str:
+        return "-" if x is None else format_rate(x) if kind == "rate" else f"{x:.6g}"
+
+    for m in metrics.values():
+        table.add_row(shown(m["label"]), value(m["kind"], m["candidate"]), value(m["kind"], m["legacy"]),
+                      shown(m["bad"]))
+    return table
 
 
 def _program_status(file: Path, url: str | None, as_json: bool) -> None:

@@ -304,8 +304,14 @@ def firing_message(trigger: Trigger, metric: CustomMetric, value: float, samples
             f"samples, {side} {threshold}" + ("" if metric.kind == "count" else f" at {level} confidence") + held)
 
 
+def declared_figures(spec: Spec, cells: Mapping[str, Cell]) -> dict[str, dict[str, Any]]:
+    """Each declared custom metric's value per arm, with its kind, label and which side is bad, as status, the
+    dashboard, the API and /metrics show them."""
+    return {m.name: {"kind": m.kind, "label": m.label, "bad": m.bad, **figures(m, cells)} for m in spec.metrics}
+
+
 def figures(metric: CustomMetric, cells: Mapping[str, Cell]) -> dict[str, Any]:
-    """The metric's value per arm (None without data), as status, the dashboard and /metrics show it."""
+    """The metric's value per arm (None without data)."""
     out: dict[str, Any] = {}
     for arm in (CANDIDATE, LEGACY):
         cell = cells.get(arm) or Cell()

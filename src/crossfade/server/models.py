@@ -105,13 +105,27 @@ class ArmMetrics(BaseModel):
     p99: float | None
     cost_mean: float | None
     cost_sum: float | None
+    metrics: dict[str, dict[str, float | None]] | None = Field(
+        None, description="Custom metrics recorded on this arm: count, sum, mean (and p10, p50, p90 when sketched)")
+
+
+class CustomMetricFigures(BaseModel):
+    """A declared custom metric per arm as the spec judges it: a rate, a count, a mean or a quantile."""
+
+    kind: str
+    label: str
+    bad: str = Field(description="Which side is harmful: high or low")
+    candidate: float | None
+    legacy: float | None
 
 
 class TriggerModel(BaseModel):
-    """A trigger of the spec: roll back when `metric` is above `above` over `window` seconds."""
+    """A trigger of the spec: roll back when `metric` is above `above` (or, for a custom metric whose low values
+    are the harm, below `below`) over `window` seconds."""
 
     metric: str
-    above: float
+    above: float | None
+    below: float | None = None
     window: float
     min_samples: int
     for_: float | None = Field(alias="for")
@@ -137,6 +151,8 @@ class MigrationDetail(BaseModel):
                                                           "firing triggers, samples, what the stage waits for")
     last_verdict: EventModel | None = Field(description="The last verdict event of the current stage")
     triggers: list[TriggerModel]
+    metrics: dict[str, CustomMetricFigures] = Field(default_factory=dict,
+                                                    description="The declared custom metrics per arm")
     pending_approval: dict[str, Any] | None
     source: SourceModel | None = Field(None, description="The metric source the judge reads, and why it failed "
                                                          "when it cannot be read (the stage then holds)")
