@@ -214,6 +214,17 @@ def test_a_candidate_whose_answers_score_low_is_rolled_back_by_the_similarity_ga
     # Scores below shadow.mismatch_below (0.5) are mismatches, and their examples carry the score.
     assert 0 < cells[CANDIDATE].mismatches < cells[CANDIDATE].compared
     assert examples and all(e.detail["score"] < 0.5 for e in examples)
+    # `crossfade mismatches` shows the score distribution and the lowest-scoring examples first.
+    from typer.testing import CliRunner
+
+    from crossfade.cli import app
+
+    report = json.loads(CliRunner().invoke(app, ["mismatches", "answers", "--json", "--url", sqlite_url]).output)
+    assert report["similarity"]["count"] == scores.count and report["similarity"]["p10"] < 0.85
+    shown = [e["score"] for e in report["fields"][0]["examples"]]
+    assert shown == sorted(shown) and shown[0] == min(e.detail["score"] for e in examples)
+    text = CliRunner().invoke(app, ["mismatches", "answers", "--url", sqlite_url]).output
+    assert "graded comparisons:" in text and "lowest-scoring examples first" in text and " score 0." in text
 
 
 def test_a_healthy_reworded_candidate_completes_though_no_answer_is_equal(sqlite_url):
