@@ -253,7 +253,7 @@ def test_every_way_of_recording_lands_in_the_arm_and_stage_cell(sqlite_url):
     with crossfade.Client(sqlite_url, background=False) as cf:
         cf.apply({"name": "m", "stages": [{"traffic": "50%"}, {"traffic": "100%"}],
                   "metrics": {"tokens": {"quantile": "p90", "max_ratio": 2}}})
-        mig = cf.migration("m").with_options(metrics=lambda answer: {"tokens": len(answer)})
+        mig = cf.migration("m", metrics=lambda answer: {"tokens": len(answer)})
         mig.start(actor="test")
         decisions = []
         for i in range(200):
