@@ -349,3 +349,21 @@ def test_custom_metrics_are_shown_in_status_the_api_and_prometheus(control_plane
     assert 'crossfade_arm_metric{arm="legacy",metric="delivery",migration="shown",stage="stage-1"} 1.0' in exposition
     assert 'crossfade_arm_metric_values_total{arm="legacy",metric="sent"' in exposition
     assert 'crossfade_gate_limit{gate="delivery.min",migration="shown"} 0.99' in exposition
+
+
+def test_custom_metrics_posted_in_the_open_telemetry_form_are_stored_and_checked(control_plane):
+    now = time.time()
+    spec = {"name": "open", "stages": [{"traffic": "50%"}, {"traffic": "100%"}]}
+    assert control_plane.call("PUT", "/v1/migrations/open", {"spec": spec})[0] == 200
+    assert control_plane.call("POST", "/v1/migrations/open/start", {"reason": "test"})[0] == 200
+    window = {"migration": "open", "stage": "stage-1", "arm": "candidate", "start": now - 5, "length": 10,
+              "counts": {"calls": 100}, "metrics": {"lost": {"count": 2, "sum": 2, "sum_squares": 2}}}
+    status, body, _ = control_plane.call("POST", "/v1/telemetry", {"windows": [window]}, role="sdk")
+    assert status == 200, body
+    stored = control_plane.backend.windows("open")[0].cell.metrics["lost"]
+    assert (stored.count, stored.total) == (2, 2.0)
+    hostile = {**window, "metrics": {"lost": {"count": 2, "sum": 200, "sum_squares": 2}}}
+    status, body, _ = control_plane.call("POST", "/v1/telemetry", {"windows": [hostile]}, role="sdk")
+    assert status == 422 and "cannot both hold" in json.dumps(body)
+    bad_name = {**window, "metrics": {"Lost": {"count": 1, "sum": 1, "sum_squares": 1}}}
+    assert control_plane.call("POST", "/v1/telemetry", {"windows": [bad_name]}, role="sdk")[0] == 422

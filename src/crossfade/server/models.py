@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from crossfade.spec import NAME_PATTERN
+from crossfade.telemetry import MAX_METRICS, METRIC_NAME_PATTERN
 
 # Names follow the spec's rule; free text may not hold NUL, which PostgreSQL text cannot store.
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
@@ -299,6 +300,17 @@ class OpenCost(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class OpenMetric(BaseModel):
+    """One custom metric's values in the window (delivered, lost, tokens): how many, their sum, and the sum of
+    their squares (means and rates need the variance). Declared and judged under the spec's `metrics:`."""
+
+    count: Count
+    sum: Finite
+    sum_squares: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class OpenHistogram(BaseModel):
     """Latency as explicit buckets (as OpenTelemetry's explicit-bucket histogram and Prometheus' `le` buckets
     keep it): `counts[i]` values in (bounds[i-1], bounds[i]], the last count above the last bound; not
@@ -323,6 +335,8 @@ class OpenWindowModel(BaseModel):
     counts: OpenCounts
     cost: OpenCost | None = None
     latency: OpenHistogram | None = None
+    metrics: Annotated[dict[Annotated[str, Field(pattern=METRIC_NAME_PATTERN)], OpenMetric],
+                       Field(max_length=MAX_METRICS)] | None = None
 
     model_config = ConfigDict(extra="forbid", title="crossfade open telemetry window")
 
