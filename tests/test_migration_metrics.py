@@ -214,6 +214,17 @@ def test_a_candidate_whose_answers_score_low_is_rolled_back_by_the_similarity_ga
     # Scores below shadow.mismatch_below (0.5) are mismatches, and their examples carry the score.
     assert 0 < cells[CANDIDATE].mismatches < cells[CANDIDATE].compared
     assert examples and all(e.detail["score"] < 0.5 for e in examples)
+    # `crossfade mismatches` shows the score distribution and the lowest-scoring examples first.
+    from typer.testing import CliRunner
+
+    from crossfade.cli import app
+
+    report = json.loads(CliRunner().invoke(app, ["mismatches", "answers", "--json", "--url", sqlite_url]).output)
+    assert report["similarity"]["count"] == scores.count and report["similarity"]["p10"] < 0.85
+    shown = [e["score"] for e in report["fields"][0]["examples"]]
+    assert shown == sorted(shown) and shown[0] == min(e.detail["score"] for e in examples)
+    text = CliRunner().invoke(app, ["mismatches", "answers", "--url", sqlite_url]).output
+    assert "graded comparisons:" in text and "lowest-scoring examples first" in text and " score 0." in text
 
 
 def test_a_healthy_reworded_candidate_completes_though_no_answer_is_equal(sqlite_url):
@@ -242,7 +253,7 @@ def test_every_way_of_recording_lands_in_the_arm_and_stage_cell(sqlite_url):
     with crossfade.Client(sqlite_url, background=False) as cf:
         cf.apply({"name": "m", "stages": [{"traffic": "50%"}, {"traffic": "100%"}],
                   "metrics": {"tokens": {"quantile": "p90", "max_ratio": 2}}})
-        mig = cf.migration("m").with_options(metrics=lambda answer: {"tokens": len(answer)})
+        mig = cf.migration("m", metrics=lambda answer: {"tokens": len(answer)})
         mig.start(actor="test")
         decisions = []
         for i in range(200):
@@ -305,3 +316,54 @@ def test_two_processes_windows_merge_exactly(sqlite_url):
         assert math.isclose(got.total, want.total, rel_tol=1e-12)
         assert math.isclose(got.squares, want.squares, rel_tol=1e-12)
         assert got.sketch == want.sketch
+
+
+def test_custom_metrics_are_shown_in_status_the_api_and_prometheus(control_plane, sqlite_url):
+    from typer.testing import CliRunner
+
+    from crossfade.cli import app
+
+    with crossfade.Client(sqlite_url, background=False) as cf:
+        cf.apply({"name": "shown", "stages": [{"traffic": "50%"}, {"traffic": "100%"}],
+                  "metrics": {"delivery": {"rate": "delivered / sent", "min": "99%"}}})
+        mig = cf.migration("shown")
+        mig.start(actor="test")
+        for i in range(200):
+            d = mig.decide(f"k{i}")
+            with mig.observe(d) as obs:
+                obs.metric("sent")
+            if d.arm == LEGACY or i % 10:
+                mig.record(d, "delivered")
+        cf.flush(everything=True)
+    result = CliRunner().invoke(app, ["status", "shown", "--json", "--url", sqlite_url])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output)["metrics"]["delivery"]
+    assert figures["legacy"] == 1.0 and 0.85 < figures["candidate"] < 0.95 and figures["bad"] == "low"
+    text = CliRunner().invoke(app, ["status", "shown", "--url", sqlite_url]).output
+    assert "delivery (delivered / sent)" in text and "delivery.min" in text
+    status, detail, _ = control_plane.call("GET", "/v1/migrations/shown", role="viewer")
+    assert status == 200 and detail["metrics"]["delivery"]["candidate"] == figures["candidate"]
+    assert detail["arms"]["candidate"]["metrics"]["sent"]["count"] > 0
+    assert any(g["gate"] == "delivery.min" for g in detail["controller"]["gates"])
+    exposition = control_plane.call("GET", "/metrics", role="viewer")[1]
+    assert 'crossfade_arm_metric{arm="legacy",metric="delivery",migration="shown",stage="stage-1"} 1.0' in exposition
+    assert 'crossfade_arm_metric_values_total{arm="legacy",metric="sent"' in exposition
+    assert 'crossfade_gate_limit{gate="delivery.min",migration="shown"} 0.99' in exposition
+
+
+def test_custom_metrics_posted_in_the_open_telemetry_form_are_stored_and_checked(control_plane):
+    now = time.time()
+    spec = {"name": "open", "stages": [{"traffic": "50%"}, {"traffic": "100%"}]}
+    assert control_plane.call("PUT", "/v1/migrations/open", {"spec": spec})[0] == 200
+    assert control_plane.call("POST", "/v1/migrations/open/start", {"reason": "test"})[0] == 200
+    window = {"migration": "open", "stage": "stage-1", "arm": "candidate", "start": now - 5, "length": 10,
+              "counts": {"calls": 100}, "metrics": {"lost": {"count": 2, "sum": 2, "sum_squares": 2}}}
+    status, body, _ = control_plane.call("POST", "/v1/telemetry", {"windows": [window]}, role="sdk")
+    assert status == 200, body
+    stored = control_plane.backend.windows("open")[0].cell.metrics["lost"]
+    assert (stored.count, stored.total) == (2, 2.0)
+    hostile = {**window, "metrics": {"lost": {"count": 2, "sum": 200, "sum_squares": 2}}}
+    status, body, _ = control_plane.call("POST", "/v1/telemetry", {"windows": [hostile]}, role="sdk")
+    assert status == 422 and "cannot both hold" in json.dumps(body)
+    bad_name = {**window, "metrics": {"Lost": {"count": 1, "sum": 1, "sum_squares": 1}}}
+    assert control_plane.call("POST", "/v1/telemetry", {"windows": [bad_name]}, role="sdk")[0] == 422

@@ -123,7 +123,7 @@ def _message(metric: CustomMetric, key: str, limit: float, verdict: str, estimat
     allowed = "the least allowed" if floor else "the allowed"
     samples = f"{n_c} candidate and {n_l} legacy" if key in RELATIVE_GATES else f"{n_c} candidate"
     if metric.kind == "count" and key in ("min", "max"):
-        return (f"candidate {metric.name} total {format_amount(metric, estimate)} {where} {allowed} "
+        return (f"candidate {metric.label} {format_amount(metric, estimate)} {where} {allowed} "
                 f"{format_amount(metric, limit)} ({samples} calls)")
     return (f"candidate {metric.label} {show(estimate)} {what} ({_bounds(alpha, show(lower), show(upper))}) "
             f"{where} {allowed} {show(limit)} ({samples} values)").replace("  ", " ")
@@ -298,14 +298,20 @@ def firing_message(trigger: Trigger, metric: CustomMetric, value: float, samples
     shown = format_rate(value) if metric.kind == "rate" else format_amount(metric, value)
     threshold = format_amount(metric, limit)  # type: ignore[arg-type]
     held = f", held for {format_duration(trigger.for_)}" if trigger.for_ else ""
-    what = f"{metric.name} total" if metric.kind == "count" else metric.label
+    what = metric.label
     return (f"trigger {metric.name} {'>' if side == 'above' else '<'} {threshold} over "
             f"{format_duration(trigger.window)} fired: candidate {what} {shown} over {samples} "
             f"samples, {side} {threshold}" + ("" if metric.kind == "count" else f" at {level} confidence") + held)
 
 
+def declared_figures(spec: Spec, cells: Mapping[str, Cell]) -> dict[str, dict[str, Any]]:
+    """Each declared custom metric's value per arm, with its kind, label and which side is bad, as status, the
+    dashboard, the API and /metrics show them."""
+    return {m.name: {"kind": m.kind, "label": m.label, "bad": m.bad, **figures(m, cells)} for m in spec.metrics}
+
+
 def figures(metric: CustomMetric, cells: Mapping[str, Cell]) -> dict[str, Any]:
-    """The metric's value per arm (None without data), as status, the dashboard and /metrics show it."""
+    """The metric's value per arm (None without data)."""
     out: dict[str, Any] = {}
     for arm in (CANDIDATE, LEGACY):
         cell = cells.get(arm) or Cell()

@@ -84,7 +84,7 @@ class Migration:
     def with_options(
         self,
         *,
-        compare: Callable[[Any, Any], bool] | None = None,
+        compare: Callable[[Any, Any], bool | float] | None = None,
         ignore: Sequence[str] | None = None,
         clean: Callable[[Any], Any] | None = None,
         compare_errors: Callable[[BaseException, BaseException], bool] | None = None,

@@ -204,7 +204,7 @@ class Options:
     [0, 1] instead of a bool (a graded comparison, recorded as the candidate's `similarity`).
     """
 
-    compare: Callable[[Any, Any], bool] | None = None
+    compare: Callable[[Any, Any], bool | float] | None = None
     ignore: tuple[str, ...] = ()
     clean: Callable[[Any], Any] | None = None
     compare_errors: Callable[[BaseException, BaseException], bool] | None = None

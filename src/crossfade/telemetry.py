@@ -479,11 +479,15 @@ def merge_windows(windows: Iterable[Window]) -> dict[str, Cell]:
     return out
 
 
-def open_cell(counts: Mapping[str, int], cost: Mapping[str, float] | None, latency: Mapping[str, Any] | None
-              ) -> Cell:
+def open_cell(counts: Mapping[str, int], cost: Mapping[str, float] | None, latency: Mapping[str, Any] | None,
+              metrics: Mapping[str, Mapping[str, float]] | None = None) -> Cell:
     """The cell an open telemetry window describes (counters, cost sums, explicit latency buckets in `s` or
-    `ms`, not cumulative), as clients in any language post it; ValueError when the buckets do not fit."""
+    `ms`, not cumulative, custom metrics' count, sum and sum of squares), as clients in any language post it;
+    ValueError when the buckets do not fit."""
     cell = Cell()
+    for name, values in (metrics or {}).items():
+        tally = cell.metrics[name] = Tally()
+        tally.count, tally.total, tally.squares = int(values["count"]), float(values["sum"]), float(values["sum_squares"])
     for name in ("calls", "errors", "fallbacks", "timeouts", "compared", "mismatches"):
         setattr(cell, name, int(counts.get(name, 0)))
     if cost is not None:
