@@ -23,7 +23,6 @@ trigger rolls the migration back at once. `crossfade run-controller` runs in its
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import subprocess
