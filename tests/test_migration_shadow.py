@@ -471,3 +471,11 @@ def test_comparisons_wait_for_the_noise_rate_and_processes_share_it(tmp_path):
         second.flush(everything=True)
         cells = merge_windows(first.backend().windows("m"))
         assert (cells[CANDIDATE].compared, cells[CANDIDATE].mismatches) == (30, 0)
+
+
+def test_a_comparator_named_in_the_spec_compares_call_sites_that_pass_none(cf):
+    mig = shadowing(cf, shadow={"compare": {"equal": {"ignore": ["$.id"]}}})
+    mig.run("a", lambda: {"id": 1, "total": 5}, lambda: {"id": 2, "total": 5})
+    mig.run("b", lambda: {"id": 1, "total": 5}, lambda: {"id": 2, "total": 6})
+    wait_until(lambda: cf.stats()["shadow_compared"] == 2)
+    assert cf.stats()["shadow_mismatches"] == 1

@@ -1021,3 +1021,13 @@ def test_noise_set_once_under_shadow_applies_to_every_stage_that_shadows() -> No
     assert load_spec(spec.to_dict()) == spec
     # Specs that say nothing of it keep their canonical form (and digest).
     assert "noise" not in load_spec({**minimal(), "shadow": {"timeout": "1s"}}).to_dict()["shadow"]
+
+
+def test_shadow_compare_names_a_comparator() -> None:
+    spec = load_spec({**minimal(), "shadow": {"compare": {"structure": {"ignore": ["$.id"]}}}})
+    assert spec.shadow.compare == {"structure": {"ignore": ["$.id"]}}
+    assert load_spec(spec.to_dict()) == spec
+    assert load_spec({**minimal(), "shadow": {"compare": "embedding"}}).shadow.compare == "embedding"
+    with pytest.raises(SpecError) as caught:
+        load_spec({**minimal(), "shadow": {"compare": "txt"}})
+    assert "shadow.compare" in str(caught.value) and "did you mean 'text'" in str(caught.value)

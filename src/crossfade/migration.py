@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import dataclasses
 import functools
 import inspect
 import logging
@@ -339,7 +340,24 @@ class Migration:
         # Looked up once per routing table (in `_bind`), not per call.
         settings = route.spec.shadow if route.spec is not None else _NO_SHADOW_SETTINGS
         self._shadow_to = (self.client._runner(self.name, settings), settings)
+        if self.options.compare is None and (settings.compare is not None or self._comparator.options.compare):
+            self._comparator = self._spec_comparator(settings.compare)
         return self._shadow_to
+
+    def _spec_comparator(self, named: Any) -> Comparator:
+        """The comparison the spec's `shadow.compare` names, for a call site that passes no `compare=`."""
+        if named is None:
+            return Comparator(self.options)
+        try:
+            from crossfade.compare import from_spec
+
+            compare = from_spec(named)
+        except Exception as exc:  # validated with the spec; a host without the extra compares by equality
+            self.client.counters["internal_errors"] += 1
+            log.error("crossfade: %s: shadow.compare %r cannot be used here (%s); comparing by equality",
+                      self.name, named, exc)
+            return Comparator(self.options)
+        return Comparator(dataclasses.replace(self.options, compare=compare))
 
     def _dropped(self, stage: str) -> None:
         self.client.count("shadow_dropped")

@@ -395,6 +395,9 @@ class ShadowSettings:
     """A graded comparison (``compare=`` returning a score in [0, 1]) scoring below this is a mismatch."""
     noise: float = 0.0
     noise_samples: int = 30
+    compare: Any = field(default=None, hash=False)
+    """A comparator by name (``text``) or with settings (``{structure: {ignore: [$.id]}}``): see crossfade.compare.
+    Used where the call site passes no ``compare=`` of its own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,8 +559,8 @@ def _fields(model: Any) -> dict[str, Any]:
 
 def _shadow_fields(shadow: ShadowSettings) -> dict[str, Any]:
     # The settings added later are left out at their defaults, so older specs keep their digest.
-    return {**{k: v for k, v in _fields(shadow).items() if k not in ("noise", "noise_samples")},
-            **_unless_default(shadow, "noise", "noise_samples")}
+    return {**{k: v for k, v in _fields(shadow).items() if k not in ("noise", "noise_samples", "compare")},
+            **_unless_default(shadow, "noise", "noise_samples", "compare")}
 
 
 def _unless_default(model: Any, *names: str) -> dict[str, Any]:
@@ -1062,7 +1065,22 @@ class _Reader:
             mismatch_below=self.get(data, "mismatch_below", "shadow", parse_percent, 0.5),
             noise=self.get(data, "noise", "shadow", parse_percent, 0.0),
             noise_samples=self.get(data, "noise_samples", "shadow", _bounded_count(1, MAX_NOISE_SAMPLES), 30),
+            compare=self.comparator(data.get("compare")),
         )
+
+    def comparator(self, value: object) -> Any:
+        if value is None:
+            return None
+        from crossfade.compare import from_spec
+        from crossfade.registry import ProviderConfigError
+
+        try:
+            from_spec(value, "shadow.compare")
+        except ProviderConfigError as exc:
+            for problem in exc.problems:
+                self.problem(problem.path, problem.message)
+            return _BAD
+        return json.loads(json.dumps(value))
 
     def dual_write_retry(self, value: object) -> Any:
         data = self.mapping(value, "dual_write_retry", _DUAL_WRITE_RETRY_KEYS, "{attempts: 3, backoff: 50ms}")
@@ -1261,7 +1279,7 @@ _STAGE_KEYS: Final = (
 )  # fmt: skip
 _SHADOW_KEYS: Final = (
     "timeout", "threads", "max_pending", "noise_relative", "noise_absolute", "examples", "mismatch_below", "noise",
-    "noise_samples",
+    "noise_samples", "compare",
 )  # fmt: skip
 _DUAL_WRITE_RETRY_KEYS: Final = ("attempts", "backoff")
 _GATES_KEYS: Final = ("error_rate", "latency", "cost", "mismatch_rate", "latency_first_chunk")
@@ -1679,6 +1697,19 @@ def json_schema() -> dict[str, Any]:
                     "noise_samples": {
                         "type": "integer", "minimum": 1, "maximum": MAX_NOISE_SAMPLES, "default": 30,
                         "description": "Legacy-vs-legacy samples a stage needs before its comparisons are judged.",
+                    },
+                    "compare": {
+                        "description": "A comparator (crossfade.compare) by name, or {name: {settings}}: "
+                                       "equal, text, structure, embedding.",
+                        "anyOf": [
+                            {"enum": ["equal", "text", "structure", "embedding"]},
+                            {
+                                "type": "object", "minProperties": 1, "maxProperties": 1,
+                                "additionalProperties": False, "description": "One comparator with its settings.",
+                                "properties": {name: {"description": f"The {name} comparator's settings."}
+                                               for name in ("equal", "text", "structure", "embedding")},
+                            },
+                        ],
                     },
                 },
             ),
