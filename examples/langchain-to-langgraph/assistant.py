@@ -11,9 +11,7 @@ wrong FAQ entry: fluent, confident and wrong) and `regression` (its retrieval no
 from __future__ import annotations
 
 import asyncio
-import difflib
 import random
-import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -189,27 +187,15 @@ class Graph:
                 yield str(chunk.content)
 
 
-def alike(legacy: dict[str, Any], candidate: dict[str, Any]) -> float:
-    """How much two answers say the same thing, from 0 to 1 (the call site's graded `compare=`): the
-    similarity of their words in order. Equality cannot judge answers phrased anew at every call."""
-    words = [re.findall(r"\w+", answer["answer"].lower()) for answer in (legacy, candidate)]
-    return difflib.SequenceMatcher(None, *words).ratio()
+def text_of(answer: Any) -> str:
+    """What two answers are compared on (the call site's `clean=`): the text, of a whole or a streamed answer."""
+    return answer["answer"] if isinstance(answer, dict) else str(answer)
 
 
-def alike_text(legacy: Any, candidate: Any) -> float:
-    """`alike` for streamed answers, compared once assembled (their text, or their list of chunks)."""
-    text = lambda answer: answer if isinstance(answer, str) else "".join(map(str, answer))  # noqa: E731
-    return alike({"answer": text(legacy)}, {"answer": text(candidate)})
-
-
-def tokens(answer: dict[str, Any]) -> float:
-    """A call's cost in tokens (the `cost=` of the call site)."""
-    return float(answer["tokens"])
-
-
-def streamed_tokens(text: str) -> float:
-    """A streamed answer's cost: its output tokens (a stream carries no usage report here)."""
-    return float(len(text.split()))
+def tokens(answer: Any) -> float:
+    """A call's cost in tokens (the call site's `cost=`): the model's usage report, or for a streamed answer
+    (which carries none here) its output tokens."""
+    return float(answer["tokens"]) if isinstance(answer, dict) else float(len(str(answer).split()))
 
 
 def user_of(i: int) -> str:

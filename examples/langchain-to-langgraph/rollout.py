@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import crossfade
+import crossfade.compare
 import yaml
 
 HERE = Path(__file__).parent
@@ -55,7 +56,9 @@ def main(directory: Path, candidate: str = "healthy", runs: int = 1, *, rate: fl
     handles = {}
     for name in names:
         cf.apply(spec(name))
-        handles[name] = cf.migration(name, cost=assistant.tokens, compare=assistant.alike)
+        # Answers are scored 0..1 on their text (crossfade.compare.text), never compared for equality.
+        handles[name] = cf.migration(name, cost=assistant.tokens, compare=crossfade.compare.text(),
+                                     clean=assistant.text_of)
     controller = _controller(url, names, directory / "controller.log")
     try:
         for name in names:
@@ -90,9 +93,6 @@ async def _traffic(cf: crossfade.Client, handles: dict[str, crossfade.Migration]
     calls: Counter[str] = Counter()
     stage: dict[str, str] = {}
     loop = asyncio.get_running_loop()
-    # A streamed answer is compared once assembled: its text, scored like the others.
-    streaming = {name: mig.with_options(compare=assistant.alike_text, cost=assistant.streamed_tokens)
-                 for name, mig in handles.items()}
     until = time.monotonic() + deadline
     with concurrent.futures.ThreadPoolExecutor(16) as threads:
         while len(outcome) < len(handles) and time.monotonic() < until:
@@ -101,7 +101,6 @@ async def _traffic(cf: crossfade.Client, handles: dict[str, crossfade.Migration]
             for name, mig in handles.items():
                 if name in outcome:
                     continue
-                streams = streaming[name]
                 for i in random.sample(range(1000), 6):
                     user, question = assistant.user_of(i), random.choice(assistant.QUESTIONS)
                     site = i % 6 if stream else i % 3
@@ -111,9 +110,9 @@ async def _traffic(cf: crossfade.Client, handles: dict[str, crossfade.Migration]
                     elif site == 2:  # the async call site
                         work.append(mig.arun(user, chain.aanswer, graph.aanswer, question))
                     elif site == 3:  # the streaming call site, read to the end by a sync server
-                        work.append(loop.run_in_executor(threads, _read, streams, user, chain, graph, question))
+                        work.append(loop.run_in_executor(threads, _read, mig, user, chain, graph, question))
                     else:  # the async streaming call site
-                        work.append(_aread(streams, user, chain, graph, question))
+                        work.append(_aread(mig, user, chain, graph, question))
                 calls[name] += 6
             answers = await asyncio.gather(*work)
             assert all(a["answer"] if isinstance(a, dict) else a for a in answers), "every user got an answer"
