@@ -158,3 +158,23 @@ def test_triggers_on_custom_metrics_fire_above_and_below():
         if i:
             few.metric("delivered", 1)
     assert check_triggers(spec, windows(few), 10.0) == []
+
+
+def test_quantile_gates_compare_the_arms_sketches_on_either_side():
+    rng = random.Random(13)
+
+    def waits(scale):
+        cell = Cell()
+        cell.calls = 3000
+        for _ in range(3000):
+            cell.metric("queue_time", rng.expovariate(1 / scale), True)
+        return cell
+
+    spec = spec_with({"queue_time": {"quantile": "p90", "max_ratio": 1.3, "max_increase": 0.5}})
+    slow = verdicts(spec, waits(2.0), waits(1.0))
+    assert slow["queue_time.max_ratio"].verdict == FAIL and slow["queue_time.max_increase"].verdict == FAIL
+    same = verdicts(spec, waits(1.0), waits(1.0))
+    assert same["queue_time.max_ratio"].verdict == PASS and same["queue_time.max_increase"].verdict == PASS
+    floor = spec_with({"queue_time": {"quantile": "p90", "max_decrease": 0.5}})
+    assert verdicts(floor, waits(0.5), waits(1.0))["queue_time.max_decrease"].verdict == FAIL
+    assert verdicts(floor, waits(1.5), waits(1.0))["queue_time.max_decrease"].verdict == PASS

@@ -325,3 +325,12 @@ def test_a_custom_metric_no_declared_metric_reads_is_refused():
     with pytest.raises(WorkloadError, match="the workload records losst, which no metric under the spec's metrics: "
                                             "reads .they read: lost, tokens."):
         simulate(load_spec(LOSSY_SPEC), Workload(rps=20, legacy=legacy, candidate=legacy), seed=1)
+
+
+def test_the_command_line_simulates_custom_metrics_and_names_a_misspelt_one(tmp_path):
+    path = tmp_path / "bridge.yaml"
+    path.write_text(json.dumps(LOSSY_SPEC))
+    ran = CliRunner().invoke(app, ["simulate", str(path), "--candidate", "lost=0.8%", "--rps", "20"])
+    assert ran.exit_code == 0 and "trigger lost > 0" in ran.output
+    slip = CliRunner().invoke(app, ["simulate", str(path), "--candidate", "losst=0.8%", "--rps", "20"])
+    assert slip.exit_code == 2 and "the workload records losst" in slip.output and "Traceback" not in slip.output

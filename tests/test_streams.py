@@ -217,3 +217,23 @@ def test_cost_and_metrics_of_a_stream_read_its_assembled_output_where_it_is_not_
         assert (got[arm].costed, got[arm].cost_sum) == (1, 4.0)
         assert (got[arm].metrics["words"].count, got[arm].metrics["words"].total) == (1, 4.0)
     assert cf.stats()["recording_errors"] == 0
+
+
+def test_a_caller_that_stops_reading_counts_one_call_timed_to_its_first_chunk(cf):
+    mig = migration(cf, {"traffic": "10%"}, allow=["user-1"])
+    closed = []
+
+    def endless(question):
+        try:
+            while True:
+                yield "token"
+        finally:
+            closed.append(True)
+
+    chunks = mig.stream("user-1", legacy_tokens, endless, "q")
+    assert next(chunks) == "token"
+    chunks.close()
+    assert closed == [True]
+    c = cells(cf)
+    assert (c[CANDIDATE].calls, c[CANDIDATE].errors, c[CANDIDATE].first_chunk.count, c[CANDIDATE].latency.count) \
+        == (1, 0, 1, 0)

@@ -447,8 +447,9 @@ def simulate(
     legacy: Annotated[str, typer.Option(
         "--legacy", help='Legacy\'s behaviour, e.g. "errors=1% latency=lognormal(50ms,0.4) cost=0.001".')] = "",
     candidate: Annotated[str, typer.Option(
-        "--candidate", help='The candidate\'s, e.g. "errors=3% latency=x1.5 cost=x2" (x: times legacy; '
-                            "default: as legacy).")] = "",
+        "--candidate", help='The candidate\'s, e.g. "errors=3% latency=x1.5 cost=x2 lost=0.8%" (x: times legacy; '
+                            "default: as legacy; a custom metric the spec declares: lost=0.8% on that share of "
+                            "calls, tokens=800 on every call).")] = "",
     fault: Annotated[str | None, typer.Option(
         "--fault", help="step (default) or drift: how the candidate turns into the behaviour given.")] = None,
     fault_at: Annotated[str | None, typer.Option(
@@ -478,6 +479,7 @@ def simulate(
         OUTCOMES,
         Workload,
         WorkloadError,
+        check_workload,
         key_shares,
         median,
         parse_arm,
@@ -494,6 +496,7 @@ def simulate(
         workload = Workload(
             rps=rps, legacy=legacy_arm, candidate=parse_arm(candidate, base=legacy_arm, label="--candidate"),
             fault=parse_fault(fault, fault_at, fault_over), keys=keys, zipf=zipf, mode=mode)
+        check_workload(spec, workload)
         approve = None if approve_after.strip().lower() == "never" else _seconds("--approve-after", approve_after)
         limit = None if until is None else _seconds("--until", until)
     except (WorkloadError, ValueError) as exc:

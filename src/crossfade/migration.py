@@ -1,4 +1,4 @@
-"""The Migration handle: decide, run, arun, route, observe and write calls of one migration by sticky key."""
+"""The Migration handle: decide, run, arun, stream, astream, route, observe and write calls by sticky key."""
 
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ log = logging.getLogger("crossfade")
 T = TypeVar("T")
 
 _random = random.random
+_isfinite = math.isfinite
 _NO_SHADOW_SETTINGS = ShadowSettings()
 _NO_ANSWER = object()  # a call that gave no answer to price
 
@@ -932,13 +933,13 @@ class Observation:
         Names are lowercase letters, digits and _ (at most 63); values are finite numbers. A bad one is
         dropped and counted in `stats()["recording_errors"]`, never raised.
         """
-        checked = checked_metrics(((name, value),))
-        if not checked:
+        number = checked_metric(name, value)
+        if number is None:
             self._migration.client.counters["recording_errors"] += 1
-            return
-        if self._metrics is None:
-            self._metrics = []
-        self._metrics.extend(checked)
+        elif self._metrics is None:
+            self._metrics = [(name, number)]
+        else:
+            self._metrics.append((name, number))
 
     def cost(self, amount: float) -> None:
         """The cost of this call (tokens, dollars: any unit, the same for both arms)."""
@@ -962,21 +963,27 @@ class Observation:
 _VALID_NAMES: set[str] = set()  # metric names already checked: a call site records the same few names
 
 
+def checked_metric(name: object, value: object) -> float | None:
+    """The value of a custom metric as a float when `name` is a metric name and `value` a finite number (bools
+    count as 1 and 0); None otherwise."""
+    if name not in _VALID_NAMES:
+        if not valid_metric_name(name):
+            return None
+        if len(_VALID_NAMES) < 10_000:
+            _VALID_NAMES.add(name)  # type: ignore[arg-type]
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if _isfinite(number) else None
+
+
 def checked_metrics(items: Iterable[tuple[object, object]]) -> list[tuple[str, float]]:
-    """The (name, value) pairs that are custom metric values: a valid name and a finite number (bools count
-    as 1 and 0); the others are left out."""
+    """The (name, value) pairs that are custom metric values (see `checked_metric`); the others left out."""
     out = []
     for name, value in items:
-        if name not in _VALID_NAMES:
-            if not valid_metric_name(name):
-                continue
-            if len(_VALID_NAMES) < 10_000:
-                _VALID_NAMES.add(name)  # type: ignore[arg-type]
-        try:
-            number = float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(number):
+        number = checked_metric(name, value)
+        if number is not None:
             out.append((name, number))
     return out  # type: ignore[return-value]
 

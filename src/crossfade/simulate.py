@@ -892,12 +892,13 @@ def simulate(
     to run on and leave behind for `crossfade status` and `history` (default: one in memory, discarded).
     """
     model = spec if isinstance(spec, Spec) else load_spec(spec)
-    _check_metrics(model, workload or Workload())
+    check_workload(model, workload or Workload())
     return _Run(model, workload or Workload(), seed, approve, until, on_tick, rollback_when, database).run()
 
 
-def _check_metrics(spec: Spec, workload: Workload) -> None:
-    """A custom metric the workload records that no declared metric reads is a slip (a misspelt name)."""
+def check_workload(spec: Spec, workload: Workload) -> None:
+    """WorkloadError when the workload does not fit the spec: a custom metric it records that no declared
+    metric reads is a slip (a misspelt name)."""
     read = {name for metric in spec.metrics for name in metric.recorded} | {SIMILARITY}
     unread = sorted({m.name for arm in (workload.legacy, workload.candidate) for m in arm.metrics} - read)
     if unread:

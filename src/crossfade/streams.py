@@ -11,6 +11,7 @@ joined when they are all text (or all bytes), else the list of chunks.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import types
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
@@ -131,11 +132,12 @@ def stream(handle: Migration, key: object, legacy: Callable[..., Iterator[Any]],
         return
     decision = route.decide(key)
     tally = _Tally(handle, decision, handle._now())
-    chunks = iter(())
+    chunks: Iterator[Any] = iter(())
+    served: Any = None  # the arm's own generator, closed when the caller stops reading
     if decision.arm is CANDIDATE:
         fallback = route.spec.fallback if route.spec is not None else None
         try:
-            chunks = iter(candidate(*args, **kwargs))
+            chunks = served = iter(candidate(*args, **kwargs))
             first = next(chunks)
         except StopIteration:
             tally.file()
@@ -145,19 +147,18 @@ def stream(handle: Migration, key: object, legacy: Callable[..., Iterator[Any]],
             handle._candidate_failed(decision, tally.start, exc, fallback)
             yield from legacy(*args, **kwargs)
             return
-        tally.chunk(first)
-        yield first
+        chunks = itertools.chain((first,), chunks)
         other = legacy
     else:
         other = candidate
     try:
         if decision.arm is LEGACY:
-            chunks = iter(legacy(*args, **kwargs))
+            chunks = served = iter(legacy(*args, **kwargs))
         for chunk in chunks:
             tally.chunk(chunk)
             yield chunk
     except GeneratorExit:  # the caller stopped reading: a call, timed to its first chunk only
-        close = getattr(chunks, "close", None)
+        close = getattr(served, "close", None)
         if close is not None:
             close()
         tally.file(ended=False)
@@ -199,8 +200,7 @@ async def astream(handle: Migration, key: object, legacy: Callable[..., AsyncIte
             async for chunk in legacy(*args, **kwargs):
                 yield chunk
             return
-        tally.chunk(first)
-        yield first
+        chunks = _prepend(first, chunks)
         other = legacy
     else:
         other = candidate
@@ -222,6 +222,12 @@ async def astream(handle: Migration, key: object, legacy: Callable[..., AsyncIte
         raise
     tally.file()
     _ashadow(handle, route, decision, tally, other, legacy, args, kwargs, None)
+
+
+async def _prepend(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 async def _aclose(chunks: Any) -> None:
