@@ -74,12 +74,28 @@ def main() -> None:
         def run(key: str) -> object:
             return mig.run(key, direct, direct, key)
 
+        counted = mig.with_options(metrics=lambda answer: {"delivered": 1})
+
+        def run_with_metric(key: str) -> object:
+            return counted.run(key, direct, direct, key)
+
+        def observe_with_metric(key: str) -> None:
+            with mig.observe(mig.decide(key)) as obs:
+                obs.metric("delivered", 1)
+
+        def observe(key: str) -> None:
+            with mig.observe(mig.decide(key)):
+                pass
+
         rows: dict[str, float] = {}
         empty = min(_bare_loop(args.calls) for _ in range(args.repeat))
         rows["direct call"] = measure(direct, args.calls, args.repeat) - empty
         rows["murmur3 hash alone"] = measure(bare_hash, args.calls, args.repeat) - empty
         rows["crossfade decide"] = measure(mig.decide, args.calls, args.repeat) - empty
         rows["crossfade run (no shadow)"] = measure(run, args.calls, args.repeat) - empty
+        rows["run + metrics= (1 metric)"] = measure(run_with_metric, args.calls, args.repeat) - empty
+        rows["observe"] = measure(observe, args.calls, args.repeat) - empty
+        rows["observe + obs.metric"] = measure(observe_with_metric, args.calls, args.repeat) - empty
         peer_calls = max(args.calls // 10, 10_000)
         for name, factory in PEERS.items():
             evaluate = factory()
@@ -93,6 +109,8 @@ def main() -> None:
     ratios = {
         "decide / bare hash": rows["crossfade decide"] / rows["murmur3 hash alone"],
         "run overhead over a direct call (ns)": rows["crossfade run (no shadow)"] - rows["direct call"],
+        "one custom metric via metrics= (ns)": rows["run + metrics= (1 metric)"] - rows["crossfade run (no shadow)"],
+        "one custom metric via obs.metric (ns)": rows["observe + obs.metric"] - rows["observe"],
     }
     peers = {k: v for k, v in rows.items() if "rollout" in k or "laboratory" in k}
     if args.json:
@@ -105,6 +123,8 @@ def main() -> None:
     print(f"decide / bare hash:                  {ratios['decide / bare hash']:.2f}x  (target <= 2x)")
     print(f"run overhead over a direct call:     {ratios['run overhead over a direct call (ns)']:.0f} ns"
           "  (target <= 1500 ns)")
+    print(f"one custom metric, metrics= on run:  {ratios['one custom metric via metrics= (ns)']:.0f} ns")
+    print(f"one custom metric, obs.metric:       {ratios['one custom metric via obs.metric (ns)']:.0f} ns")
     for name, ns in peers.items():
         what = "run" if "laboratory" in name else "decide"
         print(f"{name:<30} is {ns / rows[f'crossfade {what}' + (' (no shadow)' if what == 'run' else '')]:.1f}x "

@@ -322,6 +322,47 @@ def test_awrite_passes_the_idempotency_key_too(cf):
     assert got == ["k-1", "k-1"]
 
 
+def test_a_failing_authoritative_candidate_write_is_answered_by_legacy_and_tried_again_as_the_other_side(cf):
+    mig = shadowing(cf, stage={"traffic": "0%", "dual_write": True}, dual_write_retry={"attempts": 2}, allow=["k"])
+    legacy_rows, tries = [], []
+
+    def legacy_write(row, idempotency_key=None):
+        legacy_rows.append((row, idempotency_key))
+        return f"legacy-{row}"
+
+    def candidate_write(row, idempotency_key=None):
+        tries.append((row, idempotency_key))
+        raise ConnectionError("the new path died mid-flight")
+
+    assert mig.write("k", legacy_write, candidate_write, 1, idempotency_key="m-1") == "legacy-1"
+    assert legacy_rows == [(1, "m-1")] and tries == [(1, "m-1")] * 3, "once as authoritative, twice as the other"
+    assert cf.stats()["dual_write_divergences"] == 1
+
+    async def awrite_legacy(row, idempotency_key=None):
+        return legacy_write(row, idempotency_key)
+
+    async def awrite_candidate(row, idempotency_key=None):
+        return candidate_write(row, idempotency_key)
+
+    assert asyncio.run(mig.awrite("k", awrite_legacy, awrite_candidate, 2, idempotency_key="m-2")) == "legacy-2"
+    assert legacy_rows[-1] == (2, "m-2") and tries[-3:] == [(2, "m-2")] * 3
+    cf.flush(everything=True)
+    cells = merge_windows(cf.backend().windows("m"))
+    assert (cells[CANDIDATE].calls, cells[CANDIDATE].errors, cells[CANDIDATE].fallbacks) == (2, 2, 2)
+
+
+def test_without_fallback_a_failing_authoritative_candidate_write_reaches_the_caller(cf):
+    mig = shadowing(cf, stage={"traffic": "0%", "dual_write": True}, fallback={"on_error": False}, allow=["k"])
+    written = []
+
+    def candidate_write(row):
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        mig.write("k", written.append, candidate_write, 1)
+    assert written == []
+
+
 class VirtualClock:
     """A clock the test moves: the arms advance it by their latency, the controller loop by its interval."""
 

@@ -150,7 +150,7 @@ def test_a_keyed_population_routes_by_the_popularity_of_its_keys():
     ("latency=x1.5", None, "latency=x1.5: a factor (x...) is relative to legacy"),
     ("latency=lognormal(50ms)", None, "latency=lognormal(50ms): write lognormal(MEDIAN,SIGMA)"),
     ("latency=lognormal(fast,0.4)", None, 'latency=lognormal(fast,0.4): "fast" is not a duration'),
-    ("speed=2", None, "speed=2: unknown setting 'speed'"),
+    ("error=2%", None, "error=2%: unknown setting 'error'; did you mean 'errors'?"),
     ("errors=1% junk", None, "cannot read 'junk'"),
     ("cost=cheap", LEGACY, "cost=cheap: write a mean cost per call"),
 ])
@@ -316,3 +316,46 @@ def test_at_low_traffic_looks_are_sized_by_calls_not_by_the_simulated_days():
     # then for the stage's age to grow by a quarter: 8 times the days cost a few looks more per stage.
     short, long = looks("1d"), looks("8d")
     assert short < 40 and long < short + 2 * 12
+LOSSY_SPEC = {
+    "name": "bridge",
+    "stages": [{"traffic": "10%", "hold": "10m"}, {"traffic": "50%", "hold": "10m"}, {"traffic": "100%"}],
+    "metrics": {"lost": {"kind": "count"}, "tokens": {"quantile": "p50", "max_ratio": 1.2}},
+    "triggers": [{"metric": "lost", "above": 0}],
+}
+
+
+@pytest.mark.parametrize("mode", ["calls", "aggregate"])
+def test_custom_metrics_in_the_workload_grammar_are_judged(mode):
+    legacy = parse_arm("errors=1% latency=lognormal(50ms,0.4) tokens=800")
+    lossy = parse_arm("lost=0.8%", base=legacy)
+    assert lossy.describe().endswith("tokens=800 lost=0.8%")
+    assert parse_arm(lossy.describe(), base=legacy) == lossy
+    spec = load_spec(LOSSY_SPEC)
+    rolled = simulate(spec, Workload(rps=20, legacy=legacy, candidate=lossy, mode=mode), seed=1)
+    assert rolled.outcome == "rolled_back" and "trigger lost > 0" in rolled.summary()
+    costly = simulate(spec, Workload(rps=20, legacy=legacy, candidate=parse_arm("tokens=1000", base=legacy),
+                                     mode=mode), seed=1)
+    assert costly.outcome == "rolled_back" and "tokens p50" in costly.summary()
+    healthy = simulate(spec, Workload(rps=20, legacy=legacy, candidate=legacy, mode=mode), seed=1)
+    assert healthy.outcome == "completed"
+
+
+def test_a_custom_metric_value_that_is_not_a_number_is_named():
+    with pytest.raises(WorkloadError, match="lost=lots: 'lots' is neither a share of calls"):
+        parse_arm("lost=lots")
+
+
+def test_a_custom_metric_no_declared_metric_reads_is_refused():
+    legacy = parse_arm("losst=1%")
+    with pytest.raises(WorkloadError, match="the workload records losst, which no metric under the spec's metrics: "
+                                            "reads .they read: lost, tokens."):
+        simulate(load_spec(LOSSY_SPEC), Workload(rps=20, legacy=legacy, candidate=legacy), seed=1)
+
+
+def test_the_command_line_simulates_custom_metrics_and_names_a_misspelt_one(tmp_path):
+    path = tmp_path / "bridge.yaml"
+    path.write_text(json.dumps(LOSSY_SPEC))
+    ran = CliRunner().invoke(app, ["simulate", str(path), "--candidate", "lost=0.8%", "--rps", "20"])
+    assert ran.exit_code == 0 and "trigger lost > 0" in ran.output
+    slip = CliRunner().invoke(app, ["simulate", str(path), "--candidate", "losst=0.8%", "--rps", "20"])
+    assert slip.exit_code == 2 and "the workload records losst" in slip.output and "Traceback" not in slip.output

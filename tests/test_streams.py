@@ -207,6 +207,18 @@ def test_assembled_output():
     assert assembled([]) == []
 
 
+def test_cost_and_metrics_of_a_stream_read_its_assembled_output_where_it_is_not_shadowed(cf):
+    migration(cf, {"traffic": "10%"}, allow=["user-1"], deny=["user-2"])
+    priced = cf.migration("m", cost=lambda text: len(text.split()), metrics=lambda text: {"words": len(text.split())})
+    for user in ("user-1", "user-2"):  # the candidate serves user-1, legacy user-2; neither is shadowed
+        assert "".join(priced.stream(user, legacy_tokens, legacy_tokens, "capital of France?")) == "Paris is the capital"
+    got = cells(cf)
+    for arm in (CANDIDATE, LEGACY):
+        assert (got[arm].costed, got[arm].cost_sum) == (1, 4.0)
+        assert (got[arm].metrics["words"].count, got[arm].metrics["words"].total) == (1, 4.0)
+    assert cf.stats()["recording_errors"] == 0
+
+
 def test_a_caller_that_stops_reading_counts_one_call_timed_to_its_first_chunk(cf):
     mig = migration(cf, {"traffic": "10%"}, allow=["user-1"])
     closed = []

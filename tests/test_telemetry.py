@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
-from crossfade.telemetry import Cell, Recorder, Window, cell_key, check_cell, merge_windows
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crossfade.telemetry import MAX_METRICS, Cell, CellError, Recorder, Window, cell_key, check_cell, merge_windows
 
 KEY = cell_key("m", "s", "legacy")
 
@@ -194,3 +199,81 @@ def test_a_call_at_the_top_of_its_latency_bucket_is_read_back():
         cell.calls = 1
         cell.latency.add(0.5 * 1.00005**k)
         assert check_cell(cell.to_dict()) == cell
+
+
+# --- custom metrics -----------------------------------------------------------------------------------------
+
+_values = st.lists(st.tuples(st.sampled_from(["lost", "tokens", "similarity"]),
+                             st.floats(min_value=0, max_value=1e6, allow_nan=False)), max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_values, _values)
+def test_custom_metrics_merge_exactly_by_addition_and_survive_the_checked_round_trip(first, second):
+    whole, a, b = Cell(), Cell(), Cell()
+    for part, values in ((a, first), (b, second)):
+        for name, value in values:
+            part.metric(name, value, name == "similarity")
+            whole.metric(name, value, name == "similarity")
+    merged = check_cell(a.to_dict())
+    merged.merge(check_cell(b.to_dict()))
+    assert set(merged.metrics) == set(whole.metrics)
+    for name, tally in whole.metrics.items():
+        got = merged.metrics[name]
+        assert got.count == tally.count
+        assert math.isclose(got.total, tally.total, rel_tol=1e-9, abs_tol=1e-9)
+        assert math.isclose(got.squares, tally.squares, rel_tol=1e-9, abs_tol=1e-9)
+        assert got.sketch == tally.sketch
+
+
+def test_a_cell_without_custom_metrics_is_stored_as_before():
+    cell = Cell()
+    cell.calls = 3
+    assert "metrics" not in cell.to_dict()
+
+
+def _with_metrics(metrics):
+    return {"calls": 1, "metrics": metrics}
+
+
+@pytest.mark.parametrize("metrics, says", [
+    ("lost", "mapping of at most"),
+    ({f"m{i}": {"count": 1, "sum": 1, "sum_squares": 1} for i in range(MAX_METRICS + 1)}, "mapping of at most"),
+    ({"Lost": {"count": 1}}, "not a metric name"),
+    ({"x" * 64: {"count": 1}}, "not a metric name"),
+    ({"lost": [1, 2]}, "is a mapping of count"),
+    ({"lost": {"count": 1, "sum": 1, "sum_squares": 1, "evil": 1}}, "unknown field(s) evil"),
+    ({"lost": {"count": -1}}, "between 0 and 2^53"),
+    ({"lost": {"count": 2**60}}, "between 0 and 2^53"),
+    ({"lost": {"count": 1.5}}, "whole number"),
+    ({"lost": {"count": True}}, "whole number"),
+    ({"lost": {"count": 1, "sum": float("inf"), "sum_squares": 1}}, "finite number"),
+    ({"lost": {"count": 1, "sum": "1", "sum_squares": 1}}, "finite number"),
+    ({"lost": {"count": 0, "sum": 3, "sum_squares": 9}}, "both sums 0 when count is 0"),
+    ({"lost": {"count": 2, "sum": 10, "sum_squares": 1}}, "cannot both hold"),
+    ({"lost": {"count": 1, "sum": 1, "sum_squares": -1}}, "sum_squares must be 0 or more"),
+    ({"s": {"count": 1, "sum": 1, "sum_squares": 1, "sketch": {"bins": {"9999": 1}, "count": 1, "total": 1}}},
+     "outside"),
+    ({"s": {"count": 1, "sum": 1, "sum_squares": 1, "sketch": {"bins": {"0": 5}, "count": 5, "total": 5}}},
+     "exceeds count"),
+    ({"s": {"count": 1, "sum": 1, "sum_squares": 1, "sketch": {"bins": {"0": 1}, "count": 2, "total": 1}}},
+     "zeros plus the bins"),
+    ({"s": {"count": 1, "sum": 1, "sum_squares": 1, "sketch": {"bins": {"x": 1}, "count": 1, "total": 1}}},
+     "not all bucket indexes"),
+    ({"s": {"count": 1, "sum": 1, "sum_squares": 1, "sketch": {"bins": {}, "count": 0, "total": 0, "x": 1}}},
+     "unknown field(s) x"),
+])
+def test_hostile_custom_metrics_are_refused_with_a_reason(metrics, says):
+    with pytest.raises(CellError) as caught:
+        check_cell(_with_metrics(metrics))
+    assert says in str(caught.value)
+
+
+def test_a_cell_holds_at_most_max_metrics_names():
+    cell = Cell()
+    for i in range(MAX_METRICS):
+        cell.metric(f"m{i}", 1.0)
+    with pytest.raises(ValueError):
+        cell.metric("one_more", 1.0)
+    cell.metric("m0", 2.0)  # a known name still records
+    assert cell.metrics["m0"].count == 2

@@ -454,8 +454,9 @@ def simulate(
     legacy: Annotated[str, typer.Option(
         "--legacy", help='Legacy\'s behaviour, e.g. "errors=1% latency=lognormal(50ms,0.4) cost=0.001".')] = "",
     candidate: Annotated[str, typer.Option(
-        "--candidate", help='The candidate\'s, e.g. "errors=3% latency=x1.5 cost=x2" (x: times legacy; '
-                            "default: as legacy).")] = "",
+        "--candidate", help='The candidate\'s, e.g. "errors=3% latency=x1.5 cost=x2 lost=0.8%" (x: times legacy; '
+                            "default: as legacy; a custom metric the spec declares: lost=0.8% on that share of "
+                            "calls, tokens=800 on every call).")] = "",
     fault: Annotated[str | None, typer.Option(
         "--fault", help="step (default) or drift: how the candidate turns into the behaviour given.")] = None,
     fault_at: Annotated[str | None, typer.Option(
@@ -485,6 +486,7 @@ def simulate(
         OUTCOMES,
         Workload,
         WorkloadError,
+        check_workload,
         key_shares,
         median,
         parse_arm,
@@ -501,6 +503,7 @@ def simulate(
         workload = Workload(
             rps=rps, legacy=legacy_arm, candidate=parse_arm(candidate, base=legacy_arm, label="--candidate"),
             fault=parse_fault(fault, fault_at, fault_over), keys=keys, zipf=zipf, mode=mode)
+        check_workload(spec, workload)
         approve = None if approve_after.strip().lower() == "never" else _seconds("--approve-after", approve_after)
         limit = None if until is None else _seconds("--until", until)
     except (WorkloadError, ValueError) as exc:
@@ -643,6 +646,10 @@ def _stage_report(cf: Client, state: State) -> dict[str, Any]:
         return {"arms": {}, "source": source}
     cells = stage_cells(state, windows)
     report: dict[str, Any] = {"arms": {arm: arm_metrics(c) for arm, c in sorted(cells.items())}, "source": source}
+    if spec.metrics:
+        from crossfade.metricjudge import declared_figures
+
+        report["metrics"] = declared_figures(spec, cells)
     if is_active(state) and state.stage_index + 1 < len(spec.stages):
         report["controller"] = assess(spec, state, windows, cf.time()).to_dict()
     return report
@@ -671,7 +678,8 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
             return
         for item in report:
             state = State.from_dict({k: v for k, v in item.items()
-                                     if k not in ("arms", "controller", "shadow", "source", "dual_writes_stopped")})
+                                     if k not in ("arms", "controller", "shadow", "source", "dual_writes_stopped",
+                                                  "metrics")})
             _print_state_line(state)
             source = item.get("source") or {}
             if source.get("error"):
@@ -698,6 +706,8 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
                 out.print(table)
             elif state.stage:
                 out.print("  no calls recorded in this stage yet")
+            if item.get("metrics"):
+                out.print(_custom_table(item["metrics"]))
             sh = item["shadow"]
             if sh:
                 out.print(f"  shadow: {sh.get('compared', 0)} compared, {sh.get('differing', 0)} differing "
@@ -717,6 +727,21 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
                     out.print(f"  [red]TRIGGER[/red] {shown(firing)}")
                 if view["waiting_for"]:
                     out.print(f"  waiting for {shown(view['waiting_for'])}")
+
+
+def _custom_table(metrics: dict[str, Any]) -> Table:
+    """The declared custom metrics per arm: rates as percentages, counts, means and quantiles as numbers."""
+    table = Table(box=None, pad_edge=False)
+    for column in ("metric", "candidate", "legacy", "bad"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+
+    def value(kind: str, x: float | None) -> str:
+        return "-" if x is None else format_rate(x) if kind == "rate" else f"{x:.6g}"
+
+    for m in metrics.values():
+        table.add_row(shown(m["label"]), value(m["kind"], m["candidate"]), value(m["kind"], m["legacy"]),
+                      shown(m["bad"]))
+    return table
 
 
 def _program_status(file: Path, url: str | None, as_json: bool) -> None:
@@ -789,16 +814,31 @@ def shadow_report(cf: Client, name: str, stage: str | None, *, limit: int = 3) -
     report = []
     for path, counts in sorted(fields.items(), key=lambda kv: -kv[1].get("differing", 0)):
         differing, noise_differing = counts.get("differing", 0), counts.get("noise_differing", 0)
+        examples = cf.backend().examples(name, stage=stage, path=path, limit=max(limit, settings.examples))
+        if any("score" in e.detail for e in examples):
+            # Graded comparisons: the lowest-scoring answers are the ones to read first.
+            examples = sorted(examples, key=lambda e: e.detail.get("score", 1.0))
         report.append({
             "path": path, "differing": differing, "rate": differing / compared if compared else None,
             "noise_differing": noise_differing,
             "noise_rate": noise_differing / noise_compared if noise_compared else None,
             "verdict": verdict(compared, differing, noise_compared, noise_differing,
                                relative=settings.noise_relative, absolute=settings.noise_absolute),
-            "examples": [{"stage": e.stage, "time": e.time, **e.detail}
-                         for e in cf.backend().examples(name, stage=stage, path=path, limit=limit)],
+            "examples": [{"stage": e.stage, "time": e.time, **e.detail} for e in examples[:limit]],
         })
-    return {"migration": name, "stage": stage, "totals": totals, "fields": report}
+    return {"migration": name, "stage": stage, "totals": totals, "fields": report,
+            "similarity": _similarity(cf, name, stage)}
+
+
+def _similarity(cf: Client, name: str, stage: str | None) -> dict[str, Any] | None:
+    """The candidate's graded comparison scores (count, mean, p10, p50, p90), None without any."""
+    from crossfade.metricspec import SIMILARITY
+    from crossfade.routing import CANDIDATE
+    from crossfade.telemetry import merge_windows, tally_figures
+
+    cell = merge_windows(cf.backend().windows(name, stage=stage)).get(CANDIDATE)
+    tally = cell.metrics.get(SIMILARITY) if cell is not None else None
+    return None if tally is None else tally_figures(tally)
 
 
 @app.command()
@@ -897,6 +937,11 @@ def mismatches(
                   f"{t.get('noise_compared', 0)} noise samples; {t.get('dropped', 0)} dropped, "
                   f"{t.get('timeouts', 0)} timed out, {t.get('refused', 0)} refused (writes=True), "
                   f"{t.get('divergent', 0)} of {t.get('dual_writes', 0)} dual writes diverged")
+        scores = report["similarity"]
+        if scores:
+            quantiles = ", ".join(f"{q} {scores[q]:.3f}" for q in ("p10", "p50", "p90") if scores.get(q) is not None)
+            out.print(f"  graded comparisons: {scores['count']} scored, mean {scores['mean']:.3f}"
+                      + (f", {quantiles}" if quantiles else "") + "; lowest-scoring examples first")
         if not report["fields"]:
             out.print("  no field differs")
             return
@@ -909,8 +954,10 @@ def mismatches(
         out.print(table)
         for f in report["fields"]:
             for example in f["examples"]:
-                out.print(f"[bold]{shown(f['path'])}[/bold] at {_utc(example['time'])} ({shown(example['stage'])}): "
-                          f"args {shown(example.get('args'))} {shown(example.get('kwargs') or '')}")
+                score = f" score {example['score']:.3f}" if isinstance(example.get("score"), float) else ""
+                out.print(f"[bold]{shown(f['path'])}[/bold]{score} at {_utc(example['time'])} "
+                          f"({shown(example['stage'])}): args {shown(example.get('args'))} "
+                          f"{shown(example.get('kwargs') or '')}")
                 for d in example.get("diff", []):
                     out.print(f"    {shown(d.get('where'))}: legacy {shown(repr(d.get('legacy')))} -> "
                               f"candidate {shown(repr(d.get('candidate')))}")

@@ -528,20 +528,22 @@ class Client:
         self,
         name: str,
         *,
-        compare: Callable[[Any, Any], bool] | None = None,
+        compare: Callable[[Any, Any], bool | float] | None = None,
         ignore: Sequence[str] = (),
         clean: Callable[[Any], Any] | None = None,
         compare_errors: Callable[[BaseException, BaseException], bool] | None = None,
         redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         writes: bool = False,
         cost: Callable[[Any], float] | None = None,
+        metrics: Callable[[Any], Mapping[str, float]] | None = None,
     ) -> Migration:
         """The handle of a migration (created on first use; unknown names route everything to legacy).
 
-        The keyword options say how shadow answers are compared and what a call costs (see `Options`); the
+        The keyword options say how shadow answers are compared (`compare` may return a score in [0, 1]), what a
+        call costs and which custom metrics its answer records (see `Options`); the
         same name with the same options gives the same handle, other options another handle on it.
         """
-        options = Options(compare, tuple(ignore), clean, compare_errors, redact, writes, cost)
+        options = Options(compare, tuple(ignore), clean, compare_errors, redact, writes, cost, metrics)
         handle = self._handles.get((name, options))
         if handle is None:
             handle = self._handles[(name, options)] = Migration(self, name, options)

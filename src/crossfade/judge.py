@@ -64,12 +64,16 @@ class GateVerdict:
     legacy_samples: int
     confidence: float
     message: str
+    floor: bool = False
+    """True for a gate whose limit is a floor (a custom metric's `min`, `min_ratio`): below it is the harm."""
 
     @property
     def past_limit(self) -> bool:
-        """True when the estimate itself is beyond the limit (whatever the verdict): not evidence of harm yet,
-        but not a candidate to promote either."""
-        return self.estimate is not None and beyond(self.estimate, self.limit)
+        """True when the estimate itself is beyond the limit, on the harmful side (below a floor), whatever
+        the verdict: not evidence of harm yet, but not a candidate to promote either."""
+        if self.estimate is None:
+            return False
+        return within(self.estimate, self.limit) if self.floor else beyond(self.estimate, self.limit)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able form (infinite bounds become None), as verdict events record it."""
@@ -78,6 +82,7 @@ class GateVerdict:
             "lower": _finite(self.lower), "upper": _finite(self.upper), "limit": self.limit,
             "samples": {CANDIDATE: self.candidate_samples, LEGACY: self.legacy_samples},
             "confidence": self.confidence, "message": self.message,
+            **({"floor": True} if self.floor else {}),
         }
 
 
@@ -129,10 +134,12 @@ def gate_alpha(spec: Spec) -> float:
 
 def enabled_gates(spec: Spec) -> list[str]:
     """The names of the gates the spec turns on, in a fixed order."""
+    from crossfade.metricjudge import gate_names
+
     g = spec.gates
     return [name for name, on in (("error_rate", g.error_rate), ("latency", g.latency), ("cost", g.cost),
                                   ("mismatch_rate", g.mismatch_rate),
-                                  ("latency_first_chunk", g.latency_first_chunk)) if on is not None]
+                                  ("latency_first_chunk", g.latency_first_chunk)) if on is not None] + gate_names(spec)
 
 
 def judge(spec: Spec, cells: Mapping[str, Cell], *, look: int, traffic: float, shadowing: bool = False
@@ -162,6 +169,11 @@ def judge(spec: Spec, cells: Mapping[str, Cell], *, look: int, traffic: float, s
         first = g.latency_first_chunk
         verdicts.append(_latency(_first_chunk(candidate), _first_chunk(legacy), first.quantile, first.max_ratio,
                                  alpha, look, gate="latency_first_chunk"))
+    if spec.metrics:
+        from crossfade.metricjudge import custom_gates
+
+        verdicts += custom_gates(spec, candidate, legacy, alpha=alpha, look=look, traffic=traffic,
+                                 shadowing=shadowing)
     ratio = None
     if 0.0 < traffic < 1.0 and candidate.calls and legacy.calls and not shadowing:
         ratio = sample_ratio(candidate.calls, legacy.calls, traffic)
@@ -438,19 +450,33 @@ def check_triggers(spec: Spec, windows: Sequence[Window], now: float) -> list[Fi
     alpha = 1.0 - spec.analysis.confidence
     fired = []
     for trigger in spec.triggers:
+        custom = spec.metric(trigger.metric)
         looks = 1 + (math.ceil(trigger.for_ / interval) if trigger.for_ else 0)
         values = []
         for k in range(looks):
             end = now - k * interval
             cells = _cells_between(windows, end - trigger.window, end)
-            value, samples = trigger_value(trigger, cells)
-            if value is None or samples < max(trigger.min_samples, 1) or value <= trigger.above \
-                    or not trigger_sure(trigger, cells, alpha):
-                break
+            if custom is not None:
+                from crossfade.metricjudge import custom_trigger
+
+                value, samples, sure = custom_trigger(trigger, custom, cells, alpha)
+                if value is None or samples < max(trigger.min_samples, 1) or not sure:
+                    break
+            else:
+                value, samples = trigger_value(trigger, cells)
+                if value is None or samples < max(trigger.min_samples, 1) or value <= trigger.above \
+                        or not trigger_sure(trigger, cells, alpha):
+                    break
             values.append((value, samples))
         else:
             value, samples = values[0]
-            fired.append(Firing(trigger, value, samples, _firing_message(trigger, value, samples, alpha)))
+            if custom is not None:
+                from crossfade.metricjudge import firing_message
+
+                message = firing_message(trigger, custom, value, samples, _level(alpha))
+            else:
+                message = _firing_message(trigger, value, samples, alpha)
+            fired.append(Firing(trigger, value, samples, message))
     return fired
 
 

@@ -9,10 +9,11 @@ import dataclasses
 import functools
 import inspect
 import logging
+import math
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from crossfade.backends.base import (
@@ -44,8 +45,9 @@ from crossfade.shadow import (
     shown,
 )
 from crossfade.spec import Fallback, ShadowSettings, Spec
+from crossfade.metricspec import SIMILARITY
 from crossfade.streams import STREAM_TYPES, StreamMisuse, astream, misuse, stream
-from crossfade.telemetry import Window, cell_key
+from crossfade.telemetry import Cell, Window, cell_key, valid_metric_name
 
 if TYPE_CHECKING:
     from crossfade.client import Client
@@ -55,6 +57,7 @@ log = logging.getLogger("crossfade")
 T = TypeVar("T")
 
 _random = random.random
+_isfinite = math.isfinite
 _NO_SHADOW_SETTINGS = ShadowSettings()
 _NO_ANSWER = object()  # a call that gave no answer to price
 
@@ -83,13 +86,14 @@ class Migration:
     def with_options(
         self,
         *,
-        compare: Callable[[Any, Any], bool] | None = None,
+        compare: Callable[[Any, Any], bool | float] | None = None,
         ignore: Sequence[str] | None = None,
         clean: Callable[[Any], Any] | None = None,
         compare_errors: Callable[[BaseException, BaseException], bool] | None = None,
         redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         writes: bool | None = None,
         cost: Callable[[Any], float] | None = None,
+        metrics: Callable[[Any], Mapping[str, float]] | None = None,
     ) -> Migration:
         """A view of this migration whose calls use these options over the handle's (for one call site).
 
@@ -105,6 +109,7 @@ class Migration:
             redact if redact is not None else o.redact,
             writes if writes is not None else o.writes,
             cost if cost is not None else o.cost,
+            metrics if metrics is not None else o.metrics,
         )
         return Migration(self.client, self.name, options)
 
@@ -112,6 +117,7 @@ class Migration:
         # Called whenever the routing table changes. `decide` becomes the route's own method, so a decision
         # costs one Python call; `run` reads the route with the cell keys of its stage in one tuple, so a
         # swap between the two reads can never file a call under another stage.
+        self._sketched = sketched_metrics(route.spec if route is not None else None)
         if route is None:
             self.decide = self._decide_absent  # type: ignore[method-assign]
             self._bound: tuple[Route | None, str, str] = (None, "", "")
@@ -135,15 +141,21 @@ class Migration:
         return self.client._absent if route is None else route.decide(key)
 
     def _record(self, decision: Decision, elapsed_ns: int, *, error: bool = False, timeout: bool = False,
-                fallback: bool = False, cost: float | None = None) -> None:
+                fallback: bool = False, cost: float | None = None,
+                metrics: Sequence[tuple[str, float]] | None = None) -> None:
         self._file(decision.stage, decision.arm, elapsed_ns, error=error, timeout=timeout, fallback=fallback,
-                   cost=cost)
+                   cost=cost, metrics=metrics)
 
     def _file(self, stage: str, arm: str, elapsed_ns: int, *, error: bool = False, timeout: bool = False,
-              fallback: bool = False, cost: float | None = None, answer: Any = _NO_ANSWER) -> None:
-        """Count one call of `arm` in `stage`; its cost is `cost`, or the handle's `cost(answer)`."""
-        if cost is None and answer is not _NO_ANSWER and self.options.cost is not None:
-            cost = self._cost(answer)
+              fallback: bool = False, cost: float | None = None, answer: Any = _NO_ANSWER,
+              metrics: Sequence[tuple[str, float]] | None = None) -> None:
+        """Count one call of `arm` in `stage`; its cost is `cost`, or the handle's `cost(answer)`, and its
+        custom metrics `metrics` and the handle's `metrics(answer)`."""
+        if answer is not _NO_ANSWER:
+            if cost is None and self.options.cost is not None:
+                cost = self._cost(answer)
+            if self.options.metrics is not None:
+                metrics = [*(metrics or ()), *self._metrics_of(answer)]
         recorder = self._recorder
         try:
             cell = recorder.cell(self._now(), cell_key(self.name, stage, arm))
@@ -158,8 +170,49 @@ class Migration:
                 cell.latency.add(elapsed_ns * 1e-9)
                 if cost is not None:
                     cell.add_cost(cost)
+                if metrics:
+                    self._add_metrics(cell, metrics)
             finally:
                 recorder.done()
+        except Exception:  # recording never fails the caller: counted instead
+            self.client.counters["recording_errors"] += 1
+
+    def _add_metrics(self, cell: Cell, metrics: Sequence[tuple[str, float]]) -> None:
+        """Add custom metric values to a held cell; a bad name or value is dropped and counted, not raised."""
+        sketched = self._sketched
+        for name, value in metrics:
+            try:
+                cell.metric(name, value, name in sketched)
+            except ValueError:  # more names than a cell holds
+                self.client.counters["recording_errors"] += 1
+
+    def _metrics_of(self, answer: Any) -> list[tuple[str, float]]:
+        """The handle's `metrics(answer)`, checked; empty (and counted) when the function fails."""
+        try:
+            return checked_metrics(self.options.metrics(answer).items())  # type: ignore[misc]
+        except Exception:  # the application's function failing is counted, never felt by the caller
+            self.client.counters["recording_errors"] += 1
+            return []
+
+    def record(self, decision: Decision, name: str, value: float = 1.0) -> None:
+        """Record a custom metric for the arm and stage `decision` routed a call to, when the outcome is known
+        later: `mig.record(d, "acked", 1)` when the message is acknowledged seconds after it was sent.
+
+        Counted in the current window, not as a call. Never raises: a bad name or value is counted in
+        `stats()["recording_errors"]`; a decision made with no route (unknown migration) records nothing.
+        """
+        if not decision.stage:
+            return
+        try:
+            values = checked_metrics(((name, value),))
+            recorder = self._recorder
+            cell = recorder.cell(self._now(), cell_key(self.name, decision.stage, decision.arm))
+            try:
+                self._add_metrics(cell, values)
+            finally:
+                recorder.done()
+            if not values:
+                self.client.counters["recording_errors"] += 1
         except Exception:  # recording never fails the caller: counted instead
             self.client.counters["recording_errors"] += 1
 
@@ -172,8 +225,10 @@ class Migration:
             return None
 
     def _record_ok(self, key: str, start: int, end: int, answer: Any) -> None:
-        # The cost function is the application's code: it runs before the cell is taken, not while held.
-        cost = None if self.options.cost is None else self._cost(answer)
+        # The cost and metrics functions are the application's code: they run before the cell is taken.
+        options = self.options
+        cost = None if options.cost is None else self._cost(answer)
+        metrics = None if options.metrics is None else self._metrics_of(answer)
         recorder = self._recorder
         try:
             cell = recorder.cell(end, key)
@@ -182,6 +237,8 @@ class Migration:
                 cell.latency.add((end - start) * 1e-9)
                 if cost is not None:
                     cell.add_cost(cost)
+                if metrics:
+                    self._add_metrics(cell, metrics)
             finally:
                 recorder.done()
         except Exception:  # recording never fails the caller: counted instead
@@ -325,20 +382,29 @@ class Migration:
         legacy, candidate = (served, other) if served_arm is LEGACY else (other, served)
         if other.error is not None:
             client.count("shadow_errors", 1)
-        differences = self._comparator.differences(legacy, candidate)
-        noise = None if again is None else self._comparator.differences(legacy, again)
+        differences, score = self._comparator.scored(legacy, candidate, settings.mismatch_below)
+        noise = None if again is None else self._comparator.scored(legacy, again, settings.mismatch_below)[0]
         judged, mismatches = client.comparisons.record(
             self.name, stage, differences, noise, relative=settings.noise_relative,
             absolute=settings.noise_absolute, noise_samples=settings.noise_samples if sampling_noise else None,
         )
+        if score is not None:  # a graded comparison: the similarity gates read the scores
+            recorder = self._recorder
+            cell = recorder.cell(self._now(), cell_key(self.name, stage, CANDIDATE))
+            try:
+                cell.metric(SIMILARITY, score, True)
+            finally:
+                recorder.done()
         client.count("shadow_compared", 1)
         client._count_judged(self.name, stage, judged, mismatches)
         if differences:
-            self._keep_example(stage, differences, args, kwargs, legacy, candidate, settings)
+            self._keep_example(stage, differences, args, kwargs, legacy, candidate, settings, score)
 
     def _keep_example(self, stage: str, differences: Sequence[Difference], args: tuple[Any, ...],
-                      kwargs: dict[str, Any], legacy: Outcome, candidate: Outcome, settings: ShadowSettings) -> None:
+                      kwargs: dict[str, Any], legacy: Outcome, candidate: Outcome, settings: ShadowSettings,
+                      score: float | None = None) -> None:
         detail: dict[str, Any] = {
+            **({} if score is None else {"score": score}),
             "args": [shown(a) for a in args],
             "kwargs": {k: shown(v) for k, v in kwargs.items()},
             "legacy": shown(legacy.error if legacy.error is not None else legacy.value),
@@ -464,9 +530,11 @@ class Migration:
         otherwise store it twice.
 
         The authoritative side (legacy, until the stage's traffic gives the key to the candidate) is written
-        first and its answer returned; its exception reaches the caller, and the other side is then not
-        written. The other side's failure is retried per `dual_write_retry`, then recorded as a divergence;
-        it never fails or undoes the authoritative write. Outside dual-write stages this is `run` for a
+        first and its answer returned. Legacy's exception reaches the caller, and the other side is then not
+        written. A failed candidate is answered for by legacy's write, as `run` falls back (with
+        `fallback.on_error`, the default), and its own side is then the other side. The other side's failure
+        is retried per `dual_write_retry`, then recorded as a divergence; it never fails or undoes the
+        authoritative write. Outside dual-write stages this is `run` for a
         call site marked writes=True: never shadowed.
         """
         kwargs = _with_idempotency_key(kwargs, idempotency_key)
@@ -478,13 +546,19 @@ class Migration:
             return view.run(key, legacy_write, candidate_write, *args, **kwargs)
         decision = route.decide(key)
         first, second = (legacy_write, candidate_write) if decision.arm is LEGACY else (candidate_write, legacy_write)
+        served = decision.arm
         start = self._now()
         try:
             result = first(*args, **kwargs)
         except Exception:
-            self._record(decision, self._now() - start, error=True)
-            raise
-        self._record(decision, self._now() - start)
+            if not self._falls_back(route, decision, start):
+                raise
+            # The candidate was authoritative and failed: legacy's write answers, as `run` falls back, and the
+            # candidate's side becomes the other one (retried, then a divergence).
+            result = legacy_write(*args, **kwargs)
+            first, second, served = legacy_write, candidate_write, LEGACY
+        else:
+            self._record(decision, self._now() - start)
         retry = route.spec.dual_write_retry if route.spec is not None else None
         attempts, backoff = (retry.attempts, retry.backoff) if retry is not None else (2, 0.0)
         outcome = Outcome(error=RuntimeError("not tried"))
@@ -494,7 +568,7 @@ class Migration:
             outcome = call(second, args, kwargs)
             if outcome.error is None:
                 break
-        self._dual_written(route, decision, outcome, attempts, args, kwargs)
+        self._dual_written(route, decision, served, outcome, attempts, args, kwargs)
         return result
 
     async def awrite(self, key: object, legacy_write: Callable[..., Awaitable[T]],
@@ -510,13 +584,17 @@ class Migration:
             return await view.arun(key, legacy_write, candidate_write, *args, **kwargs)
         decision = route.decide(key)
         first, second = (legacy_write, candidate_write) if decision.arm is LEGACY else (candidate_write, legacy_write)
+        served = decision.arm
         start = self._now()
         try:
             result = await first(*args, **kwargs)
         except Exception:
-            self._record(decision, self._now() - start, error=True)
-            raise
-        self._record(decision, self._now() - start)
+            if not self._falls_back(route, decision, start):
+                raise
+            result = await legacy_write(*args, **kwargs)  # as in `write`: legacy answers for a failed candidate
+            first, second, served = legacy_write, candidate_write, LEGACY
+        else:
+            self._record(decision, self._now() - start)
         retry = route.spec.dual_write_retry if route.spec is not None else None
         attempts, backoff = (retry.attempts, retry.backoff) if retry is not None else (2, 0.0)
         outcome = Outcome(error=RuntimeError("not tried"))
@@ -528,7 +606,7 @@ class Migration:
                 break
             except Exception as exc:
                 outcome = Outcome(error=exc)
-        self._dual_written(route, decision, outcome, attempts, args, kwargs)
+        self._dual_written(route, decision, served, outcome, attempts, args, kwargs)
         return result
 
     def _writes_view(self) -> Migration:
@@ -537,7 +615,15 @@ class Migration:
             view = self._writes = self.with_options(writes=True)
         return view
 
-    def _dual_written(self, route: Route, decision: Decision, outcome: Outcome, attempts: int,
+    def _falls_back(self, route: Route, decision: Decision, start: int) -> bool:
+        """Record a failed authoritative write; True when legacy is to answer for it (a candidate's failure,
+        with `fallback.on_error`), False when the exception is the caller's (legacy's, or no fallback)."""
+        fallback = route.spec.fallback if route.spec is not None else None
+        falls_back = decision.arm is CANDIDATE and fallback is not None and fallback.on_error
+        self._record(decision, self._now() - start, error=True, fallback=falls_back)
+        return falls_back
+
+    def _dual_written(self, route: Route, decision: Decision, served: str, outcome: Outcome, attempts: int,
                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:
             client = self.client
@@ -547,12 +633,12 @@ class Migration:
                 return
             client.count("dual_write_divergences", 1)
             client.comparisons.count(self.name, decision.stage, "divergent")
-            other = CANDIDATE if decision.arm is LEGACY else LEGACY
+            other = CANDIDATE if served is LEGACY else LEGACY
             log.warning("crossfade: %s: the %s side of a dual write failed %d times (%s); recorded as a divergence",
                         self.name, other, attempts, outcome.error)
             settings = route.spec.shadow if route.spec is not None else _NO_SHADOW_SETTINGS
-            served = Outcome(None)
-            legacy, candidate = (served, outcome) if decision.arm is LEGACY else (outcome, served)
+            answered = Outcome(None)
+            legacy, candidate = (answered, outcome) if served is LEGACY else (outcome, answered)
             self._keep_example(decision.stage, [Difference(WRITE_PATH, WRITE_PATH, legacy.error, candidate.error)],
                                args, kwargs, legacy, candidate, settings)
         except Exception:
@@ -831,7 +917,7 @@ def _key_getter(fn: Callable[..., Any], key: Callable[..., object] | str | None
 class Observation:
     """Records one call that the application runs itself; an exception leaving the block is an error."""
 
-    __slots__ = ("_migration", "decision", "_cost", "_error", "_start")
+    __slots__ = ("_migration", "decision", "_cost", "_error", "_start", "_metrics")
 
     def __init__(self, migration: Migration, decision: Decision) -> None:
         self._migration = migration
@@ -839,6 +925,21 @@ class Observation:
         self._cost: float | None = None
         self._error = False
         self._start = 0
+        self._metrics: list[tuple[str, float]] | None = None
+
+    def metric(self, name: str, value: float = 1.0) -> None:
+        """Record a custom metric of this call: `obs.metric("delivered", 1)`, `obs.metric("tokens", 812)`.
+
+        Names are lowercase letters, digits and _ (at most 63); values are finite numbers. A bad one is
+        dropped and counted in `stats()["recording_errors"]`, never raised.
+        """
+        number = checked_metric(name, value)
+        if number is None:
+            self._migration.client.counters["recording_errors"] += 1
+        elif self._metrics is None:
+            self._metrics = [(name, number)]
+        else:
+            self._metrics.append((name, number))
 
     def cost(self, amount: float) -> None:
         """The cost of this call (tokens, dollars: any unit, the same for both arms)."""
@@ -855,5 +956,42 @@ class Observation:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
         failed = self._error or (exc_type is not None and issubclass(exc_type, Exception))
         elapsed = self._migration._now() - self._start
-        self._migration._record(self.decision, elapsed, error=failed, cost=self._cost)
+        self._migration._record(self.decision, elapsed, error=failed, cost=self._cost, metrics=self._metrics)
         return False
+
+
+_VALID_NAMES: set[str] = set()  # metric names already checked: a call site records the same few names
+
+
+def checked_metric(name: object, value: object) -> float | None:
+    """The value of a custom metric as a float when `name` is a metric name and `value` a finite number (bools
+    count as 1 and 0); None otherwise."""
+    if name not in _VALID_NAMES:
+        if not valid_metric_name(name):
+            return None
+        if len(_VALID_NAMES) < 10_000:
+            _VALID_NAMES.add(name)  # type: ignore[arg-type]
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if _isfinite(number) else None
+
+
+def checked_metrics(items: Iterable[tuple[object, object]]) -> list[tuple[str, float]]:
+    """The (name, value) pairs that are custom metric values (see `checked_metric`); the others left out."""
+    out = []
+    for name, value in items:
+        number = checked_metric(name, value)
+        if number is not None:
+            out.append((name, number))
+    return out  # type: ignore[return-value]
+
+
+def sketched_metrics(spec: Spec | None) -> frozenset[str]:
+    """The metric names whose values a cell keeps in a sketch: those the spec judges by a quantile, and the
+    similarity scores of graded comparisons."""
+    names = {SIMILARITY}
+    if spec is not None:
+        names.update(m.name for m in spec.metrics if m.kind == "quantile")
+    return frozenset(names)

@@ -140,9 +140,15 @@ def _criteria(spec: Spec) -> str:
     return "\n".join(lines)
 
 
-def _trigger_sentence(t: Trigger) -> str:
+def _trigger_sentence(t: Trigger, spec: Spec) -> str:
     metric = t.metric
-    if metric.endswith("_ratio"):
+    custom = spec.metric(metric)
+    if custom is not None:
+        from crossfade.metricspec import format_amount
+
+        side, limit = ("exceeds", t.above) if t.above is not None else ("falls below", t.below)
+        what = f"the candidate's {custom.label} {side} {format_amount(custom, limit)}"  # type: ignore[arg-type]
+    elif metric.endswith("_ratio"):
         what = f"the candidate's {metric.removesuffix('_ratio').replace('_', ' ')} exceeds {t.above:g}x legacy's"
     elif metric.startswith("latency_p"):
         what = f"the candidate's {metric.replace('_', ' ')} exceeds {format_duration(t.above)}"
@@ -171,7 +177,7 @@ def _rollback(spec: Spec) -> str:
     lines = ["## Rollback", "", "### Automatic", ""]
     if spec.triggers:
         lines.append("Triggers act at once, without waiting for a gate:")
-        lines += [f"- {_trigger_sentence(t)}" for t in spec.triggers]
+        lines += [f"- {_trigger_sentence(t, spec)}" for t in spec.triggers]
         lines.append("")
     else:
         lines += ["No instant triggers are set (add `triggers:` for absolute thresholds such as "

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import dataclasses
 import math
+import numbers
 import queue
 import re
 import threading
@@ -198,20 +199,37 @@ class Options:
     `clean(answer)` normalises each answer first; `compare_errors(legacy_exc, candidate_exc) -> bool`
     replaces "same type and message"; `redact(example) -> example` runs on an example before it is kept.
     `cost(answer) -> float` is the cost of a call from its answer (tokens, dollars), recorded for every
-    answered call of either arm, served or shadowed, for the cost gate.
+    answered call of either arm, served or shadowed, for the cost gate. `metrics(answer) -> {name: value}`
+    records custom metrics from an answer the same way (`{"tokens": 812}`); `compare` may return a score in
+    [0, 1] instead of a bool (a graded comparison, recorded as the candidate's `similarity`).
     """
 
-    compare: Callable[[Any, Any], bool] | None = None
+    compare: Callable[[Any, Any], bool | float] | None = None
     ignore: tuple[str, ...] = ()
     clean: Callable[[Any], Any] | None = None
     compare_errors: Callable[[BaseException, BaseException], bool] | None = None
     redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     writes: bool = False
     cost: Callable[[Any], float] | None = None
+    metrics: Callable[[Any], Mapping[str, float]] | None = None
 
     def __post_init__(self) -> None:
         for path in self.ignore:
             compile_path(path)  # a bad path is the caller's mistake: say so where the handle is made
+
+
+def graded(judged: object) -> float | None:
+    """The score a graded comparator returned (a number in [0, 1]), or None for a bool (or any other truth value).
+
+    A number outside [0, 1] is the comparator's bug: ValueError, which the shadow runner counts.
+    """
+    if isinstance(judged, bool) or not isinstance(judged, numbers.Real):
+        return None
+    score = float(judged)
+    if not 0.0 <= score <= 1.0:  # NaN fails this too
+        raise ValueError(f"compare= returned {judged!r}; a graded comparator returns a score between 0 and 1 "
+                         "(1 for the same answer), or True/False")
+    return score
 
 
 class Comparator:
@@ -225,26 +243,35 @@ class Comparator:
 
     def differences(self, legacy: Outcome, candidate: Outcome) -> list[Difference]:
         """Where the two outcomes differ; empty when they are equal."""
+        return self.scored(legacy, candidate)[0]
+
+    def scored(self, legacy: Outcome, candidate: Outcome, mismatch_below: float = 0.5
+               ) -> tuple[list[Difference], float | None]:
+        """Where the two outcomes differ, and the score of a graded `compare` (None for a bool or no compare):
+        a score below `mismatch_below` is a difference at the root."""
         a, b = legacy.error, candidate.error
         if a is not None or b is not None:
             if a is not None and b is not None and self._same_error(a, b):
-                return []
+                return [], None
             return [Difference(ERROR_PATH, ERROR_PATH, a if a is not None else legacy.value,
-                               b if b is not None else candidate.value)]
+                               b if b is not None else candidate.value)], None
         left, right = legacy.value, candidate.value
         clean = self.options.clean
         if clean is not None:
             left, right = clean(left), clean(right)
         compare = self.options.compare
         if compare is not None:
-            return [] if compare(left, right) else [Difference(ROOT, ROOT, left, right)]
+            judged = compare(left, right)
+            score = graded(judged)
+            same = bool(judged) if score is None else score >= mismatch_below
+            return ([] if same else [Difference(ROOT, ROOT, left, right)]), score
         if not self._ignore and _same(left, right):
-            return []
+            return [], None
         left, right = plain(left), plain(right)
         for steps in self._ignore:
             _drop(left, steps)
             _drop(right, steps)
-        return diff(left, right)
+        return diff(left, right), None
 
     def _same_error(self, a: BaseException, b: BaseException) -> bool:
         custom = self.options.compare_errors

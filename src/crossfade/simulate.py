@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import difflib
 import math
 import multiprocessing
 import os
@@ -74,9 +75,10 @@ from crossfade.events import (
     State,
 )
 from crossfade.loop import ControllerLoop
-from crossfade.migration import CandidateTimeout
+from crossfade.metricspec import SIMILARITY
+from crossfade.migration import CandidateTimeout, sketched_metrics
 from crossfade.routing import BUCKETS, CANDIDATE, LEGACY, SERVING_STATUSES, bucket, threshold
-from crossfade.sketch import Sketch
+from crossfade.sketch import MIN_VALUE, Sketch
 from crossfade.spec import (
     Spec,
     format_duration,
@@ -86,7 +88,7 @@ from crossfade.spec import (
 )
 from crossfade.metrics.telemetry import TelemetrySource
 from crossfade.stagedata import WINDOW_MARGIN
-from crossfade.telemetry import Cell, Window, cell_key, merge_windows
+from crossfade.telemetry import MAX_METRIC_VALUE, Cell, Tally, Window, cell_key, merge_windows, valid_metric_name
 
 __all__ = [
     "OUTCOMES",
@@ -166,6 +168,40 @@ class Latency:
 
 
 @dataclass(frozen=True, slots=True)
+class CustomValue:
+    """A custom metric an arm records: with `per_call` (written as a percentage, `lost=0.8%`) the metric is
+    recorded as 1 on that share of calls; otherwise (a number, `tokens=800`) every call records `value`."""
+
+    name: str
+    value: float
+    per_call: bool
+
+    def describe(self) -> str:
+        """As the arm language writes it."""
+        return f"{self.name}={self.value * 100:g}%" if self.per_call else f"{self.name}={self.value:g}"
+
+    def add_to(self, rng: random.Random, count: int, cell: Cell, sketched: bool) -> None:
+        """Record `count` calls' values into a cell, drawn as the SDK would have recorded them."""
+        events = _binomial(rng, count, self.value) if self.per_call else count
+        if events <= 0:
+            return
+        value = 1.0 if self.per_call else self.value
+        tally = cell.metrics.get(self.name)
+        if tally is None:
+            tally = cell.metrics[self.name] = Tally()
+        tally.count += events
+        tally.total += events * value
+        tally.squares += events * value * value
+        if sketched:
+            sketch = tally.sketch = tally.sketch or Sketch()
+            if value > MIN_VALUE:
+                _add_latency(sketch, math.ceil(math.log(min(value, MAX_METRIC_VALUE)) / _LOG_GAMMA), events)
+            else:
+                sketch.zeros += events
+                sketch.count += events
+
+
+@dataclass(frozen=True, slots=True)
 class Arm:
     """How one side answers: its error rate, its latency distribution, its mean cost per call, and (the
     candidate's) the share of its answers that differ from legacy's when a shadow run compares them."""
@@ -175,12 +211,14 @@ class Arm:
     cost: float
     cost_sigma: float = COST_SIGMA
     mismatch: float = 0.0
+    metrics: tuple[CustomValue, ...] = ()
 
     def describe(self) -> str:
         """As the arm language writes it."""
         cost = f"const({self.cost:g})" if self.cost_sigma == 0 else f"{self.cost:g}"
         mismatch = f" mismatch={self.mismatch * 100:g}%" if self.mismatch else ""
-        return f"errors={self.errors * 100:g}% latency={self.latency.describe()} cost={cost}{mismatch}"
+        custom = "".join(f" {m.describe()}" for m in self.metrics)
+        return f"errors={self.errors * 100:g}% latency={self.latency.describe()} cost={cost}{mismatch}{custom}"
 
     def sample_cost(self, rng: random.Random) -> float:
         """One call's cost: lognormal around the mean `cost`, or exactly `cost` with `cost_sigma` 0."""
@@ -198,10 +236,17 @@ class Arm:
         def lerp(a: float, b: float) -> float:
             return a + (b - a) * fraction
 
+        mine = {m.name: m for m in self.metrics}
+        theirs = {m.name: m for m in other.metrics}
+        metrics = tuple(
+            CustomValue(name, lerp(mine[name].value if name in mine else 0.0,
+                                   theirs[name].value if name in theirs else 0.0),
+                        (theirs.get(name) or mine[name]).per_call)
+            for name in dict.fromkeys([*mine, *theirs]))
         return Arm(lerp(self.errors, other.errors),
                    Latency(lerp(self.latency.median, other.latency.median), lerp(self.latency.sigma, other.latency.sigma)),
                    lerp(self.cost, other.cost), lerp(self.cost_sigma, other.cost_sigma),
-                   lerp(self.mismatch, other.mismatch))
+                   lerp(self.mismatch, other.mismatch), metrics)
 
 
 LEGACY_DEFAULT: Final = Arm(0.01, Latency(0.05, 0.4), 0.001)
@@ -264,7 +309,8 @@ class Workload:
 
 _PART_RE: Final = re.compile(r"\s*([A-Za-z_]+)\s*=\s*((?:[^\s=(,]+)?(?:\([^)]*\))?)\s*,?")
 _CALL_RE: Final = re.compile(r"([a-z]+)\((.*)\)")
-_ARM_HINT: Final = 'e.g. "errors=1% latency=lognormal(50ms,0.4) cost=0.001" (the candidate also mismatch=2%)'
+_ARM_HINT: Final = ('e.g. "errors=1% latency=lognormal(50ms,0.4) cost=0.001 lost=0.8%" (the candidate also '
+                    'mismatch=2%)')
 
 
 def parse_arm(text: str, *, base: Arm | None = None, label: str = "arm") -> Arm:
@@ -272,7 +318,9 @@ def parse_arm(text: str, *, base: Arm | None = None, label: str = "arm") -> Arm:
 
     `errors=`: a percentage or fraction. `latency=`: `lognormal(MEDIAN,SIGMA)` or `const(DURATION)`.
     `cost=`: a mean cost per call (varying call to call, lognormal with sigma 0.5) or `const(COST)`.
-    `mismatch=` (the candidate only): the share of its answers that differ from legacy's in a comparison. With a
+    `mismatch=` (the candidate only): the share of its answers that differ from legacy's in a comparison. Any
+    other lowercase name is a custom metric: `lost=0.8%` records lost=1 on that share of calls, `tokens=800`
+    records 800 on every call (the candidate keeps legacy's unless it gives its own). With a
     `base` (the candidate's is legacy), `xN` scales the base's value and a part left out keeps it; without
     one, parts left out take legacy's defaults. WorkloadError names the part that is wrong.
     """
@@ -308,10 +356,35 @@ def parse_arm(text: str, *, base: Arm | None = None, label: str = "arm") -> Arm:
                 arm = replace(arm, mismatch=parse_percent(value))
             except ValueError as exc:
                 raise WorkloadError(f"{part}: {exc}") from None
+        elif valid_metric_name(name) and not difflib.get_close_matches(name, _SETTINGS, n=1, cutoff=0.85):
+            arm = replace(arm, metrics=(*(m for m in arm.metrics if m.name != name),
+                                        _custom_value(name, value, part)))
         else:
-            raise WorkloadError(f"{part}: unknown setting {name!r}; the settings are errors=, latency=, cost= and "
-                                "mismatch=")
+            close = difflib.get_close_matches(name, _SETTINGS, n=1, cutoff=0.85)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise WorkloadError(f"{part}: unknown setting {name!r}; {hint}the settings are errors=, latency=, cost=, "
+                                "mismatch= and custom metrics (lost=0.8% on that share of calls, tokens=800 on "
+                                "every call)")
     return arm
+
+
+_SETTINGS: Final = ("errors", "latency", "cost", "mismatch")
+
+
+def _custom_value(name: str, value: str, part: str) -> CustomValue:
+    if value.strip().endswith("%"):
+        try:
+            return CustomValue(name, parse_percent(value), True)
+        except ValueError as exc:
+            raise WorkloadError(f"{part}: {exc}") from None
+    try:
+        number = float(value)
+    except ValueError:
+        raise WorkloadError(f"{part}: {value!r} is neither a share of calls (lost=0.8%) nor a value per call "
+                            "(tokens=800)") from None
+    if not math.isfinite(number) or abs(number) > MAX_METRIC_VALUE:
+        raise WorkloadError(f"{part}: {value!r} is not a usable value")
+    return CustomValue(name, number, False)
 
 
 def _factor(value: str, base: Arm | None, part: str) -> float | None:
@@ -852,7 +925,19 @@ def simulate(
     to run on and leave behind for `crossfade status` and `history` (default: one in memory, discarded).
     """
     model = spec if isinstance(spec, Spec) else load_spec(spec)
+    check_workload(model, workload or Workload())
     return _Run(model, workload or Workload(), seed, approve, until, on_tick, rollback_when, database).run()
+
+
+def check_workload(spec: Spec, workload: Workload) -> None:
+    """WorkloadError when the workload does not fit the spec: a custom metric it records that no declared
+    metric reads is a slip (a misspelt name)."""
+    read = {name for metric in spec.metrics for name in metric.recorded} | {SIMILARITY}
+    unread = sorted({m.name for arm in (workload.legacy, workload.candidate) for m in arm.metrics} - read)
+    if unread:
+        raise WorkloadError(f"the workload records {', '.join(unread)}, which no metric under the spec's metrics: "
+                            f"reads (they read: {', '.join(sorted(read - {SIMILARITY})) or 'nothing'}); declare it, "
+                            "e.g. metrics: {lost: {kind: count}}, or fix the name")
 
 
 def _one(args: tuple[dict[str, Any], Workload, int, float | None, float | None]) -> SimResult:
@@ -904,6 +989,7 @@ class _Run:
         self.on_tick = on_tick
         self.rollback_when = rollback_when
         self.interval = spec.analysis.interval
+        self.sketched = sketched_metrics(spec)
         self.clock = VirtualClock(EPOCH)
         longest = max((t.window + (t.for_ or 0.0) for t in spec.triggers), default=0.0)
         self.backend = _SimBackend(longest + 2 * self.interval, database)
@@ -1157,6 +1243,8 @@ class _Run:
                 if arm == CANDIDATE and fallback.on_error:
                     cell.fallbacks += errors
                 _draw_cost(self.rng, model, count, cell)
+                for custom in model.metrics:
+                    custom.add_to(self.rng, count, cell, custom.name in self.sketched)
             finally:
                 recorder.done()
         # Shadow runs count as calls of the arm that ran them (errors, latency and the cost of the answered
@@ -1230,7 +1318,10 @@ class _Run:
                 model = candidate if arm == CANDIDATE else legacy_arm
                 # `run` times and counts the call; its cost is added to the same cell, as `observe` would.
                 cost = model.sample_cost(rng)
-                recorder.cell(recorder.now(), cell_key(self.spec.name, route.stage, arm)).add_cost(cost)
+                cell = recorder.cell(recorder.now(), cell_key(self.spec.name, route.stage, arm))
+                cell.add_cost(cost)
+                for custom in model.metrics:
+                    custom.add_to(rng, 1, cell, custom.name in self.sketched)
                 recorder.done()
 
 

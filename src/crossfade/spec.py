@@ -17,6 +17,7 @@ from typing import Any, Final
 import yaml
 
 from crossfade.canonical import canonical_json
+from crossfade.telemetry import METRIC_NAME_PATTERN
 
 __all__ = [
     "EXAMPLE",
@@ -314,13 +315,16 @@ class Trigger:
     ``above`` is a fraction for rate metrics, seconds for ``latency_pNN`` and a plain number for ratios.
     ``min_samples`` is the number of candidate calls in the window below which the trigger stays quiet;
     ``for_`` (``for`` in YAML) is how long the condition must persist before it fires, ``None`` for at once.
+    A trigger on a custom metric (declared under ``metrics:``) has ``above`` or, for a floor, ``below``
+    instead (the other is None); built-in metrics always have ``above``.
     """
 
     metric: str
-    above: float
+    above: float | None
     window: float = 300.0
     min_samples: int = 0
     for_: float | None = None
+    below: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +391,8 @@ class ShadowSettings:
     noise_relative: float = 0.2
     noise_absolute: float = 0.0003
     examples: int = 20
+    mismatch_below: float = 0.5
+    """A graded comparison (``compare=`` returning a score in [0, 1]) scoring below this is a mismatch."""
     noise: float = 0.0
     noise_samples: int = 30
     compare: Any = field(default=None, hash=False)
@@ -430,11 +436,20 @@ class Spec:
     notify: tuple[Any, ...] = ()
     source: Mapping[str, Any] | None = None
     routers: tuple[Any, ...] = ()
+    metrics: tuple[Any, ...] = ()
+    """The custom metrics declared under ``metrics:`` (``metricspec.CustomMetric``), in the spec's order."""
 
     def __post_init__(self) -> None:
         if not self.salt:
             # Frozen: the only way to fill a derived default is to go around __setattr__.
             object.__setattr__(self, "salt", self.name)
+
+    def metric(self, name: str) -> Any:
+        """The custom metric declared as ``name`` (a ``metricspec.CustomMetric``), or None."""
+        for metric in self.metrics:
+            if metric.name == name:
+                return metric
+        return None
 
     def stage_index(self, name: str) -> int:
         """The position of the stage called ``name``; KeyError naming the known stages if there is none."""
@@ -492,6 +507,7 @@ class Spec:
                         "window": trigger.window,
                         "min_samples": trigger.min_samples,
                         "for": trigger.for_,
+                        "below": trigger.below,
                     }
                 )
                 for trigger in self.triggers
@@ -520,6 +536,8 @@ class Spec:
             **({} if self.source is None else {"source": json.loads(json.dumps(self.source))}),
             # Left out when empty so that specs written before routers existed keep their digest.
             **({"routers": list(self.routers)} if self.routers else {}),
+            # Left out when empty so that specs written before custom metrics keep their digest.
+            **({"metrics": {m.name: m.to_dict() for m in self.metrics}} if self.metrics else {}),
         }
 
     def digest(self) -> str:
@@ -836,7 +854,10 @@ class _Reader:
         shadow = self.shadow_settings(top.get("shadow", {}))
         stages = self.stages(top.get("stages", _MISSING), 0.0 if shadow is _BAD else shadow.noise)
         gates = self.gates(top["gates"]) if "gates" in top else Gates.default()
-        triggers = self.triggers(top.get("triggers", []))
+        metrics = self.metrics(top.get("metrics"))
+        # A trigger may name a declared metric whose declaration has problems of its own (reported there).
+        named = [str(k) for k in top["metrics"]] if isinstance(top.get("metrics"), Mapping) else []
+        triggers = self.triggers(top.get("triggers", []), () if metrics is _BAD else metrics, named)
         on_failure = self.get(top, "on_failure", "", _choice(ON_FAILURE), "rollback")
         rollback = self.rollback(top.get("rollback", {}))
         analysis = self.analysis(top.get("analysis", {}))
@@ -882,7 +903,14 @@ class _Reader:
             notify=tuple(notify or ()),
             source=source,
             routers=tuple(routers or ()),
+            metrics=() if metrics is _BAD else metrics,
         )
+
+    def metrics(self, value: object) -> Any:
+        """The custom metrics (crossfade.metricspec reads them)."""
+        from crossfade.metricspec import read_metrics
+
+        return read_metrics(self, value)
 
     def notify(self, value: object) -> Any:
         entries = self.sequence(value, "notify", "[{slack: {url_env: SLACK_WEBHOOK_URL}, events: [rolled_back]}]")
@@ -1034,6 +1062,7 @@ class _Reader:
             noise_relative=self.get(data, "noise_relative", "shadow", parse_percent, 0.2),
             noise_absolute=self.get(data, "noise_absolute", "shadow", parse_percent, 0.0003),
             examples=self.get(data, "examples", "shadow", _bounded_count(0, MAX_EXAMPLES), 20),
+            mismatch_below=self.get(data, "mismatch_below", "shadow", parse_percent, 0.5),
             noise=self.get(data, "noise", "shadow", parse_percent, 0.0),
             noise_samples=self.get(data, "noise_samples", "shadow", _bounded_count(1, MAX_NOISE_SAMPLES), 30),
             compare=self.comparator(data.get("compare")),
@@ -1073,7 +1102,7 @@ class _Reader:
                 parts[key] = _BAD if gate is None else build(self, gate, f"gates.{key}")
         return Gates(**parts)
 
-    def triggers(self, value: object) -> Any:
+    def triggers(self, value: object, custom: Sequence[Any] = (), named: Sequence[str] = ()) -> Any:
         items = self.sequence(value, "triggers", "[{metric: error_rate, above: 5%, window: 5m}]")
         if items is None:
             return _BAD
@@ -1086,11 +1115,21 @@ class _Reader:
             data = self.mapping(item, path, _TRIGGER_KEYS, "{metric: error_rate, above: 5%, window: 5m}")
             if data is None:
                 continue
-            metric = self.get(data, "metric", path, _metric, example="error_rate")
-            if metric is _BAD:
+            declared = {m.name: m for m in custom}
+            metric = self.get(data, "metric", path, _declared_metric(named),
+                              example="error_rate")
+            below = None
+            if metric is _BAD or (metric in named and metric not in declared):
                 above = _BAD
+            elif metric in declared:
+                from crossfade.metricspec import read_custom_threshold
+
+                above, below = read_custom_threshold(self, data, path, declared[metric])
             else:
                 above = self.get(data, "above", path, _threshold_reader(metric), example=_threshold_example(metric))
+                if "below" in data:
+                    self.problem(_join(path, "below"), f"{metric} is watched from above; below is for custom "
+                                                       "metrics whose low values are the harm")
             triggers.append(
                 Trigger(
                     metric=metric,
@@ -1098,6 +1137,7 @@ class _Reader:
                     window=self.get(data, "window", path, _positive_duration, 300.0),
                     min_samples=self.get(data, "min_samples", path, _samples, 0),
                     for_=self.get(data, "for", path, _positive_duration, None),
+                    below=below,
                 )
             )
         return tuple(triggers)
@@ -1232,14 +1272,14 @@ def _gate_mismatch(reader: _Reader, data: Mapping[str, Any], path: str) -> Misma
 _SPEC_KEYS: Final = (
     "name", "description", "owner", "key", "salt", "stages", "gates", "triggers",
     "on_failure", "rollback", "analysis", "fallback", "shadow", "dual_write_retry", "allow", "deny", "notify",
-    "source", "dual_write_after_rollback", "routers",
+    "source", "dual_write_after_rollback", "routers", "metrics",
 )  # fmt: skip
 _STAGE_KEYS: Final = (
     "name", "traffic", "shadow", "hold", "min_samples", "approval", "shadow_legacy", "noise", "dual_write",
 )  # fmt: skip
 _SHADOW_KEYS: Final = (
-    "timeout", "threads", "max_pending", "noise_relative", "noise_absolute", "examples", "noise", "noise_samples",
-    "compare",
+    "timeout", "threads", "max_pending", "noise_relative", "noise_absolute", "examples", "mismatch_below", "noise",
+    "noise_samples", "compare",
 )  # fmt: skip
 _DUAL_WRITE_RETRY_KEYS: Final = ("attempts", "backoff")
 _GATES_KEYS: Final = ("error_rate", "latency", "cost", "mismatch_rate", "latency_first_chunk")
@@ -1250,7 +1290,7 @@ _GATE_READERS: Final[dict[str, tuple[tuple[str, ...], str, Callable[[_Reader, Ma
     "mismatch_rate": (("max",), "{max: 1%}", _gate_mismatch),
     "latency_first_chunk": (("quantile", "max_ratio"), "{quantile: p95, max_ratio: 1.2}", _gate_latency),
 }
-_TRIGGER_KEYS: Final = ("metric", "above", "window", "min_samples", "for")
+_TRIGGER_KEYS: Final = ("metric", "above", "window", "min_samples", "for", "below")
 _ROLLBACK_KEYS: Final = ("mode", "steps", "every")
 _ANALYSIS_KEYS: Final = (
     "interval", "confidence", "on_nodata", "promote_when", "sample_ratio", "on_inconclusive", "max_stage_time",
@@ -1374,12 +1414,10 @@ def _choice(options: Sequence[str]) -> Callable[[object], str]:
     return convert
 
 
-def _metric(value: object) -> str:
-    if value not in TRIGGER_METRICS:
-        close = difflib.get_close_matches(str(value), TRIGGER_METRICS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"unknown metric {_show(value)}; {hint}known metrics: {', '.join(TRIGGER_METRICS)}")
-    return value  # type: ignore[return-value]
+def _declared_metric(declared: Sequence[str]) -> Callable[[object], str]:
+    from crossfade.metricspec import trigger_metric
+
+    return trigger_metric(declared)  # type: ignore[no-any-return]
 
 
 def _threshold_reader(metric: str) -> Callable[[object], float]:
@@ -1414,6 +1452,7 @@ def _router_names() -> list[str]:
 
 def json_schema() -> dict[str, Any]:
     """A JSON Schema (draft 2020-12) of the spec format, for editors to complete and check spec files."""
+    from crossfade.metricspec import json_schema as metrics_schema
     from crossfade.notify import json_schema as notify_schema
 
     def ref(name: str) -> dict[str, Any]:
@@ -1437,17 +1476,26 @@ def json_schema() -> dict[str, Any]:
     trigger = obj(
         "Rolls back at once when a metric crosses an absolute threshold.",
         {
-            "metric": {"enum": list(TRIGGER_METRICS), "description": "What to watch."},
+            "metric": {
+                "description": "What to watch: a built-in metric, or a custom one declared under metrics.",
+                "anyOf": [{"enum": list(TRIGGER_METRICS)}, {"type": "string", "pattern": METRIC_NAME_PATTERN}],
+            },
             "above": {
-                "description": "Threshold: a percentage for *_rate, a duration for latency_pNN, a number for *_ratio.",
+                "description": "Threshold: a percentage for *_rate, a duration for latency_pNN, a number for *_ratio; "
+                "for a custom metric, a percentage for a rate and a number otherwise.",
+                "anyOf": [{"type": "number"}, {"type": "string"}],
+            },
+            "below": {
+                "description": "For a custom metric whose low values are the harm: fires below this threshold.",
                 "anyOf": [{"type": "number"}, {"type": "string"}],
             },
             "window": described("duration", "Sliding window the metric is measured over.", default="5m"),
             "min_samples": described("count", "Candidate calls needed in the window before it may fire.", default=0),
             "for": described("duration", "How long the threshold must stay crossed before it fires."),
         },
-        ["metric", "above"],
+        ["metric"],
     )
+    trigger["oneOf"] = [{"required": ["above"]}, {"required": ["below"]}]
     trigger["allOf"] = [
         {
             "if": {"properties": {"metric": {"enum": list(metrics)}}, "required": ["metric"]},
@@ -1560,6 +1608,7 @@ def json_schema() -> dict[str, Any]:
                 },
             ),
             "triggers": {"type": "array", "items": trigger, "description": "Instant rollback on absolute thresholds."},
+            "metrics": metrics_schema(),
             "on_failure": {"enum": list(ON_FAILURE), "default": "rollback", "description": "What a failed gate does."},
             "rollback": obj(
                 "How traffic goes back to legacy.",
@@ -1638,6 +1687,10 @@ def json_schema() -> dict[str, Any]:
                         "percent", "|raw - noise| rate a field must exceed to be a mismatch.", default="0.03%"
                     ),
                     "examples": described("count", "Newest mismatch examples kept per field.", default=20),
+                    "mismatch_below": described(
+                        "percent", "A graded comparison's score (compare= returning 0..1) below this is a mismatch.",
+                        default=0.5,
+                    ),
                     "noise": described(
                         "percent", "Noise sampling share of every shadowing stage that sets none.", default="0%"
                     ),
@@ -1778,6 +1831,13 @@ gates:
 triggers:
   - {metric: error_rate, above: 5%, window: 5m, min_samples: 100}
   - {metric: latency_p95_ratio, above: 2.0, for: 3m}
+
+# Custom metrics the call site records (obs.metric, metrics=, mig.record), judged like the built-in gates;
+# triggers may watch them too ({metric: lost, above: 0}). similarity: scores of graded comparisons.
+# metrics:
+#   delivery: {rate: delivered / sent, min: 99.9%}
+#   lost: {kind: count, max: 0}
+#   similarity: {quantile: p10, min: 0.85}
 
 on_failure: rollback              # when a gate fails: rollback | step_back | pause
 rollback: {mode: gradual, steps: [50%, 25%, 10%, 0%], every: 1m}   # or {mode: immediate}

@@ -68,7 +68,8 @@ def aassembling(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
 
 
 class _Tally:
-    """One stream being served: when it started and gave its first chunk, and its chunks when shadowed."""
+    """One stream being served: when it started and gave its first chunk, and its chunks when shadowed or
+    priced (`cost=` and `metrics=` read the assembled output)."""
 
     __slots__ = ("handle", "decision", "start", "first_at", "chunks")
 
@@ -77,7 +78,9 @@ class _Tally:
         self.decision = decision
         self.start = start
         self.first_at = 0
-        self.chunks: list[Any] | None = [] if decision.shadow else None
+        options = handle.options
+        keep = decision.shadow or options.cost is not None or options.metrics is not None
+        self.chunks: list[Any] | None = [] if keep else None
 
     def chunk(self, chunk: Any) -> None:
         if not self.first_at:
@@ -90,8 +93,13 @@ class _Tally:
         handle = self.handle
         end = handle._now()
         cost = None
-        if ended and not error and handle.options.cost is not None:
-            cost = handle._cost(assembled(self.chunks) if self.chunks is not None else None)
+        metrics: list[tuple[str, float]] = []
+        if ended and not error and self.chunks is not None:
+            whole = assembled(self.chunks)
+            if handle.options.cost is not None:
+                cost = handle._cost(whole)
+            if handle.options.metrics is not None:
+                metrics = handle._metrics_of(whole)
         recorder = handle._recorder
         try:
             cell = recorder.cell(end, cell_key(handle.name, self.decision.stage, self.decision.arm))
@@ -107,6 +115,8 @@ class _Tally:
                     cell.latency.add((end - self.start) * 1e-9)
                 if cost is not None:
                     cell.add_cost(cost)
+                if metrics:
+                    handle._add_metrics(cell, metrics)
             finally:
                 recorder.done()
         except Exception:  # recording never fails the caller: counted instead
@@ -230,7 +240,7 @@ async def _aclose(chunks: Any) -> None:
 def _shadow(handle: Migration, route: Route, decision: Decision, tally: _Tally, other: Callable[..., Any],
             legacy: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
             error: BaseException | None) -> None:
-    if tally.chunks is None:
+    if not decision.shadow or tally.chunks is None:
         return
     value = None if error is not None else assembled(tally.chunks)
     handle._shadow(route, decision, assembling(other), assembling(legacy), args, kwargs, value, error)
@@ -239,7 +249,7 @@ def _shadow(handle: Migration, route: Route, decision: Decision, tally: _Tally, 
 def _ashadow(handle: Migration, route: Route, decision: Decision, tally: _Tally, other: Callable[..., Any],
              legacy: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
              error: BaseException | None) -> None:
-    if tally.chunks is None:
+    if not decision.shadow or tally.chunks is None:
         return
     value = None if error is not None else assembled(tally.chunks)
     handle._ashadow(route, decision, aassembling(other), aassembling(legacy), args, kwargs, value, error)

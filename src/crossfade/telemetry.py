@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -18,8 +19,83 @@ LATENCY_BINS: Final = range(-1100, 1100)
 MAX_BINS: Final = len(LATENCY_BINS)
 _COUNTS: Final = ("calls", "errors", "fallbacks", "timeouts", "costed", "compared", "mismatches")
 _SUMS: Final = ("cost_sum", "cost_sq")
-_CELL_KEYS: Final = frozenset((*_COUNTS, *_SUMS, "latency", "first_chunk"))
+_CELL_KEYS: Final = frozenset((*_COUNTS, *_SUMS, "latency", "metrics", "first_chunk"))
 _SKETCH_KEYS: Final = frozenset(("bins", "zeros", "count", "total"))
+METRIC_NAME_PATTERN: Final = r"^[a-z][a-z0-9_]{0,62}$"
+"""What a custom metric's name looks like: a Prometheus label value and a YAML key without quoting."""
+MAX_METRICS: Final = 64
+"""Custom metrics one cell may hold: a call site that invents names per call must not grow cells without bound."""
+METRIC_BINS: Final = range(-1100, 2100)
+"""Sketch bucket indexes a custom metric's sketch may use: values from 1e-9 to 1e18 (larger are capped)."""
+MAX_METRIC_VALUE: Final = 1e18
+_METRIC_NAME_RE: Final = re.compile(METRIC_NAME_PATTERN)
+_TALLY_KEYS: Final = frozenset(("count", "sum", "sum_squares", "sketch"))
+
+
+class Tally:
+    """One custom metric of one cell: how many values, their sum and sum of squares (a mean and its variance),
+    and, for a metric judged by a quantile, a sketch of the values. Merged by addition, like the cell."""
+
+    __slots__ = ("count", "total", "squares", "sketch")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.squares = 0.0
+        self.sketch: Sketch | None = None
+
+    def add(self, value: float, sketched: bool = False) -> None:
+        """Record one value. A sketch is for non-negative values: 1e-9 or less counts as zero, above 1e18 as 1e18."""
+        self.count += 1
+        self.total += value
+        self.squares += value * value
+        if sketched:
+            sketch = self.sketch
+            if sketch is None:
+                sketch = self.sketch = Sketch()
+            sketch.add(min(value, MAX_METRIC_VALUE))
+
+    def merge(self, other: Tally) -> None:
+        """Add another tally into this one. A sketch holds the values of the parts that kept one: a process
+        running an older spec may not have, so a sketch may count fewer values than the tally."""
+        self.count += other.count
+        self.total += other.total
+        self.squares += other.squares
+        if other.sketch is not None:
+            if self.sketch is None:
+                self.sketch = Sketch()
+            self.sketch.merge(other.sketch)
+
+    @property
+    def mean(self) -> float:
+        """The mean value; NaN with none."""
+        return self.total / self.count if self.count else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form."""
+        out: dict[str, Any] = {"count": self.count, "sum": self.total, "sum_squares": self.squares}
+        if self.sketch is not None:
+            out["sketch"] = self.sketch.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Tally:
+        """The tally a `to_dict` form describes (unchecked: see `check_cell`)."""
+        tally = cls()
+        tally.count = int(data.get("count", 0))
+        tally.total = float(data.get("sum", 0.0))
+        tally.squares = float(data.get("sum_squares", 0.0))
+        if data.get("sketch") is not None:
+            tally.sketch = Sketch.from_dict(data["sketch"])
+        return tally
+
+    def __repr__(self) -> str:
+        return f"Tally(count={self.count}, mean={self.mean:.6g})"
+
+
+def valid_metric_name(name: object) -> bool:
+    """Whether `name` may name a custom metric (METRIC_NAME_PATTERN)."""
+    return isinstance(name, str) and _METRIC_NAME_RE.match(name) is not None
 
 
 class Cell:
@@ -31,7 +107,7 @@ class Cell:
 
     __slots__ = (
         "calls", "errors", "fallbacks", "timeouts", "cost_sum", "cost_sq", "costed", "compared", "mismatches",
-        "latency", "first_chunk",
+        "latency", "metrics", "first_chunk",
     )
 
     def __init__(self) -> None:
@@ -45,6 +121,7 @@ class Cell:
         self.compared = 0
         self.mismatches = 0
         self.latency: Histogram = Sketch()
+        self.metrics: dict[str, Tally] = {}
         # Streams' latency to their first chunk (`latency` is to their end); None where no stream was timed.
         self.first_chunk: Histogram | None = None
 
@@ -69,12 +146,29 @@ class Cell:
         if other.first_chunk is not None:
             self.first_chunk = _merged(self.first_chunk if self.first_chunk is not None else Sketch(),
                                        other.first_chunk)
+        if other.metrics:
+            metrics = self.metrics
+            for name, tally in other.metrics.items():
+                own = metrics.get(name)
+                if own is None:
+                    own = metrics[name] = Tally()
+                own.merge(tally)
 
     def time_first_chunk(self, seconds: float) -> None:
         """Record a stream's latency to its first chunk."""
         if self.first_chunk is None:
             self.first_chunk = Sketch()
         self.first_chunk.add(seconds)
+
+    def metric(self, name: str, value: float, sketched: bool = False) -> None:
+        """Record one value of the custom metric `name` (its sketch too when `sketched`); at most MAX_METRICS
+        names per cell, further ones are dropped (ValueError, which the recorder counts)."""
+        tally = self.metrics.get(name)
+        if tally is None:
+            if len(self.metrics) >= MAX_METRICS:
+                raise ValueError(f"more than {MAX_METRICS} custom metrics in one cell")
+            tally = self.metrics[name] = Tally()
+        tally.add(value, sketched)
 
     @property
     def error_rate(self) -> float:
@@ -92,6 +186,8 @@ class Cell:
             "calls": self.calls, "errors": self.errors, "fallbacks": self.fallbacks, "timeouts": self.timeouts,
             "cost_sum": self.cost_sum, "cost_sq": self.cost_sq, "costed": self.costed,
             "compared": self.compared, "mismatches": self.mismatches, "latency": self.latency.to_dict(),
+            # Left out when empty: cells of call sites without custom metrics stay as they were.
+            **({"metrics": {name: t.to_dict() for name, t in self.metrics.items()}} if self.metrics else {}),
             **({} if self.first_chunk is None else {"first_chunk": self.first_chunk.to_dict()}),
         }
 
@@ -104,6 +200,7 @@ class Cell:
         cell.cost_sum = float(data.get("cost_sum", 0.0))
         cell.cost_sq = float(data.get("cost_sq", 0.0))
         cell.latency = histogram_from_dict(data.get("latency") or {})
+        cell.metrics = {name: Tally.from_dict(t) for name, t in (data.get("metrics") or {}).items()}
         if data.get("first_chunk") is not None:
             cell.first_chunk = histogram_from_dict(data["first_chunk"])
         return cell
@@ -172,6 +269,8 @@ def check_cell(data: object) -> Cell:
         setattr(cell, name, value if type(value) is int and 0 <= value <= MAX_COUNT else _count(value, name))
     cell.cost_sum = _finite(data.get("cost_sum", 0.0), "cost_sum")
     cell.cost_sq = _finite(data.get("cost_sq", 0.0), "cost_sq")
+    if data.get("metrics"):
+        cell.metrics = _check_metrics(data["metrics"])
     latency = data.get("latency") or {}
     if not isinstance(latency, Mapping):
         raise CellError(f"latency is a sketch mapping, got {type(latency).__name__}")
@@ -205,6 +304,71 @@ def check_cell(data: object) -> Cell:
     sketch.total = _finite(latency.get("total", 0.0), "latency.total")
     _consistent(cell)
     return cell
+
+
+def _check_metrics(data: object) -> dict[str, Tally]:
+    """A cell's custom metrics, checked: bounded names and number, counts in range, sums that can be sums."""
+    if not isinstance(data, Mapping) or len(data) > MAX_METRICS:
+        raise CellError(f"metrics is a mapping of at most {MAX_METRICS} metric names to tallies")
+    out: dict[str, Tally] = {}
+    for name, item in data.items():
+        if not valid_metric_name(name):
+            raise CellError(f"metrics: {str(name)[:80]!r} is not a metric name (lowercase letters, digits and _, "
+                            "at most 63, starting with a letter)")
+        where = f"metrics.{name}"
+        if not isinstance(item, Mapping):
+            raise CellError(f"{where} is a mapping of count, sum, sum_squares and sketch")
+        unknown = sorted(str(k) for k in item if k not in _TALLY_KEYS)
+        if unknown:
+            raise CellError(f"unknown field(s) {', '.join(unknown)} in {where}; a tally has count, sum, "
+                            "sum_squares, sketch")
+        tally = Tally()
+        tally.count = _count(item.get("count", 0), f"{where}.count")
+        tally.total = _finite(item.get("sum", 0.0), f"{where}.sum")
+        tally.squares = _finite(item.get("sum_squares", 0.0), f"{where}.sum_squares")
+        if tally.squares < 0 or (tally.count == 0 and (tally.total or tally.squares)):
+            raise CellError(f"{where}: sum_squares must be 0 or more, and both sums 0 when count is 0")
+        # Cauchy-Schwarz: sum^2 <= count * sum_squares for any values (with room for rounding).
+        if tally.total * tally.total > tally.count * tally.squares * (1 + 1e-6) + 1e-9:
+            raise CellError(f"{where}: sum ({tally.total!r}) and sum_squares ({tally.squares!r}) cannot both hold "
+                            f"for {tally.count} values")
+        if item.get("sketch") is not None:
+            tally.sketch = _check_sketch(item["sketch"], f"{where}.sketch", METRIC_BINS)
+            if tally.sketch.count > tally.count:
+                raise CellError(f"{where}.sketch.count ({tally.sketch.count}) exceeds count ({tally.count})")
+        out[name] = tally
+    return out
+
+
+def _check_sketch(data: object, where: str, indexes: range) -> Sketch:
+    """A sketch's `to_dict` form, checked: bucket indexes within `indexes`, counts that add up."""
+    if not isinstance(data, Mapping):
+        raise CellError(f"{where} is a sketch mapping, got {type(data).__name__}")
+    unknown = sorted(str(k) for k in data if k not in _SKETCH_KEYS)
+    if unknown:
+        raise CellError(f"unknown field(s) {', '.join(unknown)} in {where}; a sketch has bins, zeros, count, total")
+    bins = data.get("bins") or {}
+    if not isinstance(bins, Mapping) or len(bins) > len(indexes):
+        raise CellError(f"{where}.bins is a mapping of at most {len(indexes)} bucket indexes to counts")
+    try:
+        parsed = {int(key): n for key, n in bins.items()}
+    except (TypeError, ValueError):
+        raise CellError(f"{where}.bins: {sorted(map(str, bins))[:3]} are not all bucket indexes") from None
+    if len(parsed) != len(bins):
+        raise CellError(f"{where}.bins: a bucket index appears twice")
+    if parsed and (min(parsed) < indexes.start or max(parsed) >= indexes.stop):
+        outside = min(parsed) if min(parsed) < indexes.start else max(parsed)
+        raise CellError(f"{where}.bins: bucket {outside} is outside {indexes.start}..{indexes.stop - 1}")
+    sketch = Sketch()
+    sketch.bins = {index: _count(n, f"{where}.bins[{index}]") for index, n in parsed.items()}
+    sketch.zeros = _count(data.get("zeros", 0), f"{where}.zeros")
+    sketch.count = _count(data.get("count", 0), f"{where}.count")
+    sketch.total = _finite(data.get("total", 0.0), f"{where}.total")
+    if sketch.count != sketch.zeros + sum(sketch.bins.values()):
+        raise CellError(f"{where}.count ({sketch.count}) is not zeros plus the bins' counts")
+    if sketch.total < 0 or (sketch.count == 0 and sketch.total != 0):
+        raise CellError(f"{where}.total ({sketch.total!r}) must be 0 or more, and 0 with no values")
+    return sketch
 
 
 def _check_buckets(latency: Mapping[str, Any]) -> Buckets:
@@ -289,7 +453,20 @@ def arm_metrics(cell: Cell) -> dict[str, Any]:
         "p50": finite(cell.latency.quantile(0.5)), "p95": finite(cell.latency.quantile(0.95)),
         "p99": finite(cell.latency.quantile(0.99)),
         "cost_mean": finite(cell.cost_mean), "cost_sum": finite(cell.cost_sum),
+        **({"metrics": {name: tally_figures(t) for name, t in sorted(cell.metrics.items())}} if cell.metrics else {}),
     }
+
+
+def tally_figures(tally: Tally) -> dict[str, Any]:
+    """One custom metric's figures for people and JSON: count, sum, mean, and quantiles when sketched."""
+
+    def finite(x: float) -> float | None:
+        return None if math.isnan(x) or math.isinf(x) else x
+
+    out: dict[str, Any] = {"count": tally.count, "sum": finite(tally.total), "mean": finite(tally.mean)}
+    if tally.sketch is not None and tally.sketch.count:
+        out.update({f"p{round(q * 100)}": finite(tally.sketch.quantile(q)) for q in (0.1, 0.5, 0.9)})
+    return out
 
 
 def merge_windows(windows: Iterable[Window]) -> dict[str, Cell]:
@@ -303,11 +480,15 @@ def merge_windows(windows: Iterable[Window]) -> dict[str, Cell]:
     return out
 
 
-def open_cell(counts: Mapping[str, int], cost: Mapping[str, float] | None, latency: Mapping[str, Any] | None
-              ) -> Cell:
+def open_cell(counts: Mapping[str, int], cost: Mapping[str, float] | None, latency: Mapping[str, Any] | None,
+              metrics: Mapping[str, Mapping[str, float]] | None = None) -> Cell:
     """The cell an open telemetry window describes (counters, cost sums, explicit latency buckets in `s` or
-    `ms`, not cumulative), as clients in any language post it; ValueError when the buckets do not fit."""
+    `ms`, not cumulative, custom metrics' count, sum and sum of squares), as clients in any language post it;
+    ValueError when the buckets do not fit."""
     cell = Cell()
+    for name, values in (metrics or {}).items():
+        tally = cell.metrics[name] = Tally()
+        tally.count, tally.total, tally.squares = int(values["count"]), float(values["sum"]), float(values["sum_squares"])
     for name in ("calls", "errors", "fallbacks", "timeouts", "compared", "mismatches"):
         setattr(cell, name, int(counts.get(name, 0)))
     if cost is not None:

@@ -507,7 +507,8 @@ def _compact(window: WindowModel | OpenWindowModel, index: int) -> dict[str, Any
     latency = window.latency
     try:
         cell = open_cell(window.counts.model_dump(), None if window.cost is None else window.cost.model_dump(),
-                         None if latency is None else latency.model_dump())
+                         None if latency is None else latency.model_dump(),
+                         None if window.metrics is None else {k: v.model_dump() for k, v in window.metrics.items()})
     except ValueError as exc:
         raise SpecError("<telemetry>", [Problem(f"windows[{index}].latency", str(exc))]) from None
     return cell.to_dict()

@@ -20,6 +20,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from crossfade.backends.base import Backend
 from crossfade.controller import assess, is_active, stage_cells
 from crossfade.events import ROLLBACK_STARTED, ROLLED_BACK, ROLLING_BACK, State
+from crossfade.metricjudge import declared_figures
+from crossfade.routing import CANDIDATE, LEGACY
 from crossfade.sketch import Sketch
 from crossfade.spec import Spec
 from crossfade.stagedata import stage_windows as read_stage
@@ -111,6 +113,15 @@ class CrossfadeCollector(Collector):
                                        labels=arm)
         mismatched = CounterMetricFamily("crossfade_arm_mismatches", "Compared answers per arm that differed",
                                          labels=arm)
+        custom = [*arm, "metric"]
+        recorded = CounterMetricFamily("crossfade_arm_metric_values", "Values recorded per arm of each custom metric "
+                                       "(obs.metric, metrics=, mig.record; similarity for graded comparisons)",
+                                       labels=custom)
+        recorded_sum = CounterMetricFamily("crossfade_arm_metric_sum", "Sum of the values recorded per arm of each "
+                                           "custom metric", labels=custom)
+        declared = GaugeMetricFamily("crossfade_arm_metric", "Each declared custom metric per arm as the spec "
+                                     "judges it (a rate, a count, a mean or a quantile; NaN without data)",
+                                     labels=custom)
         gate = ["migration", "gate"]
         estimate = GaugeMetricFamily("crossfade_gate_estimate", "A gate's current estimate (NaN without data)",
                                      labels=gate)
@@ -147,7 +158,18 @@ class CrossfadeCollector(Collector):
                 compared.add_metric(labels, float(cell.compared))
                 mismatched.add_metric(labels, float(cell.mismatches))
                 latency.add_metric(labels, histogram_buckets(cell.latency), cell.latency.total)
-            model = self.spec(name, state.spec_version) if self.spec is not None and is_active(state) else None
+                for metric_name, tally in sorted(cell.metrics.items()):
+                    recorded.add_metric([*labels, metric_name], float(tally.count))
+                    recorded_sum.add_metric([*labels, metric_name], tally.total)
+            spec = self.spec(name, state.spec_version) if self.spec is not None else None
+            if spec is not None and spec.metrics:
+                cells = stage_cells(state, windows)
+                for metric_name, shown in declared_figures(spec, cells).items():
+                    for arm_name in (CANDIDATE, LEGACY):
+                        value = shown[arm_name]
+                        declared.add_metric([name, state.stage, arm_name, metric_name],
+                                            math.nan if value is None else float(value))
+            model = spec if is_active(state) else None
             if model is not None and state.stage_index + 1 < len(model.stages):
                 judged = assess(model, state, windows, self.clock())
                 for g in judged.judgement.gates:
@@ -155,7 +177,8 @@ class CrossfadeCollector(Collector):
                                           (limit, g.limit)):
                         family.add_metric([name, g.gate], math.nan if value is None else float(value))
         yield from (info, stage, traffic, shadow, verdict, rollbacks, events, source, calls, errors, fallbacks,
-                    timeouts, cost, costed, compared, mismatched, latency, estimate, lower, upper, limit)
+                    timeouts, cost, costed, compared, mismatched, latency, recorded, recorded_sum, declared, estimate,
+                    lower, upper, limit)
         yield from self._notifications()
         skipped = CounterMetricFamily("crossfade_telemetry_rows_skipped", "Stored telemetry rows that could not be "
                                       "read as cells, skipped by every reader")

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from crossfade.spec import NAME_PATTERN
+from crossfade.telemetry import MAX_METRICS, METRIC_NAME_PATTERN
 
 # Names follow the spec's rule; free text may not hold NUL, which PostgreSQL text cannot store.
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
@@ -105,13 +106,27 @@ class ArmMetrics(BaseModel):
     p99: float | None
     cost_mean: float | None
     cost_sum: float | None
+    metrics: dict[str, dict[str, float | None]] | None = Field(
+        None, description="Custom metrics recorded on this arm: count, sum, mean (and p10, p50, p90 when sketched)")
+
+
+class CustomMetricFigures(BaseModel):
+    """A declared custom metric per arm as the spec judges it: a rate, a count, a mean or a quantile."""
+
+    kind: str
+    label: str
+    bad: str = Field(description="Which side is harmful: high or low")
+    candidate: float | None
+    legacy: float | None
 
 
 class TriggerModel(BaseModel):
-    """A trigger of the spec: roll back when `metric` is above `above` over `window` seconds."""
+    """A trigger of the spec: roll back when `metric` is above `above` (or, for a custom metric whose low values
+    are the harm, below `below`) over `window` seconds."""
 
     metric: str
-    above: float
+    above: float | None
+    below: float | None = None
     window: float
     min_samples: int
     for_: float | None = Field(alias="for")
@@ -137,6 +152,8 @@ class MigrationDetail(BaseModel):
                                                           "firing triggers, samples, what the stage waits for")
     last_verdict: EventModel | None = Field(description="The last verdict event of the current stage")
     triggers: list[TriggerModel]
+    metrics: dict[str, CustomMetricFigures] = Field(default_factory=dict,
+                                                    description="The declared custom metrics per arm")
     pending_approval: dict[str, Any] | None
     source: SourceModel | None = Field(None, description="The metric source the judge reads, and why it failed "
                                                          "when it cannot be read (the stage then holds)")
@@ -283,6 +300,17 @@ class OpenCost(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class OpenMetric(BaseModel):
+    """One custom metric's values in the window (delivered, lost, tokens): how many, their sum, and the sum of
+    their squares (means and rates need the variance). Declared and judged under the spec's `metrics:`."""
+
+    count: Count
+    sum: Finite
+    sum_squares: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class OpenHistogram(BaseModel):
     """Latency as explicit buckets (as OpenTelemetry's explicit-bucket histogram and Prometheus' `le` buckets
     keep it): `counts[i]` values in (bounds[i-1], bounds[i]], the last count above the last bound; not
@@ -307,6 +335,8 @@ class OpenWindowModel(BaseModel):
     counts: OpenCounts
     cost: OpenCost | None = None
     latency: OpenHistogram | None = None
+    metrics: Annotated[dict[Annotated[str, Field(pattern=METRIC_NAME_PATTERN)], OpenMetric],
+                       Field(max_length=MAX_METRICS)] | None = None
 
     model_config = ConfigDict(extra="forbid", title="crossfade open telemetry window")
 

@@ -11,6 +11,7 @@ from crossfade.events import AWAITING_APPROVAL, VERDICT, State
 from crossfade.metrics import SourceError, create_source, source_name
 from crossfade.replay import stage_periods, stay
 from crossfade.spec import Spec, format_duration
+from crossfade.metricjudge import declared_figures
 from crossfade.telemetry import Window, arm_metrics
 
 # How far back the dashboard's charts reach by default, and how many events are searched for the last verdict.
@@ -48,7 +49,8 @@ def detail(backend: Backend, state: State, spec: Spec, now: float, windows: Sequ
         "controller": controller,
         "last_verdict": last_verdict(backend, state),
         "triggers": [{"metric": t.metric, "above": t.above, "window": t.window, "min_samples": t.min_samples,
-                      "for": t.for_} for t in spec.triggers],
+                      "for": t.for_, **({} if t.below is None else {"below": t.below})} for t in spec.triggers],
+        "metrics": declared_figures(spec, cells),
         "pending_approval": pending,
         "source": {"name": source_name(spec.source)[0], "error": source_error},
     }

@@ -181,10 +181,22 @@ function skeleton(name) {
     <h2>Triggers</h2><div id="triggers" class="card"></div>
     <h2>Notifications</h2><div id="notifications" class="card"></div>
     <h2>Arms in this stage</h2><div id="arms" class="card"></div>
+    <h2>Custom metrics</h2><div id="custom" class="card"></div>
     <h2>Over time</h2><div id="charts" class="charts"></div>
     <h2>Events</h2><div class="card"><ul id="timeline" class="timeline"></ul></div>`;
   $("#rollback").addEventListener("click", () => operate(name, "rollback", $("#reason").value.trim() || "rolled back from the dashboard"));
   $("#stepback").addEventListener("click", () => operate(name, "step-back", $("#reason").value.trim() || "stepped back from the dashboard"));
+}
+
+// A custom metric's value: a rate as a percentage, anything else as a number.
+function customValue(f, x) {
+  if (x == null) return "-";
+  return f.kind === "rate" ? pct(x) : esc(Number(x).toPrecision(4));
+}
+
+function triggerThreshold(t, custom) {
+  if (custom) return t.below != null ? `below ${customValue(custom, t.below)}` : `above ${customValue(custom, t.above)}`;
+  return `above ${esc(t.metric.includes("latency_p") && !t.metric.endsWith("ratio") ? ms(t.above) : t.metric.endsWith("ratio") ? `x${t.above}` : pct(t.above))}`;
 }
 
 async function renderMigration(name) {
@@ -227,7 +239,7 @@ async function renderMigration(name) {
     : `<p class="muted">No verdict in this stage yet.</p>`);
   const firing = m.controller?.triggers ?? [];
   $("#triggers").innerHTML = (m.triggers.length
-    ? `<ul>${m.triggers.map((t) => `<li>${esc(t.metric)} above ${esc(t.metric.includes("latency_p") && !t.metric.endsWith("ratio") ? ms(t.above) : t.metric.endsWith("ratio") ? `x${t.above}` : pct(t.above))} over ${t.window}s rolls back</li>`).join("")}</ul>`
+    ? `<ul>${m.triggers.map((t) => `<li>${esc(t.metric)} ${triggerThreshold(t, m.metrics?.[t.metric])} over ${t.window}s rolls back</li>`).join("")}</ul>`
     : `<p class="muted">No triggers.</p>`) + firing.map((f) => `<p class="error">FIRING: ${esc(f)}</p>`).join("");
   $("#notifications").innerHTML = notes.length
     ? `<table><tr><th>event</th><th>kind</th><th>to</th><th>status</th><th class="num">tries</th><th>last error</th></tr>
@@ -240,6 +252,11 @@ async function renderMigration(name) {
     ? `<table><tr><th>arm</th><th class="num">calls</th><th class="num">error rate</th><th class="num">fallbacks</th><th class="num">p50</th><th class="num">p95</th><th class="num">p99</th></tr>
       ${arms.map(([arm, a]) => `<tr><td>${esc(arm)}</td><td class="num">${a.calls}</td><td class="num">${pct(a.error_rate)}</td><td class="num">${a.fallbacks}</td><td class="num">${ms(a.p50)}</td><td class="num">${ms(a.p95)}</td><td class="num">${ms(a.p99)}</td></tr>`).join("")}</table>`
     : `<p class="muted">No calls recorded in this stage yet.</p>`;
+  const custom = Object.entries(m.metrics ?? {});
+  $("#custom").innerHTML = custom.length
+    ? `<table><tr><th>metric</th><th class="num">candidate</th><th class="num">legacy</th><th>bad</th></tr>
+      ${custom.map(([name, f]) => `<tr data-metric="${esc(name)}"><td>${esc(f.label)}</td><td class="num">${customValue(f, f.candidate)}</td><td class="num">${customValue(f, f.legacy)}</td><td>${esc(f.bad)}</td></tr>`).join("")}</table>`
+    : `<p class="muted">No custom metrics declared (<code>metrics:</code> in the spec).</p>`;
   const pts = series.points;
   $("#charts").innerHTML = lineChart("error rate", pts, (p) => p.error_rate, pct)
     + lineChart("p50 latency", pts, (p) => p.p50, ms) + lineChart("p95 latency", pts, (p) => p.p95, ms) + lineChart("p99 latency", pts, (p) => p.p99, ms);
