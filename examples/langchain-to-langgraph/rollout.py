@@ -49,7 +49,7 @@ def main(directory: Path, candidate: str = "healthy", runs: int = 1, *, rate: fl
     """
     directory.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{directory / 'crossfade.db'}"
-    cf = crossfade.connect(url, refresh=0.05, window=0.2)
+    cf = crossfade.connect(url, refresh=0.05, window=0.5)
     chain = assistant.Chain()
     graph = assistant.Graph(None if candidate == "healthy" else candidate)
     names = [f"assistant-langgraph-{i + 1}" for i in range(runs)] if runs > 1 else ["assistant-langgraph"]
