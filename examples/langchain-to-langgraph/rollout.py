@@ -2,7 +2,7 @@
 
     python rollout.py DIR [healthy|wrong|regression] [RUNS]     (creates DIR/crossfade.db)
 
-The assistant's three call sites go through one migration: `mig.run` (sync), `mig.arun` (async) and
+The assistant's four call sites go through one migration: `mig.run` (sync), `mig.arun` (async) and
 `mig.stream` / `mig.astream` (streaming). Users are the sticky keys. `crossfade run-controller` runs in its own
 process, as in production, and moves the migration stage by stage, or rolls it back. With RUNS > 1 the same
 rollout runs that many times side by side (one migration each), to show how often it ends the same way.
@@ -49,7 +49,7 @@ def main(directory: Path, candidate: str = "healthy", runs: int = 1, *, rate: fl
     """
     directory.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{directory / 'crossfade.db'}"
-    cf = crossfade.connect(url, refresh=0.05, window=0.2)
+    cf = crossfade.connect(url, refresh=0.05, window=0.5)
     chain = assistant.Chain()
     graph = assistant.Graph(None if candidate == "healthy" else candidate)
     names = [f"assistant-langgraph-{i + 1}" for i in range(runs)] if runs > 1 else ["assistant-langgraph"]

@@ -23,7 +23,7 @@ def _rollout():
 
 
 def test_a_healthy_graph_with_noise_cancellation_completes_in_20_of_20_runs(tmp_path):
-    result = _rollout().main(tmp_path, "healthy", 20, rate=150, deadline=150)
+    result = _rollout().main(tmp_path, "healthy", 20, rate=200, deadline=240)
     assert result["ends"] == {"completed": 20}, result["runs"]
     for run in result["runs"].values():  # the tokens of every answer, served or shadowed, are its cost
         assert run["tokens"]["candidate"] == pytest.approx(run["tokens"]["legacy"], rel=0.25)
