@@ -1,4 +1,7 @@
-"""A batch run in its own process, for the crash tests: `python worker.py URL LOG SEED` (killed with -9)."""
+"""A batch run in its own process, for the crash tests: `python worker.py URL LOG SEED [STALL_AFTER MARK]`.
+
+With STALL_AFTER, every transform after that many blocks for ever (writing the file MARK once), so the test
+kills the process with -9 at a point it chose, however loaded the machine is."""
 
 from __future__ import annotations
 
@@ -15,12 +18,23 @@ from tests.batch.records import log_line, to_v2, valid_v2  # noqa: E402
 
 def main() -> None:
     url, log, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    stall_after = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+    mark = sys.argv[5] if len(sys.argv) > 5 else ""
     rng = random.Random(seed)
     lock = threading.Lock()
+    done = [0]
+    never = threading.Event()
 
     def transform(key: str, data: bytes) -> bytes:
         with lock:
             fault = rng.random() < 0.05
+            done[0] += 1
+            stall = stall_after and done[0] > stall_after
+            if stall and done[0] == stall_after + 1:
+                with open(mark, "w") as marked:
+                    marked.write("stalled")
+        if stall:
+            never.wait()  # until the test kills the process
         if fault:
             raise ConnectionError("transient: connection reset by peer")
         after = to_v2(data)

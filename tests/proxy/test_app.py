@@ -180,6 +180,9 @@ def test_bad_proxy_arguments_are_one_line_errors(sqlite_url):
     assert bad_path.exit_code == 2 and "must start with $" in bad_path.output
     bad_listen = runner.invoke(app, [*base, "--key", "header:X", "--listen", "8080"])
     assert bad_listen.exit_code == 2 and "expected host:port" in bad_listen.output
+    missing = runner.invoke(app, [*base, "--key", "header:X"])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+    crossfade.connect(sqlite_url).close()  # a store with no migration named quotes
     unknown = runner.invoke(app, [*base, "--key", "header:X"])
     assert unknown.exit_code == 1 and "no migration named 'quotes'" in unknown.output
     assert "Traceback" not in bad_key.output + bad_url.output + bad_path.output + unknown.output
