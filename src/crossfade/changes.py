@@ -34,7 +34,7 @@ from crossfade.routing import CANDIDATE, LEGACY
 from crossfade.sketch import ALPHA as SKETCH_ACCURACY
 from crossfade.sketch import Sketch
 from crossfade.spec import Spec, format_duration, format_percent
-from crossfade.stats import quantile_interval
+from crossfade.stats import _cs_margin, quantile_interval
 from crossfade.telemetry import Cell, Window
 
 # Starts older than this are not tried: a change is looked for among the last 45 minutes of windows (which
@@ -136,8 +136,6 @@ def detect(spec: Spec, windows: Sequence[Window], reference: Mapping[str, Cell] 
 def _rate_upper(x: int, n: int, alpha: float) -> float:
     """An upper bound of a rate valid at every look (the one-sided normal-mixture sequence, Agresti-adjusted,
     tuned for 10,000 calls): legacy's rate, against which the candidate's recent calls are counted."""
-    from crossfade.stats import _cs_margin  # the same boundary the gates use
-
     p = (x + 1.0) / (n + 2.0)
     return min(p + math.sqrt(p * (1.0 - p) / (n + 2.0)) * math.sqrt(n) * _cs_margin(n, alpha, "upper", 10_000.0),
                1.0)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from crossfade.changes import ChangeAlarm, detect
 from crossfade.events import (
     AWAITING_APPROVAL,
     PAUSED,
@@ -21,16 +22,15 @@ from crossfade.events import (
     Change,
     StageProgress,
     State,
+    bake_end_change,
+    baking,
     promote_change,
     request_approval_change,
     rollback_change,
     rollback_start_change,
     rollback_step_change,
     step_back_change,
-    bake_end_change,
-    baking,
 )
-from crossfade.changes import ChangeAlarm, detect
 from crossfade.judge import Firing, Judgement, check_triggers, judge
 from crossfade.routing import CANDIDATE, LEGACY
 from crossfade.spec import Spec, format_duration
