@@ -61,7 +61,10 @@ def test_a_tighter_spec_rolls_the_demos_faulty_migration_back_earlier_and_a_loos
     # The recording ends at its rollback: a looser spec has not acted by then, so it would act later, if at all.
     assert looser["replayed_failure"] is None and looser["recorded_end_s"] >= recorded
     assert "later than the recorded rollback" in looser["summary"]
-    assert [s["replayed"]["decision"] for s in looser["stages"][:3]] == [PROMOTE] * 3
+    # The recording ends early in its third stage (change detection caught the fault a look after it began):
+    # the looser spec promotes the first two and has not decided the third by then.
+    decisions = [s["replayed"]["decision"] for s in looser["stages"]]
+    assert decisions[:2] == [PROMOTE] * 2 and ROLLBACK not in decisions
     shown = runner.invoke(app, ["replay", "demo-pricing", "--spec", str(tmp_path / "other.yaml"), "--url", faulty_demo])
     assert shown.exit_code == 0 and "later than the recorded rollback" in shown.output.replace("\n", " ")
 
