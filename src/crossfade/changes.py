@@ -19,8 +19,10 @@ over the period's J planned intervals (its hold, or the bake) and J / (2 k (k - 
 
 How alpha is shared: `analysis.change_share` of the spec's alpha goes to change detection, split evenly over
 the judged periods (every stage but the last, plus the bake) and the detected gates, half of each part for
-the reference bound (legacy's rate or quantile), half for the detector. Cost is not watched by the detector
-(its gate still judges the whole stage).
+the reference bound (legacy's rate, an anytime-valid sequence; legacy's quantile, a fixed-sample interval
+spent look by look with the same weights), half for the detector. The arms' calls are independent, so given
+legacy's data the detector's bound holds whenever the reference bound does. Cost is not watched by the
+detector (its gate still judges the whole stage).
 """
 
 from __future__ import annotations
