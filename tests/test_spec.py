@@ -1007,3 +1007,17 @@ def test_a_source_names_one_registered_source_whose_settings_it_checks() -> None
         with pytest.raises(SpecError) as caught:
             load_spec({**minimal(), "source": source})
         assert any(p.path == path and message in p.message for p in caught.value.problems), caught.value.problems
+
+
+def test_bake_and_change_share_are_read_written_and_checked() -> None:
+    base = {"name": "m", "stages": [{"traffic": "10%"}, {"traffic": "100%"}]}
+    plain = load_spec(base)
+    assert plain.bake == 0 and plain.analysis.change_share == 0.25
+    assert "bake" not in plain.to_dict() and "change_share" not in plain.to_dict()["analysis"]  # digests stay
+    baked = load_spec({**base, "bake": "1h", "analysis": {"change_share": "10%"}})
+    assert baked.bake == 3600 and baked.analysis.change_share == 0.1
+    assert load_spec(baked.to_dict()) == baked
+    assert problems({**base, "bake": "soon", "analysis": {"change_share": "80%"}}) == [
+        'analysis.change_share: 80% is not a usable share; pick one from 0% (no change detection) to 50%, e.g. 25%',
+        'bake: "soon" is not a duration; write e.g. 250ms, 30s, 5m, 1h30m',
+    ]
