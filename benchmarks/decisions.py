@@ -8,16 +8,20 @@ controller loop and a temporary backend. Each workload is judged four ways, on t
 - crossfade: the spec's gates (anytime-valid confidence sequences, alpha spent across looks and stages; a stage
   is not left while a gate's estimate is past its limit);
 - growthbook: no gates; an outside judge as GrowthBook's sequential testing works: the attempt's data pooled over
-  every stage of the ramp, per metric (error rate difference, mean latency ratio, mean cost ratio) the same
-  asymptotic confidence sequence (`crossfade.stats`), one-sided at 1% / 3 metrics, rolling back when the bound
-  is past the gate's allowance (the mean latency against the p95 gate's ratio: with a lognormal scaled as a
-  whole, both move together);
+  every stage of the ramp, per metric (error rate difference, mean latency ratio, mean cost ratio) GrowthBook's
+  own `gbstats` SequentialTwoSidedTTest (`pip install gbstats`; without it the same asymptotic confidence
+  sequence from `crossfade.stats`), its lower bound one-sided at 1% / 3 metrics, rolling back when it is past
+  the gate's allowance (the mean latency against the p95 gate's ratio: with a lognormal scaled as a whole, both
+  move together). It has no bake: in the last stage legacy has no calls and it judges nothing;
 - kayenta: no gates; an outside judge, as Kayenta's NetflixACAJudge works: every interval, per metric (error
   rate, p95 latency, mean cost), a two-sided Mann-Whitney test (`crossfade.stats.mann_whitney`) at 98% on
   the per-interval values of each arm since the stage began, failing the metric when the candidate is
   significantly higher and its mean exceeds the gate's allowance (Kayenta's effect-size tolerance); any
   failing metric rolls back (a score below a 75 marginal with three metrics). No alpha spending;
 - threshold (with --threshold): no gates, one trigger `error_rate > 5% over 5m`, acted on by the controller.
+
+crossfade's spec has `bake: 1h`: the last stage is judged for an hour against the legacy measured before it, with
+change detection (`crossfade.changes`) and the gates, before the migration completes.
 
 Scenarios: (a) a candidate identical to legacy, and one exactly at each gate's limit (error rate + the
 allowed increase, p95 x the allowed ratio, cost x the allowed ratio): a rollback there is a false FAIL, which
@@ -63,6 +67,7 @@ gates:
   latency: {quantile: p95, max_ratio: 1.25}
   cost: {max_ratio: 1.5}
 analysis: {interval: 1m, confidence: 99%}
+bake: 1h
 """
 THRESHOLD_TRIGGER = {"metric": "error_rate", "above": "5%", "window": "5m"}
 KAYENTA_CONFIDENCE = 0.98
@@ -80,6 +85,10 @@ SCENARIOS: list[tuple[str, str, tuple[str, str] | None, bool, str | None]] = [
     ("b: cost x2", "cost=x2", None, True, "cost"),
     ("b: errors 3%, p95 x1.5, cost x2", "errors=3% latency=x1.5 cost=x2", None, True, None),
     ("b: step to errors 3% at 30m", "errors=3%", ("step", "30m"), True, "error_rate"),
+    # The last promotion is due at 1h45m (15m + 30m + 1h of holds): a fault 5 minutes before it, and a drift
+    # that starts with the last judged stage and is complete when it ends.
+    ("b: late step (errors 3% 5m before 100%)", "errors=3%", ("step", "100m"), True, "error_rate"),
+    ("b: drift to errors 3% over 1h", "errors=3%", ("drift", "45m", "1h"), True, "error_rate"),
 ]
 JUDGES = ("crossfade", "growthbook", "kayenta")
 # Which gate a rollback reason names (crossfade's sentences; the outside judges name their metric).
@@ -166,19 +175,57 @@ class GrowthBookJudge:
                     pooled.merge(cells[arm])
         if c.calls < 2 or l.calls < 2:
             return None
-        errors = proportion_diff_cs(c.errors, c.calls, l.errors, l.calls, alpha=self.alpha, sided="lower")
-        if errors.lower > self.error_allowance:
-            return f"growthbook: error rate {errors.estimate * 100:+.2f} pp, lower bound {errors.lower * 100:+.2f} pp"
+        lower = _gbstats_error_lower(c, l, self.alpha)
+        if lower > self.error_allowance:
+            return (f"growthbook: error rate {(c.errors / c.calls - l.errors / l.calls) * 100:+.2f} pp, lower bound "
+                    f"{lower * 100:+.2f} pp")
         for metric, allowance, moments in (("latency", self.latency_allowance, _latency_moments),
                                            ("cost", self.cost_allowance, _cost_moments)):
             (mean_c, var_c, n_c), (mean_l, var_l, n_l) = moments(c), moments(l)
             if n_c < 2 or n_l < 2 or mean_l <= 0:
                 continue
-            low = mean_diff_cs(mean_c, var_c, n_c, allowance * mean_l, allowance**2 * var_l, n_l, alpha=self.alpha,
-                               sided="lower")
-            if low.lower > 0:
+            if _gbstats_ratio_beyond(moments(c), moments(l), allowance, self.alpha):
                 return f"growthbook: mean {metric} x{mean_c / mean_l:.2f}, above x{allowance:g}"
         return None
+
+
+def _gbstats() -> Any:
+    try:
+        from gbstats.frequentist.tests import SequentialConfig, SequentialTwoSidedTTest
+        from gbstats.models.statistics import ProportionStatistic, SampleMeanStatistic
+    except ImportError:
+        return None
+    return SequentialConfig, SequentialTwoSidedTTest, ProportionStatistic, SampleMeanStatistic
+
+
+def _gbstats_error_lower(c: Cell, l: Cell, alpha: float) -> float:  # noqa: E741 - l for legacy
+    """The lower bound of the error-rate difference, one-sided at alpha (gbstats' two-sided at 2 alpha)."""
+    found = _gbstats()
+    if found is None:
+        return proportion_diff_cs(c.errors, c.calls, l.errors, l.calls, alpha=alpha, sided="lower").lower
+    config, test, proportion, _ = found
+    result = test(proportion(n=l.calls, sum=l.errors), proportion(n=c.calls, sum=c.errors),
+                  config(alpha=2 * alpha, difference_type="absolute", sequential_tuning_parameter=5000))
+    return float(result.confidence_interval[0])
+
+
+def _gbstats_ratio_beyond(c: tuple[float, float, int], l: tuple[float, float, int], allowance: float,  # noqa: E741
+                          alpha: float) -> bool:
+    """Whether the candidate's mean over legacy's is surely above `allowance` (gbstats' relative lift)."""
+    (mean_c, var_c, n_c), (mean_l, var_l, n_l) = c, l
+    found = _gbstats()
+    if found is None:
+        low = mean_diff_cs(mean_c, var_c, n_c, allowance * mean_l, allowance**2 * var_l, n_l, alpha=alpha,
+                           sided="lower")
+        return low.lower > 0
+    config, test, _, sample_mean = found
+
+    def stat(mean: float, var: float, n: int) -> Any:
+        return sample_mean(n=n, sum=mean * n, sum_squares=var * (n - 1) + mean * mean * n)
+
+    result = test(stat(mean_l, var_l, n_l), stat(mean_c, var_c, n_c),
+                  config(alpha=2 * alpha, difference_type="relative", sequential_tuning_parameter=5000))
+    return float(result.confidence_interval[0]) > allowance - 1.0
 
 
 def _latency_moments(cell: Cell) -> tuple[float, float, int]:
@@ -256,12 +303,15 @@ def main() -> int:
     parser.add_argument("--judges", default=",".join(JUDGES), help="which judges, comma-separated")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: cores)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument("--scenarios", default="", help="only the scenarios whose name contains one of these "
+                        "comma-separated words (e.g. late,drift,identical)")
     args = parser.parse_args()
     runs = 30 if args.quick else args.runs
     rates = [float(r) for r in args.rps.split(",")]
     judges = tuple(args.judges.split(",")) + (("threshold",) if args.threshold else ())
-    tasks = [(rps, i, judge, seed) for rps in rates for i in range(len(SCENARIOS)) for judge in judges
-             for seed in range(runs)]
+    words = [w for w in args.scenarios.split(",") if w]
+    chosen = [i for i, sc in enumerate(SCENARIOS) if not words or any(w in sc[0] for w in words)]
+    tasks = [(rps, i, judge, seed) for rps in rates for i in chosen for judge in judges for seed in range(runs)]
     started = time.perf_counter()
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
     results: dict[tuple[float, int, str], list[Outcome]] = {}
@@ -269,9 +319,8 @@ def main() -> int:
         for rps, index, judge, outcome in pool.map(run_one, tasks, chunksize=8):
             results.setdefault((rps, index, judge), []).append(outcome)
     elapsed = time.perf_counter() - started
-    rows = [_row(rps, i, judge, results[(rps, i, judge)]) for rps in rates for i in range(len(SCENARIOS))
-            for judge in judges]
-    share = gate_alpha(load_spec(SPEC)) * 3  # one gate's share over the three judged stages
+    rows = [_row(rps, i, judge, results[(rps, i, judge)]) for rps in rates for i in chosen for judge in judges]
+    share = gate_alpha(load_spec(SPEC)) * 4  # one gate's share over the three judged stages and the bake
     if args.json:
         print(json.dumps({"spec": SPEC, "legacy": LEGACY, "runs": runs, "seconds": elapsed, "gate_alpha": share,
                           "rows": rows}, indent=2))

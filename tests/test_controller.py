@@ -289,3 +289,96 @@ def test_latency_looks_are_counted_from_the_first_data_in_both_arms():
     assert look_number(run.spec, run.state, entered + 1800 + 180, windows) == 3
     assert look_number(run.spec, run.state, entered + 1800 + 60) == 32  # counted from entry, as before
     assert look_number(run.spec, run.state, entered + 600, windows[:1]) == 1
+
+
+# -- bake and change detection (issue 10, item 8) ----------------------------------------------
+
+
+def _baked(**overrides):
+    return spec(stages=[{"name": "canary", "traffic": "50%", "hold": "10m"}, {"name": "full", "traffic": "100%"}],
+                bake="30m", **overrides)
+
+
+def test_the_last_stage_bakes_before_the_migration_completes():
+    run = Run(_baked()).minutes(12)
+    assert run.state.stage == "full" and run.state.status == "running"
+    entry = [e for e in run.events if e.type == "promoted"][-1]
+    assert entry.payload["bake"] == 1800 and not entry.payload["final"]
+    assert entry.payload["baseline"]["calls"] > 5000  # legacy's cell of the stage left, to judge against
+    a = assess(run.spec, run.state, run.windows, run.now)
+    assert a.baking and a.to_dict()["baking"] and "bake: " in a.waiting_for
+    assert [g.verdict for g in a.judgement.gates] in (["PASS"], ["INCONCLUSIVE"])  # judged against the baseline
+    run.minutes(20)
+    assert run.state.status == "running"
+    run.minutes(12)
+    assert run.state.status == "completed" and run.types()[-1] == "baked"
+    assert "bake 30m passed" in run.events[-1].reason
+    assert fold("m", run.events) == run.state
+    assert verify(run.events, head=(run.state.seq, run.state.head)) is None
+
+
+def test_a_fault_during_the_bake_is_rolled_back():
+    run = Run(_baked()).minutes(12)
+    assert run.state.stage == "full"
+    run.candidate_errors = 0.03
+    run.minutes(30)
+    assert run.state.status == "rolled_back", run.types()
+    assert run.events[-1].payload["from_stage"] == "full"
+
+
+def test_a_fault_late_in_a_long_stage_is_caught_by_change_detection():
+    # Errors step from 1% to 3% 2.5 hours into a 4-hour stage: the whole stage's estimate stays within the
+    # +1 pp limit for long, diluted by the good hours; the candidate's recent calls alone are not.
+    s = spec(stages=[{"name": "half", "traffic": "50%", "hold": "4h"}, {"name": "full", "traffic": "100%"}])
+    run = Run(s, rps=20).minutes(150)
+    assert run.state.stage == "half" and run.state.status == "running"
+    run.candidate_errors = 0.03
+    run.minutes(90)
+    rolled = [e for e in run.events if e.type == "rolled_back"]
+    assert rolled and rolled[0].payload.get("changes"), run.types()
+    assert rolled[0].reason.startswith("change in error_rate: error rate ")
+
+
+def test_without_change_detection_the_same_late_fault_is_diluted():
+    s = spec(stages=[{"name": "half", "traffic": "50%", "hold": "4h"}, {"name": "full", "traffic": "100%"}],
+             analysis={"interval": "1m", "change_share": "0%"})
+    run = Run(s, rps=20).minutes(150)
+    run.candidate_errors = 0.03
+    run.minutes(30)
+    assert run.state.status == "running"  # the gate has not caught it 30 minutes on
+
+
+def test_an_operator_promote_is_refused_while_an_estimate_is_past_its_limit_unless_forced():
+    from crossfade.controller import stage_progress
+    from crossfade.events import TransitionError, operation
+
+    run = _undecided_run()
+    now = run.now + 3 * 3600
+    progress = stage_progress(run.spec, run.state, run.windows, now)
+    assert progress.past_limit and "+2.00 pp" in progress.past_limit[0]
+    try:
+        operation("promote", run.state, run.spec, progress=progress)
+    except TransitionError as exc:
+        assert "past its limit: candidate error rate +2.00 pp" in str(exc) and "promote --force" in str(exc)
+    else:
+        raise AssertionError("a promote past a limit was allowed")
+    (forced,) = operation("promote", run.state, run.spec, progress=progress, force=True)
+    assert forced.type == "promoted" and forced.payload["forced"]
+    assert any("past its limit" in u for u in forced.payload["unmet"])
+
+
+def test_an_operator_promote_during_the_bake_completes_only_when_the_bake_is_over_or_forced():
+    from crossfade.controller import stage_progress
+    from crossfade.events import TransitionError, operation
+
+    run = Run(_baked()).minutes(12)
+    progress = stage_progress(run.spec, run.state, run.windows, run.now)
+    assert 0 < progress.hold_left <= 1800
+    try:
+        operation("promote", run.state, run.spec, progress=progress)
+    except TransitionError as exc:
+        assert "is baking" in str(exc) and "the bake has" in str(exc)
+    else:
+        raise AssertionError("a promote during the bake was allowed")
+    (done,) = operation("promote", run.state, run.spec, progress=progress, force=True)
+    assert done.type == "baked" and done.payload["final"] and done.payload["forced"]

@@ -38,7 +38,16 @@ def verdicts(judgement):
 
 
 def test_alpha_is_split_across_judged_stages_and_gates():
-    assert gate_alpha(SPEC) == pytest.approx(0.01 / (2 * 4))
+    # A quarter of the alpha goes to change detection by default; the rest is split over stages and gates.
+    assert gate_alpha(SPEC) == pytest.approx(0.01 * 0.75 / (2 * 4))
+
+
+def test_a_bake_is_one_more_judged_period_and_change_share_zero_gives_the_gates_all_the_alpha():
+    data = SPEC.to_dict()
+    baked = load_spec({**data, "bake": "1h"})
+    assert gate_alpha(baked) == pytest.approx(0.01 * 0.75 / (3 * 4))
+    whole = load_spec({**data, "analysis": {**data["analysis"], "change_share": "0%"}})
+    assert gate_alpha(whole) == pytest.approx(0.01 / (2 * 4))
 
 
 def test_a_clear_error_regression_fails_with_a_sentence_a_person_can_act_on():
@@ -47,7 +56,7 @@ def test_a_clear_error_regression_fails_with_a_sentence_a_person_can_act_on():
     (gate,) = [g for g in j.gates if g.gate == "error_rate"]
     assert gate.verdict == FAIL and gate.lower > 0.005
     assert gate.message.startswith("candidate error rate +2.00 pp (")
-    assert "is above the allowed +0.50 pp" in gate.message and "bounds +0.84 pp..+3.16 pp, each one-sided at" in gate.message
+    assert "is above the allowed +0.50 pp" in gate.message and "bounds +0.82 pp..+3.18 pp, each one-sided at" in gate.message
     assert (gate.candidate_samples, gate.legacy_samples) == (5000, 5000)
 
 
@@ -201,7 +210,7 @@ def test_labels_say_the_bounds_are_one_sided_and_hold_over_all_looks():
     j = judge(SPEC, {"candidate": cell(3000, latency=0.05), "legacy": cell(3000, seed=2)}, look=400, traffic=0.5)
     latency = {g.gate: g for g in j.gates}["latency"]
     # Late in a stage the look's own level rounds to 100%; the gate's level over all looks is what holds.
-    assert "100%" not in latency.message and "each one-sided at 99.875% over all looks" in latency.message
+    assert "100%" not in latency.message and "each one-sided at 99.9062% over all looks" in latency.message
     assert "CS" not in latency.message and "CI" not in latency.message
 
 

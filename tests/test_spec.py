@@ -800,8 +800,9 @@ def test_schema_structure() -> None:
     schema = json_schema()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["required"] == ["name", "stages"]
-    # routers and source are left out of to_dict() when unset (the digest of a spec without them stays as it was).
-    assert set(schema["properties"]) == set(FULL_SPEC.to_dict()) | {"routers", "source", "metrics"}
+    # routers, source, metrics and bake are left out of to_dict() when unset (the digest of a spec without them
+    # stays as it was).
+    assert set(schema["properties"]) == set(FULL_SPEC.to_dict()) | {"routers", "source", "metrics", "bake"}
     assert json.loads(json.dumps(schema)) == schema
     assert json_schema() is not json_schema(), "callers may change their copy"
 
@@ -1031,3 +1032,17 @@ def test_shadow_compare_names_a_comparator() -> None:
     with pytest.raises(SpecError) as caught:
         load_spec({**minimal(), "shadow": {"compare": "txt"}})
     assert "shadow.compare" in str(caught.value) and "did you mean 'text'" in str(caught.value)
+
+
+def test_bake_and_change_share_are_read_written_and_checked() -> None:
+    base = {"name": "m", "stages": [{"traffic": "10%"}, {"traffic": "100%"}]}
+    plain = load_spec(base)
+    assert plain.bake == 0 and plain.analysis.change_share == 0.25
+    assert "bake" not in plain.to_dict() and "change_share" not in plain.to_dict()["analysis"]  # digests stay
+    baked = load_spec({**base, "bake": "1h", "analysis": {"change_share": "10%"}})
+    assert baked.bake == 3600 and baked.analysis.change_share == 0.1
+    assert load_spec(baked.to_dict()) == baked
+    assert problems({**base, "bake": "soon", "analysis": {"change_share": "80%"}}) == [
+        'analysis.change_share: 80% is not a usable share; pick one from 0% (no change detection) to 50%, e.g. 25%',
+        'bake: "soon" is not a duration; write e.g. 250ms, 30s, 5m, 1h30m',
+    ]

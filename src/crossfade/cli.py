@@ -632,7 +632,7 @@ def _ms(seconds: float) -> str:
 
 def _stage_report(cf: Client, state: State) -> dict[str, Any]:
     """Per-arm metrics of the current stage and, for an active migration, the controller's view of it."""
-    from crossfade.controller import assess, is_active, stage_cells
+    from crossfade.controller import assess, is_active, judged_now, stage_cells
     from crossfade.metrics import SourceError, read_stage, source_name
 
     if not state.stage:
@@ -650,7 +650,7 @@ def _stage_report(cf: Client, state: State) -> dict[str, Any]:
         from crossfade.metricjudge import declared_figures
 
         report["metrics"] = declared_figures(spec, cells)
-    if is_active(state) and state.stage_index + 1 < len(spec.stages):
+    if is_active(state) and judged_now(spec, state):
         report["controller"] = assess(spec, state, windows, cf.time()).to_dict()
     return report
 
@@ -725,6 +725,11 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
                     out.print(f"  {_colour(gate['verdict'])} {shown(gate['gate'])}: {shown(gate['message'])}")
                 for firing in view["triggers"]:
                     out.print(f"  [red]TRIGGER[/red] {shown(firing)}")
+                for change in view.get("changes", ()):
+                    out.print(f"  [red]CHANGE[/red] {shown(change)}")
+                if view.get("baking"):
+                    out.print(f"  [bold]baking[/bold]: {format_duration(math.ceil(view['bake_left_s']))} left before "
+                              "the migration completes; a failed gate, a change or a trigger meanwhile rolls back")
                 if view["waiting_for"]:
                     out.print(f"  waiting for {shown(view['waiting_for'])}")
 

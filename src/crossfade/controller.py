@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from crossfade.changes import ChangeAlarm, detect
 from crossfade.events import (
     AWAITING_APPROVAL,
     PAUSED,
@@ -21,6 +22,8 @@ from crossfade.events import (
     Change,
     StageProgress,
     State,
+    bake_end_change,
+    baking,
     promote_change,
     request_approval_change,
     rollback_change,
@@ -31,7 +34,7 @@ from crossfade.events import (
 from crossfade.judge import Firing, Judgement, check_triggers, judge
 from crossfade.routing import CANDIDATE, LEGACY
 from crossfade.spec import Spec, format_duration
-from crossfade.telemetry import Cell, Window, merge_windows
+from crossfade.telemetry import Cell, Window, check_cell, merge_windows
 
 ACTOR = "controller"
 
@@ -50,6 +53,9 @@ class Assessment:
     undecided: str = ""
     overdue: bool = False
     blocked: bool = False
+    # Gates whose candidate changed past their limit in its recent calls (`crossfade.changes`).
+    changes: tuple[ChangeAlarm, ...] = ()
+    baking: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able form for status displays."""
@@ -62,6 +68,8 @@ class Assessment:
             "waiting_for": self.waiting_for,
             "undecided": self.undecided,
             "overdue": self.overdue,
+            "changes": [c.message for c in self.changes],
+            **({"baking": True, "bake_left_s": self.hold_left} if self.baking else {}),
             "sample_ratio": None if self.judgement.sample_ratio is None else {
                 "expected": self.judgement.sample_ratio.expected_fraction,
                 "observed": self.judgement.sample_ratio.observed_fraction,
@@ -98,15 +106,43 @@ def stage_cells(state: State, windows: Sequence[Window]) -> dict[str, Cell]:
     return merge_windows(w for w in windows if w.stage == state.stage and w.start + w.length > entered)
 
 
+def judged_now(spec: Spec, state: State) -> bool:
+    """True when the current stage is judged: any stage but the last, and the last while it bakes."""
+    return state.stage_index + 1 < len(spec.stages) or baking(spec, state)
+
+
+def time_left(spec: Spec, state: State, now: float) -> float:
+    """The current stage's hold (or, in the last stage, bake) time still to run, in seconds."""
+    wanted = spec.bake if baking(spec, state) else (spec.stages[state.stage_index].hold or 0.0)
+    return max(0.0, wanted - (now - (state.stage_entered_at or now)))
+
+
+def judged_cells(spec: Spec, state: State, windows: Sequence[Window]) -> dict[str, Cell]:
+    """The cells the gates judge: the stage's, with, during a bake without legacy calls, the legacy measured in
+    the stage before (`State.baseline`) in legacy's place."""
+    cells = stage_cells(state, windows)
+    legacy = cells.get(LEGACY)
+    if baking(spec, state) and (legacy is None or not legacy.calls) and state.baseline is not None:
+        cells[LEGACY] = check_cell(state.baseline)
+    return cells
+
+
 def stage_progress(spec: Spec, state: State, windows: Sequence[Window], now: float) -> StageProgress:
-    """The current stage's hold time left and calls per arm, as an operator's promote or approve checks them."""
+    """The current stage's hold (or bake) time left, calls per arm and the gates past their limit, as an
+    operator's promote or approve checks them, with legacy's cell for the last stage's bake to judge against."""
     if not state.stage:
         return StageProgress(0.0, 0, 0)
-    cells = stage_cells(state, windows)
-    stage = spec.stages[state.stage_index]
+    cells = judged_cells(spec, state, windows)
+    past: tuple[str, ...] = ()
+    if judged_now(spec, state) and CANDIDATE in cells and LEGACY in cells:
+        judgement = judge(spec, cells, look=look_number(spec, state, now, windows), traffic=state.traffic,
+                          shadowing=state.shadow > 0 or state.shadow_legacy > 0)
+        past = tuple(g.message for g in judgement.past_limit)
+    legacy = cells.get(LEGACY)
     return StageProgress(
-        max(0.0, (stage.hold or 0.0) - (now - (state.stage_entered_at or now))),
-        cells[CANDIDATE].calls if CANDIDATE in cells else 0, cells[LEGACY].calls if LEGACY in cells else 0,
+        time_left(spec, state, now),
+        cells[CANDIDATE].calls if CANDIDATE in cells else 0, legacy.calls if legacy is not None else 0,
+        past_limit=past, legacy=legacy.to_dict() if legacy is not None and legacy.calls else None,
     )
 
 
@@ -118,19 +154,23 @@ def assess(spec: Spec, state: State, windows: Sequence[Window], now: float, *,
     what was seen ("nginx: serves 5% where the stage says 25%"); while there is one, nothing is promoted:
     the telemetry may not come from the split the stage is judged on.
     """
-    cells = stage_cells(state, windows)
-    judgement = judge(spec, cells, look=look_number(spec, state, now, windows), traffic=state.traffic,
+    cells = judged_cells(spec, state, windows)
+    bake = baking(spec, state)
+    # In a bake the reference is a fixed baseline: looks count from the bake's start.
+    look = look_number(spec, state, now, () if bake else windows)
+    judgement = judge(spec, cells, look=look, traffic=state.traffic,
                       shadowing=state.shadow > 0 or state.shadow_legacy > 0)
     firings = tuple(check_triggers(spec, windows, now))
+    alarms = tuple(_changes(spec, state, windows, cells, now))
     stage = spec.stages[state.stage_index]
     calls = (cells[CANDIDATE].calls if CANDIDATE in cells else 0, cells[LEGACY].calls if LEGACY in cells else 0)
-    hold_left = max(0.0, (stage.hold or 0.0) - (now - (state.stage_entered_at or now)))
+    hold_left = time_left(spec, state, now)
     waiting = []
     if hold_left > 0:
-        waiting.append(f"hold: {format_duration(hold_left)} left")
-    if min(calls) < stage.min_samples:
+        waiting.append(f"{'bake' if bake else 'hold'}: {format_duration(hold_left)} left")
+    if min(calls) < stage.min_samples and not bake:
         waiting.append(f"samples: {calls[0]} candidate and {calls[1]} legacy of {stage.min_samples} per arm")
-    if not min(calls) or judgement.nodata:
+    if (not min(calls) or judgement.nodata) and not bake:
         waiting.append("data: " + ("; ".join(g.message for g in judgement.nodata) or "no calls on one arm yet"))
     if judgement.split_broken and spec.analysis.sample_ratio == "hold":
         ratio = judgement.sample_ratio
@@ -147,7 +187,17 @@ def assess(spec: Spec, state: State, windows: Sequence[Window], now: float, *,
         after = (f"; {format_duration(max(limit - stage_time, 0.0))} left before on_inconclusive: "
                  f"{spec.analysis.on_inconclusive}" if limit is not None and not overdue else "")
         waiting.append(undecided + after)
-    return Assessment(judgement, firings, calls, hold_left, "; ".join(waiting), undecided, overdue, blocked)
+    return Assessment(judgement, firings, calls, hold_left, "; ".join(waiting), undecided, overdue, blocked,
+                      alarms, bake)
+
+
+def _changes(spec: Spec, state: State, windows: Sequence[Window], cells: dict[str, Cell], now: float
+             ) -> list[ChangeAlarm]:
+    """Change detection over the stage's recent windows against legacy's cell (see `crossfade.changes`):
+    alpha is spent over the stage's hold, or the bake."""
+    entered = state.stage_entered_at if state.stage_entered_at is not None else now
+    planned = spec.bake if baking(spec, state) else (spec.stages[state.stage_index].hold or 0.0)
+    return detect(spec, windows, cells, entered=entered, planned=planned, now=now)
 
 
 def _undecided(spec: Spec, judgement: Judgement) -> str:
@@ -176,7 +226,7 @@ def step(spec: Spec, state: State, windows: Sequence[Window], now: float, *,
     """
     if state.status == ROLLING_BACK:
         return _ramp_down(spec, state, windows, now)
-    if state.status not in (RUNNING, AWAITING_APPROVAL) or state.stage_index + 1 >= len(spec.stages):
+    if state.status not in (RUNNING, AWAITING_APPROVAL) or not judged_now(spec, state):
         return []
     a = assessment or assess(spec, state, windows, now, unverified=unverified)
     changes: list[Change] = []
@@ -190,8 +240,16 @@ def step(spec: Spec, state: State, windows: Sequence[Window], now: float, *,
         return changes + [fired]
     if a.judgement.failed:
         return changes + [_on_failure(spec, state, "; ".join(g.message for g in a.judgement.failed))]
+    if a.changes:
+        failure = _on_failure(spec, state, "; ".join(c.message for c in a.changes))
+        return changes + [Change(failure.type, failure.reason,
+                                 {**failure.payload, "changes": [c.message for c in a.changes]})]
     if state.status == AWAITING_APPROVAL or a.hold_left > 0:
         return changes
+    if a.baking:
+        # Nothing to wait for in data: a bake with no legacy to judge against still has its triggers and
+        # change detection, and ends when its time is up.
+        return changes + _bake_end(spec, state, a)
     stage = spec.stages[state.stage_index]
     if not min(a.samples) or a.judgement.nodata:
         if spec.analysis.on_nodata == "pause":
@@ -213,8 +271,23 @@ def step(spec: Spec, state: State, windows: Sequence[Window], now: float, *,
     if spec.stages[state.stage_index + 1].approval:
         changes.append(request_approval_change(state, spec, reason))
     else:
-        changes.append(promote_change(state, spec, reason))
+        legacy = stage_cells(state, windows).get(LEGACY)
+        changes.append(promote_change(state, spec, reason,
+                                      baseline=legacy.to_dict() if legacy is not None and legacy.calls else None))
     return changes
+
+
+def _bake_end(spec: Spec, state: State, a: Assessment) -> list[Change]:
+    """Once the bake has run its time with nothing failing, the migration completes, unless an estimate is
+    still past its limit (then the bake is extended, as a stage is, within `max_stage_time`)."""
+    if a.undecided and (not a.overdue or spec.analysis.on_inconclusive == "hold"):
+        return []
+    if a.undecided and spec.analysis.on_inconclusive == "pause":
+        return [Change(PAUSED, f"bake of {state.stage}: still undecided after max_stage_time ({a.undecided}); "
+                               "on_inconclusive: pause", {"stage": state.stage})]
+    gates = ", ".join(f"{g.gate} {g.verdict}" for g in a.judgement.gates) or "no gates"
+    return [bake_end_change(state, spec, f"{state.stage}: bake {format_duration(spec.bake)} passed, "
+                                         f"{a.samples[0]} candidate calls, no regression ({gates})")]
 
 
 def _promotion_reason(spec: Spec, state: State, a: Assessment) -> str:

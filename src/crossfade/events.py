@@ -38,6 +38,8 @@ SOURCE_RECOVERED: Final = "source_recovered"
 # A router made its data plane match the routing state and read it back (or could not).
 ROUTER_SYNCED: Final = "router_synced"
 ROUTER_FAILED: Final = "router_failed"
+# The last stage's bake passed: the migration is completed.
+BAKED: Final = "baked"
 
 # Statuses.
 DRAFT: Final = "draft"
@@ -235,6 +237,8 @@ class State:
     source_error: str | None = None
     # Per router named by the spec: (router, "verified" | "not_implemented" | "failed", candidate share, detail).
     routers: tuple[tuple[str, str, float, str], ...] = ()
+    # While the last stage bakes: legacy's cell (`Cell.to_dict`) measured in the stage before, to judge against.
+    baseline: Mapping[str, Any] | None = None
 
     def apply(self, event: Event) -> State:
         """The state after one more event."""
@@ -263,8 +267,11 @@ class State:
                 dual_write=p.get("dual_write", False),
                 attempt=p.get("attempt", self.attempt),
                 stage_entered_at=event.time,
+                baseline=p.get("baseline"),
                 **common,
             )
+        if kind == BAKED:
+            return replace(self, status=COMPLETED, baseline=None, **common)
         if kind == PAUSED:
             return replace(self, status=PAUSED_STATUS, **common)
         if kind == RESUMED:
@@ -309,6 +316,7 @@ class State:
             # Only while a metric source fails, so that the snapshots of every other state read as before.
             **({} if self.source_error is None else {"source_error": self.source_error}),
             **({"routers": [list(r) for r in self.routers]} if self.routers else {}),
+            **({} if self.baseline is None else {"baseline": json.loads(json.dumps(dict(self.baseline)))}),
         }
 
     @classmethod
@@ -373,6 +381,10 @@ def seal(state: State, changes: Sequence[Change], *, actor: str, now: float) -> 
 def _enter(spec: Spec, index: int, **extra: Any) -> dict[str, Any]:
     stage = spec.stages[index]
     final = index == len(spec.stages) - 1
+    if final and spec.bake:
+        # The last stage is judged for `bake` seconds first; `baked` completes the migration.
+        final = False
+        extra["bake"] = spec.bake
     # Shadow settings are written only when set, so the events of a stage without them read as before.
     shadows = {name: getattr(stage, name) for name in ("shadow_legacy", "noise", "dual_write") if getattr(stage, name)}
     return {"stage_index": index, "stage": stage.name, "traffic": stage.traffic, "shadow": stage.shadow,
@@ -432,17 +444,25 @@ class StageProgress:
     hold_left: float
     candidate_calls: int
     legacy_calls: int
+    # Messages of the gates whose estimate is past their limit though they do not FAIL yet.
+    past_limit: tuple[str, ...] = ()
+    # Legacy's cell (`Cell.to_dict`) in this stage: what the last stage's bake is judged against.
+    legacy: Mapping[str, Any] | None = None
 
     def unmet(self, spec: Spec, state: State) -> list[str]:
-        """What the stage still waits for before a promotion (its hold, its `min_samples`); empty when none."""
+        """What the stage still waits for before a promotion (its hold or bake, its `min_samples`, a gate whose
+        estimate is past its limit); empty when none."""
         import math
 
         from crossfade.spec import format_duration
 
         stage = spec.stages[state.stage_index]
-        waiting = []
+        waiting = [f"past its limit: {message}" for message in self.past_limit]
         if self.hold_left > 0:
-            waiting.append(f"the hold has {format_duration(math.ceil(self.hold_left))} left")
+            what = "bake" if baking(spec, state) else "hold"
+            waiting.append(f"the {what} has {format_duration(math.ceil(self.hold_left))} left")
+        if baking(spec, state):
+            return waiting  # the last stage has no legacy calls to count
         if min(self.candidate_calls, self.legacy_calls) < stage.min_samples:
             waiting.append(f"{self.candidate_calls} candidate and {self.legacy_calls} legacy calls of the "
                            f"{stage.min_samples} per arm needed")
@@ -450,13 +470,15 @@ class StageProgress:
 
 
 def promote_change(state: State, spec: Spec, reason: str | None = None, *, force: bool = False,
-                   progress: StageProgress | None = None) -> Change:
+                   progress: StageProgress | None = None, baseline: Mapping[str, Any] | None = None) -> Change:
     """Move to the next stage; entering the last stage completes the migration.
 
     Refused, unless `force` (which the event records with what it went past): a gate whose last verdict is
     FAIL; a next stage marked `approval: true` (that takes `approve`); and, given the stage's `progress`, a
-    hold still running or fewer calls than `min_samples`. The controller, which checks those itself, passes
-    no progress.
+    hold still running, fewer calls than `min_samples` or a gate whose estimate is past its limit. The
+    controller, which checks those itself, passes no progress. In the last stage's bake, `promote` ends the
+    bake and completes the migration (`bake_end_change`). `baseline` (or the progress's legacy cell) is what
+    the last stage's bake is judged against.
     """
     if state.status != RUNNING:
         hint = {
@@ -469,6 +491,8 @@ def promote_change(state: State, spec: Spec, reason: str | None = None, *, force
             ROLLING_BACK: "it is rolling back",
         }.get(state.status, "")
         raise TransitionError(f"cannot promote {state.name}: it is {state.status}" + (f"; {hint}" if hint else ""))
+    if baking(spec, state):
+        return bake_end_change(state, spec, reason, force=force, progress=progress)
     failing = [gate for gate, verdict in state.verdicts if verdict == "FAIL"]
     nxt = spec.stages[state.stage_index + 1]
     unmet = progress.unmet(spec, state) if progress is not None else []
@@ -496,7 +520,40 @@ def promote_change(state: State, spec: Spec, reason: str | None = None, *, force
             extra["approval_bypassed"] = True
         if unmet:
             extra["unmet"] = unmet
+    extra.update(_baseline(spec, state.stage_index + 1, baseline, progress))
     return Change(PROMOTED, reason or "promoted", _enter(spec, state.stage_index + 1, **extra))
+
+
+def baking(spec: Spec, state: State) -> bool:
+    """True while the migration runs in its last stage and that stage is still being judged (`bake`)."""
+    return bool(spec.bake) and state.status in (RUNNING, AWAITING_APPROVAL) and state.stage is not None \
+        and state.stage_index == len(spec.stages) - 1
+
+
+def _baseline(spec: Spec, index: int, baseline: Mapping[str, Any] | None, progress: StageProgress | None
+              ) -> dict[str, Any]:
+    """The `baseline` of an entry into the last stage with a bake: legacy's cell of the stage left."""
+    if not spec.bake or index != len(spec.stages) - 1:
+        return {}
+    found = baseline if baseline is not None else (progress.legacy if progress is not None else None)
+    return {} if found is None else {"baseline": dict(found)}
+
+
+def bake_end_change(state: State, spec: Spec, reason: str | None = None, *, force: bool = False,
+                    progress: StageProgress | None = None) -> Change:
+    """Complete a migration whose last stage baked: by the controller once the bake passed, or by an operator's
+    `promote` (refused, unless `force`, while a gate FAILs, the bake has time left or an estimate is past its
+    limit, given `progress`)."""
+    failing = [gate for gate, verdict in state.verdicts if verdict == "FAIL"]
+    unmet = progress.unmet(spec, state) if progress is not None else []
+    if not force and (failing or unmet):
+        why = [f"gate {', '.join(failing)} FAILs"] if failing else []
+        raise TransitionError(f"cannot complete {state.name} (stage {state.stage} is baking): "
+                              + "; ".join(why + unmet) + "; promote --force goes past it (recorded as forced)")
+    payload: dict[str, Any] = {"stage": state.stage, "final": True}
+    if force:
+        payload.update(forced=True, failing_gates=failing, **({"unmet": unmet} if unmet else {}))
+    return Change(BAKED, reason or "the bake passed", payload)
 
 
 def request_approval_change(state: State, spec: Spec, reason: str | None = None) -> Change:
@@ -508,7 +565,8 @@ def request_approval_change(state: State, spec: Spec, reason: str | None = None)
                   {"stage": state.stage, "next_stage": nxt.name, "next_traffic": nxt.traffic})
 
 
-def approve_changes(state: State, spec: Spec, reason: str | None = None) -> list[Change]:
+def approve_changes(state: State, spec: Spec, reason: str | None = None, *, progress: StageProgress | None = None
+                    ) -> list[Change]:
     """Approve the pending stage: the approval and the promotion, appended together.
 
     Only a migration awaiting approval is approved: the controller asks once the stage's hold, samples and
@@ -518,7 +576,8 @@ def approve_changes(state: State, spec: Spec, reason: str | None = None) -> list
         raise TransitionError(f"nothing to approve for {state.name}: it is {state.status}, not awaiting approval")
     approved = Change(APPROVED, reason or "approved", {"stage": spec.stages[state.stage_index + 1].name})
     promoted = Change(PROMOTED, reason or "approved", _enter(spec, state.stage_index + 1, from_stage=state.stage,
-                                                             approved=True))
+                                                             approved=True,
+                                                             **_baseline(spec, state.stage_index + 1, None, progress)))
     return [approved, promoted]
 
 
@@ -631,7 +690,7 @@ def operation(action: str, state: State, spec: Spec, reason: str | None = None, 
         case "promote":
             return [promote_change(state, spec, reason, force=force, progress=progress)]
         case "approve":
-            return approve_changes(state, spec, reason)
+            return approve_changes(state, spec, reason, progress=progress)
         case "pause":
             return [pause_change(state, reason)]
         case "resume":

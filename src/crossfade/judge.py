@@ -1,8 +1,10 @@
 """The judge: each gate's verdict on a stage's data with the numbers behind it, and the instant triggers.
 
-How the spec's `analysis.confidence` is spent. Let alpha = 1 - confidence. It is split evenly (Bonferroni)
-across every gate of every stage that is judged (all stages but the last, which has no legacy to compare
-with): each gate in each stage gets alpha_g = alpha / (judged stages x gates), one-sided, against FAIL. Within
+How the spec's `analysis.confidence` is spent. Let alpha = 1 - confidence. `analysis.change_share` of it
+goes to change detection (`crossfade.changes`); the rest is split evenly (Bonferroni) across every gate of
+every period that is judged (all stages but the last, which has no legacy to compare with, and the `bake` of
+the last stage, judged against the legacy measured before it): each gate in each period gets
+alpha_g = alpha x (1 - change_share) / (judged periods x gates), one-sided, against FAIL. Within
 a stage the judge looks every `analysis.interval` for as long as the stage lasts: error rate, mismatch rate
 and cost use anytime-valid confidence sequences, which hold at alpha_g however often they are looked at;
 latency quantiles use fixed-sample intervals, so look k spends alpha_g * 6 / (pi^2 k^2), which sums to at most
@@ -126,10 +128,11 @@ class Judgement:
 
 
 def gate_alpha(spec: Spec) -> float:
-    """The one-sided alpha each gate gets in each judged stage (see the module's docstring)."""
-    judged_stages = max(len(spec.stages) - 1, 1)
+    """The one-sided alpha each gate gets in each judged period (see the module's docstring): the spec's alpha
+    less change detection's share, split over the judged stages (and the bake) and the gates."""
+    judged_stages = max(len(spec.stages) - 1, 1) + (1 if spec.bake else 0)
     gates = max(len(enabled_gates(spec)), 1)
-    return (1.0 - spec.analysis.confidence) / (judged_stages * gates)
+    return (1.0 - spec.analysis.confidence) * (1.0 - spec.analysis.change_share) / (judged_stages * gates)
 
 
 def enabled_gates(spec: Spec) -> list[str]:

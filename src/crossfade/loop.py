@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 import mmh3
 
 from crossfade.backends.base import Backend, BackendError, ConflictError, UnknownMigration
-from crossfade.controller import ACTOR, Assessment, assess, is_active, step
+from crossfade.controller import ACTOR, Assessment, assess, is_active, judged_now, step
 from crossfade.events import (
     APPLIED,
     ROLLING_BACK,
@@ -321,7 +321,7 @@ class ControllerLoop:
             changes.append(Change(SOURCE_RECOVERED, f"metric source {name} answers again",
                                   {"stage": state.stage, "source": name}))
         assessment = (assess(spec, state, windows, now, unverified=unverified)
-                      if state.stage_index + 1 < len(spec.stages) else None)
+                      if judged_now(spec, state) else None)
         # Router events change nothing step() reads, so both go into one append, decided on the same state.
         changes += step(spec, state, windows, now, assessment=assessment, unverified=unverified)
         return self._append(state, changes, assessment, now)

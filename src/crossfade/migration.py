@@ -745,11 +745,12 @@ class Migration:
         raise AssertionError("unreachable")
 
     def _progress(self, action: str, state: State, spec: Spec) -> StageProgress:
-        """The current stage's progress, read from the backend when the command checks it (promote)."""
+        """The current stage's progress, read from the backend when the command checks it (promote) or takes
+        legacy's cell from it (approve, for the last stage's bake)."""
         from crossfade.controller import stage_progress
         from crossfade.stagedata import stage_windows
 
-        if action != "promote" or not state.stage:
+        if action not in ("promote", "approve") or not state.stage:
             return StageProgress(0.0, 0, 0)
         return stage_progress(spec, state, stage_windows(self.client.backend(), state), self.client.time())
 

@@ -57,6 +57,7 @@ from typing import Any, Final
 from crossfade.backends.base import ConflictError
 from crossfade.backends.sql import SQLBackend
 from crossfade.canonical import canonical_json
+from crossfade.changes import HORIZON as CHANGE_HORIZON
 from crossfade.client import Client
 from crossfade.controller import Assessment, assess, is_active, stage_cells
 from crossfade.events import (
@@ -901,7 +902,7 @@ def key_shares(spec: Spec, workload: Workload, *, salts: int = 20) -> list[Stage
 
 def default_until(spec: Spec) -> float:
     """How long a run may go (seconds): twice the stages' holds plus an hour, and at least six hours."""
-    holds = sum(stage.hold or 0.0 for stage in spec.stages)
+    holds = sum(stage.hold or 0.0 for stage in spec.stages) + spec.bake
     return max(2.0 * holds + 3600.0, 6 * 3600.0)
 
 
@@ -992,7 +993,8 @@ class _Run:
         self.sketched = sketched_metrics(spec)
         self.clock = VirtualClock(EPOCH)
         longest = max((t.window + (t.for_ or 0.0) for t in spec.triggers), default=0.0)
-        self.backend = _SimBackend(longest + 2 * self.interval, database)
+        # Change detection reads the windows of its horizon as written.
+        self.backend = _SimBackend(max(longest, CHANGE_HORIZON) + 2 * self.interval, database)
         # Shadow runs in "calls" mode run on the SDK's worker threads, which virtual time does not drive.
         shadows = any(stage.shadow or stage.shadow_legacy for stage in spec.stages)
         self.per_call = workload.mode == "calls" or (
@@ -1087,6 +1089,8 @@ class _Run:
         growth = LOW_TRAFFIC_GROWTH if sized > 1 else LOOK_GROWTH
         span = max(1, math.floor(growth * age / self.interval), sized)
         due = [state.stage_entered_at + (stage.hold or 0.0)]
+        if state.stage_index == len(self.spec.stages) - 1:
+            due.append(state.stage_entered_at + self.spec.bake)
         if self.spec.analysis.max_stage_time is not None:
             due.append(state.stage_entered_at + self.spec.analysis.max_stage_time)
         fault = self.workload.fault
@@ -1136,7 +1140,8 @@ class _Run:
         elapsed = now - EPOCH
         if state.status == COMPLETED:
             outcome, reason = "completed", state.reason or "completed"
-            elapsed = (state.stage_entered_at or now) - EPOCH
+            # Completed on entering the last stage, or when its bake passed.
+            elapsed = ((state.updated_at if self.spec.bake else state.stage_entered_at) or now) - EPOCH
         elif state.status in (ROLLED_BACK_STATUS, ABORTED_STATUS):
             outcome, reason = "rolled_back", _failure_reason(events) or state.reason or state.status
             elapsed = (state.updated_at or now) - EPOCH
@@ -1157,7 +1162,7 @@ class _Run:
     def _waiting(self, state: State, now: float) -> str:
         if state.status == AWAITING_APPROVAL:
             return "awaiting approval (the simulation approves nothing with approve=None)"
-        if state.stage_index + 1 >= len(self.spec.stages):
+        if state.stage_index + 1 >= len(self.spec.stages) and not self.spec.bake:
             return state.status
         entered = state.stage_entered_at or now
         windows = self.backend.windows(self.spec.name, stage=state.stage, since=entered - WINDOW_MARGIN)

@@ -355,6 +355,10 @@ class Analysis:
     with ``proven``, while a gate is not proven): the stage is extended. ``max_stage_time`` (seconds, None for
     no limit) is how long such an extension may last, counted from stage entry; ``on_inconclusive`` is what
     happens then: ``hold`` (the default) keeps waiting, ``promote`` moves on, ``pause`` pauses for a person.
+
+    ``change_share`` is the share of the spec's alpha (1 - confidence) given to change detection (see
+    `crossfade.changes`): a fault that starts late in a stage, diluted by the stage's good data, is caught by
+    the candidate's recent calls alone. The gates share the rest. 0 turns change detection off.
     """
 
     interval: float = 30.0
@@ -364,6 +368,7 @@ class Analysis:
     sample_ratio: str = "report"
     on_inconclusive: str = "hold"
     max_stage_time: float | None = None
+    change_share: float = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +443,8 @@ class Spec:
     routers: tuple[Any, ...] = ()
     metrics: tuple[Any, ...] = ()
     """The custom metrics declared under ``metrics:`` (``metricspec.CustomMetric``), in the spec's order."""
+    # Seconds the last stage is judged for before the migration is completed (0: completed on entry).
+    bake: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.salt:
@@ -524,6 +531,7 @@ class Spec:
                 **({} if self.analysis.on_inconclusive == "hold"
                    else {"on_inconclusive": self.analysis.on_inconclusive}),
                 **({} if self.analysis.max_stage_time is None else {"max_stage_time": self.analysis.max_stage_time}),
+                **_change_detection_dict(self.analysis),
             },
             "fallback": _without_none({"on_error": self.fallback.on_error, "timeout": self.fallback.timeout}),
             **({} if self.shadow == ShadowSettings() else {"shadow": _shadow_fields(self.shadow)}),
@@ -538,6 +546,7 @@ class Spec:
             **({"routers": list(self.routers)} if self.routers else {}),
             # Left out when empty so that specs written before custom metrics keep their digest.
             **({"metrics": {m.name: m.to_dict() for m in self.metrics}} if self.metrics else {}),
+            **_bake_dict(self),
         }
 
     def digest(self) -> str:
@@ -547,6 +556,55 @@ class Spec:
         `applied` event records is the one the stored spec row carries.
         """
         return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()
+
+
+# -- bake and change detection (issue 10): read, written and described here, apart from the rest -----------
+
+DEFAULT_CHANGE_SHARE: Final = 0.25
+MAX_CHANGE_SHARE: Final = 0.5
+
+
+def _bake_dict(spec: Spec) -> dict[str, Any]:
+    """`bake` in a spec's plain form; left out when 0 so specs written before it keep their digest."""
+    return {"bake": spec.bake} if spec.bake else {}
+
+
+def _change_detection_dict(analysis: Analysis) -> dict[str, Any]:
+    """`analysis.change_share` in a spec's plain form; left out at its default (digests stay)."""
+    return {} if analysis.change_share == DEFAULT_CHANGE_SHARE else {"change_share": analysis.change_share}
+
+
+def _bake(value: object) -> float:
+    """A bake time: a duration, 0 for none."""
+    seconds = parse_duration(value)
+    if seconds < 0:
+        raise ValueError(f"{_show(value)} is negative; give how long the last stage is judged, e.g. 1h, or 0")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{_show(value)} is longer than {format_duration(MAX_DURATION)}, the most bake allows")
+    return seconds
+
+
+def _change_share(value: object) -> float:
+    """The share of alpha for change detection: a percent from 0% (off) to 50%."""
+    share = parse_percent(value)
+    if not 0.0 <= share <= MAX_CHANGE_SHARE:
+        raise ValueError(f"{format_percent(share)} is not a usable share; pick one from 0% (no change detection) "
+                         f"to {format_percent(MAX_CHANGE_SHARE)}, e.g. 25%")
+    return share
+
+
+def _bake_schema() -> dict[str, Any]:
+    return {"bake": {"$ref": "#/$defs/duration", "default": "0s",
+                     "description": "How long the last stage is still judged (gates against the last legacy "
+                                    "measured, change detection, triggers) before the migration completes; a "
+                                    "failure meanwhile rolls back."}}
+
+
+def _change_detection_schema() -> dict[str, Any]:
+    return {"change_share": {"$ref": "#/$defs/percent", "default": "25%",
+                             "description": "Share of 1 - confidence spent on detecting a change in the "
+                                            "candidate's recent calls (a fault that starts late); 0% turns it "
+                                            "off, at most 50%."}}
 
 
 def _without_none(mapping: dict[str, Any]) -> dict[str, Any]:
@@ -872,6 +930,7 @@ class _Reader:
         notify = self.notify(top.get("notify", []))
         source = self.source(top.get("source"))
         routers = self.routers(top.get("routers", []))
+        bake = self.get(top, "bake", "", _bake, 0.0)
         if stages is not _BAD and gates is not _BAD:
             self.data_shapes(stages, gates)
         if allow is not _BAD and deny is not _BAD:
@@ -904,6 +963,7 @@ class _Reader:
             source=source,
             routers=tuple(routers or ()),
             metrics=() if metrics is _BAD else metrics,
+            bake=bake,
         )
 
     def metrics(self, value: object) -> Any:
@@ -1196,6 +1256,7 @@ class _Reader:
             sample_ratio=self.get(data, "sample_ratio", "analysis", _choice(SAMPLE_RATIO), "report"),
             on_inconclusive=self.get(data, "on_inconclusive", "analysis", _choice(ON_INCONCLUSIVE), "hold"),
             max_stage_time=self.get(data, "max_stage_time", "analysis", _positive_duration, None),
+            change_share=self.get(data, "change_share", "analysis", _change_share, DEFAULT_CHANGE_SHARE),
         )
 
     def fallback(self, value: object) -> Any:
@@ -1272,7 +1333,7 @@ def _gate_mismatch(reader: _Reader, data: Mapping[str, Any], path: str) -> Misma
 _SPEC_KEYS: Final = (
     "name", "description", "owner", "key", "salt", "stages", "gates", "triggers",
     "on_failure", "rollback", "analysis", "fallback", "shadow", "dual_write_retry", "allow", "deny", "notify",
-    "source", "dual_write_after_rollback", "routers", "metrics",
+    "source", "dual_write_after_rollback", "routers", "metrics", "bake",
 )  # fmt: skip
 _STAGE_KEYS: Final = (
     "name", "traffic", "shadow", "hold", "min_samples", "approval", "shadow_legacy", "noise", "dual_write",
@@ -1294,6 +1355,7 @@ _TRIGGER_KEYS: Final = ("metric", "above", "window", "min_samples", "for", "belo
 _ROLLBACK_KEYS: Final = ("mode", "steps", "every")
 _ANALYSIS_KEYS: Final = (
     "interval", "confidence", "on_nodata", "promote_when", "sample_ratio", "on_inconclusive", "max_stage_time",
+    "change_share",
 )  # fmt: skip
 _FALLBACK_KEYS: Final = ("on_error", "timeout")
 
@@ -1655,6 +1717,7 @@ def json_schema() -> dict[str, Any]:
                     "max_stage_time": described(
                         "duration", "How long a stage may be extended while a gate is undecided (none: no limit)."
                     ),
+                    **_change_detection_schema(),
                 },
             ),
             "fallback": obj(
@@ -1723,6 +1786,7 @@ def json_schema() -> dict[str, Any]:
                     "backoff": described("duration", "Pause between tries.", default="0s"),
                 },
             ),
+            **_bake_schema(),
             "dual_write_after_rollback": {
                 "type": "boolean", "default": False,
                 "description": "Keep writing both sides after a rollback or abort from a dual_write stage, so the "

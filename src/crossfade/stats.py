@@ -261,8 +261,16 @@ def _binomial_cdf(n: int, q: float) -> tuple[int, list[float]]:
     log_n = math.lgamma(n + 1.0)
     cdf: list[float] = []
     total = 0.0
+    # Each term from the one before (pmf(k + 1) = pmf(k) (n - k) / (k + 1) q / (1 - q)), re-anchored exactly
+    # every 64 terms so rounding cannot build up: a look takes a tenth of the time of one lgamma per term.
+    odds = q / (1.0 - q)
+    term = 0.0
     for k in range(lo, hi + 1):
-        total += math.exp(log_n - math.lgamma(k + 1.0) - math.lgamma(n - k + 1.0) + k * log_q + (n - k) * log_p)
+        if (k - lo) % 64 == 0:
+            term = math.exp(log_n - math.lgamma(k + 1.0) - math.lgamma(n - k + 1.0) + k * log_q + (n - k) * log_p)
+        else:
+            term *= (n - k + 1) / k * odds
+        total += term
         cdf.append(total)
     return lo, cdf
 

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from crossfade.backends.base import Backend
-from crossfade.controller import assess, stage_cells
+from crossfade.controller import assess, judged_now, stage_cells
 from crossfade.events import (
     ABORTED_STATUS,
     AWAITING_APPROVAL,
@@ -103,7 +103,7 @@ def analysis(backend: Backend, state: State, spec: Spec, now: float) -> dict[str
         base["source"]["error"] = str(exc)
         return _answer(base, HOLD, f"metric source {name} cannot be read; no evidence, no decision: {exc}")
     base["arms"] = {arm: arm_metrics(cell) for arm, cell in sorted(stage_cells(state, windows).items())}
-    if state.stage_index + 1 >= len(spec.stages):
+    if not judged_now(spec, state):
         return _answer(base, PASS, f"{state.stage} is the last stage")
     a = assess(spec, state, windows, now)
     base["gates"] = {g.gate: g.to_dict() for g in a.judgement.gates}
