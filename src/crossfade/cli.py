@@ -235,9 +235,16 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Spec files to che
 
 @app.command()
 def schema(telemetry: Annotated[bool, typer.Option("--telemetry", help="The schema of the open telemetry form "
-                                                   "that POST /v1/telemetry takes from any language.")] = False
+                                                   "that POST /v1/telemetry takes from any language.")] = False,
+           markdown: Annotated[bool, typer.Option("--markdown", help="The reference of every spec field, as "
+                                                  "Markdown (docs/spec.md).")] = False,
            ) -> None:
     """Print the JSON Schema of spec files (point your editor at it for completion)."""
+    if markdown:
+        from crossfade.spec.schema import markdown_reference
+
+        sys.stdout.write(markdown_reference())
+        return
     if telemetry:
         from importlib.resources import files
 
