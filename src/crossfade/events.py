@@ -437,7 +437,7 @@ class StageProgress:
         """What the stage still waits for before a promotion (its hold, its `min_samples`); empty when none."""
         import math
 
-        from crossfade.spec import format_duration
+        from crossfade.spec.units import format_duration
 
         stage = spec.stages[state.stage_index]
         waiting = []

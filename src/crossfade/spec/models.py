@@ -559,15 +559,7 @@ def _notify(value: object) -> tuple[Any, ...]:
 def _notify_schema() -> dict[str, Any]:
     from crossfade.notify import json_schema
 
-    return {
-        "type": "array",
-        "description": "Who is told of what: each target names one channel (webhook, slack, pagerduty, email) with "
-                       "its settings, the kinds of events it wants (`events`, default all: rolled_back, "
-                       "rollback_started, approval_requested, paused, completed, restarted, stepped_back, "
-                       "gate_failed, trigger_fired, router_failed, source_failed) and an optional `name`. Secrets "
-                       "only by environment variable name (`*_env`).",
-        "items": json_schema(),
-    }
+    return {"type": "array", "items": json_schema()}
 
 
 def _routers(value: object) -> tuple[Any, ...]:
@@ -690,7 +682,10 @@ class Spec(Section):
     allow: Keys = setting("Keys always sent to the candidate.", ())
     deny: Keys = setting("Keys always kept on legacy.", ())
     notify: Annotated[tuple[Any, ...], Check(_notify, _notify_schema, "list of notification targets")] = setting(
-        "Who is told of what (see the notification channels).", ()
+        "Who is told of what: each target names one channel (webhook, slack, pagerduty, email) with its settings, "
+        "the kinds of events it wants (`events`, default all: rolled_back, rollback_started, approval_requested, "
+        "paused, completed, restarted, stepped_back, gate_failed, trigger_fired, router_failed, source_failed) and "
+        "an optional `name`. Secrets only by environment variable name (`*_env`).", ()
     )
     source: Annotated[Mapping[str, Any] | None, Check(_source, _source_schema, "one metric source")] = setting(
         "Where the judge reads each arm's metrics: one source by name with its settings, e.g. {prometheus: {url: "

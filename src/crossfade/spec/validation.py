@@ -175,5 +175,7 @@ def section_json_schema(cls: type[Section], core: Any, handler: Any) -> Any:
         prop = target["properties"][key_of(f)]
         prop.pop("title", None)
         prop["description"] = f.metadata["doc"]
+        if f.metadata.get("shown") or prop.get("default", "") is None:
+            prop.pop("default", None)  # derived (the salt is the name) or unset: nothing to suggest
     cls.schema_extra(target)
     return schema
