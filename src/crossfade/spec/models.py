@@ -34,10 +34,14 @@ from crossfade.spec.units import (
     ROLLBACK_MODES,
     SAMPLE_RATIO,
     MAX_ATTEMPTS,
+    DEFAULT_CHANGE_SHARE,
     MAX_EXAMPLES,
+    MAX_NOISE_SAMPLES,
     MAX_PENDING,
     MAX_THREADS,
     Backoff,
+    Bake,
+    ChangeShare,
     Check,
     Confidence,
     Duration,
@@ -116,6 +120,11 @@ class Section:
     def rules(cls, data: Mapping[str, Any]) -> list[Rule]:
         """Problems across the fields of ``data`` (the section as written, null values dropped)."""
         return []
+
+    @classmethod
+    def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` (null values and unknown keys dropped) with the defaults that depend on other fields."""
+        return data
 
     @classmethod
     def schema_extra(cls, schema: dict[str, Any]) -> None:
@@ -364,6 +373,10 @@ class Gates(Section):
     mismatch_rate: MismatchGate | None = setting(
         f"Share of shadowed calls whose output differs from legacy. {_GATE_OFF}", None
     )
+    latency_first_chunk: LatencyGate | None = setting(
+        f"Streams' latency to their first chunk (mig.stream, astream) may grow by at most max_ratio. {_GATE_OFF}",
+        None,
+    )
 
     @classmethod
     def default(cls) -> Gates:
@@ -471,6 +484,10 @@ class Analysis(Section):
     with ``proven``, while a gate is not proven): the stage is extended. ``max_stage_time`` (seconds, None for
     no limit) is how long such an extension may last, counted from stage entry; ``on_inconclusive`` is what
     happens then: ``hold`` (the default) keeps waiting, ``promote`` moves on, ``pause`` pauses for a person.
+
+    ``change_share`` is the share of the spec's alpha (1 - confidence) given to change detection (see
+    `crossfade.changes`): a fault that starts late in a stage, diluted by the stage's good data, is caught by
+    the candidate's recent calls alone. The gates share the rest. 0 turns change detection off.
     """
 
     example: ClassVar[str] = "{interval: 30s, confidence: 99%}"
@@ -494,6 +511,10 @@ class Analysis(Section):
     max_stage_time: OptionalDuration = setting(
         "How long a stage may be extended while a gate is undecided (none: no limit).", None, later=True
     )
+    change_share: ChangeShare = setting(
+        "Share of 1 - confidence spent on detecting a change in the candidate's recent calls (a fault that starts "
+        "late); 0% turns it off, at most 50%.", DEFAULT_CHANGE_SHARE, later=True
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,7 +530,13 @@ class Fallback(Section):
 @dataclass(frozen=True, slots=True)
 class ShadowSettings(Section):
     """How shadow runs are carried out: their timeout, worker threads, bound on pending runs, the noise
-    thresholds (fractions) a field's difference must clear to be a mismatch, and examples kept per field."""
+    thresholds (fractions) a field's difference must clear to be a mismatch, and examples kept per field.
+
+    ``noise`` is the noise sampling share every shadowing stage takes unless it sets its own;
+    ``noise_samples`` the legacy-vs-legacy samples a stage needs (across all processes) before any of its
+    comparisons is judged: until then they are held, then counted, so none is judged against an unknown
+    noise rate.
+    """
 
     example: ClassVar[str] = "{timeout: 5s, threads: 4, max_pending: 64}"
 
@@ -523,6 +550,10 @@ class ShadowSettings(Section):
     noise_relative: Percent = setting("|raw - noise| / (raw + noise) a field must exceed to be a mismatch.", 0.2)
     noise_absolute: Percent = setting("|raw - noise| rate a field must exceed to be a mismatch.", 0.0003)
     examples: Annotated[int, count(0, MAX_EXAMPLES)] = setting("Newest mismatch examples kept per field.", 20)
+    noise: Percent = setting("Noise sampling share of every shadowing stage that sets none.", 0.0, later=True)
+    noise_samples: Annotated[int, count(1, MAX_NOISE_SAMPLES)] = setting(
+        "Legacy-vs-legacy samples a stage needs before its comparisons are judged.", 30, later=True
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -700,11 +731,34 @@ class Spec(Section):
         "Traffic routers that make a mesh, gateway or proxy follow the migration, each {name: {settings}} (sdk, "
         "nginx, istio, gateway_api); default: the SDK.", (), later=True
     )
+    bake: Bake = setting(
+        "How long the last stage is still judged (gates against the last legacy measured, change detection, "
+        "triggers) before the migration completes; a failure meanwhile rolls back.", 0.0, later=True
+    )
 
     def __post_init__(self) -> None:
         if not self.salt:
             # Frozen: the only way to fill a derived default is to go around __setattr__.
             object.__setattr__(self, "salt", self.name)
+
+    @classmethod
+    def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Every stage that shadows and sets no noise share of its own takes ``shadow.noise``."""
+        shadow, stages = data.get("shadow"), data.get("stages")
+        if not isinstance(shadow, Mapping) or shadow.get("noise") is None or not isinstance(stages, list | tuple):
+            return data
+        try:
+            noise = parse_percent(shadow["noise"])
+        except ValueError:
+            return data
+        filled = []
+        for stage in stages:
+            if isinstance(stage, Mapping) and stage.get("noise") is None:
+                v = Stage.read({key: value for key, value in stage.items() if value is not None})
+                if v["shadow"] not in (0.0, BAD) or v["shadow_legacy"] not in (0.0, BAD):
+                    stage = {**stage, "noise": noise}
+            filled.append(stage)
+        return {**data, "stages": filled}
 
     @classmethod
     def rules(cls, data: Mapping[str, Any]) -> list[Rule]:

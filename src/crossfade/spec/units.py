@@ -93,6 +93,7 @@ MAX_RATIO: Final = 1e6
 MAX_THREADS: Final = 64
 MAX_PENDING: Final = 100_000
 MAX_EXAMPLES: Final = 1000
+MAX_NOISE_SAMPLES: Final = 100_000
 MAX_ATTEMPTS: Final = 10
 MAX_BACKOFF: Final = 60.0
 MAX_STAGES: Final = 100
@@ -105,6 +106,8 @@ MAX_SHORT_TEXT: Final = 1000
 # can stand for billions of values, which every reader of the spec would walk.
 MAX_VALUES: Final = 100_000
 MAX_DEPTH: Final = 32
+DEFAULT_CHANGE_SHARE: Final = 0.25
+MAX_CHANGE_SHARE: Final = 0.5
 
 
 # --- durations and percentages ---------------------------------------------------------------------------
@@ -330,6 +333,25 @@ def _backoff(value: object) -> float:
     return seconds
 
 
+def _bake(value: object) -> float:
+    """A bake time: a duration, 0 for none."""
+    seconds = parse_duration(value)
+    if seconds < 0:
+        raise ValueError(f"{show(value)} is negative; give how long the last stage is judged, e.g. 1h, or 0")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{show(value)} is longer than {format_duration(MAX_DURATION)}, the most bake allows")
+    return seconds
+
+
+def _change_share(value: object) -> float:
+    """The share of alpha for change detection: a percent from 0% (off) to 50%."""
+    share = parse_percent(value)
+    if not 0.0 <= share <= MAX_CHANGE_SHARE:
+        raise ValueError(f"{format_percent(share)} is not a usable share; pick one from 0% (no change detection) "
+                         f"to {format_percent(MAX_CHANGE_SHARE)}, e.g. 25%")
+    return share
+
+
 def _bounded_count(low: int, high: int) -> Callable[[object], int]:
     def convert(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -435,6 +457,9 @@ OptionalDuration = Annotated[float | None, Check(_positive_duration, {"unit": "d
 Timeout = Annotated[float, Check(_timeout, {"unit": "duration"}, "duration, at most 1h")]
 OptionalTimeout = Annotated[float | None, Check(_timeout, {"unit": "duration"}, "duration, at most 1h")]
 Interval = Annotated[float, Check(_interval, {"unit": "duration"}, "duration, 100ms to 1d")]
+Bake = Annotated[float, Check(_bake, {"anyOf": [{"type": "string", "pattern": DURATION_PATTERN},
+                                                  {"type": "number", "minimum": 0}]}, "duration, 0 for none")]
+ChangeShare = Annotated[float, Check(_change_share, {"unit": "percent"}, "percent, 0% to 50%")]
 Backoff = Annotated[float, Check(_backoff, {"unit": "duration"}, "duration, at most 1m")]
 Samples = Annotated[int, Check(_bounded_count(0, MAX_COUNT), {"unit": "count"}, "whole number")]
 Ratio = Annotated[float, Check(_ratio, {"unit": "ratio"}, "ratio (candidate / legacy)")]

@@ -112,7 +112,7 @@ def section_schema(cls: type[Section], inner: Any) -> Any:
                 hint = f"did you mean {close[0]!r}? " if close else ""
                 errors.append(_error((key,), f"unknown key; {hint}valid keys: {', '.join(keys)}"))
                 suggested.update(close)
-        data = {key: item for key, item in value.items() if key in keys and item is not None}
+        data = cls.prepare({key: item for key, item in value.items() if key in keys and item is not None})
         result = None
         try:
             result = handler(data)
