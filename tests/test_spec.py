@@ -800,8 +800,9 @@ def test_schema_structure() -> None:
     schema = json_schema()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["required"] == ["name", "stages"]
-    # routers, source and bake are left out of to_dict() when unset (the digest of a spec without them stays as it was).
-    assert set(schema["properties"]) == set(FULL_SPEC.to_dict()) | {"routers", "source", "bake"}
+    # routers, source, bake and metrics are left out of to_dict() when unset (the digest of a spec without them
+    # stays as it was).
+    assert set(schema["properties"]) == set(FULL_SPEC.to_dict()) | {"routers", "source", "bake", "metrics"}
     assert json.loads(json.dumps(schema)) == schema
     assert json_schema() is not json_schema(), "callers may change their copy"
 

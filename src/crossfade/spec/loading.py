@@ -51,7 +51,7 @@ def load_spec(source: str | os.PathLike[str] | Mapping[str, Any], *, source_name
     from crossfade.spec.validation import adapter, problems_of
 
     try:
-        return adapter().validate_python(data)
+        return adapter().validate_python(data, context={})
     except ValidationError as exc:
         raise SpecError(label, problems_of(exc)) from None
     except (ArithmeticError, RecursionError, TypeError, ValueError) as exc:

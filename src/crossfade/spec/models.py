@@ -9,16 +9,26 @@ constructors trust their arguments: ``load_spec`` is the way in for anything a u
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import KW_ONLY, MISSING, Field, dataclass, field, fields
+from dataclasses import KW_ONLY, MISSING, dataclass, fields
 from typing import Annotated, Any, ClassVar, Final
 
 from crossfade.canonical import canonical_json
+from crossfade.spec.fields import BAD, Items, Rule, Section, key_of, setting
 from crossfade.spec.errors import Problem, Problems
+from crossfade.spec.metrics import (
+    Below,
+    CustomMetric,
+    Declared,
+    Threshold,
+    TriggerMetric,
+    prepare_trigger,
+    threshold_example_of,
+    trigger_rules,
+)
 from crossfade.spec.units import (
     LATENCY_METRICS,
     MAX_KEYS,
@@ -48,7 +58,6 @@ from crossfade.spec.units import (
     Flag,
     Interval,
     Key,
-    Metric,
     Name,
     OptionalDuration,
     OptionalTimeout,
@@ -59,7 +68,6 @@ from crossfade.spec.units import (
     Samples,
     ShortText,
     Text,
-    Threshold,
     Timeout,
     choice,
     count,
@@ -68,7 +76,6 @@ from crossfade.spec.units import (
     parse_key,
     parse_percent,
     show,
-    threshold_example,
 )
 
 __all__ = [
@@ -86,124 +93,6 @@ __all__ = [
     "Stage",
     "Trigger",
 ]
-
-BAD: Final = object()
-"""A field value its converter refused: the rules that read it skip it, and no spec is returned."""
-
-Rule = tuple[tuple[str | int, ...], str]
-"""A problem a rule found: where (relative to the section or list checked) and what."""
-
-
-def setting(doc: str, default: Any = MISSING, *, factory: Callable[[], Any] | None = None,
-            example: str | Callable[[Mapping[str, Any]], str | None] | None = None, later: bool = False,
-            shown: str | None = None) -> Any:
-    """A field with its documentation. ``example`` is what a "required" message suggests (a function of the
-    section's other keys, or None to stay quiet); ``later`` marks a setting added after the first release,
-    left out of ``to_dict()`` at its default so the digest of a spec written before it does not change;
-    ``shown`` is the default as the docs say it, when it is not a plain value."""
-    metadata = {"doc": doc, "example": example, "later": later, "shown": shown}
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-class Section:
-    """A mapping in a spec: unknown keys are reported (with a guess), null means left out, and ``rules``
-    report what one field cannot say alone."""
-
-    __slots__ = ()
-    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid", "alias_generator": lambda name: name.rstrip("_")}
-    example: ClassVar[str] = "{...}"
-    """How the section is written, for "expected a mapping, e.g. ..."."""
-
-    @classmethod
-    def rules(cls, data: Mapping[str, Any]) -> list[Rule]:
-        """Problems across the fields of ``data`` (the section as written, null values dropped)."""
-        return []
-
-    @classmethod
-    def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
-        """``data`` (null values and unknown keys dropped) with the defaults that depend on other fields."""
-        return data
-
-    @classmethod
-    def schema_extra(cls, schema: dict[str, Any]) -> None:
-        """Add to the section's JSON Schema what its fields' types cannot say."""
-
-    @classmethod
-    def read(cls, data: Mapping[str, Any]) -> dict[str, Any]:
-        """Each field converted from ``data`` (its default when absent, BAD when refused), for the rules."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):  # type: ignore[arg-type]
-            key, check = key_of(f), checks(cls).get(f.name)
-            if key not in data:
-                values[f.name] = f.default if f.default is not MISSING else BAD
-            elif check is None:
-                values[f.name] = data[key]
-            else:
-                try:
-                    values[f.name] = check.convert(data[key], data) if check.with_data else check.convert(data[key])
-                except ValueError:
-                    values[f.name] = BAD
-        return values
-
-    @classmethod
-    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
-        from crossfade.spec.validation import section_schema
-
-        return section_schema(cls, handler(source))
-
-    @classmethod
-    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> Any:
-        from crossfade.spec.validation import section_json_schema
-
-        return section_json_schema(cls, core_schema, handler)
-
-
-def key_of(f: Field[Any]) -> str:
-    """The key a field is written as: its name, less the underscore that keeps ``for_`` off a keyword."""
-    return f.name.rstrip("_")
-
-
-@functools.cache
-def checks(cls: type) -> dict[str, Check]:
-    """The converter of each field of ``cls`` that has one, from its annotation."""
-    found: dict[str, Check] = {}
-    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
-        for meta in getattr(hint, "__metadata__", ()):
-            if isinstance(meta, Check):
-                found[name] = meta
-    return found
-
-
-class Items:
-    """A list in a spec: its example, its most entries, and rules across its entries."""
-
-    __slots__ = ("example", "most", "noun", "empty", "unique", "prepare", "rules")
-
-    def __init__(self, example: str, most: int, noun: str, *, empty: str | None = None, unique: bool = False,
-                 prepare: Callable[[list[Any]], list[Any]] | None = None,
-                 rules: Callable[[list[Any]], list[Rule]] | None = None) -> None:
-        self.example = example
-        self.most = most
-        self.noun = noun
-        self.empty = empty
-        self.unique = unique
-        self.prepare = prepare
-        self.rules = rules
-
-    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
-        from crossfade.spec.validation import items_schema
-
-        return items_schema(self, handler(source))
-
-    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> Any:
-        schema = handler(core_schema)
-        if self.empty:
-            schema["minItems"] = 1
-        schema["maxItems"] = self.most
-        return schema
-
 
 # --- stages ----------------------------------------------------------------------------------------------
 
@@ -251,7 +140,7 @@ class Stage(Section):
         schema["required"].remove("name")
 
     @classmethod
-    def rules(cls, data: Mapping[str, Any]) -> list[Rule]:
+    def rules(cls, data: Mapping[str, Any], context: Mapping[str, Any]) -> list[Rule]:
         """Shadow settings a stage cannot act on: they would silently do nothing.
 
         (``shadow`` at 100% traffic does nothing either, but specs written before these checks may say it.)
@@ -384,12 +273,6 @@ class Gates(Section):
         return cls(error_rate=ErrorRateGate(max_increase=0.01), latency=LatencyGate(quantile=0.95, max_ratio=1.25))
 
 
-def _threshold_example(data: Mapping[str, Any]) -> str | None:
-    """A trigger's threshold is asked for in the unit of its metric, and not at all while the metric is wrong."""
-    metric = data.get("metric")
-    return None if "metric" not in data or Trigger.read(data)["metric"] is BAD else threshold_example(metric)
-
-
 @dataclass(frozen=True, slots=True)
 class Trigger(Section):
     """An absolute threshold that rolls back at once: ``metric`` above ``above`` over a sliding ``window``.
@@ -397,20 +280,37 @@ class Trigger(Section):
     ``above`` is a fraction for rate metrics, seconds for ``latency_pNN`` and a plain number for ratios.
     ``min_samples`` is the number of candidate calls in the window below which the trigger stays quiet;
     ``for_`` (``for`` in YAML) is how long the condition must persist before it fires, ``None`` for at once.
+    A trigger on a custom metric (declared under ``metrics:``) has ``above`` or, for a floor, ``below``
+    instead (the other is None); built-in metrics always have ``above``.
     """
 
     example: ClassVar[str] = "{metric: error_rate, above: 5%, window: 5m}"
 
-    metric: Metric = setting("What to watch.", example="error_rate")
+    metric: TriggerMetric = setting("What to watch: a built-in metric, or a custom one declared under metrics.",
+                                    example="error_rate")
     above: Threshold = setting("Threshold: a percentage for *_rate, a duration for latency_pNN, a number for "
-                               "*_ratio.", example=_threshold_example)
+                               "*_ratio; for a custom metric, a percentage for a rate and a number otherwise.",
+                               example=threshold_example_of)
     window: Duration = setting("Sliding window the metric is measured over.", 300.0)
     min_samples: Samples = setting("Candidate calls needed in the window before it may fire.", 0)
     for_: OptionalDuration = setting("How long the threshold must stay crossed before it fires.", None)
+    below: Below = setting("For a custom metric whose low values are the harm: fires below this threshold.", None)
+
+    @classmethod
+    def prepare(cls, data: dict[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
+        """A trigger on a custom metric may watch below instead of above."""
+        return prepare_trigger(data, context)
+
+    @classmethod
+    def rules(cls, data: Mapping[str, Any], context: Mapping[str, Any]) -> list[Rule]:
+        """A trigger on a custom metric sets exactly one of above or below."""
+        return trigger_rules(data, context)
 
     @classmethod
     def schema_extra(cls, schema: dict[str, Any]) -> None:
-        """The threshold's unit follows the metric."""
+        """The threshold's unit follows the metric; a custom metric's trigger may watch below instead."""
+        schema["required"] = ["metric"]
+        schema["oneOf"] = [{"required": ["above"]}, {"required": ["below"]}]
         schema["allOf"] = [
             {
                 "if": {"properties": {"metric": {"enum": list(metrics)}}, "required": ["metric"]},
@@ -439,7 +339,7 @@ class RollbackPolicy(Section):
     every: Duration = setting("Time between gradual steps.", 60.0)
 
     @classmethod
-    def rules(cls, data: Mapping[str, Any]) -> list[Rule]:
+    def rules(cls, data: Mapping[str, Any], context: Mapping[str, Any]) -> list[Rule]:
         """Steps go with mode gradual, strictly decrease and end at 0%."""
         v = cls.read(data)
         found: list[Rule] = []
@@ -553,6 +453,9 @@ class ShadowSettings(Section):
     noise: Percent = setting("Noise sampling share of every shadowing stage that sets none.", 0.0, later=True)
     noise_samples: Annotated[int, count(1, MAX_NOISE_SAMPLES)] = setting(
         "Legacy-vs-legacy samples a stage needs before its comparisons are judged.", 30, later=True
+    )
+    mismatch_below: Percent = setting(
+        "A graded comparison's score (compare= returning 0..1) below this is a mismatch.", 0.5, later=True
     )
 
 
@@ -699,6 +602,10 @@ class Spec(Section):
                  example="[{traffic: 10%}, {traffic: 50%}, {traffic: 100%}]")
     gates: Gates = setting("Candidate compared with legacy before each promotion. Leave out for the defaults "
                            "(error_rate +1%, p95 latency x1.25); {} for no gates.", factory=Gates.default)
+    metrics: Annotated[tuple[CustomMetric, ...], Declared()] = setting(
+        "Custom metrics recorded by the call site (obs.metric, metrics=, mig.record) and how each is judged; "
+        "similarity is the built-in score of graded comparisons.", (), later=True, mapping=True
+    )
     triggers: Annotated[tuple[Trigger, ...], Items(
         "[{metric: error_rate, above: 5%, window: 5m}]", MAX_TRIGGERS, "triggers",
     )] = setting("Instant rollback on absolute thresholds.", ())
@@ -742,7 +649,7 @@ class Spec(Section):
             object.__setattr__(self, "salt", self.name)
 
     @classmethod
-    def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+    def prepare(cls, data: dict[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
         """Every stage that shadows and sets no noise share of its own takes ``shadow.noise``."""
         shadow, stages = data.get("shadow"), data.get("stages")
         if not isinstance(shadow, Mapping) or shadow.get("noise") is None or not isinstance(stages, list | tuple):
@@ -761,9 +668,16 @@ class Spec(Section):
         return {**data, "stages": filled}
 
     @classmethod
-    def rules(cls, data: Mapping[str, Any]) -> list[Rule]:
+    def rules(cls, data: Mapping[str, Any], context: Mapping[str, Any]) -> list[Rule]:
         """A key is in allow or in deny, not both."""
         return _allow_and_deny(data)
+
+    def metric(self, name: str) -> CustomMetric | None:
+        """The custom metric declared as ``name``, or None."""
+        for metric in self.metrics:
+            if metric.name == name:
+                return metric
+        return None
 
     def stage_index(self, name: str) -> int:
         """The position of the stage called ``name``; KeyError naming the known stages if there is none."""
@@ -803,7 +717,10 @@ def plain(value: Any) -> Any:
                 default = f.default_factory() if f.default_factory is not MISSING else f.default
                 if item == default:
                     continue
-            out[key_of(f)] = plain(item)
+            if f.metadata.get("mapping"):
+                out[key_of(f)] = {entry.name: entry.to_dict() for entry in item}
+            else:
+                out[key_of(f)] = plain(item)
         return out
     if isinstance(value, tuple | list):
         return [plain(item) for item in value]

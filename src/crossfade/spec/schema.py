@@ -9,7 +9,9 @@ import typing
 from dataclasses import MISSING, fields
 from typing import Any
 
-from crossfade.spec.models import Gates, Items, Section, Spec, key_of, plain, sections
+from crossfade.spec.fields import Items, Section, key_of
+from crossfade.spec.metrics import Declared
+from crossfade.spec.models import Gates, Spec, plain, sections
 from crossfade.spec.units import UNITS, Check, format_duration, format_percent
 
 __all__ = ["json_schema", "markdown_reference"]
@@ -69,9 +71,15 @@ def markdown_reference() -> str:
                   f"Written as `{section.example}`.", "",
                   "| key | takes | default | meaning |", "| --- | --- | --- | --- |"]
         hints = typing.get_type_hints(section, include_extras=True)
-        for f in fields(section):  # type: ignore[arg-type]
+        by_key = {key_of(f): f for f in fields(section)}  # type: ignore[arg-type]
+        for key in section.keys():
+            if key in section.written:
+                takes, doc = section.written[key]
+                lines.append(f"| `{key}` | {_cell(takes)} | - | {_cell(doc)} |")
+                continue
+            f = by_key[key]
             takes = _takes(hints[f.name])
-            lines.append(f"| `{key_of(f)}` | {takes} | {_default(f, hints[f.name])} | {_cell(f.metadata['doc'])} |")
+            lines.append(f"| `{key}` | {takes} | {_default(f, hints[f.name])} | {_cell(f.metadata['doc'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -79,6 +87,8 @@ def _takes(hint: Any) -> str:
     for meta in getattr(hint, "__metadata__", ()):
         if isinstance(meta, Check):
             return _cell(meta.label)
+        if isinstance(meta, Declared):
+            return "mapping of names to `CustomMetric`"
         if isinstance(meta, Items):
             inner = typing.get_args(typing.get_args(hint)[0])[0]
             return f"list of {_takes(inner)}"

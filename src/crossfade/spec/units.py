@@ -8,7 +8,6 @@ so ``import crossfade`` stays light.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
@@ -16,7 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Annotated, Any, Final
 
-from crossfade.spec.errors import Quiet
 
 __all__ = [
     "NAME_PATTERN",
@@ -313,7 +311,8 @@ def _positive_duration(value: object, limit: float = MAX_DURATION) -> float:
     return seconds
 
 
-def _timeout(value: object) -> float:
+def timeout(value: object) -> float:
+    """A positive duration of at most an hour."""
     return _positive_duration(value, MAX_TIMEOUT)
 
 
@@ -367,7 +366,8 @@ def _flag(value: object) -> bool:
     return value
 
 
-def _ratio(value: object) -> float:
+def ratio(value: object) -> float:
+    """A plain positive number, candidate / legacy."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise ValueError(
             f"{show(value)} is not a ratio; write a plain positive number such as 1.5 (candidate / legacy)"
@@ -394,25 +394,6 @@ def _confidence(value: object) -> float:
             f"{format_percent(fraction)} is not a usable confidence; pick one between 50% and 100%, e.g. 99%"
         )
     return fraction
-
-
-def _metric(value: object) -> str:
-    if value not in TRIGGER_METRICS:
-        close = difflib.get_close_matches(str(value), TRIGGER_METRICS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"unknown metric {show(value)}; {hint}known metrics: {', '.join(TRIGGER_METRICS)}")
-    return value  # type: ignore[return-value]
-
-
-def _threshold(value: object, data: Mapping[str, Any]) -> float:
-    if "metric" not in data:
-        raise Quiet("the metric is missing or refused, and said so")
-    metric = data.get("metric")
-    if metric in PERCENT_METRICS:
-        return parse_percent(value)
-    if metric in LATENCY_METRICS:
-        return _timeout(value)
-    return _ratio(value)
 
 
 def threshold_example(metric: object) -> str:
@@ -454,25 +435,44 @@ Percent = Annotated[float, Check(parse_percent, {"unit": "percent"}, "percent")]
 Confidence = Annotated[float, Check(_confidence, {"unit": "percent"}, "percent, between 50% and 100%")]
 Duration = Annotated[float, Check(_positive_duration, {"unit": "duration"}, "duration")]
 OptionalDuration = Annotated[float | None, Check(_positive_duration, {"unit": "duration"}, "duration")]
-Timeout = Annotated[float, Check(_timeout, {"unit": "duration"}, "duration, at most 1h")]
-OptionalTimeout = Annotated[float | None, Check(_timeout, {"unit": "duration"}, "duration, at most 1h")]
+Timeout = Annotated[float, Check(timeout, {"unit": "duration"}, "duration, at most 1h")]
+OptionalTimeout = Annotated[float | None, Check(timeout, {"unit": "duration"}, "duration, at most 1h")]
 Interval = Annotated[float, Check(_interval, {"unit": "duration"}, "duration, 100ms to 1d")]
 Bake = Annotated[float, Check(_bake, {"anyOf": [{"type": "string", "pattern": DURATION_PATTERN},
                                                   {"type": "number", "minimum": 0}]}, "duration, 0 for none")]
 ChangeShare = Annotated[float, Check(_change_share, {"unit": "percent"}, "percent, 0% to 50%")]
 Backoff = Annotated[float, Check(_backoff, {"unit": "duration"}, "duration, at most 1m")]
 Samples = Annotated[int, Check(_bounded_count(0, MAX_COUNT), {"unit": "count"}, "whole number")]
-Ratio = Annotated[float, Check(_ratio, {"unit": "ratio"}, "ratio (candidate / legacy)")]
+Ratio = Annotated[float, Check(ratio, {"unit": "ratio"}, "ratio (candidate / legacy)")]
 Quantile = Annotated[float, Check(
     _quantile,
     {"anyOf": [{"enum": list(QUANTILES)}, {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}]},
     "p50, p90, p95, p99 or a fraction",
 )]
-Metric = Annotated[str, Check(_metric, {"enum": list(TRIGGER_METRICS)}, "a metric name")]
-Threshold = Annotated[float, Check(
-    _threshold,
-    {"anyOf": [{"type": "number"}, {"type": "string"}]},
-    "percent for *_rate, duration for latency_pNN, number for *_ratio",
-    with_data=True,
-)]
 Key = Annotated[str, Check(parse_key, {"type": ["string", "integer"]}, "text or a whole number")]
+
+
+# --- custom metrics --------------------------------------------------------------------------------------
+
+METRIC_NAME_PATTERN: Final = r"^[a-z][a-z0-9_]{0,62}$"
+"""What a custom metric's name looks like: a Prometheus label value and a YAML key without quoting."""
+MAX_METRICS: Final = 64
+"""Custom metrics one spec (and one telemetry cell) may hold."""
+_METRIC_NAME_RE: Final = re.compile(METRIC_NAME_PATTERN)
+_MAX_AMOUNT: Final = 1e18
+
+
+def valid_metric_name(name: object) -> bool:
+    """Whether `name` may name a custom metric (METRIC_NAME_PATTERN)."""
+    return isinstance(name, str) and _METRIC_NAME_RE.match(name) is not None
+
+
+def amount(value: object) -> float:
+    """A limit in a metric's own unit: a number, or a percentage (`2%` is 0.02)."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        return parse_percent(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or abs(value) > _MAX_AMOUNT:
+        raise ValueError(f"{show(value)} is not a limit; write a number such as 0.85 or 250, or a percentage "
+                         "such as 99.9%")
+    return float(value)

@@ -18,10 +18,16 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError, core_schema
 
 from crossfade.spec.errors import Problem, Problems, Quiet
-from crossfade.spec.models import Items, Rule, Section, Spec, key_of
-from crossfade.spec.units import Check, kind
+from crossfade.spec.fields import Items, Rule, Section, key_of
+from crossfade.spec.metrics import EXAMPLE as METRIC_EXAMPLE
+from crossfade.spec.metrics import CustomMetric, metric_names_problem
+from crossfade.spec.models import Spec
+from crossfade.spec.units import MAX_METRICS, Check, kind
 
-__all__ = ["adapter", "check_schema", "items_schema", "problems_of", "section_schema", "section_json_schema"]
+__all__ = [
+    "adapter", "check_schema", "declared_schema", "items_schema", "problems_of", "section_schema",
+    "section_json_schema",
+]
 
 _ERROR = "spec"
 
@@ -83,23 +89,31 @@ def _kept(line: Any) -> dict[str, Any] | None:
 def check_schema(check: Check) -> Any:
     """The core schema of a value type: its converter, with a provider's several problems kept at their paths."""
 
-    def convert(value: Any, *data: Any) -> Any:
+    def convert(value: Any, *more: Any) -> Any:
         try:
-            return check.convert(value, *data)
+            return check.convert(value, *more)
         except Problems as exc:
             raise _fail("value", [_error((), p.message, p.path) for p in exc.problems]) from None
 
     if check.with_data:
-        return core_schema.with_info_plain_validator_function(lambda value, info: convert(value, info.data))
+        return core_schema.with_info_plain_validator_function(
+            lambda value, info: convert(value, info.data, _context(info))
+        )
     return core_schema.no_info_plain_validator_function(convert)
+
+
+def _context(info: Any) -> dict[str, Any]:
+    """What the sections of one spec tell each other while it is validated (``load_spec`` passes a dict)."""
+    return info.context if isinstance(info.context, dict) else {}
 
 
 def section_schema(cls: type[Section], inner: Any) -> Any:
     """The core schema of a section: ``inner`` (pydantic's dataclass schema) wrapped in the spec's reading."""
-    keys = [key_of(f) for f in fields(cls)]  # type: ignore[arg-type]
+    keys = list(cls.keys())
     examples = {key_of(f): f.metadata.get("example") for f in fields(cls)}  # type: ignore[arg-type]
 
-    def validate(value: Any, handler: Any) -> Any:
+    def validate(value: Any, handler: Any, info: Any) -> Any:
+        context = _context(info)
         if not isinstance(value, Mapping):
             raise PydanticCustomError(_ERROR, "{message}",
                                       {"message": f"expected a mapping, e.g. {cls.example}; got {kind(value)}"})
@@ -107,12 +121,14 @@ def section_schema(cls: type[Section], inner: Any) -> Any:
         # A key taken for a misspelling: "did you mean 'max'?" says it, so "max: required" would be noise.
         suggested: set[str] = set()
         for key in value:
-            if key not in keys:
+            if key not in keys and key not in cls.passed:
                 close = difflib.get_close_matches(str(key), keys, n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
                 errors.append(_error((key,), f"unknown key; {hint}valid keys: {', '.join(keys)}"))
                 suggested.update(close)
-        data = cls.prepare({key: item for key, item in value.items() if key in keys and item is not None})
+        written = {key: item for key, item in value.items()
+                   if (key in keys or key in cls.passed) and item is not None}
+        data = cls.prepare(written, context)
         result = None
         try:
             result = handler(data)
@@ -122,19 +138,19 @@ def section_schema(cls: type[Section], inner: Any) -> Any:
                     key = str(line["loc"][0])
                     example = examples.get(key)
                     if callable(example):
-                        example = example(data)
+                        example = example(written, context)
                         if example is None:
                             continue
                     if key not in suggested:
                         errors.append(_error((key,), f"required{f', e.g. {key}: {example}' if example else ''}"))
                 elif (kept := _kept(line)) is not None:
                     errors.append(kept)
-        errors += [_error(loc, message) for loc, message in cls.rules(data)]
+        errors += [_error(loc, message) for loc, message in cls.rules(written, context)]
         if errors:
             raise _fail(cls.__name__, errors)
         return result
 
-    return core_schema.no_info_wrap_validator_function(validate, inner)
+    return core_schema.with_info_wrap_validator_function(validate, inner)
 
 
 def items_schema(items: Items, inner: Any) -> Any:
@@ -179,3 +195,45 @@ def section_json_schema(cls: type[Section], core: Any, handler: Any) -> Any:
             prop.pop("default", None)  # derived (the salt is the name) or unset: nothing to suggest
     cls.schema_extra(target)
     return schema
+
+
+def declared_schema(inner: Any) -> Any:
+    """The core schema of `metrics:`: a mapping of names to settings, each a CustomMetric (``inner`` validates a
+    tuple of them). The triggers are told every name written and the kind of each read without a problem."""
+
+    def validate(value: Any, handler: Any, info: Any) -> Any:
+        context = _context(info)
+        context["named"] = [str(name) for name in value] if isinstance(value, Mapping) else []
+        if not isinstance(value, Mapping):
+            raise _fail("metrics", [_error((), "expected a mapping of metric names to settings, e.g. "
+                                               f"{{delivery: {METRIC_EXAMPLE}}}; got {kind(value)}")])
+        if len(value) > MAX_METRICS:
+            raise _fail("metrics", [_error((), f"{len(value)} metrics; at most {MAX_METRICS}")])
+        errors: list[dict[str, Any]] = []
+        metrics, declared = [], {}
+        for name, settings in value.items():
+            problem = metric_names_problem(name)
+            if problem:
+                errors.append(_error((name,), problem))
+                continue
+            if settings is None or isinstance(settings, Mapping):
+                own = [key for key in (settings or {}) if key in CustomMetric.passed]
+                if own:
+                    errors += [_error((name, key), f"unknown key; valid keys: {', '.join(CustomMetric.keys())}")
+                               for key in own]
+                    continue
+                settings = {**(settings or {}), "name": name}
+            try:
+                (metric,) = handler([settings])
+            except ValidationError as exc:
+                errors += [{**kept, "loc": (name, *kept["loc"][1:])}
+                           for line in exc.errors(include_url=False) if (kept := _kept(line)) is not None]
+                continue
+            metrics.append(metric)
+            declared[name] = metric.kind
+        context["declared"] = declared
+        if errors:
+            raise _fail("metrics", errors)
+        return tuple(metrics)
+
+    return core_schema.with_info_wrap_validator_function(validate, inner)
