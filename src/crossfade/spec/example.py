@@ -42,6 +42,13 @@ triggers:
   - {metric: error_rate, above: 5%, window: 5m, min_samples: 100}
   - {metric: latency_p95_ratio, above: 2.0, for: 3m}
 
+# Custom metrics the call site records (obs.metric, metrics=, mig.record), judged like the built-in gates;
+# triggers may watch them too ({metric: lost, above: 0}). similarity: scores of graded comparisons.
+# metrics:
+#   delivery: {rate: delivered / sent, min: 99.9%}
+#   lost: {kind: count, max: 0}
+#   similarity: {quantile: p10, min: 0.85}
+
 on_failure: rollback              # when a gate fails: rollback | step_back | pause
 rollback: {mode: gradual, steps: [50%, 25%, 10%, 0%], every: 1m}   # or {mode: immediate}
 analysis: {interval: 30s, confidence: 99%, on_nodata: hold, promote_when: no_regression}

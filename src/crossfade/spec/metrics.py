@@ -164,12 +164,12 @@ class CustomMetric(Section):
 
     @property
     def label(self) -> str:
-        """How people read the metric: `delivery (delivered / sent)`, `similarity p10`."""
+        """How people read the metric: `delivery (delivered / sent)`, `similarity p10`, `lost total`."""
         if self.kind == "rate":
             return f"{self.name} ({self.numerator} / {self.denominator})"
         if self.kind == "quantile":
             return f"{self.name} p{_plain(self.quantile * 100)}"  # type: ignore[operator]
-        return self.name if self.kind == "count" else f"{self.name} mean"
+        return f"{self.name} total" if self.kind == "count" else f"{self.name} mean"
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical plain form (`load_spec` reads it back to an equal metric)."""
