@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, MISSING, dataclass, fields
 from typing import Annotated, Any, ClassVar, Final
 
