@@ -73,18 +73,17 @@ class Section:
     def read(cls, data: Mapping[str, Any], context: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Each field converted from ``data`` (its default when absent, BAD when refused), for the rules."""
         values: dict[str, Any] = {}
-        for f in fields(cls):  # type: ignore[arg-type]
-            key, check = key_of(f), checks(cls).get(f.name)
+        for name, key, check, default in _readers(cls):
             if key not in data:
-                values[f.name] = f.default if f.default is not MISSING else BAD
+                values[name] = default
             elif check is None:
-                values[f.name] = data[key]
+                values[name] = data[key]
             else:
                 try:
-                    values[f.name] = (check.convert(data[key], data, context or {}) if check.with_data
-                                      else check.convert(data[key]))
+                    values[name] = (check.convert(data[key], data, context or {}) if check.with_data
+                                    else check.convert(data[key]))
                 except ValueError:
-                    values[f.name] = BAD
+                    values[name] = BAD
         return values
 
     @classmethod
@@ -103,6 +102,13 @@ class Section:
 def key_of(f: Field[Any]) -> str:
     """The key a field is written as: its name, less the underscore that keeps ``for_`` off a keyword."""
     return f.name.rstrip("_")
+
+
+@functools.cache
+def _readers(cls: type) -> tuple[tuple[str, str, Check | None, Any], ...]:
+    """Per field of ``cls``: its name, its key, its converter and its default (BAD when it has none)."""
+    return tuple((f.name, key_of(f), checks(cls).get(f.name), BAD if f.default is MISSING else f.default)
+                 for f in fields(cls))  # type: ignore[arg-type]
 
 
 @functools.cache
