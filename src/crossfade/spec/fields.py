@@ -22,16 +22,17 @@ Rule = tuple[tuple[str | int, ...], str]
 
 def setting(doc: str, default: Any = MISSING, *, factory: Callable[[], Any] | None = None,
             example: str | Callable[[Mapping[str, Any]], str | None] | None = None, later: bool = False,
-            shown: str | None = None, mapping: bool = False) -> Any:
+            shown: str | None = None, mapping: bool = False, hashed: bool = True) -> Any:
     """A field with its documentation. ``example`` is what a "required" message suggests (a function of the
     section's other keys, or None to stay quiet); ``later`` marks a setting added after the first release,
     left out of ``to_dict()`` at its default so the digest of a spec written before it does not change;
     ``shown`` is the default as the docs say it, when it is not a plain value; ``mapping`` writes a tuple of
-    named sections as a mapping of their names to their settings."""
+    named sections as a mapping of their names to their settings; ``hashed=False`` keeps a setting that may be
+    a mapping out of the section's hash."""
     metadata = {"doc": doc, "example": example, "later": later, "shown": shown, "mapping": mapping}
     if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
+        return field(default_factory=factory, metadata=metadata, hash=None if hashed else False)
+    return field(default=default, metadata=metadata, hash=None if hashed else False)
 
 
 class Section:

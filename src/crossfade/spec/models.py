@@ -457,6 +457,10 @@ class ShadowSettings(Section):
     mismatch_below: Percent = setting(
         "A graded comparison's score (compare= returning 0..1) below this is a mismatch.", 0.5, later=True
     )
+    compare: Annotated[Any, Check(_comparator, _comparator_schema, "a comparator by name, or {name: {settings}}")] \
+        = setting("A comparator (crossfade.compare) by name, or {name: {settings}}: equal, text, structure, "
+                  "embedding. Used where the call site passes no compare= of its own.", None, later=True,
+                  hashed=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,6 +474,33 @@ class DualWriteRetry(Section):
 
 
 # --- providers: each checks its own settings, found by name in its registry ------------------------------
+
+
+def _comparator(value: object) -> Any:
+    from crossfade.compare import from_spec
+    from crossfade.registry import ProviderConfigError
+
+    try:
+        from_spec(value, "shadow.compare")
+    except ProviderConfigError as exc:
+        raise Problems([Problem(problem.path, problem.message) for problem in exc.problems]) from None
+    return json.loads(json.dumps(value))
+
+
+_COMPARATORS: Final = ("equal", "text", "structure", "embedding")
+
+
+def _comparator_schema() -> dict[str, Any]:
+    return {
+        "anyOf": [
+            {"enum": list(_COMPARATORS)},
+            {
+                "type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+                "description": "One comparator with its settings.",
+                "properties": {name: {"description": f"The {name} comparator's settings."} for name in _COMPARATORS},
+            },
+        ],
+    }
 
 
 def _notify(value: object) -> tuple[Any, ...]:
