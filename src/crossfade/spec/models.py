@@ -457,10 +457,10 @@ class ShadowSettings(Section):
     mismatch_below: Percent = setting(
         "A graded comparison's score (compare= returning 0..1) below this is a mismatch.", 0.5, later=True
     )
-    compare: Annotated[Any, Check(_comparator, _comparator_schema, "a comparator by name, or {name: {settings}}")] \
-        = setting("A comparator (crossfade.compare) by name, or {name: {settings}}: equal, text, structure, "
-                  "embedding. Used where the call site passes no compare= of its own.", None, later=True,
-                  hashed=False)
+    compare: Comparator = setting(
+        "A comparator (crossfade.compare) by name, or {name: {settings}}: equal, text, structure, embedding. Used "
+        "where the call site passes no compare= of its own.", None, later=True, hashed=False
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,11 +503,14 @@ def _comparator_schema() -> dict[str, Any]:
     }
 
 
+Comparator = Annotated[Any, Check(_comparator, _comparator_schema, "a comparator by name, or {name: {settings}}")]
+
+
 def _notify(value: object) -> tuple[Any, ...]:
     from crossfade.notify import targets
     from crossfade.registry import ProviderConfigError
 
-    entries = _entries(value, "notify", "[{slack: {url_env: SLACK_WEBHOOK_URL}, events: [rolled_back]}]")
+    entries = _entries(value, "[{slack: {url_env: SLACK_WEBHOOK_URL}, events: [rolled_back]}]")
     problems: list[Problem] = []
     if len(entries) > MAX_NOTIFY:
         problems.append(Problem("notify", f"{len(entries)} entries; at most {MAX_NOTIFY}"))
@@ -530,7 +533,7 @@ def _notify_schema() -> dict[str, Any]:
 def _routers(value: object) -> tuple[Any, ...]:
     from crossfade.routers import check
 
-    items = _entries(value, "routers", "[{nginx: {conf: /etc/nginx/conf.d/crossfade.conf}}]")
+    items = _entries(value, "[{nginx: {conf: /etc/nginx/conf.d/crossfade.conf}}]")
     problems = check(items)
     if problems:
         raise Problems([Problem(problem.path, problem.message) for problem in problems])
@@ -577,7 +580,7 @@ def _source_schema() -> dict[str, Any]:
     }
 
 
-def _entries(value: object, path: str, example: str) -> list[Any]:
+def _entries(value: object, example: str) -> list[Any]:
     if not isinstance(value, list | tuple):
         raise ValueError(f"expected a list, e.g. {example}; got {kind(value)}")
     return list(value)
