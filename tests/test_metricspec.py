@@ -5,7 +5,7 @@ from __future__ import annotations
 import jsonschema
 import pytest
 
-from crossfade.metricspec import CustomMetric
+from crossfade.spec.metrics import CustomMetric
 from crossfade.spec import SpecError, json_schema, load_spec
 
 BASE = {"name": "m", "stages": [{"traffic": "10%"}, {"traffic": "100%"}]}

@@ -242,9 +242,16 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Spec files to che
 
 @app.command()
 def schema(telemetry: Annotated[bool, typer.Option("--telemetry", help="The schema of the open telemetry form "
-                                                   "that POST /v1/telemetry takes from any language.")] = False
+                                                   "that POST /v1/telemetry takes from any language.")] = False,
+           markdown: Annotated[bool, typer.Option("--markdown", help="The reference of every spec field, as "
+                                                  "Markdown (docs/spec.md).")] = False,
            ) -> None:
     """Print the JSON Schema of spec files (point your editor at it for completion)."""
+    if markdown:
+        from crossfade.spec.schema import markdown_reference
+
+        sys.stdout.write(markdown_reference())
+        return
     if telemetry:
         from importlib.resources import files
 
@@ -837,7 +844,7 @@ def shadow_report(cf: Client, name: str, stage: str | None, *, limit: int = 3) -
 
 def _similarity(cf: Client, name: str, stage: str | None) -> dict[str, Any] | None:
     """The candidate's graded comparison scores (count, mean, p10, p50, p90), None without any."""
-    from crossfade.metricspec import SIMILARITY
+    from crossfade.spec.metrics import SIMILARITY
     from crossfade.routing import CANDIDATE
     from crossfade.telemetry import merge_windows, tally_figures
 

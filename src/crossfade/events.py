@@ -454,7 +454,7 @@ class StageProgress:
         estimate is past its limit); empty when none."""
         import math
 
-        from crossfade.spec import format_duration
+        from crossfade.spec.units import format_duration
 
         stage = spec.stages[state.stage_index]
         waiting = [f"past its limit: {message}" for message in self.past_limit]

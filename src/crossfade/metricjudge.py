@@ -31,7 +31,7 @@ from crossfade.judge import (
     format_rate,
     within,
 )
-from crossfade.metricspec import RELATIVE_GATES, SIMILARITY, CustomMetric, format_amount
+from crossfade.spec.metrics import RELATIVE_GATES, SIMILARITY, CustomMetric, format_amount
 from crossfade.routing import CANDIDATE, LEGACY
 from crossfade.spec import Spec, Trigger, format_duration
 from crossfade.stats import (

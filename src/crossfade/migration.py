@@ -45,7 +45,7 @@ from crossfade.shadow import (
     shown,
 )
 from crossfade.spec import Fallback, ShadowSettings, Spec
-from crossfade.metricspec import SIMILARITY
+from crossfade.spec.metrics import SIMILARITY
 from crossfade.streams import STREAM_TYPES, StreamMisuse, astream, misuse, stream
 from crossfade.telemetry import Cell, Window, cell_key, valid_metric_name
 

@@ -144,7 +144,7 @@ def _trigger_sentence(t: Trigger, spec: Spec) -> str:
     metric = t.metric
     custom = spec.metric(metric)
     if custom is not None:
-        from crossfade.metricspec import format_amount
+        from crossfade.spec.metrics import format_amount
 
         side, limit = ("exceeds", t.above) if t.above is not None else ("falls below", t.below)
         what = f"the candidate's {custom.label} {side} {format_amount(custom, limit)}"  # type: ignore[arg-type]

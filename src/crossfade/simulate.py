@@ -76,7 +76,7 @@ from crossfade.events import (
     State,
 )
 from crossfade.loop import ControllerLoop
-from crossfade.metricspec import SIMILARITY
+from crossfade.spec.metrics import SIMILARITY
 from crossfade.migration import CandidateTimeout, sketched_metrics
 from crossfade.routing import BUCKETS, CANDIDATE, LEGACY, SERVING_STATUSES, bucket, threshold
 from crossfade.sketch import MIN_VALUE, Sketch

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from crossfade.sketch import ALPHA, Buckets, Histogram, Sketch, histogram_from_dict
+from crossfade.spec.units import MAX_METRICS, valid_metric_name
 
 MAX_COUNT: Final = 2**53
 """The largest count a cell may hold: exact as a float and in every JSON reader."""
@@ -21,14 +21,9 @@ _COUNTS: Final = ("calls", "errors", "fallbacks", "timeouts", "costed", "compare
 _SUMS: Final = ("cost_sum", "cost_sq")
 _CELL_KEYS: Final = frozenset((*_COUNTS, *_SUMS, "latency", "metrics", "first_chunk"))
 _SKETCH_KEYS: Final = frozenset(("bins", "zeros", "count", "total"))
-METRIC_NAME_PATTERN: Final = r"^[a-z][a-z0-9_]{0,62}$"
-"""What a custom metric's name looks like: a Prometheus label value and a YAML key without quoting."""
-MAX_METRICS: Final = 64
-"""Custom metrics one cell may hold: a call site that invents names per call must not grow cells without bound."""
 METRIC_BINS: Final = range(-1100, 2100)
 """Sketch bucket indexes a custom metric's sketch may use: values from 1e-9 to 1e18 (larger are capped)."""
 MAX_METRIC_VALUE: Final = 1e18
-_METRIC_NAME_RE: Final = re.compile(METRIC_NAME_PATTERN)
 _TALLY_KEYS: Final = frozenset(("count", "sum", "sum_squares", "sketch"))
 
 
@@ -93,9 +88,6 @@ class Tally:
         return f"Tally(count={self.count}, mean={self.mean:.6g})"
 
 
-def valid_metric_name(name: object) -> bool:
-    """Whether `name` may name a custom metric (METRIC_NAME_PATTERN)."""
-    return isinstance(name, str) and _METRIC_NAME_RE.match(name) is not None
 
 
 class Cell:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from crossfade.spec import NAME_PATTERN
-from crossfade.telemetry import MAX_METRICS, METRIC_NAME_PATTERN
+from crossfade.spec.units import MAX_METRICS, METRIC_NAME_PATTERN
 
 # Names follow the spec's rule; free text may not hold NUL, which PostgreSQL text cannot store.
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
