@@ -102,7 +102,11 @@ def main(directory: Path) -> dict[str, object]:
           f"consistent: {after.consistent}, and {still} of {len(names)} shadow reads differ")
 
     # 4. Contract: reads move to v2 (half, then all); v1 is no longer read.
-    mig.promote("shadow reads clean after the backfill")
+    # The stage's mismatch estimate still counts the reads made before the fix, so a plain promote is refused
+    # (the estimate is past its limit). The operator who has just seen the second round come back clean goes
+    # past it on purpose: the event records that it was forced and which gates it went past.
+    mig.promote(f"shadow reads clean after the backfill ({still} of {len(names)} differ); the stage's estimate "
+                "still counts the reads before the fix", force=True)
     served = [mig.decide(name).arm for name in names]
     mig.promote("contract: v2 serves every read")
     state = mig.state()

@@ -760,8 +760,9 @@ class Migration:
 
     def promote(self, reason: str | None = None, *, actor: str | None = None, force: bool = False,
                 dry_run: bool = False) -> Event:
-        """Move to the next stage; entering the last stage completes the migration. A gate whose last
-        verdict is FAIL refuses it unless `force`, which the event records."""
+        """Move to the next stage; entering the last stage completes the migration (or starts its bake). A
+        gate whose last verdict is FAIL, or whose estimate is past its limit, refuses it unless `force`, which
+        the event records."""
         return self._act("promote", reason, actor, dry_run, force=force)
 
     def pause(self, reason: str | None = None, *, actor: str | None = None, dry_run: bool = False) -> Event:
