@@ -24,7 +24,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from crossfade.cli import Url, _client, _fail, err, out
+from crossfade.cli.common import Url, _client, _fail, err, out
 from crossfade.registry import ProviderConfigError
 from crossfade.spec import SpecError, load_spec, parse_duration
 
