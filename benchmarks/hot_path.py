@@ -70,7 +70,10 @@ _CALLS = (2_000, 12_000)  # each loop runs with both; the difference cancels eve
 _BATCHES = 40
 
 
-def _callgrind_child(out: str) -> None:
+_GROUPS = ("run", "shadow", "arun")
+
+
+def _callgrind_child(out: str, groups: list[str]) -> None:
     """Under callgrind: every measured loop between two markers; the labels of the parts go to `out`."""
     labels: list[tuple[str | None, int]] = []
 
@@ -109,9 +112,12 @@ def _callgrind_child(out: str) -> None:
     measured("direct call", direct)
     measured("murmur3 hash alone", bare_hash)
     measured("crossfade decide", mig.decide)
-    measured("crossfade run (no shadow)", lambda key: mig.run(key, direct, direct, key))
-    measured("run, legacy serves", lambda key: legacy.run(key, direct, direct, key), legacy_keys)
-    measured("run, candidate serves", lambda key: candidate.run(key, direct, direct, key))
+    if "run" in groups:
+        measured("crossfade run (no shadow)", lambda key: mig.run(key, direct, direct, key))
+    if "run" in groups or "shadow" in groups:
+        measured("run, legacy serves", lambda key: legacy.run(key, direct, direct, key), legacy_keys)
+    if "run" in groups:
+        measured("run, candidate serves", lambda key: candidate.run(key, direct, direct, key))
 
     # The shadow hand-off: the one worker is held busy, so every run waits in the queue and no worker runs
     # while the request path is counted. Batches of 10 and 60 runs, the queue drained outside the counted
@@ -121,7 +127,7 @@ def _callgrind_child(out: str) -> None:
     mark()
     for key in legacy_keys:
         shadowed.decide(key)
-    for _ in range(_BATCHES):
+    for _ in range(_BATCHES if "shadow" in groups else 0):
         for n in (10, 60):
             gate = threading.Event()
             shadowed.run("hold", lambda: None, gate.wait)
@@ -151,13 +157,14 @@ def _callgrind_child(out: str) -> None:
                 for i in range(n):
                     await fn(keys[i % size])
 
-    asyncio.run(asynchronous())
+    if "arun" in groups:
+        asyncio.run(asynchronous())
     mark()
     Path(out, "labels.json").write_text(json.dumps(labels))
     os._exit(0)  # the client's threads and atexit flush would only add parts nobody reads
 
 
-def instructions(keep: str | None) -> dict[str, float]:
+def instructions(keep: str | None, groups: list[str]) -> dict[str, float]:
     """Instructions per call of each measured loop, counted by callgrind in a child process."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
@@ -168,7 +175,7 @@ def instructions(keep: str | None) -> dict[str, float]:
         old.unlink()
     child = subprocess.run(
         [valgrind, "--tool=callgrind", f"--dump-before={_MARKER}", f"--callgrind-out-file={out}/callgrind.out",
-         sys.executable, __file__, "--callgrind-child", out],
+         sys.executable, __file__, "--callgrind-child", out, "--only", *groups],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": os.pathsep.join(sys.path[1:])},
     )
@@ -195,20 +202,22 @@ def instructions(keep: str | None) -> dict[str, float]:
 
 
 def report_instructions(args: argparse.Namespace) -> None:
-    per_call = instructions(args.keep)
+    per_call = instructions(args.keep, args.only or list(_GROUPS))
     empty = per_call.pop("empty loop")
     rows = {label: n - empty for label, n in per_call.items() if "await" not in label and "arun" not in label}
-    awaited = per_call["await of a coroutine"]
+    awaited = per_call.get("await of a coroutine", 0.0)
     rows.update({label: n - awaited for label, n in per_call.items() if "arun" in label})
     hashed = rows["murmur3 hash alone"]
     direct = rows["direct call"]
-    figures = {
-        "run overhead (instructions)": rows["crossfade run (no shadow)"] - direct,
-        "run overhead / bare hash": (rows["crossfade run (no shadow)"] - direct) / hashed,
-        "decide / bare hash": rows["crossfade decide"] / hashed,
-        "shadow hand-off (instructions)": rows["run, legacy serves, shadow handed off"] - rows["run, legacy serves"],
-        "arun candidate-served / legacy-served": rows["arun, candidate serves"] / rows["arun, legacy serves"],
-    }
+    figures = {"decide / bare hash": rows["crossfade decide"] / hashed}
+    if "crossfade run (no shadow)" in rows:
+        figures["run overhead (instructions)"] = rows["crossfade run (no shadow)"] - direct
+        figures["run overhead / bare hash"] = figures["run overhead (instructions)"] / hashed
+    if "run, legacy serves, shadow handed off" in rows:
+        figures["shadow hand-off (instructions)"] = (rows["run, legacy serves, shadow handed off"]
+                                                     - rows["run, legacy serves"])
+    if "arun, legacy serves" in rows:
+        figures["arun candidate-served / legacy-served"] = rows["arun, candidate serves"] / rows["arun, legacy serves"]
     if args.json:
         print(json.dumps({"instructions_per_call": rows, "figures": figures}, indent=2))
         return
@@ -217,12 +226,15 @@ def report_instructions(args: argparse.Namespace) -> None:
         print(f"{label:<40}{n:>18,.0f}")
     print("(loop cost subtracted; arun rows: less an await of a coroutine that returns at once)")
     print()
-    print(f"run overhead over a direct call:        {figures['run overhead (instructions)']:,.0f} instructions, "
-          f"{figures['run overhead / bare hash']:.1f} bare hashes  (target <= 6)")
     print(f"decide / bare hash:                     {figures['decide / bare hash']:.2f}x  (target <= 2x)")
-    print(f"shadow hand-off:                        {figures['shadow hand-off (instructions)']:,.0f} instructions"
-          "  (target <= 2,000)")
-    print(f"arun candidate-served / legacy-served:  {figures['arun candidate-served / legacy-served']:.2f}x")
+    if "run overhead (instructions)" in figures:
+        print(f"run overhead over a direct call:        {figures['run overhead (instructions)']:,.0f} instructions,"
+              f" {figures['run overhead / bare hash']:.1f} bare hashes  (target <= 6)")
+    if "shadow hand-off (instructions)" in figures:
+        print(f"shadow hand-off:                        {figures['shadow hand-off (instructions)']:,.0f} "
+              "instructions  (target <= 2,000)")
+    if "arun candidate-served / legacy-served" in figures:
+        print(f"arun candidate-served / legacy-served:  {figures['arun candidate-served / legacy-served']:.2f}x")
 
 
 def main() -> None:
@@ -232,10 +244,11 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--instructions", action="store_true", help="count instructions with callgrind instead")
     parser.add_argument("--keep", metavar="DIR", help="with --instructions: keep callgrind's parts in DIR")
+    parser.add_argument("--only", nargs="+", choices=_GROUPS, help="with --instructions: only these rows")
     parser.add_argument("--callgrind-child", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.callgrind_child:
-        _callgrind_child(args.callgrind_child)
+        _callgrind_child(args.callgrind_child, args.only or list(_GROUPS))
         return
     if args.instructions:
         report_instructions(args)

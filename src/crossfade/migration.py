@@ -70,6 +70,7 @@ class Migration:
         self.options = options or Options()
         self._comparator = Comparator(self.options)
         self._recorder = client.recorder
+        self._costs = self.options.cost
         self._refusal_logged = False
         client._views.add(self)
         self._now = client.recorder.monotonic
@@ -171,17 +172,9 @@ class Migration:
 
     def _record_ok(self, key: str, start: int, end: int, answer: Any) -> None:
         # The cost function is the application's code: it runs before the cell is taken, not while held.
-        cost = None if self.options.cost is None else self._cost(answer)
-        recorder = self._recorder
+        # (`run` and `arun` do the same inline: one Python call less on every call.)
         try:
-            cell = recorder.cell(end, key)
-            try:
-                cell.calls += 1
-                cell.latency.add((end - start) * 1e-9)
-                if cost is not None:
-                    cell.add_cost(cost)
-            finally:
-                recorder.done()
+            self._recorder.add_call(key, start, end, None if self._costs is None else self._cost(answer))
         except Exception:  # recording never fails the caller: counted instead
             self.client.counters["recording_errors"] += 1
 
@@ -197,29 +190,39 @@ class Migration:
         if route is None:  # unknown migration, or a stale table: legacy, and nothing to file it under
             return legacy(*args, **kwargs)
         decision = route.decide(key)
-        start = self._now()
+        now = self._now
+        start = now()
         if decision.arm is LEGACY:
             try:
-                result = legacy(*args, **kwargs)
+                # Without keywords, no dict is built to pass none (the common call, on the hot path).
+                result = legacy(*args, **kwargs) if kwargs else legacy(*args)
             except Exception as exc:
-                self._record(decision, self._now() - start, error=True)
+                self._record(decision, now() - start, error=True)
                 if decision.shadow:
                     self._shadow(route, decision, candidate, legacy, args, kwargs, None, exc)
                 raise
-            self._record_ok(legacy_key, start, self._now(), result)
+            end = now()
+            try:  # `_record_ok`, inline: the cost function runs before the cell is taken
+                self._recorder.add_call(legacy_key, start, end, None if self._costs is None else self._cost(result))
+            except Exception:  # recording never fails the caller: counted instead
+                self.client.counters["recording_errors"] += 1
             if decision.shadow:
                 self._shadow(route, decision, candidate, legacy, args, kwargs, result, None)
             return result
         fallback = route.spec.fallback if route.spec is not None else None
         try:
             if fallback is None or fallback.timeout is None:
-                result = candidate(*args, **kwargs)
+                result = candidate(*args, **kwargs) if kwargs else candidate(*args)
             else:
                 result = self._call_with_timeout(candidate, fallback.timeout, args, kwargs)
         except Exception as exc:
             self._candidate_failed(decision, start, exc, fallback)
             return legacy(*args, **kwargs)
-        self._record_ok(candidate_key, start, self._now(), result)
+        end = now()
+        try:
+            self._recorder.add_call(candidate_key, start, end, None if self._costs is None else self._cost(result))
+        except Exception:
+            self.client.counters["recording_errors"] += 1
         if decision.shadow:  # a ramp-down stage: legacy runs in the candidate's shadow
             self._shadow(route, decision, legacy, legacy, args, kwargs, result, None)
         return result
@@ -386,18 +389,29 @@ class Migration:
                 if decision.shadow:
                     self._ashadow(route, decision, candidate, legacy, args, kwargs, None, exc)
                 raise
-            self._record_ok(legacy_key, start, self._now(), result)
+            end = self._now()
+            try:  # `_record_ok`, inline (see `run`)
+                self._recorder.add_call(legacy_key, start, end, None if self._costs is None else self._cost(result))
+            except Exception:
+                self.client.counters["recording_errors"] += 1
             if decision.shadow:
                 self._ashadow(route, decision, candidate, legacy, args, kwargs, result, None)
             return result
         fallback = route.spec.fallback if route.spec is not None else None
         try:
-            async with asyncio.timeout(fallback.timeout if fallback is not None else None):
+            if fallback is None or fallback.timeout is None:  # no deadline to keep: no timeout scope to enter
                 result = await candidate(*args, **kwargs)
+            else:
+                async with asyncio.timeout(fallback.timeout):
+                    result = await candidate(*args, **kwargs)
         except Exception as exc:
             self._candidate_failed(decision, start, exc, fallback)
             return await legacy(*args, **kwargs)
-        self._record_ok(candidate_key, start, self._now(), result)
+        end = self._now()
+        try:
+            self._recorder.add_call(candidate_key, start, end, None if self._costs is None else self._cost(result))
+        except Exception:
+            self.client.counters["recording_errors"] += 1
         if decision.shadow:
             self._ashadow(route, decision, legacy, legacy, args, kwargs, result, None)
         return result
