@@ -39,7 +39,7 @@ from crossfade.telemetry import Cell, Window
 WINDOW = 10.0
 SPEC = {
     "name": "scale",
-    "stages": [{"name": "shadow", "traffic": "0%"}, {"name": "canary", "traffic": "10%", "hold": "30d"},
+    "stages": [{"name": "shadow", "traffic": "0%", "shadow": "100%"}, {"name": "canary", "traffic": "10%", "hold": "30d"},
                {"name": "all", "traffic": "100%"}],
     "gates": {"error_rate": {"max_increase": "1%"}, "latency": {"quantile": "p95", "max_ratio": 1.25}},
     "triggers": [{"metric": "error_rate", "above": "20%", "window": "5m"}],
