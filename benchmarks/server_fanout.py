@@ -232,7 +232,9 @@ def main() -> None:
         backend.create_token("fanout-operator", "operator", token_hash(operator), time.time())
         backend.close()
         port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "crossfade", "serve", "--url", url, "--port", str(port)],
+        # Each process holds two connections (the long poll, and the flushes): past the default cap of 1,000.
+        server = subprocess.Popen([sys.executable, "-m", "crossfade", "serve", "--url", url, "--port", str(port),
+                                   "--max-connections", str(2 * args.processes + 100)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.monotonic() + 60
