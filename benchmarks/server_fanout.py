@@ -168,7 +168,9 @@ async def drive(args: argparse.Namespace, port: int, sdk: str, operator: str, st
     processes = [Process(i, port, sdk, stop) for i in range(args.processes)]
     tasks = []
     for p in processes:  # connections opened a few at a time, as processes start
-        tasks += [asyncio.create_task(p.poll()), asyncio.create_task(p.flush(stage))]
+        tasks.append(asyncio.create_task(p.poll()))
+        if not args.no_flush:
+            tasks.append(asyncio.create_task(p.flush(stage)))
         if p.index % 50 == 49:
             await asyncio.sleep(0.05)
     loop = asyncio.get_running_loop()
@@ -211,6 +213,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=40.0)
+    parser.add_argument("--no-flush", action="store_true", help="long polls only: the fan-out without writes")
     parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL server to create a fresh database on")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
