@@ -121,7 +121,8 @@ def table_bytes(url: str) -> int:
     """The telemetry table's size on disk (with its indexes)."""
     import sqlalchemy as sa
 
-    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    # VACUUM runs outside a transaction on PostgreSQL.
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             conn.exec_driver_sql("VACUUM")
