@@ -90,6 +90,7 @@ telemetry = sa.Table(
     sa.Column("written_at", sa.Double, nullable=False),
     sa.Column("source", sa.Text),
     sa.Index("ux_telemetry_source", "migration", "stage", "arm", "window_start", "source", unique=True),
+    sa.Index("ix_telemetry_stage_id", "migration", "stage", "id"),
 )
 leases = sa.Table(
     "crossfade_leases", _metadata,
