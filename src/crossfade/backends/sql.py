@@ -357,9 +357,16 @@ class SQLBackend:
     def telemetry_ids(self, migration: str, *, stage: str, after_id: int, upto: int) -> list[int]:
         """The ids of one stage's rows in (after_id, upto]."""
         t = telemetry.c
-        query = sa.select(t.id).where(t.migration == migration, t.stage == stage, t.id > after_id, t.id <= upto)
+        query = sa.select(t.id).where(t.migration == migration, t.stage == stage, t.id <= upto)
+        ids: list[int] = []
         with self._store.guard(f"reading the telemetry of {migration}"), self._store.read() as conn:
-            return list(conn.scalars(query))
+            last = after_id
+            while True:  # in pages, as `telemetry_rows`: no statement meets the timeout
+                page = list(conn.scalars(query.where(t.id > last).order_by(t.id).limit(TELEMETRY_PAGE)))
+                ids += page
+                if len(page) < TELEMETRY_PAGE:
+                    return ids
+                last = page[-1]
 
     def telemetry_rows(self, migration: str, *, stage: str, after_id: int,
                        also: Collection[int] = ()) -> list[tuple[int, Window]]:
