@@ -39,7 +39,7 @@ from crossfade.telemetry import Cell, Window
 WINDOW = 10.0
 SPEC = {
     "name": "scale",
-    "stages": [{"name": "shadow", "traffic": "0%"}, {"name": "canary", "traffic": "10%", "hold": "30d"},
+    "stages": [{"name": "shadow", "traffic": "0%", "shadow": "100%"}, {"name": "canary", "traffic": "10%", "hold": "30d"},
                {"name": "all", "traffic": "100%"}],
     "gates": {"error_rate": {"max_increase": "1%"}, "latency": {"quantile": "p95", "max_ratio": 1.25}},
     "triggers": [{"metric": "error_rate", "above": "20%", "window": "5m"}],
@@ -121,7 +121,8 @@ def table_bytes(url: str) -> int:
     """The telemetry table's size on disk (with its indexes)."""
     import sqlalchemy as sa
 
-    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    # VACUUM runs outside a transaction on PostgreSQL.
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             conn.exec_driver_sql("VACUUM")

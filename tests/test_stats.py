@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
-from crossfade.sketch import _INV_LOG_GAMMA, MIN_VALUE, Sketch
+from crossfade.sketch import _INV_LOG2_GAMMA, MIN_VALUE, Sketch
 from crossfade.stats import (
     Interval,
     binomial_upper_tail,
@@ -34,7 +34,7 @@ def _sketch(values: np.ndarray) -> Sketch:
     """The sketch `Sketch.add` would build from `values`, bucketed with numpy (same formula, vectorised)."""
     out = Sketch()
     positive = values[values > MIN_VALUE]
-    indices, counts = np.unique(np.ceil(np.log(positive) * _INV_LOG_GAMMA).astype(np.int64), return_counts=True)
+    indices, counts = np.unique(np.ceil(np.log2(positive) * _INV_LOG2_GAMMA).astype(np.int64), return_counts=True)
     out.bins = {int(i): int(n) for i, n in zip(indices, counts)}
     out.zeros = int(values.size - positive.size)
     out.count = int(values.size)

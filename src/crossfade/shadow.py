@@ -565,6 +565,12 @@ class ShadowRunner:
         self.failures = 0  # work that raised inside crossfade itself; never the application's concern
         self._on_hang = on_hang
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # The hand-off, as `submit` does it and the request path inlines it: `qsize() < room`, `put`, then
+        # `hire()` while `hiring`. `room` drops to 0 when the runner closes, so nothing more is taken.
+        self.room = max_pending
+        self.qsize = self._queue.qsize
+        self.put = self._queue.put
+        self.hiring = True
         self._workers: list[threading.Thread] = []
         self._running: list[list[Any] | None] = [None] * threads
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -572,13 +578,18 @@ class ShadowRunner:
 
     def submit(self, work: Callable[[Any, list[Any]], None], payload: Any) -> bool:
         """Hand `work(payload, slot)` to a worker; False (nothing queued) when closed or full."""
-        if self.closed or self._queue.qsize() >= self.max_pending:
+        if self.qsize() >= self.room:
             return False
-        self._queue.put((work, payload, contextvars.copy_context()))
-        # Workers start one at a time as work waits for them, so the request path never starts many at once.
+        self.put((work, payload, contextvars.copy_context()))
+        if self.hiring:
+            self.hire()
+        return True
+
+    def hire(self) -> None:
+        """Start a worker if one is missing: one at a time, as work waits for them, so the request path
+        never starts many at once."""
         if len(self._workers) < self.threads and (not self._workers or self._queue.qsize() > 0):
             self._start()
-        return True
 
     def submit_async(self, work: Callable[[Any], Coroutine[Any, Any, None]], payload: Any) -> bool:
         """Start `work(payload)` as a task on the running loop; False when closed or full."""
@@ -599,6 +610,7 @@ class ShadowRunner:
                                       daemon=True)
             worker.start()
             self._workers.append(worker)
+            self.hiring = len(self._workers) < self.threads
 
     def _work(self, index: int) -> None:
         while True:
@@ -643,6 +655,7 @@ class ShadowRunner:
         """Stop taking runs, cancel waiting ones, cancel tasks, and wait up to `drain` seconds (default:
         the timeout) for runs under way. Returns how many waiting runs were cancelled."""
         self.closed = True
+        self.room = 0
         cancelled = 0
         while True:
             try:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from crossfade.sketch import ALPHA, Buckets, Histogram, Sketch, histogram_from_dict
+from crossfade.sketch import _INV_LOG2_GAMMA, MIN_VALUE, Buckets, Histogram, Sketch, histogram_from_dict
 from crossfade.spec.units import MAX_METRICS, valid_metric_name
 
 MAX_COUNT: Final = 2**53
@@ -500,18 +500,28 @@ def cell_key(migration: str, stage: str, arm: str) -> str:
     return f"{migration}{SEP}{stage}{SEP}{arm}"
 
 
+_NO_WINDOW: Final = (1, 0, 0)  # no monotonic time lies in [1, 0)
+_log2 = math.log2
+_ceil = math.ceil
+
+
 class _ThreadCells:
     """One thread's cells by window index, whether it is writing one now, and windows taken while it was."""
 
-    __slots__ = ("thread", "windows", "writing", "held", "held_mark")
+    __slots__ = ("thread", "windows", "writing", "held", "held_mark", "current")
 
     def __init__(self, thread: threading.Thread) -> None:
         self.thread = thread
         self.windows: dict[int, dict[str, Cell]] = {}
-        # Odd while the thread is between `cell` and `done`: it may hold a window the flusher has taken.
-        self.writing = 0
+        # While the thread is between `cell` and `done` (when it may hold a window the flusher has taken): the
+        # time that write was made for, an object of its own, so that a later write is told from it by
+        # identity; None between writes. (A store of an object it already has costs the hot path nothing.)
+        self.writing: object = None
         self.held: list[tuple[int, dict[str, Cell]]] = []
-        self.held_mark = 0
+        self.held_mark: object = None
+        # The monotonic range [since, until) of the window last written and its index: a call inside it
+        # needs no division of two large integers to find its window.
+        self.current: tuple[int, int, int] = _NO_WINDOW
 
 
 class Recorder:
@@ -552,6 +562,16 @@ class Recorder:
     def resync(self) -> None:
         """Re-read the wall clock's offset from the monotonic one (NTP may have moved it)."""
         self._offset_ns = self._clock() - self.monotonic()
+        for buffer in getattr(self, "_buffers", ()):
+            buffer.current = _NO_WINDOW  # each thread finds its window afresh, through the new offset
+
+    def _index(self, buffer: _ThreadCells, now_ns: int) -> int:
+        """The index of the window holding monotonic `now_ns`, remembered with its range for the next call."""
+        window_ns = self._window_ns
+        index = (now_ns + self._offset_ns) // window_ns
+        since = index * window_ns - self._offset_ns
+        buffer.current = (since, since + window_ns, index)
+        return index
 
     def cell(self, now_ns: int, key: str) -> Cell:
         """The calling thread's cell for `key` (see `cell_key`) in the window holding monotonic `now_ns`.
@@ -562,8 +582,10 @@ class Recorder:
             buffer = self._local.buffer
         except AttributeError:
             buffer = self._register()
-        buffer.writing += 1
-        index = (now_ns + self._offset_ns) // self._window_ns
+        buffer.writing = now_ns
+        since, until, index = buffer.current
+        if not since <= now_ns < until:
+            index = self._index(buffer, now_ns)
         cells = buffer.windows.get(index)
         if cells is None:
             cells = buffer.windows[index] = {}
@@ -574,7 +596,53 @@ class Recorder:
 
     def done(self) -> None:
         """The calling thread has finished writing the cell `cell` gave it."""
-        self._local.buffer.writing += 1
+        self._local.buffer.writing = None
+
+    def add_call(self, key: str, start_ns: int, end_ns: int, cost: float | None = None,
+                 metrics: Sequence[tuple[str, float]] | None = None, sketched: Container[str] = ()) -> None:
+        """Count one answered call of `key` (see `cell_key`) that ran from monotonic `start_ns` to `end_ns`.
+
+        The same as `cell(end_ns, key)`, `calls += 1`, `latency.add(seconds)`, `add_cost(cost)` unless None,
+        `metric(name, value, name in sketched)` for each custom metric, and `done()`, in one call: this is the
+        hot path of every call `run` serves. `end_ns` is the time just read: a thread's calls end in the order
+        of its clock, so only the window's end needs checking. ValueError past MAX_METRICS names in a cell.
+        """
+        try:
+            buffer = self._local.buffer
+        except AttributeError:
+            buffer = self._register()
+        buffer.writing = end_ns
+        try:
+            until = buffer.current[1]
+            index = buffer.current[2] if end_ns < until else self._index(buffer, end_ns)
+            cells = buffer.windows.get(index)
+            if cells is None:
+                cells = buffer.windows[index] = {}
+            cell = cells.get(key)
+            if cell is None:
+                cell = cells[key] = Cell()
+            cell.calls += 1
+            # Sketch.add, inlined (a recorder's cells always hold a Sketch): one Python call less per call.
+            sketch = cell.latency
+            value = (end_ns - start_ns) * 1e-9
+            sketch.count += 1
+            sketch.total += value
+            if value > MIN_VALUE:
+                i = _ceil(_log2(value) * _INV_LOG2_GAMMA)
+                bins = sketch.bins
+                try:
+                    bins[i] += 1
+                except KeyError:
+                    bins[i] = 1
+            else:
+                sketch.zeros += 1
+            if cost is not None:
+                cell.add_cost(cost)
+            if metrics:
+                for name, value in metrics:
+                    cell.metric(name, value, name in sketched)
+        finally:
+            buffer.writing = None
 
     def now(self) -> int:
         """The monotonic time, in the unit `cell` takes."""
@@ -609,8 +677,8 @@ class Recorder:
             if taken:
                 buffer.held.extend(taken)
                 buffer.held_mark = mark
-            # Odd and unchanged since the last pop: the write under way then may still hold a window taken.
-            if not buffer.held or (mark % 2 and mark == buffer.held_mark and not everything
+            # The write under way at the last pop, still under way: it may still hold a window taken.
+            if not buffer.held or (mark is not None and mark is buffer.held_mark and not everything
                                    and buffer.thread.is_alive()):
                 continue
             for index, cells in buffer.held:

@@ -559,3 +559,19 @@ def test_the_head_read_from_the_revision_files_is_alembics():
     config = Config()
     config.set_main_option("script_location", sql.SCRIPT_LOCATION)
     assert head_revision() == ScriptDirectory.from_config(config).get_current_head()
+
+
+def test_a_stage_s_rows_are_read_in_pages_all_of_them_in_id_order(backend_url, monkeypatch):
+    monkeypatch.setattr(sql, "TELEMETRY_PAGE", 7)  # 25 rows: four statements
+    backend = SQLBackend(backend_url)
+    for i in range(25):
+        cell = Cell()
+        cell.calls = i + 1
+        backend.write_windows([Window("m", "s", "legacy", 100.0 + 10 * i, 10.0, cell, f"proc.{i}")])
+    rows = backend.telemetry_rows("m", stage="s", after_id=0)
+    ids = [row_id for row_id, _ in rows]
+    assert ids == sorted(ids) and [w.cell.calls for _, w in rows] == list(range(1, 26))
+    # The late rows named in `also` come first (their ids are below after_id), then every newer one.
+    again = backend.telemetry_rows("m", stage="s", after_id=ids[20], also=[ids[3], ids[5]])
+    assert [row_id for row_id, _ in again] == [ids[3], ids[5], *ids[21:]]
+    backend.close()

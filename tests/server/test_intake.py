@@ -189,3 +189,46 @@ def test_a_flush_whose_answer_is_cut_is_retried_and_counted_once(control_plane):
         client.close()
     finally:
         proxy.close()
+
+
+def test_concurrent_posts_are_written_together_each_exactly_once(tmp_path):
+    import asyncio
+
+    from crossfade.backends.sql import SQLBackend
+    from crossfade.server.intake import TelemetryWriter
+    from crossfade.telemetry import Window
+
+    backend = SQLBackend(f"sqlite:///{tmp_path / 'w.db'}")
+    batches: list[int] = []
+
+    def write(windows):
+        batches.append(len(windows))
+        backend.write_windows(windows)
+
+    writer = TelemetryWriter(write)
+
+    def window(i: int) -> Window:
+        c = Cell()
+        c.calls = i + 1
+        return Window("m", "s", "legacy", 100.0, 10.0, c, f"proc-{i}.1")
+
+    async def post_all() -> None:
+        await asyncio.gather(*(writer.write([window(i)]) for i in range(200)))
+
+    asyncio.run(post_all())
+    writer.stop()
+    assert [w.cell.calls for w in backend.windows("m")] == [sum(range(1, 201))]
+    assert sum(batches) == 200 and len(batches) < 200  # some POSTs shared a transaction
+    backend.close()
+
+    gone = SQLBackend(f"sqlite:///{tmp_path / 'gone.db'}")
+    (tmp_path / "gone.db").unlink()  # the store is away: every waiting POST gets its error
+    closed = TelemetryWriter(gone.write_windows)
+
+    async def post_to_closed() -> list[object]:
+        return await asyncio.gather(*(closed.write([window(i)]) for i in range(3)), return_exceptions=True)
+
+    outcomes = asyncio.run(post_to_closed())
+    closed.stop()
+    gone.close()
+    assert all(isinstance(o, Exception) for o in outcomes)

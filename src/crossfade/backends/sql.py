@@ -45,6 +45,7 @@ POSTGRES_CONNECT_TIMEOUT_S: Final = 3
 # No statement waits longer than this on a lock or a busy server: a hung database makes callers fail (and the
 # server answer 503), never wait for ever. The URL's own `options` win.
 POSTGRES_STATEMENT_TIMEOUT_MS: Final = 10_000
+TELEMETRY_PAGE: Final = 20_000  # rows a statement reads of a stage's telemetry
 # pg_advisory_xact_lock key serializing schema creation and upgrades ("cfsc" in ASCII).
 _SCHEMA_LOCK_KEY: Final = 0x63667363
 # alembic's `context` is a process-wide proxy: two threads must not run env.py at once.
@@ -89,6 +90,7 @@ telemetry = sa.Table(
     sa.Column("written_at", sa.Double, nullable=False),
     sa.Column("source", sa.Text),
     sa.Index("ux_telemetry_source", "migration", "stage", "arm", "window_start", "source", unique=True),
+    sa.Index("ix_telemetry_stage_id", "migration", "stage", "id"),
 )
 leases = sa.Table(
     "crossfade_leases", _metadata,
@@ -355,19 +357,36 @@ class SQLBackend:
     def telemetry_ids(self, migration: str, *, stage: str, after_id: int, upto: int) -> list[int]:
         """The ids of one stage's rows in (after_id, upto]."""
         t = telemetry.c
-        query = sa.select(t.id).where(t.migration == migration, t.stage == stage, t.id > after_id, t.id <= upto)
+        query = sa.select(t.id).where(t.migration == migration, t.stage == stage, t.id <= upto)
+        ids: list[int] = []
         with self._store.guard(f"reading the telemetry of {migration}"), self._store.read() as conn:
-            return list(conn.scalars(query))
+            last = after_id
+            while True:  # in pages, as `telemetry_rows`: no statement meets the timeout
+                page = list(conn.scalars(query.where(t.id > last).order_by(t.id).limit(TELEMETRY_PAGE)))
+                ids += page
+                if len(page) < TELEMETRY_PAGE:
+                    return ids
+                last = page[-1]
 
     def telemetry_rows(self, migration: str, *, stage: str, after_id: int,
                        also: Collection[int] = ()) -> list[tuple[int, Window]]:
         """One stage's rows with an id above `after_id` or in `also`, unmerged, with their ids, in id order."""
         t = telemetry.c
-        wanted = t.id > after_id if not also else sa.or_(t.id > after_id, t.id.in_(list(also)))
-        query = (sa.select(t.id, t.arm, t.window_start, t.window_length, t.cell)
-                 .where(t.migration == migration, t.stage == stage, wanted).order_by(t.id))
+        stage_rows = (sa.select(t.id, t.arm, t.window_start, t.window_length, t.cell)
+                      .where(t.migration == migration, t.stage == stage))
+        rows: list[Any] = []
         with self._store.guard(f"reading the telemetry of {migration}"), self._store.read() as conn:
-            rows = conn.execute(query).all()
+            if also:
+                rows += conn.execute(stage_rows.where(t.id.in_(list(also)), t.id <= after_id).order_by(t.id)).all()
+            # In pages by id: the first read of a long stage (a day of a hundred hosts is millions of rows)
+            # is many short statements, none of which meets the statement timeout.
+            last = after_id
+            while True:
+                page = conn.execute(stage_rows.where(t.id > last).order_by(t.id).limit(TELEMETRY_PAGE)).all()
+                rows += page
+                if len(page) < TELEMETRY_PAGE:
+                    break
+                last = page[-1][0]
         out = []
         for row_id, arm, start, length, text in rows:
             cell = self._cell(row_id, migration, stage, arm, start, text)

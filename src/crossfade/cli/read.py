@@ -46,13 +46,17 @@ def _stage_report(cf: Client, state: State) -> dict[str, Any]:
     """Per-arm metrics of the current stage and, for an active migration, the controller's view of it."""
     from crossfade.controller import assess, is_active, judged_now, stage_cells
     from crossfade.metrics import SourceError, read_stage, source_name
+    from crossfade.metrics.telemetry import TelemetrySource
+    from crossfade.stagedata import StageTelemetry
 
     if not state.stage:
         return {"arms": {}}
     spec = cf.migration(state.name).spec()
     source: dict[str, Any] = {"name": source_name(spec.source)[0], "error": None}
     try:
-        windows = read_stage(cf.backend(), state, spec, cf.time())
+        # As the controller reads it: windows older than the triggers' reach rolled up by hour, so the gates
+        # are judged on a few rows per hour instead of one per process and window.
+        windows = read_stage(cf.backend(), state, spec, cf.time(), telemetry=TelemetrySource(StageTelemetry()))
     except SourceError as exc:
         source["error"] = str(exc)
         return {"arms": {}, "source": source}

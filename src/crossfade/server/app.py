@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crossfade import __version__
@@ -47,7 +48,7 @@ from crossfade.server.auth import LOOPBACK_HOSTS, Authenticator, AuthError, Prin
 from crossfade.server.control import ControllerThread, OutboxThread
 from crossfade.server.feed import RoutingFeed
 from crossfade.server.guard import Guard, authenticate
-from crossfade.server.intake import Intake
+from crossfade.server.intake import Intake, TelemetryWriter
 from crossfade.server.metrics import CrossfadeCollector, registry
 from crossfade.server.models import (
     Action,
@@ -197,6 +198,7 @@ def create_app(
                 notifier.stop()
             if ctl is not None:
                 ctl.stop()
+            telemetry_writer.stop()
             feed.stop()
 
     app = FastAPI(
@@ -213,6 +215,7 @@ def create_app(
                                           allowed_hosts=(*LOOPBACK_HOSTS, *allowed_hosts))
     app.add_middleware(Guard, auth=auth)
     intake = Intake(lambda: feed.states, feed.spec, fresh=backend.state)
+    telemetry_writer = TelemetryWriter(backend.write_windows)
     app.state.feed = feed
     app.state.controller = ctl
     app.state.clock = clock
@@ -400,7 +403,7 @@ def create_app(
         return {"arm": d.arm, "shadow": d.shadow, "stage": d.stage, "bucket": d.bucket, "reason": d.reason}
 
     @app.post("/v1/telemetry", response_model=Written, tags=["sdk"], responses=_ERRORS)
-    def post_telemetry(body: TelemetryBatch, who: Sdk) -> Any:
+    async def post_telemetry(body: TelemetryBatch, who: Sdk) -> Any:
         """Store telemetry windows, in the SDK's compact form or the open form (counts, cost sums and latency
         buckets per arm and window, see `OpenWindowModel`); rows for one window add up, a row whose key was
         stored already adds nothing. A malformed cell refuses the batch (422); a window that does not fit its
@@ -409,8 +412,8 @@ def create_app(
         posted = [w if isinstance(w, WindowModel) else WindowModel(
             migration=w.migration, stage=w.stage, arm=w.arm, start=w.start, length=w.length, cell=_compact(w, i))
             for i, w in enumerate(body.windows)]
-        windows, skipped = intake.admit(who, posted, clock())
-        backend.write_windows(windows)
+        windows, skipped = await run_in_threadpool(intake.admit, who, posted, clock())
+        await telemetry_writer.write(windows)  # with the other POSTs waiting: one transaction, no thread held
         if skipped:
             log.warning("telemetry from %s: %d of %d windows skipped, first: %s", who.name, len(skipped),
                         len(body.windows), skipped[0].reason)

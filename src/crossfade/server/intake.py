@@ -3,6 +3,8 @@ names, the token's binding) and bounded per token and window before anything is 
 
 from __future__ import annotations
 
+import asyncio
+import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -102,3 +104,83 @@ class Intake:
     def _forget(self, now: float) -> None:
         if len(self._rows) > 10_000:
             self._rows = {slot: n for slot, n in self._rows.items() if slot[4] >= now - MAX_AGE}
+
+
+class TelemetryWriter:
+    """Writes the telemetry of many concurrent POSTs in one transaction each time (group commit).
+
+    Hundreds of app processes flush every window; one transaction per POST makes the store's write lock the
+    server's bottleneck and holds a worker thread per waiting POST, so operator commands (and the routing
+    changes they make) queue behind flushes. Here a POST waits, without holding a thread, for the batch its
+    windows went into: one writer thread takes every waiting POST's windows, writes them in one call, and
+    answers each POST with the outcome (the store's error, if any, reaches every POST of the batch).
+    """
+
+    def __init__(self, write: Callable[[Sequence[Window]], None], *, max_windows: int = 5_000) -> None:
+        self._write = write
+        self._max = max_windows
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    async def write(self, windows: Sequence[Window]) -> None:
+        """Write `windows` with whatever else is waiting; raises what the store raised."""
+        if not windows:
+            return
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._queue.put((windows, loop, done))
+        if self._thread is None:
+            self._start()
+        await done
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="crossfade-telemetry-writer", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        """Write what is waiting, then end the writer thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            count = len(item[0])
+            while count < self._max:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+                count += len(item[0])
+            error: BaseException | None = None
+            try:
+                self._write([w for windows, _, _ in batch for w in windows])
+            except Exception as exc:  # the store's failure is each POST's answer
+                error = exc
+            for _, loop, done in batch:
+                try:
+                    loop.call_soon_threadsafe(_settle, done, error)
+                except RuntimeError:  # the POST's loop has closed: nobody waits for the answer
+                    pass
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)

@@ -1,0 +1,264 @@
+"""One control plane feeding many app processes: routing-feed latency after a change, and flush POST latency.
+
+    python benchmarks/server_fanout.py [--processes 1000] [--seconds 40] [--postgres URL]
+
+Runs `crossfade serve` in a subprocess (one uvicorn worker, a temporary SQLite file or a fresh PostgreSQL
+database) with one started migration, then simulates `--processes` app processes on loopback as asyncio
+clients in this process, each as the SDK behaves: a long poll of `GET /v1/routing?wait=30` with the ETag it
+holds, on a keep-alive connection of its own, and a telemetry flush (`POST /v1/telemetry`, one window per
+arm, in the SDK's compact form) once a 10 s window, at its own point of the window (the SDK's flush
+jitter), on a second connection. Midway, an operator pauses then resumes the migration; for each change it
+prints how long after the change every process held the new routing table (p50, p99, max; goal: p99 under
+100 ms), and the flush POSTs' p50 and p99 over the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from crossfade.backends import open_backend
+from crossfade.client import Client
+from crossfade.telemetry import Cell
+from crossfade.tokens import new_token, token_hash
+
+WINDOW = 10.0
+NAME = "fanout"
+_shown: list[int] = []  # the first refused flush is printed, to say why
+SPEC = {"name": NAME, "stages": [{"traffic": "10%"}, {"traffic": "50%"}, {"traffic": "100%"}]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+                   ) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request on a keep-alive connection: status, headers, body."""
+    writer.write(request)
+    await writer.drain()
+    status_line = await reader.readline()
+    if not status_line:
+        raise ConnectionError("closed by the server")
+    status = int(status_line.split()[1])
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers, body
+
+
+class Process:
+    """One simulated app process: its routing long poll and its telemetry flushes."""
+
+    def __init__(self, index: int, port: int, token: str, stop: asyncio.Event) -> None:
+        self.index = index
+        self.port = port
+        self.token = token
+        self.stop = stop
+        self.etag: str | None = None
+        self.held: list[tuple[float, str]] = []  # (when, ETag) of every table this process was sent
+        self.flushes: list[float] = []
+        self.errors = 0
+
+    async def poll(self) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            while not self.stop.is_set():
+                match = f"If-None-Match: {self.etag}\r\n" if self.etag else ""
+                request = (f"GET /v1/routing?wait=30 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           f"Authorization: Bearer {self.token}\r\n{match}\r\n").encode()
+                status, headers, _ = await exchange(reader, writer, request)
+                if status == 200:
+                    self.etag = headers["etag"]
+                    self.held.append((time.perf_counter(), self.etag))
+                elif status != 304:
+                    self.errors += 1
+                    await asyncio.sleep(1)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.errors += 1
+        finally:
+            writer.close()
+
+    async def flush(self, stage: str) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        offset = random.uniform(0.0, 0.8 * WINDOW)  # as the SDK spreads its flushes over the window
+        process = uuid.uuid4().hex
+        part = 0
+        try:
+            while not self.stop.is_set():
+                now = time.time()
+                due = (now // WINDOW + 1) * WINDOW + 1.0 + offset
+                try:
+                    await asyncio.wait_for(self.stop.wait(), due - now)
+                    return
+                except TimeoutError:
+                    pass
+                part += 1
+                start = (due - 1.0 - offset) - WINDOW
+                windows = []
+                for arm in ("legacy", "candidate"):
+                    cell = Cell()
+                    for _ in range(20):
+                        cell.calls += 1
+                        cell.latency.add(random.lognormvariate(-4, 0.5))
+                    windows.append({"migration": NAME, "stage": stage, "arm": arm, "start": start, "length": WINDOW,
+                                    "cell": cell.to_dict(), "key": f"{process}.{part}"})
+                body = json.dumps({"windows": windows}).encode()
+                request = (f"POST /v1/telemetry HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {self.token}\r\n"
+                           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+                began = time.perf_counter()
+                try:
+                    status, _, answer = await exchange(reader, writer, request)
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    # The server closed the idle keep-alive connection (as http.client, reconnect and send).
+                    writer.close()
+                    began = time.perf_counter()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                    status, _, answer = await exchange(reader, writer, request)
+                self.flushes.append(time.perf_counter() - began)
+                if status != 200:
+                    self.errors += 1
+                    if not _shown:
+                        _shown.append(status)
+                        print(f"flush answered {status}: {answer[:300]!r}")
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.errors += 1
+        finally:
+            writer.close()
+
+
+def operate(port: int, token: str, action: str) -> None:
+    """POST an operator action."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/migrations/{NAME}/{action}", method="POST",
+                                     data=json.dumps({"reason": "fanout benchmark"}).encode(),
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        answer.read()
+
+
+def etag_now(port: int, token: str) -> str:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/routing", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return answer.headers["ETag"]
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def drive(args: argparse.Namespace, port: int, sdk: str, operator: str, stage: str) -> None:
+    stop = asyncio.Event()
+    processes = [Process(i, port, sdk, stop) for i in range(args.processes)]
+    tasks = []
+    for p in processes:  # connections opened a few at a time, as processes start
+        tasks.append(asyncio.create_task(p.poll()))
+        if not args.no_flush:
+            tasks.append(asyncio.create_task(p.flush(stage)))
+        if p.index % 50 == 49:
+            await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    # Every process holds the current table before the first change.
+    first = await loop.run_in_executor(None, etag_now, port, operator)
+    deadline = time.monotonic() + 60
+    while sum(p.etag == first for p in processes) < len(processes) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    holding = sum(p.etag == first for p in processes)
+    print(f"{args.processes} simulated app processes on loopback ({holding} holding the table); "
+          f"{os.cpu_count()} CPUs shared by server and clients")
+    await asyncio.sleep(args.seconds / 2)
+    for action in ("pause", "resume"):
+        changed = time.perf_counter()  # the change's request is sent: its commit is part of the lag
+        await loop.run_in_executor(None, operate, port, operator, action)
+        committed = time.perf_counter() - changed
+        etag = await loop.run_in_executor(None, etag_now, port, operator)
+
+        def lag(p: Process) -> float | None:
+            return next((when - changed for when, held in p.held if held == etag and when >= changed), None)
+
+        deadline = time.monotonic() + 30
+        while sum(lag(p) is not None for p in processes) < len(processes) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        lags = [x for p in processes if (x := lag(p)) is not None]
+        print(f"routing change ({action}): {len(lags)}/{len(processes)} processes had it; after the change was asked "
+              f"p50 {1000 * quantile(lags, 0.5):.1f} ms, p99 {1000 * quantile(lags, 0.99):.1f} ms, "
+              f"max {1000 * max(lags, default=float('nan')):.1f} ms  (goal: p99 < 100 ms); the operator's "
+              f"POST itself took {1000 * committed:.1f} ms")
+        await asyncio.sleep(args.seconds / 4)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    flushes = [f for p in processes for f in p.flushes]
+    print(f"flush POST /v1/telemetry: {len(flushes)} posts, p50 {1000 * quantile(flushes, 0.5):.1f} ms, "
+          f"p99 {1000 * quantile(flushes, 0.99):.1f} ms, max {1000 * max(flushes, default=float('nan')):.1f} ms; "
+          f"errors {sum(p.errors for p in processes)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--processes", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=40.0)
+    parser.add_argument("--no-flush", action="store_true", help="long polls only: the fan-out without writes")
+    parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL server to create a fresh database on")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.postgres:
+            import sqlalchemy
+
+            database = f"fanout_{uuid.uuid4().hex[:8]}"
+            admin = sqlalchemy.create_engine(args.postgres, isolation_level="AUTOCOMMIT")
+            with admin.connect() as c:
+                c.execute(sqlalchemy.text(f'CREATE DATABASE "{database}"'))
+            url = args.postgres.rsplit("/", 1)[0] + f"/{database}"
+        else:
+            url = f"sqlite:///{Path(tmp) / 'fanout.db'}"
+        with Client(url, background=False) as cf:
+            cf.apply(SPEC)
+            cf.migration(NAME).start()
+            stage = cf.migration(NAME).state().stage
+        backend = open_backend(url)
+        sdk, operator = new_token(), new_token()
+        backend.create_token("fanout-hosts", "sdk", token_hash(sdk), time.time())
+        backend.create_token("fanout-operator", "operator", token_hash(operator), time.time())
+        backend.close()
+        port = free_port()
+        # Each process holds two connections (the long poll, and the flushes): past the default cap of 1,000.
+        server = subprocess.Popen([sys.executable, "-m", "crossfade", "serve", "--url", url, "--port", str(port),
+                                   "--max-connections", str(2 * args.processes + 100)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    etag_now(port, operator)
+                    break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        sys.exit(f"crossfade serve did not start: {server.stderr.read() if server.stderr else ''}")
+                    time.sleep(0.2)
+            asyncio.run(drive(args, port, sdk, operator, stage or ""))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+            if args.postgres:
+                with admin.connect() as c:
+                    c.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+
+if __name__ == "__main__":
+    main()
