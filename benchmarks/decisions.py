@@ -181,10 +181,11 @@ class GrowthBookJudge:
                     f"{lower * 100:+.2f} pp")
         for metric, allowance, moments in (("latency", self.latency_allowance, _latency_moments),
                                            ("cost", self.cost_allowance, _cost_moments)):
-            (mean_c, var_c, n_c), (mean_l, var_l, n_l) = moments(c), moments(l)
+            candidate, legacy = moments(c), moments(l)
+            (mean_c, _, n_c), (mean_l, _, n_l) = candidate, legacy
             if n_c < 2 or n_l < 2 or mean_l <= 0:
                 continue
-            if _gbstats_ratio_beyond(moments(c), moments(l), allowance, self.alpha):
+            if _gbstats_ratio_beyond(candidate, legacy, allowance, self.alpha):
                 return f"growthbook: mean {metric} x{mean_c / mean_l:.2f}, above x{allowance:g}"
         return None
 

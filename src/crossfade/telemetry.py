@@ -9,7 +9,7 @@ from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from crossfade.sketch import _INV_LOG2_GAMMA, MIN_VALUE, Buckets, Histogram, Sketch, histogram_from_dict
+from crossfade.sketch import _INV_LOG2_GAMMA, ALPHA, MIN_VALUE, Buckets, Histogram, Sketch, histogram_from_dict
 from crossfade.spec.units import MAX_METRICS, valid_metric_name
 
 MAX_COUNT: Final = 2**53
