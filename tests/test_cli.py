@@ -701,3 +701,10 @@ def test_notify_test_and_status(tmp_path, url, receiver, monkeypatch):
     assert rows[0]["status"] == "delivered" and receiver.received
     assert "delivered" in cli("notify", "status", "--url", url)
     assert "no-such" in cli("notify", "status", "no-such", "--url", url, code=1)
+
+
+@pytest.mark.parametrize("command, extra", [("proxy", "proxy"), ("serve", "server"), ("demo", "server")])
+def test_help_names_the_extra_to_install_from_a_clone(command, extra):
+    # Rich reads square brackets as markup: an unescaped '.[server]' was printed as '.'.
+    shown = runner.invoke(app, [command, "--help"], env={"COLUMNS": "300"}).output
+    assert f"pip install '.[{extra}]'" in " ".join(shown.split())

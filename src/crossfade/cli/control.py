@@ -151,7 +151,7 @@ def proxy(
     url: Url = None,
 ) -> None:
     """Serve a reverse proxy that routes each request to legacy or candidate by its sticky key, falls back,
-    mirrors and compares as the stage says, and records telemetry as the SDK does (needs crossfade[proxy])."""
+    mirrors and compares as the stage says, and records telemetry as the SDK does (needs the proxy extra: pip install '.\\[proxy]' from a clone)."""
     try:
         from crossfade.proxy import KeySource, ProxySettings
         from crossfade.proxy.run import serve as serve_proxy
@@ -198,7 +198,7 @@ def serve(
 ) -> None:
     """Run the control plane: HTTP API, SDK routing feed, dashboard at /, /metrics, and the controller loop.
 
-    Needs the server extra (`pip install 'crossfade[server]'`). Several replicas may share one database: a lease per migration
+    Needs the server extra (`pip install '.\\[server]'` from a clone). Several replicas may share one database: a lease per migration
     lets one controller act. Stop with Ctrl-C.
     """
     target = _target(url, changes=True)

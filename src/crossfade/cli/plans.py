@@ -175,7 +175,7 @@ def demo(
     keep: Annotated[Path | None, typer.Option("--keep", help="Keep each story's database (FILE-1.db, "
                                               "FILE-2.db) to explore with status and history.")] = None,
     dashboard: Annotated[bool, typer.Option("--dashboard", help="Serve the web dashboard while the stories "
-                                            "play (needs crossfade[server]).")] = False,
+                                            "play (needs the server extra: pip install '.\\[server]' from a clone).")] = False,
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="The dashboard's port.")] = 8765,
 ) -> None:
     """Watch the controller run a bundled migration on simulated traffic: a healthy candidate shadows,
