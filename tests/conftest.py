@@ -12,6 +12,15 @@ from urllib.parse import urlsplit
 
 import pytest
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Hypothesis judges no test by its speed: on a loaded machine (CI runners often are) drawing inputs and
+    running an example take longer, and that is not what the tests check."""
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("loaded", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("loaded")
+
+
 POSTGRES_URL = os.environ.get("CROSSFADE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 

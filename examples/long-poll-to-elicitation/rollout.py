@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import yaml
+
 import crossfade
 
 HERE = Path(__file__).parent
@@ -51,7 +53,11 @@ def main(directory: Path, scenario: str = "switch", *, rate: float = 150.0, dead
     directory.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{directory / 'crossfade.db'}"
     cf = crossfade.connect(url, refresh=0.05, window=0.2)
-    cf.apply(HERE / "bridge.yaml")
+    spec = yaml.safe_load((HERE / "bridge.yaml").read_text())
+    if scenario == "chaos":
+        # Long enough at rollout-5 for the kill to meet deliveries under way, however loaded the machine is.
+        next(stage for stage in spec["stages"] if stage["name"] == "rollout-5")["hold"] = "10s"
+    cf.apply(spec)
     mig = cf.migration(NAME)
     with open(directory / "controller.log", "wb") as log:
         controller = subprocess.Popen([sys.executable, "-m", "crossfade", "run-controller", NAME, "--url", url,

@@ -231,7 +231,7 @@ def test_kill_9_at_ten_random_points_loses_nothing_and_transforms_nothing_twice(
     client.apply(SPEC)
     log = tmp_path / "transforms.log"
     rng = random.Random(11)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # the crossfade and tests this run imports
     kills = 0
     for point in range(10):
         # The worker stalls every transform after a random count (some recorded, some in flight) and says so;
@@ -243,7 +243,10 @@ def test_kill_9_at_ten_random_points_loses_nothing_and_transforms_nothing_twice(
         deadline = time.monotonic() + 120
         while proc.poll() is None and not mark.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert mark.exists(), f"run {point} never reached its stall point"
+        if not mark.exists():
+            proc.kill()
+            _, stderr = proc.communicate(timeout=60)
+            raise AssertionError(f"run {point} never reached its stall point: {stderr.decode()[-3000:]}")
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
