@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -15,17 +14,12 @@ import pytest
 import yaml
 
 from crossfade.notify.webhook import SIGNATURE_HEADER, verify_signature
+from tests.examples import load_example
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "agent-cli"
 SECRET = "agent-cli-test-secret"
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"agent_cli_example_{name}", EXAMPLE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _notes(receiver, kinds: set[str]) -> dict[str, dict]:
@@ -46,7 +40,7 @@ def _notes(receiver, kinds: set[str]) -> dict[str, dict]:
 
 def test_a_healthy_candidate_completes_and_the_receiver_is_told(tmp_path, receiver, monkeypatch):
     monkeypatch.setenv("AGENT_CLI_WEBHOOK_SECRET", SECRET)
-    result = _load("migrate").main(tmp_path, build="1.0", webhook=receiver.url + "/crossfade")
+    result = load_example("agent-cli", "migrate").main(tmp_path, build="1.0", webhook=receiver.url + "/crossfade")
     planning = result["planning"]
     assert planning["instructions_lost"] == [] and planning["settings_lost"] == []
     assert planning["agent_toml_round_trip"]
@@ -70,7 +64,7 @@ def test_a_healthy_candidate_completes_and_the_receiver_is_told(tmp_path, receiv
 ])
 def test_a_bad_release_is_rolled_back_in_testing_by_its_trigger(tmp_path, receiver, monkeypatch, build, trigger):
     monkeypatch.setenv("AGENT_CLI_WEBHOOK_SECRET", SECRET)
-    migrate = _load("migrate")
+    migrate = load_example("agent-cli", "migrate")
     shutil.copytree(EXAMPLE / "workspace", tmp_path / "workspace")
     migrate.convert(tmp_path / "workspace")
     result = migrate.run(tmp_path, build=build, webhook=receiver.url + "/crossfade")
@@ -83,7 +77,7 @@ def test_a_bad_release_is_rolled_back_in_testing_by_its_trigger(tmp_path, receiv
 
 
 def test_the_cli_programs_run_as_commands_and_refuse_a_broken_config(tmp_path):
-    migrate = _load("migrate")
+    migrate = load_example("agent-cli", "migrate")
     workspace = tmp_path / "workspace"
     shutil.copytree(EXAMPLE / "workspace", workspace)
     migrate.convert(workspace)
@@ -104,7 +98,7 @@ def test_the_cli_programs_run_as_commands_and_refuse_a_broken_config(tmp_path):
 
 def _rendered(tmp_path: Path) -> dict[str, dict[str, str]]:
     spec = yaml.safe_load((EXAMPLE / "agent-cli.yaml").read_text())
-    return _load("migrate").render_manifests(spec, tmp_path)
+    return load_example("agent-cli", "migrate").render_manifests(spec, tmp_path)
 
 
 def test_the_istio_and_gateway_api_manifests_pass_the_crd_schemas(tmp_path):

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.examples import load_example
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "long-poll-to-elicitation"
 
 pytest.importorskip("mcp", reason="the example needs the test extra (pip install -e '.[test]')")
 
 
-def _rollout():
-    spec = importlib.util.spec_from_file_location("long_poll_rollout", EXAMPLE / "rollout.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_switch_under_load_completes_with_no_error_and_no_message_lost(tmp_path):
-    result = _rollout().main(tmp_path, "switch")
+    result = load_example("long-poll-to-elicitation", "rollout").main(tmp_path, "switch")
     assert result["status"] == "completed"
     assert result["stages"] == ["canary", "rollout-5", "rollout-25", "rollout-50", "all"]
     assert (result["errors"], result["lost"]) == (0, 0) and result["sent"] > 500
@@ -32,7 +26,7 @@ def test_the_switch_under_load_completes_with_no_error_and_no_message_lost(tmp_p
 
 
 def test_a_lossy_bridge_is_rolled_back_by_the_lost_trigger_before_one_percent_is_lost(tmp_path):
-    result = _rollout().main(tmp_path, "lossy")
+    result = load_example("long-poll-to-elicitation", "rollout").main(tmp_path, "lossy")
     assert result["status"] == "rolled_back" and result["reason"].startswith("trigger lost > 0")
     assert result["stage"] in ("rollout-25", "rollout-50"), "the dual-write stages lose nothing, so pass"
     assert 1 <= result["lost"] < 0.01 * result["sent"]
@@ -40,7 +34,7 @@ def test_a_lossy_bridge_is_rolled_back_by_the_lost_trigger_before_one_percent_is
 
 
 def test_the_new_path_killed_mid_flight_loses_no_message(tmp_path):
-    result = _rollout().main(tmp_path, "chaos")
+    result = load_example("long-poll-to-elicitation", "rollout").main(tmp_path, "chaos")
     assert result["killed_at"] == "rollout-5" and result["in_flight_at_kill"] > 0, "killed with deliveries under way"
     assert (result["errors"], result["lost"]) == (0, 0)
     assert result["stats"]["dual_write_divergences"] > 0, "the dead path's side of each dual write, recorded"

@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-EXAMPLE = Path(__file__).parents[2] / "examples" / "tool-registry"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_registry_{name}", EXAMPLE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.examples import load_example
 
 
 def test_the_batch_way_rolls_the_buggy_converter_back_and_completes_with_the_fixed_one(tmp_path):
-    result = _load("batch_migration").main(tmp_path)
+    result = load_example("tool-registry", "batch_migration").main(tmp_path)
     assert result["first"] == "rolled_back" and result["restored"] > 0 and result["restored_exactly"]
     assert result == {**result, "second": "completed", "written": 1000, "failed": 0}
 
 
 def test_the_expand_contract_way_finds_the_bug_by_field_and_contracts_clean(tmp_path):
-    result = _load("expand_contract").main(tmp_path)
+    result = load_example("tool-registry", "expand_contract").main(tmp_path)
     assert list(result["differing_fields"]) == ["", "$.inputSchema.required[*]"]
     assert result["differing"] == result["differing_fields"][""] > 0
     assert result["reconciled"] and result["differing_after_backfill"] == 0
