@@ -196,3 +196,17 @@ def test_a_simulated_program_plan_carries_the_simulated_numbers_in_every_deliver
     communication = body["Communication plan"]
     assert "| CI users | #ci-migration | started, stage passed, rolled back, completed |" in communication
     assert "Every 7d, the owner posts" in communication and "-> VP engineering" in communication
+
+
+def test_a_program_plan_nests_each_migrations_headings_one_level_under_its_phase():
+    from crossfade.plandoc import render_program
+    from crossfade.program import load_program
+
+    text = render_program(load_program(Path(__file__).parent.parent / "examples" / "orchestrator" / "program.yaml"))
+    levels, fenced = [], False
+    for line in text.splitlines():
+        fenced = fenced != line.startswith("```")
+        if line.startswith("#") and not fenced:
+            levels.append(len(line) - len(line.lstrip("#")))
+    assert max(levels) <= 6, "Markdown has six heading levels"
+    assert all(b <= a + 1 for a, b in zip(levels, levels[1:])), "no heading skips a level"

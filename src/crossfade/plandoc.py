@@ -511,15 +511,21 @@ def _program_phases(program: Program, durations: Mapping[str, float]) -> str:
 
 
 def _demote(markdown: str, levels: int) -> str:
-    """The same Markdown with every heading `levels` deeper, to nest a migration's section in a program's."""
-    return "\n".join("#" * levels + line if line.startswith("#") else line for line in markdown.splitlines())
+    """The same Markdown with every heading `levels` deeper, to nest a migration's section in a program's (lines
+    of fenced code, such as a shell comment, are not headings)."""
+    lines, fenced = [], False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        lines.append("#" * levels + line if line.startswith("#") and not fenced else line)
+    return "\n".join(lines)
 
 
 def _per_component(program: Program, title: str, section: Callable[[Component], str]) -> str:
     lines = [f"## {title}", ""]
     for number, phase in enumerate(program.phases(), start=1):
         for c in phase:
-            body = _demote(section(c), 2).split("\n", 1)  # drop the section's own heading
+            body = _demote(section(c), 1).split("\n", 1)  # drop the section's own heading
             lines += [f"### Phase {number}: {c.name}", "", body[1].strip() if len(body) > 1 else "", ""]
     return "\n".join(lines)
 
@@ -549,7 +555,7 @@ def _program_acceptance(program: Program) -> str:
 
 def _preservation(c: Component) -> str:
     dual = [s.name for s in c.spec.stages if s.dual_write]
-    lines = ["##### Data preservation", ""]
+    lines = ["### Data preservation", ""]  # beside the rollback section's own Automatic and Manual
     if dual:
         lines.append(f"- `write` call sites write both stores in {', '.join(dual)} (the one the key is routed to "
                      "answers; the other is retried and any divergence recorded), so a rollback loses nothing "
