@@ -144,7 +144,12 @@ def test_text_from_tokens_and_operators_never_runs_as_script(chromium, tmp_path)
                 document.body.insertAdjacentHTML('beforeend', '<img id=probe src=x onerror="window.__xss=3">');
                 document.getElementById('probe').addEventListener('error', () => { window.__errored = true; });
             }""")
-            page.wait_for_function("window.__errored === true")  # the image failed: its handler had its chance
+            # The image failed: its handler had its chance. (Not wait_for_function: when its first check is
+            # false it polls by evaluating a string in the page, which this very policy refuses.)
+            deadline = time.monotonic() + 60
+            while page.evaluate("window.__errored") is not True:
+                assert time.monotonic() < deadline, "the probe image never reported its failed load"
+                page.wait_for_timeout(20)
             assert page.evaluate("window.__xss") is None
             browser.close()
     finally:
