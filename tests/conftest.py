@@ -33,16 +33,24 @@ def _libpq(url: str) -> str:
 @pytest.fixture(scope="session")
 def _postgres_server() -> str:
     """The PostgreSQL server URL, once checked reachable; skips (fails on CI) when it is not."""
-    try:
-        import psycopg
+    import time
 
-        psycopg.connect(_libpq(POSTGRES_URL), connect_timeout=3, autocommit=True).close()
-    except Exception as e:  # noqa: BLE001 - any failure to connect means the same to the suite
-        message = f"PostgreSQL not reachable at URL: {POSTGRES_URL} ({e})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return POSTGRES_URL
+    # A loaded machine can take seconds to accept a connection: a server that answers within 30 s is there.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            import psycopg
+
+            psycopg.connect(_libpq(POSTGRES_URL), connect_timeout=10, autocommit=True).close()
+            return POSTGRES_URL
+        except Exception as e:  # noqa: BLE001 - any failure to connect means the same to the suite
+            if not isinstance(e, ImportError) and time.monotonic() < deadline:
+                time.sleep(1)  # the next attempt, not a wait on timing: the loop ends at the deadline
+                continue
+            message = f"PostgreSQL not reachable at URL: {POSTGRES_URL} ({e})"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message)
+            pytest.skip(message)
 
 
 @pytest.fixture
