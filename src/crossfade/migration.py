@@ -150,11 +150,12 @@ class Migration:
         self._file(decision.stage, decision.arm, elapsed_ns, error=error, timeout=timeout, fallback=fallback,
                    cost=cost, metrics=metrics)
 
-    def _file(self, stage: str, arm: str, elapsed_ns: int, *, error: bool = False, timeout: bool = False,
+    def _file(self, stage: str, arm: str, elapsed_ns: int | None, *, error: bool = False, timeout: bool = False,
               fallback: bool = False, cost: float | None = None, answer: Any = _NO_ANSWER,
-              metrics: Sequence[tuple[str, float]] | None = None) -> None:
+              metrics: Sequence[tuple[str, float]] | None = None, first_chunk_ns: int | None = None) -> None:
         """Count one call of `arm` in `stage`; its cost is `cost`, or the handle's `cost(answer)`, and its
-        custom metrics `metrics` and the handle's `metrics(answer)`."""
+        custom metrics `metrics` and the handle's `metrics(answer)`. A stream gives its time to the first chunk
+        (`first_chunk_ns`), and `elapsed_ns` None when it was not read to its end."""
         if answer is not _NO_ANSWER:
             if cost is None and self.options.cost is not None:
                 cost = self._cost(answer)
@@ -171,7 +172,10 @@ class Migration:
                     cell.timeouts += 1
                 if fallback:
                     cell.fallbacks += 1
-                cell.latency.add(elapsed_ns * 1e-9)
+                if first_chunk_ns is not None:
+                    cell.time_first_chunk(first_chunk_ns * 1e-9)
+                if elapsed_ns is not None:
+                    cell.latency.add(elapsed_ns * 1e-9)
                 if cost is not None:
                     cell.add_cost(cost)
                 if metrics:

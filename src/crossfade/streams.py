@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from crossfade.routing import CANDIDATE, LEGACY, Decision, Route
-from crossfade.telemetry import cell_key
 
 if TYPE_CHECKING:
     from crossfade.migration import Migration
@@ -91,36 +90,12 @@ class _Tally:
     def file(self, *, error: bool = False, fallback: bool = False, ended: bool = True) -> None:
         """Count the stream as one call of its arm: latency to the first chunk and, when it ended, to the end."""
         handle = self.handle
-        end = handle._now()
-        cost = None
-        metrics: list[tuple[str, float]] = []
-        if ended and not error and self.chunks is not None:
-            whole = assembled(self.chunks)
-            if handle.options.cost is not None:
-                cost = handle._cost(whole)
-            if handle.options.metrics is not None:
-                metrics = handle._metrics_of(whole)
-        recorder = handle._recorder
-        try:
-            cell = recorder.cell(end, cell_key(handle.name, self.decision.stage, self.decision.arm))
-            try:
-                cell.calls += 1
-                if error:
-                    cell.errors += 1
-                if fallback:
-                    cell.fallbacks += 1
-                if self.first_at:
-                    cell.time_first_chunk((self.first_at - self.start) * 1e-9)
-                if ended:
-                    cell.latency.add((end - self.start) * 1e-9)
-                if cost is not None:
-                    cell.add_cost(cost)
-                if metrics:
-                    handle._add_metrics(cell, metrics)
-            finally:
-                recorder.done()
-        except Exception:  # recording never fails the caller: counted instead
-            handle.client.counters["recording_errors"] += 1
+        elapsed = handle._now() - self.start
+        # The assembled output is priced (and its metrics read) only when the stream ended well and was kept.
+        answer = {"answer": assembled(self.chunks)} if ended and not error and self.chunks is not None else {}
+        handle._file(self.decision.stage, self.decision.arm, elapsed if ended else None, error=error,
+                     fallback=fallback, first_chunk_ns=self.first_at - self.start if self.first_at else None,
+                     **answer)
 
 
 def stream(handle: Migration, key: object, legacy: Callable[..., Iterator[Any]],
