@@ -64,23 +64,28 @@ def main(directory: Path, scenario: str = "switch", *, rate: float = 150.0, dead
                                        "--poll", "0.05"], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
     try:
         mig.start(f"{scenario}: canary agents on elicitation, every message written both ways")
-        result = anyio.run(_run, cf, mig, Bridge(lossy=scenario == "lossy"), scenario, rate, deadline)
+        result = anyio.run(_run, cf, mig, Bridge(lossy=scenario == "lossy"), scenario, rate, deadline,
+                           lambda: controller.poll() is None)
     finally:
         controller.terminate()
         controller.wait(timeout=30)
         cf.close()
+    if result["status"] not in ENDED:  # say what the controller last saw, so that a stuck run explains itself
+        lines = (directory / "controller.log").read_text(errors="replace").splitlines()
+        result["controller"] = "\n".join(lines[-6:]) or f"no output (exit code {controller.returncode})"
     say(f"{scenario}: {result['status']} at {result['stage']}; {result['sent']} messages sent, "
         f"{result['lost']} lost ({result['lost'] / max(result['sent'], 1):.2%}), {result['errors']} sender errors, "
         f"{result['duplicates']} duplicate deliveries dropped by the inboxes"
         + (f"; the elicitation path dropped {result['silently_dropped']}" if scenario == "lossy" else "")
         + (f"; killed at {result['killed_at']} with {result['in_flight_at_kill']} elicitations in flight"
            if scenario == "chaos" else "")
-        + (f"; {result['reason']}" if result["status"] != "completed" else ""))
+        + (f"; {result['reason']}" if result["status"] != "completed" else "")
+        + (f"\nthe controller's last lines:\n{result['controller']}" if "controller" in result else ""))
     return result
 
 
 async def _run(cf: crossfade.Client, mig: crossfade.Migration, bridge: Bridge, scenario: str, rate: float,
-               deadline: float) -> dict[str, Any]:
+               deadline: float, controller_running: Callable[[], bool]) -> dict[str, Any]:
     agents = {agent_id: Agent(agent_id, bridge) for agent_id in AGENTS}
     sent: list[tuple[dict[str, Any], crossfade.Decision, float]] = []  # told delivered: message, decision, when
     errors: list[BaseException] = []
@@ -128,7 +133,7 @@ async def _run(cf: crossfade.Client, mig: crossfade.Migration, bridge: Bridge, s
                 state = mig.state()
                 if state.stage and (not stages or stages[-1] != state.stage):
                     stages.append(state.stage)
-                if state.status in ENDED:
+                if state.status in ENDED or not controller_running():
                     break
                 if scenario == "chaos" and killed_at is None and state.stage == "rollout-5" and bridge.in_flight:
                     killed_at, in_flight_at_kill = state.stage, bridge.in_flight
