@@ -99,6 +99,13 @@ def test_a_broken_split_is_reported():
     assert not j.split_broken
 
 
+def test_the_split_is_not_checked_when_allow_listed_keys_add_to_the_candidate():
+    """Canary keys always on the candidate make its share of calls larger than the traffic: nothing is broken."""
+    spec = load_spec({**SPEC.to_dict(), "allow": ["canary-agent"]})
+    j = judge(spec, {"candidate": cell(3000), "legacy": cell(7000, seed=2)}, look=1, traffic=0.1)
+    assert j.sample_ratio is None and not j.split_broken
+
+
 def test_latency_shift_is_reported_not_gated():
     j = judge(SPEC, {"candidate": cell(2000, latency=0.06), "legacy": cell(2000, seed=5)}, look=1, traffic=0.5)
     assert j.latency_shift.effect > 0.6 and j.latency_shift.p_value < 0.001

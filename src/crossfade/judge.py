@@ -178,7 +178,7 @@ def judge(spec: Spec, cells: Mapping[str, Cell], *, look: int, traffic: float, s
         verdicts += custom_gates(spec, candidate, legacy, alpha=alpha, look=look, traffic=traffic,
                                  shadowing=shadowing)
     ratio = None
-    if 0.0 < traffic < 1.0 and candidate.calls and legacy.calls and not shadowing:
+    if 0.0 < traffic < 1.0 and candidate.calls and legacy.calls and not shadowing and not (spec.allow or spec.deny):
         ratio = sample_ratio(candidate.calls, legacy.calls, traffic)
     # Calls reported without timings (counts from another language) have no latency to compare.
     shift = mann_whitney(candidate.latency, legacy.latency) if candidate.latency.count and legacy.latency.count else None
