@@ -196,6 +196,25 @@ def test_status_shows_verdicts_and_run_controller_acts_on_them(tmp_path, url):
     assert "FAIL         candidate error rate" in history
 
 
+def test_status_shows_streams_latency_to_their_first_chunk(tmp_path, url):
+    spec = tmp_path / "m.yaml"
+    spec.write_text("name: m\nstages: [{traffic: 50%}, {traffic: 100%}]\n"
+                    "gates: {latency_first_chunk: {quantile: p99, max_ratio: 2}}\n")
+    cli("apply", str(spec), "--url", url)
+    cli("start", "m", "--url", url)
+
+    def chunks():
+        yield from ("a", "b", "c")
+
+    with crossfade.connect(url) as cf:
+        mig = cf.migration("m")
+        for i in range(200):
+            assert "".join(mig.stream(f"u{i}", chunks, chunks)) == "abc"
+    arms = json.loads(cli("status", "m", "--url", url, "--json"))["arms"]
+    assert all(arms[arm]["first_chunk"]["p99"] > 0 for arm in ("legacy", "candidate"))
+    assert "first chunk p50" in cli("status", "m", "--url", url)
+
+
 def test_token_create_prints_the_secret_once_stores_its_hash_and_revoke_refuses_it(url):
     from crossfade.backends.sql import SQLBackend
     from crossfade.tokens import token_hash

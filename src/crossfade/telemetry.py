@@ -430,7 +430,8 @@ class Window:
 
 
 def arm_metrics(cell: Cell) -> dict[str, Any]:
-    """One arm's figures for people and JSON: calls, errors, error rate, latency quantiles (seconds), cost.
+    """One arm's figures for people and JSON: calls, errors, error rate, latency quantiles (seconds), cost,
+    and for streamed calls the quantiles of their latency to the first chunk.
 
     NaN and infinite values (an empty sketch, no cost) become None.
     """
@@ -438,6 +439,7 @@ def arm_metrics(cell: Cell) -> dict[str, Any]:
     def finite(x: float) -> float | None:
         return None if math.isnan(x) or math.isinf(x) else x
 
+    first = cell.first_chunk
     return {
         "calls": cell.calls, "errors": cell.errors,
         "error_rate": None if not cell.calls else cell.errors / cell.calls,
@@ -446,6 +448,8 @@ def arm_metrics(cell: Cell) -> dict[str, Any]:
         "p99": finite(cell.latency.quantile(0.99)),
         "cost_mean": finite(cell.cost_mean), "cost_sum": finite(cell.cost_sum),
         **({"metrics": {name: tally_figures(t) for name, t in sorted(cell.metrics.items())}} if cell.metrics else {}),
+        **({"first_chunk": {f"p{round(q * 100)}": finite(first.quantile(q)) for q in (0.5, 0.95, 0.99)}}
+           if first is not None and first.count else {}),
     }
 
 
@@ -473,10 +477,12 @@ def merge_windows(windows: Iterable[Window]) -> dict[str, Cell]:
 
 
 def open_cell(counts: Mapping[str, int], cost: Mapping[str, float] | None, latency: Mapping[str, Any] | None,
-              metrics: Mapping[str, Mapping[str, float]] | None = None) -> Cell:
+              metrics: Mapping[str, Mapping[str, float]] | None = None,
+              first_chunk: Mapping[str, Any] | None = None) -> Cell:
     """The cell an open telemetry window describes (counters, cost sums, explicit latency buckets in `s` or
-    `ms`, not cumulative, custom metrics' count, sum and sum of squares), as clients in any language post it;
-    ValueError when the buckets do not fit."""
+    `ms`, not cumulative, for whole calls and for streams' first chunks, custom metrics' count, sum and sum of
+    squares), as clients in any language post it; OpenWindowError naming the histogram whose buckets do not
+    fit."""
     cell = Cell()
     for name, values in (metrics or {}).items():
         tally = cell.metrics[name] = Tally()
@@ -485,11 +491,25 @@ def open_cell(counts: Mapping[str, int], cost: Mapping[str, float] | None, laten
         setattr(cell, name, int(counts.get(name, 0)))
     if cost is not None:
         cell.costed, cell.cost_sum, cell.cost_sq = int(cost["count"]), float(cost["sum"]), float(cost["sum_squares"])
-    if latency is not None:
-        scale = 0.001 if latency.get("unit") == "ms" else 1.0
-        cell.latency = Buckets(tuple(float(b) * scale for b in latency["bounds"]), [int(n) for n in latency["counts"]],
-                               float(latency["sum"]) * scale)
+    for field, histogram in (("latency", latency), ("first_chunk", first_chunk)):
+        if histogram is None:
+            continue
+        scale = 0.001 if histogram.get("unit") == "ms" else 1.0
+        try:
+            buckets = Buckets(tuple(float(b) * scale for b in histogram["bounds"]),
+                              [int(n) for n in histogram["counts"]], float(histogram["sum"]) * scale)
+        except ValueError as exc:
+            raise OpenWindowError(field, str(exc)) from None
+        setattr(cell, field, buckets)
     return cell
+
+
+class OpenWindowError(ValueError):
+    """An open telemetry window's histogram whose buckets do not fit; `field` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 SEP = "\x1f"  # cannot occur in migration or stage names, which are [a-z0-9-]

@@ -264,6 +264,7 @@ OPEN_WINDOW = {
     "counts": {"calls": 100, "errors": 3, "fallbacks": 1},
     "cost": {"count": 100, "sum": 0.2, "sum_squares": 0.00041},
     "latency": {"unit": "ms", "bounds": [5, 10, 25, 50], "counts": [10, 60, 25, 5, 0], "sum": 1234.5},
+    "first_chunk": {"unit": "ms", "bounds": [1, 2, 5], "counts": [40, 50, 10, 0], "sum": 160.0},
 }
 
 
@@ -284,6 +285,7 @@ def test_the_open_telemetry_form_is_stored_as_cells_the_judge_reads_with_bucket_
     assert (cell.calls, cell.errors, cell.fallbacks, cell.costed) == (100, 3, 1, 100)
     assert cell.cost_sum == pytest.approx(0.2) and isinstance(cell.latency, Buckets)
     assert cell.latency.bounds == (0.005, 0.01, 0.025, 0.05) and cell.latency.total == pytest.approx(1.2345)
+    assert cell.first_chunk.bounds == (0.001, 0.002, 0.005) and cell.first_chunk.count == 100
     detail = control_plane.call("GET", "/v1/migrations/m", role="viewer")[1]
     assert detail["arms"]["candidate"]["calls"] == 100 and 0.005 <= detail["arms"]["candidate"]["p50"] <= 0.01
     assert detail["source"] == {"name": "telemetry", "error": None}
@@ -292,6 +294,7 @@ def test_the_open_telemetry_form_is_stored_as_cells_the_judge_reads_with_bucket_
 @pytest.mark.parametrize(("change", "path"), [
     ({"latency": {"bounds": [5, 10], "counts": [1, 2], "sum": 1.0}}, "windows[0].latency"),
     ({"latency": {"bounds": [10, 5], "counts": [1, 2, 3], "sum": 1.0}}, "windows[0].latency"),
+    ({"first_chunk": {"bounds": [5, 10], "counts": [1, 2], "sum": 1.0}}, "windows[0].first_chunk"),
     ({"counts": {"calls": -1}}, "body.windows.0"),
     ({"counts": {"calls": 1, "lost": 2}}, "body.windows.0"),
     ({"cost": {"count": 1, "sum": 0.1}}, "body.windows.0"),

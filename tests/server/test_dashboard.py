@@ -59,6 +59,7 @@ def test_open_a_running_migration_approve_a_stage_step_back_and_roll_back(chromi
                 cell.calls, cell.errors = 200, errors
                 for i in range(200):
                     cell.latency.add(latency * (1 + i / 200))
+                    cell.time_first_chunk(latency / 4)  # streamed calls: their first chunk comes sooner
                 windows.append({"migration": "checkout", "stage": "canary", "arm": arm, "start": now - 60 + 10 * k,
                                 "length": 10.0, "cell": cell.to_dict()})
         assert plane.call("POST", "/v1/telemetry", {"windows": windows}, role="sdk")[0] == 200
@@ -83,6 +84,7 @@ def test_open_a_running_migration_approve_a_stage_step_back_and_roll_back(chromi
             expect(page.locator(".step.current")).to_contain_text("canary")
             expect(page.locator("#approve")).to_be_visible()
             expect(page.locator("#charts svg polyline")).not_to_have_count(0)
+            expect(page.locator("#arms")).to_contain_text("first chunk p99")
             expect(page.locator('#timeline li[data-type="approval_requested"]')).to_have_count(1)
             page.screenshot(path=str(ARTIFACTS / "dashboard-1-awaiting-approval.png"), full_page=True)
 

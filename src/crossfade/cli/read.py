@@ -36,8 +36,8 @@ from crossfade.spec import ShadowSettings, SpecError, format_duration, format_pe
 from crossfade.telemetry import arm_metrics
 
 
-def _ms(seconds: float) -> str:
-    if math.isnan(seconds):
+def _ms(seconds: float | None) -> str:
+    if seconds is None or math.isnan(seconds):
         return "-"
     return f"{seconds * 1e6:.0f}us" if seconds < 0.001 else f"{seconds * 1000:.1f}ms"
 
@@ -107,15 +107,19 @@ def status(name: Annotated[str | None, typer.Argument(help="One migration (defau
                           "has missed every write since; backfill it before `crossfade restart`, or set "
                           "`dual_write_after_rollback: true` to keep both written", soft_wrap=True)
             table = Table(box=None, pad_edge=False)
-            for column in ("arm", "calls", "error rate", "fallbacks", "p50", "p95", "p99", "cost/call"):
+            streamed = any("first_chunk" in m for m in item["arms"].values())
+            for column in ("arm", "calls", "error rate", "fallbacks", "p50", "p95", "p99", "cost/call",
+                           *(("first chunk p50", "first chunk p99") if streamed else ())):
                 table.add_column(column, justify="left" if column == "arm" else "right")
             for arm, m in item["arms"].items():
+                first = m.get("first_chunk", {})
                 table.add_row(
                     shown(arm), str(m["calls"]),
                     "-" if m["error_rate"] is None else format_rate(m["error_rate"]),
                     str(m["fallbacks"]),
-                    *(_ms(m[q] if m[q] is not None else math.nan) for q in ("p50", "p95", "p99")),
+                    *(_ms(m[q]) for q in ("p50", "p95", "p99")),
                     "-" if m["cost_mean"] is None else f"{m['cost_mean']:.6g}",
+                    *((_ms(first.get(q)) for q in ("p50", "p99")) if streamed else ()),
                 )
             if item["arms"]:
                 out.print(table)

@@ -83,7 +83,7 @@ from crossfade.spec import NAME_PATTERN, Problem, Spec, SpecError, load_spec
 from crossfade.metrics import SourceError, read_stage
 from crossfade.metrics.telemetry import TelemetrySource
 from crossfade.stagedata import StageTelemetry
-from crossfade.telemetry import Window, open_cell
+from crossfade.telemetry import OpenWindowError, Window, open_cell
 
 log = logging.getLogger("crossfade.server")
 
@@ -507,13 +507,13 @@ def _compact(window: WindowModel | OpenWindowModel, index: int) -> dict[str, Any
     """The compact cell form of a posted window: as sent, or converted from the open form."""
     if isinstance(window, WindowModel):
         return window.cell
-    latency = window.latency
+    cost, latency, first_chunk = (None if part is None else part.model_dump()
+                                  for part in (window.cost, window.latency, window.first_chunk))
+    metrics = None if window.metrics is None else {k: v.model_dump() for k, v in window.metrics.items()}
     try:
-        cell = open_cell(window.counts.model_dump(), None if window.cost is None else window.cost.model_dump(),
-                         None if latency is None else latency.model_dump(),
-                         None if window.metrics is None else {k: v.model_dump() for k, v in window.metrics.items()})
-    except ValueError as exc:
-        raise SpecError("<telemetry>", [Problem(f"windows[{index}].latency", str(exc))]) from None
+        cell = open_cell(window.counts.model_dump(), cost, latency, metrics, first_chunk)
+    except OpenWindowError as exc:
+        raise SpecError("<telemetry>", [Problem(f"windows[{index}].{exc.field}", str(exc))]) from None
     return cell.to_dict()
 
 

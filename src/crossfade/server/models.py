@@ -108,6 +108,9 @@ class ArmMetrics(BaseModel):
     cost_sum: float | None
     metrics: dict[str, dict[str, float | None]] | None = Field(
         None, description="Custom metrics recorded on this arm: count, sum, mean (and p10, p50, p90 when sketched)")
+    first_chunk: dict[str, float | None] | None = Field(
+        None, description="Streamed calls' latency to their first chunk (p50, p95, p99, seconds); absent "
+                          "without streams")
 
 
 class CustomMetricFigures(BaseModel):
@@ -335,6 +338,9 @@ class OpenWindowModel(BaseModel):
     counts: OpenCounts
     cost: OpenCost | None = None
     latency: OpenHistogram | None = None
+    first_chunk: Annotated[OpenHistogram | None, Field(
+        description="Streamed calls' latency to their first chunk (`latency` is to their end), for a "
+                    "`latency_first_chunk` gate")] = None
     metrics: Annotated[dict[Annotated[str, Field(pattern=METRIC_NAME_PATTERN)], OpenMetric],
                        Field(max_length=MAX_METRICS)] | None = None
 
@@ -343,7 +349,7 @@ class OpenWindowModel(BaseModel):
 
 class TelemetryBatch(BaseModel):
     """Telemetry windows: the Python SDK's compact form (`cell`) or the open form (`counts`, `cost`,
-    `latency`) that clients in any language can produce; rows for one window add up."""
+    `latency`, `first_chunk`, `metrics`) that clients in any language can produce; rows for one window add up."""
 
     windows: Annotated[list[WindowModel | OpenWindowModel], Field(max_length=10_000)]
 

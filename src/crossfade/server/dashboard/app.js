@@ -248,9 +248,11 @@ async function renderMigration(name) {
         <td class="num">${n.attempts}</td><td class="muted">${esc(n.last_error ?? "")}</td></tr>`).join("")}</table>`
     : `<p class="muted">${m.spec.notify?.length ? "Nothing sent yet." : "No one is notified: add targets under <code>notify:</code> in the spec."}</p>`;
   const arms = Object.entries(m.arms);
+  const streamed = arms.some(([, a]) => a.first_chunk);
+  const firstChunk = (a) => streamed ? `<td class="num">${ms(a.first_chunk?.p50)}</td><td class="num">${ms(a.first_chunk?.p99)}</td>` : "";
   $("#arms").innerHTML = arms.length
-    ? `<table><tr><th>arm</th><th class="num">calls</th><th class="num">error rate</th><th class="num">fallbacks</th><th class="num">p50</th><th class="num">p95</th><th class="num">p99</th></tr>
-      ${arms.map(([arm, a]) => `<tr><td>${esc(arm)}</td><td class="num">${a.calls}</td><td class="num">${pct(a.error_rate)}</td><td class="num">${a.fallbacks}</td><td class="num">${ms(a.p50)}</td><td class="num">${ms(a.p95)}</td><td class="num">${ms(a.p99)}</td></tr>`).join("")}</table>`
+    ? `<table><tr><th>arm</th><th class="num">calls</th><th class="num">error rate</th><th class="num">fallbacks</th><th class="num">p50</th><th class="num">p95</th><th class="num">p99</th>${streamed ? `<th class="num">first chunk p50</th><th class="num">first chunk p99</th>` : ""}</tr>
+      ${arms.map(([arm, a]) => `<tr><td>${esc(arm)}</td><td class="num">${a.calls}</td><td class="num">${pct(a.error_rate)}</td><td class="num">${a.fallbacks}</td><td class="num">${ms(a.p50)}</td><td class="num">${ms(a.p95)}</td><td class="num">${ms(a.p99)}</td>${firstChunk(a)}</tr>`).join("")}</table>`
     : `<p class="muted">No calls recorded in this stage yet.</p>`;
   const custom = Object.entries(m.metrics ?? {});
   $("#custom").innerHTML = custom.length
