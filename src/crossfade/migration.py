@@ -34,6 +34,7 @@ from crossfade.routing import (
     Route,
 )
 from crossfade.shadow import (
+    ROOT,
     WRITE_PATH,
     Comparator,
     Difference,
@@ -413,10 +414,15 @@ class Migration:
         client._count_judged(self.name, stage, judged, mismatches)
         if differences:
             self._keep_example(stage, differences, args, kwargs, legacy, candidate, settings, score)
+        elif score is not None and client.comparisons.among_lowest(self.name, stage, score, settings.examples):
+            # Above mismatch_below, yet among the stage's lowest: what a similarity gate on p10 is about.
+            self._keep_example(stage, (), args, kwargs, legacy, candidate, settings, score)
 
     def _keep_example(self, stage: str, differences: Sequence[Difference], args: tuple[Any, ...],
                       kwargs: dict[str, Any], legacy: Outcome, candidate: Outcome, settings: ShadowSettings,
                       score: float | None = None) -> None:
+        """Keep an example of the comparison under each differing field's path (under the answer's root when
+        a graded comparison kept it for its low score)."""
         detail: dict[str, Any] = {
             **({} if score is None else {"score": score}),
             "args": [shown(a) for a in args],
@@ -434,7 +440,7 @@ class Migration:
                 self.client.counters["internal_errors"] += 1
                 return
         now = time.time()
-        for path in dict.fromkeys(d.path for d in differences):
+        for path in dict.fromkeys(d.path for d in differences) or (ROOT,):
             self.client.comparisons.keep(Example(self.name, stage, path, now, detail), settings.examples)
 
     def _candidate_failed(self, decision: Decision, start: int, exc: Exception, fallback: Fallback | None) -> None:

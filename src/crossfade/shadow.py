@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import heapq
 import math
 import numbers
 import queue
@@ -507,6 +508,21 @@ class ComparisonLog:
                 kept = self._examples[(example.migration, example.path)] = deque(kept or (), maxlen=limit)
             kept.append(example)
 
+    def among_lowest(self, migration: str, stage: str, score: float, limit: int) -> bool:
+        """Whether a graded comparison's score is among the `limit` lowest this process has seen in the stage
+        (and now counted as one of them): its example is worth keeping though it passed."""
+        if limit <= 0:
+            return False
+        with self._lock:
+            lowest = self._lowest.setdefault((migration, stage), [])  # a max-heap of the scores, negated
+            if len(lowest) < limit:
+                heapq.heappush(lowest, -score)
+                return True
+            if score < -lowest[0]:
+                heapq.heapreplace(lowest, -score)
+                return True
+            return False
+
     def collect(self, *, everything: bool = False) -> tuple[list[FieldWindow], list[Example]]:
         """Take the closed windows (all with `everything`) and every waiting example."""
         cutoff = math.inf if everything else (self._clock() - self.grace) // self.window
@@ -539,6 +555,7 @@ class ComparisonLog:
         self._held: dict[tuple[str, str], dict[frozenset[str], int]] = {}
         self._active: set[tuple[str, str]] = set()
         self._examples: dict[tuple[str, str], deque[Example]] = {}
+        self._lowest: dict[tuple[str, str], list[float]] = {}
         self.unjudged = 0  # comparisons held past MAX_HELD distinct field sets: never judged, counted
 
 

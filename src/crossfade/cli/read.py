@@ -31,7 +31,7 @@ from crossfade.cli.common import (
 from crossfade.client import Client
 from crossfade.events import State
 from crossfade.judge import format_rate
-from crossfade.shadow import MISMATCH, TOTALS, add_counts, verdict
+from crossfade.shadow import MISMATCH, ROOT, TOTALS, add_counts, verdict
 from crossfade.spec import ShadowSettings, SpecError, format_duration, format_percent
 from crossfade.telemetry import arm_metrics
 
@@ -234,9 +234,7 @@ def shadow_report(cf: Client, name: str, stage: str | None, *, limit: int = 3) -
     for path, counts in sorted(fields.items(), key=lambda kv: -kv[1].get("differing", 0)):
         differing, noise_differing = counts.get("differing", 0), counts.get("noise_differing", 0)
         examples = cf.backend().examples(name, stage=stage, path=path, limit=max(limit, settings.examples))
-        if any("score" in e.detail for e in examples):
-            # Graded comparisons: the lowest-scoring answers are the ones to read first.
-            examples = sorted(examples, key=lambda e: e.detail.get("score", 1.0))
+        examples = [e for e in examples if "score" not in e.detail]  # scored ones are listed as the lowest
         report.append({
             "path": path, "differing": differing, "rate": differing / compared if compared else None,
             "noise_differing": noise_differing,
@@ -245,8 +243,13 @@ def shadow_report(cf: Client, name: str, stage: str | None, *, limit: int = 3) -
                                relative=settings.noise_relative, absolute=settings.noise_absolute),
             "examples": [{"stage": e.stage, "time": e.time, **e.detail} for e in examples[:limit]],
         })
+    # Graded comparisons keep the answers that scored lowest, mismatched or not: the ones to read first.
+    scored = [e for e in cf.backend().examples(name, stage=stage, path=ROOT, limit=max(limit, settings.examples))
+              if isinstance(e.detail.get("score"), float)]
+    lowest = sorted(scored, key=lambda e: e.detail["score"])[:limit]
     return {"migration": name, "stage": stage, "totals": totals, "fields": report,
-            "similarity": _similarity(cf, name, stage)}
+            "similarity": _similarity(cf, name, stage),
+            "lowest": [{"stage": e.stage, "time": e.time, **e.detail} for e in lowest]}
 
 
 def _similarity(cf: Client, name: str, stage: str | None) -> dict[str, Any] | None:
@@ -284,7 +287,13 @@ def mismatches(
         if scores:
             quantiles = ", ".join(f"{q} {scores[q]:.3f}" for q in ("p10", "p50", "p90") if scores.get(q) is not None)
             out.print(f"  graded comparisons: {scores['count']} scored, mean {scores['mean']:.3f}"
-                      + (f", {quantiles}" if quantiles else "") + "; lowest-scoring examples first")
+                      + (f", {quantiles}" if quantiles else ""))
+            for example in report["lowest"]:
+                out.print(f"[bold]score {example['score']:.3f}[/bold] at {_utc(example['time'])} "
+                          f"({shown(example['stage'])}): args {shown(example.get('args'))} "
+                          f"{shown(example.get('kwargs') or '')}")
+                out.print(f"    legacy {shown(repr(example.get('legacy')))} -> "
+                          f"candidate {shown(repr(example.get('candidate')))}")
         if not report["fields"]:
             out.print("  no field differs")
             return
@@ -297,8 +306,7 @@ def mismatches(
         out.print(table)
         for f in report["fields"]:
             for example in f["examples"]:
-                score = f" score {example['score']:.3f}" if isinstance(example.get("score"), float) else ""
-                out.print(f"[bold]{shown(f['path'])}[/bold]{score} at {_utc(example['time'])} "
+                out.print(f"[bold]{shown(f['path'])}[/bold] at {_utc(example['time'])} "
                           f"({shown(example['stage'])}): args {shown(example.get('args'))} "
                           f"{shown(example.get('kwargs') or '')}")
                 for d in example.get("diff", []):
