@@ -215,7 +215,7 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture
 def metrics_text(control_plane, receiver, monkeypatch) -> str:
     """/metrics of a control plane with one running migration whose every series has a sample: both arms'
-    calls, errors, timeouts, cost, compared answers and latency, its gates, and a notification."""
+    calls, errors, timeouts, cost, compared answers, latency and a custom metric, its gates, and a notification."""
     import threading
     import time
 
@@ -224,7 +224,8 @@ def metrics_text(control_plane, receiver, monkeypatch) -> str:
     monkeypatch.setenv("HOOK_KEY", "k")
     # The hour's hold keeps the controller from promoting it to its last stage (which has no gates) meanwhile.
     spec = {"stages": [{"name": "canary", "traffic": "20%", "hold": "1h"}, {"name": "all", "traffic": "100%"}],
-            "notify": [{"name": "hook", "webhook": {"url": receiver.url, "secret_env": "HOOK_KEY"}}]}
+            "notify": [{"name": "hook", "webhook": {"url": receiver.url, "secret_env": "HOOK_KEY"}}],
+            "metrics": {"tokens": {"kind": "mean", "max_ratio": 1.5}}}
     assert control_plane.call("PUT", "/v1/migrations/m", {"spec": spec})[0] == 200
     assert control_plane.call("POST", "/v1/migrations/m/start", {"reason": "go"})[0] == 200
     windows = []
@@ -234,6 +235,7 @@ def metrics_text(control_plane, receiver, monkeypatch) -> str:
         for i in range(400):
             cell.latency.add(0.004 + i * 1e-5)
             cell.add_cost(0.002)
+            cell.metric("tokens", 800 + i % 7)
         windows.append({"migration": "m", "stage": "canary", "arm": arm, "start": time.time(), "length": 10.0,
                         "cell": cell.to_dict()})
     assert control_plane.call("POST", "/v1/telemetry", {"windows": windows}, role="sdk")[0] == 200

@@ -1,6 +1,6 @@
 """A ready-made Grafana dashboard over the control plane's /metrics: traffic, per-arm error rate, latency
 quantiles against the legacy baseline, cost, shadow mismatches, gates with their intervals against their
-limits, rollbacks and notifications."""
+limits, rollbacks, notifications and the spec's custom metrics per arm."""
 
 from __future__ import annotations
 
@@ -65,6 +65,10 @@ def dashboard(migration: str | None = None) -> dict[str, Any]:
                                                f"{RATE}))", "{{arm}} ({{migration}})")], unit="reqps", w=8),
         _panel(9, "Notifications by status", 16, 24, [(f"sum by (status) (crossfade_notifications{{{M}}})",
                                                        "{{status}}")], w=8),
+        _panel(10, "Custom metrics per arm (as the spec judges them)", 0, 32, [
+            (f"crossfade_arm_metric{{{M}}}", "{{metric}} {{arm}} ({{migration}})"),
+        ], description="Each metric declared under the spec's metrics: in the current stage: its rate, count, "
+                        "mean or quantile per arm (legacy is the baseline).", w=24),
     ]
     return {
         "uid": uid, "title": title, "tags": ["crossfade"], "timezone": "browser", "editable": True,
