@@ -39,7 +39,7 @@ import crossfade
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from bridge import CANARY_AGENTS, Agent, Bridge  # noqa: E402
+from bridge import CANARY_AGENTS, ELICIT_TIMEOUT, Agent, Bridge  # noqa: E402
 
 NAME = "bridge-elicitation"
 AGENTS = CANARY_AGENTS + [f"agent_{i:03d}" for i in range(37)]
@@ -98,16 +98,21 @@ async def _run(cf: crossfade.Client, mig: crossfade.Migration, bridge: Bridge, s
             await tasks.start(agent.poll)
             await tasks.start(agent.listen)
 
+        sending: set[int] = set()
+
         async def send(number: int) -> None:
             to, sender = random.sample(AGENTS, 2)
             message = {"id": f"msg-{number:06d}", "from": sender, "to": to, "content": f"task update {number}"}
             decision = mig.decide(to)
+            sending.add(number)
             try:
                 await mig.awrite(to, bridge.deliver_long_poll, bridge.deliver_elicitation, message,
                                  idempotency_key=message["id"])
             except Exception as exc:  # what a sender would see: none are expected
                 errors.append(exc)
                 return
+            finally:
+                sending.discard(number)
             sent.append((message, decision, time.monotonic()))
 
         def reconcile(now: float) -> None:
@@ -139,7 +144,12 @@ async def _run(cf: crossfade.Client, mig: crossfade.Migration, bridge: Bridge, s
                     killed_at, in_flight_at_kill = state.stage, bridge.in_flight
                     for agent in agents.values():  # the elicitation manager dies with deliveries in flight
                         agent.kill_elicitation()
-        await anyio.sleep(DELIVERY_DEADLINE + 0.5)  # let the last messages land, then count them all
+        # Every sender gets its answer (a delivery on a dead path ends by its timeout and legacy's answer), the
+        # last messages land, and then all of them are counted.
+        with anyio.move_on_after(ELICIT_TIMEOUT + 30.0):
+            while sending:
+                await anyio.sleep(0.05)
+        await anyio.sleep(DELIVERY_DEADLINE + 0.5)
         reconcile(time.monotonic() + DELIVERY_DEADLINE)
         bridge.close_listeners()
         tasks.cancel_scope.cancel()
