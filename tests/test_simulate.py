@@ -401,3 +401,13 @@ def test_a_step_past_the_limit_in_the_last_minute_is_rolled_back(at):
 def test_the_final_look_fails_no_identical_candidate():
     caught, others = _caught("", None, range(10))
     assert caught == 0 and all("completed" in o for o in others), others
+
+
+def test_a_trigger_held_for_a_while_can_fire_at_low_traffic():
+    # At 0.2 calls/s a look spans 8 intervals or more; a span's calls all landed in its last interval, so the
+    # trigger's window ending one interval earlier (its `for`) was empty and it never fired.
+    spec = {**SPEC, "gates": {}, "stages": [{"name": "canary", "traffic": "50%", "hold": "3h"},
+                                            {"name": "full", "traffic": "100%"}],
+            "triggers": [{"metric": "error_rate", "above": "5%", "window": "5m", "for": "5m"}]}
+    result = simulate(spec, workload("errors=60%", rps=0.2, mode="aggregate"), seed=1, until=3 * 3600)
+    assert result.outcome == "rolled_back" and "held for 5m" in result.reason, result.summary()
