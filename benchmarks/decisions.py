@@ -1,6 +1,7 @@
 """Decision quality: how often each judge fails a good candidate, and how fast it catches a bad one, by traffic.
 
     python benchmarks/decisions.py [--runs 1000] [--rps 2,20,200] [--quick] [--jobs N] [--json]
+    python benchmarks/decisions.py --late [--runs 200] [--rps 20] [--late-minutes 45,100,...]
 
 Every run is a `crossfade.simulate` run: synthetic traffic in virtual time through the real SDK, the real
 controller loop and a temporary backend. Each workload is judged four ways, on the same seeds:
@@ -31,6 +32,12 @@ detection rate and the delay from the fault to the rollback, in candidate calls 
 and how many runs completed anyway (a regression promoted to 100%). Rates come with 95% Wilson intervals.
 
 Keys: a key per call (routing by request), so calls split between the arms as the traffic says.
+
+--late (issue 10, item 8): crossfade alone, a step to errors 3% at each of `--late-minutes` (by default every
+5 minutes of the last judged stage and the bake, and each of the last 5 minutes of both): the share of runs
+rolled back after the fault, with its Wilson interval, per fault minute (goal: >= 95% at 20 calls/s); and the
+runs where change detection failed an identical candidate and one exactly at the error limit (bounded by the
+detector's alpha share, printed beside them).
 """
 
 from __future__ import annotations
@@ -48,8 +55,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
+from crossfade.changes import change_alpha  # noqa: E402
 from crossfade.judge import gate_alpha  # noqa: E402
-from crossfade.simulate import SimTick, Workload, median, parse_arm, parse_fault, simulate, wilson  # noqa: E402
+from crossfade.simulate import (  # noqa: E402
+    SimTick,
+    Workload,
+    median,
+    parse_arm,
+    parse_fault,
+    simulate,
+    wilson,
+)
 from crossfade.sketch import Sketch  # noqa: E402
 from crossfade.spec import load_spec  # noqa: E402
 from crossfade.stats import mann_whitney, mean_diff_cs, proportion_diff_cs  # noqa: E402
@@ -295,6 +311,74 @@ def _row(rps: float, index: int, judge: str, outcomes: list[Outcome]) -> dict[st
             "median_delay_calls": median([float(o.exposed) for o in caught]) if bad else None}
 
 
+# The last promotion is due at 1h45m (15m + 30m + 1h of holds) and the bake ends at 2h45m.
+LAST_JUDGED, BAKE_START, BAKE_END = 45, 105, 165
+LATE_MINUTES = sorted({*range(LAST_JUDGED, BAKE_END, 5), *range(BAKE_START - 5, BAKE_START),
+                       *range(BAKE_END - 5, BAKE_END)})
+# The candidates whose change-detection alarms are false: identical, and exactly at the error rate's limit.
+LATE_NULLS = (("identical", ""), ("errors at limit (2%)", "errors=2%"))
+
+
+def run_late(task: tuple[float, str, int | None, int]) -> tuple[float, str, int | None, Outcome]:
+    """One run of --late: a candidate (a step to it at `minute`, or from the start when None) at one rate."""
+    rps, candidate, minute, seed = task
+    legacy = parse_arm(LEGACY, label="legacy")
+    workload = Workload(rps=rps, legacy=legacy, candidate=parse_arm(candidate, base=legacy, label="candidate"),
+                        fault=parse_fault("step", f"{minute}m") if minute is not None else None, keys=0,
+                        mode="aggregate")
+    result = simulate(_specs()["crossfade"], workload, seed=seed)
+    return rps, candidate, minute, Outcome(result.outcome, result.detected_s, result.exposed, result.stage,
+                                           result.reason)
+
+
+def late(args: argparse.Namespace, rates: list[float], runs: int) -> int:
+    """--late: caught share per fault minute, and change detection's false alarms on null candidates."""
+    minutes = [int(m) for m in args.late_minutes.split(",")] if args.late_minutes else LATE_MINUTES
+    tasks = [(rps, "errors=3%", m, seed) for rps in rates for m in minutes for seed in range(runs)]
+    tasks += [(rps, candidate, None, seed) for rps in rates for _, candidate in LATE_NULLS for seed in range(runs)]
+    started = time.perf_counter()
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    results: dict[tuple[float, str, int | None], list[Outcome]] = {}
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+        for rps, candidate, minute, outcome in pool.map(run_late, tasks, chunksize=4):
+            results.setdefault((rps, candidate, minute), []).append(outcome)
+    elapsed = time.perf_counter() - started
+    spec = load_spec(SPEC)
+    share = (1.0 - spec.analysis.confidence) * spec.analysis.change_share
+    print(f"spec:\n{SPEC}\nlegacy: {LEGACY}; candidate: a step to errors=3% at the minute given; {runs} runs per "
+          f"row ({len(tasks)} runs in {elapsed:.0f} s on {args.jobs} processes). The last judged stage runs from "
+          f"{LAST_JUDGED} to {BAKE_START} min, the bake from {BAKE_START} to {BAKE_END} min.\n")
+    header = (f"{'rps':>4} {'fault at':>8} {'in':<10} {'runs':>5} {'caught':>7} {'rate':>7}  {'95% interval':<15} "
+              f"{'completed':>9} {'held':>5} {'before':>6}  {'median delay':>12} {'max':>5}")
+    print(header)
+    print("-" * len(header))
+    for rps in rates:
+        for m in minutes:
+            outcomes = results[(rps, "errors=3%", m)]
+            rolled = [o for o in outcomes if o.outcome in ("rolled_back", "paused")]
+            caught = [o for o in rolled if (o.detected_s or 0.0) >= m * 60]
+            low, high = wilson(len(caught), len(outcomes))
+            delays = [((o.detected_s or 0.0) - m * 60) / 60 for o in caught]
+            delay = median(delays)
+            print(f"{rps:>4g} {m:>5} min {'bake' if m >= BAKE_START else 'last stage':<10} {len(outcomes):>5} "
+                  f"{len(caught):>7} {len(caught) / len(outcomes) * 100:>6.1f}%  "
+                  f"{low * 100:.1f}%..{high * 100:.1f}%{'':<3} {sum(o.outcome == 'completed' for o in outcomes):>9} "
+                  f"{sum(o.outcome == 'running' for o in outcomes):>5} {len(rolled) - len(caught):>6}  "
+                  f"{'-' if delay is None else f'{delay:.0f} min':>12} {max(delays, default=0):>5.0f}")
+    print(f"\nfalse alarms of change detection (its alpha share: {share:.2%} in all, {change_alpha(spec):.3%} per "
+          f"gate in each of the three judged stages and the bake):")
+    for rps in rates:
+        for name, candidate in LATE_NULLS:
+            outcomes = results[(rps, candidate, None)]
+            alarms = sum(o.reason.startswith("change in") for o in outcomes)
+            others = sum(o.outcome in ("rolled_back", "paused") for o in outcomes) - alarms
+            low, high = wilson(alarms, len(outcomes))
+            print(f"{rps:>4g} {name:<22} {len(outcomes):>5} runs: {alarms} change alarms ({alarms / len(outcomes):.2%}, "
+                  f"{low:.2%}..{high:.2%}), {others} other rollbacks, "
+                  f"{sum(o.outcome == 'completed' for o in outcomes)} completed")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=1000, help="runs per scenario, judge and rate (default 1000)")
@@ -306,9 +390,14 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.add_argument("--scenarios", default="", help="only the scenarios whose name contains one of these "
                         "comma-separated words (e.g. late,drift,identical)")
+    parser.add_argument("--late", action="store_true", help="late faults: caught share per fault minute, and "
+                        "change detection's false alarms")
+    parser.add_argument("--late-minutes", default="", help="with --late: the fault minutes, comma-separated")
     args = parser.parse_args()
     runs = 30 if args.quick else args.runs
     rates = [float(r) for r in args.rps.split(",")]
+    if args.late:
+        return late(args, rates, runs)
     judges = tuple(args.judges.split(",")) + (("threshold",) if args.threshold else ())
     words = [w for w in args.scenarios.split(",") if w]
     chosen = [i for i, sc in enumerate(SCENARIOS) if not words or any(w in sc[0] for w in words)]

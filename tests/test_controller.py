@@ -310,9 +310,14 @@ def test_the_last_stage_bakes_before_the_migration_completes():
     assert [g.verdict for g in a.judgement.gates] in (["PASS"], ["INCONCLUSIVE"])  # judged against the baseline
     run.minutes(20)
     assert run.state.status == "running"
+    # The bake's time is up; its end waits for a final look over calls enough to show a step in its last minute.
     run.minutes(12)
+    a = assess(run.spec, run.state, run.windows, run.now)
+    assert run.state.status == "running" and a.final_look and "final look" in a.waiting_for
+    assert a.to_dict()["final_look"] == list(a.final_look) and a.final_look[0].startswith("error_rate: ")
+    run.minutes(30)
     assert run.state.status == "completed" and run.types()[-1] == "baked"
-    assert "bake 30m passed" in run.events[-1].reason
+    assert "bake 30m and a final look of " in run.events[-1].reason
     assert fold("m", run.events) == run.state
     assert verify(run.events, head=(run.state.seq, run.state.head)) is None
 

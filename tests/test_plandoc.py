@@ -210,3 +210,16 @@ def test_a_program_plan_nests_each_migrations_headings_one_level_under_its_phase
             levels.append(len(line) - len(line.lstrip("#")))
     assert max(levels) <= 6, "Markdown has six heading levels"
     assert all(b <= a + 1 for a, b in zip(levels, levels[1:])), "no heading skips a level"
+
+
+def test_the_plan_names_the_bake_in_the_phases_criteria_and_timeline():
+    baked = load_spec({**SPEC.to_dict(), "bake": "1h"})
+    text = render(baked)
+    assert "The last stage (complete) bakes for 1h" in text and "final look, at most 1h more" in text
+    assert "- **complete** completes when its bake of 1h and its final look have passed" in text
+    assert "At least 8h40m (the sum of the holds and the bake)" in text
+    spec = load_spec({"name": "m", "stages": [{"name": "c", "traffic": "50%", "hold": "10m"},
+                                              {"name": "done", "traffic": "100%"}], "bake": "20m"})
+    simulated = render(spec, estimate(spec, rps=50, runs=2))
+    assert "| bake of done (20m and its final look) ends: completed |" in simulated
+    assert "the holds and the bake alone take 30m" in simulated

@@ -359,3 +359,55 @@ def test_the_command_line_simulates_custom_metrics_and_names_a_misspelt_one(tmp_
     assert ran.exit_code == 0 and "trigger lost > 0" in ran.output
     slip = CliRunner().invoke(app, ["simulate", str(path), "--candidate", "losst=0.8%", "--rps", "20"])
     assert slip.exit_code == 2 and "the workload records losst" in slip.output and "Traceback" not in slip.output
+
+
+# -- late faults (issue 10, item 8) --------------------------------------------------------------
+
+# The README's decision-quality spec: the last promotion is due at 1h45m, the bake ends at 2h45m.
+BAKED = {
+    "name": "bench",
+    "stages": [{"name": "canary-1", "traffic": "1%", "hold": "15m"},
+               {"name": "canary-10", "traffic": "10%", "hold": "30m"},
+               {"name": "rollout-50", "traffic": "50%", "hold": "1h"},
+               {"name": "complete", "traffic": "100%"}],
+    "gates": {"error_rate": {"max_increase": "1%"}, "latency": {"quantile": "p95", "max_ratio": 1.25},
+              "cost": {"max_ratio": 1.5}},
+    "analysis": {"interval": "1m", "confidence": "99%"},
+    "bake": "1h",
+}
+
+
+def _caught(candidate: str, at: str | None, seeds: range) -> tuple[int, list[str]]:
+    """How many of the seeded runs rolled back after the fault began, and the outcomes of the others."""
+    fault = parse_fault("step", at) if at is not None else None
+    caught, others = 0, []
+    for seed in seeds:
+        result = simulate(BAKED, workload(candidate, rps=20, mode="aggregate", fault=fault), seed=seed)
+        if result.outcome == "rolled_back" and result.detected_s >= (fault.at if fault else 0.0):
+            caught += 1
+        else:
+            others.append(f"seed {seed}: {result.summary()}")
+    return caught, others
+
+
+@pytest.mark.parametrize("at", ["2h44m", "1h44m"], ids=["bake's last minute", "last judged stage's last minute"])
+def test_a_step_past_the_limit_in_the_last_minute_is_rolled_back(at):
+    # Before the bake's final look, a step in its last minutes completed (24 of 60 caught 10 minutes before
+    # its end); one in the last judged stage's last minute is judged by the bake.
+    caught, missed = _caught("errors=3%", at, range(20))
+    assert caught >= 19, missed
+
+
+def test_the_final_look_fails_no_identical_candidate():
+    caught, others = _caught("", None, range(10))
+    assert caught == 0 and all("completed" in o for o in others), others
+
+
+def test_a_trigger_held_for_a_while_can_fire_at_low_traffic():
+    # At 0.2 calls/s a look spans 8 intervals or more; a span's calls all landed in its last interval, so the
+    # trigger's window ending one interval earlier (its `for`) was empty and it never fired.
+    spec = {**SPEC, "gates": {}, "stages": [{"name": "canary", "traffic": "50%", "hold": "3h"},
+                                            {"name": "full", "traffic": "100%"}],
+            "triggers": [{"metric": "error_rate", "above": "5%", "window": "5m", "for": "5m"}]}
+    result = simulate(spec, workload("errors=60%", rps=0.2, mode="aggregate"), seed=1, until=3 * 3600)
+    assert result.outcome == "rolled_back" and "held for 5m" in result.reason, result.summary()

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from crossfade.changes import ChangeAlarm, detect
+from crossfade.changes import ChangeAlarm, detect, final_look, planned_bake
 from crossfade.events import (
     AWAITING_APPROVAL,
     PAUSED,
@@ -56,6 +56,9 @@ class Assessment:
     # Gates whose candidate changed past their limit in its recent calls (`crossfade.changes`).
     changes: tuple[ChangeAlarm, ...] = ()
     baking: bool = False
+    # What the bake's end still waits for once its time is up: the calls that would show a step in its last
+    # interval (`crossfade.changes.final_look`), per gate.
+    final_look: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able form for status displays."""
@@ -69,7 +72,8 @@ class Assessment:
             "undecided": self.undecided,
             "overdue": self.overdue,
             "changes": [c.message for c in self.changes],
-            **({"baking": True, "bake_left_s": self.hold_left} if self.baking else {}),
+            **({"baking": True, "bake_left_s": self.hold_left, "final_look": list(self.final_look)}
+               if self.baking else {}),
             "sample_ratio": None if self.judgement.sample_ratio is None else {
                 "expected": self.judgement.sample_ratio.expected_fraction,
                 "observed": self.judgement.sample_ratio.observed_fraction,
@@ -120,11 +124,17 @@ def time_left(spec: Spec, state: State, now: float) -> float:
 def judged_cells(spec: Spec, state: State, windows: Sequence[Window]) -> dict[str, Cell]:
     """The cells the gates judge: the stage's, with, during a bake without legacy calls, the legacy measured in
     the stage before (`State.baseline`) in legacy's place."""
+    return _judged(spec, state, windows)[0]
+
+
+def _judged(spec: Spec, state: State, windows: Sequence[Window]) -> tuple[dict[str, Cell], bool]:
+    """`judged_cells`, and whether legacy's is the fixed baseline of a bake."""
     cells = stage_cells(state, windows)
     legacy = cells.get(LEGACY)
     if baking(spec, state) and (legacy is None or not legacy.calls) and state.baseline is not None:
         cells[LEGACY] = check_cell(state.baseline)
-    return cells
+        return cells, True
+    return cells, False
 
 
 def stage_progress(spec: Spec, state: State, windows: Sequence[Window], now: float) -> StageProgress:
@@ -154,20 +164,27 @@ def assess(spec: Spec, state: State, windows: Sequence[Window], now: float, *,
     what was seen ("nginx: serves 5% where the stage says 25%"); while there is one, nothing is promoted:
     the telemetry may not come from the split the stage is judged on.
     """
-    cells = judged_cells(spec, state, windows)
+    cells, fixed = _judged(spec, state, windows)
     bake = baking(spec, state)
     # In a bake the reference is a fixed baseline: looks count from the bake's start.
     look = look_number(spec, state, now, () if bake else windows)
     judgement = judge(spec, cells, look=look, traffic=state.traffic,
                       shadowing=state.shadow > 0 or state.shadow_legacy > 0)
     firings = tuple(check_triggers(spec, windows, now))
-    alarms = tuple(_changes(spec, state, windows, cells, now))
+    alarms = tuple(_changes(spec, state, windows, cells, now, fixed=fixed))
     stage = spec.stages[state.stage_index]
     calls = (cells[CANDIDATE].calls if CANDIDATE in cells else 0, cells[LEGACY].calls if LEGACY in cells else 0)
     hold_left = time_left(spec, state, now)
     waiting = []
     if hold_left > 0:
         waiting.append(f"{'bake' if bake else 'hold'}: {format_duration(hold_left)} left")
+    final: tuple[str, ...] = ()
+    if bake and hold_left <= 0 and LEGACY in cells:
+        entered = state.stage_entered_at if state.stage_entered_at is not None else now
+        final = tuple(final_look(spec, windows, cells[LEGACY], entered=entered,
+                                 since=entered + spec.bake - spec.analysis.interval, now=now))
+        if final:
+            waiting.append("final look over the bake's last calls: " + "; ".join(final))
     if min(calls) < stage.min_samples and not bake:
         waiting.append(f"samples: {calls[0]} candidate and {calls[1]} legacy of {stage.min_samples} per arm")
     if (not min(calls) or judgement.nodata) and not bake:
@@ -188,16 +205,17 @@ def assess(spec: Spec, state: State, windows: Sequence[Window], now: float, *,
                  f"{spec.analysis.on_inconclusive}" if limit is not None and not overdue else "")
         waiting.append(undecided + after)
     return Assessment(judgement, firings, calls, hold_left, "; ".join(waiting), undecided, overdue, blocked,
-                      alarms, bake)
+                      alarms, bake, final)
 
 
-def _changes(spec: Spec, state: State, windows: Sequence[Window], cells: dict[str, Cell], now: float
-             ) -> list[ChangeAlarm]:
+def _changes(spec: Spec, state: State, windows: Sequence[Window], cells: dict[str, Cell], now: float, *,
+             fixed: bool) -> list[ChangeAlarm]:
     """Change detection over the stage's recent windows against legacy's cell (see `crossfade.changes`):
-    alpha is spent over the stage's hold, or the bake."""
+    alpha is spent over the stage's hold, or the bake and its final look; `fixed` when legacy's cell is the
+    bake's baseline."""
     entered = state.stage_entered_at if state.stage_entered_at is not None else now
-    planned = spec.bake if baking(spec, state) else (spec.stages[state.stage_index].hold or 0.0)
-    return detect(spec, windows, cells, entered=entered, planned=planned, now=now)
+    planned = planned_bake(spec) if baking(spec, state) else (spec.stages[state.stage_index].hold or 0.0)
+    return detect(spec, windows, cells, entered=entered, planned=planned, now=now, fixed=fixed)
 
 
 def _undecided(spec: Spec, judgement: Judgement) -> str:
@@ -247,9 +265,9 @@ def step(spec: Spec, state: State, windows: Sequence[Window], now: float, *,
     if state.status == AWAITING_APPROVAL or a.hold_left > 0:
         return changes
     if a.baking:
-        # Nothing to wait for in data: a bake with no legacy to judge against still has its triggers and
-        # change detection, and ends when its time is up.
-        return changes + _bake_end(spec, state, a)
+        # Nothing else to wait for in data: a bake with no legacy to judge against still has its triggers and
+        # change detection, and ends when its time is up and its final look has seen enough calls.
+        return changes + ([] if a.final_look else _bake_end(spec, state, a, now))
     stage = spec.stages[state.stage_index]
     if not min(a.samples) or a.judgement.nodata:
         if spec.analysis.on_nodata == "pause":
@@ -277,16 +295,18 @@ def step(spec: Spec, state: State, windows: Sequence[Window], now: float, *,
     return changes
 
 
-def _bake_end(spec: Spec, state: State, a: Assessment) -> list[Change]:
-    """Once the bake has run its time with nothing failing, the migration completes, unless an estimate is
-    still past its limit (then the bake is extended, as a stage is, within `max_stage_time`)."""
+def _bake_end(spec: Spec, state: State, a: Assessment, now: float) -> list[Change]:
+    """Once the bake has run its time and its final look with nothing failing, the migration completes, unless
+    an estimate is still past its limit (then the bake is extended, as a stage is, within `max_stage_time`)."""
     if a.undecided and (not a.overdue or spec.analysis.on_inconclusive == "hold"):
         return []
     if a.undecided and spec.analysis.on_inconclusive == "pause":
         return [Change(PAUSED, f"bake of {state.stage}: still undecided after max_stage_time ({a.undecided}); "
                                "on_inconclusive: pause", {"stage": state.stage})]
     gates = ", ".join(f"{g.gate} {g.verdict}" for g in a.judgement.gates) or "no gates"
-    return [bake_end_change(state, spec, f"{state.stage}: bake {format_duration(spec.bake)} passed, "
+    waited = now - (state.stage_entered_at or now) - spec.bake
+    final = f" and a final look of {format_duration(waited)}" if waited >= spec.analysis.interval else ""
+    return [bake_end_change(state, spec, f"{state.stage}: bake {format_duration(spec.bake)}{final} passed, "
                                          f"{a.samples[0]} candidate calls, no regression ({gates})")]
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from crossfade.changes import FINAL_LOOK_SHARE
 from crossfade.judge import enabled_gates, gate_alpha
 from crossfade.program import Component, Program
 from crossfade.simulate import LEGACY_DEFAULT, Arm, SimResult, Workload, key_shares, parse_arm, simulate_many
@@ -89,8 +90,25 @@ def _phases(spec: Spec) -> str:
         approval = "yes: a person approves entering it" if stage.approval else "-"
         rows.append(f"| {i} | {stage.name} | {format_percent(stage.traffic)} | {shadow} | {_hold(stage)} | "
                     f"{stage.min_samples or '-'} | {approval} |")
-    rows += ["", f"Entering the last stage ({spec.stages[-1].name}) completes the migration."]
+    rows += ["", _completion(spec)]
     return "\n".join(rows)
+
+
+def _completion(spec: Spec) -> str:
+    """How the migration completes: on entering its last stage, or once that stage has baked."""
+    last = spec.stages[-1].name
+    if not spec.bake:
+        return f"Entering the last stage ({last}) completes the migration."
+    return (f"The last stage ({last}) bakes for {format_duration(spec.bake)}: still judged (the gates against the "
+            "legacy measured in the stage before, change detection on the candidate's recent calls, the triggers), "
+            "and a failure rolls back. Its end then waits for a final look, at most "
+            f"{format_duration(spec.bake * FINAL_LOOK_SHARE)} more, until the calls since its last interval would "
+            "show a step past a limit; the migration completes after it.")
+
+
+def _planned_time(spec: Spec) -> float:
+    """The seconds the holds and the bake take at the least."""
+    return sum(s.hold or 0.0 for s in spec.stages) + spec.bake
 
 
 def _gate_sentences(spec: Spec) -> list[str]:
@@ -124,6 +142,9 @@ def _criteria(spec: Spec) -> str:
             needs.append(f"each arm has at least {stage.min_samples} calls")
         needs.append(rule)
         lines.append(f"- **{stage.name}** advances when " + ", ".join(needs) + ".")
+    if spec.bake:
+        lines.append(f"- **{spec.stages[-1].name}** completes when its bake of {format_duration(spec.bake)} and its "
+                     f"final look have passed and {rule}, no change was detected and no trigger fired.")
     lines += ["", "The gates, judged at every look (every "
               f"{format_duration(spec.analysis.interval)}) on the current stage's data:", ""]
     lines += [f"- {g}" for g in gates] or ["- none: stages advance on their holds and samples alone"]
@@ -338,9 +359,10 @@ def _entry_times(result: SimResult) -> dict[str, float]:
 
 def _timeline(spec: Spec, estimates: Estimates | None) -> str:
     lines = ["## Estimated timeline", ""]
-    holds = sum(s.hold or 0.0 for s in spec.stages)
+    holds = _planned_time(spec)
+    summed = "the sum of the holds and the bake" if spec.bake else "the sum of the holds"
     if estimates is None:
-        lines.append(f"At least {format_duration(holds)} (the sum of the holds); run `crossfade plan` with `--rps` "
+        lines.append(f"At least {format_duration(holds)} ({summed}); run `crossfade plan` with `--rps` "
                      "for an estimate from simulated traffic.")
         return "\n".join(lines)
     done = [r for r in estimates.healthy if r.outcome == "completed"]
@@ -352,13 +374,19 @@ def _timeline(spec: Spec, estimates: Estimates | None) -> str:
         times = [t[stage.name] for t in per_stage if stage.name in t]
         when = format_duration(round(statistics.median(times))) if times else "not reached"
         lines.append(f"| {stage.name} | {when} |")
+    if spec.bake:
+        ends = [r.duration_s for r in done]
+        when = format_duration(round(statistics.median(ends))) if ends else "not reached"
+        lines.append(f"| bake of {spec.stages[-1].name} ({format_duration(spec.bake)} and its final look) ends: "
+                     f"completed | {when} |")
     lines.append("")
     if done:
         durations = [r.duration_s for r in done]
         lines.append(f"**Completion:** median {format_duration(round(statistics.median(durations)))} "
                      f"(fastest {format_duration(round(min(durations)))}, slowest "
                      f"{format_duration(round(max(durations)))}; {len(done)} of {len(estimates.healthy)} runs "
-                     f"completed; the holds alone take {format_duration(holds)}).")
+                     f"completed; {'the holds and the bake' if spec.bake else 'the holds'} alone take "
+                     f"{format_duration(holds)}).")
     else:
         reasons = {r.reason for r in estimates.healthy}
         lines.append("**No simulated run completed**: " + "; ".join(sorted(reasons)[:3]))
@@ -462,7 +490,7 @@ def _component_durations(program: Program, estimates: ProgramEstimates | None) -
     """Each component's expected time to completion: the median simulated one, else the sum of its holds."""
     out = {}
     for c in program.components:
-        holds = sum(s.hold or 0.0 for s in c.spec.stages)
+        holds = _planned_time(c.spec)
         done = [r.duration_s for r in estimates.components[c.name].healthy if r.outcome == "completed"] \
             if estimates else []
         out[c.name] = statistics.median(done) if done else holds
@@ -635,6 +663,9 @@ def _mean(arm: Arm) -> float:
 def _stage_times(c: Component, estimates: ProgramEstimates | None) -> dict[str, float]:
     """Seconds spent in each stage: the median over simulated runs, else the stage's hold."""
     spent = {s.name: s.hold or 0.0 for s in c.spec.stages}
+    if c.spec.bake:
+        # The last stage is spent baking.
+        spent[c.spec.stages[-1].name] = c.spec.bake
     if estimates is None:
         return spent
     order = [s.name for s in c.spec.stages]

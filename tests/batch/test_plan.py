@@ -43,6 +43,11 @@ def test_gates_that_need_legacy_calls_are_refused_with_what_to_write():
     check_spec(SPEC)
 
 
+def test_a_bake_is_refused_since_nothing_comes_after_a_batch_s_last_items():
+    with pytest.raises(ValueError, match="batch migration b: bake 1h judges .* remove bake:"):
+        check_spec(load_spec({**SPEC.to_dict(), "bake": "1h"}))
+
+
 def test_a_clean_stage_asks_for_the_approval_the_next_stage_needs():
     cell = Cell()
     cell.calls = cell.compared = 2000

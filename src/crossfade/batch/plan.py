@@ -27,7 +27,7 @@ from crossfade.events import (
 )
 from crossfade.judge import Firing, Judgement, format_rate
 from crossfade.routing import bucket, threshold
-from crossfade.spec import Spec, format_percent
+from crossfade.spec import Spec, format_duration, format_percent
 
 # The gates that compare the candidate with legacy calls; a batch has no legacy calls to compare with.
 _ARM_GATES: Final = {"error_rate": "error_rate", "latency": "latency_p95", "cost": None}
@@ -50,6 +50,11 @@ def check_spec(spec: Spec) -> None:
                 "(a spec that says nothing about gates gets error_rate and latency: write gates: {mismatch_rate: "
                 "{max: 1%}} or gates: {})"
             )
+    if spec.bake:
+        raise ValueError(f"batch migration {spec.name}: bake {format_duration(spec.bake)} judges the calls the last "
+                         "stage keeps serving after its promotion, and a batch's last stage ends when its items are "
+                         "done, with nothing after them to judge; remove bake: (the gates and triggers judge every "
+                         "item of the last stage before the batch completes)")
     for index, trigger in enumerate(spec.triggers):
         if trigger.metric not in _BATCH_TRIGGERS:
             raise ValueError(f"batch migration {spec.name}: triggers[{index}].metric {trigger.metric} compares with "

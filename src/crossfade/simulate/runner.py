@@ -170,6 +170,10 @@ class _Run:
         self.exposed = 0
         self.detected: float | None = None
         self.fault_at = workload.fault.at if workload.fault is not None else 0.0
+        # With `for:` triggers a look re-checks the trigger's window at each interval of its `for`: the span's
+        # last intervals that those windows cover are drawn one by one (see `_traffic`).
+        held = [math.ceil((t.for_ + t.window) / self.interval) for t in spec.triggers if t.for_]
+        self.tail = 0 if self.per_call or not held else max(held)
 
     # -- driving -------------------------------------------------------------------------------
 
@@ -364,6 +368,18 @@ class _Run:
         return share
 
     def _traffic(self, start: float, state: State, span: int = 1) -> None:
+        """Draw the calls of `span` intervals from `start`. A span drawn at once puts its calls in its last
+        interval, so a trigger held `for:` a while, which looks back at windows ending in each of its `for`'s
+        intervals, found those windows empty at low traffic and could never fire: with such triggers the
+        intervals those windows cover (`tail`) are drawn one by one, after the rest of the span at once."""
+        tail = min(span, self.tail)
+        head = span - tail
+        if head:
+            self._draw(start, head)
+        for i in range(tail):
+            self._draw(start + (head + i) * self.interval, 1)
+
+    def _draw(self, start: float, span: int) -> None:
         length = span * self.interval
         n = poisson(self.rng, self.workload.rps * length)
         candidate = self.workload.candidate_at(start + length / 2 - EPOCH)

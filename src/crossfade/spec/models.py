@@ -674,7 +674,8 @@ class Spec(Section):
     )
     bake: Bake = setting(
         "How long the last stage is still judged (gates against the last legacy measured, change detection, "
-        "triggers) before the migration completes; a failure meanwhile rolls back.", 0.0, later=True
+        "triggers) before the migration completes; a failure meanwhile rolls back. Its end waits for a final look "
+        "(at most as long again) until enough calls would show a step in its last minute.", 0.0, later=True
     )
 
     def __post_init__(self) -> None:
