@@ -96,6 +96,7 @@ telemetry = sa.Table(
     sa.Index("ix_telemetry_stage_id", "migration", "stage", "id"),
     sa.Index("ix_telemetry_unrolled", "migration", "stage", "id", sqlite_where=sa.text("rolled = 0"),
              postgresql_where=sa.text("rolled = 0")),
+    sqlite_autoincrement=True,  # ids are never handed out twice (revision 0009)
 )
 leases = sa.Table(
     "crossfade_leases", _metadata,

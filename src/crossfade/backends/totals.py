@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 SETTLE: Final = 120.0
 # pg_advisory_xact_lock's first key for the roll-ups and compactions of one migration ("cfru").
 _ROLLUP_LOCK_KEY: Final = 0x63667275
+# Written into the statement, not bound: PostgreSQL's generic plans use the partial index only for a literal.
+_NONE: Final = sa.literal(0, literal_execute=True)
 
 _metadata = sa.MetaData()
 stage_totals = sa.Table(
@@ -101,7 +103,7 @@ class SQLStageTotals:
                                 .where(rollups.c.migration == migration, rollups.c.stage == stage)).first()
             rows = conn.execute(
                 sa.select(t.id, t.arm, t.window_start, t.window_length, t.cell)
-                .where(t.migration == migration, t.stage == stage, t.rolled == 0,
+                .where(t.migration == migration, t.stage == stage, t.rolled == _NONE,
                        t.window_start >= entered - WINDOW_MARGIN, t.window_start + t.window_length <= before)
                 .order_by(t.id).limit(self._page)).all()
             now = self._clock(conn)
@@ -169,7 +171,7 @@ class SQLStageTotals:
             totals = conn.execute(sa.select(s.arm, s.hour, s.window_end, s.cell).where(
                 s.migration == migration, s.stage == stage, s.entered == entered)).all()
             unrolled = (sa.select(t.id, t.arm, t.window_start, t.window_length, t.cell)
-                        .where(t.migration == migration, t.stage == stage, t.rolled == 0,
+                        .where(t.migration == migration, t.stage == stage, t.rolled == _NONE,
                                t.window_start >= entered - WINDOW_MARGIN))
             found: list[Any] = []
             last = 0

@@ -21,7 +21,15 @@ depends_on = None
 
 def upgrade() -> None:
     # 0: not rolled up; n: added into the stage's totals by its n-th roll-up.
-    op.add_column("crossfade_telemetry", sa.Column("rolled", sa.BigInteger(), nullable=False, server_default="0"))
+    rolled = sa.Column("rolled", sa.BigInteger(), nullable=False, server_default="0")
+    if op.get_bind().dialect.name == "sqlite":
+        # Without AUTOINCREMENT SQLite hands out the highest id again once its row is deleted (compaction
+        # deletes the later rows of a window), and a reader that read up to it would miss the new row.
+        with op.batch_alter_table("crossfade_telemetry", recreate="always",
+                                  table_kwargs={"sqlite_autoincrement": True}) as batch:
+            batch.add_column(rolled)
+    else:
+        op.add_column("crossfade_telemetry", rolled)
     op.create_index("ix_telemetry_unrolled", "crossfade_telemetry", ["migration", "stage", "id"],
                     sqlite_where=sa.text("rolled = 0"), postgresql_where=sa.text("rolled = 0"))
     op.create_table(
