@@ -30,10 +30,13 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from crossfade.backends import open_backend
+from crossfade.backends.sql import TELEMETRY_PAGE
 from crossfade.cli import app
 from crossfade.client import Client
 from crossfade.loop import ControllerLoop
 from crossfade.server import serve_in_background
+from crossfade.spec import load_spec
+from crossfade.stagedata import detail_horizon
 from crossfade.telemetry import Cell, Window
 
 WINDOW = 10.0
@@ -95,10 +98,15 @@ def start_in_canary(url: str, name: str, entered: float) -> None:
         mig.promote(reason="benchmark")
 
 
-def stage_history(url: str, processes: int, hours: float, now: float) -> int:
-    """Fill the canary stage with `hours` of windows from `processes` processes; returns the rows written."""
-    start_in_canary(url, "scale", now - hours * 3600)
+def stage_history(url: str, processes: int, hours: float, now: float) -> tuple[int, float]:
+    """Fill the canary stage with `hours` of windows from `processes` processes, rolling its old rows up into
+    the store's totals after each hour written, as its controller does while the stage runs. Returns the
+    rows written and the longest roll-up (seconds) of one hour's rows."""
+    entered = now - hours * 3600
+    start_in_canary(url, "scale", entered)
+    horizon = detail_horizon(load_spec({**SPEC, "name": "scale"}))
     backend = open_backend(url)
+    longest = 0.0
     rng = random.Random(processes * 1000 + hours)
     cells = [cell(rng) for _ in range(64)]  # reused: building sketches is not what is measured
     batch: list[Window] = []
@@ -112,9 +120,18 @@ def stage_history(url: str, processes: int, hours: float, now: float) -> int:
             backend.write_windows(batch)
             rows += len(batch)
             batch = []
+        if (w + 1) % int(3600 // WINDOW) == 0:
+            backend.write_windows(batch)
+            rows += len(batch)
+            batch = []
+            began = time.perf_counter()
+            while backend.roll_up("scale", stage="canary", entered=entered,
+                                  before=first + (w + 1) * WINDOW - horizon) == TELEMETRY_PAGE:
+                pass
+            longest = max(longest, time.perf_counter() - began)
     backend.write_windows(batch)
     backend.close()
-    return rows + len(batch)
+    return rows + len(batch), longest
 
 
 def table_bytes(url: str) -> int:
@@ -223,26 +240,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--postgres", metavar="URL", help="measure on PostgreSQL (a database is created per row)")
     parser.add_argument("--quick", action="store_true", help="a smaller grid")
+    parser.add_argument("--rows", metavar="P,H", nargs="+",
+                        help="only these (processes, stage hours) rows, and no many-migrations table")
     args = parser.parse_args()
     grid = [(1, 1), (10, 1), (10, 6)] if args.quick else [(1, 1), (10, 1), (100, 1), (1, 24), (10, 24), (100, 24)]
     counts = [1, 100] if args.quick else [1, 100, 1000]
+    if args.rows:
+        grid = [(int(p), int(h)) for p, h in (row.split(",") for row in args.rows)]
+        counts = []
     store = "PostgreSQL" if args.postgres else "SQLite"
     now = time.time()
     print(f"store: {store}")
     print(f"{'processes':>9} {'hours':>5} {'rows':>9} {'first tick s':>12} {'tick s':>8} {'status s':>9} "
-          f"{'/metrics s':>10} {'page s':>7}")
+          f"{'/metrics s':>10} {'page s':>7} {'roll-up s':>9}")
     for processes, hours in grid:
         url, remove = fresh_store(args.postgres)
         try:
-            rows = stage_history(url, processes, hours, now)
+            rows, roll = stage_history(url, processes, hours, now)
             first, tick, status, scrape, page = measure_history(url, processes, now)
-            if (processes, hours) == grid[-1]:
+            if (processes, hours) == grid[-1] and not args.rows:
                 bytes_line = storage(url, rows, processes, hours)
         finally:
             remove()
-        print(f"{processes:>9} {hours:>5} {rows:>9,} {first:>12.3f} {tick:>8.3f} {status:>9.3f} {scrape:>10.3f} {page:>7.3f}",
-              flush=True)
-    print(f"telemetry storage at ({grid[-1][0]}, {grid[-1][1]}): {bytes_line}")
+        print(f"{processes:>9} {hours:>5} {rows:>9,} {first:>12.3f} {tick:>8.3f} {status:>9.3f} {scrape:>10.3f} "
+              f"{page:>7.3f} {roll:>9.3f}", flush=True)
+    if not args.rows:
+        print(f"telemetry storage at ({grid[-1][0]}, {grid[-1][1]}): {bytes_line}")
+    if not counts:
+        return
     print()
     print(f"{'migrations':>10} {'apply+start s':>13} {'pass s':>8} {'status s':>9}  two replicas (handled, time)")
     for count in counts:

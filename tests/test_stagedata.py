@@ -142,3 +142,71 @@ def test_a_row_committed_after_higher_ids_is_still_read_on_postgresql(postgres_u
     finally:
         slow.dispose()
         backend.close()
+
+
+def test_the_stage_read_through_the_stores_totals_equals_the_stage_merged_from_its_rows(backend_url):
+    """Writers in threads (each window sent twice with its key, as a retry after a lost answer), two
+    controllers rolling the stage up at once while they write, compaction and prune in between: a first look
+    through the totals, and a reader that was looking all along, see what merging every row sees."""
+    import threading
+
+    from crossfade.backends.sql import TELEMETRY_PAGE
+
+    with Client(backend_url, clock=lambda: T0, background=False) as cf:
+        cf.apply(SPEC)
+        cf.migration("pricing").start()
+    spec = load_spec(SPEC)
+    store = SQLBackend(backend_url)
+    writers = [SQLBackend(backend_url) for _ in range(3)]
+    rollers = [StageTelemetry(), StageTelemetry()]
+    all_along = StageTelemetry()
+    hours = 3
+    try:
+        state = store.state("pricing")
+        store.write_windows([Window("pricing", "canary", "legacy", T0 - 45, 10.0, cell(random.Random(9)), "early")])
+
+        def write(p: int, first: int, last: int) -> None:
+            rng = random.Random(p)
+            for w in range(first, last):
+                batch = [Window("pricing", "canary", arm, T0 + 10 * w, 10.0, cell(rng), f"proc-{p}.{w}")
+                         for arm in ("legacy", "candidate")]
+                writers[p].write_windows(batch)
+                if w % 5 == 0:
+                    writers[p].write_windows(batch)  # the same rows again: they add nothing
+
+        def roll(roller: StageTelemetry, now: float) -> None:
+            roller.forget("pricing")  # so it rolls now, whatever the last time was
+            roller.roll_up(store, state, spec, now)
+
+        per_hour = 360
+        for hour in range(hours):
+            now = T0 + (hour + 1) * 3600
+            threads = [threading.Thread(target=write, args=(p, hour * per_hour, (hour + 1) * per_hour))
+                       for p in range(3)]
+            threads += [threading.Thread(target=roll, args=(r, now)) for r in rollers]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            all_along.windows(store, state, spec, now)
+            if hour == 1:
+                store.compact_telemetry(before=T0 + 1e9)  # merges each window's rows, rolled or not, exactly
+                store.prune(before=T0 + 1e9, keep=[("pricing", "canary")])
+        now = T0 + hours * 3600 + 300
+        while store.roll_up("pricing", stage="canary", entered=T0, before=now - detail_horizon(spec)) == TELEMETRY_PAGE:
+            pass
+        whole = stage_windows(store, state)
+        snapshot = store.stage_snapshot("pricing", stage="canary", entered=T0)
+        # The first look reads the totals, and rows only of the windows that triggers still look at.
+        assert snapshot.hours and min(w.start for _, w in snapshot.rows) >= now - detail_horizon(spec) - 10
+        for seen in (StageTelemetry().windows(store, state, spec, now), all_along.windows(store, state, spec, now)):
+            assert same(stage_cells(state, seen), stage_cells(state, whole))
+            assert sum(w.cell.calls for w in seen) == sum(w.cell.calls for w in whole if w.start >= T0 - 5)
+            assert [f.message for f in check_triggers(spec, seen, now)] == \
+                   [f.message for f in check_triggers(spec, whole, now)]
+        # Pruning after the stage ended takes its totals with its rows.
+        assert store.prune(before=T0 + 1e9)["totals"] > 0
+        assert store.stage_snapshot("pricing", stage="canary", entered=T0).hours == []
+    finally:
+        for backend in (store, *writers):
+            backend.close()

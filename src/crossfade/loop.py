@@ -324,7 +324,18 @@ class ControllerLoop:
                       if judged_now(spec, state) else None)
         # Router events change nothing step() reads, so both go into one append, decided on the same state.
         changes += step(spec, state, windows, now, assessment=assessment, unverified=unverified)
-        return self._append(state, changes, assessment, now)
+        tick = self._append(state, changes, assessment, now)
+        if not self.dry_run:
+            self._roll_up(state, spec, now)
+        return tick
+
+    def _roll_up(self, state: State, spec: Spec, now: float) -> None:
+        """Keep the store's totals of the stage caught up, so that the next first look at it (a controller
+        that starts, `status`, a scrape) stays short. A failure waits for the next tick: it loses nothing."""
+        try:
+            self._telemetry.roll_up(self.backend, state, spec, now)
+        except BackendError as exc:
+            log.warning("%s: rolling up the stage's telemetry failed, will retry: %s", state.name, exc)
 
     def _source_failed(self, spec: Spec, state: State, error: str, now: float, changes: list[Change]) -> Tick:
         name = source_name(spec.source)[0]

@@ -6,6 +6,10 @@ writing. `StageTelemetry` keeps, per migration, the windows it has read: each lo
 rows and adds them in (cells merge exactly by addition, so a window written by several processes, or
 retried late, sums the same). Windows older than what any trigger looks back over are rolled up into
 one window per hour, so what is kept, and merged at each look, stays flat in the stage's age.
+
+A store that keeps totals (SQL) holds those hours too: the controller rolls old rows into them as it goes,
+and a first look (a controller that starts, `crossfade status`, a server's first scrape) reads the hours and
+the rows not rolled yet instead of every row of the stage.
 """
 
 from __future__ import annotations
@@ -16,19 +20,21 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from crossfade.backends.base import Backend, IncrementalTelemetry
+from crossfade.backends.base import Backend, IncrementalTelemetry, StageTotals
 from crossfade.events import State
 from crossfade.spec import Spec
-from crossfade.telemetry import Cell, Window
+from crossfade.telemetry import ROLLUP, WINDOW_MARGIN, Cell, Window, stay_hour
 
-# How far before a stage's entry telemetry windows are read: a window that began before the stage was
-# entered may hold its first calls (windows are 10 s by default; a minute covers any sensible setting).
-WINDOW_MARGIN = 60.0
-ROLLUP = 3600.0
+__all__ = ["ROLLUP", "WINDOW_MARGIN", "StageTelemetry", "detail_horizon", "stage_windows"]
 # Seconds after which a row id handed out to a writer is surely committed or abandoned (PostgreSQL hands ids
 # out at insert and shows rows at commit, so a lower id can appear after a higher one; statements time out
 # well before this).
 SETTLE = 120.0
+# A controller rolls a stage's old rows into the store's totals at most this often (seconds), and at most
+# this many pages of rows at a time, so that no tick waits long on it (a stage never rolled up, after an
+# upgrade, is caught up over a few ticks).
+ROLL_EVERY = 300.0
+ROLL_PAGES = 3
 
 
 def stage_windows(backend: Backend, state: State) -> list[Window]:
@@ -55,6 +61,8 @@ class _Kept:
     `top`): a row whose id was handed out before `top`'s but which committed later is found among them by
     its absence. `marks` remembers, by this process's clock, which `top` each read reached, so that `low`
     moves up to a `top` once no writer can still be committing below it (`SETTLE` seconds later).
+    `rolled` is the generation of the store's totals the first look started from (None: it read every row):
+    a late row is one neither read nor rolled into them.
     """
 
     position: tuple[object, ...]
@@ -62,6 +70,7 @@ class _Kept:
     top: int = 0
     seen: set[int] = field(default_factory=set)
     marks: deque[tuple[float, int]] = field(default_factory=deque)
+    rolled: int | None = None
     recent: dict[tuple[float, float, str], Cell] = field(default_factory=dict)
     # Per hour and arm: the merged cell and the end of the last window in it, so a rolled-up window claims
     # no time it has no data for (a sliding window that starts after it must not see it).
@@ -76,7 +85,8 @@ class StageTelemetry:
         self._monotonic = monotonic
         self._kept: dict[str, _Kept] = {}
         self._locks: dict[str, threading.Lock] = {}
-        self._lock = threading.Lock()  # guards the two dicts; each migration's reads hold its own lock
+        self._lock = threading.Lock()  # guards the dicts; each migration's reads hold its own lock
+        self._rolled_at: dict[str, float] = {}
 
     def windows(self, backend: Backend, state: State, spec: Spec, now: float) -> list[Window]:
         """The stage's windows as the controller takes them: recent ones as written, older ones by hour."""
@@ -89,10 +99,16 @@ class StageTelemetry:
         with lock:
             with self._lock:
                 kept = self._kept.get(state.name)
-                if kept is None or kept.position != position:
+                fresh = kept is None or kept.position != position
+                if fresh:
                     kept = self._kept[state.name] = _Kept(position)
+            assert kept is not None
             cutoff = now - detail_horizon(spec)
-            for w in self._news(backend, state.name, state.stage, kept):
+            if fresh and isinstance(backend, StageTotals) and state.stage_entered_at is not None:
+                news = self._first(backend, state.name, state.stage, kept, entered)
+            else:
+                news = self._news(backend, state.name, state.stage, kept)
+            for w in news:
                 if w.start < entered - WINDOW_MARGIN:
                     continue
                 self._add(kept, w.start, w.length, w.arm, w.cell, cutoff, entered)
@@ -101,10 +117,21 @@ class StageTelemetry:
                 self._add(kept, start, length, arm, kept.recent.pop(key), cutoff, entered)
             return self._as_windows(state, kept)
 
+    def _first(self, backend: StageTotals, name: str, stage: str, kept: _Kept, entered: float) -> list[Window]:
+        """A first look through the store's totals: its hours as they are, and the rows not rolled into them."""
+        snapshot = backend.stage_snapshot(name, stage=stage, entered=entered)
+        for arm, hour, end, cell in snapshot.hours:
+            kept.hours[(hour, arm)] = (cell, end)
+        kept.rolled, kept.low, kept.top = snapshot.generation, snapshot.settled, snapshot.top
+        kept.seen = {row_id for row_id, _ in snapshot.rows if row_id > kept.low}
+        kept.marks.append((self._monotonic(), kept.top))
+        return [w for _, w in snapshot.rows]
+
     def _news(self, backend: IncrementalTelemetry, name: str, stage: str, kept: _Kept) -> list[Window]:
         late: set[int] = set()
         if kept.top > kept.low:
-            late = set(backend.telemetry_ids(name, stage=stage, after_id=kept.low, upto=kept.top)) - kept.seen
+            late = set(backend.telemetry_ids(name, stage=stage, after_id=kept.low, upto=kept.top,
+                                             rolled_after=kept.rolled)) - kept.seen
         rows = backend.telemetry_rows(name, stage=stage, after_id=kept.top, also=late)
         for row_id, _ in rows:
             kept.seen.add(row_id)
@@ -117,11 +144,32 @@ class StageTelemetry:
             kept.seen = {i for i in kept.seen if i > kept.low}
         return [w for _, w in rows]
 
+    def roll_up(self, backend: Backend, state: State, spec: Spec, now: float) -> int:
+        """As a controller, after its look: roll the stay's rows that no trigger reads as written any more
+        into the store's totals (when it keeps them), at most every ROLL_EVERY seconds and ROLL_PAGES pages
+        at a time. Returns the rows rolled up."""
+        if not isinstance(backend, StageTotals) or not state.stage or state.stage_entered_at is None:
+            return 0
+        with self._lock:
+            if self._rolled_at.get(state.name, float("-inf")) > now - ROLL_EVERY:
+                return 0
+        rolled = 0
+        for _ in range(ROLL_PAGES):
+            taken = backend.roll_up(state.name, stage=state.stage, entered=state.stage_entered_at,
+                                    before=now - detail_horizon(spec))
+            rolled += taken
+            if not taken:
+                with self._lock:  # caught up: not again before ROLL_EVERY has passed
+                    self._rolled_at[state.name] = now
+                break
+        return rolled
+
     def forget(self, name: str) -> None:
         """Drop what is kept of a migration (it ended, or this process no longer looks at it)."""
         with self._lock:
             self._kept.pop(name, None)
             self._locks.pop(name, None)
+            self._rolled_at.pop(name, None)
 
     @staticmethod
     def _add(kept: _Kept, start: float, length: float, arm: str, cell: Cell, cutoff: float, entered: float) -> None:
@@ -129,9 +177,7 @@ class StageTelemetry:
         if end > cutoff:
             kept.recent.setdefault((start, length, arm), Cell()).merge(cell)
         elif end > entered:  # a window wholly before the stage is not counted by the controller either
-            # Hours counted from the stage's entry, so no hour straddles it.
-            origin = entered if entered != float("-inf") else 0.0
-            hour = max(origin + (start - origin) // ROLLUP * ROLLUP, origin)
+            hour = stay_hour(start, entered)
             merged, last = kept.hours.get((hour, arm)) or (Cell(), end)
             merged.merge(cell)
             kept.hours[(hour, arm)] = (merged, max(last, end))

@@ -465,6 +465,25 @@ def tally_figures(tally: Tally) -> dict[str, Any]:
     return out
 
 
+# How far before a stage's entry telemetry windows are read: a window that began before the stage was
+# entered may hold its first calls (windows are 10 s by default; a minute covers any sensible setting).
+WINDOW_MARGIN: Final = 60.0
+ROLLUP: Final = 3600.0
+"""Seconds of a stage's stay that old windows are rolled up into, counted from its entry."""
+
+
+def in_stay(start: float, length: float, entered: float) -> bool:
+    """Whether a window counts for a stay entered at `entered`: it began at most WINDOW_MARGIN before the
+    entry and ended after it."""
+    return start >= entered - WINDOW_MARGIN and start + length > entered
+
+
+def stay_hour(start: float, entered: float) -> float:
+    """The start of the hour of a stay (counted from its entry, so no hour straddles it) a window falls in."""
+    origin = entered if entered != float("-inf") else 0.0
+    return max(origin + (start - origin) // ROLLUP * ROLLUP, origin)
+
+
 def merge_windows(windows: Iterable[Window]) -> dict[str, Cell]:
     """Per arm, the sum of many windows' cells."""
     out: dict[str, Cell] = {}

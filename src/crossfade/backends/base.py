@@ -8,6 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from crossfade.events import Event, State
+    from crossfade.backends.totals import StageSnapshot
     from crossfade.shadow import Example, FieldWindow
     from crossfade.telemetry import Window
     from crossfade.tokens import TokenRecord
@@ -146,9 +147,24 @@ class IncrementalTelemetry(Protocol):
     what it read pays for news, not for history. Row ids grow, but (on PostgreSQL) a row may become
     visible after rows with higher ids: a reader re-checks recent ids for late ones."""
 
-    def telemetry_ids(self, migration: str, *, stage: str, after_id: int, upto: int) -> list[int]:
-        """The ids of one stage's rows in (after_id, upto]."""
+    def telemetry_ids(self, migration: str, *, stage: str, after_id: int, upto: int,
+                      rolled_after: int | None = None) -> list[int]:
+        """The ids of one stage's rows in (after_id, upto]; with `rolled_after`, only those not rolled up
+        into its totals by then (by a generation up to it)."""
 
     def telemetry_rows(self, migration: str, *, stage: str, after_id: int,
                        also: Collection[int] = ()) -> list[tuple[int, Window]]:
         """One stage's rows with an id above `after_id` or in `also`, unmerged, with their ids, in id order."""
+
+
+@runtime_checkable
+class StageTotals(Protocol):
+    """A store that keeps running totals of each stage's stay, rolled up from its rows by hour, so that the
+    first look at a long stage reads its hours and its newest rows instead of every row."""
+
+    def roll_up(self, migration: str, *, stage: str, entered: float, before: float) -> int:
+        """Add the stay's rows of windows that ended by `before` into its totals, a page at a time; returns
+        the rows taken (call again while that is a full page). Each row is added once, whoever runs it."""
+
+    def stage_snapshot(self, migration: str, *, stage: str, entered: float) -> StageSnapshot:
+        """The stay's totals and its rows not rolled into them, read in one snapshot."""

@@ -24,6 +24,7 @@ from sqlalchemy.pool import NullPool, StaticPool
 
 from crossfade.backends.base import BackendError, BackendUnavailable, ConflictError, InvalidURL, redact_url
 from crossfade.backends.outbox import SQLOutbox
+from crossfade.backends.totals import SQLStageTotals, StageSnapshot
 from crossfade.canonical import canonical_json
 from crossfade.events import Event, State
 from crossfade.shadow import COUNTERS, Example, FieldWindow
@@ -89,8 +90,13 @@ telemetry = sa.Table(
     sa.Column("cell", sa.Text, nullable=False),
     sa.Column("written_at", sa.Double, nullable=False),
     sa.Column("source", sa.Text),
+    # The generation of the roll-up that added the row into its stage's totals (backends/totals.py); 0: none yet.
+    sa.Column("rolled", sa.BigInteger, nullable=False, server_default="0"),
     sa.Index("ux_telemetry_source", "migration", "stage", "arm", "window_start", "source", unique=True),
     sa.Index("ix_telemetry_stage_id", "migration", "stage", "id"),
+    sa.Index("ix_telemetry_unrolled", "migration", "stage", "id", sqlite_where=sa.text("rolled = 0"),
+             postgresql_where=sa.text("rolled = 0")),
+    sqlite_autoincrement=True,  # ids are never handed out twice (revision 0009)
 )
 leases = sa.Table(
     "crossfade_leases", _metadata,
@@ -198,6 +204,7 @@ class SQLBackend:
         self.dialect: str = self._store.dialect
         self.engine: Engine = self._store.engine  # for tools and tests that need raw SQL
         self.outbox = SQLOutbox(self._store)
+        self._totals = SQLStageTotals(self._store, telemetry, self._cell, TELEMETRY_PAGE)
         # Telemetry rows that could not be read as cells (written by an older server, or by hand): each
         # reader skips them, and /metrics shows how many were met.
         self.skipped_rows = 0
@@ -354,10 +361,14 @@ class SQLBackend:
             for (start, arm, row_stage, length), cell in sorted(cells.items(), key=lambda kv: kv[0])
         ]
 
-    def telemetry_ids(self, migration: str, *, stage: str, after_id: int, upto: int) -> list[int]:
-        """The ids of one stage's rows in (after_id, upto]."""
+    def telemetry_ids(self, migration: str, *, stage: str, after_id: int, upto: int,
+                      rolled_after: int | None = None) -> list[int]:
+        """The ids of one stage's rows in (after_id, upto]; with `rolled_after`, only those not rolled up
+        into its totals by then (by a generation up to it)."""
         t = telemetry.c
         query = sa.select(t.id).where(t.migration == migration, t.stage == stage, t.id <= upto)
+        if rolled_after is not None:
+            query = query.where(sa.or_(t.rolled == 0, t.rolled > rolled_after))
         ids: list[int] = []
         with self._store.guard(f"reading the telemetry of {migration}"), self._store.read() as conn:
             last = after_id
@@ -406,9 +417,19 @@ class SQLBackend:
                             start, exc)
             return None
 
+    def roll_up(self, migration: str, *, stage: str, entered: float, before: float) -> int:
+        """Add a stay's rows of windows that ended by `before` into its hourly totals, a page at a time;
+        returns the rows taken (call again while that is a full page). See backends/totals.py."""
+        return self._totals.roll_up(migration, stage=stage, entered=entered, before=before)
+
+    def stage_snapshot(self, migration: str, *, stage: str, entered: float) -> StageSnapshot:
+        """A stay's hourly totals and its rows not rolled into them, read in one snapshot."""
+        return self._totals.snapshot(migration, stage=stage, entered=entered)
+
     def compact_telemetry(self, *, before: float) -> tuple[int, int]:
         """Merge the rows of each window that ended before `before` (one a process) into one row, kept
         under the lowest of their ids so an incremental reader that has read them reads nothing twice.
+        Only rows rolled up by the same generation (or none) are merged, so the totals stay exact.
         Exact: cells add up. Returns (rows before, rows after), one transaction per migration."""
         t = telemetry.c
         with self._store.guard("reading the telemetry's migrations"), self._store.read() as conn:
@@ -417,11 +438,12 @@ class SQLBackend:
         for name in names:
             old = (t.migration == name, t.window_start + t.window_length < before, t.written_at < before)
             with self._store.guard(f"compacting the telemetry of {name}"), self._store.write() as conn:
-                rows = conn.execute(sa.select(t.id, t.stage, t.arm, t.window_start, t.window_length, t.cell)
-                                    .where(*old).order_by(t.id)).all()
-                groups: dict[tuple[str, str, float, float], list[tuple[int, str]]] = {}
-                for row_id, stage, arm, start, length, text in rows:
-                    groups.setdefault((stage, arm, start, length), []).append((row_id, text))
+                self._totals.lock(conn, name)
+                rows = conn.execute(sa.select(t.id, t.stage, t.arm, t.window_start, t.window_length, t.rolled,
+                                              t.cell).where(*old).order_by(t.id)).all()
+                groups: dict[tuple[str, str, float, float, int], list[tuple[int, str]]] = {}
+                for row_id, stage, arm, start, length, rolled, text in rows:
+                    groups.setdefault((stage, arm, start, length, rolled), []).append((row_id, text))
                 merged, drop = [], []
                 for members in groups.values():
                     if len(members) < 2:
@@ -441,8 +463,8 @@ class SQLBackend:
         return total_before, total_after
 
     def prune(self, *, before: float, keep: Collection[tuple[str, str]] = ()) -> dict[str, int]:
-        """Delete telemetry windows and shadow comparison rows that ended before `before`, and mismatch
-        examples taken before it, except those of the (migration, stage) pairs in `keep` (the stages
+        """Delete telemetry windows, stage totals and shadow comparison rows that ended before `before`, and
+        mismatch examples taken before it, except those of the (migration, stage) pairs in `keep` (the stages
         running now). Returns how many rows of each went."""
         t, c, x = telemetry.c, shadow_fields.c, shadow_examples.c
         spared_t = [sa.and_(t.migration == m, t.stage == s) for m, s in keep]
@@ -452,6 +474,7 @@ class SQLBackend:
         with self._store.guard("pruning old telemetry"), self._store.write() as conn:
             removed["telemetry"] = conn.execute(telemetry.delete().where(
                 t.window_start + t.window_length < before, *([sa.not_(sa.or_(*spared_t))] if keep else []))).rowcount
+            removed["totals"] = self._totals.prune(conn, before=before, keep=list(keep))
             removed["comparisons"] = conn.execute(shadow_fields.delete().where(
                 c.window_start + c.window_length < before, *([sa.not_(sa.or_(*spared_c))] if keep else []))).rowcount
             removed["examples"] = conn.execute(shadow_examples.delete().where(
@@ -844,6 +867,16 @@ class _Store:
         """A connection in a read transaction."""
         with self.use(), self.engine.begin() as conn:
             yield conn
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A connection in a read transaction whose statements all see the same committed data: SQLite's
+        read transactions do; on PostgreSQL it takes REPEATABLE READ."""
+        with self.use(), self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
 
     @contextmanager
     def write(self) -> Iterator[Connection]:

@@ -96,7 +96,8 @@ def db_prune(
     except BackendError as exc:
         _fail(str(exc))
     out.print(f"compacted {before} telemetry rows into {after}; deleted {removed['telemetry']} telemetry rows, "
-              f"{removed['comparisons']} comparison rows and {removed['examples']} examples older than {older_than}")
+              f"{removed['totals']} stage totals, {removed['comparisons']} comparison rows and "
+              f"{removed['examples']} examples older than {older_than}")
 
 
 def _token_backend(url: str | None, *, changes: bool) -> Any:
