@@ -78,6 +78,9 @@ class Migration:
         self._recorder = client.recorder
         self._costs = self.options.cost
         self._metered = self.options.metrics
+        # How `run` and `arun` count an answered call: straight into the recorder when the call site has no
+        # cost or metrics function to ask (the common call, which then handles no metrics at all).
+        self._tally = self._recorder.add_call if self._costs is None and self._metered is None else None
         self._marked_writes = self.options.writes
         self._refusal_logged = False
         client._views.add(self)
@@ -132,7 +135,9 @@ class Migration:
             )
             if self.options.writes and (route.shadow or route.shadow_legacy):
                 self._log_refusal(route.stage)
-        self._shadow_to: tuple[ShadowRunner, ShadowSettings] | None = None
+        # The runner this route's shadow runs go to, once the first one has found it (never for a call site
+        # marked writes=True, which is not shadowed).
+        self._handoff: ShadowRunner | None = None
 
     def _decide_absent(self, key: object) -> Decision:
         return self.client._absent
@@ -232,14 +237,13 @@ class Migration:
             self.client.counters["recording_errors"] += 1
             return None
 
-    def _record_ok(self, key: str, start: int, end: int, answer: Any) -> None:
+    def _tally_with_metrics(self, key: str, start: int, end: int, answer: Any) -> None:
+        """Count an answered call with its cost and custom metrics, asked of the handle's functions."""
         # The cost and metrics functions are the application's code: they run before the cell is taken, not
-        # while it is held. (`run` and `arun` do the same inline: one Python call less on every call.)
-        try:
-            self._recorder.add_call(key, start, end, None if self._costs is None else self._cost(answer),
-                                     None if self._metered is None else self._metrics_of(answer), self._sketched)
-        except Exception:  # recording never fails the caller: counted instead
-            self.client.counters["recording_errors"] += 1
+        # while it is held.
+        self._recorder.add_call_with_metrics(key, start, end, None if self._costs is None else self._cost(answer),
+                                             () if self._metered is None else self._metrics_of(answer),
+                                             self._sketched)
 
     def run(self, key: object, legacy: Callable[..., T], candidate: Callable[..., T], /, *args: Any,
             **kwargs: Any) -> T:
@@ -267,13 +271,24 @@ class Migration:
             if result.__class__ in STREAM_TYPES:
                 raise misuse("run", result)
             end = now()
-            try:  # `_record_ok`, inline: the cost and metrics functions run before the cell is taken
-                self._recorder.add_call(legacy_key, start, end, None if self._costs is None else self._cost(result),
-                                         None if self._metered is None else self._metrics_of(result), self._sketched)
+            try:
+                tally = self._tally
+                if tally is not None:
+                    tally(legacy_key, start, end)
+                else:
+                    self._tally_with_metrics(legacy_key, start, end, result)
             except Exception:  # recording never fails the caller: counted instead
                 self.client.counters["recording_errors"] += 1
             if decision.shadow:
-                self._shadow(route, decision, candidate, legacy, args, kwargs, result, None)
+                runner = self._handoff
+                if runner is not None and runner.qsize() < runner.room:
+                    # `_shadow`, inline once the runner is known: one tuple put on its queue, nothing else.
+                    runner.put((_shadow_sync, _copy_context(), self, route, decision, candidate, legacy, args, kwargs,
+                                result, None))
+                    if runner.hiring:
+                        self._hire(runner)
+                else:
+                    self._shadow(route, decision, candidate, legacy, args, kwargs, result, None)
             return result
         fallback = route.spec.fallback if route.spec is not None else None
         try:
@@ -288,8 +303,11 @@ class Migration:
             raise misuse("run", result)
         end = now()
         try:
-            self._recorder.add_call(candidate_key, start, end, None if self._costs is None else self._cost(result),
-                                     None if self._metered is None else self._metrics_of(result), self._sketched)
+            tally = self._tally
+            if tally is not None:
+                tally(candidate_key, start, end)
+            else:
+                self._tally_with_metrics(candidate_key, start, end, result)
         except Exception:
             self.client.counters["recording_errors"] += 1
         if decision.shadow:  # a ramp-down stage: legacy runs in the candidate's shadow
@@ -317,21 +335,28 @@ class Migration:
 
     def _shadow(self, route: Route, decision: Decision, other: Callable[..., Any], legacy: Callable[..., Any],
                 args: tuple[Any, ...], kwargs: dict[str, Any], value: Any, error: BaseException | None) -> None:
-        """Hand the other arm's run to the shadow runner; only the hand-off is paid on the request path."""
+        """Hand the other arm's run to the shadow runner; only the hand-off is paid on the request path: the
+        worker draws the noise sample and reads the settings (see `_shadow_sync`)."""
         try:
             if self._marked_writes:
                 self._refuse_shadow(decision.stage)
                 return
-            runner, settings = self._shadow_to or self._shadow_runner(route)
-            again = legacy if route.noise and _random() < route.noise else None
+            runner = self._handoff or self._shadow_runner(route)
             # ShadowRunner.submit, inline: the request path pays one Python call for the hand-off, not two.
             if runner.qsize() < runner.room:
-                runner.put((_shadow_sync, (self, decision.stage, decision.arm, other, again, args, kwargs, value,
-                                           error, settings, route.noise > 0), _copy_context()))
+                runner.put((_shadow_sync, _copy_context(), self, route, decision, other, legacy, args, kwargs, value,
+                            error))
                 if runner.hiring:
                     runner.hire()
             else:
                 self._dropped(decision.stage)
+        except Exception:
+            self.client.count("internal_errors")
+
+    def _hire(self, runner: ShadowRunner) -> None:
+        """Let the runner start a worker, as `_shadow` does; a thread that cannot start is counted, not raised."""
+        try:
+            runner.hire()
         except Exception:
             self.client.count("internal_errors")
 
@@ -343,21 +368,20 @@ class Migration:
             if self.options.writes:
                 self._refuse_shadow(decision.stage)
                 return
-            runner, settings = self._shadow_to or self._shadow_runner(route)
-            again = legacy if route.noise and _random() < route.noise else None
-            if not runner.submit_async(_shadow_async, (self, decision.stage, decision.arm, other, again, args,
-                                                       kwargs, value, error, settings, route.noise > 0)):
+            runner = self._handoff or self._shadow_runner(route)
+            if not runner.submit_async(_shadow_async, (self, route, decision, other, legacy, args, kwargs, value,
+                                                       error)):
                 self._dropped(decision.stage)
         except Exception:
             self.client.count("internal_errors")
 
-    def _shadow_runner(self, route: Route) -> tuple[ShadowRunner, ShadowSettings]:
-        # Looked up once per routing table (in `_bind`), not per call.
-        settings = route.spec.shadow if route.spec is not None else _NO_SHADOW_SETTINGS
-        self._shadow_to = (self.client._runner(self.name, settings), settings)
+    def _shadow_runner(self, route: Route) -> ShadowRunner:
+        # Looked up once per routing table (`_bind` forgets it), not per call.
+        settings = shadow_settings(route)
+        runner = self._handoff = self.client._runner(self.name, settings)
         if self.options.compare is None and (settings.compare is not None or self._comparator.options.compare):
             self._comparator = self._spec_comparator(settings.compare)
-        return self._shadow_to
+        return runner
 
     def _spec_comparator(self, named: Any) -> Comparator:
         """The comparison the spec's `shadow.compare` names, for a call site that passes no `compare=`."""
@@ -491,9 +515,12 @@ class Migration:
                     self._ashadow(route, decision, candidate, legacy, args, kwargs, None, exc)
                 raise
             end = self._now()
-            try:  # `_record_ok`, inline (see `run`)
-                self._recorder.add_call(legacy_key, start, end, None if self._costs is None else self._cost(result),
-                                         None if self._metered is None else self._metrics_of(result), self._sketched)
+            try:
+                tally = self._tally
+                if tally is not None:
+                    tally(legacy_key, start, end)
+                else:
+                    self._tally_with_metrics(legacy_key, start, end, result)
             except Exception:
                 self.client.counters["recording_errors"] += 1
             if decision.shadow:
@@ -519,8 +546,11 @@ class Migration:
             return await legacy(*args, **kwargs)
         end = self._now()
         try:
-            self._recorder.add_call(candidate_key, start, end, None if self._costs is None else self._cost(result),
-                                     None if self._metered is None else self._metrics_of(result), self._sketched)
+            tally = self._tally
+            if tally is not None:
+                tally(candidate_key, start, end)
+            else:
+                self._tally_with_metrics(candidate_key, start, end, result)
         except Exception:
             self.client.counters["recording_errors"] += 1
         if decision.shadow:
@@ -666,7 +696,7 @@ class Migration:
             other = CANDIDATE if served is LEGACY else LEGACY
             log.warning("crossfade: %s: the %s side of a dual write failed %d times (%s); recorded as a divergence",
                         self.name, other, attempts, outcome.error)
-            settings = route.spec.shadow if route.spec is not None else _NO_SHADOW_SETTINGS
+            settings = shadow_settings(route)
             answered = Outcome(None)
             legacy, candidate = (answered, outcome) if served is LEGACY else (outcome, answered)
             self._keep_example(decision.stage, [Difference(WRITE_PATH, WRITE_PATH, legacy.error, candidate.error)],
@@ -852,12 +882,30 @@ def _with_idempotency_key(kwargs: dict[str, Any], key: str | bool | None) -> dic
     return {**kwargs, "idempotency_key": uuid.uuid4().hex if key is True else str(key)}
 
 
-def _shadow_sync(payload: tuple[Any, ...], slot: list[Any]) -> None:
+def shadow_settings(route: Route) -> ShadowSettings:
+    """The shadow settings of a route's spec (the defaults without one)."""
+    return route.spec.shadow if route.spec is not None else _NO_SHADOW_SETTINGS
+
+
+def _shadow_run(handle: Migration, route: Route, decision: Decision, other: Callable[..., Any],
+                legacy: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], value: Any,
+                error: BaseException | None) -> tuple[Any, ...]:
+    """What the request path handed off, with what it leaves to the worker: the settings, and whether to run
+    legacy again for a noise sample (drawn per run, at the stage's noise rate)."""
+    noise = route.noise
+    again = legacy if noise and _random() < noise else None
+    return (handle, decision.stage, decision.arm, other, again, args, kwargs, Outcome(value, error),
+            shadow_settings(route), noise > 0)
+
+
+def _shadow_sync(handle: Migration, route: Route, decision: Decision, other: Callable[..., Any],
+                 legacy: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], value: Any,
+                 error: BaseException | None, slot: list[Any]) -> None:
     """A shadow run on a worker thread: the other arm (and legacy again for a noise sample), then compare."""
-    handle, stage, served_arm, other, again, args, kwargs, value, error, settings, sampling_noise = payload
+    handle, stage, served_arm, other, again, args, kwargs, served, settings, sampling_noise = _shadow_run(
+        handle, route, decision, other, legacy, args, kwargs, value, error)
     client = handle.client
     client.count("shadow_runs")
-    served = Outcome(value, error)
     started = time.monotonic()
     start_ns = handle._now()
     answer = call(other, args, kwargs)
@@ -877,10 +925,9 @@ def _shadow_sync(payload: tuple[Any, ...], slot: list[Any]) -> None:
 
 async def _shadow_async(payload: tuple[Any, ...]) -> None:
     """A shadow run as a task: cancelled at the timeout, counted, and compared like `_shadow_sync`."""
-    handle, stage, served_arm, other, again, args, kwargs, value, error, settings, sampling_noise = payload
+    handle, stage, served_arm, other, again, args, kwargs, served, settings, sampling_noise = _shadow_run(*payload)
     client = handle.client
     client.count("shadow_runs")
-    served = Outcome(value, error)
     deadline = asyncio.timeout(settings.timeout)
     start_ns = handle._now()
     try:
