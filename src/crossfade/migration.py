@@ -151,16 +151,18 @@ class Migration:
 
     def _record(self, decision: Decision, elapsed_ns: int, *, error: bool = False, timeout: bool = False,
                 fallback: bool = False, cost: float | None = None,
-                metrics: Sequence[tuple[str, float]] | None = None) -> None:
+                metrics: Sequence[tuple[str, float]] | None = None, ended_ns: int | None = None) -> None:
         self._file(decision.stage, decision.arm, elapsed_ns, error=error, timeout=timeout, fallback=fallback,
-                   cost=cost, metrics=metrics)
+                   cost=cost, metrics=metrics, ended_ns=ended_ns)
 
     def _file(self, stage: str, arm: str, elapsed_ns: int | None, *, error: bool = False, timeout: bool = False,
               fallback: bool = False, cost: float | None = None, answer: Any = _NO_ANSWER,
-              metrics: Sequence[tuple[str, float]] | None = None, first_chunk_ns: int | None = None) -> None:
+              metrics: Sequence[tuple[str, float]] | None = None, first_chunk_ns: int | None = None,
+              ended_ns: int | None = None) -> None:
         """Count one call of `arm` in `stage`; its cost is `cost`, or the handle's `cost(answer)`, and its
         custom metrics `metrics` and the handle's `metrics(answer)`. A stream gives its time to the first chunk
-        (`first_chunk_ns`), and `elapsed_ns` None when it was not read to its end."""
+        (`first_chunk_ns`), and `elapsed_ns` None when it was not read to its end. `ended_ns` is the monotonic
+        time the call ended when the caller has just read it (the clock is read again otherwise)."""
         if answer is not _NO_ANSWER:
             if cost is None and self.options.cost is not None:
                 cost = self._cost(answer)
@@ -168,7 +170,7 @@ class Migration:
                 metrics = [*(metrics or ()), *self._metrics_of(answer)]
         recorder = self._recorder
         try:
-            cell = recorder.cell(self._now(), cell_key(self.name, stage, arm))
+            cell = recorder.cell(self._now() if ended_ns is None else ended_ns, cell_key(self.name, stage, arm))
             try:
                 cell.calls += 1
                 if error:
@@ -264,7 +266,8 @@ class Migration:
                 # Without keywords, no dict is built to pass none (the common call, on the hot path).
                 result = legacy(*args, **kwargs) if kwargs else legacy(*args)
             except Exception as exc:
-                self._record(decision, now() - start, error=True)
+                end = now()
+                self._record(decision, end - start, error=True, ended_ns=end)
                 if decision.shadow:
                     self._shadow(route, decision, candidate, legacy, args, kwargs, None, exc)
                 raise
@@ -463,12 +466,12 @@ class Migration:
 
     def _candidate_failed(self, decision: Decision, start: int, exc: Exception, fallback: Fallback | None) -> None:
         """Record a failed candidate call; re-raise its exception when the spec allows no fallback."""
-        elapsed = self._now() - start
+        end = self._now()
         timed_out = isinstance(exc, (CandidateTimeout, TimeoutError))
         if fallback is None or not fallback.on_error:
-            self._record(decision, elapsed, error=True, timeout=timed_out)
+            self._record(decision, end - start, error=True, timeout=timed_out, ended_ns=end)
             raise exc
-        self._record(decision, elapsed, error=True, timeout=timed_out, fallback=True)
+        self._record(decision, end - start, error=True, timeout=timed_out, fallback=True, ended_ns=end)
 
     def _call_with_timeout(self, candidate: Callable[..., T], timeout: float, args: tuple[Any, ...],
                            kwargs: dict[str, Any]) -> T:
@@ -510,7 +513,8 @@ class Migration:
             except StreamMisuse:
                 raise
             except Exception as exc:
-                self._record(decision, self._now() - start, error=True)
+                end = self._now()
+                self._record(decision, end - start, error=True, ended_ns=end)
                 if decision.shadow:
                     self._ashadow(route, decision, candidate, legacy, args, kwargs, None, exc)
                 raise
@@ -1034,8 +1038,9 @@ class Observation:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
         failed = self._error or (exc_type is not None and issubclass(exc_type, Exception))
-        elapsed = self._migration._now() - self._start
-        self._migration._record(self.decision, elapsed, error=failed, cost=self._cost, metrics=self._metrics)
+        end = self._migration._now()
+        self._migration._record(self.decision, end - self._start, error=failed, cost=self._cost, metrics=self._metrics,
+                                ended_ns=end)
         return False
 
 

@@ -525,6 +525,16 @@ class _ThreadCells:
         self.current: tuple[int, int, dict[str, Cell] | None] = _NO_WINDOW
 
 
+def _settle(cell: Cell) -> None:
+    """Count the calls `add_call` left in a cell's latency buckets only: every other writer counts a value in
+    `latency.count` as it adds it to a bucket, so the buckets' excess over that count is exactly those calls."""
+    sketch = cell.latency
+    uncounted = sketch.zeros + sum(sketch.bins.values()) - sketch.count  # type: ignore[attr-defined]
+    if uncounted:
+        sketch.count += uncounted
+        cell.calls += uncounted
+
+
 class Recorder:
     """Per-thread, lock-free buffers of cells by window; `collect` hands closed windows to the flusher.
 
@@ -609,7 +619,8 @@ class Recorder:
 
         The same as `cell(end_ns, key)`, `calls += 1`, `latency.add(seconds)` and `done()` in one call: this is
         the hot path of every call `run` serves. `end_ns` is the time just read: a thread's calls end in the
-        order of its clock, so only the window's end needs checking.
+        order of its clock, so only the window's end needs checking. The call is counted in the latency's
+        buckets only: `collect` adds what they gained to `calls` and `latency.count` (see `_settle`).
         """
         try:
             buffer = self._local.buffer
@@ -624,11 +635,10 @@ class Recorder:
                 cell = cells[key]  # type: ignore[index]
             except KeyError:
                 cell = cells[key] = Cell()  # type: ignore[index]
-            cell.calls += 1
-            # Sketch.add, inlined (a recorder's cells always hold a Sketch): one Python call less per call.
+            # Sketch.add, inlined (a recorder's cells always hold a Sketch): one Python call less per call, and
+            # two counts less.
             sketch = cell.latency
             value = (end_ns - start_ns) * 1e-9
-            sketch.count += 1
             sketch.total += value
             if value > MIN_VALUE:
                 i = _ceil(_log2(value) * _INV_LOG2_GAMMA)
@@ -698,6 +708,7 @@ class Recorder:
                 continue
             for index, cells in buffer.held:
                 for key, cell in cells.items():
+                    _settle(cell)
                     if (index, key) in merged:
                         merged[(index, key)].merge(cell)
                     else:
