@@ -80,7 +80,7 @@ class Migration:
         self._metered = self.options.metrics
         # How `run` and `arun` count an answered call: straight into the recorder when the call site has no
         # cost or metrics function to ask (the common call, which then handles no metrics at all).
-        self._tally = self._recorder.add_call if self._costs is None and self._metered is None else None
+        self._count_call = self._recorder.add_call if self._costs is None and self._metered is None else None
         self._marked_writes = self.options.writes
         self._refusal_logged = False
         client._views.add(self)
@@ -239,7 +239,7 @@ class Migration:
             self.client.counters["recording_errors"] += 1
             return None
 
-    def _tally_with_metrics(self, key: str, start: int, end: int, answer: Any) -> None:
+    def _count_with_metrics(self, key: str, start: int, end: int, answer: Any) -> None:
         """Count an answered call with its cost and custom metrics, asked of the handle's functions."""
         # The cost and metrics functions are the application's code: they run before the cell is taken, not
         # while it is held.
@@ -275,21 +275,24 @@ class Migration:
                 raise misuse("run", result)
             end = now()
             try:
-                tally = self._tally
-                if tally is not None:
-                    tally(legacy_key, start, end)
+                count_call = self._count_call
+                if count_call is not None:
+                    count_call(legacy_key, start, end)
                 else:
-                    self._tally_with_metrics(legacy_key, start, end, result)
+                    self._count_with_metrics(legacy_key, start, end, result)
             except Exception:  # recording never fails the caller: counted instead
                 self.client.counters["recording_errors"] += 1
             if decision.shadow:
                 runner = self._handoff
                 if runner is not None and runner.qsize() < runner.room:
                     # `_shadow`, inline once the runner is known: one tuple put on its queue, nothing else.
-                    runner.put((_shadow_sync, _copy_context(), self, route, decision, candidate, legacy, args, kwargs,
-                                result, None))
-                    if runner.hiring:
-                        self._hire(runner)
+                    try:
+                        runner.put((_shadow_sync, _copy_context(), self, route, decision, candidate, legacy, args,
+                                    kwargs, result, None))
+                        if runner.hiring:
+                            runner.hire()
+                    except Exception:
+                        self.client.count("internal_errors")
                 else:
                     self._shadow(route, decision, candidate, legacy, args, kwargs, result, None)
             return result
@@ -306,11 +309,11 @@ class Migration:
             raise misuse("run", result)
         end = now()
         try:
-            tally = self._tally
-            if tally is not None:
-                tally(candidate_key, start, end)
+            count_call = self._count_call
+            if count_call is not None:
+                count_call(candidate_key, start, end)
             else:
-                self._tally_with_metrics(candidate_key, start, end, result)
+                self._count_with_metrics(candidate_key, start, end, result)
         except Exception:
             self.client.counters["recording_errors"] += 1
         if decision.shadow:  # a ramp-down stage: legacy runs in the candidate's shadow
@@ -353,13 +356,6 @@ class Migration:
                     runner.hire()
             else:
                 self._dropped(decision.stage)
-        except Exception:
-            self.client.count("internal_errors")
-
-    def _hire(self, runner: ShadowRunner) -> None:
-        """Let the runner start a worker, as `_shadow` does; a thread that cannot start is counted, not raised."""
-        try:
-            runner.hire()
         except Exception:
             self.client.count("internal_errors")
 
@@ -520,11 +516,11 @@ class Migration:
                 raise
             end = self._now()
             try:
-                tally = self._tally
-                if tally is not None:
-                    tally(legacy_key, start, end)
+                count_call = self._count_call
+                if count_call is not None:
+                    count_call(legacy_key, start, end)
                 else:
-                    self._tally_with_metrics(legacy_key, start, end, result)
+                    self._count_with_metrics(legacy_key, start, end, result)
             except Exception:
                 self.client.counters["recording_errors"] += 1
             if decision.shadow:
@@ -550,11 +546,11 @@ class Migration:
             return await legacy(*args, **kwargs)
         end = self._now()
         try:
-            tally = self._tally
-            if tally is not None:
-                tally(candidate_key, start, end)
+            count_call = self._count_call
+            if count_call is not None:
+                count_call(candidate_key, start, end)
             else:
-                self._tally_with_metrics(candidate_key, start, end, result)
+                self._count_with_metrics(candidate_key, start, end, result)
         except Exception:
             self.client.counters["recording_errors"] += 1
         if decision.shadow:
