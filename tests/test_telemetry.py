@@ -126,6 +126,57 @@ def test_a_thread_that_keeps_writing_never_holds_back_a_closed_window():
     assert (window.start, window.cell.calls) == (1010.0, 2)
 
 
+def test_calls_counted_by_add_call_are_exact_beside_other_writers_under_threads_and_flushes():
+    # `add_call` counts a call in its latency bucket only; the flush settles `calls` and `latency.count`.
+    recorder = Recorder(0.05, grace=0.01)
+    collected: list[Window] = []
+    stop = threading.Event()
+
+    def flusher():
+        while not stop.is_set():
+            collected.extend(recorder.collect())
+            stop.wait(0.01)
+
+    def worker(n):
+        for i in range(n):
+            now = recorder.now()
+            if i % 4 == 0:  # a failed call, counted through `cell` as `run` does, in the same cell
+                cell = recorder.cell(now, KEY)
+                cell.calls += 1
+                cell.errors += 1
+                cell.latency.add(0.002)
+                recorder.done()
+            else:
+                recorder.add_call(KEY, now - 1_000_000 * (i % 50), now)
+
+    flushing = threading.Thread(target=flusher)
+    flushing.start()
+    threads = [threading.Thread(target=worker, args=(10_000,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    flushing.join()
+    collected.extend(recorder.collect(everything=True))
+    total = merge_windows(collected)["legacy"]
+    assert (total.calls, total.errors, total.latency.count) == (40_000, 10_000, 40_000)
+    assert total.latency.zeros == 4 * len(range(0, 10_000, 50)) - 4 * len(range(0, 10_000, 100))
+    assert check_cell(total.to_dict()) == total
+
+
+def test_a_call_after_its_window_was_taken_starts_that_window_afresh():
+    clock = FakeClock(1003.0)
+    recorder = Recorder(10.0, grace=1.0, clock=clock, monotonic=clock)
+    recorder.add_call(KEY, clock() - 5_000_000, clock())
+    (first,) = recorder.collect(everything=True)
+    clock.now = 1004.0  # the same window, already taken
+    recorder.add_call(KEY, clock() - 5_000_000, clock())
+    (second,) = recorder.collect(everything=True)
+    assert (first.start, second.start) == (1000.0, 1000.0)
+    assert (first.cell.calls, second.cell.calls, second.cell.latency.count) == (1, 1, 1)
+
+
 def test_windows_from_many_threads_merge_into_one_per_arm():
     clock = FakeClock(500.0)
     recorder = Recorder(10.0, clock=clock, monotonic=clock)

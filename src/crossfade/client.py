@@ -30,7 +30,7 @@ from crossfade.events import (
     apply_change,
     seal,
 )
-from crossfade.migration import Migration
+from crossfade.migration import Migration, shadow_settings
 from crossfade.routing import (
     CANDIDATE,
     Decision,
@@ -400,8 +400,10 @@ class Client:
                     runner.close(drain=0.0)
         return runner
 
-    def _shadow_hung(self, payload: Any) -> None:
-        handle, stage, served_arm, settings = payload[0], payload[1], payload[2], payload[9]
+    def _shadow_hung(self, handle: Migration, route: Route, decision: Decision, *_: Any) -> None:
+        # Called with what `Migration._shadow` handed off: (handle, route, decision, ...).
+        stage, served_arm = decision.stage, decision.arm
+        settings = shadow_settings(route)
         self.count("shadow_timeouts", 1)
         self.comparisons.count(handle.name, stage, "timeouts")
         handle._record_shadow_run(stage, served_arm, round(settings.timeout * 1e9), failed=True, timed_out=True)

@@ -79,6 +79,9 @@ class Migration:
         self._recorder = client.recorder
         self._costs = self.options.cost
         self._metered = self.options.metrics
+        # How `run` and `arun` count an answered call: straight into the recorder when the call site has no
+        # cost or metrics function to ask (the common call, which then handles no metrics at all).
+        self._count_call = self._recorder.add_call if self._costs is None and self._metered is None else None
         self._marked_writes = self.options.writes
         self._refusal_logged = False
         client._views.add(self)
@@ -133,7 +136,9 @@ class Migration:
             )
             if self.options.writes and (route.shadow or route.shadow_legacy):
                 self._log_refusal(route.stage)
-        self._shadow_to: tuple[ShadowRunner, ShadowSettings] | None = None
+        # The runner this route's shadow runs go to, once the first one has found it (never for a call site
+        # marked writes=True, which is not shadowed).
+        self._handoff: ShadowRunner | None = None
 
     def _decide_absent(self, key: object) -> Decision:
         return self.client._absent
@@ -147,16 +152,18 @@ class Migration:
 
     def _record(self, decision: Decision, elapsed_ns: int, *, error: bool = False, timeout: bool = False,
                 fallback: bool = False, cost: float | None = None,
-                metrics: Sequence[tuple[str, float]] | None = None) -> None:
+                metrics: Sequence[tuple[str, float]] | None = None, ended_ns: int | None = None) -> None:
         self._file(decision.stage, decision.arm, elapsed_ns, error=error, timeout=timeout, fallback=fallback,
-                   cost=cost, metrics=metrics)
+                   cost=cost, metrics=metrics, ended_ns=ended_ns)
 
     def _file(self, stage: str, arm: str, elapsed_ns: int | None, *, error: bool = False, timeout: bool = False,
               fallback: bool = False, cost: float | None = None, answer: Any = _NO_ANSWER,
-              metrics: Sequence[tuple[str, float]] | None = None, first_chunk_ns: int | None = None) -> None:
+              metrics: Sequence[tuple[str, float]] | None = None, first_chunk_ns: int | None = None,
+              ended_ns: int | None = None) -> None:
         """Count one call of `arm` in `stage`; its cost is `cost`, or the handle's `cost(answer)`, and its
         custom metrics `metrics` and the handle's `metrics(answer)`. A stream gives its time to the first chunk
-        (`first_chunk_ns`), and `elapsed_ns` None when it was not read to its end."""
+        (`first_chunk_ns`), and `elapsed_ns` None when it was not read to its end. `ended_ns` is the monotonic
+        time the call ended when the caller has just read it (the clock is read again otherwise)."""
         if answer is not _NO_ANSWER:
             if cost is None and self.options.cost is not None:
                 cost = self._cost(answer)
@@ -164,7 +171,7 @@ class Migration:
                 metrics = [*(metrics or ()), *self._metrics_of(answer)]
         recorder = self._recorder
         try:
-            cell = recorder.cell(self._now(), cell_key(self.name, stage, arm))
+            cell = recorder.cell(self._now() if ended_ns is None else ended_ns, cell_key(self.name, stage, arm))
             try:
                 cell.calls += 1
                 if error:
@@ -233,14 +240,13 @@ class Migration:
             self.client.counters["recording_errors"] += 1
             return None
 
-    def _record_ok(self, key: str, start: int, end: int, answer: Any) -> None:
+    def _count_with_metrics(self, key: str, start: int, end: int, answer: Any) -> None:
+        """Count an answered call with its cost and custom metrics, asked of the handle's functions."""
         # The cost and metrics functions are the application's code: they run before the cell is taken, not
-        # while it is held. (`run` and `arun` do the same inline: one Python call less on every call.)
-        try:
-            self._recorder.add_call(key, start, end, None if self._costs is None else self._cost(answer),
-                                     None if self._metered is None else self._metrics_of(answer), self._sketched)
-        except Exception:  # recording never fails the caller: counted instead
-            self.client.counters["recording_errors"] += 1
+        # while it is held.
+        self._recorder.add_call_with_metrics(key, start, end, None if self._costs is None else self._cost(answer),
+                                             () if self._metered is None else self._metrics_of(answer),
+                                             self._sketched)
 
     def run(self, key: object, legacy: Callable[..., T], candidate: Callable[..., T], /, *args: Any,
             **kwargs: Any) -> T:
@@ -261,20 +267,35 @@ class Migration:
                 # Without keywords, no dict is built to pass none (the common call, on the hot path).
                 result = legacy(*args, **kwargs) if kwargs else legacy(*args)
             except Exception as exc:
-                self._record(decision, now() - start, error=True)
+                end = now()
+                self._record(decision, end - start, error=True, ended_ns=end)
                 if decision.shadow:
                     self._shadow(route, decision, candidate, legacy, args, kwargs, None, exc)
                 raise
             if result.__class__ in STREAM_TYPES:
                 raise misuse("run", result)
             end = now()
-            try:  # `_record_ok`, inline: the cost and metrics functions run before the cell is taken
-                self._recorder.add_call(legacy_key, start, end, None if self._costs is None else self._cost(result),
-                                         None if self._metered is None else self._metrics_of(result), self._sketched)
+            try:
+                count_call = self._count_call
+                if count_call is not None:
+                    count_call(legacy_key, start, end)
+                else:
+                    self._count_with_metrics(legacy_key, start, end, result)
             except Exception:  # recording never fails the caller: counted instead
                 self.client.counters["recording_errors"] += 1
             if decision.shadow:
-                self._shadow(route, decision, candidate, legacy, args, kwargs, result, None)
+                runner = self._handoff
+                if runner is not None and runner.qsize() < runner.room:
+                    # `_shadow`, inline once the runner is known: one tuple put on its queue, nothing else.
+                    try:
+                        runner.put((_shadow_sync, _copy_context(), self, route, decision, candidate, legacy, args,
+                                    kwargs, result, None))
+                        if runner.hiring:
+                            runner.hire()
+                    except Exception:
+                        self.client.count("internal_errors")
+                else:
+                    self._shadow(route, decision, candidate, legacy, args, kwargs, result, None)
             return result
         fallback = route.spec.fallback if route.spec is not None else None
         try:
@@ -289,8 +310,11 @@ class Migration:
             raise misuse("run", result)
         end = now()
         try:
-            self._recorder.add_call(candidate_key, start, end, None if self._costs is None else self._cost(result),
-                                     None if self._metered is None else self._metrics_of(result), self._sketched)
+            count_call = self._count_call
+            if count_call is not None:
+                count_call(candidate_key, start, end)
+            else:
+                self._count_with_metrics(candidate_key, start, end, result)
         except Exception:
             self.client.counters["recording_errors"] += 1
         if decision.shadow:  # a ramp-down stage: legacy runs in the candidate's shadow
@@ -318,17 +342,17 @@ class Migration:
 
     def _shadow(self, route: Route, decision: Decision, other: Callable[..., Any], legacy: Callable[..., Any],
                 args: tuple[Any, ...], kwargs: dict[str, Any], value: Any, error: BaseException | None) -> None:
-        """Hand the other arm's run to the shadow runner; only the hand-off is paid on the request path."""
+        """Hand the other arm's run to the shadow runner; only the hand-off is paid on the request path: the
+        worker draws the noise sample and reads the settings (see `_shadow_sync`)."""
         try:
             if self._marked_writes:
                 self._refuse_shadow(decision.stage)
                 return
-            runner, settings = self._shadow_to or self._shadow_runner(route)
-            again = legacy if route.noise and _random() < route.noise else None
+            runner = self._handoff or self._shadow_runner(route)
             # ShadowRunner.submit, inline: the request path pays one Python call for the hand-off, not two.
             if runner.qsize() < runner.room:
-                runner.put((_shadow_sync, (self, decision.stage, decision.arm, other, again, args, kwargs, value,
-                                           error, settings, route.noise > 0), _copy_context()))
+                runner.put((_shadow_sync, _copy_context(), self, route, decision, other, legacy, args, kwargs, value,
+                            error))
                 if runner.hiring:
                     runner.hire()
             else:
@@ -344,21 +368,20 @@ class Migration:
             if self.options.writes:
                 self._refuse_shadow(decision.stage)
                 return
-            runner, settings = self._shadow_to or self._shadow_runner(route)
-            again = legacy if route.noise and _random() < route.noise else None
-            if not runner.submit_async(_shadow_async, (self, decision.stage, decision.arm, other, again, args,
-                                                       kwargs, value, error, settings, route.noise > 0)):
+            runner = self._handoff or self._shadow_runner(route)
+            if not runner.submit_async(_shadow_async, (self, route, decision, other, legacy, args, kwargs, value,
+                                                       error)):
                 self._dropped(decision.stage)
         except Exception:
             self.client.count("internal_errors")
 
-    def _shadow_runner(self, route: Route) -> tuple[ShadowRunner, ShadowSettings]:
-        # Looked up once per routing table (in `_bind`), not per call.
-        settings = route.spec.shadow if route.spec is not None else _NO_SHADOW_SETTINGS
-        self._shadow_to = (self.client._runner(self.name, settings), settings)
+    def _shadow_runner(self, route: Route) -> ShadowRunner:
+        # Looked up once per routing table (`_bind` forgets it), not per call.
+        settings = shadow_settings(route)
+        runner = self._handoff = self.client._runner(self.name, settings)
         if self.options.compare is None and (settings.compare is not None or self._comparator.options.compare):
             self._comparator = self._spec_comparator(settings.compare)
-        return self._shadow_to
+        return runner
 
     def _spec_comparator(self, named: Any) -> Comparator:
         """The comparison the spec's `shadow.compare` names, for a call site that passes no `compare=`."""
@@ -445,12 +468,12 @@ class Migration:
 
     def _candidate_failed(self, decision: Decision, start: int, exc: Exception, fallback: Fallback | None) -> None:
         """Record a failed candidate call; re-raise its exception when the spec allows no fallback."""
-        elapsed = self._now() - start
+        end = self._now()
         timed_out = isinstance(exc, (CandidateTimeout, TimeoutError))
         if fallback is None or not fallback.on_error:
-            self._record(decision, elapsed, error=True, timeout=timed_out)
+            self._record(decision, end - start, error=True, timeout=timed_out, ended_ns=end)
             raise exc
-        self._record(decision, elapsed, error=True, timeout=timed_out, fallback=True)
+        self._record(decision, end - start, error=True, timeout=timed_out, fallback=True, ended_ns=end)
 
     def _call_with_timeout(self, candidate: Callable[..., T], timeout: float, args: tuple[Any, ...],
                            kwargs: dict[str, Any]) -> T:
@@ -492,14 +515,18 @@ class Migration:
             except StreamMisuse:
                 raise
             except Exception as exc:
-                self._record(decision, self._now() - start, error=True)
+                end = self._now()
+                self._record(decision, end - start, error=True, ended_ns=end)
                 if decision.shadow:
                     self._ashadow(route, decision, candidate, legacy, args, kwargs, None, exc)
                 raise
             end = self._now()
-            try:  # `_record_ok`, inline (see `run`)
-                self._recorder.add_call(legacy_key, start, end, None if self._costs is None else self._cost(result),
-                                         None if self._metered is None else self._metrics_of(result), self._sketched)
+            try:
+                count_call = self._count_call
+                if count_call is not None:
+                    count_call(legacy_key, start, end)
+                else:
+                    self._count_with_metrics(legacy_key, start, end, result)
             except Exception:
                 self.client.counters["recording_errors"] += 1
             if decision.shadow:
@@ -525,8 +552,11 @@ class Migration:
             return await legacy(*args, **kwargs)
         end = self._now()
         try:
-            self._recorder.add_call(candidate_key, start, end, None if self._costs is None else self._cost(result),
-                                     None if self._metered is None else self._metrics_of(result), self._sketched)
+            count_call = self._count_call
+            if count_call is not None:
+                count_call(candidate_key, start, end)
+            else:
+                self._count_with_metrics(candidate_key, start, end, result)
         except Exception:
             self.client.counters["recording_errors"] += 1
         if decision.shadow:
@@ -672,7 +702,7 @@ class Migration:
             other = CANDIDATE if served is LEGACY else LEGACY
             log.warning("crossfade: %s: the %s side of a dual write failed %d times (%s); recorded as a divergence",
                         self.name, other, attempts, outcome.error)
-            settings = route.spec.shadow if route.spec is not None else _NO_SHADOW_SETTINGS
+            settings = shadow_settings(route)
             answered = Outcome(None)
             legacy, candidate = (answered, outcome) if served is LEGACY else (outcome, answered)
             self._keep_example(decision.stage, [Difference(WRITE_PATH, WRITE_PATH, legacy.error, candidate.error)],
@@ -858,12 +888,30 @@ def _with_idempotency_key(kwargs: dict[str, Any], key: str | bool | None) -> dic
     return {**kwargs, "idempotency_key": uuid.uuid4().hex if key is True else str(key)}
 
 
-def _shadow_sync(payload: tuple[Any, ...], slot: list[Any]) -> None:
+def shadow_settings(route: Route) -> ShadowSettings:
+    """The shadow settings of a route's spec (the defaults without one)."""
+    return route.spec.shadow if route.spec is not None else _NO_SHADOW_SETTINGS
+
+
+def _shadow_run(handle: Migration, route: Route, decision: Decision, other: Callable[..., Any],
+                legacy: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], value: Any,
+                error: BaseException | None) -> tuple[Any, ...]:
+    """What the request path handed off, with what it leaves to the worker: the settings, and whether to run
+    legacy again for a noise sample (drawn per run, at the stage's noise rate)."""
+    noise = route.noise
+    again = legacy if noise and _random() < noise else None
+    return (handle, decision.stage, decision.arm, other, again, args, kwargs, Outcome(value, error),
+            shadow_settings(route), noise > 0)
+
+
+def _shadow_sync(handle: Migration, route: Route, decision: Decision, other: Callable[..., Any],
+                 legacy: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], value: Any,
+                 error: BaseException | None, slot: list[Any]) -> None:
     """A shadow run on a worker thread: the other arm (and legacy again for a noise sample), then compare."""
-    handle, stage, served_arm, other, again, args, kwargs, value, error, settings, sampling_noise = payload
+    handle, stage, served_arm, other, again, args, kwargs, served, settings, sampling_noise = _shadow_run(
+        handle, route, decision, other, legacy, args, kwargs, value, error)
     client = handle.client
     client.count("shadow_runs")
-    served = Outcome(value, error)
     started = time.monotonic()
     start_ns = handle._now()
     answer = call(other, args, kwargs)
@@ -883,10 +931,9 @@ def _shadow_sync(payload: tuple[Any, ...], slot: list[Any]) -> None:
 
 async def _shadow_async(payload: tuple[Any, ...]) -> None:
     """A shadow run as a task: cancelled at the timeout, counted, and compared like `_shadow_sync`."""
-    handle, stage, served_arm, other, again, args, kwargs, value, error, settings, sampling_noise = payload
+    handle, stage, served_arm, other, again, args, kwargs, served, settings, sampling_noise = _shadow_run(*payload)
     client = handle.client
     client.count("shadow_runs")
-    served = Outcome(value, error)
     deadline = asyncio.timeout(settings.timeout)
     start_ns = handle._now()
     try:
@@ -993,8 +1040,9 @@ class Observation:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
         failed = self._error or (exc_type is not None and issubclass(exc_type, Exception))
-        elapsed = self._migration._now() - self._start
-        self._migration._record(self.decision, elapsed, error=failed, cost=self._cost, metrics=self._metrics)
+        end = self._migration._now()
+        self._migration._record(self.decision, end - self._start, error=failed, cost=self._cost, metrics=self._metrics,
+                                ended_ns=end)
         return False
 
 

@@ -63,7 +63,8 @@ class Route:
     __slots__ = (
         "name", "salt", "status", "stage", "traffic", "shadow", "shadow_legacy", "noise", "dual_write", "version",
         "spec", "errors",
-        "_threshold", "_special", "_allow", "_deny", "_fixed", "_cache", "_on_allow", "_on_deny", "_failsafe",
+        "_threshold", "_special", "_allow", "_deny", "_fixed", "_cache", "_shadowed", "_on_allow", "_on_deny",
+        "_failsafe",
     )
 
     def __init__(
@@ -104,9 +105,10 @@ class Route:
         self._on_allow = Decision(CANDIDATE, False, stage, -1, "allow list")
         self._on_deny = Decision(LEGACY, False, stage, -1, "deny list")
         self._failsafe = Decision(LEGACY, False, stage, -1, "crossfade internal error")
-        # Decisions are values of (bucket, shadow): slot b, or BUCKETS + b for a shadowed call.
+        # Decisions are values of (bucket, shadow): slot b of one list or the other for a shadowed call.
         # They are made once and reused, so deciding allocates nothing but the hashed string.
-        self._cache: list[Decision | None] = [None] * (2 * BUCKETS)
+        self._cache: list[Decision | None] = [None] * BUCKETS
+        self._shadowed: list[Decision | None] = [None] * BUCKETS
 
     @classmethod
     def from_state(cls, state: State, spec: Spec) -> Route:
@@ -137,11 +139,11 @@ class Route:
             if b < self._threshold:
                 # A candidate-served call shadows legacy only in a ramp-down stage; the draw is per call.
                 if self.shadow_legacy and (_random() if rand is None else rand) < self.shadow_legacy:
-                    return self._cache[BUCKETS + b] or self._remember(b, True)
+                    return self._shadowed[b] or self._remember(b, True)
                 return self._cache[b] or self._remember(b, False)
             # Legacy-served calls shadow the candidate; the draw is per call, not per key.
             if self.shadow and (_random() if rand is None else rand) < self.shadow:
-                return self._cache[BUCKETS + b] or self._remember(b, True)
+                return self._shadowed[b] or self._remember(b, True)
             return self._cache[b] or self._remember(b, False)
         except Exception:  # an unprintable key, say: the caller still gets an answer
             self.errors += 1
@@ -159,7 +161,7 @@ class Route:
         b = _hash(f"{self.salt}:{skey}", 0, False) % BUCKETS
         rate = self.shadow_legacy if b < self._threshold else self.shadow
         if rate and (_random() if rand is None else rand) < rate:
-            return self._cache[BUCKETS + b] or self._remember(b, True)
+            return self._shadowed[b] or self._remember(b, True)
         return self._cache[b] or self._remember(b, False)
 
     def _remember(self, b: int, shadow: bool) -> Decision:
@@ -167,7 +169,7 @@ class Route:
             decision = Decision(CANDIDATE, shadow, self.stage, b, _BELOW)
         else:
             decision = Decision(LEGACY, shadow, self.stage, b, _ABOVE)
-        self._cache[b + BUCKETS * shadow] = decision
+        (self._shadowed if shadow else self._cache)[b] = decision
         return decision
 
 

@@ -569,11 +569,12 @@ class ShadowRunner:
     becomes a task on the caller's running loop, at most `max_pending` at a time. Beyond those bounds a run
     is refused (the caller counts it as dropped), never queued. Handing a run over costs a queue put.
     A synchronous function cannot be interrupted: a run past `timeout` is claimed as timed out by `sweep`
-    (called from the client's background thread) or when it returns, whichever comes first, exactly once.
+    (called from the client's background thread) or when it returns, whichever comes first, exactly once;
+    `on_hang` is then called with the run's arguments (the payload `submit` was given).
     """
 
     def __init__(self, *, threads: int, max_pending: int, timeout: float, name: str = "shadow",
-                 on_hang: Callable[[Any], None] | None = None) -> None:
+                 on_hang: Callable[..., None] | None = None) -> None:
         self.threads = threads
         self.max_pending = max_pending
         self.timeout = timeout
@@ -582,7 +583,8 @@ class ShadowRunner:
         self.failures = 0  # work that raised inside crossfade itself; never the application's concern
         self._on_hang = on_hang
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        # The hand-off, as `submit` does it and the request path inlines it: `qsize() < room`, `put`, then
+        # The hand-off, as `submit` does it and the request path inlines it: `qsize() < room`, `put` of one
+        # tuple `(work, context, *arguments)` (a worker calls `work(*arguments, slot)` in `context`), then
         # `hire()` while `hiring`. `room` drops to 0 when the runner closes, so nothing more is taken.
         self.room = max_pending
         self.qsize = self._queue.qsize
@@ -597,7 +599,7 @@ class ShadowRunner:
         """Hand `work(payload, slot)` to a worker; False (nothing queued) when closed or full."""
         if self.qsize() >= self.room:
             return False
-        self.put((work, payload, contextvars.copy_context()))
+        self.put((work, contextvars.copy_context(), payload))
         if self.hiring:
             self.hire()
         return True
@@ -634,11 +636,10 @@ class ShadowRunner:
             item = self._queue.get()
             if item is None:
                 return
-            work, payload, context = item
-            slot = [time.monotonic(), False, payload]
+            slot = [time.monotonic(), False, item]
             self._running[index] = slot
             try:
-                context.run(work, payload, slot)
+                item[1].run(item[0], *item[2:], slot)
             except Exception:
                 self.failures += 1
             finally:
@@ -660,7 +661,7 @@ class ShadowRunner:
             if slot is not None and now - slot[0] > self.timeout and self.claim_timeout(slot):
                 hung += 1
                 if self._on_hang is not None:
-                    self._on_hang(slot[2])
+                    self._on_hang(*slot[2][2:])
         return hung
 
     @property

@@ -539,7 +539,7 @@ def cell_key(migration: str, stage: str, arm: str) -> str:
     return f"{migration}{SEP}{stage}{SEP}{arm}"
 
 
-_NO_WINDOW: Final = (1, 0, 0)  # no monotonic time lies in [1, 0)
+_NO_WINDOW: Final = (1, -(1 << 63), None)  # no monotonic time lies in [1, -2^63), every one after -2^63
 _log2 = math.log2
 _ceil = math.ceil
 
@@ -558,9 +558,20 @@ class _ThreadCells:
         self.writing: object = None
         self.held: list[tuple[int, dict[str, Cell]]] = []
         self.held_mark: object = None
-        # The monotonic range [since, until) of the window last written and its index: a call inside it
-        # needs no division of two large integers to find its window.
-        self.current: tuple[int, int, int] = _NO_WINDOW
+        # The monotonic range [since, until) of the window last written and its cells: a call inside it needs
+        # neither a division of two large integers nor a look-up to find its window. The flusher sets it back
+        # to _NO_WINDOW whenever it takes windows, so no write begun after that reaches a window taken.
+        self.current: tuple[int, int, dict[str, Cell] | None] = _NO_WINDOW
+
+
+def _settle(cell: Cell) -> None:
+    """Count the calls `add_call` left in a cell's latency buckets only: every other writer counts a value in
+    `latency.count` as it adds it to a bucket, so the buckets' excess over that count is exactly those calls."""
+    sketch = cell.latency
+    uncounted = sketch.zeros + sum(sketch.bins.values()) - sketch.count  # type: ignore[attr-defined]
+    if uncounted:
+        sketch.count += uncounted
+        cell.calls += uncounted
 
 
 class Recorder:
@@ -604,13 +615,21 @@ class Recorder:
         for buffer in getattr(self, "_buffers", ()):
             buffer.current = _NO_WINDOW  # each thread finds its window afresh, through the new offset
 
-    def _index(self, buffer: _ThreadCells, now_ns: int) -> int:
-        """The index of the window holding monotonic `now_ns`, remembered with its range for the next call."""
+    def _enter(self, buffer: _ThreadCells, now_ns: int) -> dict[str, Cell]:
+        """The calling thread's cells of the window holding monotonic `now_ns`, remembered with its range."""
         window_ns = self._window_ns
         index = (now_ns + self._offset_ns) // window_ns
         since = index * window_ns - self._offset_ns
-        buffer.current = (since, since + window_ns, index)
-        return index
+        windows = buffer.windows
+        cells = windows.get(index)
+        if cells is None:
+            cells = windows[index] = {}
+        buffer.current = (since, since + window_ns, cells)
+        if windows.get(index) is not cells:
+            # The flusher took the window between the look-up and the line above, and its reset of `current`
+            # may have come first: this write is held by its mark, but the next must look the window up again.
+            buffer.current = _NO_WINDOW
+        return cells
 
     def cell(self, now_ns: int, key: str) -> Cell:
         """The calling thread's cell for `key` (see `cell_key`) in the window holding monotonic `now_ns`.
@@ -622,29 +641,25 @@ class Recorder:
         except AttributeError:
             buffer = self._register()
         buffer.writing = now_ns
-        since, until, index = buffer.current
+        since, until, cells = buffer.current
         if not since <= now_ns < until:
-            index = self._index(buffer, now_ns)
-        cells = buffer.windows.get(index)
-        if cells is None:
-            cells = buffer.windows[index] = {}
-        cell = cells.get(key)
+            cells = self._enter(buffer, now_ns)
+        cell = cells.get(key)  # type: ignore[union-attr]
         if cell is None:
-            cell = cells[key] = Cell()
+            cell = cells[key] = Cell()  # type: ignore[index]
         return cell
 
     def done(self) -> None:
         """The calling thread has finished writing the cell `cell` gave it."""
         self._local.buffer.writing = None
 
-    def add_call(self, key: str, start_ns: int, end_ns: int, cost: float | None = None,
-                 metrics: Sequence[tuple[str, float]] | None = None, sketched: Container[str] = ()) -> None:
+    def add_call(self, key: str, start_ns: int, end_ns: int) -> None:
         """Count one answered call of `key` (see `cell_key`) that ran from monotonic `start_ns` to `end_ns`.
 
-        The same as `cell(end_ns, key)`, `calls += 1`, `latency.add(seconds)`, `add_cost(cost)` unless None,
-        `metric(name, value, name in sketched)` for each custom metric, and `done()`, in one call: this is the
-        hot path of every call `run` serves. `end_ns` is the time just read: a thread's calls end in the order
-        of its clock, so only the window's end needs checking. ValueError past MAX_METRICS names in a cell.
+        The same as `cell(end_ns, key)`, `calls += 1`, `latency.add(seconds)` and `done()` in one call: this is
+        the hot path of every call `run` serves. `end_ns` is the time just read: a thread's calls end in the
+        order of its clock, so only the window's end needs checking. The call is counted in the latency's
+        buckets only: `collect` adds what they gained to `calls` and `latency.count` (see `_settle`).
         """
         try:
             buffer = self._local.buffer
@@ -652,19 +667,17 @@ class Recorder:
             buffer = self._register()
         buffer.writing = end_ns
         try:
-            until = buffer.current[1]
-            index = buffer.current[2] if end_ns < until else self._index(buffer, end_ns)
-            cells = buffer.windows.get(index)
-            if cells is None:
-                cells = buffer.windows[index] = {}
-            cell = cells.get(key)
-            if cell is None:
-                cell = cells[key] = Cell()
-            cell.calls += 1
-            # Sketch.add, inlined (a recorder's cells always hold a Sketch): one Python call less per call.
+            _, until, cells = buffer.current
+            if end_ns >= until:
+                cells = self._enter(buffer, end_ns)
+            try:
+                cell = cells[key]  # type: ignore[index]
+            except KeyError:
+                cell = cells[key] = Cell()  # type: ignore[index]
+            # Sketch.add, inlined (a recorder's cells always hold a Sketch): one Python call less per call, and
+            # two counts less.
             sketch = cell.latency
             value = (end_ns - start_ns) * 1e-9
-            sketch.count += 1
             sketch.total += value
             if value > MIN_VALUE:
                 i = _ceil(_log2(value) * _INV_LOG2_GAMMA)
@@ -675,13 +688,23 @@ class Recorder:
                     bins[i] = 1
             else:
                 sketch.zeros += 1
-            if cost is not None:
-                cell.add_cost(cost)
-            if metrics:
-                for name, value in metrics:
-                    cell.metric(name, value, name in sketched)
         finally:
             buffer.writing = None
+
+    def add_call_with_metrics(self, key: str, start_ns: int, end_ns: int, cost: float | None,
+                              metrics: Sequence[tuple[str, float]], sketched: Container[str]) -> None:
+        """`add_call`, with the call's cost (unless None) and its custom metrics, `metric(name, value, name in
+        sketched)` for each, in the same cell. ValueError past MAX_METRICS names in a cell."""
+        cell = self.cell(end_ns, key)
+        try:
+            cell.calls += 1
+            cell.latency.add((end_ns - start_ns) * 1e-9)
+            if cost is not None:
+                cell.add_cost(cost)
+            for name, value in metrics:
+                cell.metric(name, value, name in sketched)
+        finally:
+            self.done()
 
     def now(self) -> int:
         """The monotonic time, in the unit `cell` takes."""
@@ -712,7 +735,9 @@ class Recorder:
             # The very dict popped is kept, even empty: its thread may be about to put its cell in it.
             popped = [(i, buffer.windows.pop(i, None)) for i in list(buffer.windows) if i + 1 <= cutoff]
             taken = [(i, cells) for i, cells in popped if cells is not None]
-            mark = buffer.writing  # read after the pops
+            if popped:
+                buffer.current = _NO_WINDOW  # no write begun from here on reaches a window taken
+            mark = buffer.writing  # read after the pops (and the line above)
             if taken:
                 buffer.held.extend(taken)
                 buffer.held_mark = mark
@@ -722,6 +747,7 @@ class Recorder:
                 continue
             for index, cells in buffer.held:
                 for key, cell in cells.items():
+                    _settle(cell)
                     if (index, key) in merged:
                         merged[(index, key)].merge(cell)
                     else:
