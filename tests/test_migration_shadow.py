@@ -479,3 +479,28 @@ def test_a_comparator_named_in_the_spec_compares_call_sites_that_pass_none(cf):
     mig.run("b", lambda: {"id": 1, "total": 5}, lambda: {"id": 2, "total": 6})
     wait_until(lambda: cf.stats()["shadow_compared"] == 2)
     assert cf.stats()["shadow_mismatches"] == 1
+
+
+def test_wait_for_shadows_returns_with_every_shadow_run_compared(cf):
+    mig = shadowing(cf, shadow={"threads": 2, "max_pending": 500})
+    for i in range(300):
+        mig.run(i, lambda i: i, lambda i: -i if i == 7 else i, i)
+    assert cf.wait_for_shadows(timeout=30)
+    stats = cf.stats()
+    assert (stats["shadow_compared"], stats["shadow_mismatches"], stats["shadow_pending"]) == (300, 1, 0)
+
+
+def test_await_shadows_returns_with_every_async_shadow_run_compared(cf):
+    mig = shadowing(cf)
+
+    async def legacy(i):
+        await asyncio.sleep(0)
+        return i
+
+    async def calls():
+        for i in range(100):
+            await mig.arun(i, legacy, legacy, i)
+        return await cf.await_shadows(timeout=30)
+
+    assert asyncio.run(calls())
+    assert cf.stats()["shadow_compared"] == 100

@@ -156,6 +156,24 @@ def test_a_hung_run_is_claimed_as_a_timeout_once():
     runner.close(drain=5.0)
 
 
+def test_wait_returns_once_every_run_handed_over_before_it_has_finished():
+    gate = threading.Event()
+    done = []
+    runner = ShadowRunner(threads=3, max_pending=100, timeout=30.0)
+    try:
+        for i in range(20):
+            assert runner.submit(lambda p, slot: (gate.wait(10), done.append(p)), i)
+        assert runner.wait(0.05) is False and len(done) == 0, "the runs are held at the gate: not finished"
+        gate.set()
+        assert runner.wait(10.0) is True
+        assert sorted(done) == list(range(20)), "wait returned with every earlier run done"
+        # A wait that gave up leaves the runner working, and a later one still sees the runs before it.
+        assert runner.submit(lambda p, slot: done.append(p), 20) and runner.wait(10.0) and done[-1] == 20
+    finally:
+        gate.set()
+        runner.close()
+
+
 def test_workers_start_one_at_a_time_never_all_on_the_first_call():
     """A spec asking for many threads must not start them all on the request path of one call."""
     release = threading.Event()

@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import tomlkit
@@ -152,7 +151,8 @@ def _run(cf: crossfade.Client, clock: VirtualClock, spec: dict, workspace: Path,
                     mig.run(rng.choice(agents), legacy, candidate, rng.choice(agent_cli.TASKS))
                 except agent_cli.ToolError:
                     failed_calls += 1  # legacy's own failures reach the agent, as they would
-                _wait_for_shadows(cf)
+                if not cf.wait_for_shadows(timeout=30):  # both arms move the one virtual clock
+                    raise TimeoutError("a shadow run did not finish")
             second += 1
         clock.set(start + second)
         cf.flush(everything=True)
@@ -170,15 +170,6 @@ def _run(cf: crossfade.Client, clock: VirtualClock, spec: dict, workspace: Path,
         "stages_entered": [e.payload["stage"] for e in history if e.type in ("started", "promoted")],
         "legacy_failures_seen_by_agents": failed_calls,
     }
-
-
-def _wait_for_shadows(cf: crossfade.Client, timeout: float = 30.0) -> None:
-    """Let a shadow run finish before the next call: both arms move the one virtual clock."""
-    deadline = time.monotonic() + timeout
-    while cf.stats()["shadow_pending"]:
-        if time.monotonic() > deadline:
-            raise TimeoutError("a shadow run did not finish")
-        time.sleep(0.0002)
 
 
 def main(directory: Path, *, build: str = "1.0", webhook: str | None = None) -> dict[str, object]:

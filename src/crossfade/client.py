@@ -267,6 +267,22 @@ class Client:
         else:
             self._share_noise(waiting_only=True)
 
+    def wait_for_shadows(self, timeout: float = 30.0) -> bool:
+        """Wait until every shadow run of a sync call site handed over before this call has finished and been
+        compared; False if `timeout` (seconds) passed first. For tests, scripts and shutdown: a request path
+        never needs it. Async call sites' shadow runs are tasks of their loop: `await await_shadows()`."""
+        deadline = time.monotonic() + timeout
+        return all(runner.wait(deadline - time.monotonic()) for runner in list(self._runners.values()))
+
+    async def await_shadows(self, timeout: float = 30.0) -> bool:
+        """`wait_for_shadows` for async call sites: wait until the shadow tasks started on the running loop
+        have finished; False if `timeout` (seconds) passed first."""
+        deadline = time.monotonic() + timeout
+        for runner in list(self._runners.values()):
+            if not await runner.wait_tasks(deadline - time.monotonic()):
+                return False
+        return True
+
     def flush(self, *, everything: bool = False) -> int:
         """Write closed telemetry windows (all of them with `everything`); returns how many were written.
 

@@ -562,6 +562,14 @@ class ComparisonLog:
 # --- the runner ------------------------------------------------------------------------------------------
 
 
+def _meet(barrier: threading.Barrier) -> None:
+    """A worker's part in `ShadowRunner.wait`: meet the caller; a caller that gave up has broken the barrier."""
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        pass
+
+
 class ShadowRunner:
     """Runs shadow work off the request path, bounded: threads for sync call sites, tasks for async ones.
 
@@ -631,11 +639,46 @@ class ShadowRunner:
             self._workers.append(worker)
             self.hiring = len(self._workers) < self.threads
 
+    def wait(self, timeout: float) -> bool:
+        """Wait until every sync run handed over before the call has finished; False if `timeout` passed
+        first (a run still going, or one that hangs). Async runs are tasks: see `wait_tasks`.
+
+        Every worker is hired, then each takes one marker from the queue, behind the runs put before it, and
+        meets the caller at a barrier: when all have met, none of those runs is waiting or under way."""
+        if self.closed:
+            return self.pending == 0
+        while len(self._workers) < self.threads and not self.closed:
+            self._start()
+        workers = len(self._workers)
+        if not workers:
+            return True
+        barrier = threading.Barrier(workers + 1)
+        for _ in range(workers):
+            self.put((_meet, None, barrier))
+        try:
+            barrier.wait(max(timeout, 0.0))
+        except threading.BrokenBarrierError:
+            barrier.abort()  # the workers that met go back to work; markers still queued pass through
+            return False
+        return True
+
+    async def wait_tasks(self, timeout: float) -> bool:
+        """Wait until the async runs started on the running loop have finished; False if `timeout` passed."""
+        loop = asyncio.get_running_loop()
+        mine = [t for t in self._tasks if t.get_loop() is loop]
+        if not mine:
+            return True
+        _, running = await asyncio.wait(mine, timeout=max(timeout, 0.0))
+        return not running
+
     def _work(self, index: int) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
+            if item[0] is _meet:
+                _meet(item[2])
+                continue
             slot = [time.monotonic(), False, item]
             self._running[index] = slot
             try:
