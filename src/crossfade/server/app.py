@@ -46,7 +46,7 @@ from crossfade.program import Program
 from crossfade.server import judging, programs as program_routes, views
 from crossfade.server.auth import LOOPBACK_HOSTS, Authenticator, AuthError, Principal
 from crossfade.server.control import ControllerThread, OutboxThread
-from crossfade.server.feed import RoutingFeed
+from crossfade.server.feed import MAX_WAIT, RoutingFeed, RoutingPoll
 from crossfade.server.guard import Guard, authenticate
 from crossfade.server.intake import Intake, TelemetryWriter
 from crossfade.server.metrics import CrossfadeCollector, registry
@@ -88,7 +88,6 @@ from crossfade.telemetry import Window, open_cell
 log = logging.getLogger("crossfade.server")
 
 DASHBOARD = FilePath(__file__).with_name("dashboard")
-MAX_WAIT = 60.0
 
 MigrationName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63, description="The migration's name")]
 
@@ -213,6 +212,7 @@ def create_app(
     app.state.backend = backend
     auth = app.state.auth = Authenticator(backend, open_reads=open_reads,
                                           allowed_hosts=(*LOOPBACK_HOSTS, *allowed_hosts))
+    app.add_middleware(RoutingPoll, feed=feed, auth=auth)  # inside the Guard: its headers on every answer
     app.add_middleware(Guard, auth=auth)
     intake = Intake(lambda: feed.states, feed.spec, fresh=backend.state)
     telemetry_writer = TelemetryWriter(backend.write_windows)
