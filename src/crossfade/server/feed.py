@@ -9,25 +9,20 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any, Final
 
-from crossfade.backends.base import Backend, BackendError
+from crossfade.backends.base import Backend, BackendError, BackendUnavailable
 from crossfade.events import State
 from crossfade.routing import Decision, Route, legacy_decision
 from crossfade.server.auth import Authenticator, AuthError
+from crossfade.server.guard import ASGIApp, Receive, Scope, Send, authenticate, refuse_unauthenticated
 from crossfade.spec import Spec, load_spec
 
 _UNKNOWN = legacy_decision("unknown migration")
 # The longest long poll of `GET /v1/routing?wait=`, in seconds.
 MAX_WAIT: Final = 60.0
 _WAIT_QUERY: Final = re.compile(rb"wait=([0-9]{1,9}(?:\.[0-9]{0,9})?)")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("crossfade.server")
 
@@ -185,9 +180,8 @@ class RoutingPoll:
     A routing change wakes every long poll at once, and the framework's path to the route (its routing table,
     dependencies and validation) cost several times the answer itself: at 1,000 hosts, the last heard of the
     change hundreds of milliseconds late. A plain request (no query or `wait=<seconds>` up to MAX_WAIT, an
-    If-None-Match of at most 200 characters, a cached token of role sdk) is answered here, as the route would;
-    any other goes on to the app's route, which validates it, looks the token up, refuses with the API's
-    errors, and documents the endpoint.
+    If-None-Match of at most 200 characters) is authenticated and answered here, as the route would; any
+    other goes on to the app's route, which validates it (and documents the endpoint).
     """
 
     def __init__(self, app: ASGIApp, feed: RoutingFeed, auth: Authenticator) -> None:
@@ -205,14 +199,17 @@ class RoutingPoll:
         for name, value in scope["headers"]:
             headers.setdefault(name, value)  # the first of repeated headers, as the route reads them
         match = headers.get(b"if-none-match")
-        client = scope["client"][0] if scope.get("client") else None
-        try:
-            who = self.auth.quick(headers.get(b"authorization", b"").decode("latin-1") or None, client, "sdk",
-                                  headers.get(b"host", b"").decode("latin-1") or None)
-        except AuthError:
-            who = None  # the route refuses it, with the API's error
-        if wait is None or who is None or (match is not None and len(match) > 200):
+        if wait is None or (match is not None and len(match) > 200):
             await self.app(scope, receive, send)
+            return
+        authorization = headers.get(b"authorization")
+        host = headers.get(b"host")
+        try:
+            await authenticate(self.auth, None if authorization is None else authorization.decode("latin-1"),
+                               scope["client"][0] if scope.get("client") else None, "sdk",
+                               None if host is None else host.decode("latin-1"))
+        except (AuthError, BackendUnavailable) as exc:
+            await refuse_unauthenticated(send, exc)
             return
         etag_sent = None if match is None else match.decode("latin-1")
         await self.feed.wait(etag_sent, wait)
