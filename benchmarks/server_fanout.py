@@ -263,10 +263,13 @@ def main() -> None:
         backend.create_token("fanout-operator", "operator", token_hash(operator), time.time())
         backend.close()
         port = free_port()
+        # The server's log goes to a file: a pipe nobody reads fills, and the server then blocks on a warning.
+        log_path = Path(tmp) / "serve.log"
+        log = log_path.open("w")
         # Each process holds two connections (the long poll, and the flushes): past the default cap of 1,000.
         server = subprocess.Popen([sys.executable, "-m", "crossfade", "serve", "--url", url, "--port", str(port),
                                    "--max-connections", str(2 * args.processes + 100)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                  stdout=subprocess.DEVNULL, stderr=log, text=True)
         try:
             deadline = time.monotonic() + 60
             while True:
@@ -275,12 +278,13 @@ def main() -> None:
                     break
                 except OSError:
                     if server.poll() is not None or time.monotonic() > deadline:
-                        sys.exit(f"crossfade serve did not start: {server.stderr.read() if server.stderr else ''}")
+                        sys.exit(f"crossfade serve did not start: {log_path.read_text()[-3000:]}")
                     time.sleep(0.2)
             asyncio.run(drive(args, port, server.pid, sdk, operator, stage or ""))
         finally:
             server.terminate()
             server.wait(timeout=30)
+            log.close()
             if args.postgres:
                 with admin.connect() as c:
                     c.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
