@@ -4,14 +4,15 @@ the number of migrations.
     python benchmarks/scale.py                       # SQLite, the full grid (several minutes)
     python benchmarks/scale.py --quick               # a smaller grid
     python benchmarks/scale.py --postgres postgresql://postgres@127.0.0.1:5432/test
+    python benchmarks/scale.py --postgres URL --migrations 100 1000   # only the many-migrations rows
 
 Each row is measured on a fresh store filled with telemetry windows as app processes write them (one row a
 process, arm and 10 s window, 50 calls each with a latency sketch). It prints, per (processes, stage hours):
 the rows stored; a controller's first tick of that migration and its ticks after that; `crossfade status
 NAME --json`; and, of a running control plane, a /metrics scrape and the migration page. Per number of
 running migrations: apply+start, one controller pass over all of them, `status` of all, and two
-controller replicas ticking at once (how many each handled). Times are medians, wall clock, on this
-machine as it is: compare rows of one run, not runs of different days.
+controller replicas, as two processes, passing at once (how many each handled, and its seconds). Times are
+medians, wall clock, on this machine as it is: compare rows of one run, not runs of different days.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -214,26 +216,43 @@ def many(url: str, count: int, now: float) -> dict[str, float | str]:
     pass_time = median_time(lambda: (one._due.clear(), one.tick()), repeat=1)
     one.release()
     status = median_time(lambda: CliRunner().invoke(app, ["status", "--json", "--url", url]), repeat=1)
-    replicas = [ControllerLoop(open_backend(url), holder=f"replica-{i}") for i in range(2)]
-    handled = [0, 0]
-    took = [0.0, 0.0]
-
-    def run(i: int) -> None:
-        began = time.perf_counter()
-        handled[i] = sum(1 for t in replicas[i].tick() if t.skipped is None)
-        took[i] = time.perf_counter() - began
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for r in replicas:
-        r.release()
-        r.backend.close()
+    replicas = two_replicas(url)
     backend.close()
     return {"apply_start": apply_start, "pass": pass_time, "status": status,
-            "replicas": f"{handled[0]}/{handled[1]} in {took[0]:.2f}s/{took[1]:.2f}s"}
+            "replicas": " ".join(f"{handled}/{seconds:.2f}s" for handled, seconds in replicas)}
+
+
+def two_replicas(url: str) -> list[tuple[int, float]]:
+    """Two controller replicas as two processes (no interpreter lock shared) over the store at `url`, both
+    registered before either passes: the migrations each stepped in one pass, and its seconds."""
+    replicas = [subprocess.Popen([sys.executable, __file__, "--replica", url, f"replica-{i}"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True) for i in range(2)]
+    for r in replicas:
+        assert r.stdout is not None and r.stdout.readline().strip() == "ready", "a replica did not start"
+    for r in replicas:  # both go at once
+        assert r.stdin is not None
+        r.stdin.write("go\n")
+        r.stdin.flush()
+    results = []
+    for r in replicas:
+        out, _ = r.communicate(timeout=3600)
+        handled, seconds = out.split()
+        results.append((int(handled), float(seconds)))
+    return results
+
+
+def replica(url: str, holder: str) -> None:
+    """One replica's side of `two_replicas`: join the replica set, wait for the word, pass once, report."""
+    backend = open_backend(url)
+    loop = ControllerLoop(backend, holder=holder)
+    loop._alive(time.time())  # the heartbeat a first pass would write: each sees the other in its pass
+    print("ready", flush=True)
+    sys.stdin.readline()
+    began = time.perf_counter()
+    handled = sum(1 for t in loop.tick() if t.skipped is None)
+    print(handled, time.perf_counter() - began, flush=True)
+    loop.release()
+    backend.close()
 
 
 def main() -> None:
@@ -242,34 +261,41 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smaller grid")
     parser.add_argument("--rows", metavar="P,H", nargs="+",
                         help="only these (processes, stage hours) rows, and no many-migrations table")
+    parser.add_argument("--migrations", type=int, nargs="*", help="only the many-migrations rows, for these counts")
+    parser.add_argument("--replica", nargs=2, metavar=("URL", "HOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.replica:
+        replica(*args.replica)
+        return
     grid = [(1, 1), (10, 1), (10, 6)] if args.quick else [(1, 1), (10, 1), (100, 1), (1, 24), (10, 24), (100, 24)]
-    counts = [1, 100] if args.quick else [1, 100, 1000]
+    counts = args.migrations or ([1, 100] if args.quick else [1, 100, 1000])
     if args.rows:
         grid = [(int(p), int(h)) for p, h in (row.split(",") for row in args.rows)]
         counts = []
     store = "PostgreSQL" if args.postgres else "SQLite"
     now = time.time()
     print(f"store: {store}")
-    print(f"{'processes':>9} {'hours':>5} {'rows':>9} {'first tick s':>12} {'tick s':>8} {'status s':>9} "
-          f"{'/metrics s':>10} {'page s':>7} {'roll-up s':>9}")
-    for processes, hours in grid:
-        url, remove = fresh_store(args.postgres)
-        try:
-            rows, roll = stage_history(url, processes, hours, now)
-            first, tick, status, scrape, page = measure_history(url, processes, now)
-            if (processes, hours) == grid[-1] and not args.rows:
-                bytes_line = storage(url, rows, processes, hours)
-        finally:
-            remove()
-        print(f"{processes:>9} {hours:>5} {rows:>9,} {first:>12.3f} {tick:>8.3f} {status:>9.3f} {scrape:>10.3f} "
-              f"{page:>7.3f} {roll:>9.3f}", flush=True)
-    if not args.rows:
-        print(f"telemetry storage at ({grid[-1][0]}, {grid[-1][1]}): {bytes_line}")
+    if not args.migrations:  # the history grid
+        print(f"{'processes':>9} {'hours':>5} {'rows':>9} {'first tick s':>12} {'tick s':>8} {'status s':>9} "
+              f"{'/metrics s':>10} {'page s':>7} {'roll-up s':>9}")
+        for processes, hours in grid:
+            url, remove = fresh_store(args.postgres)
+            try:
+                rows, roll = stage_history(url, processes, hours, now)
+                first, tick, status, scrape, page = measure_history(url, processes, now)
+                if (processes, hours) == grid[-1] and not args.rows:
+                    bytes_line = storage(url, rows, processes, hours)
+            finally:
+                remove()
+            print(f"{processes:>9} {hours:>5} {rows:>9,} {first:>12.3f} {tick:>8.3f} {status:>9.3f} "
+                  f"{scrape:>10.3f} {page:>7.3f} {roll:>9.3f}", flush=True)
+        if not args.rows:
+            print(f"telemetry storage at ({grid[-1][0]}, {grid[-1][1]}): {bytes_line}")
+        print()
     if not counts:
         return
-    print()
-    print(f"{'migrations':>10} {'apply+start s':>13} {'pass s':>8} {'status s':>9}  two replicas (handled, time)")
+    print(f"{'migrations':>10} {'apply+start s':>13} {'pass s':>8} {'status s':>9}  "
+          "two replica processes (handled/seconds each)")
     for count in counts:
         url, remove = fresh_store(args.postgres)
         try:

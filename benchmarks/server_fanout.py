@@ -7,9 +7,10 @@ database) with one started migration, then simulates `--processes` app processes
 clients in this process, each as the SDK behaves: a long poll of `GET /v1/routing?wait=30` with the ETag it
 holds, on a keep-alive connection of its own, and a telemetry flush (`POST /v1/telemetry`, one window per
 arm, in the SDK's compact form) once a 10 s window, at its own point of the window (the SDK's flush
-jitter), on a second connection. Midway, an operator pauses then resumes the migration; for each change it
-prints how long after the change every process held the new routing table (p50, p99, max; goal: p99 under
-100 ms), and the flush POSTs' p50 and p99 over the run.
+jitter), on a second connection. Midway, an operator pauses then resumes the migration (`--changes` in all);
+for each change it prints how long after the change every process held the new routing table (p50, p99, max;
+goal: p99 under 100 ms) and the server's CPU time for it (less its CPU at rest), and the flush POSTs' p50
+and p99 over the run.
 """
 
 from __future__ import annotations
@@ -157,12 +158,18 @@ def etag_now(port: int, token: str) -> str:
         return answer.headers["ETag"]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def drive(args: argparse.Namespace, port: int, sdk: str, operator: str, stage: str) -> None:
+async def drive(args: argparse.Namespace, port: int, server: int, sdk: str, operator: str, stage: str) -> None:
     stop = asyncio.Event()
     processes = [Process(i, port, sdk, stop) for i in range(args.processes)]
     tasks = []
@@ -181,12 +188,23 @@ async def drive(args: argparse.Namespace, port: int, sdk: str, operator: str, st
     holding = sum(p.etag == first for p in processes)
     print(f"{args.processes} simulated app processes on loopback ({holding} holding the table); "
           f"{os.cpu_count()} CPUs shared by server and clients")
-    await asyncio.sleep(args.seconds / 2)
-    for action in ("pause", "resume"):
+    await asyncio.sleep(max(0.0, args.seconds / 2 - 2))
+    # The server's CPU at rest (the feed's and the controller's reads), to take out of each change's.
+    began, idle = time.perf_counter(), cpu_seconds(server)
+    await asyncio.sleep(2)
+    idle_rate = (cpu_seconds(server) - idle) / (time.perf_counter() - began)
+    previous = first
+    for change in range(args.changes):
+        action = ("pause", "resume")[change % 2]
+        cpu = cpu_seconds(server), time.process_time()
         changed = time.perf_counter()  # the change's request is sent: its commit is part of the lag
         await loop.run_in_executor(None, operate, port, operator, action)
         committed = time.perf_counter() - changed
-        etag = await loop.run_in_executor(None, etag_now, port, operator)
+        # The feed reads the store in a thread of its own after the commit: wait for the change's ETag.
+        etag = previous
+        while etag == previous:
+            etag = await loop.run_in_executor(None, etag_now, port, operator)
+        previous = etag
 
         def lag(p: Process) -> float | None:
             return next((when - changed for when, held in p.held if held == etag and when >= changed), None)
@@ -195,11 +213,19 @@ async def drive(args: argparse.Namespace, port: int, sdk: str, operator: str, st
         while sum(lag(p) is not None for p in processes) < len(processes) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         lags = [x for p in processes if (x := lag(p)) is not None]
+        # Every process then sends its next long poll: the server's work for the change ends once it has read
+        # them all, well within a second.
+        await asyncio.sleep(1.0)
+        window = time.perf_counter() - changed
+        server_cpu = cpu_seconds(server) - cpu[0] - idle_rate * window
+        clients_cpu = time.process_time() - cpu[1]
         print(f"routing change ({action}): {len(lags)}/{len(processes)} processes had it; after the change was asked "
               f"p50 {1000 * quantile(lags, 0.5):.1f} ms, p99 {1000 * quantile(lags, 0.99):.1f} ms, "
               f"max {1000 * max(lags, default=float('nan')):.1f} ms  (goal: p99 < 100 ms); the operator's "
-              f"POST itself took {1000 * committed:.1f} ms")
-        await asyncio.sleep(args.seconds / 4)
+              f"POST itself took {1000 * committed:.1f} ms; CPU for the change (its POST, the answers and the "
+              f"next polls, less the server's {1000 * idle_rate:.0f} ms/s at rest): server {1000 * server_cpu:.0f} "
+              f"ms, simulated processes {1000 * clients_cpu:.0f} ms")
+        await asyncio.sleep(max(0.0, args.seconds / 4 - 1.0))
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     flushes = [f for p in processes for f in p.flushes]
@@ -212,6 +238,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=40.0)
+    parser.add_argument("--changes", type=int, default=2, help="routing changes to make (pause, resume, ...)")
     parser.add_argument("--no-flush", action="store_true", help="long polls only: the fan-out without writes")
     parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL server to create a fresh database on")
     args = parser.parse_args()
@@ -236,10 +263,13 @@ def main() -> None:
         backend.create_token("fanout-operator", "operator", token_hash(operator), time.time())
         backend.close()
         port = free_port()
+        # The server's log goes to a file: a pipe nobody reads fills, and the server then blocks on a warning.
+        log_path = Path(tmp) / "serve.log"
+        log = log_path.open("w")
         # Each process holds two connections (the long poll, and the flushes): past the default cap of 1,000.
         server = subprocess.Popen([sys.executable, "-m", "crossfade", "serve", "--url", url, "--port", str(port),
                                    "--max-connections", str(2 * args.processes + 100)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                  stdout=subprocess.DEVNULL, stderr=log, text=True)
         try:
             deadline = time.monotonic() + 60
             while True:
@@ -248,12 +278,13 @@ def main() -> None:
                     break
                 except OSError:
                     if server.poll() is not None or time.monotonic() > deadline:
-                        sys.exit(f"crossfade serve did not start: {server.stderr.read() if server.stderr else ''}")
+                        sys.exit(f"crossfade serve did not start: {log_path.read_text()[-3000:]}")
                     time.sleep(0.2)
-            asyncio.run(drive(args, port, sdk, operator, stage or ""))
+            asyncio.run(drive(args, port, server.pid, sdk, operator, stage or ""))
         finally:
             server.terminate()
             server.wait(timeout=30)
+            log.close()
             if args.postgres:
                 with admin.connect() as c:
                     c.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))

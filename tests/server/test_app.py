@@ -3,6 +3,7 @@ feed with ETag and long poll, decisions, telemetry intake, health and the dashbo
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -217,6 +218,34 @@ def test_routing_answers_304_for_a_current_etag_and_long_polls_until_a_change(co
     status, body, headers = answer["result"]
     assert status == 200 and body["states"][0]["status"] == "rolled_back" and headers["ETag"] != etag
     assert answer["at"] - changed_at < 10  # a deadline, not a timing: the long poll answered on the change
+
+
+def test_routing_polls_answer_alike_ahead_of_the_framework_or_through_its_route(control_plane):
+    # A plain poll with a cached token is answered ahead of the framework; any other goes through the route.
+    applied_and_started(control_plane)
+    control_plane.call("GET", "/v1/routing", role="sdk")  # the token's first use: looked up, then cached
+    deadline = time.monotonic() + 20
+    while True:  # the server's controller records its first verdicts (new ETags) soon after the start
+        plain = control_plane.call("GET", "/v1/routing?wait=0", role="sdk")
+        routed = control_plane.call("GET", "/v1/routing?wait=0&then=1", role="sdk")
+        if plain[2]["ETag"] == routed[2]["ETag"]:
+            break
+        assert time.monotonic() < deadline, "the routing table never held still"
+    assert plain[0] == routed[0] == 200 and plain[1] == routed[1]
+    shown = ("ETag", "Content-Type", "Content-Length", "Content-Security-Policy", "X-Content-Type-Options")
+    assert [plain[2][h] for h in shown] == [routed[2][h] for h in shown]
+    current = {"If-None-Match": plain[2]["ETag"]}
+    for path in ("/v1/routing", "/v1/routing?wait=0&then=1"):
+        status, _, headers = control_plane.call("GET", path, role="sdk", headers=current)
+        assert status == 304 and headers["ETag"] == plain[2]["ETag"]
+    # What the route refuses is refused with its errors, whichever way the request came.
+    for path in ("/v1/routing?wait=61", "/v1/routing?wait=-1", "/v1/routing?wait=soon"):
+        status, body, _ = control_plane.call("GET", path, role="sdk")
+        assert status == 422 and "wait" in json.dumps(body), path
+    assert control_plane.call("GET", "/v1/routing", role="sdk", headers={"If-None-Match": "x" * 201})[0] == 422
+    assert control_plane.call("GET", "/v1/routing", role="viewer")[0] == 403
+    assert control_plane.call("GET", "/v1/routing", role=None)[0] == 401
+    assert control_plane.call("GET", "/v1/routing", token="cf_unknown")[0] == 401
 
 
 def test_decide_routes_like_the_sdk(control_plane):

@@ -194,3 +194,41 @@ def test_default_connection_cap_stays_below_the_descriptor_limit():
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert default_max_connections() + default_backlog() <= max(soft - 64, 32)
+
+
+def test_requests_with_one_token_share_its_store_lookup_but_not_a_failed_one(tmp_path):
+    # After a routing change every SDK host's long poll comes back at once, with one token.
+    import asyncio
+
+    from crossfade.backends.sql import SQLBackend
+    from crossfade.server.auth import Authenticator, AuthError
+    from crossfade.server.guard import authenticate
+    from crossfade.tokens import new_token, token_hash
+
+    class DistantStore(SQLBackend):
+        """The SQLite store, counting its token look-ups, each as slow as a database across a network."""
+
+        lookups = 0
+
+        def token_by_hash(self, digest):
+            self.lookups += 1
+            time.sleep(0.05)  # long enough for a herd of concurrent look-ups to gather, had they been sent
+            return super().token_by_hash(digest)
+
+    store = DistantStore(f"sqlite:///{tmp_path / 'tokens.db'}")
+    secret = new_token()
+    store.create_token("hosts", "sdk", token_hash(secret), time.time())
+    auth = Authenticator(store)
+
+    async def at_once(authorization: str, n: int) -> list:
+        return await asyncio.gather(*(authenticate(auth, authorization, "127.0.0.1", "sdk", "127.0.0.1")
+                                      for _ in range(n)), return_exceptions=True)
+
+    try:
+        assert {p.name for p in asyncio.run(at_once(f"Bearer {secret}", 200))} == {"hosts"}
+        assert store.lookups == 1
+        refused = asyncio.run(at_once("Bearer cf_wrong", 3))
+        assert all(isinstance(r, AuthError) and r.status == 401 for r in refused)
+        assert store.lookups == 1 + 3  # each caller's wrong token is looked up, and counted, as its own
+    finally:
+        store.close()

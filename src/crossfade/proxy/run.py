@@ -13,7 +13,7 @@ from crossfade.proxy.app import Proxy, ProxySettings
 
 
 def _server(proxy: Proxy, host: str, port: int, log_level: str) -> uvicorn.Server:
-    # uvloop and httptools when installed (the `proxy` extra brings them): the proxy's added latency is mostly
+    # uvloop and httptools when installed (the `server` extra, in `proxy`, brings them): the added latency is mostly
     # the HTTP parsing and the event loop.
     config = uvicorn.Config(proxy, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=5)

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi import BackgroundTasks, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -46,7 +46,7 @@ from crossfade.program import Program
 from crossfade.server import judging, programs as program_routes, views
 from crossfade.server.auth import LOOPBACK_HOSTS, Authenticator, AuthError, Principal
 from crossfade.server.control import ControllerThread, OutboxThread
-from crossfade.server.feed import RoutingFeed
+from crossfade.server.feed import MAX_WAIT, RoutingFeed, RoutingPoll
 from crossfade.server.guard import Guard, authenticate
 from crossfade.server.intake import Intake, TelemetryWriter
 from crossfade.server.metrics import CrossfadeCollector, registry
@@ -88,7 +88,6 @@ from crossfade.telemetry import OpenWindowError, Window, open_cell
 log = logging.getLogger("crossfade.server")
 
 DASHBOARD = FilePath(__file__).with_name("dashboard")
-MAX_WAIT = 60.0
 
 MigrationName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63, description="The migration's name")]
 
@@ -213,6 +212,7 @@ def create_app(
     app.state.backend = backend
     auth = app.state.auth = Authenticator(backend, open_reads=open_reads,
                                           allowed_hosts=(*LOOPBACK_HOSTS, *allowed_hosts))
+    app.add_middleware(RoutingPoll, feed=feed, auth=auth)  # inside the Guard: its headers on every answer
     app.add_middleware(Guard, auth=auth)
     intake = Intake(lambda: feed.states, feed.spec, fresh=backend.state)
     telemetry_writer = TelemetryWriter(backend.write_windows)
@@ -313,7 +313,7 @@ def create_app(
                               "detail": dict(e.detail)} for e in found]}
 
     @app.put("/v1/migrations/{name}", response_model=OperationResult, responses=_CHANGE_ERRORS, tags=["operations"])
-    def put_migration(name: MigrationName, body: ApplyRequest, who: Operator) -> Any:
+    def put_migration(name: MigrationName, body: ApplyRequest, who: Operator, answered: BackgroundTasks) -> Any:
         """Validate and store a spec as the migration's next version (a new migration when none exists).
         Unchanged specs write nothing (no events in the answer)."""
         data = dict(body.spec)
@@ -326,11 +326,12 @@ def create_app(
         change = apply_change(state, spec, state.seq + 1)
         if change is None:
             return {"events": [], "state": state.to_dict(), "dry_run": body.dry_run}
-        return _commit(state, spec, [change], who, body.dry_run, store_spec=spec.to_dict())
+        return _commit(state, spec, [change], who, body.dry_run, answered, store_spec=spec.to_dict())
 
     @app.post("/v1/migrations/{name}/{action}", response_model=OperationResult, responses=_CHANGE_ERRORS,
               tags=["operations"])
-    def operate(name: MigrationName, action: Action, who: Operator, body: OperationRequest | None = None) -> Any:
+    def operate(name: MigrationName, action: Action, who: Operator, answered: BackgroundTasks,
+                body: OperationRequest | None = None) -> Any:
         """Move the migration: start, promote, approve, pause, resume, rollback, abort, restart or step-back
         (`to`: an earlier stage's traffic). The event's actor is the token's name; rollback and abort need a
         reason."""
@@ -350,7 +351,7 @@ def create_app(
             changes = operation(action.value, state, spec, request.reason, force=request.force, progress=progress,
                                 to=request.to)
             try:
-                return _commit(state, spec, changes, who, request.dry_run)
+                return _commit(state, spec, changes, who, request.dry_run, answered)
             except ConflictError:
                 fresh = backend.state(name)
                 moved = fresh is None or position(fresh) != position(state)
@@ -359,11 +360,13 @@ def create_app(
         raise AssertionError("unreachable")
 
     def _commit(state: State, spec: Spec, changes: list[Change], who: Principal, dry_run: bool,
-                store_spec: dict[str, Any] | None = None) -> dict[str, Any]:
+                answered: BackgroundTasks, store_spec: dict[str, Any] | None = None) -> dict[str, Any]:
         after, events = seal(state, changes, actor=who.name, now=clock())
         if not dry_run:
             backend.append(state.name, state.seq, events, state=after, spec=store_spec)
-            feed.poke()
+            # The feed is told once the operator has the answer: the change wakes every SDK host's long poll
+            # at once, and the operator's answer would otherwise wait behind them all.
+            answered.add_task(feed.poke)
             log.info("%s: %s by %s", state.name, ", ".join(e.type for e in events), who.name)
         return {"events": [e.to_dict() for e in events], "state": after.to_dict(), "dry_run": dry_run}
 

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 from starlette.concurrency import run_in_threadpool
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from crossfade.backends.base import BackendUnavailable
 from crossfade.server.auth import ANONYMOUS, Authenticator, AuthError, Principal
@@ -59,17 +58,50 @@ def body_limit(method: str, path: str) -> int:
     return DEFAULT_BODY
 
 
+# Token look-ups under way, by authenticator and Authorization header. Every SDK host's long poll comes back at
+# once after a routing change, with one token whose cached entry has likely expired: one of them reads the
+# store and the others wait for it, rather than a thousand reads.
+_LOOKUPS: dict[tuple[int, str], asyncio.Future[None]] = {}
+
+
 async def authenticate(auth: Authenticator, authorization: str | None, client: str | None, role: str,
                        host: str | None) -> Principal:
     """The caller, checked without blocking the event loop: a cached token at once, a store read in a thread
-    with a deadline (BackendUnavailable past it)."""
+    with a deadline (BackendUnavailable past it), shared by the requests that carry the same token meanwhile."""
     principal = auth.quick(authorization, client, role, host)
     if principal is not None:
         return principal
+    key = (id(auth), authorization or "")
+    under_way = _LOOKUPS.get(key)
+    if under_way is not None:
+        await asyncio.shield(under_way)  # the look-up's own deadline bounds the wait
+        principal = auth.quick(authorization, client, role, host)
+        if principal is not None:
+            return principal
+        return await _check(auth, authorization, client, role, host)  # not found: this caller's failure counts
+    under_way = _LOOKUPS[key] = asyncio.get_running_loop().create_future()
+    try:
+        return await _check(auth, authorization, client, role, host)
+    finally:
+        del _LOOKUPS[key]
+        under_way.set_result(None)
+
+
+async def _check(auth: Authenticator, authorization: str | None, client: str | None, role: str,
+                 host: str | None) -> Principal:
     try:
         return await asyncio.wait_for(run_in_threadpool(auth.check, authorization, client, role, host), STORE_TIMEOUT)
     except TimeoutError:
         raise BackendUnavailable(f"the store did not answer a token look-up within {STORE_TIMEOUT:g}s") from None
+
+
+async def refuse_unauthenticated(send: Send, exc: AuthError | BackendUnavailable) -> None:
+    """Answer a request whose caller could not be checked, as the API's error handlers would."""
+    if isinstance(exc, BackendUnavailable):
+        await _refuse(send, 503, "BackendUnavailable", str(exc), {"Retry-After": "1"})
+        return
+    kind = {401: "Unauthorized", 403: "Forbidden", 429: "TooManyAttempts"}.get(exc.status, "AuthError")
+    await _refuse(send, exc.status, kind, exc.message, exc.headers)
 
 
 class Guard:
@@ -106,12 +138,8 @@ class Guard:
                 if who.name == ANONYMOUS:
                     raise AuthError(401, "a request with a body needs a token: send Authorization: Bearer <token>",
                                     {"WWW-Authenticate": "Bearer"})
-        except AuthError as exc:
-            kind = {401: "Unauthorized", 403: "Forbidden", 429: "TooManyAttempts"}.get(exc.status, "AuthError")
-            await _refuse(secured, exc.status, kind, exc.message, exc.headers)
-            return
-        except BackendUnavailable as exc:
-            await _refuse(secured, 503, "BackendUnavailable", str(exc), {"Retry-After": "1"})
+        except (AuthError, BackendUnavailable) as exc:
+            await refuse_unauthenticated(secured, exc)
             return
         limit = body_limit(scope["method"], scope["path"])
         declared = headers.get("content-length")
@@ -181,12 +209,20 @@ def default_max_connections() -> int:
     return max(16, min(1000, _descriptors() - 64 - default_backlog()))
 
 
-def guarded_protocol(max_connections: int, header_timeout: float) -> type[H11Protocol]:
-    """uvicorn's HTTP/1.1 protocol, closing connections beyond `max_connections` at once and any connection
-    that has not sent a complete request head within `header_timeout` seconds (idle or trickling sockets)."""
+try:  # uvicorn's protocol over the httptools parser (C), when installed; h11's (pure Python) otherwise
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _HTTP_PROTOCOL
+except ImportError:  # pragma: no cover - httptools is in the server extra
+    from uvicorn.protocols.http.h11_impl import H11Protocol as _HTTP_PROTOCOL  # type: ignore[assignment]
 
-    class GuardedH11(H11Protocol):
-        """H11Protocol with a connection cap and a deadline for the request head."""
+
+def guarded_protocol(max_connections: int, header_timeout: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP/1.1 protocol (over httptools when installed: a routing change answers every long poll at
+    once, and h11's parser in Python costs more than the answer), closing connections beyond
+    `max_connections` at once and any connection that has not sent a complete request head within
+    `header_timeout` seconds (idle or trickling sockets)."""
+
+    class Guarded(_HTTP_PROTOCOL):
+        """uvicorn's protocol with a connection cap and a deadline for the request head."""
 
         _head_timer: asyncio.TimerHandle | None = None
 
@@ -199,7 +235,7 @@ def guarded_protocol(max_connections: int, header_timeout: float) -> type[H11Pro
             self._head_timer = self.loop.call_later(header_timeout, self._head_late)
 
         def data_received(self, data: bytes) -> None:
-            """Feed h11; once a request's head is complete (a cycle began), its deadline is met."""
+            """Parse; once a request's head is complete (a cycle began), its deadline is met."""
             super().data_received(data)
             if self.cycle is not None and self._head_timer is not None:
                 self._head_timer.cancel()
@@ -217,5 +253,4 @@ def guarded_protocol(max_connections: int, header_timeout: float) -> type[H11Pro
             if self.cycle is None and not self.transport.is_closing():
                 self.transport.close()
 
-    return GuardedH11
-
+    return Guarded
