@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Final
 
-from crossfade.sketch import Histogram
+from crossfade.sketch import Histogram, Sketch
 
 _NORMAL: Final = NormalDist()
 _SIDES: Final = ("two", "lower", "upper")
@@ -249,10 +249,11 @@ def look_alpha(alpha: float, look: int) -> float:
     return alpha * 6.0 / (math.pi**2 * look * look)
 
 
-def _binomial_cdf(n: int, q: float) -> tuple[int, list[float]]:
+def _binomial_cdf(n: int, q: float, until: float = math.inf) -> tuple[int, list[float]]:
     """(k0, cdf) with cdf[i] = P(B <= k0 + i) for B ~ Binomial(n, q), over the ranks that carry the mass.
 
     Outside [k0, k0 + len(cdf)) the mass is below 1e-19 on either side, so the table starts at 0 and ends at 1.
+    With `until`, the table ends at the first rank whose cdf reaches it (the ranks above are not needed).
     """
     sd = math.sqrt(n * q * (1.0 - q))
     lo = max(0, math.floor(n * q - 20.0 * sd - 30.0))
@@ -272,6 +273,8 @@ def _binomial_cdf(n: int, q: float) -> tuple[int, list[float]]:
             term *= (n - k + 1) / k * odds
         total += term
         cdf.append(total)
+        if total >= until:
+            break
     return lo, cdf
 
 
@@ -295,7 +298,7 @@ def quantile_ranks(n: int, q: float, alpha: float) -> tuple[int | None, int | No
         below = math.floor(n * q + sd * (-z + skew) - 0.5)
         above = math.ceil(n * q + sd * (z + skew) - 0.5)
     else:
-        k0, cdf = _binomial_cdf(n, q)
+        k0, cdf = _binomial_cdf(n, q, until=1.0 - half)
         below = k0 - 1
         for i, p in enumerate(cdf):
             if p > half:
@@ -363,6 +366,11 @@ def quantile_ratio_interval(candidate: Histogram, legacy: Histogram, q: float, *
 
 def _merged_counts(candidate: Histogram, legacy: Histogram) -> list[tuple[int, int]]:
     """(candidate count, legacy count) per distinct bucket value, in increasing order of value."""
+    if type(candidate) is Sketch and type(legacy) is Sketch:
+        # A sketch's bucket index orders and identifies its value: no value computed per bucket.
+        c_bins, l_bins = candidate.bins, legacy.bins
+        zeros = [(candidate.zeros, legacy.zeros)] if candidate.zeros or legacy.zeros else []
+        return zeros + [(c_bins.get(i, 0), l_bins.get(i, 0)) for i in sorted(c_bins.keys() | l_bins.keys())]
     rows: dict[float, list[int]] = {}
     for value, count in candidate.buckets():
         rows.setdefault(value, [0, 0])[0] += count
