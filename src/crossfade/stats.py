@@ -10,6 +10,7 @@ Standard library only: `statistics.NormalDist` and exact formulas.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -299,16 +300,11 @@ def quantile_ranks(n: int, q: float, alpha: float) -> tuple[int | None, int | No
         above = math.ceil(n * q + sd * (z + skew) - 0.5)
     else:
         k0, cdf = _binomial_cdf(n, q, until=1.0 - half)
-        below = k0 - 1
-        for i, p in enumerate(cdf):
-            if p > half:
-                break
-            below = k0 + i
-        above = n
-        for i, p in enumerate(cdf):
-            if p >= 1.0 - half:
-                above = k0 + i
-                break
+        # The cdf never decreases (sums of terms >= 0): the last rank at or below alpha/2 and the first at or
+        # above 1 - alpha/2 by bisection.
+        below = k0 + bisect.bisect_right(cdf, half) - 1
+        first = bisect.bisect_left(cdf, 1.0 - half)
+        above = k0 + first if first < len(cdf) else n
     # The lower bound is the (below + 1)-th smallest (0-based rank `below`); the upper the (above + 1)-th.
     lower = below if below >= 0 else None
     upper = above if above <= n - 1 else None
