@@ -98,13 +98,15 @@ REASONS = {"error_rate": ("candidate error rate", "error rate"), "latency": ("la
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One run's end as the table needs it."""
+    """One run's end as the table needs it: its seed, how it ended, when and after how many faulty candidate calls it
+    was caught, where, and by which gate (or "trigger")."""
 
+    seed: int
     outcome: str
     detected_s: float | None
     exposed: int
     stage: str | None
-    reason: str
+    gate: str
 
 
 def _specs() -> dict[str, dict[str, Any]]:
@@ -264,7 +266,8 @@ def run_one(task: tuple[float, int, str, int]) -> tuple[float, int, str, Outcome
     spec = _specs()[judge]
     hook = {"kayenta": KayentaJudge, "growthbook": GrowthBookJudge}.get(judge)
     result = simulate(spec, workload, seed=seed, rollback_when=hook(_specs()["crossfade"]) if hook else None)
-    return rps, index, judge, Outcome(result.outcome, result.detected_s, result.exposed, result.stage, result.reason)
+    return rps, index, judge, Outcome(seed, result.outcome, result.detected_s, result.exposed, result.stage,
+                                      _gate_of(result.reason))
 
 
 def run_chunk(row: tuple[float, int, str], seeds: range) -> list[Outcome]:
@@ -273,14 +276,14 @@ def run_chunk(row: tuple[float, int, str], seeds: range) -> list[Outcome]:
 
 
 def run_row(pool: concurrent.futures.Executor, jobs: int, row: tuple[float, int, str], runs: int,
-            budget: float | None, chunk: int) -> tuple[list[Outcome], float]:
-    """Up to `runs` runs of one row over the pool (seeds 0, 1, ...), submitting no more once `budget` seconds
-    have passed: the runs done and the seconds taken. Seeds are submitted in order, so a row cut short by its
-    budget holds the first seeds (give or take the chunks in flight)."""
+            budget: float | None, chunk: int, first_seed: int = 0) -> tuple[list[Outcome], float]:
+    """Up to `runs` runs of one row over the pool (seeds first_seed, first_seed + 1, ...), submitting no more
+    once `budget` seconds have passed: the runs done and the seconds taken. Seeds are submitted in order and
+    every chunk submitted is waited for, so a row cut short by its budget holds a run of consecutive seeds."""
     started = time.perf_counter()
     outcomes: list[Outcome] = []
     pending: set[concurrent.futures.Future[list[Outcome]]] = set()
-    seeds = iter(range(0, runs, chunk))
+    seeds = iter(range(first_seed, first_seed + runs, chunk))
     exhausted = False
     while True:
         while not exhausted and len(pending) < 2 * jobs and (budget is None
@@ -289,7 +292,7 @@ def run_row(pool: concurrent.futures.Executor, jobs: int, row: tuple[float, int,
             if first is None:
                 exhausted = True
                 break
-            pending.add(pool.submit(run_chunk, row, range(first, min(first + chunk, runs))))
+            pending.add(pool.submit(run_chunk, row, range(first, min(first + chunk, first_seed + runs))))
         if not pending:
             return outcomes, time.perf_counter() - started
         done, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
@@ -317,14 +320,42 @@ def _row(rps: float, index: int, judge: str, outcomes: list[Outcome]) -> dict[st
     low, high = wilson(count, n)
     by_gate: dict[str, int] = {}
     for o in rolled:
-        by_gate[_gate_of(o.reason)] = by_gate.get(_gate_of(o.reason), 0) + 1
+        by_gate[o.gate] = by_gate.get(o.gate, 0) + 1
     delays = [(o.detected_s - fault_at) / 60 for o in caught]  # type: ignore[operator]
     return {"rps": rps, "scenario": name, "judge": judge, "gate": gate, "runs": n, "count": count, "rate": count / n,
             "low": low, "high": high, "measure": "detected" if bad else "false FAIL", "by_gate": by_gate,
             "completed": sum(o.outcome == "completed" for o in outcomes),
             "running": sum(o.outcome == "running" for o in outcomes),
             "median_delay_min": median(delays) if bad else None,
-            "median_delay_calls": median([float(o.exposed) for o in caught]) if bad else None}
+            "median_delay_calls": median([float(o.exposed) for o in caught]) if bad else None,
+            "first_seed": min((o.seed for o in outcomes), default=0),
+            "outcomes": [[o.seed, o.outcome, o.detected_s, o.exposed, o.stage, o.gate] for o in outcomes]}
+
+
+def merge_saved(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the saved parts of it (runs of distinct seeds, e.g. a row topped up with --first-seed): from
+    their runs when every part kept them, else by adding the counts (a false-FAIL row needs nothing else)."""
+    parts: list[dict[str, Any]] = []
+    taken: set[int] = set()
+    for r in sorted(rows, key=lambda r: (r.get("first_seed", 0), -r["runs"])):
+        seeds = set(range(r.get("first_seed", 0), r.get("first_seed", 0) + r["runs"]))
+        if not seeds & taken:
+            parts.append(r)
+            taken |= seeds
+    if all("outcomes" in r for r in parts):
+        index = next(i for i, sc in enumerate(SCENARIOS) if sc[0] == parts[0]["scenario"])
+        outcomes = [Outcome(*o) for r in parts for o in r["outcomes"]]
+        return _row(parts[0]["rps"], index, parts[0]["judge"], outcomes)
+    merged = dict(parts[0])
+    for r in parts[1:]:
+        for field in ("runs", "count", "completed", "running"):
+            merged[field] += r[field]
+        for gate, k in r["by_gate"].items():
+            merged["by_gate"][gate] = merged["by_gate"].get(gate, 0) + k
+        merged["median_delay_min"] = merged["median_delay_calls"] = None
+    merged["rate"] = merged["count"] / merged["runs"]
+    merged["low"], merged["high"] = wilson(merged["count"], merged["runs"])
+    return merged
 
 
 def _chosen_rows(args: argparse.Namespace) -> list[tuple[float, int, str]]:
@@ -339,7 +370,7 @@ def _chosen_rows(args: argparse.Namespace) -> list[tuple[float, int, str]]:
     picked = []
     for rps, i, judge in rows:
         for entry in args.rows.split(";"):
-            want_rps, want_word, want_judge = (entry.split(":") + ["", ""])[:3]
+            want_rps, want_word, want_judge = (entry.split("/") + ["", ""])[:3]
             if ((not want_rps or float(want_rps) == rps) and want_word in SCENARIOS[i][0]
                     and (not want_judge or want_judge == judge)):
                 picked.append((rps, i, judge))
@@ -400,26 +431,27 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.add_argument("--scenarios", default="", help="only the scenarios whose name contains one of these "
                         "comma-separated words (e.g. late,drift,identical)")
-    parser.add_argument("--rows", default="", help="only these rows: RPS:WORD:JUDGE entries separated by ';', any "
-                        "part left empty matching all (e.g. '2:identical:;20:errors 1%%:crossfade')")
+    parser.add_argument("--rows", default="", help="only these rows: RPS/WORD/JUDGE entries separated by ';', any "
+                        "part left empty matching all (e.g. '2/identical/;20/errors 1%%/crossfade')")
     parser.add_argument("--budget", type=float, default=None, help="seconds per row: no more runs of a row are "
                         "started after it (the row keeps the runs done, and says how many)")
     parser.add_argument("--out", type=Path, default=None, help="append each finished row to this file, a JSON "
                         "object a line")
     parser.add_argument("--table", type=Path, nargs="*", default=None, help="run nothing: print the side-by-side "
-                        "markdown table of the rows saved in these --out files (the most runs per row win)")
+                        "markdown table of the rows saved in these --out files (a row's parts of distinct seeds "
+                        "added up)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first seed of each row (default 0): "
+                        "to add runs to saved rows, e.g. --first-seed 1000 --runs 1000")
     parser.add_argument("--markdown", action="store_true", help="print the side-by-side markdown table at the end")
     args = parser.parse_args()
     if args.table is not None:
-        saved: dict[tuple[float, str, str], dict[str, Any]] = {}
+        saved: dict[tuple[float, str, str], list[dict[str, Any]]] = {}
         for path in args.table:
             for text in path.read_text().splitlines():
                 r = json.loads(text)
-                key = (r["rps"], r["scenario"], r["judge"])
-                if key not in saved or r["runs"] > saved[key]["runs"]:
-                    saved[key] = r
+                saved.setdefault((r["rps"], r["scenario"], r["judge"]), []).append(r)
         order = {sc[0]: i for i, sc in enumerate(SCENARIOS)}
-        print(markdown(sorted(saved.values(), key=lambda r: (r["rps"], order.get(r["scenario"], 99),
+        print(markdown(sorted((merge_saved(parts) for parts in saved.values()), key=lambda r: (r["rps"], order.get(r["scenario"], 99),
                                                              JUDGES.index(r["judge"]) if r["judge"] in JUDGES
                                                              else 9))))
         return 0
@@ -437,7 +469,8 @@ def main() -> int:
     rows = []
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
         for rps, i, judge in chosen:
-            outcomes, seconds = run_row(pool, args.jobs, (rps, i, judge), runs, args.budget, chunk=5)
+            outcomes, seconds = run_row(pool, args.jobs, (rps, i, judge), runs, args.budget, chunk=5,
+                                        first_seed=args.first_seed)
             row = {**_row(rps, i, judge, outcomes), "seconds": round(seconds, 1)}
             rows.append(row)
             if args.out is not None:
