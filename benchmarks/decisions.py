@@ -1,6 +1,11 @@
 """Decision quality: how often each judge fails a good candidate, and how fast it catches a bad one, by traffic.
 
-    python benchmarks/decisions.py [--runs 1000] [--rps 2,20,200] [--quick] [--jobs N] [--json]
+    python benchmarks/decisions.py [--runs 1000] [--rps 2,20,200] [--rows 'RPS/WORD/JUDGE;...'] [--budget S]
+                                   [--jobs N] [--out rows.jsonl] [--first-seed K] [--markdown] [--json]
+    python benchmarks/decisions.py --table rows.jsonl ...   # the README's side-by-side table from saved rows
+
+Rows (rate x scenario x judge) run one after another, each over `--jobs` processes in chunks of seeds; with
+`--budget` a row starts no run after that many seconds and keeps the runs done (the table says how many).
 
 Every run is a `crossfade.simulate` run: synthetic traffic in virtual time through the real SDK, the real
 controller loop and a temporary backend. Each workload is judged four ways, on the same seeds:
