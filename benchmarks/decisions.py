@@ -1,7 +1,12 @@
 """Decision quality: how often each judge fails a good candidate, and how fast it catches a bad one, by traffic.
 
-    python benchmarks/decisions.py [--runs 1000] [--rps 2,20,200] [--quick] [--jobs N] [--json]
+    python benchmarks/decisions.py [--runs 1000] [--rps 2,20,200] [--rows 'RPS/WORD/JUDGE;...'] [--budget S]
+                                   [--jobs N] [--out rows.jsonl] [--first-seed K] [--markdown] [--json]
     python benchmarks/decisions.py --late [--runs 200] [--rps 20] [--late-minutes 45,100,...]
+    python benchmarks/decisions.py --table rows.jsonl ...   # the README's side-by-side table from saved rows
+
+Rows (rate x scenario x judge) run one after another, each over `--jobs` processes in chunks of seeds; with
+`--budget` a row starts no run after that many seconds and keeps the runs done (the table says how many).
 
 Every run is a `crossfade.simulate` run: synthetic traffic in virtual time through the real SDK, the real
 controller loop and a temporary backend. Each workload is judged four ways, on the same seeds:
@@ -108,19 +113,22 @@ SCENARIOS: list[tuple[str, str, tuple[str, str] | None, bool, str | None]] = [
 ]
 JUDGES = ("crossfade", "growthbook", "kayenta")
 # Which gate a rollback reason names (crossfade's sentences; the outside judges name their metric).
-REASONS = {"error_rate": ("candidate error rate", "error rate"), "latency": ("latency",),
+# A rollback's cause from its reason: change detection first (its reasons name a gate too), then the gates.
+REASONS = {"change": ("change in",), "error_rate": ("candidate error rate", "error rate"), "latency": ("latency",),
            "cost": ("cost per call", "cost")}
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One run's end as the table needs it."""
+    """One run's end as the table needs it: its seed, how it ended, when and after how many faulty candidate calls it
+    was caught, where, and by which gate (or "trigger")."""
 
+    seed: int
     outcome: str
     detected_s: float | None
     exposed: int
     stage: str | None
-    reason: str
+    gate: str
 
 
 def _specs() -> dict[str, dict[str, Any]]:
@@ -271,7 +279,7 @@ def _sketch(values: list[float]) -> Sketch:
 
 
 def run_one(task: tuple[float, int, str, int]) -> tuple[float, int, str, Outcome]:
-    """One scenario under one judge at one rate with one seed (a process-pool task)."""
+    """One scenario under one judge at one rate with one seed."""
     rps, index, judge, seed = task
     _, candidate, fault, _, _ = SCENARIOS[index]
     legacy = parse_arm(LEGACY, label="legacy")
@@ -280,7 +288,40 @@ def run_one(task: tuple[float, int, str, int]) -> tuple[float, int, str, Outcome
     spec = _specs()[judge]
     hook = {"kayenta": KayentaJudge, "growthbook": GrowthBookJudge}.get(judge)
     result = simulate(spec, workload, seed=seed, rollback_when=hook(_specs()["crossfade"]) if hook else None)
-    return rps, index, judge, Outcome(result.outcome, result.detected_s, result.exposed, result.stage, result.reason)
+    return rps, index, judge, Outcome(seed, result.outcome, result.detected_s, result.exposed, result.stage,
+                                      _gate_of(result.reason))
+
+
+def run_chunk(row: tuple[float, int, str], seeds: range) -> list[Outcome]:
+    """A row's runs for these seeds (a process-pool task: a few runs each, so a row's budget is checked often)."""
+    return [run_one((*row, seed))[3] for seed in seeds]
+
+
+def run_row(pool: concurrent.futures.Executor, jobs: int, row: tuple[float, int, str], runs: int,
+            budget: float | None, chunk: int, first_seed: int = 0) -> tuple[list[Outcome], float]:
+    """Up to `runs` runs of one row over the pool (seeds first_seed, first_seed + 1, ...), submitting no more
+    once `budget` seconds have passed: the runs done and the seconds taken. Seeds are submitted in order and
+    every chunk submitted is waited for, so a row cut short by its budget holds a run of consecutive seeds."""
+    started = time.perf_counter()
+    outcomes: list[Outcome] = []
+    pending: set[concurrent.futures.Future[list[Outcome]]] = set()
+    seeds = iter(range(first_seed, first_seed + runs, chunk))
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < 2 * jobs and (budget is None
+                                                               or time.perf_counter() - started < budget):
+            first = next(seeds, None)
+            if first is None:
+                exhausted = True
+                break
+            pending.add(pool.submit(run_chunk, row, range(first, min(first + chunk, first_seed + runs))))
+        if not pending:
+            return outcomes, time.perf_counter() - started
+        done, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in done:
+            outcomes.extend(future.result())
+        if budget is not None and time.perf_counter() - started >= budget:
+            exhausted = True
 
 
 def _gate_of(reason: str) -> str:
@@ -301,14 +342,104 @@ def _row(rps: float, index: int, judge: str, outcomes: list[Outcome]) -> dict[st
     low, high = wilson(count, n)
     by_gate: dict[str, int] = {}
     for o in rolled:
-        by_gate[_gate_of(o.reason)] = by_gate.get(_gate_of(o.reason), 0) + 1
+        by_gate[o.gate] = by_gate.get(o.gate, 0) + 1
     delays = [(o.detected_s - fault_at) / 60 for o in caught]  # type: ignore[operator]
     return {"rps": rps, "scenario": name, "judge": judge, "gate": gate, "runs": n, "count": count, "rate": count / n,
             "low": low, "high": high, "measure": "detected" if bad else "false FAIL", "by_gate": by_gate,
             "completed": sum(o.outcome == "completed" for o in outcomes),
             "running": sum(o.outcome == "running" for o in outcomes),
             "median_delay_min": median(delays) if bad else None,
-            "median_delay_calls": median([float(o.exposed) for o in caught]) if bad else None}
+            "median_delay_calls": median([float(o.exposed) for o in caught]) if bad else None,
+            "first_seed": min((o.seed for o in outcomes), default=0),
+            "outcomes": [[o.seed, o.outcome, o.detected_s, o.exposed, o.stage, o.gate] for o in outcomes]}
+
+
+def merge_saved(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the saved parts of it (runs of distinct seeds, e.g. a row topped up with --first-seed): from
+    their runs when every part kept them, else by adding the counts (a false-FAIL row needs nothing else)."""
+    parts: list[dict[str, Any]] = []
+    taken: set[int] = set()
+    for r in sorted(rows, key=lambda r: (r.get("first_seed", 0), -r["runs"])):
+        seeds = set(range(r.get("first_seed", 0), r.get("first_seed", 0) + r["runs"]))
+        if not seeds & taken:
+            parts.append(r)
+            taken |= seeds
+    if all("outcomes" in r for r in parts):
+        index = next(i for i, sc in enumerate(SCENARIOS) if sc[0] == parts[0]["scenario"])
+        outcomes = [Outcome(*o) for r in parts for o in r["outcomes"]]
+        return _row(parts[0]["rps"], index, parts[0]["judge"], outcomes)
+    merged = dict(parts[0])
+    for r in parts[1:]:
+        for field in ("runs", "count", "completed", "running"):
+            merged[field] += r[field]
+        for gate, k in r["by_gate"].items():
+            merged["by_gate"][gate] = merged["by_gate"].get(gate, 0) + k
+        merged["median_delay_min"] = merged["median_delay_calls"] = None
+    merged["rate"] = merged["count"] / merged["runs"]
+    merged["low"], merged["high"] = wilson(merged["count"], merged["runs"])
+    return merged
+
+
+def _chosen_rows(args: argparse.Namespace) -> list[tuple[float, int, str]]:
+    """The rows `--rps`, `--scenarios`, `--judges` and `--rows` select, in table order."""
+    rates = [float(r) for r in args.rps.split(",")]
+    judges = tuple(args.judges.split(",")) + (("threshold",) if args.threshold else ())
+    words = [w for w in args.scenarios.split(",") if w]
+    rows = [(rps, i, judge) for rps in rates for i, sc in enumerate(SCENARIOS)
+            if not words or any(w in sc[0] for w in words) for judge in judges]
+    if not args.rows:
+        return rows
+    picked = []
+    for rps, i, judge in rows:
+        for entry in args.rows.split(";"):
+            want_rps, want_word, want_judge = (entry.split("/") + ["", ""])[:3]
+            if ((not want_rps or float(want_rps) == rps) and want_word in SCENARIOS[i][0]
+                    and (not want_judge or want_judge == judge)):
+                picked.append((rps, i, judge))
+                break
+    return picked
+
+
+def _line(r: dict[str, Any]) -> str:
+    interval = f"{r['low'] * 100:.2f}%..{r['high'] * 100:.2f}%"
+    delay = "-" if r["median_delay_min"] is None else f"{r['median_delay_min']:.0f} min"
+    calls = "-" if r["median_delay_calls"] is None else f"{r['median_delay_calls']:,.0f}"
+    gates = ", ".join(f"{g} {k}" for g, k in sorted(r["by_gate"].items())) or "-"
+    return (f"{r['rps']:>4g} {r['scenario']:<32} {r['judge']:<10} {r['runs']:>5}  {r['measure']:<10} "
+            f"{r['rate'] * 100:>5.2f}%  {interval:<15} {r['completed']:>9} {r['running']:>5}  {delay:>12}  "
+            f"{calls:>9}  {gates}")
+
+
+HEADER = (f"{'rps':>4} {'scenario':<32} {'judge':<10} {'runs':>5}  {'measure':<10} {'rate':>6}  "
+          f"{'95% interval':<15} {'completed':>9} {'held':>5}  {'median delay':>12}  {'in calls':>9}  by gate")
+JUDGE_NAMES = {"crossfade": "crossfade", "growthbook": "GrowthBook-like (pooled)", "kayenta": "Kayenta-like",
+               "threshold": "threshold rule"}
+
+
+def _cell(r: dict[str, Any]) -> str:
+    """One judge's figure for one scenario, as the README's table gives it."""
+    if r["runs"] == 0:
+        return "-"
+    rate = f"{r['count']:,} of {r['runs']:,} = {r['rate'] * 100:.2f}% ({r['low'] * 100:.2f}-{r['high'] * 100:.2f}%)"
+    if r["measure"] == "false FAIL":
+        return f"{rate}; {r['running']:,} held" if r["running"] else rate
+    delay = "" if r["median_delay_min"] is None else f", median {r['median_delay_min']:.0f} min"
+    promoted = r["completed"]
+    return f"{rate}{delay}; **{promoted:,} promoted**, {r['running']:,} held"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The side-by-side table: a line per rate and scenario, a column per judge."""
+    judges = list(dict.fromkeys(r["judge"] for r in rows))
+    by_key = {(r["rps"], r["scenario"], r["judge"]): r for r in rows}
+    lines = ["| calls/s | scenario | measure | " + " | ".join(JUDGE_NAMES.get(j, j) for j in judges) + " |",
+             "|---|---|---|" + "---|" * len(judges)]
+    for rps, scenario in dict.fromkeys((r["rps"], r["scenario"]) for r in rows):
+        measure = next(r["measure"] for r in rows if (r["rps"], r["scenario"]) == (rps, scenario))
+        measure = "false FAIL" if measure == "false FAIL" else "caught; median delay; promoted"
+        cells = [_cell(by_key[(rps, scenario, j)]) if (rps, scenario, j) in by_key else "-" for j in judges]
+        lines.append(f"| {rps:g} | {scenario[3:]} | {measure} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 # The last promotion is due at 1h45m (15m + 30m + 1h of holds) and the bake ends at 2h45m.
@@ -327,8 +458,8 @@ def run_late(task: tuple[float, str, int | None, int]) -> tuple[float, str, int 
                         fault=parse_fault("step", f"{minute}m") if minute is not None else None, keys=0,
                         mode="aggregate")
     result = simulate(_specs()["crossfade"], workload, seed=seed)
-    return rps, candidate, minute, Outcome(result.outcome, result.detected_s, result.exposed, result.stage,
-                                           result.reason)
+    return rps, candidate, minute, Outcome(seed, result.outcome, result.detected_s, result.exposed, result.stage,
+                                           _gate_of(result.reason))
 
 
 def late(args: argparse.Namespace, rates: list[float], runs: int) -> int:
@@ -370,7 +501,7 @@ def late(args: argparse.Namespace, rates: list[float], runs: int) -> int:
     for rps in rates:
         for name, candidate in LATE_NULLS:
             outcomes = results[(rps, candidate, None)]
-            alarms = sum(o.reason.startswith("change in") for o in outcomes)
+            alarms = sum(o.gate == "change" for o in outcomes)
             others = sum(o.outcome in ("rolled_back", "paused") for o in outcomes) - alarms
             low, high = wilson(alarms, len(outcomes))
             print(f"{rps:>4g} {name:<22} {len(outcomes):>5} runs: {alarms} change alarms ({alarms / len(outcomes):.2%}, "
@@ -393,43 +524,62 @@ def main() -> int:
     parser.add_argument("--late", action="store_true", help="late faults: caught share per fault minute, and "
                         "change detection's false alarms")
     parser.add_argument("--late-minutes", default="", help="with --late: the fault minutes, comma-separated")
+    parser.add_argument("--rows", default="", help="only these rows: RPS/WORD/JUDGE entries separated by ';', any "
+                        "part left empty matching all (e.g. '2/identical/;20/errors 1%%/crossfade')")
+    parser.add_argument("--budget", type=float, default=None, help="seconds per row: no more runs of a row are "
+                        "started after it (the row keeps the runs done, and says how many)")
+    parser.add_argument("--out", type=Path, default=None, help="append each finished row to this file, a JSON "
+                        "object a line")
+    parser.add_argument("--table", type=Path, nargs="*", default=None, help="run nothing: print the side-by-side "
+                        "markdown table of the rows saved in these --out files (a row's parts of distinct seeds "
+                        "added up)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first seed of each row (default 0): "
+                        "to add runs to saved rows, e.g. --first-seed 1000 --runs 1000")
+    parser.add_argument("--markdown", action="store_true", help="print the side-by-side markdown table at the end")
     args = parser.parse_args()
+    if args.table is not None:
+        saved: dict[tuple[float, str, str], list[dict[str, Any]]] = {}
+        for path in args.table:
+            for text in path.read_text().splitlines():
+                r = json.loads(text)
+                saved.setdefault((r["rps"], r["scenario"], r["judge"]), []).append(r)
+        order = {sc[0]: i for i, sc in enumerate(SCENARIOS)}
+        print(markdown(sorted((merge_saved(parts) for parts in saved.values()), key=lambda r: (r["rps"], order.get(r["scenario"], 99),
+                                                             JUDGES.index(r["judge"]) if r["judge"] in JUDGES
+                                                             else 9))))
+        return 0
     runs = 30 if args.quick else args.runs
-    rates = [float(r) for r in args.rps.split(",")]
     if args.late:
-        return late(args, rates, runs)
-    judges = tuple(args.judges.split(",")) + (("threshold",) if args.threshold else ())
-    words = [w for w in args.scenarios.split(",") if w]
-    chosen = [i for i, sc in enumerate(SCENARIOS) if not words or any(w in sc[0] for w in words)]
-    tasks = [(rps, i, judge, seed) for rps in rates for i in chosen for judge in judges for seed in range(runs)]
+        return late(args, [float(r) for r in args.rps.split(",")], runs)
+    chosen = _chosen_rows(args)
+    share = gate_alpha(load_spec(SPEC)) * 4  # one gate's share over the three judged stages and the bake
+    if not args.json:
+        print(f"spec (confidence 99%: crossfade's false-FAIL bound is 1% in all, {share:.2%} per gate):\n{SPEC}")
+        print(f"legacy: {LEGACY}; a key per call; up to {runs} runs per row"
+              f"{f', {args.budget:g} s per row' if args.budget else ''}, {args.jobs} processes\n")
+        print(HEADER)
+        print("-" * len(HEADER), flush=True)
     started = time.perf_counter()
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    results: dict[tuple[float, int, str], list[Outcome]] = {}
+    rows = []
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-        for rps, index, judge, outcome in pool.map(run_one, tasks, chunksize=8):
-            results.setdefault((rps, index, judge), []).append(outcome)
+        for rps, i, judge in chosen:
+            outcomes, seconds = run_row(pool, args.jobs, (rps, i, judge), runs, args.budget, chunk=5,
+                                        first_seed=args.first_seed)
+            row = {**_row(rps, i, judge, outcomes), "seconds": round(seconds, 1)}
+            rows.append(row)
+            if args.out is not None:
+                with args.out.open("a") as out:
+                    out.write(json.dumps(row) + "\n")
+            if not args.json:
+                print(_line(row), flush=True)
     elapsed = time.perf_counter() - started
-    rows = [_row(rps, i, judge, results[(rps, i, judge)]) for rps in rates for i in chosen for judge in judges]
-    share = gate_alpha(load_spec(SPEC)) * 4  # one gate's share over the three judged stages and the bake
     if args.json:
         print(json.dumps({"spec": SPEC, "legacy": LEGACY, "runs": runs, "seconds": elapsed, "gate_alpha": share,
                           "rows": rows}, indent=2))
-        return 0
-    print(f"spec (confidence 99%: crossfade's false-FAIL bound is 1% in all, {share:.2%} per gate):\n{SPEC}")
-    print(f"legacy: {LEGACY}; a key per call; {runs} runs per row ({len(tasks)} runs in {elapsed:.0f} s on "
-          f"{args.jobs} processes)\n")
-    header = (f"{'rps':>4} {'scenario':<32} {'judge':<10} {'runs':>5}  {'measure':<10} {'rate':>6}  "
-              f"{'95% interval':<15} {'completed':>9} {'held':>5}  {'median delay':>12}  {'in calls':>9}  by gate")
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        interval = f"{r['low'] * 100:.2f}%..{r['high'] * 100:.2f}%"
-        delay = "-" if r["median_delay_min"] is None else f"{r['median_delay_min']:.0f} min"
-        calls = "-" if r["median_delay_calls"] is None else f"{r['median_delay_calls']:,.0f}"
-        gates = ", ".join(f"{g} {k}" for g, k in sorted(r["by_gate"].items())) or "-"
-        print(f"{r['rps']:>4g} {r['scenario']:<32} {r['judge']:<10} {r['runs']:>5}  {r['measure']:<10} "
-              f"{r['rate'] * 100:>5.2f}%  {interval:<15} {r['completed']:>9} {r['running']:>5}  {delay:>12}  "
-              f"{calls:>9}  {gates}")
+    elif args.markdown:
+        print()
+        print(markdown(rows))
     return 0
 
 

@@ -47,8 +47,12 @@ class Sketch:
     def merge(self, other: Sketch) -> None:
         """Add another sketch's values into this one."""
         bins = self.bins
-        for i, n in other.bins.items():
-            bins[i] = bins.get(i, 0) + n
+        if not bins:
+            # Into an empty sketch (every merge of a stage's windows starts with one): a copy, in C.
+            self.bins = dict(other.bins)
+        else:
+            for i, n in other.bins.items():
+                bins[i] = bins.get(i, 0) + n
         self.zeros += other.zeros
         self.count += other.count
         self.total += other.total
@@ -76,13 +80,18 @@ class Sketch:
         if self.count == 0:
             return math.nan
         rank = min(max(rank, 0), self.count - 1)
-        seen = 0
-        value = math.nan
-        for value, n in self.buckets():
-            seen += n
+        seen = self.zeros
+        if seen > rank:
+            return 0.0
+        # As `buckets()` walks them, with only the bucket found turned into a value: the controller reads a few
+        # ranks of each arm at every look.
+        bins = self.bins
+        index = None
+        for index in sorted(bins):
+            seen += bins[index]
             if seen > rank:
                 break
-        return value
+        return math.nan if index is None else self.value_of(index)
 
     def bounds_at_rank(self, rank: int) -> tuple[float, float]:
         """The range the element at 0-based `rank` surely lies in: its bucket's value within 1% either way."""

@@ -10,12 +10,13 @@ Standard library only: `statistics.NormalDist` and exact formulas.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Final
 
-from crossfade.sketch import Histogram
+from crossfade.sketch import Histogram, Sketch
 
 _NORMAL: Final = NormalDist()
 _SIDES: Final = ("two", "lower", "upper")
@@ -249,10 +250,11 @@ def look_alpha(alpha: float, look: int) -> float:
     return alpha * 6.0 / (math.pi**2 * look * look)
 
 
-def _binomial_cdf(n: int, q: float) -> tuple[int, list[float]]:
+def _binomial_cdf(n: int, q: float, until: float = math.inf) -> tuple[int, list[float]]:
     """(k0, cdf) with cdf[i] = P(B <= k0 + i) for B ~ Binomial(n, q), over the ranks that carry the mass.
 
     Outside [k0, k0 + len(cdf)) the mass is below 1e-19 on either side, so the table starts at 0 and ends at 1.
+    With `until`, the table ends at the first rank whose cdf reaches it (the ranks above are not needed).
     """
     sd = math.sqrt(n * q * (1.0 - q))
     lo = max(0, math.floor(n * q - 20.0 * sd - 30.0))
@@ -272,6 +274,8 @@ def _binomial_cdf(n: int, q: float) -> tuple[int, list[float]]:
             term *= (n - k + 1) / k * odds
         total += term
         cdf.append(total)
+        if total >= until:
+            break
     return lo, cdf
 
 
@@ -295,17 +299,12 @@ def quantile_ranks(n: int, q: float, alpha: float) -> tuple[int | None, int | No
         below = math.floor(n * q + sd * (-z + skew) - 0.5)
         above = math.ceil(n * q + sd * (z + skew) - 0.5)
     else:
-        k0, cdf = _binomial_cdf(n, q)
-        below = k0 - 1
-        for i, p in enumerate(cdf):
-            if p > half:
-                break
-            below = k0 + i
-        above = n
-        for i, p in enumerate(cdf):
-            if p >= 1.0 - half:
-                above = k0 + i
-                break
+        k0, cdf = _binomial_cdf(n, q, until=1.0 - half)
+        # The cdf never decreases (sums of terms >= 0): the last rank at or below alpha/2 and the first at or
+        # above 1 - alpha/2 by bisection.
+        below = k0 + bisect.bisect_right(cdf, half) - 1
+        first = bisect.bisect_left(cdf, 1.0 - half)
+        above = k0 + first if first < len(cdf) else n
     # The lower bound is the (below + 1)-th smallest (0-based rank `below`); the upper the (above + 1)-th.
     lower = below if below >= 0 else None
     upper = above if above <= n - 1 else None
@@ -363,6 +362,11 @@ def quantile_ratio_interval(candidate: Histogram, legacy: Histogram, q: float, *
 
 def _merged_counts(candidate: Histogram, legacy: Histogram) -> list[tuple[int, int]]:
     """(candidate count, legacy count) per distinct bucket value, in increasing order of value."""
+    if type(candidate) is Sketch and type(legacy) is Sketch:
+        # A sketch's bucket index orders and identifies its value: no value computed per bucket.
+        c_bins, l_bins = candidate.bins, legacy.bins
+        zeros = [(candidate.zeros, legacy.zeros)] if candidate.zeros or legacy.zeros else []
+        return zeros + [(c_bins.get(i, 0), l_bins.get(i, 0)) for i in sorted(c_bins.keys() | l_bins.keys())]
     rows: dict[float, list[int]] = {}
     for value, count in candidate.buckets():
         rows.setdefault(value, [0, 0])[0] += count

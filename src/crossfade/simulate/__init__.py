@@ -22,9 +22,11 @@ aggregate for a spec with shadow stages):
   (`simulate_many` spreads runs over processes). Binomials are exact below a mean of 30 and normal above.
 
 The temporary backend is SQLite in memory for events, states, specs and leases, with the telemetry windows
-kept in memory and the windows older than the longest trigger window rolled up into one per arm: the
-controller re-reads a stage's windows at every look, which in SQL costs 150 us a row and made a 4-hour stage
-quadratic (tens of seconds a run). The controller sees the same merged numbers either way.
+kept in memory and rolled up into one per arm once they are older than the longest trigger window (legacy's)
+or change detection's horizon (the candidate's, which it reads window by window): the controller re-reads a
+stage's windows at every look, which in SQL costs 150 us a row and made a 4-hour stage quadratic (tens of
+seconds a run). The controller sees the same merged numbers either way, to the last bit (an arm's windows are
+added in time order both ways); a test pins seeded runs draw for draw.
 
 Shadow runs are drawn in aggregate as the SDK records them (calls, errors, latency and, for the answered
 ones, cost of the arm that ran, as a handle with `cost=` records it), and each is compared with the served

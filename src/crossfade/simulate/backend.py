@@ -20,11 +20,13 @@ class SimBackend:
     """SQLite in memory for events, states, specs and leases; telemetry windows in memory, the old rolled up.
 
     Reads of one stage from a fixed `since` (as the controller makes them, every look) return the windows
-    that ended more than `keep` seconds before the newest one merged into one window per arm, followed by the
-    recent ones, so triggers still see their sliding windows and a look costs the same at any stage age.
+    that ended more than `keep` seconds (or for an arm in `keep_arm`, its own) before the newest one merged into
+    one window per arm, followed by the recent ones, so triggers still see their sliding windows and a look
+    costs the same at any stage age. An arm's windows are merged in time order, as the controller merges them:
+    its totals are the same to the last bit either way.
     """
 
-    def __init__(self, keep: float, url: str | None = None) -> None:
+    def __init__(self, keep: float, url: str | None = None, keep_arm: Mapping[str, float] | None = None) -> None:
         # Without a database to leave behind, events, states and specs live in memory too: one process and
         # one loop need no SQL, and creating a schema and writing every verdict cost more than judging.
         self._sql = SQLBackend(url) if url is not None else None
@@ -32,8 +34,10 @@ class SimBackend:
         # A kept database gets the telemetry too, so `crossfade status` can read it after the run.
         self._write_through = url is not None
         self.keep = keep
+        self.keep_arm = dict(keep_arm or {})
         self._windows: dict[tuple[str, str], dict[tuple[float, str], Window]] = {}
-        self._rollups: dict[tuple[str, str, float], tuple[float, dict[str, Window]]] = {}
+        # (migration, stage, since) -> (per arm, the time up to which its windows are rolled up; the rollups)
+        self._rollups: dict[tuple[str, str, float], tuple[dict[str, float], dict[str, Window]]] = {}
         self._leases: dict[str, tuple[str, float]] = {}
         self._events: dict[str, list[Event]] = {}
         self._states: dict[str, State] = {}
@@ -120,13 +124,13 @@ class SimBackend:
         stored = self._windows.get((migration, stage), {})
         since = -math.inf if since is None else since
         newest = max((w.start + w.length for w in stored.values()), default=-math.inf)
-        rolled_until, rolled = self._rollups.get((migration, stage, since), (since, {}))
-        horizon = newest - self.keep
+        rolled_until, rolled = self._rollups.setdefault((migration, stage, since), ({}, {}))
+        horizons = {arm: newest - self.keep_arm.get(arm, self.keep) for (_, arm) in stored}
         recent = []
         for (start, arm), w in sorted(stored.items()):
-            if start < rolled_until:
+            if start < rolled_until.get(arm, since):
                 continue
-            if start + w.length <= horizon:
+            if start + w.length <= horizons[arm]:
                 old = rolled.get(arm)
                 cell = Cell()
                 if old is not None:
@@ -137,6 +141,6 @@ class SimBackend:
                 del stored[(start, arm)]
             else:
                 recent.append(w)
-        if horizon > rolled_until:
-            self._rollups[(migration, stage, since)] = (horizon, rolled)
+        for arm, horizon in horizons.items():
+            rolled_until[arm] = max(rolled_until.get(arm, since), horizon)
         return sorted(rolled.values(), key=lambda w: w.arm) + recent

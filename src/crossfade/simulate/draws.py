@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 NORMAL: Final = NormalDist()
 LOG_GAMMA: Final = math.log(Sketch.value_of(1) / Sketch.value_of(0))  # the sketch's bucket growth
+# Sketch.value_of by bucket index, computed once per bucket a run draws into.
+_VALUES: dict[int, float] = {}
 
 
 def binomial(rng: random.Random, n: int, p: float) -> int:
@@ -82,14 +84,45 @@ def draw_latencies(rng: random.Random, latency: Latency, n: int, sketch: Sketch,
     indexes, masses, above = _bucket_masses(latency.median, latency.sigma, cutoff)
     over = binomial(rng, n, above) if above else 0
     left, mass_left = n - over, 1.0 - above
+    # `binomial(rng, left, mass / mass_left)` per bucket, inlined: the same draws in the same order (a seeded run
+    # is unchanged), without a call per bucket, which made this loop a quarter of an aggregate run.
+    random_, log, log1p, gauss, sqrt = rng.random, math.log, math.log1p, rng.gauss, math.sqrt
+    bins, values = sketch.bins, _VALUES
+    added = 0
+    total = sketch.total  # summed in the same order as `add_latency` would
     for i, mass in zip(indexes, masses):
         if left <= 0:
             break
-        k = left if mass >= mass_left else binomial(rng, left, mass / mass_left)
+        if mass >= mass_left:
+            k = left
+        else:
+            p = mass / mass_left
+            if p <= 0.0:
+                k = 0
+            elif p > 0.5:
+                k = left - binomial(rng, left, 1.0 - p)
+            elif left * p < 30.0:
+                log_q = log1p(-p)
+                k = position = 0
+                while True:
+                    position += int(log(1.0 - random_()) / log_q) + 1
+                    if position > left:
+                        break
+                    k += 1
+            else:
+                mean = left * p
+                k = min(max(round(gauss(mean, sqrt(mean * (1.0 - p)))), 0), left)
         if k:
-            add_latency(sketch, i, k)
+            bins[i] = bins.get(i, 0) + k
+            added += k
+            value = values.get(i)
+            if value is None:
+                value = values[i] = Sketch.value_of(i)
+            total += k * value
             left -= k
         mass_left -= mass
+    sketch.count += added
+    sketch.total = total
     return over
 
 

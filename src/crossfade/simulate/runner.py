@@ -150,8 +150,10 @@ class _Run:
         self.sketched = sketched_metrics(spec)
         self.clock = VirtualClock(EPOCH)
         longest = max((t.window + (t.for_ or 0.0) for t in spec.triggers), default=0.0)
-        # Change detection reads the windows of its horizon as written.
-        self.backend = SimBackend(max(longest, CHANGE_HORIZON) + 2 * self.interval, database)
+        # Change detection reads the candidate's windows of its horizon as written; legacy's only as a whole, so
+        # they are rolled up past the triggers' reach, which halves the windows the controller merges at a look.
+        self.backend = SimBackend(longest + 2 * self.interval, database,
+                                  keep_arm={CANDIDATE: max(longest, CHANGE_HORIZON) + 2 * self.interval})
         # Shadow runs in "calls" mode run on the SDK's worker threads, which virtual time does not drive.
         shadows = any(stage.shadow or stage.shadow_legacy for stage in spec.stages)
         self.per_call = workload.mode == "calls" or (
