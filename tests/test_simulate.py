@@ -365,17 +365,20 @@ def test_the_command_line_simulates_custom_metrics_and_names_a_misspelt_one(tmp_
 # -- late faults (issue 10, item 8) --------------------------------------------------------------
 
 # The README's decision-quality spec: the last promotion is due at 1h45m, the bake ends at 2h45m.
-BAKED = {
-    "name": "bench",
-    "stages": [{"name": "canary-1", "traffic": "1%", "hold": "15m"},
-               {"name": "canary-10", "traffic": "10%", "hold": "30m"},
-               {"name": "rollout-50", "traffic": "50%", "hold": "1h"},
-               {"name": "complete", "traffic": "100%"}],
-    "gates": {"error_rate": {"max_increase": "1%"}, "latency": {"quantile": "p95", "max_ratio": 1.25},
-              "cost": {"max_ratio": 1.5}},
-    "analysis": {"interval": "1m", "confidence": "99%"},
-    "bake": "1h",
-}
+BENCH_SPEC = """\
+name: bench
+stages:
+  - {name: canary-1, traffic: 1%, hold: 15m}
+  - {name: canary-10, traffic: 10%, hold: 30m}
+  - {name: rollout-50, traffic: 50%, hold: 1h}
+  - {name: complete, traffic: 100%}
+gates:
+  error_rate: {max_increase: 1%}
+  latency: {quantile: p95, max_ratio: 1.25}
+  cost: {max_ratio: 1.5}
+analysis: {interval: 1m, confidence: 99%}
+bake: 1h
+"""
 
 
 def _caught(candidate: str, at: str | None, seeds: range) -> tuple[int, list[str]]:
@@ -383,7 +386,7 @@ def _caught(candidate: str, at: str | None, seeds: range) -> tuple[int, list[str
     fault = parse_fault("step", at) if at is not None else None
     caught, others = 0, []
     for seed in seeds:
-        result = simulate(BAKED, workload(candidate, rps=20, mode="aggregate", fault=fault), seed=seed)
+        result = simulate(BENCH_SPEC, workload(candidate, rps=20, mode="aggregate", fault=fault), seed=seed)
         if result.outcome == "rolled_back" and result.detected_s >= (fault.at if fault else 0.0):
             caught += 1
         else:
@@ -414,20 +417,6 @@ def test_a_trigger_held_for_a_while_can_fire_at_low_traffic():
     assert result.outcome == "rolled_back" and "held for 5m" in result.reason, result.summary()
 
 
-BENCH_SPEC = """\
-name: bench
-stages:
-  - {name: canary-1, traffic: 1%, hold: 15m}
-  - {name: canary-10, traffic: 10%, hold: 30m}
-  - {name: rollout-50, traffic: 50%, hold: 1h}
-  - {name: complete, traffic: 100%}
-gates:
-  error_rate: {max_increase: 1%}
-  latency: {quantile: p95, max_ratio: 1.25}
-  cost: {max_ratio: 1.5}
-analysis: {interval: 1m, confidence: 99%}
-bake: 1h
-"""
 
 
 @pytest.mark.parametrize(("rps", "candidate", "seed", "pinned"), [
