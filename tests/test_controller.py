@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from crossfade.controller import assess, step
 from crossfade.events import State, apply_change, fold, seal, start_change, verify
 from crossfade.spec import load_spec
@@ -315,6 +317,13 @@ def test_the_last_stage_bakes_before_the_migration_completes():
     a = assess(run.spec, run.state, run.windows, run.now)
     assert run.state.status == "running" and a.final_look and "final look" in a.waiting_for
     assert a.to_dict()["final_look"] == list(a.final_look) and a.final_look[0].startswith("error_rate: ")
+    # An operator's plain promote waits for the final look as the controller does.
+    from crossfade.controller import stage_progress
+    from crossfade.events import TransitionError, operation
+
+    progress = stage_progress(run.spec, run.state, run.windows, run.now)
+    with pytest.raises(TransitionError, match="the bake's final look waits for calls \\(error_rate: "):
+        operation("promote", run.state, run.spec, progress=progress)
     run.minutes(30)
     assert run.state.status == "completed" and run.types()[-1] == "baked"
     assert "bake 30m and a final look of " in run.events[-1].reason

@@ -149,11 +149,23 @@ def stage_progress(spec: Spec, state: State, windows: Sequence[Window], now: flo
                           shadowing=state.shadow > 0 or state.shadow_legacy > 0)
         past = tuple(g.message for g in judgement.past_limit)
     legacy = cells.get(LEGACY)
+    hold_left = time_left(spec, state, now)
     return StageProgress(
-        time_left(spec, state, now),
+        hold_left,
         cells[CANDIDATE].calls if CANDIDATE in cells else 0, legacy.calls if legacy is not None else 0,
         past_limit=past, legacy=legacy.to_dict() if legacy is not None and legacy.calls else None,
+        final_look=_final_look(spec, state, windows, cells, hold_left, now),
     )
+
+
+def _final_look(spec: Spec, state: State, windows: Sequence[Window], cells: dict[str, Cell], hold_left: float,
+                now: float) -> tuple[str, ...]:
+    """What a bake whose time is up still waits for before it ends (`crossfade.changes.final_look`)."""
+    if not baking(spec, state) or hold_left > 0 or LEGACY not in cells:
+        return ()
+    entered = state.stage_entered_at if state.stage_entered_at is not None else now
+    return tuple(final_look(spec, windows, cells[LEGACY], entered=entered,
+                            since=entered + spec.bake - spec.analysis.interval, now=now))
 
 
 def assess(spec: Spec, state: State, windows: Sequence[Window], now: float, *,
@@ -178,13 +190,9 @@ def assess(spec: Spec, state: State, windows: Sequence[Window], now: float, *,
     waiting = []
     if hold_left > 0:
         waiting.append(f"{'bake' if bake else 'hold'}: {format_duration(hold_left)} left")
-    final: tuple[str, ...] = ()
-    if bake and hold_left <= 0 and LEGACY in cells:
-        entered = state.stage_entered_at if state.stage_entered_at is not None else now
-        final = tuple(final_look(spec, windows, cells[LEGACY], entered=entered,
-                                 since=entered + spec.bake - spec.analysis.interval, now=now))
-        if final:
-            waiting.append("final look over the bake's last calls: " + "; ".join(final))
+    final = _final_look(spec, state, windows, cells, hold_left, now)
+    if final:
+        waiting.append("final look over the bake's last calls: " + "; ".join(final))
     if min(calls) < stage.min_samples and not bake:
         waiting.append(f"samples: {calls[0]} candidate and {calls[1]} legacy of {stage.min_samples} per arm")
     if (not min(calls) or judgement.nodata) and not bake:

@@ -448,6 +448,8 @@ class StageProgress:
     past_limit: tuple[str, ...] = ()
     # Legacy's cell (`Cell.to_dict`) in this stage: what the last stage's bake is judged against.
     legacy: Mapping[str, Any] | None = None
+    # What the bake's final look still waits for, per gate, once its time is up (`crossfade.changes`).
+    final_look: tuple[str, ...] = ()
 
     def unmet(self, spec: Spec, state: State) -> list[str]:
         """What the stage still waits for before a promotion (its hold or bake, its `min_samples`, a gate whose
@@ -461,6 +463,8 @@ class StageProgress:
         if self.hold_left > 0:
             what = "bake" if baking(spec, state) else "hold"
             waiting.append(f"the {what} has {format_duration(math.ceil(self.hold_left))} left")
+        if self.final_look:
+            waiting.append("the bake's final look waits for calls (" + "; ".join(self.final_look) + ")")
         if baking(spec, state):
             return waiting  # the last stage has no legacy calls to count
         if min(self.candidate_calls, self.legacy_calls) < stage.min_samples:
