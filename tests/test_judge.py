@@ -178,6 +178,17 @@ def test_two_calls_of_a_clearly_costlier_candidate_stay_inconclusive_but_many_fa
     assert {g.gate: g.verdict for g in j.gates}["cost"] == FAIL
 
 
+def test_two_calls_each_that_cost_alike_within_each_arm_do_not_fail_the_cost_gate():
+    # A healthy LangGraph candidate's two whole answers (31 tokens each) against legacy's two streamed ones (14):
+    # both sample variances are zero, and the difference is the call sites', not the candidate's.
+    j = judge(COST, {"candidate": costs([31.0, 31.0]), "legacy": costs([14.0, 14.0])}, look=5, traffic=0.5)
+    gate = {g.gate: g for g in j.gates}["cost"]
+    assert gate.verdict == INCONCLUSIVE and gate.lower < 1.5 < gate.upper
+    # Calls enough of a candidate that costs x2.2 every time fail it, variance or not.
+    j = judge(COST, {"candidate": costs([31.0] * 300), "legacy": costs([14.0] * 300)}, look=5, traffic=0.5)
+    assert {g.gate: g.verdict for g in j.gates}["cost"] == FAIL
+
+
 def test_a_cost_exactly_at_the_limit_is_not_failed_by_rounding():
     # 100 calls of 0.0015 against 50 of 0.001: the sums leave a residue of 1e-19 above x1.5.
     j = judge(COST, {"candidate": costs([0.0015] * 100), "legacy": costs([0.001] * 50)}, look=5, traffic=0.5)

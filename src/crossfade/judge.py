@@ -305,15 +305,22 @@ def cost_ratio_bounds(candidate: Cell, legacy: Cell, limit: float, alpha: float)
     variance a candidate exactly at the limit would have if its costs were legacy's scaled: two or three
     calls that happen to cost about the same otherwise read as a near-certain mean (at 1-2 calls/s an
     identical candidate was failed 0.25-0.35% of the time and one at the limit 2.7-3.5%, against 0.11%).
+    Nor is either arm's variance taken below the pooled variance of both arms' costs (legacy's scaled by the
+    limit): when each arm's few calls cost the same within the arm (a healthy candidate's two whole answers
+    at 31 tokens, legacy's two streamed ones at 14), both variances are zero and the difference would read
+    as certain. A candidate exactly at the limit, with legacy's costs scaled, pools to legacy's own variance.
     Both arms need a mean cost above zero on legacy's side and 2 calls each.
     """
     n_c, n_l = candidate.costed, legacy.costed
     mean_c, var_c = cost_moments(candidate.cost_sum, candidate.cost_sq, n_c)
     mean_l, var_l = cost_moments(legacy.cost_sum, legacy.cost_sq, n_l)
+    _, pooled = cost_moments(candidate.cost_sum + limit * legacy.cost_sum,
+                             candidate.cost_sq + limit * limit * legacy.cost_sq, n_c + n_l)
     scaled_l = limit * limit * var_l
-    floored_c = max(var_c, scaled_l) if math.isfinite(var_c) else var_c
-    low = mean_diff_cs(mean_c, floored_c, n_c, limit * mean_l, scaled_l, n_l, alpha=alpha, sided="lower")
-    high = mean_diff_cs(mean_c, floored_c, n_c, limit * mean_l, scaled_l, n_l, alpha=alpha, sided="upper")
+    floored_c = max(var_c, scaled_l, pooled) if math.isfinite(var_c) else var_c
+    floored_l = max(scaled_l, pooled) if math.isfinite(scaled_l) else scaled_l
+    low = mean_diff_cs(mean_c, floored_c, n_c, limit * mean_l, floored_l, n_l, alpha=alpha, sided="lower")
+    high = mean_diff_cs(mean_c, floored_c, n_c, limit * mean_l, floored_l, n_l, alpha=alpha, sided="upper")
     # A mean cost is not negative, nor is a ratio of them.
     return mean_c / mean_l, max(limit + low.lower / mean_l, 0.0), limit + high.upper / mean_l
 
