@@ -79,9 +79,11 @@ class Migration:
         self._recorder = client.recorder
         self._costs = self.options.cost
         self._metered = self.options.metrics
-        # How `run` and `arun` count an answered call: straight into the recorder when the call site has no
-        # cost or metrics function to ask (the common call, which then handles no metrics at all).
-        self._count_call = self._recorder.add_call if self._costs is None and self._metered is None else None
+        # How `run` and `arun` count an answered call, `(key, start, end, answer)`: straight into the recorder
+        # when the call site has no cost or metrics function to ask the answer (the common call, which then
+        # handles no metrics at all), else through those functions.
+        self._count_call = (self._recorder.add_call if self._costs is None and self._metered is None
+                            else self._count_with_metrics)
         self._marked_writes = self.options.writes
         self._refusal_logged = False
         client._views.add(self)
@@ -276,11 +278,7 @@ class Migration:
                 raise misuse("run", result)
             end = now()
             try:
-                count_call = self._count_call
-                if count_call is not None:
-                    count_call(legacy_key, start, end)
-                else:
-                    self._count_with_metrics(legacy_key, start, end, result)
+                self._count_call(legacy_key, start, end, result)
             except Exception:  # recording never fails the caller: counted instead
                 self.client.counters["recording_errors"] += 1
             if decision.shadow:
@@ -310,11 +308,7 @@ class Migration:
             raise misuse("run", result)
         end = now()
         try:
-            count_call = self._count_call
-            if count_call is not None:
-                count_call(candidate_key, start, end)
-            else:
-                self._count_with_metrics(candidate_key, start, end, result)
+            self._count_call(candidate_key, start, end, result)
         except Exception:
             self.client.counters["recording_errors"] += 1
         if decision.shadow:  # a ramp-down stage: legacy runs in the candidate's shadow
@@ -522,11 +516,7 @@ class Migration:
                 raise
             end = self._now()
             try:
-                count_call = self._count_call
-                if count_call is not None:
-                    count_call(legacy_key, start, end)
-                else:
-                    self._count_with_metrics(legacy_key, start, end, result)
+                self._count_call(legacy_key, start, end, result)
             except Exception:
                 self.client.counters["recording_errors"] += 1
             if decision.shadow:
@@ -552,11 +542,7 @@ class Migration:
             return await legacy(*args, **kwargs)
         end = self._now()
         try:
-            count_call = self._count_call
-            if count_call is not None:
-                count_call(candidate_key, start, end)
-            else:
-                self._count_with_metrics(candidate_key, start, end, result)
+            self._count_call(candidate_key, start, end, result)
         except Exception:
             self.client.counters["recording_errors"] += 1
         if decision.shadow:

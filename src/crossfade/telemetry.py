@@ -653,8 +653,10 @@ class Recorder:
         """The calling thread has finished writing the cell `cell` gave it."""
         self._local.buffer.writing = None
 
-    def add_call(self, key: str, start_ns: int, end_ns: int) -> None:
-        """Count one answered call of `key` (see `cell_key`) that ran from monotonic `start_ns` to `end_ns`.
+    def add_call(self, key: str, start_ns: int, end_ns: int, answer: object = None) -> None:
+        """Count one answered call of `key` (see `cell_key`) that ran from monotonic `start_ns` to `end_ns`
+        (its `answer` is not looked at: the signature is `Migration._count_with_metrics`'s, so `run` calls
+        either one the same way).
 
         The same as `cell(end_ns, key)`, `calls += 1`, `latency.add(seconds)` and `done()` in one call: this is
         the hot path of every call `run` serves. `end_ns` is the time just read: a thread's calls end in the
