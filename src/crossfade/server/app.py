@@ -539,8 +539,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(AuthError)
     async def on_auth(request: Request, exc: AuthError) -> Response:
-        kind = {401: "Unauthorized", 403: "Forbidden", 429: "TooManyAttempts"}.get(exc.status, "AuthError")
-        return _error(exc.status, kind, exc.message, headers=exc.headers)
+        return _error(exc.status, exc.kind, exc.message, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> Response:

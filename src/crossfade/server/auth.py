@@ -40,6 +40,11 @@ class AuthError(Exception):
         self.message = message
         self.headers = headers or {}
 
+    @property
+    def kind(self) -> str:
+        """The error's name in the answer's body."""
+        return {401: "Unauthorized", 403: "Forbidden", 429: "TooManyAttempts"}.get(self.status, "AuthError")
+
 
 LOOPBACK_HOSTS: Final = ("localhost", "127.0.0.1", "::1")
 

@@ -100,8 +100,7 @@ async def refuse_unauthenticated(send: Send, exc: AuthError | BackendUnavailable
     if isinstance(exc, BackendUnavailable):
         await _refuse(send, 503, "BackendUnavailable", str(exc), {"Retry-After": "1"})
         return
-    kind = {401: "Unauthorized", 403: "Forbidden", 429: "TooManyAttempts"}.get(exc.status, "AuthError")
-    await _refuse(send, exc.status, kind, exc.message, exc.headers)
+    await _refuse(send, exc.status, exc.kind, exc.message, exc.headers)
 
 
 class Guard:
