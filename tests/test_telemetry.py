@@ -40,8 +40,9 @@ def test_windows_are_aligned_and_flushed_only_after_they_close():
     assert recorder.collect() == []
 
 
-def test_threads_record_without_locks_and_totals_are_exact():
-    recorder = Recorder(0.05, grace=0.01)
+def record_while_flushing(recorder, worker, *, writers: int, calls: int, flushers: int) -> list[Window]:
+    """Run `writers` threads of `worker(calls)` while `flushers` threads collect the recorder's closed windows
+    every 10 ms; every window collected, the open ones last."""
     collected: list[Window] = []
     stop = threading.Event()
 
@@ -49,6 +50,24 @@ def test_threads_record_without_locks_and_totals_are_exact():
         while not stop.is_set():
             collected.extend(recorder.collect())
             stop.wait(0.01)
+
+    flushing = [threading.Thread(target=flusher) for _ in range(flushers)]
+    for f in flushing:
+        f.start()
+    threads = [threading.Thread(target=worker, args=(calls,)) for _ in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    for f in flushing:
+        f.join()
+    collected.extend(recorder.collect(everything=True))
+    return collected
+
+
+def test_threads_record_without_locks_and_totals_are_exact():
+    recorder = Recorder(0.05, grace=0.01)
 
     def worker(n):
         for i in range(n):
@@ -60,18 +79,7 @@ def test_threads_record_without_locks_and_totals_are_exact():
             recorder.done()
 
     # Two flushers, as when the application calls cf.flush() while the background thread flushes too.
-    flushers = [threading.Thread(target=flusher) for _ in range(2)]
-    for f in flushers:
-        f.start()
-    threads = [threading.Thread(target=worker, args=(20_000,)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    stop.set()
-    for f in flushers:
-        f.join()
-    collected.extend(recorder.collect(everything=True))
+    collected = record_while_flushing(recorder, worker, writers=4, calls=20_000, flushers=2)
     totals = merge_windows(collected)
     per_thread_candidate = len(range(0, 20_000, 3))
     assert totals["candidate"].calls == 4 * per_thread_candidate
@@ -129,13 +137,6 @@ def test_a_thread_that_keeps_writing_never_holds_back_a_closed_window():
 def test_calls_counted_by_add_call_are_exact_beside_other_writers_under_threads_and_flushes():
     # `add_call` counts a call in its latency bucket only; the flush settles `calls` and `latency.count`.
     recorder = Recorder(0.05, grace=0.01)
-    collected: list[Window] = []
-    stop = threading.Event()
-
-    def flusher():
-        while not stop.is_set():
-            collected.extend(recorder.collect())
-            stop.wait(0.01)
 
     def worker(n):
         for i in range(n):
@@ -149,16 +150,7 @@ def test_calls_counted_by_add_call_are_exact_beside_other_writers_under_threads_
             else:
                 recorder.add_call(KEY, now - 1_000_000 * (i % 50), now)
 
-    flushing = threading.Thread(target=flusher)
-    flushing.start()
-    threads = [threading.Thread(target=worker, args=(10_000,)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    stop.set()
-    flushing.join()
-    collected.extend(recorder.collect(everything=True))
+    collected = record_while_flushing(recorder, worker, writers=4, calls=10_000, flushers=1)
     total = merge_windows(collected)["legacy"]
     assert (total.calls, total.errors, total.latency.count) == (40_000, 10_000, 40_000)
     assert total.latency.zeros == 4 * len(range(0, 10_000, 50)) - 4 * len(range(0, 10_000, 100))
