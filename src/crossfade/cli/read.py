@@ -31,7 +31,7 @@ from crossfade.cli.common import (
 from crossfade.client import Client
 from crossfade.events import State
 from crossfade.judge import format_rate
-from crossfade.shadow import MISMATCH, ROOT, TOTALS, add_counts, verdict
+from crossfade.shadow import MISMATCH, ROOT, TOTALS, Example, add_counts, verdict
 from crossfade.spec import ShadowSettings, SpecError, format_duration, format_percent
 from crossfade.telemetry import arm_metrics
 
@@ -234,22 +234,31 @@ def shadow_report(cf: Client, name: str, stage: str | None, *, limit: int = 3) -
     for path, counts in sorted(fields.items(), key=lambda kv: -kv[1].get("differing", 0)):
         differing, noise_differing = counts.get("differing", 0), counts.get("noise_differing", 0)
         examples = cf.backend().examples(name, stage=stage, path=path, limit=max(limit, settings.examples))
-        examples = [e for e in examples if "score" not in e.detail]  # scored ones are listed as the lowest
+        examples = [e for e in examples if not _scored(e)]  # scored ones are listed as the lowest
         report.append({
             "path": path, "differing": differing, "rate": differing / compared if compared else None,
             "noise_differing": noise_differing,
             "noise_rate": noise_differing / noise_compared if noise_compared else None,
             "verdict": verdict(compared, differing, noise_compared, noise_differing,
                                relative=settings.noise_relative, absolute=settings.noise_absolute),
-            "examples": [{"stage": e.stage, "time": e.time, **e.detail} for e in examples[:limit]],
+            "examples": [_example(e) for e in examples[:limit]],
         })
     # Graded comparisons keep the answers that scored lowest, mismatched or not: the ones to read first.
     scored = [e for e in cf.backend().examples(name, stage=stage, path=ROOT, limit=max(limit, settings.examples))
-              if isinstance(e.detail.get("score"), float)]
+              if _scored(e)]
     lowest = sorted(scored, key=lambda e: e.detail["score"])[:limit]
     return {"migration": name, "stage": stage, "totals": totals, "fields": report,
-            "similarity": _similarity(cf, name, stage),
-            "lowest": [{"stage": e.stage, "time": e.time, **e.detail} for e in lowest]}
+            "similarity": _similarity(cf, name, stage), "lowest": [_example(e) for e in lowest]}
+
+
+def _scored(example: Example) -> bool:
+    """Whether a graded comparison kept the example (with its score)."""
+    return isinstance(example.detail.get("score"), float)
+
+
+def _example(example: Example) -> dict[str, Any]:
+    """A kept example as `mismatches` shows it: where and when, and what was kept."""
+    return {"stage": example.stage, "time": example.time, **example.detail}
 
 
 def _similarity(cf: Client, name: str, stage: str | None) -> dict[str, Any] | None:
