@@ -6,6 +6,7 @@ Nothing heavy is imported at module level: some tests check what `import crossfa
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -19,6 +20,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
     settings.register_profile("loaded", deadline=None, suppress_health_check=[HealthCheck.too_slow])
     settings.load_profile("loaded")
+
+
+def wait_until(condition, timeout: float = 30.0, every: float = 0.02) -> None:
+    """Poll until `condition()` is true; fails the test after `timeout` seconds (a deadline, not a timing)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(every)
 
 
 POSTGRES_URL = os.environ.get("CROSSFADE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

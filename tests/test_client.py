@@ -128,7 +128,7 @@ def test_no_password_reaches_a_log_line_or_an_error(caplog):
 def test_telemetry_waits_out_three_server_restarts_and_is_counted_once(sqlite_url):
     """The control plane goes away three times while the host keeps serving calls; nothing is lost or
     doubled once it is back."""
-    from conftest import start_control_plane
+    from conftest import start_control_plane, wait_until
 
     from crossfade.server import serve_in_background
 
@@ -142,6 +142,8 @@ def test_telemetry_waits_out_three_server_restarts_and_is_counted_once(sqlite_ur
     mig = host.migration("m")
     calls = 0
     try:
+        # The server tells its hosts of the start just after answering it: the host may first see the draft.
+        wait_until(lambda: mig.decide(0).stage == "stage-1")
         for _ in range(3):
             for i in range(50):
                 mig.run(i, lambda: "l", lambda: "c")
@@ -161,3 +163,22 @@ def test_telemetry_waits_out_three_server_restarts_and_is_counted_once(sqlite_ur
         host.close()
         stop()
         plane.backend.close()
+
+
+def test_a_drafts_calls_are_not_filed_and_its_first_stage_is(sqlite_url):
+    """A draft has no stage: its calls go to legacy unrecorded, never as windows the backend must refuse."""
+    host = crossfade.connect(sqlite_url, refresh=3600, window=0.2)
+    try:
+        host.apply({"name": "m", "stages": [{"traffic": "50%"}, {"traffic": "100%"}]})
+        mig = host.migration("m")
+        assert mig.decide(0).stage == ""
+        assert [mig.run(i, lambda: "l", lambda: "c") for i in range(20)] == ["l"] * 20
+        assert host.flush(everything=True) == 0
+        mig.start()
+        for i in range(20):
+            mig.run(i, lambda: "l", lambda: "c")
+        assert host.flush(everything=True) > 0
+        assert sum(w.cell.calls for w in host.backend().windows("m")) == 20
+        assert host.stats()["rejected_windows"] == 0
+    finally:
+        host.close()

@@ -19,17 +19,9 @@ import crossfade.backends.sql
 import crossfade.events
 from crossfade.routing import CANDIDATE, LEGACY, bucket
 from crossfade.telemetry import merge_windows
+from conftest import wait_until
 
 STAGES = [{"traffic": "10%"}, {"traffic": "50%"}, {"traffic": "100%"}]
-
-
-def wait_until(condition, timeout=10.0, every=0.05):
-    """Poll until `condition()` is true; fails the test after `timeout` seconds (a deadline, not a timing)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(every)
 
 
 def totals(client, name):

@@ -18,6 +18,7 @@ from crossfade.events import COMPLETED, ROLLED_BACK
 from crossfade.loop import ControllerLoop
 from crossfade.routing import CANDIDATE, LEGACY
 from crossfade.telemetry import Cell, merge_windows
+from conftest import wait_until
 
 
 class ManualClock:
@@ -31,15 +32,6 @@ class ManualClock:
 
     def sleep(self, seconds: float, stop: threading.Event) -> None:
         self.t += seconds
-
-
-def wait_until(condition, timeout=30.0, every=0.02):
-    """Poll until `condition()` is true; fails after `timeout` seconds (a deadline, not a timing)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(every)
 
 
 class Bridge:

@@ -16,15 +16,7 @@ import crossfade
 from crossfade.routing import CANDIDATE, LEGACY
 from crossfade.shadow import MISMATCH, NOISE, verdict
 from crossfade.telemetry import merge_windows
-
-
-def wait_until(condition, timeout=10.0, every=0.02):
-    """Poll until `condition()` is true; fails after `timeout` seconds (a deadline, not a timing)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(every)
+from conftest import wait_until
 
 
 def shadow_threads():

@@ -131,6 +131,11 @@ class Migration:
         if route is None:
             self.decide = self._decide_absent  # type: ignore[method-assign]
             self._bound: tuple[Route | None, str, str] = (None, "", "")
+        elif not route.stage:
+            # A draft: every call is legacy's, and no stage exists to file it under (the backend refuses
+            # windows of no stage), so `run` calls legacy as for an unknown migration.
+            self.decide = route.decide  # type: ignore[method-assign]
+            self._bound = (None, "", "")
         else:
             self.decide = route.decide  # type: ignore[method-assign]
             self._bound = (
@@ -166,6 +171,8 @@ class Migration:
         custom metrics `metrics` and the handle's `metrics(answer)`. A stream gives its time to the first chunk
         (`first_chunk_ns`), and `elapsed_ns` None when it was not read to its end. `ended_ns` is the monotonic
         time the call ended when the caller has just read it (the clock is read again otherwise)."""
+        if not stage:  # a draft's calls: no stage to file them under
+            return
         if answer is not _NO_ANSWER:
             if cost is None and self.options.cost is not None:
                 cost = self._cost(answer)
@@ -259,7 +266,7 @@ class Migration:
         its exception reaches the caller unchanged and is recorded as an error.
         """
         route, legacy_key, candidate_key = self._bound
-        if route is None:  # unknown migration, or a stale table: legacy, and nothing to file it under
+        if route is None:  # unknown migration, a draft or a stale table: legacy, and nothing to file it under
             return legacy(*args, **kwargs)
         decision = route.decide(key)
         now = self._now
