@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+
 def pytest_configure(config: pytest.Config) -> None:
     """Hypothesis judges no test by its speed: on a loaded machine (CI runners often are) drawing inputs and
     running an example take longer, and that is not what the tests check."""

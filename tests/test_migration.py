@@ -13,13 +13,13 @@ import threading
 import time
 
 import pytest
+from conftest import wait_until
 
 import crossfade
 import crossfade.backends.sql
 import crossfade.events
 from crossfade.routing import CANDIDATE, LEGACY, bucket
 from crossfade.telemetry import merge_windows
-from conftest import wait_until
 
 STAGES = [{"traffic": "10%"}, {"traffic": "50%"}, {"traffic": "100%"}]
 

@@ -12,13 +12,13 @@ import threading
 import time
 
 import pytest
+from conftest import wait_until
 
 import crossfade
 from crossfade.events import COMPLETED, ROLLED_BACK
 from crossfade.loop import ControllerLoop
 from crossfade.routing import CANDIDATE, LEGACY
 from crossfade.telemetry import Cell, merge_windows
-from conftest import wait_until
 
 
 class ManualClock:

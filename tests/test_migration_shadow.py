@@ -11,12 +11,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 
 import crossfade
 from crossfade.routing import CANDIDATE, LEGACY
 from crossfade.shadow import MISMATCH, NOISE, verdict
 from crossfade.telemetry import merge_windows
-from conftest import wait_until
 
 
 def shadow_threads():

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
+from conftest import wait_until
 
 import crossfade
 from crossfade.judge import judge
 from crossfade.routing import CANDIDATE, LEGACY
 from crossfade.streams import StreamMisuse, assembled
 from crossfade.telemetry import merge_windows
-from conftest import wait_until
 
 
 @pytest.fixture
