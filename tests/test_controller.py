@@ -218,9 +218,11 @@ def test_a_broken_sample_ratio_is_reported_and_holds_only_when_asked():
     assert all(c.type == "verdict" for c in step(held, run.state, run.windows, run.now))
 
 
-def _undecided_run(**analysis):
-    """A stage whose error-rate estimate (+2 pp) is past its +1 pp limit with too few calls to fail it."""
-    run = Run(spec(stages=[{"name": "canary", "traffic": "10%", "hold": "10m"}, {"name": "full", "traffic": "100%"}],
+def _undecided_run(*between, **analysis):
+    """A stage whose error-rate estimate (+2 pp) is past its +1 pp limit with too few calls to fail it, before
+    the stages `between` and the full one."""
+    run = Run(spec(stages=[{"name": "canary", "traffic": "10%", "hold": "10m"}, *between,
+                           {"name": "full", "traffic": "100%"}],
                    analysis={"interval": "1m", **analysis}))
     candidate, legacy = Cell(), Cell()
     candidate.calls, candidate.errors = 200, 6
@@ -238,6 +240,22 @@ def test_a_stage_is_not_left_while_an_estimate_is_past_its_limit():
     assert "evidence: candidate error rate +2.00 pp" in a.waiting_for
     assert "is past, but not yet surely above, the allowed +1.00 pp" in a.waiting_for
     assert [c.type for c in step(run.spec, run.state, run.windows, now) if c.type != "verdict"] == []
+
+
+def test_an_earlier_stage_past_its_limit_moves_on_and_says_the_next_stage_decides():
+    # Held in a stage too small to decide, errors 1% -> 3% at 20 calls/s sat in the 1% stage for the whole of
+    # 54% of 6.5-hour runs; the next stage, with ten times the calls, fails it.
+    half = {"name": "half", "traffic": "50%", "hold": "10m"}
+    run = _undecided_run(half)
+    now = run.now + 11 * 60
+    a = assess(run.spec, run.state, run.windows, now)
+    assert [g.verdict for g in a.judgement.gates] == ["INCONCLUSIVE"] and not a.undecided
+    (promoted,) = [c for c in step(run.spec, run.state, run.windows, now) if c.type != "verdict"]
+    assert promoted.type == "promoted" and "no gate fails (error_rate INCONCLUSIVE)" in promoted.reason
+    assert "error_rate past its limit but not surely above it, left to the next stage to decide" in promoted.reason
+    held = _undecided_run(half, hold_past_limit="every_stage")
+    assert "evidence: candidate error rate +2.00 pp" in assess(held.spec, held.state, held.windows, now).waiting_for
+    assert [c.type for c in step(held.spec, held.state, held.windows, now) if c.type != "verdict"] == []
 
 
 def test_on_inconclusive_decides_after_the_maximum_stage_time():

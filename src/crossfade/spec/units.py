@@ -54,6 +54,7 @@ ON_NODATA: Final = ("hold", "pause")
 PROMOTE_WHEN: Final = ("no_regression", "proven")
 SAMPLE_RATIO: Final = ("report", "hold")
 ON_INCONCLUSIVE: Final = ("hold", "promote", "pause")
+HOLD_PAST_LIMIT: Final = ("last_promotion", "every_stage")
 QUANTILES: Final = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 
 _NAME_RE: Final = re.compile(NAME_PATTERN)
