@@ -32,7 +32,9 @@ from crossfade.backends.base import (
     UnknownMigration,
 )
 from crossfade.events import (
+    WEIGHS_PROGRESS,
     Change,
+    StageProgress,
     State,
     TransitionError,
     apply_change,
@@ -342,12 +344,7 @@ def create_app(
             state = views.current(backend, name)
             _expect(state, request.expected_seq)
             spec = feed.spec(name, state.spec_version)
-            now = clock()
-            try:
-                windows = read_stage(backend, state, spec, now, telemetry=telemetry_source)
-            except SourceError:
-                windows = []  # nothing known of the stage: a plain promote waits, a forced one says what it skipped
-            progress = stage_progress(spec, state, windows, now)
+            progress = _progress(action, state, spec)
             changes = operation(action.value, state, spec, request.reason, force=request.force, progress=progress,
                                 to=request.to)
             try:
@@ -358,6 +355,18 @@ def create_app(
                 if request.expected_seq is not None or attempt == 2 or moved:
                     raise
         raise AssertionError("unreachable")
+
+    def _progress(action: Action, state: State, spec: Spec) -> StageProgress:
+        # Only a command that weighs the stage reads its telemetry: a pause or a rollback, which must reach
+        # the hosts fast, never waits for the rows flushed since the last look.
+        if action.value not in WEIGHS_PROGRESS or not state.stage:
+            return StageProgress(0.0, 0, 0)
+        now = clock()
+        try:
+            windows = read_stage(backend, state, spec, now, telemetry=telemetry_source)
+        except SourceError:
+            windows = []  # nothing known of the stage: a plain promote waits, a forced one says what it skipped
+        return stage_progress(spec, state, windows, now)
 
     def _commit(state: State, spec: Spec, changes: list[Change], who: Principal, dry_run: bool,
                 answered: BackgroundTasks, store_spec: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -518,10 +527,6 @@ def _compact(window: WindowModel | OpenWindowModel, index: int) -> dict[str, Any
     except OpenWindowError as exc:
         raise SpecError("<telemetry>", [Problem(f"windows[{index}].{exc.field}", str(exc))]) from None
     return cell.to_dict()
-
-
-def _changes(action: Action, state: State, spec: Spec, request: OperationRequest) -> list[Change]:
-    return operation(action.value, state, spec, request.reason, force=request.force)
 
 
 def _window_dict(w: Window) -> dict[str, Any]:
