@@ -424,7 +424,12 @@ def create_app(
         posted = [w if isinstance(w, WindowModel) else WindowModel(
             migration=w.migration, stage=w.stage, arm=w.arm, start=w.start, length=w.length, cell=_compact(w, i))
             for i, w in enumerate(body.windows)]
-        windows, skipped = await run_in_threadpool(intake.admit, who, posted, clock())
+        now = clock()
+        # Checked here, on the event loop, unless a window needs its migration's state read from the store:
+        # a thread per flush, at a hundred flushes a second, costs more than the check (and its hand-offs
+        # contend for the GIL with the answers to the hosts' long polls).
+        admitted = intake.admit_held(who, posted, now)
+        windows, skipped = admitted or await run_in_threadpool(intake.admit, who, posted, now)
         await telemetry_writer.write(windows)  # with the other POSTs waiting: one transaction, no thread held
         if skipped:
             log.warning("telemetry from %s: %d of %d windows skipped, first: %s", who.name, len(skipped),
