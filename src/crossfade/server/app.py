@@ -181,7 +181,12 @@ def create_app(
     Host is loopback's or one of `allowed_hosts`.
     """
     feed = RoutingFeed(backend, poll=feed_poll)
-    ctl = ControllerThread(backend, poll=controller_poll, on_events=feed.poke) if controller else None
+    # The migration page (polled), every /metrics scrape, a promote and the controller read each stage's
+    # telemetry: one incremental reader serves them all, so each pays for the rows written since the last
+    # read by any of them, not for the stage's history.
+    telemetry = StageTelemetry()
+    ctl = (ControllerThread(backend, poll=controller_poll, on_events=feed.poke, telemetry=telemetry)
+           if controller else None)
     # Notifications go out wherever the controller runs; links point at $CROSSFADE_PUBLIC_URL's dashboard.
     notifier = OutboxThread(backend, link=os.environ.get("CROSSFADE_PUBLIC_URL")) if controller else None
 
@@ -221,9 +226,6 @@ def create_app(
     app.state.feed = feed
     app.state.controller = ctl
     app.state.clock = clock
-    # The migration page (polled) and every /metrics scrape read each stage's telemetry: one incremental
-    # reader serves both, so each pays for the rows written since the last read, not for the stage's history.
-    telemetry = StageTelemetry()
     telemetry_source = TelemetrySource(telemetry)
     collector = CrossfadeCollector(
         backend, controller_lag=(ctl.lag if ctl is not None else lambda: None),
