@@ -1,17 +1,19 @@
 """One control plane feeding many app processes: routing-feed latency after a change, and flush POST latency.
 
-    python benchmarks/server_fanout.py [--processes 1000] [--seconds 40] [--client-processes 1] [--postgres URL]
+    python benchmarks/server_fanout.py [--processes 1000] [--seconds 40] [--client-processes 1]
+                                       [--actions pause,resume] [--postgres URL]
 
 Runs `crossfade serve` in a subprocess (one uvicorn worker, a temporary SQLite file or a fresh PostgreSQL
 database) with one started migration, then simulates `--processes` app processes on loopback as asyncio
 clients in this process, each as the SDK behaves: a long poll of `GET /v1/routing?wait=30` with the ETag it
 holds, on a keep-alive connection of its own, and a telemetry flush (`POST /v1/telemetry`, one window per
 arm, in the SDK's compact form) once a 10 s window, at its own point of the window (the SDK's flush
-jitter), on a second connection. Midway, an operator pauses then resumes the migration (`--changes` in all);
-for each change it prints how long after the change every process held the new routing table (p50, p99, max;
-goal: p99 under 100 ms), how long the operator's POST itself took, and the server's CPU time for it (less
-its CPU at rest); then the server's CPU at rest per flush (over the quiet time before the first change, the
-feed's and the controller's reads included), and the flush POSTs' p50 and p99 over the run.
+jitter), on a second connection. Midway, an operator pauses then resumes the migration (`--changes` in all;
+`--actions` chooses the commands: a promote, forced, reads the stage's telemetry); for each change it prints
+how long after the change every process held the new routing table (p50, p99, max; goal: p99 under 100 ms),
+how long the operator's POST itself took, and the server's CPU time for it (less its CPU at rest); then the
+server's CPU at rest per flush (over the quiet time before the first change, the feed's and the
+controller's reads included), and the flush POSTs' p50 and p99 over the run.
 
 A process holds a table once its client has read the answer: one asyncio loop that reads a thousand answers
 at once adds its own queueing to the figure (and a flush it encodes meanwhile delays them further). With
@@ -156,7 +158,9 @@ class Process:
 def operate(port: int, token: str, action: str) -> None:
     """POST an operator action."""
     request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/migrations/{NAME}/{action}", method="POST",
-                                     data=json.dumps({"reason": "fanout benchmark"}).encode(),
+                                     # A promote is forced: the benchmark's stage has no time to meet its gates.
+                                     data=json.dumps({"reason": "fanout benchmark",
+                                                      "force": action == "promote"}).encode(),
                                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as answer:
         answer.read()
@@ -298,7 +302,7 @@ async def drive(args: argparse.Namespace, port: int, server: int, sdk: str, oper
     idle_rate = (cpu_seconds(server) - idle) / (rest[1] - rest[0])
     previous = first
     for change in range(args.changes):
-        action = ("pause", "resume")[change % 2]
+        action = args.actions[change % len(args.actions)]
         cpu = cpu_seconds(server), clients_cpu()
         changed = time.perf_counter()  # the change's request is sent: its commit is part of the lag
         await loop.run_in_executor(None, operate, port, operator, action)
@@ -349,6 +353,8 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--changes", type=int, default=2, help="routing changes to make (pause, resume, ...)")
+    parser.add_argument("--actions", type=lambda text: text.split(","), default=["pause", "resume"],
+                        help="the operator's commands, in turn (a promote weighs the stage's telemetry)")
     parser.add_argument("--no-flush", action="store_true", help="long polls only: the fan-out without writes")
     parser.add_argument("--client-processes", type=int, default=1, metavar="N",
                         help="spread the simulated processes over N OS processes (1: all in this one's event loop)")
