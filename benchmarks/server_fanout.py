@@ -83,7 +83,9 @@ class Process:
         self.token = token
         self.stop = stop
         self.etag: str | None = None
-        self.held: list[tuple[float, str]] = []  # (when, ETag) of every table this process was sent
+        # (when, ETag, the migration's last event) of every table this process was sent: a process has a change
+        # once it holds its event or a later one (the controller may record the next before the process polls).
+        self.held: list[tuple[float, str, int]] = []
         self.flushes: list[tuple[float, float]] = []  # (answered at, seconds taken) of every flush
         self.errors = 0
 
@@ -94,10 +96,11 @@ class Process:
                 match = f"If-None-Match: {self.etag}\r\n" if self.etag else ""
                 request = (f"GET /v1/routing?wait=30 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                            f"Authorization: Bearer {self.token}\r\n{match}\r\n").encode()
-                status, headers, _ = await exchange(reader, writer, request)
+                status, headers, body = await exchange(reader, writer, request)
                 if status == 200:
+                    when = time.perf_counter()
                     self.etag = headers["etag"]
-                    self.held.append((time.perf_counter(), self.etag))
+                    self.held.append((when, self.etag, last_event(body)))
                 elif status != 304:
                     self.errors += 1
                     await asyncio.sleep(1)
@@ -155,15 +158,20 @@ class Process:
             writer.close()
 
 
-def operate(port: int, token: str, action: str) -> None:
-    """POST an operator action."""
+def last_event(table: bytes) -> int:
+    """The number of the benchmark migration's last event in a routing table."""
+    return next(s["seq"] for s in json.loads(table)["states"] if s["name"] == NAME)
+
+
+def operate(port: int, token: str, action: str) -> int:
+    """POST an operator action; the number of the event it appended."""
     request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/migrations/{NAME}/{action}", method="POST",
                                      # A promote is forced: the benchmark's stage has no time to meet its gates.
                                      data=json.dumps({"reason": "fanout benchmark",
                                                       "force": action == "promote"}).encode(),
                                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as answer:
-        answer.read()
+        return json.loads(answer.read())["state"]["seq"]
 
 
 def etag_now(port: int, token: str) -> str:
@@ -210,7 +218,7 @@ def client_process(indices: range, port: int, token: str, stage: str, flush: boo
             await asyncio.sleep(0.02)
             batch = []
             for k, p in enumerate(processes):
-                batch += [(p.index, when, etag) for when, etag in p.held[reported[k]:]]
+                batch += [(p.index, *held) for held in p.held[reported[k]:]]
                 reported[k] = len(p.held)
             if batch:
                 out.put(("held", batch))
@@ -249,9 +257,9 @@ class Fleet:
                     return
                 continue
             if kind == "held":
-                for index, when, etag in records:
+                for index, when, etag, seq in records:
                     p = self.processes[index]
-                    p.held.append((when, etag))
+                    p.held.append((when, etag, seq))
                     p.etag = etag
             else:
                 for index, flushes, errors in records:
@@ -300,21 +308,15 @@ async def drive(args: argparse.Namespace, port: int, server: int, sdk: str, oper
     await asyncio.sleep(max(2.0, args.seconds / 2))
     rest = began, time.perf_counter()
     idle_rate = (cpu_seconds(server) - idle) / (rest[1] - rest[0])
-    previous = first
     for change in range(args.changes):
         action = args.actions[change % len(args.actions)]
         cpu = cpu_seconds(server), clients_cpu()
         changed = time.perf_counter()  # the change's request is sent: its commit is part of the lag
-        await loop.run_in_executor(None, operate, port, operator, action)
+        seq = await loop.run_in_executor(None, operate, port, operator, action)
         committed = time.perf_counter() - changed
-        # The feed reads the store in a thread of its own after the commit: wait for the change's ETag.
-        etag = previous
-        while etag == previous:
-            etag = await loop.run_in_executor(None, etag_now, port, operator)
-        previous = etag
 
         def lag(p: Process) -> float | None:
-            return next((when - changed for when, held in p.held if held == etag and when >= changed), None)
+            return next((when - changed for when, _, held in p.held if held >= seq and when >= changed), None)
 
         deadline = time.monotonic() + 30
         while sum(lag(p) is not None for p in processes) < len(processes) and time.monotonic() < deadline:
