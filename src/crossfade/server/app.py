@@ -370,6 +370,11 @@ def create_app(
             windows = []  # nothing known of the stage: a plain promote waits, a forced one says what it skipped
         return stage_progress(spec, state, windows, now)
 
+    async def _poke() -> None:
+        # A coroutine, run on the event loop as soon as the answer is sent: a plain function would first wait
+        # for a worker thread (and the GIL) while a thousand hosts wait for the change.
+        feed.poke()
+
     def _commit(state: State, spec: Spec, changes: list[Change], who: Principal, dry_run: bool,
                 answered: BackgroundTasks, store_spec: dict[str, Any] | None = None) -> dict[str, Any]:
         after, events = seal(state, changes, actor=who.name, now=clock())
@@ -377,7 +382,7 @@ def create_app(
             backend.append(state.name, state.seq, events, state=after, spec=store_spec)
             # The feed is told once the operator has the answer: the change wakes every SDK host's long poll
             # at once, and the operator's answer would otherwise wait behind them all.
-            answered.add_task(feed.poke)
+            answered.add_task(_poke)
             log.info("%s: %s by %s", state.name, ", ".join(e.type for e in events), who.name)
         return {"events": [e.to_dict() for e in events], "state": after.to_dict(), "dry_run": dry_run}
 
