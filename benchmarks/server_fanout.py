@@ -1,16 +1,24 @@
 """One control plane feeding many app processes: routing-feed latency after a change, and flush POST latency.
 
-    python benchmarks/server_fanout.py [--processes 1000] [--seconds 40] [--postgres URL]
+    python benchmarks/server_fanout.py [--processes 1000] [--seconds 40] [--client-processes 1]
+                                       [--actions pause,resume] [--postgres URL]
 
 Runs `crossfade serve` in a subprocess (one uvicorn worker, a temporary SQLite file or a fresh PostgreSQL
 database) with one started migration, then simulates `--processes` app processes on loopback as asyncio
 clients in this process, each as the SDK behaves: a long poll of `GET /v1/routing?wait=30` with the ETag it
 holds, on a keep-alive connection of its own, and a telemetry flush (`POST /v1/telemetry`, one window per
 arm, in the SDK's compact form) once a 10 s window, at its own point of the window (the SDK's flush
-jitter), on a second connection. Midway, an operator pauses then resumes the migration (`--changes` in all);
-for each change it prints how long after the change every process held the new routing table (p50, p99, max;
-goal: p99 under 100 ms) and the server's CPU time for it (less its CPU at rest), and the flush POSTs' p50
-and p99 over the run.
+jitter), on a second connection. Midway, an operator pauses then resumes the migration (`--changes` in all;
+`--actions` chooses the commands: a promote, forced, reads the stage's telemetry); for each change it prints
+how long after the change every process held the new routing table (p50, p99, max; goal: p99 under 100 ms),
+how long the operator's POST itself took, and the server's CPU time for it (less its CPU at rest); then the
+server's CPU at rest per flush (over the quiet time before the first change, the feed's and the
+controller's reads included), and the flush POSTs' p50 and p99 over the run.
+
+A process holds a table once its client has read the answer: one asyncio loop that reads a thousand answers
+at once adds its own queueing to the figure (and a flush it encodes meanwhile delays them further). With
+`--client-processes N` the simulated processes are spread over N OS processes, each with its own loop (the
+lag is then measured against one clock, CLOCK_MONOTONIC, shared by all of them).
 """
 
 from __future__ import annotations
@@ -18,12 +26,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
+import queue
 import random
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -72,8 +83,10 @@ class Process:
         self.token = token
         self.stop = stop
         self.etag: str | None = None
-        self.held: list[tuple[float, str]] = []  # (when, ETag) of every table this process was sent
-        self.flushes: list[float] = []
+        # (when, ETag, the migration's last event) of every table this process was sent: a process has a change
+        # once it holds its event or a later one (the controller may record the next before the process polls).
+        self.held: list[tuple[float, str, int]] = []
+        self.flushes: list[tuple[float, float]] = []  # (answered at, seconds taken) of every flush
         self.errors = 0
 
     async def poll(self) -> None:
@@ -83,10 +96,11 @@ class Process:
                 match = f"If-None-Match: {self.etag}\r\n" if self.etag else ""
                 request = (f"GET /v1/routing?wait=30 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                            f"Authorization: Bearer {self.token}\r\n{match}\r\n").encode()
-                status, headers, _ = await exchange(reader, writer, request)
+                status, headers, body = await exchange(reader, writer, request)
                 if status == 200:
+                    when = time.perf_counter()
                     self.etag = headers["etag"]
-                    self.held.append((time.perf_counter(), self.etag))
+                    self.held.append((when, self.etag, last_event(body)))
                 elif status != 304:
                     self.errors += 1
                     await asyncio.sleep(1)
@@ -131,7 +145,8 @@ class Process:
                     began = time.perf_counter()
                     reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
                     status, _, answer = await exchange(reader, writer, request)
-                self.flushes.append(time.perf_counter() - began)
+                answered = time.perf_counter()
+                self.flushes.append((answered, answered - began))
                 if status != 200:
                     self.errors += 1
                     if not _shown:
@@ -143,13 +158,20 @@ class Process:
             writer.close()
 
 
-def operate(port: int, token: str, action: str) -> None:
-    """POST an operator action."""
+def last_event(table: bytes) -> int:
+    """The number of the benchmark migration's last event in a routing table."""
+    return next(s["seq"] for s in json.loads(table)["states"] if s["name"] == NAME)
+
+
+def operate(port: int, token: str, action: str) -> int:
+    """POST an operator action; the number of the event it appended."""
     request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/migrations/{NAME}/{action}", method="POST",
-                                     data=json.dumps({"reason": "fanout benchmark"}).encode(),
+                                     # A promote is forced: the benchmark's stage has no time to meet its gates.
+                                     data=json.dumps({"reason": "fanout benchmark",
+                                                      "force": action == "promote"}).encode(),
                                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as answer:
-        answer.read()
+        return json.loads(answer.read())["state"]["seq"]
 
 
 def etag_now(port: int, token: str) -> str:
@@ -169,16 +191,106 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def drive(args: argparse.Namespace, port: int, server: int, sdk: str, operator: str, stage: str) -> None:
-    stop = asyncio.Event()
-    processes = [Process(i, port, sdk, stop) for i in range(args.processes)]
+async def launch(processes: list[Process], stage: str, flush: bool) -> list[asyncio.Task[None]]:
+    """Start the processes' long polls (and flushes), opening connections a few at a time, as processes start."""
     tasks = []
-    for p in processes:  # connections opened a few at a time, as processes start
+    for n, p in enumerate(processes):
         tasks.append(asyncio.create_task(p.poll()))
-        if not args.no_flush:
+        if flush:
             tasks.append(asyncio.create_task(p.flush(stage)))
-        if p.index % 50 == 49:
+        if n % 50 == 49:
             await asyncio.sleep(0.05)
+    return tasks
+
+
+def client_process(indices: range, port: int, token: str, stage: str, flush: bool,
+                   out: multiprocessing.Queue, stop: threading.Event) -> None:
+    """One OS process of simulated app processes: reports every table a process was sent as it comes (in
+    batches, every 20 ms), and its flushes once `stop` is set."""
+    random.seed()  # forked: each process its own flush offsets
+
+    async def run() -> None:
+        done = asyncio.Event()
+        processes = [Process(i, port, token, done) for i in indices]
+        tasks = await launch(processes, stage, flush)
+        reported = [0] * len(processes)
+        while not stop.is_set():
+            await asyncio.sleep(0.02)
+            batch = []
+            for k, p in enumerate(processes):
+                batch += [(p.index, *held) for held in p.held[reported[k]:]]
+                reported[k] = len(p.held)
+            if batch:
+                out.put(("held", batch))
+        done.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        out.put(("done", [(p.index, p.flushes, p.errors) for p in processes]))
+
+    asyncio.run(run())
+
+
+class Fleet:
+    """The simulated processes run by `--client-processes` OS processes: the records here are filled in from
+    their reports, by a thread."""
+
+    def __init__(self, args: argparse.Namespace, port: int, token: str, stage: str) -> None:
+        self.processes = [Process(i, port, token, asyncio.Event()) for i in range(args.processes)]
+        context = multiprocessing.get_context("fork")  # before any event loop runs in this process
+        self.out: multiprocessing.Queue = context.Queue()
+        self.stop = context.Event()
+        count = args.client_processes
+        self.workers = [context.Process(target=client_process, daemon=True, args=(
+            range(k * args.processes // count, (k + 1) * args.processes // count), port, token, stage,
+            not args.no_flush, self.out, self.stop)) for k in range(count)]
+        for worker in self.workers:
+            worker.start()
+        self.pending = count
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while self.pending:
+            try:
+                kind, records = self.out.get(timeout=1.0)
+            except queue.Empty:
+                if not any(w.is_alive() for w in self.workers):
+                    return
+                continue
+            if kind == "held":
+                for index, when, etag, seq in records:
+                    p = self.processes[index]
+                    p.held.append((when, etag, seq))
+                    p.etag = etag
+            else:
+                for index, flushes, errors in records:
+                    self.processes[index].flushes = flushes
+                    self.processes[index].errors = errors
+                self.pending -= 1
+
+    def cpu(self) -> float:
+        """CPU seconds used so far by the client processes."""
+        return sum(cpu_seconds(w.pid) for w in self.workers if w.pid is not None and w.is_alive())
+
+    def finish(self) -> None:
+        """Stop the client processes and wait for their reports."""
+        self.stop.set()
+        self.reader.join(timeout=60)
+        for worker in self.workers:
+            worker.join(timeout=10)
+
+
+async def drive(args: argparse.Namespace, port: int, server: int, sdk: str, operator: str, stage: str,
+                fleet: Fleet | None) -> None:
+    stop = asyncio.Event()
+    if fleet is None:
+        processes = [Process(i, port, sdk, stop) for i in range(args.processes)]
+        tasks = await launch(processes, stage, not args.no_flush)
+    else:
+        processes, tasks = fleet.processes, []
+
+    def clients_cpu() -> float:
+        return time.process_time() + (0.0 if fleet is None else fleet.cpu())
+
     loop = asyncio.get_running_loop()
     # Every process holds the current table before the first change.
     first = await loop.run_in_executor(None, etag_now, port, operator)
@@ -186,28 +298,25 @@ async def drive(args: argparse.Namespace, port: int, server: int, sdk: str, oper
     while sum(p.etag == first for p in processes) < len(processes) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     holding = sum(p.etag == first for p in processes)
-    print(f"{args.processes} simulated app processes on loopback ({holding} holding the table); "
+    clients = ("in this process's event loop" if fleet is None
+               else f"over {len(fleet.workers)} client OS processes")
+    print(f"{args.processes} simulated app processes on loopback, {clients} ({holding} holding the table); "
           f"{os.cpu_count()} CPUs shared by server and clients")
-    await asyncio.sleep(max(0.0, args.seconds / 2 - 2))
-    # The server's CPU at rest (the feed's and the controller's reads), to take out of each change's.
+    # The server's CPU at rest (the flushes, the feed's and the controller's reads), to take out of each
+    # change's, over the quiet time before the first change.
     began, idle = time.perf_counter(), cpu_seconds(server)
-    await asyncio.sleep(2)
-    idle_rate = (cpu_seconds(server) - idle) / (time.perf_counter() - began)
-    previous = first
+    await asyncio.sleep(max(2.0, args.seconds / 2))
+    rest = began, time.perf_counter()
+    idle_rate = (cpu_seconds(server) - idle) / (rest[1] - rest[0])
     for change in range(args.changes):
-        action = ("pause", "resume")[change % 2]
-        cpu = cpu_seconds(server), time.process_time()
+        action = args.actions[change % len(args.actions)]
+        cpu = cpu_seconds(server), clients_cpu()
         changed = time.perf_counter()  # the change's request is sent: its commit is part of the lag
-        await loop.run_in_executor(None, operate, port, operator, action)
+        seq = await loop.run_in_executor(None, operate, port, operator, action)
         committed = time.perf_counter() - changed
-        # The feed reads the store in a thread of its own after the commit: wait for the change's ETag.
-        etag = previous
-        while etag == previous:
-            etag = await loop.run_in_executor(None, etag_now, port, operator)
-        previous = etag
 
         def lag(p: Process) -> float | None:
-            return next((when - changed for when, held in p.held if held == etag and when >= changed), None)
+            return next((when - changed for when, _, held in p.held if held >= seq and when >= changed), None)
 
         deadline = time.monotonic() + 30
         while sum(lag(p) is not None for p in processes) < len(processes) and time.monotonic() < deadline:
@@ -218,17 +327,24 @@ async def drive(args: argparse.Namespace, port: int, server: int, sdk: str, oper
         await asyncio.sleep(1.0)
         window = time.perf_counter() - changed
         server_cpu = cpu_seconds(server) - cpu[0] - idle_rate * window
-        clients_cpu = time.process_time() - cpu[1]
+        client_cpu = clients_cpu() - cpu[1]
         print(f"routing change ({action}): {len(lags)}/{len(processes)} processes had it; after the change was asked "
               f"p50 {1000 * quantile(lags, 0.5):.1f} ms, p99 {1000 * quantile(lags, 0.99):.1f} ms, "
               f"max {1000 * max(lags, default=float('nan')):.1f} ms  (goal: p99 < 100 ms); the operator's "
               f"POST itself took {1000 * committed:.1f} ms; CPU for the change (its POST, the answers and the "
               f"next polls, less the server's {1000 * idle_rate:.0f} ms/s at rest): server {1000 * server_cpu:.0f} "
-              f"ms, simulated processes {1000 * clients_cpu:.0f} ms")
+              f"ms, simulated processes {1000 * client_cpu:.0f} ms")
         await asyncio.sleep(max(0.0, args.seconds / 4 - 1.0))
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
-    flushes = [f for p in processes for f in p.flushes]
+    if fleet is not None:
+        await loop.run_in_executor(None, fleet.finish)
+    at_rest = sum(rest[0] <= answered < rest[1] for p in processes for answered, _ in p.flushes)
+    rate = at_rest / (rest[1] - rest[0])
+    print(f"server at rest: {1000 * idle_rate:.0f} ms CPU/s with {rate:.0f} flush POSTs/s over {rest[1] - rest[0]:.0f} s: "
+          f"{1000 * idle_rate / rate if rate else float('nan'):.2f} ms of CPU per flush (the feed's and the "
+          f"controller's reads included)")
+    flushes = [taken for p in processes for _, taken in p.flushes]
     print(f"flush POST /v1/telemetry: {len(flushes)} posts, p50 {1000 * quantile(flushes, 0.5):.1f} ms, "
           f"p99 {1000 * quantile(flushes, 0.99):.1f} ms, max {1000 * max(flushes, default=float('nan')):.1f} ms; "
           f"errors {sum(p.errors for p in processes)}")
@@ -239,7 +355,11 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--changes", type=int, default=2, help="routing changes to make (pause, resume, ...)")
+    parser.add_argument("--actions", type=lambda text: text.split(","), default=["pause", "resume"],
+                        help="the operator's commands, in turn (a promote weighs the stage's telemetry)")
     parser.add_argument("--no-flush", action="store_true", help="long polls only: the fan-out without writes")
+    parser.add_argument("--client-processes", type=int, default=1, metavar="N",
+                        help="spread the simulated processes over N OS processes (1: all in this one's event loop)")
     parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL server to create a fresh database on")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -280,7 +400,8 @@ def main() -> None:
                     if server.poll() is not None or time.monotonic() > deadline:
                         sys.exit(f"crossfade serve did not start: {log_path.read_text()[-3000:]}")
                     time.sleep(0.2)
-            asyncio.run(drive(args, port, server.pid, sdk, operator, stage or ""))
+            fleet = Fleet(args, port, sdk, stage or "") if args.client_processes > 1 else None
+            asyncio.run(drive(args, port, server.pid, sdk, operator, stage or "", fleet))
         finally:
             server.terminate()
             server.wait(timeout=30)

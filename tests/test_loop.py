@@ -445,3 +445,28 @@ def test_a_test_message_reaches_a_target_and_an_unknown_one_is_named(sqlite_url,
         outbox.pump()
     [(_, _, body)] = receiver.wait_for(1)
     assert b"crossfade test notification for m to hook" in body
+
+
+def test_a_loop_reads_into_the_telemetry_reader_it_is_given(sqlite_url):
+    # A control plane's controller and API share one reader, so an operator's promote reads only the rows
+    # flushed since the controller's last look. Shown with a store that loses its rows after the look: the
+    # reader the loop was given holds what the loop read, and a reader of its own finds nothing.
+    import sqlalchemy as sa
+
+    from crossfade.spec import load_spec
+    from crossfade.stagedata import StageTelemetry
+
+    clock = ManualClock(1_000_000.0)
+    with crossfade.Client(sqlite_url, clock=clock.now, background=False) as cf:
+        cf.apply(SPEC)
+        cf.migration("m").start()
+        _healthy_traffic(cf, "m")
+        backend = cf.backend()
+        shared = StageTelemetry()
+        assert ControllerLoop(backend, clock=clock, telemetry=shared).tick()[0].skipped is None
+        with backend.engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM crossfade_telemetry"))
+        state = backend.state("m")
+        spec = load_spec(backend.spec("m", state.spec_version))
+        assert sum(w.cell.calls for w in shared.windows(backend, state, spec, clock.t)) == 400
+        assert StageTelemetry().windows(backend, state, spec, clock.t) == []

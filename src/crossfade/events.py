@@ -678,6 +678,9 @@ def position(state: State) -> tuple[Any, ...]:
 
 
 OPERATIONS: Final = ("start", "promote", "approve", "pause", "resume", "rollback", "abort", "restart", "step-back")
+WEIGHS_PROGRESS: Final = frozenset({"promote", "approve"})
+"""The operations that read the current stage's progress (promote checks it, approve takes legacy's cell from
+it); any other is decided without the stage's telemetry, whose read costs time that grows with the stage."""
 
 
 def operation(action: str, state: State, spec: Spec, reason: str | None = None, *, force: bool = False,

@@ -128,6 +128,7 @@ class ControllerLoop:
         dry_run: bool = False,
         source: MetricSource | None = None,
         concurrency: int = 8,
+        telemetry: StageTelemetry | None = None,
     ) -> None:
         self.backend = backend
         self.concurrency = concurrency
@@ -142,7 +143,9 @@ class ControllerLoop:
         self._due: dict[str, float] = {}
         self._specs: dict[tuple[str, int], Spec] = {}
         self._held: set[str] = set()
-        self._telemetry = StageTelemetry()
+        # A control plane shares its reader with its API: an operator's promote then reads only the rows
+        # flushed since the controller's last look, not the whole stage.
+        self._telemetry = telemetry if telemetry is not None else StageTelemetry()
         # The stored telemetry, read incrementally, for migrations whose spec names no other source; `source`
         # replaces every spec's (a simulation judges its own simulated telemetry whatever the spec names).
         self._telemetry_source = TelemetrySource(self._telemetry)

@@ -21,6 +21,7 @@ from crossfade.backends.base import (
     UnknownMigration,
 )
 from crossfade.events import (
+    WEIGHS_PROGRESS,
     Event,
     StageProgress,
     State,
@@ -809,7 +810,7 @@ class Migration:
         from crossfade.controller import stage_progress
         from crossfade.stagedata import stage_windows
 
-        if action not in ("promote", "approve") or not state.stage:
+        if action not in WEIGHS_PROGRESS or not state.stage:
             return StageProgress(0.0, 0, 0)
         return stage_progress(spec, state, stage_windows(self.client.backend(), state), self.client.time())
 

@@ -435,3 +435,67 @@ def test_no_secret_in_an_error_body_an_event_or_metrics(control_plane, caplog):
         assert secret not in text and secret[3:20] not in text
     for token in control_plane.backend.tokens():
         assert token.hash not in text
+
+
+def test_only_a_command_that_weighs_the_stage_reads_its_metrics(sqlite_url):
+    # A pause or a rollback must reach the hosts at once: it is decided on the migration's state alone, never
+    # after a read of the stage's telemetry (minutes of rows from a thousand processes) or of its metric
+    # source. A promote checks the stage's gates, so it reads them. Counted at a Prometheus stand-in that
+    # answers 503: the reads a command makes, with no controller running to make others.
+    import http.server
+    import urllib.error
+    import urllib.request
+
+    from crossfade.backends.sql import SQLBackend
+    from crossfade.server import serve_in_background
+    from crossfade.tokens import new_token, token_hash
+
+    queries: list[str] = []
+
+    class Prometheus(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            queries.append(self.path)
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    source = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Prometheus)
+    threading.Thread(target=source.serve_forever, daemon=True).start()
+    spec = {**SPEC, "source": {"prometheus": {
+        "url": f"http://127.0.0.1:{source.server_address[1]}", "timeout": "5s",
+        "queries": {"calls": 'requests_total{arm="$arm"}', "errors": 'errors_total{arm="$arm"}'}}}}
+
+    backend = SQLBackend(sqlite_url)
+    token = new_token()
+    backend.create_token("ops", "operator", token_hash(token), time.time())
+    base, stop = serve_in_background(backend, open_reads=False, controller=False)
+
+    def call(path: str, body: dict, method: str = "POST") -> tuple[int, dict]:
+        request = urllib.request.Request(base + path, data=json.dumps(body).encode(), method=method,
+                                         headers={"Authorization": f"Bearer {token}",
+                                                  "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    try:
+        assert call("/v1/migrations/m", {"spec": spec}, "PUT")[0] == 200
+        for action in ("start", "pause", "resume", "rollback"):
+            status, body = call(f"/v1/migrations/m/{action}", {"reason": "ops"})
+            assert status == 200, (action, body)
+        assert queries == []
+        assert call("/v1/migrations/m/restart", {"reason": "again"})[0] == 200
+        status, body = call("/v1/migrations/m/promote", {"reason": "next"})
+        assert status == 409, body  # the next stage needs an approval
+        assert queries, "promote decided without reading the stage's metric source"
+    finally:
+        stop()
+        backend.close()
+        source.shutdown()
+        source.server_close()
+

@@ -232,3 +232,40 @@ def test_concurrent_posts_are_written_together_each_exactly_once(tmp_path):
     closed.stop()
     gone.close()
     assert all(isinstance(o, Exception) for o in outcomes)
+
+
+def test_a_window_the_held_states_do_not_fit_is_checked_against_the_store_in_a_second_pass(sqlite_url):
+    # The event loop admits a flush itself when the feed's states settle it, and hands it to a thread (which
+    # reads the migration's state from the store) only when they do not: a host that sends right after a
+    # change the feed has not read yet is not refused, and the first look counted nothing of it.
+    import crossfade
+    from crossfade.server.auth import Principal
+    from crossfade.server.intake import Intake
+    from crossfade.server.models import WindowModel
+    from crossfade.spec import load_spec
+
+    cf = crossfade.connect(sqlite_url)
+    cf.apply({"name": "m", **SPEC})
+    backend = cf.backend()
+    held = {"m": backend.state("m")}  # the feed read the draft
+    cf.migration("m").start()
+    reads: list[str] = []
+
+    def fresh(name):
+        reads.append(name)
+        return backend.state(name)
+
+    intake = Intake(lambda: held, lambda name, version: load_spec(backend.spec(name, version)), fresh=fresh,
+                    max_rows=1)
+    who = Principal("hosts", "sdk")
+    posted = [WindowModel(**window())]
+    assert intake.admit_held(who, posted, time.time()) is None and reads == []
+    accepted, skipped = intake.admit(who, posted, time.time())
+    assert [(w.stage, w.arm) for w in accepted] == [("canary", "candidate")] and skipped == []
+    assert reads == ["m"]
+    # The feed catches up: the next flush is settled without the store, and the bound of one row per token
+    # and window holds across both paths.
+    held["m"] = backend.state("m")
+    accepted, skipped = intake.admit_held(who, posted, time.time())
+    assert accepted == [] and "already sent 1 rows" in skipped[0].reason and reads == ["m"]
+    cf.close()

@@ -32,7 +32,9 @@ from crossfade.backends.base import (
     UnknownMigration,
 )
 from crossfade.events import (
+    WEIGHS_PROGRESS,
     Change,
+    StageProgress,
     State,
     TransitionError,
     apply_change,
@@ -179,7 +181,12 @@ def create_app(
     Host is loopback's or one of `allowed_hosts`.
     """
     feed = RoutingFeed(backend, poll=feed_poll)
-    ctl = ControllerThread(backend, poll=controller_poll, on_events=feed.poke) if controller else None
+    # The migration page (polled), every /metrics scrape, a promote and the controller read each stage's
+    # telemetry: one incremental reader serves them all, so each pays for the rows written since the last
+    # read by any of them, not for the stage's history.
+    telemetry = StageTelemetry()
+    ctl = (ControllerThread(backend, poll=controller_poll, on_events=feed.poke, telemetry=telemetry)
+           if controller else None)
     # Notifications go out wherever the controller runs; links point at $CROSSFADE_PUBLIC_URL's dashboard.
     notifier = OutboxThread(backend, link=os.environ.get("CROSSFADE_PUBLIC_URL")) if controller else None
 
@@ -219,9 +226,6 @@ def create_app(
     app.state.feed = feed
     app.state.controller = ctl
     app.state.clock = clock
-    # The migration page (polled) and every /metrics scrape read each stage's telemetry: one incremental
-    # reader serves both, so each pays for the rows written since the last read, not for the stage's history.
-    telemetry = StageTelemetry()
     telemetry_source = TelemetrySource(telemetry)
     collector = CrossfadeCollector(
         backend, controller_lag=(ctl.lag if ctl is not None else lambda: None),
@@ -342,12 +346,7 @@ def create_app(
             state = views.current(backend, name)
             _expect(state, request.expected_seq)
             spec = feed.spec(name, state.spec_version)
-            now = clock()
-            try:
-                windows = read_stage(backend, state, spec, now, telemetry=telemetry_source)
-            except SourceError:
-                windows = []  # nothing known of the stage: a plain promote waits, a forced one says what it skipped
-            progress = stage_progress(spec, state, windows, now)
+            progress = _progress(action, state, spec)
             changes = operation(action.value, state, spec, request.reason, force=request.force, progress=progress,
                                 to=request.to)
             try:
@@ -359,6 +358,23 @@ def create_app(
                     raise
         raise AssertionError("unreachable")
 
+    def _progress(action: Action, state: State, spec: Spec) -> StageProgress:
+        # Only a command that weighs the stage reads its telemetry: a pause or a rollback, which must reach
+        # the hosts fast, never waits for the rows flushed since the last look.
+        if action.value not in WEIGHS_PROGRESS or not state.stage:
+            return StageProgress(0.0, 0, 0)
+        now = clock()
+        try:
+            windows = read_stage(backend, state, spec, now, telemetry=telemetry_source)
+        except SourceError:
+            windows = []  # nothing known of the stage: a plain promote waits, a forced one says what it skipped
+        return stage_progress(spec, state, windows, now)
+
+    async def _poke() -> None:
+        # A coroutine, run on the event loop as soon as the answer is sent: a plain function would first wait
+        # for a worker thread (and the GIL) while a thousand hosts wait for the change.
+        feed.poke()
+
     def _commit(state: State, spec: Spec, changes: list[Change], who: Principal, dry_run: bool,
                 answered: BackgroundTasks, store_spec: dict[str, Any] | None = None) -> dict[str, Any]:
         after, events = seal(state, changes, actor=who.name, now=clock())
@@ -366,7 +382,7 @@ def create_app(
             backend.append(state.name, state.seq, events, state=after, spec=store_spec)
             # The feed is told once the operator has the answer: the change wakes every SDK host's long poll
             # at once, and the operator's answer would otherwise wait behind them all.
-            answered.add_task(feed.poke)
+            answered.add_task(_poke)
             log.info("%s: %s by %s", state.name, ", ".join(e.type for e in events), who.name)
         return {"events": [e.to_dict() for e in events], "state": after.to_dict(), "dry_run": dry_run}
 
@@ -415,7 +431,12 @@ def create_app(
         posted = [w if isinstance(w, WindowModel) else WindowModel(
             migration=w.migration, stage=w.stage, arm=w.arm, start=w.start, length=w.length, cell=_compact(w, i))
             for i, w in enumerate(body.windows)]
-        windows, skipped = await run_in_threadpool(intake.admit, who, posted, clock())
+        now = clock()
+        # Checked here, on the event loop, unless a window needs its migration's state read from the store:
+        # a thread per flush, at a hundred flushes a second, costs more than the check (and its hand-offs
+        # contend for the GIL with the answers to the hosts' long polls).
+        admitted = intake.admit_held(who, posted, now)
+        windows, skipped = admitted or await run_in_threadpool(intake.admit, who, posted, now)
         await telemetry_writer.write(windows)  # with the other POSTs waiting: one transaction, no thread held
         if skipped:
             log.warning("telemetry from %s: %d of %d windows skipped, first: %s", who.name, len(skipped),
@@ -518,10 +539,6 @@ def _compact(window: WindowModel | OpenWindowModel, index: int) -> dict[str, Any
     except OpenWindowError as exc:
         raise SpecError("<telemetry>", [Problem(f"windows[{index}].{exc.field}", str(exc))]) from None
     return cell.to_dict()
-
-
-def _changes(action: Action, state: State, spec: Spec, request: OperationRequest) -> list[Change]:
-    return operation(action.value, state, spec, request.reason, force=request.force)
 
 
 def _window_dict(w: Window) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from crossfade.backends.base import Backend, BackendError
 from crossfade.loop import ControllerLoop, NotificationOutbox, Tick
+from crossfade.stagedata import StageTelemetry
 
 log = logging.getLogger("crossfade.server")
 
@@ -16,9 +17,10 @@ log = logging.getLogger("crossfade.server")
 class ControllerThread:
     """Runs `ControllerLoop.tick` every `poll` seconds and remembers when a pass last completed (its lag)."""
 
-    def __init__(self, backend: Backend, *, poll: float = 1.0, on_events: Callable[[], None] | None = None) -> None:
+    def __init__(self, backend: Backend, *, poll: float = 1.0, on_events: Callable[[], None] | None = None,
+                 telemetry: StageTelemetry | None = None) -> None:
         self.on_events = on_events
-        self.loop = ControllerLoop(backend, on_tick=self._ticked)
+        self.loop = ControllerLoop(backend, on_tick=self._ticked, telemetry=telemetry)
         self.poll = poll
         self.last_pass: float | None = None
         self._stop = threading.Event()

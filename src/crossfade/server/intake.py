@@ -48,7 +48,20 @@ class Intake:
         self._lock = threading.Lock()
 
     def admit(self, who: Principal, posted: Sequence[Any], now: float) -> tuple[list[Window], list[Skipped]]:
-        """The windows to store and the ones skipped; `posted` are the request's window models."""
+        """The windows to store and the ones skipped; `posted` are the request's window models. A window that
+        does not fit the states held has its migration's state read from the store."""
+        admitted = self._admit(who, posted, now, read=True)
+        assert admitted is not None  # reading, it always answers
+        return admitted
+
+    def admit_held(self, who: Principal, posted: Sequence[Any], now: float
+                   ) -> tuple[list[Window], list[Skipped]] | None:
+        """As `admit` without I/O, for the event loop: None (nothing counted) when a window does not fit the
+        states held, so that `admit` reads the store for it, in a thread."""
+        return self._admit(who, posted, now, read=False)
+
+    def _admit(self, who: Principal, posted: Sequence[Any], now: float, *, read: bool
+               ) -> tuple[list[Window], list[Skipped]] | None:
         problems = []
         cells = []
         for index, w in enumerate(posted):
@@ -58,20 +71,22 @@ class Intake:
                 problems.append(Problem(f"windows[{index}].cell", str(exc)))
         if problems:
             raise SpecError("<telemetry>", problems)
-        states = dict(self.states())
-        reread: set[str] = set()
+        states: dict[str, State | None] = dict(self.states())
+        reasons = [self._misfit(who, w, states.get(w.migration), now) for w in posted]
+        stale = {w.migration for w, reason in zip(posted, reasons, strict=True)
+                 if reason is not None and who.serves(w.migration)}
+        if stale:
+            if not read:
+                return None
+            for name in stale:
+                states[name] = self.fresh(name)
+            reasons = [self._misfit(who, w, states[w.migration], now) if w.migration in stale else reason
+                       for w, reason in zip(posted, reasons, strict=True)]
         accepted: list[Window] = []
         skipped: list[Skipped] = []
         with self._lock:
             self._forget(now)
-            for index, (w, cell) in enumerate(zip(posted, cells, strict=True)):
-                reason = self._misfit(who, w, states.get(w.migration), now)
-                if reason is not None and w.migration not in reread and who.serves(w.migration):
-                    reread.add(w.migration)
-                    state = self.fresh(w.migration)
-                    if state is not None:
-                        states[w.migration] = state
-                    reason = self._misfit(who, w, state, now)
+            for index, (w, cell, reason) in enumerate(zip(posted, cells, reasons, strict=True)):
                 slot = (who.name, w.migration, w.stage, w.arm, w.start)
                 if reason is None and self._rows.get(slot, 0) >= self.max_rows:
                     reason = f"token {who.name!r} already sent {self.max_rows} rows for this window"
