@@ -43,6 +43,41 @@ def test_a_lease_is_held_renewed_expires_and_is_released(backend_url):
     backend.close()
 
 
+def test_many_leases_are_taken_at_once_each_as_it_would_be_alone(backend_url):
+    backend = SQLBackend(backend_url)
+    assert backend.acquire_lease("controller:x", "b", 30, now=100.0)
+    assert backend.acquire_leases({"controller:m": 30, "controller:x": 30, "controller:y": 5}, "a",
+                                  now=110.0) == {"controller:m", "controller:y"}  # x is b's until 130
+    # a renews its own (y even after it expired), and takes x once b's lease has expired
+    assert backend.acquire_leases({"controller:m": 30, "controller:x": 30, "controller:y": 30}, "a",
+                                  now=131.0) == {"controller:m", "controller:x", "controller:y"}
+    assert not backend.acquire_lease("controller:x", "b", 30, now=140.0)
+    assert backend.acquire_leases({"controller:x": 30}, "b", now=140.0) == set()
+    assert backend.lease_holders("controller:", 140.0) == ["a"]
+    assert backend.acquire_leases({}, "a", now=140.0) == set()
+    backend.close()
+
+
+def test_two_holders_taking_the_same_leases_at_once_never_both_win_one(backend_url):
+    backends = [SQLBackend(backend_url) for _ in range(2)]
+    names = {f"controller:m{i}": 30.0 for i in range(60)}
+    won: dict[str, set[str]] = {}
+    go = threading.Barrier(2)
+
+    def take(holder, backend):
+        go.wait()
+        won[holder] = backend.acquire_leases(names, holder, 100.0)
+
+    threads = [threading.Thread(target=take, args=(h, b)) for h, b in zip("ab", backends)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not won["a"] & won["b"] and won["a"] | won["b"] == set(names)
+    for backend in backends:
+        backend.close()
+
+
 def _healthy_traffic(cf, name, n=400):
     mig = cf.migration(name)
     for i in range(n):
