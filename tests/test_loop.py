@@ -297,6 +297,49 @@ def test_replicas_share_the_migrations_and_take_over_a_dead_ones_share(backend_u
             loop.backend.close()
 
 
+def test_a_pass_takes_its_leases_at_once_and_writes_no_roll_up_that_would_take_nothing(backend_url):
+    import sqlalchemy as sa
+
+    from crossfade.client import Client
+    from crossfade.spec import load_spec
+    from crossfade.stagedata import detail_horizon
+    from crossfade.telemetry import Cell, Window
+
+    t0 = 1_800_000_000.0
+    spec = {**SPEC, "stages": [{"name": "canary", "traffic": "20%", "hold": "30d"}, {"traffic": "100%"}]}
+    with Client(backend_url, clock=lambda: t0, background=False) as cf:
+        for i in range(12):
+            cf.apply({**spec, "name": f"tool-{i}"})
+            cf.migration(f"tool-{i}").start()
+    backend = SQLBackend(backend_url)
+    cell = Cell()
+    cell.calls = 10
+    backend.write_windows([Window(f"tool-{i}", "canary", arm, t0, 10.0, cell)
+                           for i in range(12) for arm in ("legacy", "candidate")])
+    statements: list[str] = []
+    sa.event.listen(backend.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    clock = ManualClock(t0 + 1)
+    loop = ControllerLoop(backend, clock=clock, holder="a")
+    try:
+        for _ in range(2):  # the first look at each stage, then its news
+            statements.clear()
+            assert len([t for t in loop.tick() if t.skipped is None]) == 12
+            leases = [s for s in statements if "crossfade_leases" in s]
+            # its own heartbeat (a read and a write), who is alive, and every migration's lease at once: not a
+            # statement per migration
+            assert len(leases) <= 4, leases
+            # no window is near the horizon yet: a roll-up would take nothing, so none is written
+            assert not [s for s in statements if "crossfade_rollups" in s and not s.lstrip().startswith("SELECT")]
+            clock.t += 1
+        # once the windows are past the horizon, the pass rolls them up after all
+        clock.t = t0 + detail_horizon(load_spec(spec)) + 20
+        loop.tick()
+        with backend.engine.connect() as conn:
+            assert conn.scalar(sa.text("SELECT COUNT(*) FROM crossfade_telemetry WHERE rolled = 0")) == 0
+    finally:
+        backend.close()
+
+
 def test_no_promotion_until_every_router_verifies_and_a_rollback_is_retried_until_it_does(sqlite_url):
     from tests.routers.kube_api import serve
 
