@@ -60,7 +60,7 @@ def test_many_leases_are_taken_at_once_each_as_it_would_be_alone(backend_url):
 
 def test_two_holders_taking_the_same_leases_at_once_never_both_win_one(backend_url):
     backends = [SQLBackend(backend_url) for _ in range(2)]
-    names = {f"controller:m{i}": 30.0 for i in range(60)}
+    names = {f"controller:m{i}": 30.0 for i in range(1200)}  # more than one statement's worth
     won: dict[str, set[str]] = {}
     go = threading.Barrier(2)
 
