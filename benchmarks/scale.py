@@ -11,7 +11,8 @@ process, arm and 10 s window, 50 calls each with a latency sketch). It prints, p
 the rows stored; a controller's first tick of that migration and its ticks after that; `crossfade status
 NAME --json`; and, of a running control plane, a /metrics scrape and the migration page. Per number of
 running migrations: apply+start, one controller pass over all of them, `status` of all, and two
-controller replicas, as two processes, passing at once (how many each handled, and its seconds). Times are
+controller replicas, as two processes, passing at once: how many each stepped, its seconds (and as a fraction
+of the one replica's pass), the CPU seconds of its process and the SQL statements it sent. Times are
 medians, wall clock, on this machine as it is: compare rows of one run, not runs of different days.
 """
 
@@ -27,6 +28,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -213,16 +215,45 @@ def many(url: str, count: int, now: float) -> dict[str, float | str]:
     backend.write_windows([Window(f"tool-{i:04d}", "shadow", arm, now - 300, WINDOW, cell(rng, 20))
                            for i in range(count) for arm in ("legacy", "candidate")])
     one = ControllerLoop(backend, holder="one")
+    statements = count_statements(backend)
+    cpu = time.process_time()
     pass_time = median_time(lambda: (one._due.clear(), one.tick()), repeat=1)
+    alone = Pass(count, pass_time, time.process_time() - cpu, statements())
     one.release()
     status = median_time(lambda: CliRunner().invoke(app, ["status", "--json", "--url", url]), repeat=1)
     replicas = two_replicas(url)
     backend.close()
-    return {"apply_start": apply_start, "pass": pass_time, "status": status,
-            "replicas": " ".join(f"{handled}/{seconds:.2f}s" for handled, seconds in replicas)}
+    return {"apply_start": apply_start, "pass": pass_time, "status": status, "alone": alone.describe(alone),
+            "replicas": "; ".join(r.describe(alone) for r in replicas)}
 
 
-def two_replicas(url: str) -> list[tuple[int, float]]:
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """One controller pass: the migrations it stepped, its wall and CPU seconds (of its whole process), and
+    the SQL statements it sent."""
+
+    handled: int
+    seconds: float
+    cpu: float
+    statements: int
+
+    def describe(self, alone: Pass) -> str:
+        """The pass as a line of the table, its wall time also as a fraction of the single replica's pass."""
+        return (f"{self.handled}: {self.seconds:.2f} s ({self.seconds / alone.seconds:.0%}), "
+                f"CPU {self.cpu:.2f} s, {self.statements:,} statements")
+
+
+def count_statements(backend: object) -> Callable[[], int]:
+    """Start counting the SQL statements `backend` sends; returns the function that says how many since."""
+    import sqlalchemy as sa
+
+    sent = [0]
+    sa.event.listen(backend.engine, "before_cursor_execute",  # type: ignore[attr-defined]
+                    lambda *args: sent.__setitem__(0, sent[0] + 1))
+    return lambda: sent[0]
+
+
+def two_replicas(url: str) -> list[Pass]:
     """Two controller replicas as two processes (no interpreter lock shared) over the store at `url`, both
     registered before either passes: the migrations each stepped in one pass, and its seconds."""
     replicas = [subprocess.Popen([sys.executable, __file__, "--replica", url, f"replica-{i}"], stdin=subprocess.PIPE,
@@ -236,8 +267,8 @@ def two_replicas(url: str) -> list[tuple[int, float]]:
     results = []
     for r in replicas:
         out, _ = r.communicate(timeout=3600)
-        handled, seconds = out.split()
-        results.append((int(handled), float(seconds)))
+        handled, seconds, cpu, statements = out.split()
+        results.append(Pass(int(handled), float(seconds), float(cpu), int(statements)))
     return results
 
 
@@ -246,11 +277,12 @@ def replica(url: str, holder: str) -> None:
     backend = open_backend(url)
     loop = ControllerLoop(backend, holder=holder)
     loop._alive(time.time())  # the heartbeat a first pass would write: each sees the other in its pass
+    statements = count_statements(backend)
     print("ready", flush=True)
     sys.stdin.readline()
-    began = time.perf_counter()
+    began, cpu, sent = time.perf_counter(), time.process_time(), statements()
     handled = sum(1 for t in loop.tick() if t.skipped is None)
-    print(handled, time.perf_counter() - began, flush=True)
+    print(handled, time.perf_counter() - began, time.process_time() - cpu, statements() - sent, flush=True)
     loop.release()
     backend.close()
 
@@ -295,15 +327,15 @@ def main() -> None:
     if not counts:
         return
     print(f"{'migrations':>10} {'apply+start s':>13} {'pass s':>8} {'status s':>9}  "
-          "two replica processes (handled/seconds each)")
+          "one replica's pass; two replica processes' passes at once (stepped: seconds, of the one's, CPU, SQL)")
     for count in counts:
         url, remove = fresh_store(args.postgres)
         try:
             row = many(url, count, now)
         finally:
             remove()
-        print(f"{count:>10} {row['apply_start']:>13.2f} {row['pass']:>8.2f} {row['status']:>9.2f}  {row['replicas']}",
-              flush=True)
+        print(f"{count:>10} {row['apply_start']:>13.2f} {row['pass']:>8.2f} {row['status']:>9.2f}  {row['alone']}; "
+              f"{row['replicas']}", flush=True)
 
 
 if __name__ == "__main__":

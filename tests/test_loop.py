@@ -43,6 +43,41 @@ def test_a_lease_is_held_renewed_expires_and_is_released(backend_url):
     backend.close()
 
 
+def test_many_leases_are_taken_at_once_each_as_it_would_be_alone(backend_url):
+    backend = SQLBackend(backend_url)
+    assert backend.acquire_lease("controller:x", "b", 30, now=100.0)
+    assert backend.acquire_leases({"controller:m": 30, "controller:x": 30, "controller:y": 5}, "a",
+                                  now=110.0) == {"controller:m", "controller:y"}  # x is b's until 130
+    # a renews its own (y even after it expired), and takes x once b's lease has expired
+    assert backend.acquire_leases({"controller:m": 30, "controller:x": 30, "controller:y": 30}, "a",
+                                  now=131.0) == {"controller:m", "controller:x", "controller:y"}
+    assert not backend.acquire_lease("controller:x", "b", 30, now=140.0)
+    assert backend.acquire_leases({"controller:x": 30}, "b", now=140.0) == set()
+    assert backend.lease_holders("controller:", 140.0) == ["a"]
+    assert backend.acquire_leases({}, "a", now=140.0) == set()
+    backend.close()
+
+
+def test_two_holders_taking_the_same_leases_at_once_never_both_win_one(backend_url):
+    backends = [SQLBackend(backend_url) for _ in range(2)]
+    names = {f"controller:m{i}": 30.0 for i in range(1200)}  # more than one statement's worth
+    won: dict[str, set[str]] = {}
+    go = threading.Barrier(2)
+
+    def take(holder, backend):
+        go.wait()
+        won[holder] = backend.acquire_leases(names, holder, 100.0)
+
+    threads = [threading.Thread(target=take, args=(h, b)) for h, b in zip("ab", backends)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not won["a"] & won["b"] and won["a"] | won["b"] == set(names)
+    for backend in backends:
+        backend.close()
+
+
 def _healthy_traffic(cf, name, n=400):
     mig = cf.migration(name)
     for i in range(n):
@@ -260,6 +295,49 @@ def test_replicas_share_the_migrations_and_take_over_a_dead_ones_share(backend_u
     finally:
         for loop in (a, b):
             loop.backend.close()
+
+
+def test_a_pass_takes_its_leases_at_once_and_writes_no_roll_up_that_would_take_nothing(backend_url):
+    import sqlalchemy as sa
+
+    from crossfade.client import Client
+    from crossfade.spec import load_spec
+    from crossfade.stagedata import detail_horizon
+    from crossfade.telemetry import Cell, Window
+
+    t0 = 1_800_000_000.0
+    spec = {**SPEC, "stages": [{"name": "canary", "traffic": "20%", "hold": "30d"}, {"traffic": "100%"}]}
+    with Client(backend_url, clock=lambda: t0, background=False) as cf:
+        for i in range(12):
+            cf.apply({**spec, "name": f"tool-{i}"})
+            cf.migration(f"tool-{i}").start()
+    backend = SQLBackend(backend_url)
+    cell = Cell()
+    cell.calls = 10
+    backend.write_windows([Window(f"tool-{i}", "canary", arm, t0, 10.0, cell)
+                           for i in range(12) for arm in ("legacy", "candidate")])
+    statements: list[str] = []
+    sa.event.listen(backend.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    clock = ManualClock(t0 + 1)
+    loop = ControllerLoop(backend, clock=clock, holder="a")
+    try:
+        for _ in range(2):  # the first look at each stage, then its news
+            statements.clear()
+            assert len([t for t in loop.tick() if t.skipped is None]) == 12
+            leases = [s for s in statements if "crossfade_leases" in s]
+            # its own heartbeat (a read and a write), who is alive, and every migration's lease at once: not a
+            # statement per migration
+            assert len(leases) <= 4, leases
+            # no window is near the horizon yet: a roll-up would take nothing, so none is written
+            assert not [s for s in statements if "crossfade_rollups" in s and not s.lstrip().startswith("SELECT")]
+            clock.t += 1
+        # once the windows are past the horizon, the pass rolls them up after all
+        clock.t = t0 + detail_horizon(load_spec(spec)) + 20
+        loop.tick()
+        with backend.engine.connect() as conn:
+            assert conn.scalar(sa.text("SELECT COUNT(*) FROM crossfade_telemetry WHERE rolled = 0")) == 0
+    finally:
+        backend.close()
 
 
 def test_no_promotion_until_every_router_verifies_and_a_rollback_is_retried_until_it_does(sqlite_url):

@@ -190,9 +190,14 @@ class ControllerLoop:
             # Migrations are judged side by side: most of a step is waiting on the store. Results are
             # handed to on_tick from this thread, in the order of the states.
             with concurrent.futures.ThreadPoolExecutor(min(self.concurrency, len(due))) as pool:
-                results = list(pool.map(lambda state: self.tick_one(state, now), due))
+                specs = list(pool.map(self._spec, due))
+                leased = self._leases(due, specs, now)
+                results = list(pool.map(lambda state, spec: self._judge(state, spec, now, state.name in leased),
+                                        due, specs))
         else:
-            results = [self.tick_one(state, now) for state in due]
+            specs = [self._spec(state) for state in due]
+            leased = self._leases(due, specs, now)
+            results = [self._judge(state, spec, now, state.name in leased) for state, spec in zip(due, specs)]
         for state in between:
             result = self.reconcile(state, now)
             if result is not None:
@@ -283,6 +288,20 @@ class ControllerLoop:
         self._held.discard(state.name)
         return False
 
+    def _leases(self, states: Sequence[State], specs: Sequence[Spec], now: float) -> set[str]:
+        """Take or renew the leases of the migrations due, all in one statement; the names this loop holds."""
+        if self.dry_run:
+            return {state.name for state in states}
+        taken = {name.removeprefix("controller:") for name in self.backend.acquire_leases(
+            {f"controller:{state.name}": 3 * spec.analysis.interval for state, spec in zip(states, specs)},
+            self.holder, now)}
+        for state in states:
+            if state.name in taken:
+                self._held.add(state.name)
+            else:
+                self._held.discard(state.name)
+        return taken
+
     def _append(self, state: State, changes: list[Change], assessment: Assessment | None, now: float) -> Tick:
         if not changes:
             return Tick(state.name, (), assessment)
@@ -302,8 +321,12 @@ class ControllerLoop:
     def tick_one(self, state: State, now: float) -> Tick:
         """Step one migration now, if this loop holds (or can take) its lease."""
         spec = self._spec(state)
+        return self._judge(state, spec, now, self._lease(state, spec, now))
+
+    def _judge(self, state: State, spec: Spec, now: float, leased: bool) -> Tick:
+        """Step one migration whose lease this loop was (`leased`) or was not given."""
         self._due[state.name] = now + spec.analysis.interval
-        if not self._lease(state, spec, now):
+        if not leased:
             return Tick(state.name, (), None, "another controller holds the lease")
         changes: list[Change] = []
         unverified: list[str] = []

@@ -62,7 +62,9 @@ class _Kept:
     its absence. `marks` remembers, by this process's clock, which `top` each read reached, so that `low`
     moves up to a `top` once no writer can still be committing below it (`SETTLE` seconds later).
     `rolled` is the generation of the store's totals the first look started from (None: it read every row):
-    a late row is one neither read nor rolled into them.
+    a late row is one neither read nor rolled into them. `roll_from` is the earliest end of a window among
+    the rows read and not yet rolled up by this reader's controller: until the horizon passes it, a roll-up
+    would find nothing to take.
     """
 
     position: tuple[object, ...]
@@ -71,6 +73,7 @@ class _Kept:
     seen: set[int] = field(default_factory=set)
     marks: deque[tuple[float, int]] = field(default_factory=deque)
     rolled: int | None = None
+    roll_from: float = float("inf")
     recent: dict[tuple[float, float, str], Cell] = field(default_factory=dict)
     # Per hour and arm: the merged cell and the end of the last window in it, so a rolled-up window claims
     # no time it has no data for (a sliding window that starts after it must not see it).
@@ -111,6 +114,7 @@ class StageTelemetry:
             for w in news:
                 if w.start < entered - WINDOW_MARGIN:
                     continue
+                kept.roll_from = min(kept.roll_from, w.start + w.length)
                 self._add(kept, w.start, w.length, w.arm, w.cell, cutoff, entered)
             for key in [k for k in kept.recent if k[0] + k[1] <= cutoff]:
                 start, length, arm = key
@@ -150,17 +154,25 @@ class StageTelemetry:
         at a time. Returns the rows rolled up."""
         if not isinstance(backend, StageTotals) or not state.stage or state.stage_entered_at is None:
             return 0
+        before = now - detail_horizon(spec)
         with self._lock:
             if self._rolled_at.get(state.name, float("-inf")) > now - ROLL_EVERY:
                 return 0
+            kept = self._kept.get(state.name)
+        if kept is not None and kept.roll_from > before:
+            # Every row of the stay passed through this reader (the first look's, then the news): none of
+            # them is old enough yet, so a roll-up (a write transaction) would take nothing.
+            return 0
         rolled = 0
         for _ in range(ROLL_PAGES):
-            taken = backend.roll_up(state.name, stage=state.stage, entered=state.stage_entered_at,
-                                    before=now - detail_horizon(spec))
+            taken = backend.roll_up(state.name, stage=state.stage, entered=state.stage_entered_at, before=before)
             rolled += taken
             if not taken:
                 with self._lock:  # caught up: not again before ROLL_EVERY has passed
                     self._rolled_at[state.name] = now
+                if kept is not None:
+                    # What stays unrolled is what is kept as written: the windows that end after `before`.
+                    kept.roll_from = min((start + length for start, length, _ in kept.recent), default=float("inf"))
                 break
         return rolled
 

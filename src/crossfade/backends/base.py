@@ -117,6 +117,9 @@ class Backend(Protocol):
     def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
         """Take or renew a lease until `now + ttl`; False while another holder's has not expired."""
 
+    def acquire_leases(self, ttls: Mapping[str, float], holder: str, now: float) -> set[str]:
+        """Take or renew many leases at once (name -> ttl), each as `acquire_lease` would; the names taken."""
+
     def lease_holders(self, prefix: str, now: float) -> list[str]:
         """The holders of the unexpired leases whose names start with `prefix`, sorted."""
 

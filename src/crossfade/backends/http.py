@@ -306,6 +306,10 @@ class HTTPBackend:
         """Refused: the controller runs inside `crossfade serve`, next to the database."""
         raise BackendError("the controller runs inside `crossfade serve`; run-controller needs a database URL")
 
+    def acquire_leases(self, ttls: Mapping[str, float], holder: str, now: float) -> set[str]:
+        """Refused, like `acquire_lease`."""
+        raise BackendError("the controller runs inside `crossfade serve`; run-controller needs a database URL")
+
     def lease_holders(self, prefix: str, now: float) -> list[str]:
         """Refused, like `acquire_lease`."""
         raise BackendError("the controller runs inside `crossfade serve`; run-controller needs a database URL")

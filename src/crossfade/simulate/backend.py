@@ -85,6 +85,10 @@ class SimBackend:
         self._leases[name] = (holder, now + ttl)
         return True
 
+    def acquire_leases(self, ttls: Mapping[str, float], holder: str, now: float) -> set[str]:
+        """As SQLBackend.acquire_leases, in memory."""
+        return {name for name, ttl in ttls.items() if self.acquire_lease(name, holder, ttl, now)}
+
     def lease_holders(self, prefix: str, now: float) -> list[str]:
         """As SQLBackend.lease_holders, in memory."""
         return sorted({h for n, (h, until) in self._leases.items() if n.startswith(prefix) and until > now})
