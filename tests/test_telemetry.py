@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crossfade.sketch import Sketch
 from crossfade.telemetry import MAX_METRICS, Cell, CellError, Recorder, Window, cell_key, check_cell, merge_windows
 
 KEY = cell_key("m", "s", "legacy")
@@ -135,20 +136,21 @@ def test_a_thread_that_keeps_writing_never_holds_back_a_closed_window():
 
 
 def test_calls_counted_by_add_call_are_exact_beside_other_writers_under_threads_and_flushes():
-    # `add_call` counts a call in its latency bucket only; the flush settles `calls` and `latency.count`.
+    # `add_call` counts a call in its cell's list of counts by bucket; the flush moves them into `calls` and
+    # `latency`, beside what `cell` writers counted there directly.
     recorder = Recorder(0.05, grace=0.01)
 
     def worker(n):
         for i in range(n):
-            now = recorder.now()
             if i % 4 == 0:  # a failed call, counted through `cell` as `run` does, in the same cell
-                cell = recorder.cell(now, KEY)
+                cell = recorder.cell(recorder.now(), KEY)
                 cell.calls += 1
                 cell.errors += 1
                 cell.latency.add(0.002)
                 recorder.done()
             else:
-                recorder.add_call(KEY, now - 1_000_000 * (i % 50), now)
+                now = recorder.seconds()
+                recorder.add_call(KEY, now - 0.001 * (i % 50), now)
 
     collected = record_while_flushing(recorder, worker, writers=4, calls=10_000, flushers=1)
     total = merge_windows(collected)["legacy"]
@@ -157,13 +159,30 @@ def test_calls_counted_by_add_call_are_exact_beside_other_writers_under_threads_
     assert check_cell(total.to_dict()) == total
 
 
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.one_of(st.just(0.0), st.floats(1e-10, 1e-8), st.floats(1e-8, 3600.0)), max_size=300))
+def test_add_call_buckets_each_duration_as_sketch_add_does(durations):
+    clock = FakeClock(1003.0)
+    recorder = Recorder(10.0, grace=1.0, clock=clock, monotonic=clock)
+    expected = Sketch()
+    for seconds in durations:
+        start, end = 1003.0, 1003.0 + seconds
+        recorder.add_call(KEY, start, end)
+        expected.add(end - start)
+    cell = merge_windows(recorder.collect(everything=True)).get("legacy", Cell())  # calls end in several windows
+    assert cell.calls == len(durations)
+    assert (cell.latency.bins, cell.latency.zeros, cell.latency.count) == (expected.bins, expected.zeros,
+                                                                           expected.count)
+    assert math.isclose(cell.latency.total, expected.total, rel_tol=1e-12, abs_tol=1e-12)
+
+
 def test_a_call_after_its_window_was_taken_starts_that_window_afresh():
     clock = FakeClock(1003.0)
     recorder = Recorder(10.0, grace=1.0, clock=clock, monotonic=clock)
-    recorder.add_call(KEY, clock() - 5_000_000, clock())
+    recorder.add_call(KEY, recorder.seconds() - 0.005, recorder.seconds())
     (first,) = recorder.collect(everything=True)
     clock.now = 1004.0  # the same window, already taken
-    recorder.add_call(KEY, clock() - 5_000_000, clock())
+    recorder.add_call(KEY, recorder.seconds() - 0.005, recorder.seconds())
     (second,) = recorder.collect(everything=True)
     assert (first.start, second.start) == (1000.0, 1000.0)
     assert (first.cell.calls, second.cell.calls, second.cell.latency.count) == (1, 1, 1)

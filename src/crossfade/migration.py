@@ -80,15 +80,16 @@ class Migration:
         self._recorder = client.recorder
         self._costs = self.options.cost
         self._metered = self.options.metrics
-        # How `run` and `arun` count an answered call, `(key, start, end, answer)`: straight into the recorder
-        # when the call site has no cost or metrics function to ask the answer (the common call, which then
-        # handles no metrics at all), else through those functions.
+        # How `run` and `arun` count an answered call, `(key, start, end, answer)` (times read from `seconds`):
+        # straight into the recorder when the call site has no cost or metrics function to ask the answer (the
+        # common call, which then handles no metrics at all), else through those functions.
         self._count_call = (self._recorder.add_call if self._costs is None and self._metered is None
                             else self._count_with_metrics)
         self._marked_writes = self.options.writes
         self._refusal_logged = False
         client._views.add(self)
         self._now = client.recorder.monotonic
+        self._seconds = client.recorder.seconds  # `run` and `arun` time calls in float seconds (`add_call`)
         self._bind(client._routes.get(name))
 
     def __repr__(self) -> str:
@@ -250,7 +251,7 @@ class Migration:
             self.client.counters["recording_errors"] += 1
             return None
 
-    def _count_with_metrics(self, key: str, start: int, end: int, answer: Any) -> None:
+    def _count_with_metrics(self, key: str, start: float, end: float, answer: Any) -> None:
         """Count an answered call with its cost and custom metrics, asked of the handle's functions."""
         # The cost and metrics functions are the application's code: they run before the cell is taken, not
         # while it is held.
@@ -270,15 +271,14 @@ class Migration:
         if route is None:  # unknown migration, a draft or a stale table: legacy, and nothing to file it under
             return legacy(*args, **kwargs)
         decision = route.decide(key)
-        now = self._now
+        now = self._seconds
         start = now()
         if decision.arm is LEGACY:
             try:
                 # Without keywords, no dict is built to pass none (the common call, on the hot path).
                 result = legacy(*args, **kwargs) if kwargs else legacy(*args)
             except Exception as exc:
-                end = now()
-                self._record(decision, end - start, error=True, ended_ns=end)
+                self._record(decision, round((now() - start) * 1e9), error=True)
                 if decision.shadow:
                     self._shadow(route, decision, candidate, legacy, args, kwargs, None, exc)
                 raise
@@ -310,7 +310,7 @@ class Migration:
             else:
                 result = self._call_with_timeout(candidate, fallback.timeout, args, kwargs)
         except Exception as exc:
-            self._candidate_failed(decision, start, exc, fallback)
+            self._candidate_failed(decision, round((now() - start) * 1e9), exc, fallback)
             return legacy(*args, **kwargs)
         if result.__class__ in STREAM_TYPES:
             raise misuse("run", result)
@@ -468,14 +468,15 @@ class Migration:
         for path in dict.fromkeys(d.path for d in differences) or (ROOT,):
             self.client.comparisons.keep(Example(self.name, stage, path, now, detail), settings.examples)
 
-    def _candidate_failed(self, decision: Decision, start: int, exc: Exception, fallback: Fallback | None) -> None:
-        """Record a failed candidate call; re-raise its exception when the spec allows no fallback."""
-        end = self._now()
+    def _candidate_failed(self, decision: Decision, elapsed_ns: int, exc: Exception,
+                          fallback: Fallback | None) -> None:
+        """Record a failed candidate call that took `elapsed_ns`; re-raise its exception when the spec allows no
+        fallback."""
         timed_out = isinstance(exc, (CandidateTimeout, TimeoutError))
         if fallback is None or not fallback.on_error:
-            self._record(decision, end - start, error=True, timeout=timed_out, ended_ns=end)
+            self._record(decision, elapsed_ns, error=True, timeout=timed_out)
             raise exc
-        self._record(decision, end - start, error=True, timeout=timed_out, fallback=True, ended_ns=end)
+        self._record(decision, elapsed_ns, error=True, timeout=timed_out, fallback=True)
 
     def _call_with_timeout(self, candidate: Callable[..., T], timeout: float, args: tuple[Any, ...],
                            kwargs: dict[str, Any]) -> T:
@@ -507,7 +508,8 @@ class Migration:
         if route is None:
             return await legacy(*args, **kwargs)
         decision = route.decide(key)
-        start = self._now()
+        now = self._seconds
+        start = now()
         if decision.arm is LEGACY:
             try:
                 called = legacy(*args, **kwargs)
@@ -517,12 +519,11 @@ class Migration:
             except StreamMisuse:
                 raise
             except Exception as exc:
-                end = self._now()
-                self._record(decision, end - start, error=True, ended_ns=end)
+                self._record(decision, round((now() - start) * 1e9), error=True)
                 if decision.shadow:
                     self._ashadow(route, decision, candidate, legacy, args, kwargs, None, exc)
                 raise
-            end = self._now()
+            end = now()
             try:
                 self._count_call(legacy_key, start, end, result)
             except Exception:
@@ -546,9 +547,9 @@ class Migration:
         except StreamMisuse:
             raise
         except Exception as exc:
-            self._candidate_failed(decision, start, exc, fallback)
+            self._candidate_failed(decision, round((now() - start) * 1e9), exc, fallback)
             return await legacy(*args, **kwargs)
-        end = self._now()
+        end = now()
         try:
             self._count_call(candidate_key, start, end, result)
         except Exception:

@@ -119,7 +119,7 @@ def stream(handle: Migration, key: object, legacy: Callable[..., Iterator[Any]],
             _shadow(handle, route, decision, tally, legacy, legacy, args, kwargs, None)
             return
         except Exception as exc:
-            handle._candidate_failed(decision, tally.start, exc, fallback)
+            handle._candidate_failed(decision, handle._now() - tally.start, exc, fallback)
             yield from legacy(*args, **kwargs)
             return
         chunks = itertools.chain((first,), chunks)
@@ -171,7 +171,7 @@ async def astream(handle: Migration, key: object, legacy: Callable[..., AsyncIte
         except Exception as exc:
             if chunks is not None:
                 await _aclose(chunks)
-            handle._candidate_failed(decision, tally.start, exc, fallback)
+            handle._candidate_failed(decision, handle._now() - tally.start, exc, fallback)
             async for chunk in legacy(*args, **kwargs):
                 yield chunk
             return

@@ -539,9 +539,32 @@ def cell_key(migration: str, stage: str, arm: str) -> str:
     return f"{migration}{SEP}{stage}{SEP}{arm}"
 
 
-_NO_WINDOW: Final = (1, -(1 << 63), None)  # no monotonic time lies in [1, -2^63), every one after -2^63
+# No monotonic time lies in [1, -2^63), every one after -2^63 (and after -inf, in seconds).
+_NO_WINDOW: Final = (1, -(1 << 63), None, -math.inf)
 _log2 = math.log2
 _ceil = math.ceil
+_SLOT: Final = -LATENCY_BINS.start
+"""`_OpenCell.counts[i + _SLOT]` counts latency bucket i; slot 0, below every bucket a value above MIN_VALUE can
+reach, counts the zeros."""
+
+
+class _OpenCell(Cell):
+    """A cell of a recorder's window. `add_call` counts a call in `counts`, a list by latency bucket (see
+    `_SLOT`), grown as buckets are reached, and its seconds in `seconds`: updating a list slot costs a third of
+    updating a dict entry. `collect` moves both into the cell's calls and latency sketch (see `_settle`)."""
+
+    __slots__ = ("counts", "seconds")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: list[int] = []
+        self.seconds = 0.0
+
+
+def _count_in(counts: list[int], slot: int) -> None:
+    """Count one call in `counts[slot]`, the list grown to hold it (the first call in a slower bucket)."""
+    counts.extend([0] * (slot + 1 - len(counts)))
+    counts[slot] += 1
 
 
 class _ThreadCells:
@@ -551,27 +574,40 @@ class _ThreadCells:
 
     def __init__(self, thread: threading.Thread) -> None:
         self.thread = thread
-        self.windows: dict[int, dict[str, Cell]] = {}
+        self.windows: dict[int, dict[str, _OpenCell]] = {}
         # While the thread is between `cell` and `done` (when it may hold a window the flusher has taken): the
         # time that write was made for, an object of its own, so that a later write is told from it by
         # identity; None between writes. (A store of an object it already has costs the hot path nothing.)
         self.writing: object = None
-        self.held: list[tuple[int, dict[str, Cell]]] = []
+        self.held: list[tuple[int, dict[str, _OpenCell]]] = []
         self.held_mark: object = None
-        # The monotonic range [since, until) of the window last written and its cells: a call inside it needs
-        # neither a division of two large integers nor a look-up to find its window. The flusher sets it back
-        # to _NO_WINDOW whenever it takes windows, so no write begun after that reaches a window taken.
-        self.current: tuple[int, int, dict[str, Cell] | None] = _NO_WINDOW
+        # The monotonic range [since, until) of the window last written, its cells, and `until` in seconds (for
+        # `add_call`): a call inside it needs neither a division of two large integers nor a look-up to find
+        # its window. The flusher sets it back to _NO_WINDOW whenever it takes windows, so no write begun after
+        # that reaches a window taken.
+        self.current: tuple[int, int, dict[str, _OpenCell] | None, float] = _NO_WINDOW
 
 
-def _settle(cell: Cell) -> None:
-    """Count the calls `add_call` left in a cell's latency buckets only: every other writer counts a value in
-    `latency.count` as it adds it to a bucket, so the buckets' excess over that count is exactly those calls."""
+def _settle(cell: _OpenCell) -> None:
+    """Move the calls `add_call` counted by bucket into the cell's calls and latency sketch."""
+    counts = cell.counts
+    if not counts:
+        return
     sketch = cell.latency
-    uncounted = sketch.zeros + sum(sketch.bins.values()) - sketch.count  # type: ignore[attr-defined]
-    if uncounted:
-        sketch.count += uncounted
-        cell.calls += uncounted
+    bins = sketch.bins  # type: ignore[attr-defined]
+    calls = zeros = counts[0]
+    for slot in range(1, len(counts)):
+        n = counts[slot]
+        if n:
+            index = slot - _SLOT
+            bins[index] = bins.get(index, 0) + n
+            calls += n
+    sketch.zeros += zeros  # type: ignore[attr-defined]
+    sketch.count += calls
+    sketch.total += cell.seconds
+    cell.calls += calls
+    cell.counts = []
+    cell.seconds = 0.0
 
 
 class Recorder:
@@ -602,6 +638,11 @@ class Recorder:
         self._window_ns = round(window * 1e9)
         self._clock = clock
         self.monotonic = monotonic
+        # The same clock in seconds, for `add_call`: arithmetic on floats costs a fraction of that on integers
+        # past 2^30 (a monotonic time in ns), on the hot path of every call.
+        self.seconds: Callable[[], float] = (
+            time.monotonic if monotonic is time.monotonic_ns else lambda: monotonic() / 1e9
+        )
         self._offset_ns = 0
         self.resync()
         self._local = threading.local()
@@ -615,7 +656,7 @@ class Recorder:
         for buffer in getattr(self, "_buffers", ()):
             buffer.current = _NO_WINDOW  # each thread finds its window afresh, through the new offset
 
-    def _enter(self, buffer: _ThreadCells, now_ns: int) -> dict[str, Cell]:
+    def _enter(self, buffer: _ThreadCells, now_ns: int) -> dict[str, _OpenCell]:
         """The calling thread's cells of the window holding monotonic `now_ns`, remembered with its range."""
         window_ns = self._window_ns
         index = (now_ns + self._offset_ns) // window_ns
@@ -624,7 +665,9 @@ class Recorder:
         cells = windows.get(index)
         if cells is None:
             cells = windows[index] = {}
-        buffer.current = (since, since + window_ns, cells)
+        # `until` in seconds as time.monotonic() derives it from the ns, so no time at or past the window's end
+        # in ns reads as before it in seconds.
+        buffer.current = (since, since + window_ns, cells, (since + window_ns) / 1e9)
         if windows.get(index) is not cells:
             # The flusher took the window between the look-up and the line above, and its reset of `current`
             # may have come first: this write is held by its mark, but the next must look the window up again.
@@ -641,66 +684,60 @@ class Recorder:
         except AttributeError:
             buffer = self._register()
         buffer.writing = now_ns
-        since, until, cells = buffer.current
+        since, until, cells, _ = buffer.current
         if not since <= now_ns < until:
             cells = self._enter(buffer, now_ns)
         cell = cells.get(key)  # type: ignore[union-attr]
         if cell is None:
-            cell = cells[key] = Cell()  # type: ignore[index]
+            cell = cells[key] = _OpenCell()  # type: ignore[index]
         return cell
 
     def done(self) -> None:
         """The calling thread has finished writing the cell `cell` gave it."""
         self._local.buffer.writing = None
 
-    def add_call(self, key: str, start_ns: int, end_ns: int, answer: object = None) -> None:
-        """Count one answered call of `key` (see `cell_key`) that ran from monotonic `start_ns` to `end_ns`
-        (its `answer` is not looked at: the signature is `Migration._count_with_metrics`'s, so `run` calls
-        either one the same way).
+    def add_call(self, key: str, start: float, end: float, answer: object = None) -> None:
+        """Count one answered call of `key` (see `cell_key`) that ran from `start` to `end`, times read from
+        `seconds` (its `answer` is not looked at: the signature is `Migration._count_with_metrics`'s, so `run`
+        calls either one the same way).
 
-        The same as `cell(end_ns, key)`, `calls += 1`, `latency.add(seconds)` and `done()` in one call: this is
-        the hot path of every call `run` serves. `end_ns` is the time just read: a thread's calls end in the
-        order of its clock, so only the window's end needs checking. The call is counted in the latency's
-        buckets only: `collect` adds what they gained to `calls` and `latency.count` (see `_settle`).
+        The same as `cell(end in ns, key)`, `calls += 1`, `latency.add(end - start)` and `done()`: this is the
+        hot path of every call `run` serves. `end` is the time just read: a thread's calls end in the order of
+        its clock, so only the window's end needs checking. The call is counted in its cell's `counts`, which
+        `collect` moves into the cell's calls and latency (see `_OpenCell`).
         """
         try:
             buffer = self._local.buffer
         except AttributeError:
             buffer = self._register()
-        buffer.writing = end_ns
+        buffer.writing = end
         try:
-            _, until, cells = buffer.current
-            if end_ns >= until:
-                cells = self._enter(buffer, end_ns)
+            _, _, cells, until = buffer.current
+            if end >= until:
+                cells = self._enter(buffer, round(end * 1e9))
             try:
                 cell = cells[key]  # type: ignore[index]
             except KeyError:
-                cell = cells[key] = Cell()  # type: ignore[index]
-            # Sketch.add, inlined (a recorder's cells always hold a Sketch): one Python call less per call, and
-            # two counts less.
-            sketch = cell.latency
-            value = (end_ns - start_ns) * 1e-9
-            sketch.total += value
-            if value > MIN_VALUE:
-                i = _ceil(_log2(value) * _INV_LOG2_GAMMA)
-                bins = sketch.bins
-                try:
-                    bins[i] += 1
-                except KeyError:
-                    bins[i] = 1
-            else:
-                sketch.zeros += 1
+                cell = cells[key] = _OpenCell()  # type: ignore[index]
+            # Sketch.add's bucket (`bucket_of`), inline: one Python call less per call.
+            value = end - start
+            cell.seconds += value
+            slot = _ceil(_log2(value) * _INV_LOG2_GAMMA) + _SLOT if value > MIN_VALUE else 0
+            try:
+                cell.counts[slot] += 1
+            except IndexError:
+                _count_in(cell.counts, slot)
         finally:
             buffer.writing = None
 
-    def add_call_with_metrics(self, key: str, start_ns: int, end_ns: int, cost: float | None,
+    def add_call_with_metrics(self, key: str, start: float, end: float, cost: float | None,
                               metrics: Sequence[tuple[str, float]], sketched: Container[str]) -> None:
         """`add_call`, with the call's cost (unless None) and its custom metrics, `metric(name, value, name in
         sketched)` for each, in the same cell. ValueError past MAX_METRICS names in a cell."""
-        cell = self.cell(end_ns, key)
+        cell = self.cell(round(end * 1e9), key)
         try:
             cell.calls += 1
-            cell.latency.add((end_ns - start_ns) * 1e-9)
+            cell.latency.add(end - start)
             if cost is not None:
                 cell.add_cost(cost)
             for name, value in metrics:
