@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from conftest import loose
 
 from crossfade.backends.sql import SQLBackend
 from crossfade.client import Client
@@ -45,11 +46,6 @@ def cell(rng: random.Random) -> Cell:
 
 def same(a: dict[str, Cell], b: dict[str, Cell]) -> bool:
     """Equal cells, but for the rounding of float sums (costs, latency totals) added in another order."""
-    def loose(value: object) -> object:
-        if isinstance(value, dict):
-            return {k: loose(v) for k, v in value.items()}
-        return pytest.approx(value) if isinstance(value, float) else value
-
     return loose({arm: c.to_dict() for arm, c in a.items()}) == {arm: c.to_dict() for arm, c in b.items()}
 
 
@@ -259,12 +255,3 @@ def test_a_first_look_reads_one_total_a_window_and_only_the_rows_since_the_last_
         assert same(stage_cells(state, controller.windows(store, state, spec, now)), stage_cells(state, whole))
     finally:
         store.close()
-
-
-def loose(value: object) -> object:
-    """`value` with its floats compared up to rounding (sums added in another order)."""
-    if isinstance(value, dict):
-        return {k: loose(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(loose(v) for v in value)
-    return pytest.approx(value, nan_ok=True) if isinstance(value, float) else value

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
+from conftest import loose
 from typer.testing import CliRunner
 
 from crossfade.cli import app
@@ -60,7 +61,7 @@ class Recorder:
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_POST = do_PUT = _forward  # noqa: N815 (the standard library's names)
+            do_GET = do_POST = do_PUT = _forward  # the standard library's names for its handlers
 
             def log_message(self, *args) -> None:
                 pass
@@ -128,7 +129,7 @@ def test_status_through_the_api_reads_the_servers_rolled_up_stage_not_every_wind
     assert local.exit_code == 0, local.output
     by_api, by_store = json.loads(remote.output)["arms"], json.loads(local.output)["arms"]
     assert by_api["candidate"]["calls"] == by_store["candidate"]["calls"] > 0
-    assert _loose(by_api) == by_store
+    assert loose(by_api) == by_store
 
 
 def test_the_stage_telemetry_is_a_viewers_read_documented_with_its_model(control_plane, sqlite_url):
@@ -142,12 +143,3 @@ def test_the_stage_telemetry_is_a_viewers_read_documented_with_its_model(control
     openapi = control_plane.call("GET", "/openapi.json", role="viewer")[1]
     route = openapi["paths"]["/v1/migrations/{name}/stage-telemetry"]["get"]
     assert route["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/StageWindows")
-
-
-def _loose(value: object) -> object:
-    """`value` with its floats compared up to rounding (sums added in another order)."""
-    if isinstance(value, dict):
-        return {k: _loose(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_loose(v) for v in value]
-    return pytest.approx(value) if isinstance(value, float) else value
