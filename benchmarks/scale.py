@@ -40,6 +40,7 @@ from crossfade.server import serve_in_background
 from crossfade.spec import load_spec
 from crossfade.stagedata import FRESH, ROLL_EVERY, detail_horizon
 from crossfade.telemetry import Cell, Window
+from crossfade.tokens import new_token, token_hash
 
 WINDOW = 10.0
 SPEC = {
@@ -200,10 +201,14 @@ def measure_history(url: str, processes: int, now: float) -> dict[str, float]:
         backend.write_windows(batch)
         ticks.append(median_time(lambda: loop.tick_one(state, now + (i + 1) * WINDOW), repeat=1))
     runner = CliRunner()
-    status = median_time(lambda: runner.invoke(app, ["status", "scale", "--json", "--url", url]))
+    status = median_time(lambda: invoke(runner, url))
     began = time.process_time()
-    runner.invoke(app, ["status", "scale", "--json", "--url", url])
+    invoke(runner, url)
     status_cpu = time.process_time() - began
+    # `status` through the API needs a token of role sdk (it reads the routing too).
+    secret = new_token()
+    backend.create_token("scale-bench", "sdk", token_hash(secret), time.time())
+    remote_runner = CliRunner(env={"CROSSFADE_TOKEN": secret})
     # The control plane as it runs (open reads on loopback, its controller off): a scrape and the migration
     # page over real HTTP, after a first read that fills its incremental reader.
     base, stop = serve_in_background(backend, controller=False)
@@ -213,12 +218,18 @@ def measure_history(url: str, processes: int, now: float) -> dict[str, float]:
         backend.write_windows(news[0])
         scrape = median_time(lambda: fetch("/metrics"))
         page = median_time(lambda: fetch("/v1/migrations/scale"))
-        remote = median_time(lambda: runner.invoke(app, ["status", "scale", "--json", "--url", base]))
+        remote = median_time(lambda: invoke(remote_runner, base))
     finally:
         stop()
     backend.close()
     return {"first": first, "first_cpu": first_cpu, "tick": statistics.median(ticks), "status": status,
             "status_cpu": status_cpu, "remote": remote, "scrape": scrape, "page": page}
+
+
+def invoke(runner: CliRunner, url: str) -> None:
+    """`crossfade status scale --json --url URL`, which must succeed (a refusal would be timed as fast)."""
+    result = runner.invoke(app, ["status", "scale", "--json", "--url", url])
+    assert result.exit_code == 0, result.output
 
 
 def many(url: str, count: int, now: float) -> dict[str, float | str]:
