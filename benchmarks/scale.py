@@ -40,8 +40,9 @@ from crossfade.client import Client
 from crossfade.loop import ControllerLoop
 from crossfade.server import serve_in_background
 from crossfade.spec import load_spec
-from crossfade.stagedata import detail_horizon
+from crossfade.stagedata import FRESH, ROLL_EVERY, detail_horizon
 from crossfade.telemetry import Cell, Window
+from crossfade.tokens import new_token, token_hash
 
 WINDOW = 10.0
 SPEC = {
@@ -103,9 +104,10 @@ def start_in_canary(url: str, name: str, entered: float) -> None:
 
 
 def stage_history(url: str, processes: int, hours: float, now: float) -> tuple[int, float]:
-    """Fill the canary stage with `hours` of windows from `processes` processes, rolling its old rows up into
-    the store's totals after each hour written, as its controller does while the stage runs. Returns the
-    rows written and the longest roll-up (seconds) of one hour's rows."""
+    """Fill the canary stage with `hours` of windows from `processes` processes, rolling its rows up into the
+    store's totals every ROLL_EVERY seconds of windows written, as its controller does while the stage runs
+    (so the last ROLL_EVERY seconds of rows are left as written, as a controller leaves them at worst).
+    Returns the rows written and the longest roll-up (seconds)."""
     entered = now - hours * 3600
     start_in_canary(url, "scale", entered)
     horizon = detail_horizon(load_spec({**SPEC, "name": "scale"}))
@@ -124,13 +126,14 @@ def stage_history(url: str, processes: int, hours: float, now: float) -> tuple[i
             backend.write_windows(batch)
             rows += len(batch)
             batch = []
-        if (w + 1) % int(3600 // WINDOW) == 0:
+        if (w + 1) % int(ROLL_EVERY // WINDOW) == 0 and (w + 1) * WINDOW < hours * 3600:
             backend.write_windows(batch)
             rows += len(batch)
             batch = []
             began = time.perf_counter()
-            while backend.roll_up("scale", stage="canary", entered=entered,
-                                  before=first + (w + 1) * WINDOW - horizon) == TELEMETRY_PAGE:
+            written = first + (w + 1) * WINDOW
+            while backend.roll_up("scale", stage="canary", entered=entered, before=written - horizon,
+                                  windows_before=written - FRESH) == TELEMETRY_PAGE:
                 pass
             longest = max(longest, time.perf_counter() - began)
     backend.write_windows(batch)
@@ -170,14 +173,28 @@ def storage(url: str, rows: int, processes: int, hours: float) -> str:
             f"{left:,} rows after compaction, {compacted * per_day / 1e6:,.1f} MB per migration-day whatever the hosts")
 
 
-def measure_history(url: str, processes: int, now: float) -> tuple[float, float, float, float, float]:
+def first_look_rows(url: str) -> int:
+    """How many stored rows a first look at the stage reads: its totals and the telemetry rows not rolled up."""
+    backend = open_backend(url)
+    state = backend.state("scale")
+    assert state is not None and state.stage is not None and state.stage_entered_at is not None
+    snapshot = backend.stage_snapshot("scale", stage=state.stage, entered=state.stage_entered_at)
+    backend.close()
+    return len(snapshot.hours) + len(snapshot.windows) + len(snapshot.rows)
+
+
+def measure_history(url: str, processes: int, now: float) -> dict[str, float]:
     """A controller's first tick of the filled migration (a restarted controller reads the stage once), its
     ticks after that (each with one new window from every process), `status --json`, and of a running control
-    plane a /metrics scrape and the migration page."""
+    plane a /metrics scrape, the migration page and `status --json --url` through its API. The first tick and
+    `status` also in CPU seconds of this process (the server's thread included), less swayed by the machine's
+    other work than wall time."""
     backend = open_backend(url)
     loop = ControllerLoop(backend, holder="bench")
     state = backend.state("scale")
+    cpu = time.process_time()
     first = median_time(lambda: loop.tick_one(state, now), repeat=1)
+    first_cpu = time.process_time() - cpu
     rng = random.Random(processes)
     news = [[Window("scale", "canary", arm, now + i * WINDOW, WINDOW, cell(rng)) for _ in range(processes)
              for arm in ("legacy", "candidate")] for i in range(3)]
@@ -186,7 +203,14 @@ def measure_history(url: str, processes: int, now: float) -> tuple[float, float,
         backend.write_windows(batch)
         ticks.append(median_time(lambda: loop.tick_one(state, now + (i + 1) * WINDOW), repeat=1))
     runner = CliRunner()
-    status = median_time(lambda: runner.invoke(app, ["status", "scale", "--json", "--url", url]))
+    status = median_time(lambda: invoke(runner, url))
+    began = time.process_time()
+    invoke(runner, url)
+    status_cpu = time.process_time() - began
+    # `status` through the API needs a token of role sdk (it reads the routing too).
+    secret = new_token()
+    backend.create_token("scale-bench", "sdk", token_hash(secret), time.time())
+    remote_runner = CliRunner(env={"CROSSFADE_TOKEN": secret})
     # The control plane as it runs (open reads on loopback, its controller off): a scrape and the migration
     # page over real HTTP, after a first read that fills its incremental reader.
     base, stop = serve_in_background(backend, controller=False)
@@ -196,10 +220,18 @@ def measure_history(url: str, processes: int, now: float) -> tuple[float, float,
         backend.write_windows(news[0])
         scrape = median_time(lambda: fetch("/metrics"))
         page = median_time(lambda: fetch("/v1/migrations/scale"))
+        remote = median_time(lambda: invoke(remote_runner, base))
     finally:
         stop()
     backend.close()
-    return first, statistics.median(ticks), status, scrape, page
+    return {"first": first, "first_cpu": first_cpu, "tick": statistics.median(ticks), "status": status,
+            "status_cpu": status_cpu, "remote": remote, "scrape": scrape, "page": page}
+
+
+def invoke(runner: CliRunner, url: str) -> None:
+    """`crossfade status scale --json --url URL`, which must succeed (a refusal would be timed as fast)."""
+    result = runner.invoke(app, ["status", "scale", "--json", "--url", url])
+    assert result.exit_code == 0, result.output
 
 
 def many(url: str, count: int, now: float) -> dict[str, float | str]:
@@ -308,19 +340,22 @@ def main() -> None:
     now = time.time()
     print(f"store: {store}")
     if not args.migrations:  # the history grid
-        print(f"{'processes':>9} {'hours':>5} {'rows':>9} {'first tick s':>12} {'tick s':>8} {'status s':>9} "
+        print(f"{'processes':>9} {'hours':>5} {'rows':>9} {'first-look rows':>15} {'first tick s':>12} "
+              f"{'(cpu s)':>8} {'tick s':>8} {'status s':>9} {'(cpu s)':>8} {'status --url s':>14} "
               f"{'/metrics s':>10} {'page s':>7} {'roll-up s':>9}")
         for processes, hours in grid:
             url, remove = fresh_store(args.postgres)
             try:
                 rows, roll = stage_history(url, processes, hours, now)
-                first, tick, status, scrape, page = measure_history(url, processes, now)
+                looked = first_look_rows(url)
+                m = measure_history(url, processes, now)
                 if (processes, hours) == grid[-1] and not args.rows:
                     bytes_line = storage(url, rows, processes, hours)
             finally:
                 remove()
-            print(f"{processes:>9} {hours:>5} {rows:>9,} {first:>12.3f} {tick:>8.3f} {status:>9.3f} "
-                  f"{scrape:>10.3f} {page:>7.3f} {roll:>9.3f}", flush=True)
+            print(f"{processes:>9} {hours:>5} {rows:>9,} {looked:>15,} {m['first']:>12.3f} {m['first_cpu']:>8.3f} "
+                  f"{m['tick']:>8.3f} {m['status']:>9.3f} {m['status_cpu']:>8.3f} {m['remote']:>14.3f} "
+                  f"{m['scrape']:>10.3f} {m['page']:>7.3f} {roll:>9.3f}", flush=True)
         if not args.rows:
             print(f"telemetry storage at ({grid[-1][0]}, {grid[-1][1]}): {bytes_line}")
         print()

@@ -23,6 +23,15 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.load_profile("loaded")
 
 
+def loose(value: object) -> object:
+    """`value` with its floats compared up to rounding (sums added in another order), in dicts, lists and tuples."""
+    if isinstance(value, dict):
+        return {k: loose(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(loose(v) for v in value)
+    return pytest.approx(value, nan_ok=True) if isinstance(value, float) else value
+
+
 def wait_until(condition, timeout: float = 30.0, every: float = 0.02) -> None:
     """Poll until `condition()` is true; fails the test after `timeout` seconds (a deadline, not a timing)."""
     deadline = time.monotonic() + timeout

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from conftest import loose
 
 from crossfade.backends.sql import SQLBackend
 from crossfade.client import Client
@@ -45,11 +46,6 @@ def cell(rng: random.Random) -> Cell:
 
 def same(a: dict[str, Cell], b: dict[str, Cell]) -> bool:
     """Equal cells, but for the rounding of float sums (costs, latency totals) added in another order."""
-    def loose(value: object) -> object:
-        if isinstance(value, dict):
-            return {k: loose(v) for k, v in value.items()}
-        return pytest.approx(value) if isinstance(value, float) else value
-
     return loose({arm: c.to_dict() for arm, c in a.items()}) == {arm: c.to_dict() for arm, c in b.items()}
 
 
@@ -193,12 +189,16 @@ def test_the_stage_read_through_the_stores_totals_equals_the_stage_merged_from_i
                 store.compact_telemetry(before=T0 + 1e9)  # merges each window's rows, rolled or not, exactly
                 store.prune(before=T0 + 1e9, keep=[("pricing", "canary")])
         now = T0 + hours * 3600 + 300
-        while store.roll_up("pricing", stage="canary", entered=T0, before=now - detail_horizon(spec)) == TELEMETRY_PAGE:
+        by_window = now - 2100  # the last half hour of windows left as written, the rest rolled up
+        while store.roll_up("pricing", stage="canary", entered=T0, before=now - detail_horizon(spec),
+                            windows_before=by_window) == TELEMETRY_PAGE:
             pass
         whole = stage_windows(store, state)
         snapshot = store.stage_snapshot("pricing", stage="canary", entered=T0)
-        # The first look reads the totals, and rows only of the windows that triggers still look at.
-        assert snapshot.hours and min(w.start for _, w in snapshot.rows) >= now - detail_horizon(spec) - 10
+        # The first look reads the totals (by hour, and by window for the newest hour), and the rows of the
+        # windows not rolled up yet.
+        assert snapshot.hours and snapshot.windows
+        assert min(w.start for _, w in snapshot.rows) >= by_window - 10
         for seen in (StageTelemetry().windows(store, state, spec, now), all_along.windows(store, state, spec, now)):
             assert same(stage_cells(state, seen), stage_cells(state, whole))
             assert sum(w.cell.calls for w in seen) == sum(w.cell.calls for w in whole if w.start >= T0 - 5)
@@ -206,7 +206,52 @@ def test_the_stage_read_through_the_stores_totals_equals_the_stage_merged_from_i
                    [f.message for f in check_triggers(spec, whole, now)]
         # Pruning after the stage ended takes its totals with its rows.
         assert store.prune(before=T0 + 1e9)["totals"] > 0
-        assert store.stage_snapshot("pricing", stage="canary", entered=T0).hours == []
+        gone = store.stage_snapshot("pricing", stage="canary", entered=T0)
+        assert gone.hours == [] and gone.windows == []
     finally:
         for backend in (store, *writers):
             backend.close()
+
+
+def test_a_first_look_reads_one_total_a_window_and_only_the_rows_since_the_last_roll_up(backend_url):
+    """A controller that starts on a stage an hour old (a restart, a replica taking over, `status`) reads the
+    window totals its predecessor rolled up plus the rows written since, not every process's row of the hour,
+    and judges (gates, triggers, the change detector) exactly as on a whole read."""
+    from crossfade.controller import assess
+    from crossfade.stagedata import FRESH, ROLL_EVERY
+
+    processes = 10
+    with Client(backend_url, clock=lambda: T0, background=False) as cf:
+        cf.apply(SPEC)
+        cf.migration("pricing").start()
+    spec = load_spec(SPEC)
+    store = SQLBackend(backend_url)
+    controller = StageTelemetry()
+    try:
+        state = store.state("pricing")
+        rng = random.Random(5)
+        now = T0
+        for step in range(360):  # an hour of 10 s windows, the controller looking every 30 s
+            now = T0 + 10 * (step + 1)
+            write(store, rng, now - 10, processes=processes)
+            if step % 7 == 0:
+                write(store, rng, now - 600, processes=1)  # a retry of a window ten minutes old
+            if step % 3 == 0:
+                controller.windows(store, state, spec, now)
+                controller.roll_up(store, state, spec, now)
+        snapshot = store.stage_snapshot("pricing", stage="canary", entered=T0)
+        written = 360 * processes * 2
+        # Counted as the store hands them out: the rows of the windows that ended since the last roll-up
+        # (ROLL_EVERY ago at most, plus FRESH before it and the window being written), and a total a window.
+        assert len(snapshot.rows) <= processes * 2 * ((ROLL_EVERY + FRESH) / 10 + 2), len(snapshot.rows)
+        assert len(snapshot.windows) <= 2 * 360 and len(snapshot.rows) + len(snapshot.windows) < written / 4
+        first = StageTelemetry().windows(store, state, spec, now)
+        whole = stage_windows(store, state)
+        assert same(stage_cells(state, first), stage_cells(state, whole))
+        assert [f.message for f in check_triggers(spec, first, now)] == \
+               [f.message for f in check_triggers(spec, whole, now)]
+        assert loose(assess(spec, state, first, now).to_dict()) == assess(spec, state, whole, now).to_dict()
+        # The controller looking all along sees the same.
+        assert same(stage_cells(state, controller.windows(store, state, spec, now)), stage_cells(state, whole))
+    finally:
+        store.close()

@@ -807,13 +807,15 @@ class Migration:
 
     def _progress(self, action: str, state: State, spec: Spec) -> StageProgress:
         """The current stage's progress, read from the backend when the command checks it (promote) or takes
-        legacy's cell from it (approve, for the last stage's bake)."""
+        legacy's cell from it (approve, for the last stage's bake). Read as the controller reads it (a first
+        look: the store's totals and its newest rows, or a control plane's rolled-up stage), not row by row."""
         from crossfade.controller import stage_progress
-        from crossfade.stagedata import stage_windows
+        from crossfade.stagedata import StageTelemetry
 
         if action not in WEIGHS_PROGRESS or not state.stage:
             return StageProgress(0.0, 0, 0)
-        return stage_progress(spec, state, stage_windows(self.client.backend(), state), self.client.time())
+        now = self.client.time()
+        return stage_progress(spec, state, StageTelemetry().windows(self.client.backend(), state, spec, now), now)
 
     def start(self, reason: str | None = None, *, actor: str | None = None, dry_run: bool = False) -> Event:
         """Start a draft migration at its first stage."""

@@ -7,9 +7,12 @@ rows and adds them in (cells merge exactly by addition, so a window written by s
 retried late, sums the same). Windows older than what any trigger looks back over are rolled up into
 one window per hour, so what is kept, and merged at each look, stays flat in the stage's age.
 
-A store that keeps totals (SQL) holds those hours too: the controller rolls old rows into them as it goes,
-and a first look (a controller that starts, `crossfade status`, a server's first scrape) reads the hours and
-the rows not rolled yet instead of every row of the stage.
+A store that keeps totals (SQL) holds those hours too, and one total per window and arm for the windows that
+ended since (the rows of a window merged, which is all any judge sees of them): the controller rolls rows
+into them as it goes, and a first look (a controller that starts, `crossfade status`, a server's first scrape)
+reads the totals and the rows not rolled yet instead of every row of the stage: a number of rows bounded by
+the stay's hours, the windows of the detail horizon and the processes' rows of the last ROLL_EVERY + FRESH
+seconds, whatever the stage's age.
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from crossfade.backends.base import Backend, IncrementalTelemetry, StageTotals
+from crossfade.backends.base import (
+    Backend,
+    IncrementalTelemetry,
+    RolledUpStage,
+    StageTotals,
+)
 from crossfade.events import State
 from crossfade.spec import Spec
 from crossfade.telemetry import ROLLUP, WINDOW_MARGIN, Cell, Window, stay_hour
@@ -35,6 +43,9 @@ SETTLE = 120.0
 # upgrade, is caught up over a few ticks).
 ROLL_EVERY = 300.0
 ROLL_PAGES = 3
+# Windows that ended more than this many seconds ago are rolled into per-window totals (rows that come later,
+# from a slow or retrying process, are added to them by a later roll-up).
+FRESH = 60.0
 
 
 def stage_windows(backend: Backend, state: State) -> list[Window]:
@@ -81,8 +92,9 @@ class _Kept:
 
 
 class StageTelemetry:
-    """Per migration, the current stage's windows, read incrementally from a store that can (SQL), and
-    whole from one that cannot (a control plane's HTTP API, a simulation's memory)."""
+    """Per migration, the current stage's windows, read incrementally from a store that can (SQL), as rolled
+    up by one that reads them so itself (a control plane's HTTP API), and whole from one that cannot (a
+    simulation's memory)."""
 
     def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._monotonic = monotonic
@@ -94,6 +106,10 @@ class StageTelemetry:
     def windows(self, backend: Backend, state: State, spec: Spec, now: float) -> list[Window]:
         """The stage's windows as the controller takes them: recent ones as written, older ones by hour."""
         if not state.stage or not isinstance(backend, IncrementalTelemetry):
+            if state.stage and isinstance(backend, RolledUpStage):
+                found = backend.stage_telemetry(state.name, stage=state.stage, entered=state.stage_entered_at)
+                if found is not None:
+                    return found
             return stage_windows(backend, state)
         entered = state.stage_entered_at if state.stage_entered_at is not None else float("-inf")
         position = (state.stage, entered, state.spec_version)
@@ -129,7 +145,7 @@ class StageTelemetry:
         kept.rolled, kept.low, kept.top = snapshot.generation, snapshot.settled, snapshot.top
         kept.seen = {row_id for row_id, _ in snapshot.rows if row_id > kept.low}
         kept.marks.append((self._monotonic(), kept.top))
-        return [w for _, w in snapshot.rows]
+        return [*snapshot.windows, *(w for _, w in snapshot.rows)]
 
     def _news(self, backend: IncrementalTelemetry, name: str, stage: str, kept: _Kept) -> list[Window]:
         late: set[int] = set()
@@ -149,30 +165,34 @@ class StageTelemetry:
         return [w for _, w in rows]
 
     def roll_up(self, backend: Backend, state: State, spec: Spec, now: float) -> int:
-        """As a controller, after its look: roll the stay's rows that no trigger reads as written any more
-        into the store's totals (when it keeps them), at most every ROLL_EVERY seconds and ROLL_PAGES pages
-        at a time. Returns the rows rolled up."""
+        """As a controller, after its look: roll the stay's rows into the store's totals (when it keeps them):
+        by hour those that no trigger or detector reads as written any more, by window those of the windows
+        that ended FRESH seconds ago or more; at most every ROLL_EVERY seconds and ROLL_PAGES pages at a time.
+        Returns the rows rolled up."""
         if not isinstance(backend, StageTotals) or not state.stage or state.stage_entered_at is None:
             return 0
-        before = now - detail_horizon(spec)
+        before, fresh_before = now - detail_horizon(spec), now - FRESH
         with self._lock:
             if self._rolled_at.get(state.name, float("-inf")) > now - ROLL_EVERY:
                 return 0
             kept = self._kept.get(state.name)
-        if kept is not None and kept.roll_from > before:
+        if kept is not None and kept.roll_from > fresh_before:
             # Every row of the stay passed through this reader (the first look's, then the news): none of
-            # them is old enough yet, so a roll-up (a write transaction) would take nothing.
+            # them is old enough yet, even for its window's total, so a roll-up (a write transaction) would
+            # take nothing.
             return 0
         rolled = 0
         for _ in range(ROLL_PAGES):
-            taken = backend.roll_up(state.name, stage=state.stage, entered=state.stage_entered_at, before=before)
+            taken = backend.roll_up(state.name, stage=state.stage, entered=state.stage_entered_at, before=before,
+                                    windows_before=fresh_before)
             rolled += taken
             if not taken:
                 with self._lock:  # caught up: not again before ROLL_EVERY has passed
                     self._rolled_at[state.name] = now
                 if kept is not None:
-                    # What stays unrolled is what is kept as written: the windows that end after `before`.
-                    kept.roll_from = min((start + length for start, length, _ in kept.recent), default=float("inf"))
+                    # What stays unrolled: the windows kept as written that ended less than FRESH ago.
+                    kept.roll_from = min((start + length for start, length, _ in kept.recent
+                                          if start + length > fresh_before), default=float("inf"))
                 break
         return rolled
 

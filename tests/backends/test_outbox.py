@@ -14,7 +14,7 @@ from crossfade.loop import NotificationOutbox
 def test_an_upgraded_store_tells_of_new_events_only(backend_url, tmp_path, monkeypatch, receiver):
     monkeypatch.setenv("HOOK_KEY", "k")
     before = tmp_path / "migrations"
-    shutil.copytree(sql.SCRIPT_LOCATION, before, ignore=shutil.ignore_patterns("__pycache__", "0005_*", "0008_*", "0009_*"))
+    shutil.copytree(sql.SCRIPT_LOCATION, before, ignore=shutil.ignore_patterns("__pycache__", "0005_*", "0008_*", "0009_*", "0010_*"))
     shipped = sql.SCRIPT_LOCATION
     monkeypatch.setattr(sql, "SCRIPT_LOCATION", str(before))
     spec = {"name": "m", "stages": [{"traffic": "10%"}, {"traffic": "100%"}],

@@ -161,13 +161,27 @@ class IncrementalTelemetry(Protocol):
 
 
 @runtime_checkable
-class StageTotals(Protocol):
-    """A store that keeps running totals of each stage's stay, rolled up from its rows by hour, so that the
-    first look at a long stage reads its hours and its newest rows instead of every row."""
+class RolledUpStage(Protocol):
+    """A store that hands out a stage's telemetry already rolled up as the controller reads it (a control
+    plane answers from its own incremental reader), so a reader far from the database pays for a few hundred
+    windows, not for every window of the stage."""
 
-    def roll_up(self, migration: str, *, stage: str, entered: float, before: float) -> int:
-        """Add the stay's rows of windows that ended by `before` into its totals, a page at a time; returns
-        the rows taken (call again while that is a full page). Each row is added once, whoever runs it."""
+    def stage_telemetry(self, migration: str, *, stage: str, entered: float | None) -> list[Window] | None:
+        """The current stay's windows (old ones by hour, recent ones with each window's rows merged), or None
+        when the store's current stay of the migration is not this one (it moved on meanwhile)."""
+
+
+@runtime_checkable
+class StageTotals(Protocol):
+    """A store that keeps running totals of each stage's stay, rolled up from its rows by hour and, for the
+    newest hour, by window, so that the first look at a stage reads its hours, a total per recent window and
+    arm, and the rows written since the last roll-up, instead of every row."""
+
+    def roll_up(self, migration: str, *, stage: str, entered: float, before: float,
+                windows_before: float | None = None) -> int:
+        """Add the stay's rows of windows that ended by `before` into its hourly totals and of those that
+        ended by `windows_before` into per-window totals, a page at a time; returns the rows taken (call again
+        while that is a full page). Each row is added once, whoever runs it."""
 
     def stage_snapshot(self, migration: str, *, stage: str, entered: float) -> StageSnapshot:
         """The stay's totals and its rows not rolled into them, read in one snapshot."""

@@ -268,8 +268,25 @@ class HTTPBackend:
         """Stored telemetry windows of a migration, in time order."""
         _, body, _ = self.request("GET", f"/v1/migrations/{quote(migration, safe='')}/telemetry",
                                   query={"stage": stage, "since": since, "until": until})
+        return self._checked(migration, body["windows"])
+
+    def stage_telemetry(self, migration: str, *, stage: str, entered: float | None) -> list[Window] | None:
+        """The current stay's windows as the server's controller reads them (role viewer): old ones by hour,
+        recent ones with each window's rows merged; None when the server's current stay is another one, or
+        the server is older than this route (then the caller reads the stage whole, as before)."""
+        status, body, _ = self.request("GET", f"/v1/migrations/{quote(migration, safe='')}/stage-telemetry",
+                                       ok=(200, 404))
+        if status == 404:
+            if isinstance(body, dict) and body.get("kind") == "UnknownMigration":
+                raise _error(status, body, self.url)
+            return None
+        if body["stage"] != stage or body["entered"] != entered:
+            return None
+        return self._checked(migration, body["windows"])
+
+    def _checked(self, migration: str, windows: list[dict[str, Any]]) -> list[Window]:
         out = []
-        for w in body["windows"]:
+        for w in windows:
             try:
                 out.append(Window(w["migration"], w["stage"], w["arm"], w["start"], w["length"], check_cell(w["cell"])))
             except ValueError as exc:  # a server older than the checks may hand back a bad row: skip it

@@ -417,13 +417,16 @@ class SQLBackend:
                             start, exc)
             return None
 
-    def roll_up(self, migration: str, *, stage: str, entered: float, before: float) -> int:
-        """Add a stay's rows of windows that ended by `before` into its hourly totals, a page at a time;
-        returns the rows taken (call again while that is a full page). See backends/totals.py."""
-        return self._totals.roll_up(migration, stage=stage, entered=entered, before=before)
+    def roll_up(self, migration: str, *, stage: str, entered: float, before: float,
+                windows_before: float | None = None) -> int:
+        """Add a stay's rows of windows that ended by `before` into its hourly totals, and of those that ended
+        by `windows_before` into per-window totals, a page at a time; returns the rows taken (call again while
+        that is a full page). See backends/totals.py."""
+        return self._totals.roll_up(migration, stage=stage, entered=entered, before=before,
+                                    windows_before=windows_before)
 
     def stage_snapshot(self, migration: str, *, stage: str, entered: float) -> StageSnapshot:
-        """A stay's hourly totals and its rows not rolled into them, read in one snapshot."""
+        """A stay's hourly and per-window totals and its rows not rolled into them, read in one snapshot."""
         return self._totals.snapshot(migration, stage=stage, entered=entered)
 
     def compact_telemetry(self, *, before: float) -> tuple[int, int]:

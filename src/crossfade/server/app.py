@@ -72,6 +72,7 @@ from crossfade.server.models import (
     Routing,
     Series,
     SpecVersion,
+    StageWindows,
     StateModel,
     OpenWindowModel,
     TelemetryBatch,
@@ -299,6 +300,18 @@ def create_app(
                       until: Annotated[float | None, Query(allow_inf_nan=False)] = None) -> Any:
         """Stored telemetry windows (rows of one window merged), in time order."""
         return {"windows": [_window_dict(w) for w in backend.windows(name, stage=stage, since=since, until=until)]}
+
+    @app.get("/v1/migrations/{name}/stage-telemetry", response_model=StageWindows, responses=_MIGRATION_ERRORS,
+             tags=["telemetry"])
+    def get_stage_telemetry(name: MigrationName, who: Viewer) -> Any:
+        """The current stage's stored telemetry as the controller reads it, from the reader that serves
+        /metrics and the migration page: old windows by hour of the stay, recent ones with the rows of each
+        window merged. A few hundred windows whatever the stage's age and the processes writing, where
+        `/telemetry` sends every window of the stage."""
+        state = views.current(backend, name)
+        spec = feed.spec(name, state.spec_version)
+        windows = telemetry.windows(backend, state, spec, clock()) if state.stage else []
+        return {"stage": state.stage, "entered": state.stage_entered_at, "windows": [_window_dict(w) for w in windows]}
 
     @app.get("/v1/migrations/{name}/comparisons", response_model=Comparisons, tags=["telemetry"], responses=_ERRORS)
     def get_comparisons(name: MigrationName, who: Viewer,

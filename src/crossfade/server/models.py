@@ -374,6 +374,16 @@ class WindowsPage(BaseModel):
     windows: list[WindowModel]
 
 
+class StageWindows(BaseModel):
+    """The current stage's telemetry as the controller reads it: windows older than the triggers and the change
+    detector look back over rolled up by hour of the stay, newer ones with the rows of each window merged."""
+
+    stage: Annotated[str, Field(max_length=63, pattern=r"^[^\x00\x1f]*$")] | None = Field(
+        description="The stage read (none: the migration is in no stage)")
+    entered: Finite | None = Field(description="When that stage was entered (the stay the windows belong to)")
+    windows: list[WindowModel]
+
+
 class FieldWindowModel(BaseModel):
     """Shadow comparison counts of one field path of one stage over a window."""
 
