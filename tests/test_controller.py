@@ -4,6 +4,7 @@ policies, gradual rollback, NODATA, and the fold of what it writes."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -246,16 +247,26 @@ def test_an_earlier_stage_past_its_limit_moves_on_and_says_the_next_stage_decide
     # Held in a stage too small to decide, errors 1% -> 3% at 20 calls/s sat in the 1% stage for the whole of
     # 54% of 6.5-hour runs; the next stage, with ten times the calls, fails it.
     half = {"name": "half", "traffic": "50%", "hold": "10m"}
-    run = _undecided_run(half)
+    run = _undecided_run(half, hold_past_limit="last_promotion")
     now = run.now + 11 * 60
     a = assess(run.spec, run.state, run.windows, now)
     assert [g.verdict for g in a.judgement.gates] == ["INCONCLUSIVE"] and not a.undecided
     (promoted,) = [c for c in step(run.spec, run.state, run.windows, now) if c.type != "verdict"]
     assert promoted.type == "promoted" and "no gate fails (error_rate INCONCLUSIVE)" in promoted.reason
     assert "error_rate past its limit but not surely above it, left to the next stage to decide" in promoted.reason
-    held = _undecided_run(half, hold_past_limit="every_stage")
+    held = _undecided_run(half)  # every_stage, the default
     assert "evidence: candidate error rate +2.00 pp" in assess(held.spec, held.state, held.windows, now).waiting_for
     assert [c.type for c in step(held.spec, held.state, held.windows, now) if c.type != "verdict"] == []
+
+
+def test_a_shadow_stage_past_its_limit_is_held_even_where_live_stages_move_on():
+    # Held in shadow, the candidate serves nobody: moving on would put a candidate past its limit before users.
+    half = {"name": "half", "traffic": "50%", "hold": "10m"}
+    run = _undecided_run(half, hold_past_limit="last_promotion")
+    shadow = replace(run.state, traffic=0.0, shadow=1.0)
+    now = run.now + 11 * 60
+    assert "evidence: candidate error rate +2.00 pp" in assess(run.spec, shadow, run.windows, now).waiting_for
+    assert [c.type for c in step(run.spec, shadow, run.windows, now) if c.type != "verdict"] == []
 
 
 def test_on_inconclusive_decides_after_the_maximum_stage_time():

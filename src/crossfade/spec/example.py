@@ -52,8 +52,8 @@ triggers:
 on_failure: rollback              # when a gate fails: rollback | step_back | pause
 rollback: {mode: gradual, steps: [50%, 25%, 10%, 0%], every: 1m}   # or {mode: immediate}
 analysis: {interval: 30s, confidence: 99%, on_nodata: hold, promote_when: no_regression}
-# The stage before the last, whose gate estimate is past its limit without the evidence to fail yet, is
-# extended (earlier stages move on: the next decides; hold_past_limit: every_stage extends them too); add e.g.
+# A stage whose gate estimate is past its limit without the evidence to fail yet is extended
+# (hold_past_limit: last_promotion lets live earlier stages move on and the next decide); add e.g.
 # `max_stage_time: 12h, on_inconclusive: pause` to analysis to hand it to a person after a while.
 fallback: {on_error: true, timeout: 5s}   # retry failed candidate calls on legacy
 shadow: {timeout: 2s, threads: 4, max_pending: 64}   # shadow runs: bounded, dropped (and counted) when full

@@ -381,15 +381,15 @@ class Analysis(Section):
     (or routing per request): with sticky keys of skewed popularity the arms' share of calls differs from
     their share of keys without anything being wrong (a 10% stage may see 5% of the calls).
 
-    With ``hold_past_limit: last_promotion`` (the default), the stage before the last (full-traffic) stage and
-    the bake are not left while a gate's estimate is past its limit without the evidence to fail it yet: they
-    are extended. An earlier stage whose hold has passed moves on: the next stage, with more calls, decides
-    (at 20 calls/s a 1% stage brings 0.2 candidate calls/s, too few to tell errors 1% -> 3% from the +1 pp
-    limit in less than about 15 hours, and held there it was caught in 54% of 6.5-hour runs; moved on, in
-    all). Each stage's gates keep their own alpha, so which stages a candidate reaches changes no false-FAIL
-    bound. ``every_stage`` extends every stage instead (fewer users see a candidate past a limit, which may
-    then wait for hours in a stage too small to decide). With ``promote_when: proven`` every stage waits
-    for its gates' proof. ``max_stage_time`` (seconds, None for no limit) is how long an extension may last,
+    With ``hold_past_limit: every_stage`` (the default), no stage is left while a gate's estimate is past its
+    limit without the evidence to fail it yet: the stage is extended, and its users stay at its share while
+    its own calls decide. ``last_promotion`` extends only the stage before the last (full-traffic) stage, the
+    bake and shadow stages (where holding costs users nothing); a live earlier stage whose hold has passed
+    moves on and the next stage, with more calls, decides (at 20 calls/s a 1% stage brings 0.2 candidate
+    calls/s, too few to tell errors 1% -> 3% from the +1 pp limit in less than about 15 hours: held there, it
+    was caught in 52% of 6.5-hour runs, moved on, in all, after about as many candidate calls served faster).
+    Each stage's gates keep their own alpha, so which stages a candidate reaches changes no false-FAIL bound.
+    With ``promote_when: proven`` every stage waits for its gates' proof. ``max_stage_time`` (seconds, None for no limit) is how long an extension may last,
     counted from stage entry; ``on_inconclusive`` is what happens then: ``hold`` (the default) keeps waiting,
     ``promote`` moves on, ``pause`` pauses for a person.
 
@@ -417,9 +417,9 @@ class Analysis(Section):
         "keep holding, promote, or pause.", "hold", later=True
     )
     hold_past_limit: Annotated[str, choice(HOLD_PAST_LIMIT)] = setting(
-        "Which stages a gate's estimate past its limit (not yet failing) extends: last_promotion, the stage "
-        "before the last and the bake (earlier stages move on, the next stage decides with more calls); or "
-        "every_stage.", "last_promotion", later=True
+        "Which stages a gate's estimate past its limit (not yet failing) extends: every_stage; or "
+        "last_promotion, the stage before the last, the bake and shadow stages (live earlier stages move on, "
+        "the next stage decides with more calls).", "every_stage", later=True
     )
     max_stage_time: OptionalDuration = setting(
         "How long a stage may be extended while a gate is undecided (none: no limit).", None, later=True
