@@ -130,14 +130,11 @@ class Migration:
         # costs one Python call; `run` reads the route with the cell keys of its stage in one tuple, so a
         # swap between the two reads can never file a call under another stage.
         self._sketched = sketched_metrics(route.spec if route is not None else None)
-        if route is None:
-            self.decide = self._decide_absent  # type: ignore[method-assign]
+        if route is None or not route.stage:
+            # Unknown, or a draft (every call legacy's, and no stage to file it under: the backend refuses
+            # windows of no stage): `run` calls legacy and records nothing.
+            self.decide = self._decide_absent if route is None else route.decide  # type: ignore[method-assign]
             self._bound: tuple[Route | None, str, str] = (None, "", "")
-        elif not route.stage:
-            # A draft: every call is legacy's, and no stage exists to file it under (the backend refuses
-            # windows of no stage), so `run` calls legacy as for an unknown migration.
-            self.decide = route.decide  # type: ignore[method-assign]
-            self._bound = (None, "", "")
         else:
             self.decide = route.decide  # type: ignore[method-assign]
             self._bound = (
